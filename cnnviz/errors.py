@@ -1,0 +1,88 @@
+"""The exceptions the core raises.
+
+Every error is a :class:`CnnvizError` and also a standard exception type, so callers that
+know nothing of cnnviz can still catch ``LookupError`` or ``ValueError``. Messages name the
+bad value and, where there is one, the way out. The HTTP layer maps each class to a status
+code and a machine-readable ``code``; the core knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class CnnvizError(Exception):
+    """Root of every error raised by cnnviz."""
+
+    code = "cnnviz_error"
+
+
+class UnknownModelError(CnnvizError, LookupError):
+    """A model name that the registry does not hold."""
+
+    code = "unknown_model"
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown model {name!r}; known models: {', '.join(self.known) or '(none)'} "
+            "(see GET /v1/models)"
+        )
+
+
+class UnknownLayerError(CnnvizError, LookupError):
+    """A layer name that the model does not have."""
+
+    code = "unknown_layer"
+
+    def __init__(self, name: str, model: str, suggestions: Iterable[str] = ()) -> None:
+        self.name = name
+        self.model = model
+        self.suggestions = list(suggestions)
+        hint = f"; did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
+        super().__init__(
+            f"unknown layer {name!r} of model {model!r}{hint} "
+            f"(see GET /v1/models/{model}/layers)"
+        )
+
+
+class LayerShapeError(CnnvizError, ValueError):
+    """A layer whose output does not have the shape an operation needs."""
+
+    code = "unsupported_layer"
+
+
+class ModelLoadError(CnnvizError, RuntimeError):
+    """A registered model that cannot be built or whose weights cannot be loaded."""
+
+    code = "model_unavailable"
+
+    def __init__(self, name: str, cause: str) -> None:
+        self.name = name
+        self.cause = cause
+        super().__init__(f"model {name!r} cannot be loaded: {cause}")
+
+
+class RegistryConfigError(CnnvizError, ValueError):
+    """A models file that cannot be read or has an invalid entry."""
+
+    code = "registry_config"
+
+
+class InvalidImageError(CnnvizError, ValueError):
+    """Bytes that are not an image cnnviz accepts."""
+
+    code = "invalid_image"
+
+
+class ImageTooLargeError(InvalidImageError):
+    """An image with more pixels than allowed (decompression bombs included)."""
+
+    code = "image_too_large"
+
+
+class InvalidArgumentError(CnnvizError, ValueError):
+    """An argument out of its valid range, e.g. a channel index past the layer's width."""
+
+    code = "invalid_argument"
