@@ -1,0 +1,1 @@
+"""The pydantic contract shared by the API and the workers."""

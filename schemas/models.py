@@ -1,0 +1,39 @@
+"""Models and their layers."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ModelRead(BaseModel):
+    """One entry of the registry."""
+
+    name: str = Field(examples=["shapes"])
+    description: str = ""
+    source: str = Field(description="builtin, a torchvision arch, or a factory path")
+    weights: str | None = Field(description="builtin, a file path, a torchvision name or random")
+    input_size: tuple[int, int] = Field(examples=[[64, 64]], description="[height, width]")
+    channels: int = Field(examples=[3])
+    mean: list[float]
+    std: list[float]
+    labels: list[str] = Field(default_factory=list)
+    loaded: bool = Field(description="whether this process has loaded it yet")
+    error: str | None = Field(default=None, description="why the model cannot be used, if so")
+
+
+class ModelList(BaseModel):
+    models: list[ModelRead]
+
+
+class LayerRead(BaseModel):
+    """One addressable layer."""
+
+    name: str = Field(examples=["block2.relu"])
+    kind: str = Field(examples=["ReLU"], description="module class or function name")
+    shape: list[int] = Field(examples=[[64, 32, 32]], description="output [C, H, W] (or [K])")
+
+
+class LayerList(BaseModel):
+    model: str
+    input_shape: list[int] = Field(description="[C, H, W] the model takes")
+    layers: list[LayerRead]

@@ -1,0 +1,1 @@
+"""The cnnviz HTTP service."""

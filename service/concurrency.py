@@ -1,0 +1,49 @@
+"""Bounded concurrency for torch work on the synchronous path.
+
+Torch runs in worker threads, never on the event loop. At most ``concurrency`` calls run at
+once and at most ``backlog`` more wait; past that the caller gets :class:`ServiceBusy` at once
+(503 with ``Retry-After``) rather than an unbounded queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+T = TypeVar("T")
+
+
+class ServiceBusy(Exception):
+    """Every torch slot is taken and the backlog is full."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"the service is busy; retry in {retry_after} s")
+
+
+class TorchPool:
+    """Runs blocking torch calls in threads with a bound on running and waiting calls."""
+
+    def __init__(self, concurrency: int, backlog: int) -> None:
+        self.concurrency = concurrency
+        self.capacity = concurrency + backlog
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._admitted = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._admitted
+
+    async def run(self, func: Callable[..., T], *args: object) -> T:
+        """``func(*args)`` in a thread; ServiceBusy when the pool is full."""
+        if self._admitted >= self.capacity:
+            raise ServiceBusy(retry_after=1)
+        # The event loop is single-threaded: this counter needs no lock.
+        self._admitted += 1
+        try:
+            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+        finally:
+            self._admitted -= 1

@@ -1,0 +1,51 @@
+"""Named dependencies of the route handlers."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from cnnviz.models import ModelRegistry
+from service.concurrency import TorchPool
+from service.errors import ApiError
+from service.settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+def get_pool(request: Request) -> TorchPool:
+    pool: TorchPool = request.app.state.pool
+    return pool
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+PoolDep = Annotated[TorchPool, Depends(get_pool)]
+
+
+async def require_api_key(
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header(description="API key, when the service has keys")] = None,
+) -> None:
+    """Let the request through when no keys are set or its key matches one (constant time)."""
+    keys = settings.api_key_list
+    if not keys:
+        return
+    given = (x_api_key or "").encode()
+    # Compare against every key, so the time taken does not tell which one nearly matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.encode())
+    if not matched:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a valid X-API-Key header is required",
+            {"WWW-Authenticate": "X-API-Key"},
+        )

@@ -1,0 +1,130 @@
+"""The one place where errors become HTTP responses (RFC 9457 problem details)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cnnviz.errors import (
+    CnnvizError,
+    ImageTooLargeError,
+    InvalidArgumentError,
+    InvalidImageError,
+    LayerShapeError,
+    ModelLoadError,
+    RegistryConfigError,
+    UnknownLayerError,
+    UnknownModelError,
+)
+from schemas.errors import Problem
+from service.concurrency import ServiceBusy
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+# Most specific first: the first class an error is an instance of gives the status.
+_CORE_STATUS: list[tuple[type[CnnvizError], int]] = [
+    (UnknownModelError, 404),
+    (UnknownLayerError, 422),
+    (LayerShapeError, 422),
+    (ImageTooLargeError, 413),
+    (InvalidImageError, 422),
+    (InvalidArgumentError, 422),
+    (ModelLoadError, 503),
+    (RegistryConfigError, 503),
+]
+
+
+class ApiError(Exception):
+    """An error of the service itself, with its status, code and message."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+        super().__init__(detail)
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> JSONResponse:
+    """A problem+json response."""
+    body = Problem(
+        type=f"urn:cnnviz:error:{code}",
+        title=HTTPStatus(status).phrase,
+        status=status,
+        code=code,
+        detail=detail,
+        errors=errors,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=PROBLEM_JSON,
+    )
+
+
+def _validation_detail(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keep = ("loc", "msg", "type")
+    return [{k: e[k] for k in keep if k in e} for e in errors]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map core errors, validation errors and HTTP errors to problem+json."""
+
+    @app.exception_handler(CnnvizError)
+    async def _core(_request: Request, exc: CnnvizError) -> JSONResponse:
+        status = next((s for cls, s in _CORE_STATUS if isinstance(exc, cls)), 400)
+        if status >= 500:
+            log.warning("%s", exc)
+        return problem(status, exc.code, str(exc))
+
+    @app.exception_handler(ApiError)
+    async def _api(_request: Request, exc: ApiError) -> JSONResponse:
+        return problem(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(ServiceBusy)
+    async def _busy(_request: Request, exc: ServiceBusy) -> JSONResponse:
+        return problem(503, "busy", str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        return problem(422, "invalid_request", _validation_detail(errors),
+                       errors=_jsonable_errors(errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = getattr(exc, "code", None) or (
+            HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        )
+        return problem(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem(500, "internal_error", "an unexpected error occurred; it has been logged")

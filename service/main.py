@@ -1,0 +1,38 @@
+"""The FastAPI app: ``uvicorn service.main:app``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from cnnviz.models import ModelRegistry
+from service.concurrency import TorchPool
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimit
+from service.routers import api_router, health
+from service.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="cnnviz",
+        version="0.1.0",
+        description="What convolutional networks see: feature-map grids and optimized patterns.",
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings
+    app.state.registry = ModelRegistry.from_file(settings.models_file, device=settings.device)
+    app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for name, error in app.state.registry.errors.items():
+        logging.getLogger(__name__).warning("model %r is unavailable: %s", name, error)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,11 @@
+"""The routers of the API, one per resource, gathered here."""
+
+from fastapi import APIRouter, Depends
+
+from service.deps import require_api_key
+from service.routers import health, models
+
+api_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+api_router.include_router(models.router)
+
+__all__ = ["api_router", "health"]

@@ -1,0 +1,46 @@
+"""The settings of the API process, read from ``CNNVIZ_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One instance per process (:func:`get_settings`); tests build their own."""
+
+    model_config = SettingsConfigDict(env_prefix="CNNVIZ_", env_file=None, extra="ignore")
+
+    models_file: Path | None = Field(
+        default=None, description="TOML file of extra models; unset: the built-in model only"
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the job queue (Celery broker and results) and job records; "
+        "unset: jobs run in-process",
+    )
+    device: str = Field(default="cpu", description="torch device of the synchronous path")
+    api_keys: str = Field(
+        default="", description="comma-separated API keys; empty: no key needed"
+    )
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=64 * 64)
+    sync_concurrency: int = Field(default=2, ge=1, description="torch calls run at once")
+    sync_backlog: int = Field(
+        default=16, ge=0, description="requests that may wait for a torch slot before 503"
+    )
+    job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="job record TTL")
+    inprocess_job_workers: int = Field(default=1, ge=1, le=8)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
