@@ -40,10 +40,11 @@ class UnknownLayerError(CnnvizError, LookupError):
         self.name = name
         self.model = model
         self.suggestions = list(suggestions)
-        hint = f"; did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
+        hint = (
+            f"; did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
+        )
         super().__init__(
-            f"unknown layer {name!r} of model {model!r}{hint} "
-            f"(see GET /v1/models/{model}/layers)"
+            f"unknown layer {name!r} of model {model!r}{hint} (see GET /v1/models/{model}/layers)"
         )
 
 

@@ -31,7 +31,9 @@ PoolDep = Annotated[TorchPool, Depends(get_pool)]
 
 async def require_api_key(
     settings: SettingsDep,
-    x_api_key: Annotated[str | None, Header(description="API key, when the service has keys")] = None,
+    x_api_key: Annotated[
+        str | None, Header(description="API key, when the service has keys")
+    ] = None,
 ) -> None:
     """Let the request through when no keys are set or its key matches one (constant time)."""
     keys = settings.api_key_list

@@ -114,8 +114,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        return problem(422, "invalid_request", _validation_detail(errors),
-                       errors=_jsonable_errors(errors))
+        return problem(
+            422, "invalid_request", _validation_detail(errors), errors=_jsonable_errors(errors)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -23,9 +23,7 @@ class Settings(BaseSettings):
         "unset: jobs run in-process",
     )
     device: str = Field(default="cpu", description="torch device of the synchronous path")
-    api_keys: str = Field(
-        default="", description="comma-separated API keys; empty: no key needed"
-    )
+    api_keys: str = Field(default="", description="comma-separated API keys; empty: no key needed")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=64 * 64)
     sync_concurrency: int = Field(default=2, ge=1, description="torch calls run at once")

@@ -68,7 +68,9 @@ def _build(spec: ModelSpec) -> nn.Module:
     if spec.factory is not None:
         model = _import_factory(spec.factory)(**spec.kwargs)
         if not isinstance(model, nn.Module):
-            raise TypeError(f"factory {spec.factory!r} returned {type(model).__name__}, not a Module")
+            raise TypeError(
+                f"factory {spec.factory!r} returned {type(model).__name__}, not a Module"
+            )
     else:
         from torchvision.models import get_model, get_model_weights
 

@@ -94,7 +94,9 @@ def _builtin_spec() -> ModelSpec:
     )
 
 
-def _float_tuple(entry: Mapping[str, Any], key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+def _float_tuple(
+    entry: Mapping[str, Any], key: str, default: tuple[float, ...]
+) -> tuple[float, ...]:
     value = entry.get(key, default)
     if not isinstance(value, list | tuple) or not all(isinstance(v, int | float) for v in value):
         raise RegistryConfigError(f"{key} must be a list of numbers, got {value!r}")
@@ -105,8 +107,18 @@ def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
     """One ``[models.NAME]`` table to a spec; raises RegistryConfigError naming the cause."""
     if not isinstance(entry, Mapping):
         raise RegistryConfigError(f"[models.{name}] must be a table")
-    known = {"arch", "factory", "weights", "input_size", "channels", "mean", "std", "labels",
-             "description", "kwargs"}
+    known = {
+        "arch",
+        "factory",
+        "weights",
+        "input_size",
+        "channels",
+        "mean",
+        "std",
+        "labels",
+        "description",
+        "kwargs",
+    }
     unknown = sorted(set(entry) - known)
     if unknown:
         raise RegistryConfigError(f"unknown keys {unknown}; valid keys: {sorted(known)}")
@@ -202,7 +214,9 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | Path | None, device: torch.device | str = "cpu") -> ModelRegistry:
+    def from_file(
+        cls, path: str | Path | None, device: torch.device | str = "cpu"
+    ) -> ModelRegistry:
         """The built-in model plus the models of a TOML file (``None``: the built-in only).
 
         A file that cannot be read or parsed raises :class:`RegistryConfigError`; a bad entry

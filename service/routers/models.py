@@ -33,8 +33,17 @@ async def list_models(registry: RegistryDep) -> ModelList:
     """Every registered model; entries that cannot be used say why."""
     models = [_model_read(spec, registry.is_loaded(spec.name)) for spec in registry]
     models += [
-        ModelRead(name=name, source="config", weights=None, input_size=(0, 0), channels=0,
-                  mean=[], std=[], loaded=False, error=error)
+        ModelRead(
+            name=name,
+            source="config",
+            weights=None,
+            input_size=(0, 0),
+            channels=0,
+            mean=[],
+            std=[],
+            loaded=False,
+            error=error,
+        )
         for name, error in registry.errors.items()
     ]
     return ModelList(models=sorted(models, key=lambda m: m.name))
