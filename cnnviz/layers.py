@@ -100,7 +100,8 @@ class LayerIndex:
         self._extractors: dict[tuple[str, ...], Extractor] = {}
         self._layers: list[LayerInfo] | None = None
         try:
-            _, eval_nodes = get_graph_node_names(model, suppress_diff_warning=True)
+            with preserved_state(model):  # tracing switches modes: keep them
+                _, eval_nodes = get_graph_node_names(model, suppress_diff_warning=True)
             self.traceable = True
             nodes = [node for node in eval_nodes if node != "x"]
         except Exception:  # any tracing failure means: use hooks instead
@@ -219,13 +220,14 @@ class LayerIndex:
         with self._lock:
             cached = self._extractors.get(key)
             if cached is None:
-                cached = (
-                    create_feature_extractor(
-                        self.model, return_nodes=list(key), suppress_diff_warning=True
-                    )
-                    if self.traceable
-                    else _HookExtractor(self._model, key)
-                )
+                if self.traceable:
+                    # Tracing switches the model between train and eval modes: keep them.
+                    with preserved_state(self.model):
+                        cached = create_feature_extractor(
+                            self.model, return_nodes=list(key), suppress_diff_warning=True
+                        )
+                else:
+                    cached = _HookExtractor(self._model, key)
                 self._extractors[key] = cached
             return cached
 

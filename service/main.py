@@ -30,8 +30,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(api_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    log = logging.getLogger(__name__)
+    for warning in app.state.registry.warnings:
+        log.warning("%s", warning)
     for name, error in app.state.registry.errors.items():
-        logging.getLogger(__name__).warning("model %r is unavailable: %s", name, error)
+        log.warning("model %r is unavailable: %s", name, error)
     return app
 
 

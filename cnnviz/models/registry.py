@@ -208,6 +208,7 @@ class ModelRegistry:
         builtin = _builtin_spec()
         self._specs: dict[str, ModelSpec] = {builtin.name: builtin, **(specs or {})}
         self.errors: dict[str, str] = dict(errors or {})
+        self.warnings: list[str] = []
         self.device = torch.device(device)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -234,17 +235,21 @@ class ModelRegistry:
             raise RegistryConfigError(f"{str(path)!r}: 'models' must be a table of tables")
         specs: dict[str, ModelSpec] = {}
         errors: dict[str, str] = {}
+        warnings: list[str] = []
         for name, entry in tables.items():
             if name == BUILTIN_MODEL:
-                errors[name] = f"the name {BUILTIN_MODEL!r} is reserved for the built-in model"
+                # The built-in model keeps its name whatever the file says.
+                warnings.append(
+                    f"[models.{name}] in {str(path)!r} is ignored: the name is reserved for "
+                    "the built-in model"
+                )
                 continue
             try:
                 specs[name] = _parse_entry(name, entry, path.parent)
             except RegistryConfigError as exc:
                 errors[name] = f"[models.{name}] in {str(path)!r}: {exc}"
         registry = cls(specs, errors, device)
-        # The built-in model keeps its name whatever the file says.
-        registry._specs[BUILTIN_MODEL] = _builtin_spec()
+        registry.warnings = warnings
         return registry
 
     def __iter__(self) -> Iterator[ModelSpec]:
