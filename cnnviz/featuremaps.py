@@ -1,0 +1,236 @@
+"""Feature-map grids: the activations of a layer, one heatmap per channel, tiled into a grid.
+
+The notebook entry point::
+
+    from cnnviz.featuremaps import feature_maps
+    maps = feature_maps(model, x, ["layer1", "layer2"], top_k=16, colormap="magma")
+    maps[0].png()          # PNG bytes of the grid of layer1
+    maps[0].layout         # rows, columns, tile size, padding, channel of each tile
+    maps[0].stats          # (16, 3): min, max, mean of each drawn channel
+
+Several layers share one forward pass, which stops at the deepest of them and runs under
+``torch.inference_mode()``. The model is left as it was found (modes, hooks, ``requires_grad``).
+
+A layer of shape ``(C, H, W)`` gives ``C`` tiles of ``H×W``. A vector layer ``(K,)`` (a linear
+layer, the logits) gives ``K`` tiles of 1×1, so top-k and the statistics still mean something;
+any other shape is a :class:`LayerShapeError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cnnviz.errors import InvalidArgumentError, LayerShapeError
+from cnnviz.imaging.grid import DEFAULT_MAX_GRID_PIXELS, GridLayout, grid_layout, tile_grid, upscale
+from cnnviz.imaging.heatmap import (
+    DEFAULT_COLORMAP,
+    PAD_INDEX,
+    Normalize,
+    apply_palette,
+    palette,
+    quantize,
+    value_range,
+)
+from cnnviz.imaging.png import DEFAULT_COMPRESS_LEVEL, encode_png
+from cnnviz.layers import layer_index
+
+__all__ = ["LayerMaps", "feature_maps", "select_channels"]
+
+
+@dataclass(frozen=True)
+class LayerMaps:
+    """The feature-map grid of one layer for one image.
+
+    ``shape`` is the layer's output for one image, ``(C, H, W)`` or ``(K,)``. ``stats`` is
+    ``(n, 3) float32``: min, max and mean of the channel in each tile, in tile order
+    (``layout.channels``). ``indices`` is the grid ``(H, W) uint8`` as palette indices
+    (``PAD_INDEX`` for padding); ``palette`` is ``(256, 3) uint8``. All on the CPU.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    layout: GridLayout
+    stats: torch.Tensor
+    indices: torch.Tensor
+    palette: torch.Tensor
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """The channel shown in each tile."""
+        return self.layout.channels
+
+    def rgb(self) -> torch.Tensor:
+        """The grid as ``(H, W, 3) uint8`` RGB."""
+        return apply_palette(self.indices, self.palette)
+
+    def png(self, compress_level: int = DEFAULT_COMPRESS_LEVEL) -> bytes:
+        """The grid as a palette PNG."""
+        return encode_png(self.indices, palette=self.palette, compress_level=compress_level)
+
+
+def select_channels(
+    means: torch.Tensor,
+    *,
+    channels: Sequence[int] | None = None,
+    top_k: int | None = None,
+    layer: str = "layer",
+) -> list[int]:
+    """Which channels to draw, given each channel's mean activation ``means`` ``(C,)``.
+
+    Default all, in order; ``channels``: those, in the order given, without repeats;
+    ``top_k``: the ``k`` highest means, highest first (ties by index; at most ``C``).
+    Raises :class:`InvalidArgumentError` for a channel outside ``0..C-1``.
+    """
+    count = int(means.shape[0])
+    if channels is not None:
+        bad = [c for c in channels if not 0 <= c < count]
+        if bad:
+            raise InvalidArgumentError(
+                f"channel {bad[0]} is out of range for layer {layer!r}, which has {count} "
+                f"channels (valid: 0..{count - 1})"
+            )
+        return list(dict.fromkeys(int(c) for c in channels))
+    if top_k is not None:
+        order = torch.sort(means, descending=True, stable=True).indices
+        return [int(c) for c in order[:top_k]]
+    return list(range(count))
+
+
+def _as_maps(name: str, model_name: str, output: object) -> torch.Tensor:
+    """One image's activations as ``(C, H, W)`` float32; LayerShapeError for other shapes."""
+    if not isinstance(output, torch.Tensor):
+        raise LayerShapeError(
+            f"layer {name!r} of model {model_name!r} outputs {type(output).__name__}, not a "
+            "tensor; choose a layer that outputs (C, H, W)"
+        )
+    maps = output[0].float()
+    if maps.dim() == 1:
+        return maps.view(-1, 1, 1)
+    if maps.dim() != 3:
+        raise LayerShapeError(
+            f"layer {name!r} of model {model_name!r} outputs shape {tuple(maps.shape)} per "
+            "image; feature maps need (C, H, W), or (K,) drawn as K tiles of 1×1"
+        )
+    return maps
+
+
+def _check_options(
+    channels: Sequence[int] | None, top_k: int | None, scale: int, padding: int, normalize: str
+) -> None:
+    if channels is not None and top_k is not None:
+        raise InvalidArgumentError("give channels or top_k, not both")
+    if channels is not None and len(channels) == 0:
+        raise InvalidArgumentError("channels is empty; omit it to draw every channel")
+    if top_k is not None and top_k < 1:
+        raise InvalidArgumentError(f"top_k must be >= 1, got {top_k}")
+    if scale < 1:
+        raise InvalidArgumentError(f"scale must be >= 1, got {scale}")
+    if padding < 0:
+        raise InvalidArgumentError(f"padding must be >= 0, got {padding}")
+    if normalize not in ("channel", "layer"):
+        raise InvalidArgumentError(f"normalize must be 'channel' or 'layer', got {normalize!r}")
+
+
+def feature_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    *,
+    channels: Sequence[int] | None = None,
+    top_k: int | None = None,
+    normalize: Normalize = "channel",
+    colormap: str = DEFAULT_COLORMAP,
+    columns: int | None = None,
+    padding: int = 1,
+    scale: int = 1,
+    max_grid_pixels: int = DEFAULT_MAX_GRID_PIXELS,
+) -> list[LayerMaps]:
+    """The feature-map grid of each of ``layers`` for one preprocessed image ``x``.
+
+    ``x`` is ``(C, H, W)`` or ``(1, C, H, W)`` float, normalised as the model expects (see
+    :func:`cnnviz.imaging.preprocess.preprocess`); it is moved to the model's device and dtype.
+    Options apply to every layer: ``channels``/``top_k`` pick the channels
+    (:func:`select_channels`); ``normalize`` maps each channel's own range (``"channel"``) or
+    the whole layer's range (``"layer"``) onto ``colormap`` (a matplotlib colormap name);
+    ``columns``, ``padding`` and integer ``scale`` (nearest-neighbour upscaling) shape the grid,
+    which may not exceed ``max_grid_pixels``.
+
+    Returns one :class:`LayerMaps` per distinct layer, in the order asked. Raises
+    :class:`UnknownLayerError`, :class:`LayerShapeError` or :class:`InvalidArgumentError`.
+    """
+    _check_options(channels, top_k, scale, padding, normalize)
+    colours = palette(colormap)  # validates the name before the forward pass
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise InvalidArgumentError(f"x must be (C, H, W) or (1, C, H, W), got {tuple(x.shape)}")
+    index = layer_index(model)
+    names = index.resolve(layers)
+    param = next(model.parameters(), None)
+    if param is not None:
+        x = x.to(device=param.device, dtype=param.dtype)
+    with torch.inference_mode():
+        outputs = index.capture(x, names)
+        return [
+            _layer_maps(
+                name,
+                index.name,
+                outputs[name],
+                channels=channels,
+                top_k=top_k,
+                normalize=normalize,
+                colours=colours,
+                columns=columns,
+                padding=padding,
+                scale=scale,
+                max_grid_pixels=max_grid_pixels,
+            )
+            for name in names
+        ]
+
+
+def _layer_maps(
+    name: str,
+    model_name: str,
+    output: object,
+    *,
+    channels: Sequence[int] | None,
+    top_k: int | None,
+    normalize: Normalize,
+    colours: torch.Tensor,
+    columns: int | None,
+    padding: int,
+    scale: int,
+    max_grid_pixels: int,
+) -> LayerMaps:
+    maps = _as_maps(name, model_name, output)
+    shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
+    flat = maps.flatten(1)
+    stats = torch.stack([flat.amin(dim=1), flat.amax(dim=1), flat.mean(dim=1)], dim=1)
+    chosen = select_channels(stats[:, 2], channels=channels, top_k=top_k, layer=name)
+    _, height, width = maps.shape
+    layout = grid_layout(
+        len(chosen),
+        (height * scale, width * scale),
+        columns=columns,
+        padding=padding,
+        channels=chosen,
+        max_pixels=max_grid_pixels,
+    )
+    # Over every channel, drawn or not: a layer range must not depend on the selection.
+    lo, hi = value_range(maps, normalize)
+    picked = torch.tensor(chosen, device=maps.device)
+    indices = quantize(maps[picked], lo[picked], hi[picked])
+    grid = tile_grid(upscale(indices, scale), layout, fill=PAD_INDEX)
+    return LayerMaps(
+        name=name,
+        shape=shape,
+        layout=layout,
+        stats=stats[picked].cpu(),
+        indices=grid.cpu(),
+        palette=colours,
+    )

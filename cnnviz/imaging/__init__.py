@@ -1,0 +1,37 @@
+"""Images in and out: decoding, preprocessing, colormaps, grids and PNG encoding."""
+
+from cnnviz.imaging.decode import ALLOWED_FORMATS, decode_image
+from cnnviz.imaging.grid import GridLayout, grid_layout, tile_grid, upscale
+from cnnviz.imaging.heatmap import (
+    DEFAULT_COLORMAP,
+    PAD_INDEX,
+    apply_palette,
+    colormap_lut,
+    colormap_names,
+    palette,
+    quantize,
+    value_range,
+)
+from cnnviz.imaging.png import DEFAULT_COMPRESS_LEVEL, encode_png
+from cnnviz.imaging.preprocess import preprocess, to_tensor
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_COLORMAP",
+    "DEFAULT_COMPRESS_LEVEL",
+    "PAD_INDEX",
+    "GridLayout",
+    "apply_palette",
+    "colormap_lut",
+    "colormap_names",
+    "decode_image",
+    "encode_png",
+    "grid_layout",
+    "palette",
+    "preprocess",
+    "quantize",
+    "tile_grid",
+    "to_tensor",
+    "upscale",
+    "value_range",
+]
