@@ -1,0 +1,111 @@
+"""Redirected ReLU gradients (Lucid's ``redirected_relu_grad``), without touching the model.
+
+A unit whose ReLU input is negative for the whole image gets no gradient at all: optimization
+from noise never starts for it. Lucid's fix keeps the ordinary ReLU gradient for every batch
+element where any of it is non-zero; where all of it is zero, it lets the incoming gradient
+through, except where that would push an already negative input further down.
+
+:func:`redirect_relus` rewrites a *copy* of an FX graph: every ReLU and ReLU6 (modules,
+functions, methods, in-place or not) becomes the redirected version. The copy shares the
+model's submodules and parameters; the model and the cached extractor stay as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = ["redirect_relus", "redirected_relu", "redirected_relu6"]
+
+
+def _per_item(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` bool → broadcastable against ``like`` ``(n, ...)``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+class _RedirectedClamp(torch.autograd.Function):
+    """``clamp(x, low, high)`` with Lucid's redirected gradient; ``high`` may be ``inf``.
+
+    Gradients here are of the *loss* (the negated objective), as in Lucid: a positive gradient
+    on a negative input would push it lower, so it is blocked even when redirected.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.bounds = (low, high)
+        return x.clamp(min=low, max=high if high != float("inf") else None)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (x,) = ctx.saved_tensors
+        low, high = ctx.bounds
+        below, above = x < low, x > high
+        plain = grad.masked_fill(below | above, 0.0)
+        if plain.dim() < 2:  # no batch dimension: nothing to redirect per item
+            return plain, None, None
+        dead = plain.flatten(1).abs().amax(dim=1) == 0
+        blocked = (below & (grad > 0)) | (above & (grad < 0))
+        redirected = grad.masked_fill(blocked, 0.0)
+        return torch.where(_per_item(dead, x), redirected, plain), None, None
+
+
+def redirected_relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU forward; redirected gradient for batch items whose ReLU gradient is all zero."""
+    out: torch.Tensor = _RedirectedClamp.apply(x, 0.0, float("inf"))
+    return out
+
+
+def redirected_relu6(x: torch.Tensor) -> torch.Tensor:
+    """ReLU6 forward; redirected gradient as in :func:`redirected_relu`, at both bounds."""
+    out: torch.Tensor = _RedirectedClamp.apply(x, 0.0, 6.0)
+    return out
+
+
+_RELU_FUNCTIONS = {torch.relu, torch.relu_, F.relu, F.relu_}
+_RELU6_FUNCTIONS = {F.relu6}
+
+
+def _replacement(node: fx.Node, modules: dict[str, nn.Module]) -> Any:
+    """The redirected function for a ReLU-like node, or ``None`` for any other node."""
+    if node.op == "call_module":
+        module = modules.get(str(node.target))
+        if isinstance(module, nn.ReLU6):
+            return redirected_relu6
+        if isinstance(module, nn.ReLU):
+            return redirected_relu
+    elif node.op == "call_function":
+        if node.target in _RELU_FUNCTIONS:
+            return redirected_relu
+        if node.target in _RELU6_FUNCTIONS:
+            return redirected_relu6
+    elif node.op == "call_method" and node.target in ("relu", "relu_"):
+        return redirected_relu
+    return None
+
+
+def redirect_relus(module: fx.GraphModule) -> tuple[fx.GraphModule, int]:
+    """A copy of ``module`` whose ReLUs redirect gradients, and how many were replaced.
+
+    ``module`` is an FX graph module in the mode it will be run in (its current graph is
+    copied). The copy references the same submodules, so it shares their parameters.
+    """
+    graph = copy.deepcopy(module.graph)
+    modules = dict(module.named_modules())
+    count = 0
+    for node in list(graph.nodes):
+        function = _replacement(node, modules)
+        if function is None:
+            continue
+        source = node.args[0] if node.args else node.kwargs.get("input")
+        with graph.inserting_after(node):
+            new = graph.call_function(function, (source,))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        count += 1
+    graph.lint()
+    return fx.GraphModule(module, graph), count

@@ -1,0 +1,243 @@
+"""Differentiable random transforms, drawn independently for every image of a batch.
+
+Optimizing an image to be recognised under small random shifts, scalings and rotations keeps
+it from exploiting the exact pixel grid (Mordvintsev et al. 2015; Olah et al. 2017). Each
+transform separates *drawing* its random parameters from *applying* them:
+
+- :meth:`Transform.draw` takes one unit's :class:`torch.Generator` and returns the parameters
+  of every step at once, ``(steps, n_params)`` float32 on CPU. Drawing per unit, up front,
+  makes a unit's transforms independent of which other units share its batch (chunking does
+  not change results) and costs one generator call per unit instead of one per step.
+- ``transform(images, params)`` applies them: ``images`` ``(n, C, H, W)``, ``params``
+  ``(n, n_params)`` on the images' device, one row per image. Every operation is
+  differentiable with respect to ``images``.
+
+:class:`Compose` chains transforms and fuses consecutive affine ones (scale, rotate) into a
+single resampling, so the image is interpolated once instead of once per transform.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Compose",
+    "Jitter",
+    "Pad",
+    "RandomRotate",
+    "RandomScale",
+    "Resize",
+    "Transform",
+    "standard_transforms",
+]
+
+
+class Transform(ABC):
+    """One differentiable transform with per-image random parameters."""
+
+    n_params: int = 0
+
+    def draw(self, generator: torch.Generator, steps: int) -> torch.Tensor:
+        """Parameters for ``steps`` steps of one image: ``(steps, n_params)`` float32, CPU."""
+        return torch.empty((steps, self.n_params))
+
+    @abstractmethod
+    def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Transform ``images`` ``(n, C, H, W)`` with ``params`` ``(n, n_params)``."""
+
+
+class Pad(Transform):
+    """Pad every side by ``width`` pixels of a constant ``value`` (0.5: mid grey)."""
+
+    def __init__(self, width: int, value: float = 0.5) -> None:
+        self.width = width
+        self.value = value
+
+    def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        w = self.width
+        return F.pad(images, (w, w, w, w), mode="constant", value=self.value)
+
+    def __repr__(self) -> str:
+        return f"Pad({self.width}, {self.value})"
+
+
+class Jitter(Transform):
+    """Crop ``(H - d, W - d)`` at a random integer offset in ``[0, d]`` on each axis."""
+
+    n_params = 2
+
+    def __init__(self, d: int) -> None:
+        if d < 1:
+            raise ValueError(f"jitter must be at least 1 pixel, not {d}")
+        self.d = d
+
+    def draw(self, generator: torch.Generator, steps: int) -> torch.Tensor:
+        return torch.randint(0, self.d + 1, (steps, 2), generator=generator).to(torch.float32)
+
+    def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = images.shape
+        out_h, out_w = h - self.d, w - self.d
+        offsets = params.to(torch.long)
+        # Two gathers (rows, then columns): an exact per-image crop, no interpolation.
+        rows = offsets[:, 0, None] + torch.arange(out_h, device=images.device)
+        cols = offsets[:, 1, None] + torch.arange(out_w, device=images.device)
+        images = images.gather(2, rows[:, None, :, None].expand(n, c, out_h, w))
+        return images.gather(3, cols[:, None, None, :].expand(n, c, out_h, out_w))
+
+    def __repr__(self) -> str:
+        return f"Jitter({self.d})"
+
+
+class _Affine(Transform):
+    """A transform that resamples the image through a per-image affine map of the plane."""
+
+    @abstractmethod
+    def matrix(self, params: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``(n, 3, 3)``: output pixel position (centred, in pixels) → input position."""
+
+    def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        size = (images.shape[-2], images.shape[-1])
+        return _resample(images, self.matrix(params.to(images.dtype), size))
+
+
+def _resample(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Bilinear resampling of ``images`` ``(n, C, H, W)`` through ``matrix`` ``(n, 3, 3)``.
+
+    ``matrix`` works in pixels about the image centre; it is conjugated into
+    ``grid_sample``'s normalised coordinates so rotations stay rotations on non-square images.
+    Points outside the image take the nearest border pixel (the padding, in the standard set).
+    """
+    height, width = images.shape[-2:]
+    half = torch.tensor([width / 2, height / 2, 1.0], dtype=images.dtype, device=images.device)
+    theta = (matrix * half[None, None, :]) / half[None, :, None]
+    grid = F.affine_grid(theta[:, :2, :], list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class RandomScale(_Affine):
+    """Zoom about the centre by a factor drawn uniformly from ``[low, high]`` (> 1 enlarges)."""
+
+    n_params = 1
+
+    def __init__(self, low: float = 0.9, high: float = 1.1) -> None:
+        if not 0 < low <= high:
+            raise ValueError(f"scale range must satisfy 0 < low <= high, not [{low}, {high}]")
+        self.low = low
+        self.high = high
+
+    def draw(self, generator: torch.Generator, steps: int) -> torch.Tensor:
+        return torch.empty((steps, 1)).uniform_(self.low, self.high, generator=generator)
+
+    def matrix(self, params: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        inverse = 1.0 / params[:, 0]
+        matrix = torch.zeros((params.shape[0], 3, 3), dtype=params.dtype, device=params.device)
+        matrix[:, 0, 0] = inverse
+        matrix[:, 1, 1] = inverse
+        matrix[:, 2, 2] = 1.0
+        return matrix
+
+    def __repr__(self) -> str:
+        return f"RandomScale({self.low}, {self.high})"
+
+
+class RandomRotate(_Affine):
+    """Rotate about the centre by an angle drawn uniformly from ``[-degrees, degrees]``."""
+
+    n_params = 1
+
+    def __init__(self, degrees: float = 10.0) -> None:
+        self.degrees = degrees
+
+    def draw(self, generator: torch.Generator, steps: int) -> torch.Tensor:
+        return torch.empty((steps, 1)).uniform_(-self.degrees, self.degrees, generator=generator)
+
+    def matrix(self, params: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        angle = params[:, 0] * (math.pi / 180.0)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        matrix = torch.zeros((params.shape[0], 3, 3), dtype=params.dtype, device=params.device)
+        matrix[:, 0, 0] = cos
+        matrix[:, 0, 1] = -sin
+        matrix[:, 1, 0] = sin
+        matrix[:, 1, 1] = cos
+        matrix[:, 2, 2] = 1.0
+        return matrix
+
+    def __repr__(self) -> str:
+        return f"RandomRotate({self.degrees})"
+
+
+class Resize(Transform):
+    """Bilinear resize to ``size`` ``(H, W)`` (antialiased when shrinking); no-op if equal."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) == self.size:
+            return images
+        shrinking = images.shape[-2] > self.size[0] or images.shape[-1] > self.size[1]
+        return F.interpolate(
+            images, size=self.size, mode="bilinear", align_corners=False, antialias=shrinking
+        )
+
+    def __repr__(self) -> str:
+        return f"Resize({self.size})"
+
+
+class Compose(Transform):
+    """Apply ``transforms`` in order; their parameters are concatenated in that order."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+        self.n_params = sum(t.n_params for t in self.transforms)
+
+    def draw(self, generator: torch.Generator, steps: int) -> torch.Tensor:
+        parts = [t.draw(generator, steps) for t in self.transforms]
+        return torch.cat(parts, dim=1) if parts else torch.empty((steps, 0))
+
+    def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        start = 0
+        pending: torch.Tensor | None = None  # product of consecutive affine maps not yet applied
+        for transform in self.transforms:
+            own = params[:, start : start + transform.n_params].to(images.dtype)
+            start += transform.n_params
+            if isinstance(transform, _Affine):
+                size = (images.shape[-2], images.shape[-1])
+                # Output → input maps compose right to left: the first transform's map is
+                # applied last to the output position.
+                matrix = transform.matrix(own, size)
+                pending = matrix if pending is None else pending @ matrix
+                continue
+            if pending is not None:
+                images = _resample(images, pending)
+                pending = None
+            images = transform(images, own)
+        return images if pending is None else _resample(images, pending)
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
+
+
+def standard_transforms(image_size: tuple[int, int], output_size: tuple[int, int]) -> Compose:
+    """Lucid's standard robustness set, scaled to the image, then a resize to the model's input.
+
+    For a 224-pixel image: pad 12 (grey), jitter 8, scale in [0.9, 1.1], rotate ±10°, jitter 4
+    — Lucid's ``standard_transforms``. Pixel amounts scale with the image so a 64-pixel image
+    is moved as much, relative to its size, as a 224-pixel one.
+    """
+    unit = min(image_size) / 224.0
+    return Compose(
+        [
+            Pad(max(1, round(12 * unit)), 0.5),
+            Jitter(max(1, round(8 * unit))),
+            RandomScale(0.9, 1.1),
+            RandomRotate(10.0),
+            Jitter(max(1, round(4 * unit))),
+            Resize(output_size),
+        ]
+    )
