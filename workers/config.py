@@ -1,0 +1,76 @@
+"""The settings of a worker process, read from ``CNNVIZ_*`` environment variables.
+
+The same ``CNNVIZ_REDIS_URL`` as the API's points a worker at the broker, the result backend
+and the job records.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """One instance per worker process (:func:`get_worker_settings`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CNNVIZ_", env_file=None, extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis: Celery broker, result backend and job records",
+    )
+    models_file: Path | None = Field(default=None, description="TOML file of extra models")
+    worker_device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$",
+        description="auto: cuda:N (N = pool child index modulo the GPUs) when CUDA is "
+        "available, else cpu; or cpu, cuda, cuda:N, mps",
+    )
+    worker_torch_threads: int | None = Field(
+        default=None, ge=1, description="torch intra-op threads per child; unset: torch's default"
+    )
+    job_soft_time_limit: float = Field(
+        default=1800, gt=0, description="seconds; the job fails with a timeout error"
+    )
+    job_time_limit: float = Field(
+        default=1860, gt=0, description="seconds; the child is killed (a job stuck in C code)"
+    )
+    broker_visibility_timeout: float = Field(
+        default=3900, gt=0, description="seconds an unacknowledged job waits before redelivery"
+    )
+    broker_restore_interval: float = Field(
+        default=30, gt=0, description="seconds between sweeps for jobs of lost workers"
+    )
+    job_max_attempts: int = Field(
+        default=3, ge=1, description="deliveries of one job before it fails as worker_lost"
+    )
+    worker_max_tasks_per_child: int = Field(
+        default=200, ge=1, description="jobs before a pool child is replaced"
+    )
+    result_expires: int = Field(
+        default=24 * 3600, ge=60, description="seconds Celery keeps a task's small summary"
+    )
+    job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
+    job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> Self:
+        # A job still running when its message becomes visible again would be delivered to a
+        # second worker; a soft limit past the hard one would never fire.
+        if not self.job_soft_time_limit < self.job_time_limit < self.broker_visibility_timeout:
+            raise ValueError(
+                "need CNNVIZ_JOB_SOFT_TIME_LIMIT < CNNVIZ_JOB_TIME_LIMIT < "
+                f"CNNVIZ_BROKER_VISIBILITY_TIMEOUT, got {self.job_soft_time_limit}, "
+                f"{self.job_time_limit}, {self.broker_visibility_timeout}"
+            )
+        return self
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    """The worker's settings, read once."""
+    return WorkerSettings()
