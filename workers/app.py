@@ -1,0 +1,88 @@
+"""The Celery app of the GPU workers.
+
+Start a worker (one per machine, one pool child per GPU)::
+
+    CNNVIZ_REDIS_URL=redis://redis:6379/0 \\
+    celery -A workers.app worker -Q gpu --pool prefork --concurrency 1 --loglevel INFO
+
+Nothing here touches CUDA or loads a model: the parent forks its pool children first, and
+each child picks its device and loads models at its first job (:mod:`workers.tasks`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from schemas.jobs import JOB_QUEUE, OPTIMIZE_TASK
+from workers.config import get_worker_settings
+
+settings = get_worker_settings()
+
+app = Celery(
+    "cnnviz",
+    broker=settings.redis_url,
+    backend=settings.redis_url,
+    include=["workers.tasks"],
+)
+app.conf.update(
+    # JSON only: messages hold ids and small settings, never tensors or pickles; a worker that
+    # accepted pickle would run whatever code a message carried.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    # Every job goes to the gpu queue, whoever sends it; workers consume it with -Q gpu.
+    task_default_queue=JOB_QUEUE,
+    task_routes={OPTIMIZE_TASK: {"queue": JOB_QUEUE}},
+    task_create_missing_queues=True,
+    # Acknowledge a job when it ends, not when it starts: if the worker dies mid-job, the
+    # message is still in Redis and another worker runs the job.
+    task_acks_late=True,
+    # ... and when a pool child is killed (OOM killer, SIGKILL), requeue its job at once
+    # rather than record a failure. A job that kills every child it touches would loop: the
+    # job record counts deliveries and fails it after CNNVIZ_JOB_MAX_ATTEMPTS.
+    task_reject_on_worker_lost=True,
+    # A job that failed or hit its hard limit would fail the same way again: acknowledge it.
+    task_acks_on_failure_or_timeout=True,
+    # Reserve one job at a time: a long GPU job must not hold others hostage in its worker's
+    # prefetch buffer while another worker sits idle.
+    worker_prefetch_multiplier=1,
+    # The soft limit raises SoftTimeLimitExceeded in the job, which records a timeout error;
+    # the hard limit kills a child stuck in C code. Both below the visibility timeout, or a
+    # job still running would be handed to a second worker.
+    task_soft_time_limit=settings.job_soft_time_limit,
+    task_time_limit=settings.job_time_limit,
+    broker_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout,
+        # How soon the jobs of a lost worker go back to the queue once past the visibility
+        # timeout: sweep every interval (kombu's default throttle would make it 10x longer).
+        "unacked_restore_interval": settings.broker_restore_interval,
+        "unacked_restore_throttle": 1,
+    },
+    result_backend_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout,
+    },
+    # The task's own result is a small summary; the job's images live in the job record
+    # (its own TTL), so Celery's copy may go sooner.
+    result_expires=settings.result_expires,
+    # One child per GPU (the CLI's --concurrency overrides); prefork isolates CUDA per child.
+    worker_pool="prefork",
+    worker_concurrency=1,
+    # Replace a child after this many jobs: allocator caches and fragmentation grow.
+    worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+    # Workers announce themselves; /readyz counts those that consume the gpu queue.
+    worker_send_task_events=False,
+    broker_connection_retry_on_startup=True,
+)
+
+
+@worker_process_init.connect
+def _init_child(**_: Any) -> None:
+    """In each pool child, after the fork: torch threads (models load at the first job)."""
+    if settings.worker_torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.worker_torch_threads)
