@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 from cnnviz.models import ModelRegistry
 from service.concurrency import TorchPool
 from service.errors import ApiError
+from service.jobs.manager import JobManager
 from service.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -25,8 +26,14 @@ def get_pool(request: Request) -> TorchPool:
     return pool
 
 
+def get_jobs(request: Request) -> JobManager:
+    jobs: JobManager = request.app.state.jobs
+    return jobs
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 PoolDep = Annotated[TorchPool, Depends(get_pool)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
 
 
 async def require_api_key(

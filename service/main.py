@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from cnnviz.models import ModelRegistry
 from service.concurrency import TorchPool
 from service.errors import install_error_handlers
+from service.jobs import build_jobs, jobs_lifespan
 from service.limits import BodySizeLimit
 from service.routers import api_router, health
 from service.settings import Settings, get_settings
@@ -21,11 +22,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="cnnviz",
         version="0.1.0",
         description="What convolutional networks see: feature-map grids and optimized patterns.",
+        lifespan=jobs_lifespan,
     )
     app.dependency_overrides[get_settings] = lambda: settings
     app.state.settings = settings
     app.state.registry = ModelRegistry.from_file(settings.models_file, device=settings.device)
     app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog)
+    app.state.jobs = build_jobs(settings, app.state.registry)
+    app.state.readiness = app.state.jobs.readiness
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router)

@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     )
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="job record TTL")
     inprocess_job_workers: int = Field(default=1, ge=1, le=8)
+    inprocess_job_backlog: int = Field(
+        default=64, ge=0, description="in-process jobs that may wait for a worker before 503"
+    )
+    job_soft_time_limit: float = Field(
+        default=1800, gt=0, description="seconds; in-process jobs fail with a timeout error"
+    )
+    job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
+    job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
+    queue_check_interval: float = Field(
+        default=5.0, ge=0, description="seconds /readyz reuses its count of queue workers"
+    )
 
     @property
     def api_key_list(self) -> list[str]:

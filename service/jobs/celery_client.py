@@ -1,0 +1,124 @@
+"""The Celery transport: the API sends jobs to the ``gpu`` queue by task name.
+
+The API never imports the workers' Celery app (that would pull the worker's settings, tasks
+and torch code into the API). It has a light client of its own, configured here, that shares
+only what :mod:`schemas.jobs` names: the task name and the queue. The message is JSON: the
+job's id and its resolved request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import anyio.to_thread
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from schemas.jobs import JOB_QUEUE, OPTIMIZE_TASK, OptimizationTask
+from service.jobs.transport import QueueUnavailable
+
+
+def redact(url: str) -> str:
+    """A Redis URL without its password, for messages and /readyz."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def make_client(redis_url: str) -> Celery:
+    """A Celery app that only sends tasks and asks workers what they consume."""
+    client = Celery("cnnviz-api", broker=redis_url, backend=redis_url, set_as_current=False)
+    client.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        # A request must not hang while Redis is down: connect fast, retry a publish once,
+        # and answer 503; the connection pool reconnects on the next request by itself.
+        broker_connection_timeout=2.0,
+        broker_transport_options={"socket_connect_timeout": 2.0, "socket_timeout": 5.0},
+        redis_socket_connect_timeout=2.0,
+        redis_socket_timeout=5.0,
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0.2,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+    )
+    return client
+
+
+class CeleryTransport:
+    """A :class:`~service.jobs.transport.JobTransport` on Celery and Redis."""
+
+    name = "celery"
+
+    def __init__(
+        self, redis_url: str, check_interval_s: float = 5.0, inspect_timeout_s: float = 1.0
+    ) -> None:
+        self._url = redact(redis_url)
+        self._client = make_client(redis_url)
+        self._check_interval_s = check_interval_s
+        self._inspect_timeout_s = inspect_timeout_s
+        self._checked_at = -float("inf")
+        self._checks: dict[str, dict[str, Any]] = {}
+        self._check_lock = anyio.Lock()
+
+    async def submit(self, task: OptimizationTask) -> None:
+        await anyio.to_thread.run_sync(self._send, task)
+
+    def _send(self, task: OptimizationTask) -> None:
+        try:
+            self._client.send_task(
+                OPTIMIZE_TASK,
+                args=[task.model_dump(mode="json")],
+                task_id=task.job_id,
+                queue=JOB_QUEUE,
+            )
+        except (OperationalError, OSError) as exc:
+            raise QueueUnavailable(f"cannot send the job to Redis at {self._url}: {exc}") from exc
+
+    def _consumers(self) -> int:
+        """Workers that consume the ``gpu`` queue (one reply per worker, after the timeout)."""
+        inspector = self._client.control.inspect(timeout=self._inspect_timeout_s)
+        replies = inspector.active_queues() or {}
+        return sum(
+            1 for queues in replies.values() if any(q.get("name") == JOB_QUEUE for q in queues)
+        )
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        # Asking the workers takes the whole inspect timeout: reuse the answer for a while.
+        async with self._check_lock:
+            if time.monotonic() - self._checked_at < self._check_interval_s:
+                return self._checks
+            try:
+                consumers = await anyio.to_thread.run_sync(self._consumers)
+            except (OperationalError, OSError) as exc:
+                self._checks = {
+                    "workers": {
+                        "ok": False,
+                        "queue": JOB_QUEUE,
+                        "reason": f"cannot ask the workers through Redis at {self._url}: {exc}",
+                    }
+                }
+            else:
+                workers: dict[str, Any] = {"ok": consumers > 0, "queue": JOB_QUEUE}
+                workers["consumers"] = consumers
+                if consumers == 0:
+                    workers["reason"] = (
+                        f"no worker consumes the {JOB_QUEUE!r} queue, so optimization jobs "
+                        "would wait; start one: celery -A workers.app worker -Q gpu"
+                    )
+                self._checks = {"workers": workers}
+            self._checked_at = time.monotonic()
+            return self._checks
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._client.close)

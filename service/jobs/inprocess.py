@@ -1,0 +1,95 @@
+"""The in-process transport: jobs run in a few threads of the API process.
+
+The embedded default, for a machine with nothing but the service: the same job function
+(:func:`workers.run.execute`), the same records, states, progress, preview and cancel as with
+Celery. Bounded: ``workers`` jobs run at once and ``backlog`` more wait; past that a submit is
+refused (503) rather than queued without limit. Jobs live as long as the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from cnnviz.models import LoadedModel
+from schemas.jobs import OptimizationTask
+from service.jobs.memory import MemoryStore
+from service.jobs.transport import QueueFull
+from workers.run import execute
+
+log = logging.getLogger(__name__)
+
+
+class InProcessTransport:
+    """A :class:`~service.jobs.transport.JobTransport` on a thread pool."""
+
+    name = "in-process"
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        load: Callable[[str], LoadedModel],
+        *,
+        workers: int,
+        backlog: int,
+        soft_time_limit_s: float,
+        progress_interval_s: float = 0.5,
+        preview_interval_s: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._load = load
+        self._workers = workers
+        self._capacity = workers + backlog
+        self._soft_time_limit_s = soft_time_limit_s
+        self._progress_interval_s = progress_interval_s
+        self._preview_interval_s = preview_interval_s
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnviz-job")
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    async def submit(self, task: OptimizationTask) -> None:
+        with self._lock:
+            if self._in_flight >= self._capacity:
+                raise QueueFull(retry_after=5)
+            self._in_flight += 1
+        try:
+            self._executor.submit(self._run, task)
+        except RuntimeError:  # shut down
+            with self._lock:
+                self._in_flight -= 1
+            raise QueueFull(retry_after=5) from None
+
+    def _run(self, task: OptimizationTask) -> None:
+        try:
+            execute(
+                task,
+                self._load,
+                self._store,
+                soft_time_limit_s=self._soft_time_limit_s,
+                progress_interval_s=self._progress_interval_s,
+                preview_interval_s=self._preview_interval_s,
+            )
+        except Exception:  # execute records job errors; this is a bug, keep the thread alive
+            log.exception("job %s: unexpected error", task.job_id)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        return {
+            "jobs": {
+                "ok": True,
+                "transport": self.name,
+                "workers": self._workers,
+                "in_flight": self._in_flight,
+                "capacity": self._capacity,
+            }
+        }
+
+    async def close(self) -> None:
+        # Running jobs stop at their next step; queued ones never start.
+        self._store.cancel_all()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,189 @@
+"""Job records in the API process, for the in-process transport.
+
+The same transitions as the Redis records (:mod:`workers.records`), under one lock: the API's
+event loop reads and cancels, executor threads start, report and finish. Records expire like
+Redis keys: ``ttl`` after creation, and again ``ttl`` after the job finishes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from schemas.jobs import JobError, JobRecord, JobStatus, OptimizationResult, Progress
+from service.jobs.store import Idempotency, IdempotencyConflict, JobNotFinished, JobNotFound
+
+
+@dataclass
+class _Entry:
+    record: JobRecord
+    expires_at: float
+    result: OptimizationResult | None = None
+    preview: bytes | None = None
+
+
+class MemoryStore:
+    """A :class:`~service.jobs.store.JobStore` and a :class:`workers.run.Recorder` in memory."""
+
+    def __init__(self, ttl_seconds: int) -> None:
+        self._ttl = ttl_seconds
+        self._entries: dict[str, _Entry] = {}
+        self._idempotency: dict[str, tuple[str, str]] = {}  # digest -> (job id, fingerprint)
+        self._lock = threading.Lock()
+
+    # ---- helpers (call with the lock held) ----
+
+    def _purge(self) -> None:
+        now = time.time()
+        for job_id in [j for j, e in self._entries.items() if e.expires_at <= now]:
+            self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        entry = self._entries.pop(job_id, None)
+        if entry is not None and entry.record.idem is not None:
+            self._idempotency.pop(entry.record.idem, None)
+
+    def _entry(self, job_id: str) -> _Entry:
+        entry = self._entries.get(job_id)
+        if entry is None or entry.expires_at <= time.time():
+            raise JobNotFound(job_id)
+        return entry
+
+    def _update(self, entry: _Entry, **changes: object) -> None:
+        entry.record = entry.record.model_copy(update=changes)
+
+    # ---- the API's side ----
+
+    async def create(
+        self, record: JobRecord, ttl_seconds: int, idempotency: Idempotency | None
+    ) -> tuple[JobRecord, bool]:
+        with self._lock:
+            self._purge()
+            if idempotency is not None:
+                known = self._idempotency.get(idempotency.digest)
+                if known is not None and known[0] in self._entries:
+                    if known[1] != idempotency.fingerprint:
+                        raise IdempotencyConflict(idempotency.digest)
+                    return self._entries[known[0]].record, False
+                self._idempotency[idempotency.digest] = (record.id, idempotency.fingerprint)
+                record = record.model_copy(update={"idem": idempotency.digest})
+            self._entries[record.id] = _Entry(record, time.time() + ttl_seconds)
+            return record, True
+
+    async def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            return self._entry(job_id).record
+
+    async def result(self, job_id: str) -> OptimizationResult | None:
+        with self._lock:
+            return self._entry(job_id).result
+
+    async def preview(self, job_id: str) -> bytes | None:
+        with self._lock:
+            return self._entry(job_id).preview
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        with self._lock:
+            entry = self._entry(job_id)
+            status = entry.record.status
+            if not status.finished:
+                self._update(entry, cancel=True)
+                if status == JobStatus.QUEUED:
+                    self._close(entry, JobStatus.CANCELLED)
+            return entry.record
+
+    async def delete(self, job_id: str) -> None:
+        with self._lock:
+            entry = self._entry(job_id)
+            if not entry.record.status.finished:
+                raise JobNotFinished(entry.record)
+            self._forget(job_id)
+
+    async def discard(self, job_id: str) -> None:
+        with self._lock:
+            self._forget(job_id)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def cancel_all(self) -> None:
+        """Cancel every unfinished job (the process is shutting down)."""
+        with self._lock:
+            for entry in self._entries.values():
+                status = entry.record.status
+                if not status.finished:
+                    self._update(entry, cancel=True)
+                    if status == JobStatus.QUEUED:
+                        self._close(entry, JobStatus.CANCELLED)
+
+    def _close(self, entry: _Entry, status: JobStatus, error: JobError | None = None) -> None:
+        now = time.time()
+        self._update(entry, status=status, finished_at=now, error=error)
+        entry.expires_at = now + self._ttl
+
+    # ---- the executor's side (workers.run.Recorder) ----
+
+    def start(self, job_id: str) -> int | None:
+        with self._lock:
+            try:
+                entry = self._entry(job_id)
+            except JobNotFound:
+                return None
+            record = entry.record
+            if record.status.finished:
+                return None
+            if record.cancel:
+                self._close(entry, JobStatus.CANCELLED)
+                return None
+            attempt = record.attempts + 1
+            self._update(
+                entry,
+                status=JobStatus.RUNNING,
+                attempts=attempt,
+                started_at=record.started_at or time.time(),
+                progress=None,
+            )
+            return attempt
+
+    def _current(self, job_id: str, attempt: int) -> _Entry | None:
+        entry = self._entries.get(job_id)
+        if entry is None or entry.record.status != JobStatus.RUNNING:
+            return None
+        return entry if entry.record.attempts == attempt else None
+
+    def progress(
+        self, job_id: str, attempt: int, progress: Progress, preview: bytes | None
+    ) -> None:
+        with self._lock:
+            entry = self._current(job_id, attempt)
+            if entry is not None:
+                self._update(entry, progress=progress)
+                if preview is not None:
+                    entry.preview = preview
+
+    def should_stop(self, job_id: str, attempt: int) -> bool:
+        with self._lock:
+            entry = self._current(job_id, attempt)
+            return entry is None or entry.record.cancel
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: OptimizationResult | None,
+        error: JobError | None,
+        ttl_seconds: int,
+    ) -> bool:
+        with self._lock:
+            entry = self._current(job_id, attempt)
+            if entry is None or (status == JobStatus.SUCCEEDED and entry.result is not None):
+                return False
+            entry.result = result
+            self._close(entry, status, error)
+            entry.expires_at = time.time() + ttl_seconds
+            return True

@@ -1,0 +1,37 @@
+"""How a queued job reaches whatever runs it: one interface, two transports.
+
+* :class:`~service.jobs.celery_client.CeleryTransport` sends the task, by name, to the
+  ``gpu`` queue in Redis, where Celery workers take it (``CNNVIZ_REDIS_URL`` set);
+* :class:`~service.jobs.inprocess.InProcessTransport` runs it in a bounded executor in the
+  API process (the default: nothing else to start).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from schemas.jobs import OptimizationTask
+
+
+class QueueUnavailable(Exception):
+    """The queue cannot take the job now (broker unreachable)."""
+
+
+class QueueFull(Exception):
+    """The in-process executor has no room for another job."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"the job queue is full; retry in {retry_after} s")
+
+
+class JobTransport(Protocol):
+    name: str
+
+    async def submit(self, task: OptimizationTask) -> None:
+        """Hand the job over; QueueUnavailable or QueueFull when it cannot be taken."""
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        """Named checks for /readyz, each with ``ok`` and details."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,54 @@
+"""The job manager for the settings: Celery and Redis when ``CNNVIZ_REDIS_URL`` is set,
+else the in-process executor with records in memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from cnnviz.models import ModelRegistry
+from service.concurrency import TorchPool
+from service.jobs.manager import JobManager
+from service.settings import Settings
+
+
+def build_jobs(settings: Settings, registry: ModelRegistry) -> JobManager:
+    """The manager, its store and its transport; nothing connects until first used."""
+    # Checking a job before queueing it takes milliseconds once the model is loaded; it gets
+    # a thread of its own with a deep backlog, so a burst of submissions is not refused by
+    # the synchronous path's bound, nor slows feature maps down.
+    pool = TorchPool(concurrency=1, backlog=256)
+    if settings.redis_url:
+        from service.jobs.celery_client import CeleryTransport
+        from service.jobs.redis_store import RedisStore
+
+        return JobManager(
+            RedisStore(settings.redis_url),
+            CeleryTransport(settings.redis_url, check_interval_s=settings.queue_check_interval),
+            registry,
+            pool,
+            settings.job_ttl_seconds,
+        )
+    from service.jobs.inprocess import InProcessTransport
+    from service.jobs.memory import MemoryStore
+
+    store = MemoryStore(settings.job_ttl_seconds)
+    transport = InProcessTransport(
+        store,
+        registry.get,
+        workers=settings.inprocess_job_workers,
+        backlog=settings.inprocess_job_backlog,
+        soft_time_limit_s=settings.job_soft_time_limit,
+        progress_interval_s=settings.job_progress_interval,
+        preview_interval_s=settings.job_preview_interval,
+    )
+    return JobManager(store, transport, registry, pool, settings.job_ttl_seconds)
+
+
+@asynccontextmanager
+async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Close the job transport and store when the app stops."""
+    yield
+    await app.state.jobs.close()

@@ -1,0 +1,98 @@
+"""Optimization jobs: queue one, watch it, cancel it, fetch its images, forget it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Response
+
+from schemas.errors import Problem
+from schemas.jobs import JobRead, OptimizationCreate
+from service.deps import JobsDep
+
+router = APIRouter(tags=["jobs"])
+
+JobId = Annotated[str, Path(min_length=1, max_length=100, description="the job's id")]
+_RETRY_AFTER = "1"
+
+
+def _job_headers(response: Response, job: JobRead) -> None:
+    if not job.status.finished:
+        response.headers["Retry-After"] = _RETRY_AFTER
+
+
+@router.post(
+    "/models/{model}/optimizations",
+    status_code=202,
+    responses={
+        404: {"model": Problem},
+        422: {"model": Problem},
+        503: {"model": Problem, "description": "the queue is unavailable or full"},
+    },
+)
+async def create_optimization(
+    model: str,
+    body: OptimizationCreate,
+    jobs: JobsDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            description="the same key and body give back the same job",
+        ),
+    ] = None,
+) -> JobRead:
+    """Queue an activation-maximization job; poll the job at `Location`."""
+    job, created = await jobs.submit(model, body, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    _job_headers(response, job)
+    return job
+
+
+@router.get("/jobs/{job_id}", responses={404: {"model": Problem}, 503: {"model": Problem}})
+async def read_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRead:
+    """The job: status, progress, error, and the result once it has succeeded."""
+    job = await jobs.read(job_id)
+    _job_headers(response, job)
+    return job
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    responses={
+        202: {"description": "cancel asked; the job stops within a few steps"},
+        404: {"model": Problem},
+        409: {"model": Problem},
+    },
+)
+async def cancel_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRead:
+    """Stop a job: a queued one never starts, a running one stops within a few steps."""
+    job = await jobs.cancel(job_id)
+    if not job.status.finished:
+        response.status_code = 202
+    _job_headers(response, job)
+    return job
+
+
+@router.delete(
+    "/jobs/{job_id}", status_code=204, responses={404: {"model": Problem}, 409: {"model": Problem}}
+)
+async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:
+    """Forget a finished job and its images."""
+    await jobs.delete(job_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/jobs/{job_id}/preview",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: {"model": Problem}},
+)
+async def preview_job(job_id: JobId, jobs: JobsDep) -> Response:
+    """The latest image grid of a running job, as a PNG (one every few seconds)."""
+    png = await jobs.preview(job_id)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
