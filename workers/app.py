@@ -73,8 +73,10 @@ app.conf.update(
     worker_concurrency=1,
     # Replace a child after this many jobs: allocator caches and fragmentation grow.
     worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
-    # Workers announce themselves; /readyz counts those that consume the gpu queue.
-    worker_send_task_events=False,
+    # On a cold shutdown (SIGQUIT; SIGTERM too with REMAP_SIGTERM=SIGQUIT), let the running
+    # job go on for a while, then stop it and put its message back in the queue at once,
+    # rather than leave it to the visibility timeout.
+    worker_soft_shutdown_timeout=settings.worker_soft_shutdown_timeout,
     broker_connection_retry_on_startup=True,
 )
 

@@ -51,6 +51,9 @@ class WorkerSettings(BaseSettings):
     worker_max_tasks_per_child: int = Field(
         default=200, ge=1, description="jobs before a pool child is replaced"
     )
+    worker_soft_shutdown_timeout: float = Field(
+        default=60, ge=0, description="seconds a stopping worker lets its running job go on"
+    )
     result_expires: int = Field(
         default=24 * 3600, ge=60, description="seconds Celery keeps a task's small summary"
     )
