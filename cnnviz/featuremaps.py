@@ -38,7 +38,7 @@ from cnnviz.imaging.heatmap import (
 from cnnviz.imaging.png import DEFAULT_COMPRESS_LEVEL, encode_png
 from cnnviz.layers import layer_index
 
-__all__ = ["LayerMaps", "feature_maps", "select_channels"]
+__all__ = ["LayerMaps", "feature_map_grid", "feature_maps", "select_channels"]
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,39 @@ def feature_maps(
         ]
 
 
+def feature_map_grid(
+    activations: torch.Tensor,
+    name: str = "activations",
+    *,
+    channels: Sequence[int] | None = None,
+    top_k: int | None = None,
+    normalize: Normalize = "channel",
+    colormap: str = DEFAULT_COLORMAP,
+    columns: int | None = None,
+    padding: int = 1,
+    scale: int = 1,
+    max_grid_pixels: int = DEFAULT_MAX_GRID_PIXELS,
+) -> LayerMaps:
+    """The grid of activations already at hand: ``(C, H, W)``, or ``(K,)`` as ``K`` 1×1 tiles.
+
+    The options are those of :func:`feature_maps`; ``name`` labels the result and errors.
+    """
+    _check_options(channels, top_k, scale, padding, normalize)
+    return _layer_maps(
+        name,
+        "activations",
+        activations.unsqueeze(0),
+        channels=channels,
+        top_k=top_k,
+        normalize=normalize,
+        colours=palette(colormap),
+        columns=columns,
+        padding=padding,
+        scale=scale,
+        max_grid_pixels=max_grid_pixels,
+    )
+
+
 def _layer_maps(
     name: str,
     model_name: str,
@@ -207,6 +240,7 @@ def _layer_maps(
     scale: int,
     max_grid_pixels: int,
 ) -> LayerMaps:
+    """The grid of one layer's ``output`` ``(1, *shape)``; options already checked."""
     maps = _as_maps(name, model_name, output)
     shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
     flat = maps.flatten(1)

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from cnnviz.errors import InvalidArgumentError, LayerShapeError, UnknownLayerError
-from cnnviz.featuremaps import feature_maps, select_channels
+from cnnviz.featuremaps import feature_map_grid, feature_maps, select_channels
 
 WHITE = [255, 255, 255]
 
@@ -218,3 +218,11 @@ def test_no_hook_is_left_and_modes_and_grads_are_restored(cls: type[OneByOne]) -
     assert hook_count(model) == before_hooks
     assert list(modes(model)) == before_modes
     assert [p.requires_grad for p in model.parameters()] == before_grads
+
+
+def test_a_grid_of_activations_at_hand_is_the_same_grid() -> None:
+    (from_model,) = feature_maps(OneByOne(), X, ["conv"], top_k=2)
+    at_hand = feature_map_grid(CONV, "conv", top_k=2)
+    assert at_hand.layout == from_model.layout
+    assert torch.equal(at_hand.indices, from_model.indices)
+    assert torch.equal(at_hand.stats, from_model.stats)
