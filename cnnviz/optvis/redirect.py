@@ -44,12 +44,18 @@ class _RedirectedClamp(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (x,) = ctx.saved_tensors
         low, high = ctx.bounds
-        below, above = x < low, x > high
-        plain = grad.masked_fill(below | above, 0.0)
+        below = x < low
+        outside = below if high == float("inf") else below | (x > high)
+        plain = grad.masked_fill(outside, 0.0)
         if plain.dim() < 2:  # no batch dimension: nothing to redirect per item
             return plain, None, None
-        dead = plain.flatten(1).abs().amax(dim=1) == 0
-        blocked = (below & (grad > 0)) | (above & (grad < 0))
+        dead = ~plain.flatten(1).ne(0).any(dim=1)
+        # Once every item's unit is alive, the ordinary gradient is the answer: skip the rest.
+        if not bool(dead.any()):
+            return plain, None, None
+        blocked = below & (grad > 0)
+        if high != float("inf"):
+            blocked |= (x > high) & (grad < 0)
         redirected = grad.masked_fill(blocked, 0.0)
         return torch.where(_per_item(dead, x), redirected, plain), None, None
 
