@@ -1,0 +1,133 @@
+"""Feature-map grids: the request options and the response."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LayerName = Annotated[str, Field(min_length=1, max_length=256)]
+Channel = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class FeatureMapsOptions(BaseModel):
+    """Which layers to draw and how; the same fields in JSON and as multipart form fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: list[LayerName] = Field(
+        min_length=1,
+        max_length=16,
+        examples=[["block1.conv", "block3.conv"]],
+        description="Layer names (GET /v1/models/{model}/layers); all share one forward pass.",
+    )
+    channels: list[Channel] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        examples=[[0, 3, 7]],
+        description="Channels to draw, in this order, in every layer. Default: all.",
+    )
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        examples=[16],
+        description="Draw the k channels with the highest mean activation, highest first "
+        "(at most the layer's width). Not with `channels`.",
+    )
+    normalize: Literal["channel", "layer"] = Field(
+        default="channel",
+        description="`channel`: each tile spans the whole colormap; `layer`: one range for "
+        "the whole layer, so tiles compare with each other.",
+    )
+    colormap: str = Field(
+        default="viridis",
+        min_length=1,
+        max_length=64,
+        examples=["viridis", "gray", "magma", "inferno", "plasma", "cividis"],
+        description="Any matplotlib colormap name; append `_r` to reverse.",
+    )
+    columns: int | None = Field(
+        default=None, ge=1, le=256, description="Tiles per row. Default: a near-square grid."
+    )
+    padding: int = Field(default=1, ge=0, le=32, description="Pixels between and around tiles.")
+    scale: int = Field(
+        default=1, ge=1, le=16, description="Integer upscaling of each tile (nearest neighbour)."
+    )
+    fit: Literal["crop", "stretch"] = Field(
+        default="crop",
+        description="How the image meets the model's input size: `crop` scales the shorter "
+        "side and cuts the centre; `stretch` scales each side.",
+    )
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> Self:
+        if self.channels is not None and self.top_k is not None:
+            raise ValueError("give channels or top_k, not both")
+        return self
+
+
+class FeatureMapsCreate(FeatureMapsOptions):
+    """A JSON request: the options plus exactly one of a base64 image or a sample name."""
+
+    image: str | None = Field(
+        default=None,
+        description="The image file (PNG, JPEG, WebP, BMP, GIF), base64; a `data:` URL works.",
+    )
+    sample: str | None = Field(
+        default=None,
+        max_length=64,
+        examples=["triangle"],
+        description="A built-in sample image instead (GET /v1/samples).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.image is None) == (self.sample is None):
+            raise ValueError("give exactly one of image (base64) or sample")
+        return self
+
+
+class GridLayout(BaseModel):
+    """Where each channel is in the grid image.
+
+    Tile ``i`` is at row ``i // columns``, column ``i % columns``; its top-left pixel is at
+    ``y = padding + row * (tile[0] + padding)``, ``x = padding + column * (tile[1] + padding)``.
+    """
+
+    rows: int = Field(examples=[6])
+    columns: int = Field(examples=[6])
+    tile: tuple[int, int] = Field(examples=[[64, 64]], description="[height, width] in pixels")
+    padding: int = Field(examples=[1])
+    channels: list[int] = Field(examples=[[0, 1, 2]], description="The channel of each tile.")
+
+
+class ChannelStats(BaseModel):
+    """The activations of one channel over its whole map."""
+
+    channel: int
+    min: float
+    max: float
+    mean: float
+
+
+class LayerMapRead(BaseModel):
+    """The grid of one layer."""
+
+    name: str = Field(examples=["block1.conv"])
+    shape: list[int] = Field(
+        examples=[[32, 64, 64]],
+        description="The layer's output for one image: [C, H, W], or [K] for a vector layer "
+        "(drawn as K tiles of 1×1).",
+    )
+    grid: GridLayout
+    stats: list[ChannelStats] = Field(description="One entry per tile, in tile order.")
+    image: str = Field(description="The grid, a base64 PNG (palette colours; white padding).")
+
+
+class FeatureMapsRead(BaseModel):
+    """Feature-map grids for one image."""
+
+    model: str = Field(examples=["shapes"])
+    layers: list[LayerMapRead]

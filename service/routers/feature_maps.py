@@ -1,0 +1,125 @@
+"""Feature-map grids of one image, computed synchronously."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from schemas.errors import Problem
+from schemas.feature_maps import FeatureMapsCreate, FeatureMapsRead
+from service.deps import PoolDep, RegistryDep, SettingsDep
+from service.errors import ApiError
+from service.feature_maps import png_headers, read_request, render, to_read, wants_png
+
+router = APIRouter(prefix="/models", tags=["feature maps"])
+
+# A 16×16 triangle: a base64 image that the OpenAPI example can send as it is.
+_TINY_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQBAMAAADt3eJSAAAAMFBMVEX9zT33yT31xz3swDznvDzQqzuYfzhPRzMyMT"
+    "IfIzEXHDAWGzAUGjATGTAQFzAOFTBztqh+AAAAeElEQVR42lXNoQqDUBxG8XM//20i9xEshoXBYHVhD2D0sWy+xUDB"
+    "uCisLSwsCoIPIPoE3gWHsJN+7bg7WwKc/+H63KCmT0EQveozCI5jUoEg6eIRhJVejxsiHjxDhzi183z4YGountDnFq"
+    "ICcIuFLAXWtzFN+/QfX/6jGrklxmHBAAAAAElFTkSuQmCC"
+)
+_OPTIONS = {
+    name: schema
+    for name, schema in FeatureMapsCreate.model_json_schema()["properties"].items()
+    if name not in ("image", "sample", "layers", "channels")
+}
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": FeatureMapsCreate.model_json_schema(),
+            "examples": {
+                "sample": {
+                    "summary": "The built-in triangle, two layers",
+                    "value": {"sample": "triangle", "layers": ["block1.conv", "block3.conv"]},
+                },
+                "top_k": {
+                    "summary": "The 8 strongest channels, magma, tiles upscaled 4×",
+                    "value": {
+                        "sample": "star",
+                        "layers": ["block2.conv"],
+                        "top_k": 8,
+                        "colormap": "magma",
+                        "scale": 4,
+                    },
+                },
+                "image": {
+                    "summary": "Your own image, base64",
+                    "value": {"image": _TINY_PNG, "layers": ["block1.conv"], "channels": [0, 1]},
+                },
+            },
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["layers"],
+                "properties": {
+                    "image": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "The image file (or give `sample`).",
+                    },
+                    "sample": {"type": "string", "examples": ["triangle"]},
+                    "layers": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "examples": [["block1.conv"]],
+                        "description": "One field per layer.",
+                    },
+                    "channels": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 0},
+                        "description": "One field per channel. Default: all.",
+                    },
+                    **_OPTIONS,
+                },
+            },
+            "encoding": {"layers": {"explode": True}, "channels": {"explode": True}},
+        },
+    },
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON per layer; or with `Accept: image/png` and one layer, the PNG, "
+        "its layout in `X-Grid-*` headers.",
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    404: {"model": Problem, "description": "Unknown model"},
+    406: {"model": Problem, "description": "`Accept: image/png` with several layers"},
+    413: {"model": Problem, "description": "Body over the byte limit, or too many pixels"},
+    415: {"model": Problem, "description": "Neither JSON nor multipart"},
+    422: {"model": Problem, "description": "Bad image, layer, channel or option"},
+    503: {"model": Problem, "description": "Busy (Retry-After) or model unavailable"},
+}
+
+
+@router.post(
+    "/{model}/feature-maps",
+    response_model=FeatureMapsRead,
+    responses=_RESPONSES,
+    openapi_extra={"requestBody": _REQUEST_BODY},
+)
+async def create_feature_maps(
+    model: str, request: Request, registry: RegistryDep, pool: PoolDep, settings: SettingsDep
+) -> FeatureMapsRead | Response:
+    """Feature-map grids of one image for one or more layers, sharing one forward pass."""
+    registry.spec(model)
+    png = wants_png(request.headers.get("accept"))
+    body = await read_request(request)
+    layers = len(set(body.options.layers))
+    if png and layers > 1:
+        raise ApiError(
+            406,
+            "not_acceptable",
+            f"Accept: image/png returns one layer's grid, and {layers} layers were asked for; "
+            "ask for one layer, or for application/json",
+        )
+    rendered = await pool.run(render, registry, model, body, settings.max_image_pixels)
+    if png:
+        return Response(
+            rendered[0].png, media_type="image/png", headers=png_headers(rendered[0].maps)
+        )
+    return to_read(model, rendered)

@@ -1,0 +1,56 @@
+"""Tiny models for the API tests, registered as factories (``tests.api.nets:one_by_one``)."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.fx
+from torch import nn
+
+# The gated model's forward waits here; tests open the gate. ENTERED says a forward is waiting.
+GATE = threading.Event()
+ENTERED = threading.Event()
+
+
+class OneByOne(nn.Module):
+    """A 1×1 conv from grey to three channels, ``x``, ``1 - x`` and ``2x``, then a ReLU.
+
+    With mean 0 and std 1 the input is the image's grey level in [0, 1], so every activation
+    is a closed form of the pixels sent.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 1)
+        self.relu = nn.ReLU()
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, -1.0, 2.0]).view(3, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x))
+
+
+def one_by_one() -> nn.Module:
+    return OneByOne()
+
+
+@torch.fx.wrap
+def _wait_at_gate(x: torch.Tensor) -> torch.Tensor:
+    # fx.wrap keeps this out of tracing: it runs only in real forward passes.
+    ENTERED.set()
+    if not GATE.wait(timeout=30):
+        raise TimeoutError("the test never opened the gate")
+    return x
+
+
+class Gated(OneByOne):
+    """OneByOne whose forward blocks until :data:`GATE` is set: holds a torch slot at will."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(_wait_at_gate(x)))
+
+
+def gated() -> nn.Module:
+    return Gated()

@@ -1,0 +1,51 @@
+"""A full torch pool answers 503 with Retry-After at once, and recovers when a slot frees.
+
+Deterministic: the pool has one slot and no backlog, and the slot is held by a request whose
+forward pass waits at a gate that the test opens (``tests.api.nets.GATE``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.main import create_app
+from tests.api import nets
+from tests.api.conftest import REQUEST_TIMEOUT, make_settings, serve
+
+REQUEST = {"sample": "circle", "layers": ["conv"]}
+
+
+@pytest.fixture(scope="module")
+def one_slot(models_file: Path) -> Iterator[str]:
+    app = create_app(make_settings(models_file, sync_concurrency=1, sync_backlog=0))
+    with serve(app) as url:
+        yield url
+
+
+def test_a_full_pool_answers_503_with_retry_after(one_slot: str) -> None:
+    nets.GATE.clear()
+    nets.ENTERED.clear()
+    with (
+        httpx.Client(base_url=one_slot, timeout=REQUEST_TIMEOUT) as client,
+        concurrent.futures.ThreadPoolExecutor(1) as executor,
+    ):
+        held = executor.submit(
+            httpx.post, f"{one_slot}/v1/models/gated/feature-maps", json=REQUEST, timeout=60
+        )
+        try:
+            assert nets.ENTERED.wait(timeout=REQUEST_TIMEOUT), "the gated request never ran"
+            busy = client.post("/v1/models/tiny/feature-maps", json=REQUEST)
+            assert busy.status_code == 503
+            assert busy.headers["retry-after"] == "1"
+            assert busy.headers["content-type"] == "application/problem+json"
+            assert busy.json()["code"] == "busy"
+        finally:
+            nets.GATE.set()
+        assert held.result(timeout=REQUEST_TIMEOUT).status_code == 200
+        # The slot is free again.
+        assert client.post("/v1/models/tiny/feature-maps", json=REQUEST).status_code == 200
