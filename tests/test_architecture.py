@@ -1,0 +1,133 @@
+"""The direction of imports (DESIGN.md, "Layout and the direction of imports").
+
+``cnnviz`` and ``schemas`` import nothing of ours; ``workers`` imports ``cnnviz`` and
+``schemas``; ``service`` imports ``cnnviz`` and ``schemas`` and, of ``workers``, only the pure
+job function module, never the Celery app. Checked by parsing every import statement of every
+file (those inside functions too) with ``ast``.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("cnnviz", "schemas", "workers", "service")
+OURS = frozenset(PACKAGES)
+# The one module of workers that the service may import: payload in, result out, no Celery.
+PURE_JOB_MODULE = "workers.run"
+
+MAY_IMPORT = {
+    "cnnviz": {"cnnviz"},
+    "schemas": {"schemas"},
+    "workers": {"workers", "cnnviz", "schemas"},
+    "service": {"service", "cnnviz", "schemas", "workers"},  # workers: PURE_JOB_MODULE only
+}
+WEB_AND_QUEUE = {
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "multipart",
+    "pydantic",
+    "pydantic_settings",
+    "celery",
+    "kombu",
+    "redis",
+}
+SCHEMAS_THIRD_PARTY = {"pydantic"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module named by an import in ``path``, relative imports resolved.
+
+    ``from a import b`` yields ``a.b`` as well as ``a``: ``b`` may be a submodule.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module_name(path)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def files_of(package: str) -> list[Path]:
+    return sorted(p for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_of_our_packages_follow_the_design(package: str) -> None:
+    files = files_of(package)
+    assert files, f"no Python files under {package}/"
+    wrong = []
+    for path in files:
+        for name in imported_names(path):
+            top = name.split(".")[0]
+            if top in OURS and top not in MAY_IMPORT[package]:
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+            # `from workers.run import x` also yields workers.run.x, an attribute: fine.
+            pure = name == PURE_JOB_MODULE or name.startswith(PURE_JOB_MODULE + ".")
+            if package == "service" and top == "workers" and not pure:
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_core_imports_no_web_queue_or_pydantic_library() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in files_of("cnnviz")
+        for name in imported_names(path)
+        if name.split(".")[0] in WEB_AND_QUEUE
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_schemas_import_pydantic_and_the_standard_library_only() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in files_of("schemas")
+        for name in imported_names(path)
+        if (top := name.split(".")[0]) not in sys.stdlib_module_names
+        and top not in SCHEMAS_THIRD_PARTY
+        and top not in ("__future__", "schemas")
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_pure_job_module_pulls_in_no_celery() -> None:
+    names = imported_names(ROOT / (PURE_JOB_MODULE.replace(".", "/") + ".py"))
+    names |= imported_names(ROOT / "workers" / "__init__.py")
+    wrong = {n for n in names if n.split(".")[0] in {"celery", "kombu", "redis", "service"}}
+    wrong |= {n for n in names if n.startswith("workers.") and not n.startswith(PURE_JOB_MODULE)}
+    assert not wrong
+
+
+def test_the_core_loads_as_a_library_without_the_service() -> None:
+    code = (
+        "import sys, cnnviz, cnnviz.featuremaps, cnnviz.imaging, cnnviz.layers, cnnviz.models\n"
+        f"loaded = sorted(m for m in {sorted(WEB_AND_QUEUE)!r} if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
