@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,11 +38,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path), device="cpu")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        with warnings.catch_warnings():
+            # A plain pickle (not torch.save's format) warns before it is refused below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as exc:
         raise ValueError(
-            "the file holds pickled Python objects that only weights_only=False would load, "
-            "which cnnviz never does; save model.state_dict() (or use safetensors) instead"
+            "the file is not a plain state dict: it holds pickled Python objects that only "
+            "weights_only=False would load, which cnnviz never does; save model.state_dict() "
+            "(or use safetensors) instead"
         ) from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
