@@ -1,0 +1,193 @@
+"""The job API, the same with both transports: in-process, and Celery with a real worker."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.jobs.client import LONG, MODEL, QUICK, decode_png, job, submit, wait_job
+from tests.jobs.procs import wait_for
+
+
+def test_a_job_runs_to_a_result_that_beats_its_starting_noise(api: httpx.Client) -> None:
+    created = submit(api, {**QUICK, "seed": 7})
+    assert created["status"] == "queued"
+    assert created["request"]["channels"] == [0, 5]
+    assert created["request"]["image_size"] == 32
+
+    done = wait_job(api, created["id"])
+
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 1
+    assert done["progress"]["step"] == done["progress"]["total"] == 24
+    result = done["result"]
+    assert [unit["channel"] for unit in result["units"]] == [0, 5]
+    assert result["seed"] == 7
+    assert result["settings"]["steps"] == 24
+    for unit in result["units"]:
+        assert decode_png(unit["image"]).size == (32, 32)
+        # A ReLU channel's mean: noise barely excites it, the optimized image many times more.
+        assert unit["objective"] > max(5 * unit["initial_objective"], 0.1), unit
+    grid = decode_png(result["grid"])
+    assert grid.size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # two tiles, 2 px padding
+    assert done["created_at"] <= done["started_at"] <= done["finished_at"]
+
+
+def test_unfinished_jobs_say_when_to_ask_again(api: httpx.Client) -> None:
+    created = submit(api, LONG)
+    running = api.get(f"/v1/jobs/{created['id']}")
+    assert running.headers["Retry-After"] == "1"
+    api.post(f"/v1/jobs/{created['id']}/cancel")
+    stopped = wait_job(api, created["id"])
+    assert "Retry-After" not in api.get(f"/v1/jobs/{created['id']}").headers
+    assert stopped["status"] == "cancelled"
+
+
+def test_a_running_job_shows_progress_and_a_preview(api: httpx.Client) -> None:
+    created = submit(api, LONG)
+    running = wait_job(api, created["id"], {"running"}, step=5)
+    assert running["progress"]["total"] == 4096
+    assert len(running["progress"]["objectives"]) == 1
+
+    def preview() -> bytes | None:
+        response = api.get(f"/v1/jobs/{created['id']}/preview")
+        return response.content if response.status_code == 200 else None
+
+    png = wait_for(preview, 30, "a preview")
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    assert image.size == (64 + 4, 64 + 4)
+
+
+def test_cancel_stops_a_running_job_and_a_queued_one_never_starts(api: httpx.Client) -> None:
+    running = submit(api, LONG)
+    wait_job(api, running["id"], {"running"}, step=2)
+    queued = submit(api, LONG)  # one worker: this one waits
+    assert job(api, queued["id"])["status"] == "queued"
+
+    response = api.post(f"/v1/jobs/{queued['id']}/cancel")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+
+    response = api.post(f"/v1/jobs/{running['id']}/cancel")
+    assert response.status_code == 202
+    assert response.json()["cancel_requested"] is True
+    stopped = wait_job(api, running["id"], timeout=15)
+    assert stopped["status"] == "cancelled"
+    assert stopped["progress"]["step"] < 4096
+
+    # The worker is free again, and the cancelled queued job never ran.
+    after = submit(api, QUICK)
+    assert wait_job(api, after["id"])["status"] == "succeeded"
+    never = job(api, queued["id"])
+    assert never["status"] == "cancelled"
+    assert never["attempts"] == 0
+    assert never["started_at"] is None
+
+
+def test_the_same_idempotency_key_and_body_give_the_same_job(api: httpx.Client) -> None:
+    first = submit(api, QUICK, headers={"Idempotency-Key": "order-66"})
+    again = api.post(
+        f"/v1/models/{MODEL}/optimizations", json=QUICK, headers={"Idempotency-Key": "order-66"}
+    )
+    assert again.status_code == 202
+    assert again.json()["id"] == first["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+    other = api.post(
+        f"/v1/models/{MODEL}/optimizations",
+        json={**QUICK, "seed": 1},
+        headers={"Idempotency-Key": "order-66"},
+    )
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency_key_reused"
+    wait_job(api, first["id"])
+
+
+def test_delete_forgets_a_finished_job_and_refuses_a_running_one(api: httpx.Client) -> None:
+    running = submit(api, LONG)
+    response = api.delete(f"/v1/jobs/{running['id']}")
+    assert response.status_code == 409
+    assert response.json()["code"] == "job_not_finished"
+    api.post(f"/v1/jobs/{running['id']}/cancel")
+    wait_job(api, running["id"])
+
+    assert api.delete(f"/v1/jobs/{running['id']}").status_code == 204
+    assert api.get(f"/v1/jobs/{running['id']}").status_code == 404
+
+
+def test_a_finished_job_cannot_be_cancelled(api: httpx.Client) -> None:
+    done = wait_job(api, submit(api, QUICK)["id"])
+    response = api.post(f"/v1/jobs/{done['id']}/cancel")
+    assert response.status_code == 409
+    assert response.json()["code"] == "job_finished"
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v1/jobs/{id}"),
+        ("POST", "/v1/jobs/{id}/cancel"),
+        ("DELETE", "/v1/jobs/{id}"),
+        ("GET", "/v1/jobs/{id}/preview"),
+    ],
+)
+def test_an_unknown_job_is_a_404(api: httpx.Client, method: str, path: str) -> None:
+    response = api.request(method, path.format(id="0123456789abcdef"))
+    assert response.status_code == 404
+    assert response.json()["code"] == "unknown_job"
+
+
+@pytest.mark.parametrize(
+    "model, body, status, code, names",
+    [
+        ("nope", QUICK, 404, "unknown_model", "nope"),
+        (MODEL, {**QUICK, "layer": "block9.relu"}, 422, "unknown_layer", "block9.relu"),
+        (MODEL, {**QUICK, "channels": [0, 999]}, 422, "invalid_argument", "999"),
+        (MODEL, {**QUICK, "steps": 0}, 422, "invalid_request", "steps"),
+        (MODEL, {**QUICK, "steps": 100_000}, 422, "invalid_request", "steps"),
+        (MODEL, {**QUICK, "image_size": 4}, 422, "invalid_request", "image_size"),
+        (MODEL, {**QUICK, "lr": -1}, 422, "invalid_request", "lr"),
+        (MODEL, {**QUICK, "colour": "red"}, 422, "invalid_request", "colour"),
+        (MODEL, {**QUICK, "objective": "neuron"}, 422, "invalid_request", "neuron"),
+        (MODEL, {"layer": "block4.relu", "channels": "all"}, 422, "invalid_argument", "64 units"),
+        (
+            MODEL,
+            {"layer": "block2.relu", "neuron": {"channel": 1, "y": 999}},
+            422,
+            "invalid_argument",
+            "y=999",
+        ),
+    ],
+)
+def test_a_bad_request_is_refused_before_it_is_queued(
+    api: httpx.Client, model: str, body: dict[str, object], status: int, code: str, names: str
+) -> None:
+    response = api.post(f"/v1/models/{model}/optimizations", json=body)
+    assert response.status_code == status, response.text
+    problem = response.json()
+    assert problem["code"] == code
+    assert names in problem["detail"]
+
+
+def test_other_objectives_run(api: httpx.Client) -> None:
+    layers = api.get(f"/v1/models/{MODEL}/layers").json()["layers"]
+    width = next(layer["shape"][0] for layer in layers if layer["name"] == "block1.relu")
+    bodies = [
+        {"layer": "block2.relu", "neuron": {"channel": 3}, "steps": 12, "image_size": 32},
+        {"layer": "block2.relu", "objective": "layer", "steps": 12, "image_size": 32},
+        {"layer": "fc", "objective": "class_logit", "channels": [0, 1], "steps": 12},
+        {
+            "layer": "block1.relu",
+            "objective": "direction",
+            "direction": [1.0] * width,
+            "steps": 12,
+            "image_size": 32,
+        },
+    ]
+    jobs = [submit(api, body) for body in bodies]
+    units = [len(wait_job(api, j["id"])["result"]["units"]) for j in jobs]
+    assert units == [1, 1, 2, 1]

@@ -1,0 +1,197 @@
+"""A job record moves once: fenced attempts, one final state, one result.
+
+The same specification for the records in Redis (the workers' Lua scripts with the API's
+store) and in memory (the in-process transport).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from schemas.jobs import (
+    JobError,
+    JobRecord,
+    JobStatus,
+    ObjectiveKind,
+    OptimizationCreate,
+    OptimizationResult,
+    Progress,
+)
+from service.jobs.memory import MemoryStore
+from service.jobs.redis_store import RedisStore
+from service.jobs.store import IdempotencyConflict, JobNotFinished, JobNotFound
+from tests.jobs.procs import RedisServer
+from workers.records import RedisRecorder
+
+TTL = 600
+
+
+class Records:
+    """The API's store and the runner's recorder over one backend, driven synchronously."""
+
+    def __init__(self, store: Any, recorder: Any) -> None:
+        self.store = store
+        self.recorder = recorder
+
+    def api(self, method: str, *args: Any) -> Any:
+        return asyncio.run(getattr(self.store, method)(*args))
+
+
+@pytest.fixture(params=["redis", "memory"])
+def records(request: pytest.FixtureRequest) -> Iterator[Records]:
+    if request.param == "memory":
+        store = MemoryStore(TTL)
+        yield Records(store, store)
+        return
+    server: RedisServer = request.getfixturevalue("shared_redis")
+    recorder = RedisRecorder(
+        server.client(), max_attempts=3, ttl_seconds=TTL, stop_check_interval_s=0
+    )
+    # One asyncio.run per call: the store's connections belong to the loop that made them.
+    yield Records(_PerCallRedisStore(server.url), recorder)
+
+
+class _PerCallRedisStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __getattr__(self, name: str) -> Any:
+        async def call(*args: Any) -> Any:
+            store = RedisStore(self.url)
+            try:
+                return await getattr(store, name)(*args)
+            finally:
+                await store.close()
+
+        return call
+
+
+def new_record(job_id: str | None = None) -> JobRecord:
+    return JobRecord(
+        id=job_id or f"job-{time.monotonic_ns()}",
+        model="shapes",
+        status=JobStatus.QUEUED,
+        request=OptimizationCreate(layer="block1.relu", channels=[0]),
+        created_at=time.time(),
+    )
+
+
+def result() -> OptimizationResult:
+    return OptimizationResult(
+        model="shapes",
+        layer="block1.relu",
+        objective=ObjectiveKind.CHANNEL,
+        units=[],
+        grid="",
+        grid_columns=1,
+        image_size=8,
+        seed=0,
+        settings={},
+        device="cpu",
+        elapsed_s=0.0,
+    )
+
+
+def progress(step: int) -> Progress:
+    return Progress(step=step, total=10, objectives=[float(step)])
+
+
+def test_a_job_runs_once_to_one_result(records: Records) -> None:
+    record, created = records.api("create", new_record(), TTL, None)
+    assert created
+    attempt = records.recorder.start(record.id)
+    assert attempt == 1
+    records.recorder.progress(record.id, attempt, progress(3), b"png")
+    assert records.api("get", record.id).progress.step == 3
+    assert records.api("preview", record.id) == b"png"
+
+    assert records.recorder.finish(record.id, attempt, JobStatus.SUCCEEDED, result(), None, TTL)
+    # A second final write, from the same attempt or a late one, changes nothing.
+    assert not records.recorder.finish(
+        record.id, attempt, JobStatus.FAILED, None, JobError(code="x", message="x"), TTL
+    )
+    done = records.api("get", record.id)
+    assert done.status == JobStatus.SUCCEEDED
+    assert done.error is None
+    assert records.api("result", record.id) is not None
+    # A redelivered message finds the job finished and does not run it again.
+    assert records.recorder.start(record.id) is None
+    assert records.api("get", record.id).attempts == 1
+
+
+def test_a_redelivered_job_fences_off_its_lost_first_attempt(records: Records) -> None:
+    record, _ = records.api("create", new_record(), TTL, None)
+    first = records.recorder.start(record.id)
+    second = records.recorder.start(record.id)  # the message came back: worker lost
+    assert (first, second) == (1, 2)
+
+    records.recorder.progress(record.id, first, progress(9), None)
+    assert records.api("get", record.id).progress is None  # attempt 2 restarted from 0
+    assert records.recorder.should_stop(record.id, first)
+    assert not records.recorder.should_stop(record.id, second)
+    assert not records.recorder.finish(record.id, first, JobStatus.SUCCEEDED, result(), None, TTL)
+    assert records.api("result", record.id) is None
+
+    assert records.recorder.finish(record.id, second, JobStatus.SUCCEEDED, result(), None, TTL)
+    done = records.api("get", record.id)
+    assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 2)
+
+
+def test_cancel_stops_a_running_job_and_a_queued_one_never_starts(records: Records) -> None:
+    queued, _ = records.api("create", new_record(), TTL, None)
+    assert records.api("cancel", queued.id).status == JobStatus.CANCELLED
+    assert records.recorder.start(queued.id) is None
+
+    running, _ = records.api("create", new_record(), TTL, None)
+    attempt = records.recorder.start(running.id)
+    assert not records.recorder.should_stop(running.id, attempt)
+    assert records.api("cancel", running.id).cancel
+    assert records.recorder.should_stop(running.id, attempt)
+    assert records.recorder.finish(running.id, attempt, JobStatus.CANCELLED, None, None, TTL)
+    assert records.api("get", running.id).status == JobStatus.CANCELLED
+
+
+def test_delete_needs_a_finished_job(records: Records) -> None:
+    record, _ = records.api("create", new_record(), TTL, None)
+    with pytest.raises(JobNotFinished):
+        records.api("delete", record.id)
+    records.api("cancel", record.id)
+    records.api("delete", record.id)
+    with pytest.raises(JobNotFound):
+        records.api("get", record.id)
+    with pytest.raises(JobNotFound):
+        records.api("delete", record.id)
+
+
+def test_an_idempotency_key_maps_to_one_job(records: Records) -> None:
+    from service.jobs.store import Idempotency
+
+    key = Idempotency(f"digest-{time.monotonic_ns()}", "body-1")
+    first, created = records.api("create", new_record(), TTL, key)
+    again, created_again = records.api("create", new_record(), TTL, key)
+    assert created and not created_again
+    assert again.id == first.id
+    with pytest.raises(IdempotencyConflict):
+        records.api("create", new_record(), TTL, Idempotency(key.digest, "body-2"))
+    # Once the job is forgotten, the key is free again.
+    records.api("cancel", first.id)
+    records.api("delete", first.id)
+    third, created_third = records.api("create", new_record(), TTL, key)
+    assert created_third and third.id != first.id
+
+
+def test_a_job_whose_workers_keep_dying_fails_after_the_last_attempt(
+    shared_redis: RedisServer,
+) -> None:
+    store = _PerCallRedisStore(shared_redis.url)
+    record, _ = asyncio.run(store.create(new_record(), TTL, None))
+    recorder = RedisRecorder(shared_redis.client(), max_attempts=3, ttl_seconds=TTL)
+    assert [recorder.start(record.id) for _ in range(4)] == [1, 2, 3, None]
+    failed = asyncio.run(store.get(record.id))
+    assert failed.status == JobStatus.FAILED
+    assert failed.error is not None and failed.error.code == "worker_lost"
