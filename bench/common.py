@@ -1,0 +1,139 @@
+"""Shared pieces of the benchmarks: a real API server in a subprocess, images, percentiles.
+
+Benchmarks are scripts run by hand from the repository root (``python -m bench.grid``); they
+print figures measured side by side in one run, because one absolute time on a shared machine
+means little.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# resnet18 with random weights, at ImageNet's input size: for benchmarks only.
+RESNET18_TOML = """
+[models.resnet18]
+arch = "resnet18"
+weights = "random"
+input_size = [224, 224]
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+"""
+
+
+def machine() -> str:
+    """One line about where the figures come from."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+
+
+def models_file(directory: Path) -> Path:
+    path = directory / "models.toml"
+    path.write_text(RESNET18_TOML, encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
+@contextlib.contextmanager
+def api_server(
+    env: Mapping[str, str] | None = None, uvicorn_args: Sequence[str] = ()
+) -> Iterator[Server]:
+    """``uvicorn service.main:app`` in a subprocess on a free 127.0.0.1 port, until the block
+    ends. ``env`` adds ``CNNVIZ_*`` settings (or ``OMP_NUM_THREADS``) to this environment."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "service.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *uvicorn_args,
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start within 120 s")
+            time.sleep(0.1)
+        yield Server(url, process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """``(current, peak)`` resident set size of process ``pid`` in MiB (Linux ``/proc``)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    """The ``q``-th percentile (1..99) of ``values``, linearly interpolated."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.2f} ms"
