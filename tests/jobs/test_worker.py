@@ -1,0 +1,107 @@
+"""The worker's configuration and its parts that need no running worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from celery.exceptions import TimeLimitExceeded
+from pydantic import ValidationError
+
+from schemas.jobs import (
+    JOB_QUEUE,
+    OPTIMIZE_TASK,
+    JobRecord,
+    JobStatus,
+    OptimizationCreate,
+    record_key,
+)
+from tests.jobs.procs import ROOT, RedisServer
+from workers.config import WorkerSettings
+from workers.device import choose_device
+
+
+def test_the_celery_settings_long_gpu_jobs_need() -> None:
+    from workers.app import app
+
+    app.loader.import_default_modules()  # the worker imports its tasks (`include`) this way
+    conf = app.conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert conf.task_routes[OPTIMIZE_TASK] == {"queue": JOB_QUEUE}
+    assert conf.worker_pool == "prefork"
+    assert conf.worker_max_tasks_per_child >= 1
+    assert conf.result_expires > 0
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert conf.task_soft_time_limit < conf.task_time_limit < visibility
+    assert OPTIMIZE_TASK in app.tasks
+
+
+def test_limits_out_of_order_are_refused() -> None:
+    with pytest.raises(ValidationError, match="SOFT_TIME_LIMIT < "):
+        WorkerSettings(job_soft_time_limit=60, job_time_limit=50)
+    with pytest.raises(ValidationError, match="VISIBILITY_TIMEOUT"):
+        WorkerSettings(job_time_limit=100, broker_visibility_timeout=100)
+
+
+def test_the_worker_device_is_cpu_without_cuda() -> None:
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("cuda:1") == torch.device("cuda", 1)
+    if not torch.cuda.is_available():
+        assert choose_device("auto", child_index=3) == torch.device("cpu")
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            choose_device("cuda")
+
+
+def test_loading_the_worker_touches_no_model_and_no_cuda() -> None:
+    code = (
+        "import torch, workers.tasks as t\n"
+        "assert t._registry is None\n"
+        "assert not torch.cuda.is_initialized()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+@pytest.fixture
+def tasks_on(shared_redis: RedisServer) -> Iterator[object]:
+    import workers.tasks as tasks
+
+    saved = tasks._redis
+    tasks._redis = shared_redis.client()
+    yield tasks
+    tasks._redis = saved
+
+
+def test_a_job_killed_at_the_hard_limit_is_recorded_as_a_timeout(
+    tasks_on: object, shared_redis: RedisServer
+) -> None:
+    import workers.tasks as tasks
+
+    job_id = f"hard-{time.monotonic_ns()}"
+    record = JobRecord(
+        id=job_id,
+        model="shapes",
+        status=JobStatus.RUNNING,
+        request=OptimizationCreate(layer="block1.relu", channels=[0]),
+        created_at=time.time(),
+        attempts=1,
+    )
+    client = shared_redis.client()
+    fields: dict[Any, Any] = dict(record.to_fields())
+    client.hset(record_key(job_id), mapping=fields)
+
+    # What Celery calls in the worker's parent when it kills a child at the hard limit.
+    tasks.optimize.on_failure(TimeLimitExceeded(9), job_id, (), {}, None)
+
+    failed = JobRecord.from_fields(client.hgetall(record_key(job_id)))
+    assert failed.status == JobStatus.FAILED
+    assert failed.error is not None and failed.error.code == "timeout"
+    assert "hard time limit" in failed.error.message
