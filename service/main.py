@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from fastapi import FastAPI
 
 from cnnviz.models import ModelRegistry
@@ -24,7 +25,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="What convolutional networks see: feature-map grids and optimized patterns.",
         lifespan=jobs_lifespan,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
+    if settings.torch_threads:
+        # Several requests run torch at once; oversubscribed intra-op threads slow them all.
+        torch.set_num_threads(settings.torch_threads)
     app.state.settings = settings
     app.state.registry = ModelRegistry.from_file(settings.models_file, device=settings.device)
     app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog)

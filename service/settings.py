@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +28,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=64 * 64)
     sync_concurrency: int = Field(default=2, ge=1, description="torch calls run at once")
+    torch_threads: int | None = Field(
+        default_factory=lambda data: max(1, (os.cpu_count() or 1) // data["sync_concurrency"]),
+        ge=1,
+        description="torch intra-op threads of the API process; default: cores divided by "
+        "sync_concurrency, so that concurrent torch calls do not oversubscribe the cores",
+    )
     sync_backlog: int = Field(
         default=16, ge=0, description="requests that may wait for a torch slot before 503"
     )

@@ -95,7 +95,7 @@ def raw_post(base_url: str, headers: dict[str, str], parts: list[bytes]) -> http
 
     An ordinary client keeps sending a body the server has refused; the server then closes
     with bytes unread, and the kernel may reset the connection before the client reads the
-    413. Here the client sends only what the server reads before it answers.
+    413. Here the client sends its parts and reads the answer.
     """
     url = httpx.URL(base_url)
     conn = h11.Connection(our_role=h11.CLIENT)
@@ -104,6 +104,8 @@ def raw_post(base_url: str, headers: dict[str, str], parts: list[bytes]) -> http
         sock.sendall(conn.send(request))
         for part in parts:
             sock.sendall(conn.send(h11.Data(data=part)))
+        if parts:
+            sock.sendall(conn.send(h11.EndOfMessage()))
         response: h11.Response | None = None
         content = b""
         while True:
@@ -121,10 +123,23 @@ def raw_post(base_url: str, headers: dict[str, str], parts: list[bytes]) -> http
 
 
 def test_body_over_the_byte_limit_with_content_length(base_url: str) -> None:
-    # Only the headers are sent: the declared length alone must get the 413.
-    headers = {"Content-Type": "application/json", "Content-Length": str(MAX_BODY_BYTES + 1)}
+    # Only the headers are sent, as a client waiting for "100 Continue" does: the declared
+    # length alone must get the 413.
+    headers = {
+        "Content-Type": "application/json",
+        "Content-Length": str(MAX_BODY_BYTES + 1),
+        "Expect": "100-continue",
+    }
     body = problem(raw_post(base_url, headers, []), 413, "body_too_large")
     assert str(MAX_BODY_BYTES) in body["detail"]
+
+
+def test_an_ordinary_client_sending_too_much_reads_the_413(http: httpx.Client) -> None:
+    # httpx sends the whole body without waiting: the server drains it, then answers, so the
+    # client reads a 413 rather than a connection reset.
+    files = {"image": ("big.png", b"\0" * (3 * MAX_BODY_BYTES), "image/png")}
+    response = http.post(URL, files=files, data={"layers": "block1.conv"})
+    problem(response, 413, "body_too_large")
 
 
 def test_body_over_the_byte_limit_chunked(base_url: str) -> None:
