@@ -1,0 +1,1 @@
+"""Procedurally generated data sets (no downloads): see :mod:`cnnviz.data.shapes`."""
