@@ -274,19 +274,30 @@ class _Job:
         drawn = [self.transform.draw(_generator(seed, u, _TRANSFORM_STREAM), steps) for u in units]
         return torch.stack(drawn, dim=1).to(self.device)
 
+    def rows(self, units: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit index and diversity group of each row of a chunk: two ``(n,)`` int64 tensors."""
+        unit_t = torch.tensor(units, dtype=torch.long, device=self.device)
+        group_t = torch.tensor(
+            [self.groups[u] for u in units], dtype=torch.long, device=self.device
+        )
+        return unit_t, group_t
+
     def batch(
-        self, images: torch.Tensor, x: torch.Tensor, units: torch.Tensor, redirect: bool
+        self,
+        images: torch.Tensor,
+        x: torch.Tensor,
+        rows: tuple[torch.Tensor, torch.Tensor],
+        redirect: bool,
     ) -> obj.Batch:
-        groups = torch.tensor(self.groups, device=self.device)[units]
-        return obj.Batch(images, self.forward(x, redirect), units, groups)
+        """What the objective sees: ``images`` before transforms, ``x`` the model's input."""
+        return obj.Batch(images, self.forward(x, redirect), *rows)
 
     def evaluate(self, raw: torch.Tensor, units: Sequence[int]) -> list[float]:
         """The units' own objective for images ``raw``, without random transforms."""
         with torch.no_grad():
             images = self.param.images(raw)
-            unit_t = torch.tensor(units, device=self.device)
             x = self.clean(images, images.new_empty((len(units), 0)))
-            own, _ = self.objective(self.batch(images, x, unit_t, redirect=False))
+            own, _ = self.objective(self.batch(images, x, self.rows(units), redirect=False))
         return [float(v) for v in own.float().cpu().tolist()]
 
 
@@ -325,8 +336,8 @@ def _chunk_size(job: _Job, n_units: int, model: nn.Module) -> int:
         raw = job.init_raw([0] * n).requires_grad_(True)
         images = job.param.images(raw)
         params = job.transform_params([0] * n)[0]
-        units = torch.zeros(n, dtype=torch.long, device=job.device)
-        _, total = job.objective(job.batch(images, job.transform(images, params), units, False))
+        rows = job.rows([0] * n)
+        _, total = job.objective(job.batch(images, job.transform(images, params), rows, False))
         return -total.sum()
 
     raw_bytes = math.prod(job.param.raw_shape) * 4
@@ -403,7 +414,7 @@ def _render(
     for k, units in enumerate(chunks):
         raw = job.init_raw(units).requires_grad_(True)
         params = job.transform_params(units)
-        unit_t = torch.tensor(units, device=job.device)
+        rows = job.rows(units)
         optimizer = torch.optim.Adam([raw], lr=settings.lr)
 
         def preview(k: int = k, raw: torch.Tensor = raw) -> torch.Tensor:
@@ -413,7 +424,7 @@ def _render(
             current = job.param.images(raw)
             x = job.transform(current, params[step])
             redirect = step < settings.redirect_relu_steps
-            own, total = job.objective(job.batch(current, x, unit_t, redirect))
+            own, total = job.objective(job.batch(current, x, rows, redirect))
             optimizer.zero_grad(set_to_none=True)
             (-total.sum()).backward()
             optimizer.step()

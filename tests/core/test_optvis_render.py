@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,16 @@ from cnnviz.errors import InvalidArgumentError, UnknownLayerError
 from cnnviz.optvis import RenderSettings, StepReport, check_objective, objectives, visualize
 
 GREY = dict(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Two shared cores: one intra-op thread avoids OpenMP spin contention on these small
+    # tensors (several times faster on a busy machine); results do not depend on it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class ColourReader(nn.Module):
@@ -335,3 +347,32 @@ def test_untraceable_model_falls_back_to_hooks() -> None:
     )
     assert min(result.objectives) > 0.9
     assert _hook_count(model) == hooks
+
+
+def test_non_square_input() -> None:
+    result = visualize(
+        ColourReader(),
+        objectives.channel("read", [0, 1]),
+        input_shape=(3, 8, 12),
+        settings=_fast(transforms="standard"),
+        **GREY,
+    )
+    assert result.images.shape == (2, 3, 8, 12)
+    assert min(result.objectives) > 0.75
+
+
+def test_diversity_sets_copies_of_a_unit_apart() -> None:
+    def gap(weight: float) -> float:
+        objective = objectives.channel("conv2", [3, 3, 5])
+        if weight:
+            objective = objective + objectives.diversity("conv2", weight)
+        images = visualize(
+            Wide(),
+            objective,
+            input_shape=(3, 16, 16),
+            settings=RenderSettings(steps=30, transforms="none"),
+            **GREY,
+        ).images
+        return float((images[0] - images[1]).abs().mean())
+
+    assert gap(100.0) > 2 * gap(0.0)
