@@ -376,3 +376,32 @@ def test_diversity_sets_copies_of_a_unit_apart() -> None:
         return float((images[0] - images[1]).abs().mean())
 
     assert gap(100.0) > 2 * gap(0.0)
+
+
+def test_forward_stops_at_the_deepest_layer_the_objective_reads() -> None:
+    class WithTail(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = ColourReader()
+            self.tail = nn.Identity()  # a leaf for FX: called, not traced through
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.tail(self.head.read(x))
+
+    model = WithTail()
+    calls: list[int] = []
+    handle = model.tail.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        objective = objectives.channel("head.read", [0, 1])
+        check_objective(model, objective, (3, 8, 8))  # one forward of zeros lists the shapes
+        before = len(calls)
+        visualize(
+            model,
+            objective,
+            input_shape=(3, 8, 8),
+            settings=_fast(steps=3, redirect_relu_steps=2),
+            **GREY,
+        )
+        assert len(calls) == before
+    finally:
+        handle.remove()
