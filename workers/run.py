@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 
 from cnnviz.errors import CnnvizError, InvalidArgumentError
-from cnnviz.imaging import encode_png, grid_layout, tile_grid
+from cnnviz.imaging import encode_png, image_grid, to_pixels
 from cnnviz.models import LoadedModel
 from cnnviz.optvis import RenderSettings, StepReport, check_objective, objectives, visualize
 from cnnviz.optvis.objectives import Objective
@@ -139,22 +139,15 @@ def render_settings(request: OptimizationCreate) -> RenderSettings:
 # ---- Running ----------------------------------------------------------------------------------
 
 
-def _pixels(images: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` float32 in [0, 1] to ``(N, H, W, C)`` uint8 (``(N, H, W)`` grey)."""
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
-
-
 def _png(image: torch.Tensor) -> bytes:
     """``(C, H, W)`` float32 in [0, 1] to PNG bytes."""
-    return encode_png(_pixels(image[None])[0])
+    return encode_png(to_pixels(image[None])[0])
 
 
 def _grid_png(images: torch.Tensor) -> tuple[bytes, int]:
     """``(N, C, S, S)`` tiled in a near-square grid on white: PNG bytes and the columns."""
-    tiles = _pixels(images)
-    layout = grid_layout(tiles.shape[0], (tiles.shape[1], tiles.shape[2]), padding=2)
-    return encode_png(tile_grid(tiles, layout, fill=255)), layout.columns
+    grid, layout = image_grid(images)
+    return encode_png(grid), layout.columns
 
 
 def _b64(data: bytes) -> str:

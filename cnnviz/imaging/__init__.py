@@ -1,7 +1,14 @@
 """Images in and out: decoding, preprocessing, colormaps, grids and PNG encoding."""
 
 from cnnviz.imaging.decode import ALLOWED_FORMATS, decode_image
-from cnnviz.imaging.grid import GridLayout, grid_layout, tile_grid, upscale
+from cnnviz.imaging.grid import (
+    GridLayout,
+    grid_layout,
+    image_grid,
+    tile_grid,
+    to_pixels,
+    upscale,
+)
 from cnnviz.imaging.heatmap import (
     DEFAULT_COLORMAP,
     PAD_INDEX,
@@ -27,10 +34,12 @@ __all__ = [
     "decode_image",
     "encode_png",
     "grid_layout",
+    "image_grid",
     "palette",
     "preprocess",
     "quantize",
     "tile_grid",
+    "to_pixels",
     "to_tensor",
     "upscale",
     "value_range",

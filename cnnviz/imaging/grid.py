@@ -16,7 +16,15 @@ import torch
 
 from cnnviz.errors import InvalidArgumentError
 
-__all__ = ["DEFAULT_MAX_GRID_PIXELS", "GridLayout", "grid_layout", "tile_grid", "upscale"]
+__all__ = [
+    "DEFAULT_MAX_GRID_PIXELS",
+    "GridLayout",
+    "grid_layout",
+    "image_grid",
+    "tile_grid",
+    "to_pixels",
+    "upscale",
+]
 
 # 4096×4096: a grid is a picture to look at, and its size must not be an attack on memory.
 DEFAULT_MAX_GRID_PIXELS = 4096 * 4096
@@ -123,3 +131,24 @@ def tile_grid(tiles: torch.Tensor, layout: GridLayout, fill: int = 0) -> torch.T
     grid = tiles.new_full((height, width, *rest), fill)
     grid[p:, p:] = body.reshape(height - p, width - p, *rest)
     return grid
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` float in [0, 1] to ``(N, H, W, C)`` uint8, or ``(N, H, W)`` for C = 1."""
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+
+
+def image_grid(
+    images: torch.Tensor, *, columns: int | None = None, padding: int = 2, fill: int = 255
+) -> tuple[torch.Tensor, GridLayout]:
+    """Images ``(N, C, H, W)`` float in [0, 1] tiled on ``fill`` (white): uint8 grid, layout.
+
+    The grid is ``(H', W', C)``, or ``(H', W')`` for one-channel images; ready for
+    :func:`cnnviz.imaging.png.encode_png`.
+    """
+    tiles = to_pixels(images)
+    layout = grid_layout(
+        tiles.shape[0], (tiles.shape[1], tiles.shape[2]), columns=columns, padding=padding
+    )
+    return tile_grid(tiles, layout, fill=fill), layout
