@@ -97,12 +97,6 @@ def build_objective(request: OptimizationCreate) -> Objective:
     return objectives.layer(request.layer)
 
 
-def _input_shape(request: OptimizationCreate, loaded: LoadedModel) -> tuple[int, int, int]:
-    size = request.image_size
-    assert size is not None  # resolved by prepare()
-    return (loaded.spec.channels, size, size)
-
-
 def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCreate:
     """The request with 'all' and the default image size resolved, checked against the model.
 
@@ -119,7 +113,7 @@ def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCre
         update={"channels": channels if channels is not None else "all", "image_size": size}
     )
     check_objective(
-        loaded.module, build_objective(resolved), _input_shape(resolved, loaded), loaded.spec.name
+        loaded.module, build_objective(resolved), loaded.spec.input_shape, loaded.spec.name
     )
     return resolved
 
@@ -235,7 +229,8 @@ def run_job(
     rendered = visualize(
         loaded.module,
         objective,
-        input_shape=_input_shape(request, loaded),
+        # The model is fed its own input shape; render resizes the image_size image to it.
+        input_shape=loaded.spec.input_shape,
         mean=loaded.spec.mean,
         std=loaded.spec.std,
         settings=settings,
