@@ -65,9 +65,16 @@ class JobManager:
         self._ttl = ttl_seconds
 
     async def submit(
-        self, model: str, request: OptimizationCreate, idempotency_key: str | None
+        self,
+        model: str,
+        request: OptimizationCreate,
+        idempotency_key: str | None,
+        scope: str = "",
     ) -> tuple[JobRead, bool]:
-        """Validate, record and queue a job; the job and whether it was created now."""
+        """Validate, record and queue a job; the job and whether it was created now.
+
+        An idempotency key is looked up within ``scope`` (the caller's API key), hashed.
+        """
         self._registry.spec(model)  # UnknownModelError before any work
 
         def validate() -> OptimizationCreate:
@@ -76,7 +83,7 @@ class JobManager:
         resolved = await self._pool.run(validate)
         idempotency = None
         if idempotency_key is not None:
-            digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+            digest = hashlib.sha256(f"{scope}\0{idempotency_key}".encode()).hexdigest()
             idempotency = Idempotency(digest, request.fingerprint(model))
         record = JobRecord(
             id=uuid.uuid4().hex,

@@ -43,9 +43,11 @@ async def create_optimization(
             description="the same key and body give back the same job",
         ),
     ] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> JobRead:
     """Queue an activation-maximization job; poll the job at `Location`."""
-    job, created = await jobs.submit(model, body, idempotency_key)
+    # Keys are scoped by caller: one client's key never returns another client's job.
+    job, created = await jobs.submit(model, body, idempotency_key, scope=x_api_key or "")
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -8,8 +8,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from service.main import create_app
 from tests.jobs.client import LONG, MODEL, QUICK, decode_png, job, submit, wait_job
-from tests.jobs.procs import wait_for
+from tests.jobs.conftest import api_settings
+from tests.jobs.procs import serve, wait_for
 
 
 def test_a_job_runs_to_a_result_that_beats_its_starting_noise(api: httpx.Client) -> None:
@@ -191,3 +193,20 @@ def test_other_objectives_run(api: httpx.Client) -> None:
     jobs = [submit(api, body) for body in bodies]
     units = [len(wait_job(api, j["id"])["result"]["units"]) for j in jobs]
     assert units == [1, 1, 2, 1]
+
+
+def test_idempotency_keys_are_scoped_by_api_key() -> None:
+    settings = api_settings(None, api_keys="alice-key,bob-key")
+    with serve(create_app(settings)) as client:
+        url = f"/v1/models/{MODEL}/optimizations"
+        same_key = {"Idempotency-Key": "order-66"}
+        alice = client.post(url, json=QUICK, headers={**same_key, "X-API-Key": "alice-key"})
+        bob = client.post(url, json=QUICK, headers={**same_key, "X-API-Key": "bob-key"})
+        assert alice.status_code == bob.status_code == 202
+        assert alice.json()["id"] != bob.json()["id"]
+        assert "Idempotent-Replayed" not in bob.headers
+        nobody = client.post(url, json=QUICK, headers=same_key)
+        assert nobody.status_code == 401
+        for job_id in (alice.json()["id"], bob.json()["id"]):
+            client.headers["X-API-Key"] = "alice-key"
+            wait_job(client, job_id)
