@@ -5,6 +5,12 @@ already preprocessed). The HTTP time is everything a client sees: upload, decode
 the same work, base64 and JSON, on localhost with keep-alive. Requests alternate with
 in-process runs, so both see the same machine. Target: ratio <= 1.3.
 
+A second line per model breaks the multipart time down (reporting only; the ratios above do not
+use it): "service work" is all that the server runs in its torch pool (decode, preprocess, the
+same forward, grid and PNG, base64 and JSON); "ASGI app" is the same multipart POST through the
+app in this process (no socket, no uvicorn); the rest of the multipart time is the client,
+loopback TCP and uvicorn.
+
     .venv/bin/python -m bench.http_overhead [--rounds 40] [--models shapes,resnet18]
         [--torch-threads 1]
 """
@@ -12,20 +18,25 @@ in-process runs, so both see the same machine. Target: ratio <= 1.3.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import inspect
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import torch
+from starlette.types import ASGIApp, Message
 
 from bench.common import api_server, machine, models_file, ms, png_bytes
 from cnnviz.data.shapes import sample_image
 from cnnviz.featuremaps import feature_maps
 from cnnviz.imaging import preprocess
 from cnnviz.models import LoadedModel, ModelRegistry
+from schemas.feature_maps import FeatureMapsOptions
+from service.feature_maps import FeatureMapsRequest, render_json
 
 CASES = [("shapes", "block1.conv", 64), ("resnet18", "layer2", 224)]
 
@@ -40,10 +51,77 @@ def timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+async def timed_async(call: Callable[[], object]) -> float:
+    """:func:`timed`, awaiting what ``call`` returns when it is awaitable."""
+    start = time.perf_counter()
+    result = call()
+    if inspect.isawaitable(result):
+        await result
+    return time.perf_counter() - start
+
+
+def asgi_app(toml: Path) -> ASGIApp:
+    """The API app built in this process, with the server's models and this torch setting."""
+    threads = torch.get_num_threads()
+    from service.main import create_app  # builds a default app at import: its torch threads
+    from service.settings import Settings
+
+    app = create_app(Settings(models_file=toml, torch_threads=threads))
+    torch.set_num_threads(threads)
+    return app
+
+
+async def asgi_post(app: ASGIApp, path: str, content_type: str, body: bytes) -> None:
+    """One POST straight into ``app``: what uvicorn would hand it, without socket or parsing."""
+    headers = [
+        (b"host", b"asgi"),
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status = []
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # the client never disconnects
+        raise AssertionError
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    if status != [200]:
+        raise RuntimeError(f"the app answered {status}")
+
+
 def measure(
-    client: httpx.Client, loaded: LoadedModel, layer: str, size: int, rounds: int
+    client: httpx.Client,
+    app: ASGIApp,
+    registry: ModelRegistry,
+    loaded: LoadedModel,
+    layer: str,
+    size: int,
+    rounds: int,
 ) -> dict[str, float]:
-    """p50 seconds of: in-process work, POST as multipart, POST as JSON with base64."""
+    """p50 seconds of: in-process work, POST as multipart, POST as JSON with base64; and for the
+    breakdown, the server's pool work and the multipart POST through the app over ASGI."""
     spec = loaded.spec
     image = sample_image("star").resize((size, size))
     upload = png_bytes(image)
@@ -61,15 +139,39 @@ def measure(
     def json_base64() -> None:
         client.post(url, json={"image": encoded, "layers": [layer]}).raise_for_status()
 
-    calls = {"in-process": in_process, "multipart": multipart, "json": json_base64}
-    runs: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(3):  # warm-up: first-use loading and tracing, caches
-        for call in calls.values():
-            call()
-    for _ in range(rounds):  # interleaved, so that all three see the same machine
-        for name, call in calls.items():
-            runs[name].append(timed(call))
-    return {name: p50(samples) for name, samples in runs.items()}
+    request = FeatureMapsRequest(FeatureMapsOptions(layers=[layer]), image_bytes=upload)
+
+    def service_work() -> bytes:
+        return render_json(registry, spec.name, request, 40_000_000)
+
+    form = httpx.Request(
+        "POST", url, files={"image": ("star.png", upload, "image/png")}, data={"layers": [layer]}
+    )
+    form_body = form.read()
+
+    def asgi_multipart() -> Awaitable[None]:
+        return asgi_post(app, url, form.headers["content-type"], form_body)
+
+    calls: dict[str, Callable[[], object]] = {
+        "in-process": in_process,
+        "multipart": multipart,
+        "json": json_base64,
+        "service work": service_work,
+        "ASGI app": asgi_multipart,
+    }
+
+    async def interleaved() -> dict[str, list[float]]:
+        # One event loop for the whole run, as in a server: the app's worker threads live on.
+        runs: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(3):  # warm-up: first-use loading and tracing, caches
+            for call in calls.values():
+                await timed_async(call)
+        for _ in range(rounds):  # interleaved, so that all see the same machine
+            for name, call in calls.items():
+                runs[name].append(await timed_async(call))
+        return runs
+
+    return {name: p50(samples) for name, samples in asyncio.run(interleaved()).items()}
 
 
 def main() -> None:
@@ -95,6 +197,7 @@ def main() -> None:
             api_server({"CNNVIZ_MODELS_FILE": str(toml), **env}) as server,
             httpx.Client(base_url=server.url, timeout=60) as client,
         ):
+            app = asgi_app(toml)
             print(
                 f"{'model':9} {'layer':12} {'in-process':>11} {'multipart':>11} {'ratio':>6}"
                 f" {'JSON base64':>11} {'ratio':>6}"
@@ -103,11 +206,16 @@ def main() -> None:
             for model, layer, size in CASES:
                 if model not in args.models.split(","):
                     continue
-                p = measure(client, registry.get(model), layer, size, args.rounds)
+                p = measure(client, app, registry, registry.get(model), layer, size, args.rounds)
                 base = p["in-process"]
                 print(
                     f"{model:9} {layer:12} {ms(base)} {ms(p['multipart'])} "
                     f"{p['multipart'] / base:6.2f} {ms(p['json'])} {p['json'] / base:6.2f}"
+                )
+                print(
+                    f"{'':9} multipart: service work {ms(p['service work']).strip()}, "
+                    f"ASGI app {ms(p['ASGI app']).strip()}, client + TCP + uvicorn "
+                    f"{ms(p['multipart'] - p['ASGI app']).strip()}"
                 )
             print(f"HTTP floor: GET /healthz p50 {ms(floor).strip()} (client, uvicorn, FastAPI)")
 

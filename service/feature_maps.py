@@ -2,8 +2,9 @@
 
 The request is JSON (``FeatureMapsCreate``, a base64 image) or multipart (a file field
 ``image``, repeated ``layers`` and ``channels`` fields, the other options as single fields).
-Everything that touches torch, Pillow or base64 runs in :func:`render`, which the route hands
-to the torch pool so that none of it runs on the event loop.
+Everything that touches torch, Pillow or base64 runs in :func:`render` (or :func:`render_json`,
+which also builds and serializes the JSON answer), which the route hands to the torch pool so
+that none of it runs on the event loop.
 """
 
 from __future__ import annotations
@@ -197,6 +198,18 @@ def to_read(model: str, rendered: list[Rendered]) -> FeatureMapsRead:
             )
         )
     return FeatureMapsRead(model=model, layers=layers)
+
+
+def render_json(
+    registry: ModelRegistry, model: str, request: FeatureMapsRequest, max_pixels: int
+) -> bytes:
+    """:func:`render`, then the ``FeatureMapsRead`` answer serialized: blocking, for the pool.
+
+    The route returns these bytes as they are. Building and dumping the schema here keeps the
+    per-channel stats, the base64 and the JSON off the event loop, and FastAPI does not
+    validate and serialize the answer a second time.
+    """
+    return to_read(model, render(registry, model, request, max_pixels)).model_dump_json().encode()
 
 
 def png_headers(maps: LayerMaps) -> dict[str, str]:

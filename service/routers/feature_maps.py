@@ -10,7 +10,7 @@ from schemas.errors import Problem
 from schemas.feature_maps import FeatureMapsCreate, FeatureMapsRead
 from service.deps import PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
-from service.feature_maps import png_headers, read_request, render, to_read, wants_png
+from service.feature_maps import png_headers, read_request, render, render_json, wants_png
 
 router = APIRouter(prefix="/models", tags=["feature maps"])
 
@@ -104,7 +104,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def create_feature_maps(
     model: str, request: Request, registry: RegistryDep, pool: PoolDep, settings: SettingsDep
-) -> FeatureMapsRead | Response:
+) -> Response:
     """Feature-map grids of one image for one or more layers, sharing one forward pass."""
     registry.spec(model)
     png = wants_png(request.headers.get("accept"))
@@ -117,9 +117,11 @@ async def create_feature_maps(
             f"Accept: image/png returns one layer's grid, and {layers} layers were asked for; "
             "ask for one layer, or for application/json",
         )
-    rendered = await pool.run(render, registry, model, body, settings.max_image_pixels)
     if png:
+        rendered = await pool.run(render, registry, model, body, settings.max_image_pixels)
         return Response(
             rendered[0].png, media_type="image/png", headers=png_headers(rendered[0].maps)
         )
-    return to_read(model, rendered)
+    # FeatureMapsRead (the response_model above, the contract in OpenAPI), serialized in the pool.
+    content = await pool.run(render_json, registry, model, body, settings.max_image_pixels)
+    return Response(content, media_type="application/json")
