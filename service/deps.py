@@ -1,4 +1,8 @@
-"""Named dependencies of the route handlers."""
+"""Named dependencies of the route handlers.
+
+They are ``async def`` although they do not await: FastAPI runs a plain ``def`` dependency in
+its thread pool, and each such hop costs more than the lookup itself.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from service.jobs.manager import JobManager
 from service.settings import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was built with (see ``create_app``).
 
     Read from the app rather than overriding ``get_settings``: FastAPI rebuilds every
@@ -27,17 +31,17 @@ def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def get_pool(request: Request) -> TorchPool:
+async def get_pool(request: Request) -> TorchPool:
     pool: TorchPool = request.app.state.pool
     return pool
 
 
-def get_jobs(request: Request) -> JobManager:
+async def get_jobs(request: Request) -> JobManager:
     jobs: JobManager = request.app.state.jobs
     return jobs
 
