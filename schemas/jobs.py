@@ -105,6 +105,29 @@ class OptimizationCreate(BaseModel):
     transforms: Literal["standard", "none"] = Field(
         default="standard", description="random jitter, scale and rotation each step, or none"
     )
+    images_per_unit: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="images optimized for each unit; with `diversity`, different ones",
+    )
+    diversity: float = Field(
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description="weight of Lucid's diversity term among the images of one unit "
+        "(needs images_per_unit >= 2); about 100 gives visibly different images",
+    )
+    l1: float = Field(default=0.0, ge=0, le=100, description="L1 penalty weight on the image")
+    l2: float = Field(default=0.0, ge=0, le=100, description="L2 penalty weight on the image")
+    tv: float = Field(default=0.0, ge=0, le=100, description="total-variation penalty weight")
+    redirect_relu_steps: int = Field(
+        default=16,
+        ge=0,
+        le=MAX_STEPS,
+        description="redirect ReLU gradients for the first N steps, so units that start "
+        "inactive get a gradient (0: off)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -120,10 +143,19 @@ class OptimizationCreate(BaseModel):
         if kind != ObjectiveKind.DIRECTION and self.direction is not None:
             raise ValueError(f"`direction` is only for objective 'direction', not {kind.value!r}")
         if isinstance(self.channels, list):
-            if not 1 <= len(self.channels) <= MAX_UNITS:
-                raise ValueError(f"`channels` needs 1 to {MAX_UNITS} indices")
+            if not 1 <= len(self.channels) * self.images_per_unit <= MAX_UNITS:
+                raise ValueError(
+                    f"`channels` × `images_per_unit` must be 1 to {MAX_UNITS} images, got "
+                    f"{len(self.channels)} × {self.images_per_unit}"
+                )
             if len(set(self.channels)) != len(self.channels):
                 raise ValueError("`channels` has duplicates")
+        if self.diversity > 0 and self.images_per_unit < 2:
+            raise ValueError(
+                "`diversity` compares the images of one unit: set images_per_unit >= 2"
+            )
+        if kind == ObjectiveKind.LAYER and self.images_per_unit > 1:
+            raise ValueError("objective 'layer' optimizes one image; images_per_unit must be 1")
         return self
 
     def fingerprint(self, model: str) -> str:
@@ -154,6 +186,7 @@ class UnitResult(BaseModel):
     """One optimized unit."""
 
     channel: int | None = Field(description="channel or class index; none for a whole layer")
+    sample: int = Field(default=0, description="which of the unit's images_per_unit images")
     y: int | None = None
     x: int | None = None
     image: str = Field(description="base64 PNG of the optimized image")

@@ -71,7 +71,7 @@ def _units(request: OptimizationCreate, loaded: LoadedModel) -> list[int]:
     if isinstance(request.channels, list):
         return list(request.channels)
     count = loaded.index.info(request.layer).shape[0]
-    if count > MAX_UNITS:
+    if count * request.images_per_unit > MAX_UNITS:
         raise InvalidArgumentError(
             f"layer {request.layer!r} of model {loaded.spec.name!r} has {count} channels and a "
             f"job optimizes at most {MAX_UNITS} units; list the channels you want in `channels`"
@@ -82,7 +82,11 @@ def _units(request: OptimizationCreate, loaded: LoadedModel) -> list[int]:
 def build_objective(request: OptimizationCreate) -> Objective:
     """The optvis objective of a resolved request (``channels`` a list)."""
     kind = request.objective
+    copies = request.images_per_unit
+    # Each unit repeated images_per_unit times, next to each other: unit u, image k is row
+    # u * copies + k, which is how _unit_results reads them back.
     channels = request.channels if isinstance(request.channels, list) else []
+    channels = [c for c in channels for _ in range(copies)]
     if kind == ObjectiveKind.CHANNEL:
         return objectives.channel(request.layer, channels)
     if kind == ObjectiveKind.CLASS_LOGIT:
@@ -90,10 +94,10 @@ def build_objective(request: OptimizationCreate) -> Objective:
     if kind == ObjectiveKind.NEURON:
         assert request.neuron is not None  # the schema enforces it
         n = request.neuron
-        return objectives.neuron(request.layer, n.channel, y=n.y, x=n.x)
+        return objectives.neuron(request.layer, [n.channel] * copies, y=n.y, x=n.x)
     if kind == ObjectiveKind.DIRECTION:
         assert request.direction is not None  # the schema enforces it
-        return objectives.direction(request.layer, request.direction)
+        return objectives.direction(request.layer, [request.direction] * copies)
     return objectives.layer(request.layer)
 
 
@@ -127,6 +131,11 @@ def render_settings(request: OptimizationCreate) -> RenderSettings:
         decorrelate=request.decorrelate,
         transforms=request.transforms,
         seed=request.seed,
+        redirect_relu_steps=request.redirect_relu_steps,
+        l1=request.l1,
+        l2=request.l2,
+        tv=request.tv,
+        diversity=request.diversity,
     )
 
 
@@ -138,9 +147,9 @@ def _png(image: torch.Tensor) -> bytes:
     return encode_png(to_pixels(image[None])[0])
 
 
-def _grid_png(images: torch.Tensor) -> tuple[bytes, int]:
-    """``(N, C, S, S)`` tiled in a near-square grid on white: PNG bytes and the columns."""
-    grid, layout = image_grid(images)
+def _grid_png(images: torch.Tensor, columns: int | None = None) -> tuple[bytes, int]:
+    """``(N, C, S, S)`` tiled on white (default: a near-square grid): PNG bytes and columns."""
+    grid, layout = image_grid(images, columns=columns)
     return encode_png(grid), layout.columns
 
 
@@ -154,16 +163,18 @@ def _unit_results(
     kind = request.objective
     units: list[UnitResult] = []
     for i in range(images.shape[0]):
+        unit, sample = divmod(i, request.images_per_unit)
         channel: int | None = None
         y = x = None
         if kind in (ObjectiveKind.CHANNEL, ObjectiveKind.CLASS_LOGIT):
             assert isinstance(request.channels, list)
-            channel = request.channels[i]
+            channel = request.channels[unit]
         elif kind == ObjectiveKind.NEURON and request.neuron is not None:
             channel, y, x = request.neuron.channel, request.neuron.y, request.neuron.x
         units.append(
             UnitResult(
                 channel=channel,
+                sample=sample,
                 y=y,
                 x=x,
                 image=_b64(_png(images[i])),
@@ -238,7 +249,9 @@ def run_job(
         on_step=on_step,
         model_name=loaded.spec.name,
     )
-    grid, columns = _grid_png(rendered.images)
+    # Several images of each unit: one row per unit.
+    per_unit = request.images_per_unit
+    grid, columns = _grid_png(rendered.images, per_unit if per_unit > 1 else None)
     assert request.image_size is not None
     return OptimizationResult(
         model=task.model,

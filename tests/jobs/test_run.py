@@ -6,8 +6,11 @@ import base64
 import io
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 from safetensors.torch import save_file
 from torch import nn
 
@@ -44,3 +47,41 @@ def test_an_image_size_other_than_the_input_is_resized_for_the_model(tmp_path: P
     assert [unit.channel for unit in result.units] == [0, 2]
     for unit in result.units:
         assert Image.open(io.BytesIO(base64.b64decode(unit.image))).size == (40, 40)
+
+
+def _shapes_job(**fields: object) -> list:
+    request = OptimizationCreate(layer="block3.relu", steps=12, **fields)  # type: ignore[arg-type]
+    loaded = ModelRegistry.from_file(None).get("shapes")
+    task = OptimizationTask(job_id="j", model="shapes", request=request, ttl_seconds=60)
+    return run_job(task, loaded).units
+
+
+def _pixels(unit, mode: str = "RGB") -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """A unit's image as a float tensor ``(H, W, 3)`` (``(H, W)`` for mode "L")."""
+    image = Image.open(io.BytesIO(base64.b64decode(unit.image))).convert(mode)
+    return torch.from_numpy(np.array(image)).float()
+
+
+def test_several_images_per_unit_and_diversity_among_them() -> None:
+    plain = _shapes_job(channels=[3, 7], images_per_unit=2)
+    assert [(u.channel, u.sample) for u in plain] == [(3, 0), (3, 1), (7, 0), (7, 1)]
+    diverse = _shapes_job(channels=[3, 7], images_per_unit=2, diversity=1000.0)
+    # The diversity term is in the loss: same seed, other images.
+    assert (_pixels(diverse[0]) - _pixels(plain[0])).abs().mean() > 1.0
+    # Penalties reach the optimizer too: a strong total-variation weight gives smoother images.
+    smooth = _shapes_job(channels=[3], tv=50.0)
+
+    def roughness(unit) -> float:  # type: ignore[no-untyped-def]
+        image = _pixels(unit, "L")
+        return float((image[:, 1:] - image[:, :-1]).abs().mean())
+
+    assert roughness(smooth[0]) < roughness(plain[0])
+
+
+def test_requests_that_cannot_be_honoured_are_refused_with_the_reason() -> None:
+    with pytest.raises(ValidationError, match="set images_per_unit >= 2"):
+        OptimizationCreate(layer="block3.relu", channels=[1], diversity=100.0)
+    with pytest.raises(ValidationError, match="objective 'layer' optimizes one image"):
+        OptimizationCreate(layer="block3.relu", objective="layer", images_per_unit=2)
+    with pytest.raises(ValidationError, match=r"must be 1 to 64 images, got 40 × 2"):
+        OptimizationCreate(layer="block3.relu", channels=list(range(40)), images_per_unit=2)
