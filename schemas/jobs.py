@@ -116,7 +116,8 @@ class OptimizationCreate(BaseModel):
         ge=0,
         le=10_000,
         description="weight of Lucid's diversity term among the images of one unit "
-        "(needs images_per_unit >= 2); about 100 gives visibly different images",
+        "(needs images_per_unit >= 2), on the scale of the unit's objective: too large a "
+        "weight trades the objective away for variety",
     )
     l1: float = Field(default=0.0, ge=0, le=100, description="L1 penalty weight on the image")
     l2: float = Field(default=0.0, ge=0, le=100, description="L2 penalty weight on the image")
