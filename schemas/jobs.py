@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 OPTIMIZE_TASK = "cnnviz.optimize"
 JOB_QUEUE = "gpu"
 
-MAX_UNITS = 64
+# A whole layer is one job (resnet18 layer4 has 512 channels); render chunks it to fit memory.
+MAX_UNITS = 512
 MAX_STEPS = 4096
 MAX_IMAGE_SIZE = 1024
 

@@ -73,8 +73,10 @@ def _units(request: OptimizationCreate, loaded: LoadedModel) -> list[int]:
     count = loaded.index.info(request.layer).shape[0]
     if count * request.images_per_unit > MAX_UNITS:
         raise InvalidArgumentError(
-            f"layer {request.layer!r} of model {loaded.spec.name!r} has {count} channels and a "
-            f"job optimizes at most {MAX_UNITS} units; list the channels you want in `channels`"
+            f"layer {request.layer!r} of model {loaded.spec.name!r} has {count} channels, "
+            f"{count * request.images_per_unit} images at {request.images_per_unit} per unit, "
+            f"and a job optimizes at most {MAX_UNITS} units; list the channels you want in "
+            "`channels` or lower `images_per_unit`"
         )
     return list(range(count))
 

@@ -155,7 +155,13 @@ def test_an_unknown_job_is_a_404(api: httpx.Client, method: str, path: str) -> N
         (MODEL, {**QUICK, "lr": -1}, 422, "invalid_request", "lr"),
         (MODEL, {**QUICK, "colour": "red"}, 422, "invalid_request", "colour"),
         (MODEL, {**QUICK, "objective": "neuron"}, 422, "invalid_request", "neuron"),
-        (MODEL, {"layer": "block4.relu", "channels": "all"}, 422, "invalid_argument", "64 units"),
+        (
+            MODEL,
+            {"layer": "block4.relu", "channels": "all", "images_per_unit": 8},
+            422,
+            "invalid_argument",
+            "512 units",
+        ),
         (
             MODEL,
             {"layer": "block2.relu", "neuron": {"channel": 1, "y": 999}},

@@ -83,5 +83,5 @@ def test_requests_that_cannot_be_honoured_are_refused_with_the_reason() -> None:
         OptimizationCreate(layer="block3.relu", channels=[1], diversity=100.0)
     with pytest.raises(ValidationError, match="objective 'layer' optimizes one image"):
         OptimizationCreate(layer="block3.relu", objective="layer", images_per_unit=2)
-    with pytest.raises(ValidationError, match=r"must be 1 to 64 images, got 40 × 2"):
-        OptimizationCreate(layer="block3.relu", channels=list(range(40)), images_per_unit=2)
+    with pytest.raises(ValidationError, match=r"must be 1 to 512 images, got 300 × 2"):
+        OptimizationCreate(layer="block3.relu", channels=list(range(300)), images_per_unit=2)
