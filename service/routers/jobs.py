@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Response
+from fastapi import APIRouter, Body, Header, Path, Response
 
 from schemas.errors import Problem
 from schemas.jobs import JobRead, OptimizationCreate
@@ -14,6 +14,39 @@ router = APIRouter(tags=["jobs"])
 
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="the job's id")]
 _RETRY_AFTER = "1"
+
+# Examples for /docs, each a request that works on the built-in model as it is.
+_EXAMPLES = {
+    "channels": {
+        "summary": "Four channels of a layer, one image each",
+        "value": {"layer": "block3.relu", "channels": [0, 1, 2, 3], "steps": 256, "seed": 0},
+    },
+    "whole layer": {
+        "summary": "Every channel of a layer in one job",
+        "value": {"layer": "block2.relu", "channels": "all", "steps": 128},
+    },
+    "neuron": {
+        "summary": "One neuron: a channel at a position",
+        "value": {"layer": "block3.relu", "neuron": {"channel": 5, "y": 8, "x": 8}},
+    },
+    "class": {
+        "summary": "What the model calls a triangle (class 2)",
+        "value": {"layer": "fc", "objective": "class_logit", "channels": [2]},
+    },
+    "diversity": {
+        "summary": "Three different images of one channel",
+        "value": {
+            "layer": "block2.relu",
+            "channels": [4],
+            "images_per_unit": 3,
+            "diversity": 1.0,
+        },
+    },
+    "deepdream": {
+        "summary": "DeepDream: the whole layer's energy",
+        "value": {"layer": "block3.relu", "objective": "layer", "steps": 128},
+    },
+}
 
 
 def _job_headers(response: Response, job: JobRead) -> None:
@@ -32,7 +65,7 @@ def _job_headers(response: Response, job: JobRead) -> None:
 )
 async def create_optimization(
     model: str,
-    body: OptimizationCreate,
+    body: Annotated[OptimizationCreate, Body(openapi_examples=_EXAMPLES)],
     jobs: JobsDep,
     response: Response,
     idempotency_key: Annotated[
