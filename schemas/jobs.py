@@ -263,6 +263,11 @@ def idempotency_key(digest: str) -> str:
     return f"cnnviz:idem:{digest}"
 
 
+def reuse_key(digest: str) -> str:
+    """The latest job of a request (its fingerprint's digest), for serving repeats from it."""
+    return f"cnnviz:reuse:{digest}"
+
+
 class JobRecord(BaseModel):
     """The job record both the service and the workers read and write."""
 

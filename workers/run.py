@@ -99,7 +99,7 @@ def build_objective(request: OptimizationCreate) -> Objective:
         return objectives.neuron(request.layer, [n.channel] * copies, y=n.y, x=n.x)
     if kind == ObjectiveKind.DIRECTION:
         assert request.direction is not None  # the schema enforces it
-        return objectives.direction(request.layer, [request.direction] * copies)
+        return objectives.direction(request.layer, torch.tensor([request.direction] * copies))
     return objectives.layer(request.layer)
 
 

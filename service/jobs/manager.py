@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+from enum import StrEnum
 from typing import Any
 
 from cnnviz.models import ModelRegistry
@@ -29,6 +30,14 @@ from service.jobs.transport import JobTransport, QueueFull, QueueUnavailable
 from workers.run import prepare
 
 RETRY_AFTER_S = 1
+
+
+class Submitted(StrEnum):
+    """What a submission did: queued a new job, or answered with an earlier one."""
+
+    CREATED = "created"
+    REPLAYED = "replayed"  # the job of an Idempotency-Key seen before
+    REUSED = "reused"  # the succeeded job of an identical request: jobs are deterministic
 
 
 def _unavailable(reason: str) -> ApiError:
@@ -70,17 +79,29 @@ class JobManager:
         request: OptimizationCreate,
         idempotency_key: str | None,
         scope: str = "",
-    ) -> tuple[JobRead, bool]:
-        """Validate, record and queue a job; the job and whether it was created now.
+        reuse: bool = True,
+    ) -> tuple[JobRead, Submitted]:
+        """Validate, record and queue a job; the job and what the submission did.
 
-        An idempotency key is looked up within ``scope`` (the caller's API key), hashed.
+        An idempotency key is looked up within ``scope`` (the caller's API key), hashed. With
+        ``reuse`` and no idempotency key, a request identical to one whose job succeeded (same
+        model and weights, same resolved settings and seed) is answered with that job: jobs are
+        deterministic.
         """
-        self._registry.spec(model)  # UnknownModelError before any work
+        spec = self._registry.spec(model)  # UnknownModelError before any work
 
         def validate() -> OptimizationCreate:
             return prepare(request, self._registry.get(model))
 
         resolved = await self._pool.run(validate)
+        request_digest = hashlib.sha256(
+            f"{resolved.fingerprint(model)}\0{spec!r}".encode()
+        ).hexdigest()
+        # An Idempotency-Key asks for that key's job: reuse answers only requests without one.
+        if reuse and idempotency_key is None:
+            earlier = await self._succeeded(request_digest)
+            if earlier is not None:
+                return earlier, Submitted.REUSED
         idempotency = None
         if idempotency_key is not None:
             digest = hashlib.sha256(f"{scope}\0{idempotency_key}".encode()).hexdigest()
@@ -104,7 +125,7 @@ class JobManager:
                 "a new request",
             ) from None
         if not created:
-            return await self.read(record.id), False
+            return await self.read(record.id), Submitted.REPLAYED
         task = OptimizationTask(
             job_id=record.id, model=model, request=resolved, ttl_seconds=self._ttl
         )
@@ -119,7 +140,25 @@ class JobManager:
                     503, "busy", str(exc), {"Retry-After": str(exc.retry_after)}
                 ) from exc
             raise _unavailable(str(exc)) from exc
-        return record.read(), True
+        with contextlib.suppress(StoreUnavailable):  # only reuse is lost
+            await self.store.remember(request_digest, record.id, self._ttl)
+        return record.read(), Submitted.CREATED
+
+    async def _succeeded(self, request_digest: str) -> JobRead | None:
+        """The latest job of this request, if it succeeded and is still kept."""
+        try:
+            job_id = await self.store.recall(request_digest)
+        except StoreUnavailable as exc:
+            raise _unavailable(str(exc)) from exc
+        if job_id is None:
+            return None
+        try:
+            job = await self.read(job_id)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return job if job.status == JobStatus.SUCCEEDED else None
 
     async def _record(self, job_id: str) -> JobRecord:
         try:

@@ -30,6 +30,8 @@ class MemoryStore:
         self._ttl = ttl_seconds
         self._entries: dict[str, _Entry] = {}
         self._idempotency: dict[str, tuple[str, str]] = {}  # digest -> (job id, fingerprint)
+        self._latest: dict[str, str] = {}  # request digest -> its latest job id
+        self._digest_of: dict[str, str] = {}  # job id -> its request digest
         self._lock = threading.Lock()
 
     # ---- helpers (call with the lock held) ----
@@ -43,6 +45,9 @@ class MemoryStore:
         entry = self._entries.pop(job_id, None)
         if entry is not None and entry.record.idem is not None:
             self._idempotency.pop(entry.record.idem, None)
+        digest = self._digest_of.pop(job_id, None)
+        if digest is not None and self._latest.get(digest) == job_id:
+            del self._latest[digest]
 
     def _entry(self, job_id: str) -> _Entry:
         entry = self._entries.get(job_id)
@@ -74,6 +79,17 @@ class MemoryStore:
     async def get(self, job_id: str) -> JobRecord:
         with self._lock:
             return self._entry(job_id).record
+
+    async def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
+        # Forgotten with the job's record (see _forget).
+        with self._lock:
+            self._latest[digest] = job_id
+            self._digest_of[job_id] = digest
+
+    async def recall(self, digest: str) -> str | None:
+        with self._lock:
+            self._purge()
+            return self._latest.get(digest)
 
     async def result(self, job_id: str) -> OptimizationResult | None:
         with self._lock:

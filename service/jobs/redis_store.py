@@ -25,6 +25,7 @@ from schemas.jobs import (
     preview_key,
     record_key,
     result_key,
+    reuse_key,
 )
 from service.jobs.store import (
     Idempotency,
@@ -163,6 +164,13 @@ class RedisStore:
     async def discard(self, job_id: str) -> None:
         keys = [record_key(job_id), result_key(job_id), preview_key(job_id)]
         await self._call(self._discard(keys=keys))
+
+    async def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
+        await self._call(self._client.set(reuse_key(digest), job_id, ex=ttl_seconds))
+
+    async def recall(self, digest: str) -> str | None:
+        raw: bytes | None = await self._call(self._client.get(reuse_key(digest)))
+        return raw.decode() if raw else None
 
     async def ping(self) -> None:
         await self._call(self._client.ping())

@@ -68,6 +68,12 @@ class JobStore(Protocol):
     async def discard(self, job_id: str) -> None:
         """Remove a record whose job could not be queued (and its idempotency key)."""
 
+    async def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
+        """Note ``job_id`` as the latest job of the request whose fingerprint digest this is."""
+
+    async def recall(self, digest: str) -> str | None:
+        """The latest job noted for this request digest, if any."""
+
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""
 

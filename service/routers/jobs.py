@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Header, Path, Response
 from schemas.errors import Problem
 from schemas.jobs import JobRead, OptimizationCreate
 from service.deps import JobsDep
+from service.jobs.manager import Submitted
 
 router = APIRouter(tags=["jobs"])
 
@@ -61,6 +62,7 @@ def _job_headers(response: Response, job: JobRead) -> None:
         404: {"model": Problem},
         422: {"model": Problem},
         503: {"model": Problem, "description": "the queue is unavailable or full"},
+        200: {"model": JobRead, "description": "an identical request's succeeded job, reused"},
     },
 )
 async def create_optimization(
@@ -76,14 +78,28 @@ async def create_optimization(
             description="the same key and body give back the same job",
         ),
     ] = None,
+    cache_control: Annotated[
+        str | None,
+        Header(
+            description="'no-cache' runs the job again even when an identical request has "
+            "succeeded before (otherwise that job is answered, with 200)"
+        ),
+    ] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> JobRead:
     """Queue an activation-maximization job; poll the job at `Location`."""
+    reuse = not any(d in (cache_control or "").lower() for d in ("no-cache", "no-store"))
     # Keys are scoped by caller: one client's key never returns another client's job.
-    job, created = await jobs.submit(model, body, idempotency_key, scope=x_api_key or "")
+    job, submitted = await jobs.submit(
+        model, body, idempotency_key, scope=x_api_key or "", reuse=reuse
+    )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if not created:
+    if submitted == Submitted.REPLAYED:
         response.headers["Idempotent-Replayed"] = "true"
+    elif submitted == Submitted.REUSED:
+        # Finished already: the result of an identical request, nothing was queued.
+        response.status_code = 200
+        response.headers["Cnnviz-Reused"] = "true"
     _job_headers(response, job)
     return job
 

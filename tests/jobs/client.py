@@ -25,7 +25,8 @@ _submitted: dict[int, list[str]] = {}
 def submit(
     api: httpx.Client, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """POST a job; asserts the 202 and its Location; the job record."""
+    """POST a job to run now (never a reused one); asserts the 202 and its Location."""
+    headers = {"Cache-Control": "no-cache", **(headers or {})}
     response = api.post(f"/v1/models/{MODEL}/optimizations", json=body, headers=headers)
     assert response.status_code == 202, response.text
     job: dict[str, Any] = response.json()

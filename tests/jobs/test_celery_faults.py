@@ -171,7 +171,11 @@ def test_without_redis_submitting_is_a_clear_503_and_the_service_recovers(
             redis_server.start()  # same port, same data
 
             def accepted() -> bool:
-                response = api.post(f"/v1/models/{MODEL}/optimizations", json=QUICK)
+                response = api.post(
+                    f"/v1/models/{MODEL}/optimizations",
+                    json=QUICK,
+                    headers={"Cache-Control": "no-cache"},
+                )
                 return response.status_code == 202 and bool(response.json()["id"])
 
             wait_for(accepted, 30, "the API to accept jobs again", interval=0.2)

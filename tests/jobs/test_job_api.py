@@ -216,3 +216,30 @@ def test_idempotency_keys_are_scoped_by_api_key() -> None:
         for job_id in (alice.json()["id"], bob.json()["id"]):
             client.headers["X-API-Key"] = "alice-key"
             wait_job(client, job_id)
+
+
+def test_an_identical_request_is_served_from_the_succeeded_job(api: httpx.Client) -> None:
+    body = {**QUICK, "seed": 4242}
+    first = wait_job(api, submit(api, body)["id"])
+    assert first["status"] == "succeeded"
+    url = f"/v1/models/{MODEL}/optimizations"
+
+    again = api.post(url, json=body)
+    assert again.status_code == 200
+    assert again.headers["Cnnviz-Reused"] == "true"
+    assert again.headers["Location"] == f"/v1/jobs/{first['id']}"
+    assert again.json()["id"] == first["id"]
+    assert again.json()["result"] == first["result"]
+
+    fresh = api.post(url, json=body, headers={"Cache-Control": "no-cache"})
+    other_seed = api.post(url, json={**body, "seed": 4243})
+    assert fresh.status_code == other_seed.status_code == 202
+    assert len({first["id"], fresh.json()["id"], other_seed.json()["id"]}) == 3
+    for response in (fresh, other_seed):
+        wait_job(api, response.json()["id"])
+    # The deleted job is not served again: the request runs anew.
+    for job_id in (first["id"], fresh.json()["id"]):
+        assert api.delete(f"/v1/jobs/{job_id}").status_code == 204
+    anew = api.post(url, json=body)
+    assert anew.status_code == 202
+    wait_job(api, anew.json()["id"])
