@@ -210,11 +210,13 @@ class LayerIndex:
         """A callable ``x -> {node: activation}`` that stops at the deepest of ``names``.
 
         Its keys are graph nodes: a container name is replaced by its last node. Built once
-        per set of nodes and cached. It shares the model's parameters; call it inside
-        :func:`preserved_state` to run in eval mode without changing the model.
+        per set of nodes, whatever their order or spelling, and cached. It shares the model's
+        parameters; call it inside :func:`preserved_state` to run in eval mode without
+        changing the model.
         """
-        nodes = dict.fromkeys(self._node_of[name] for name in self.resolve(names))
-        return self._extractor(tuple(nodes))
+        wanted = {self._node_of[name] for name in self.resolve(names)}
+        # In graph order: ["b", "a"], ["a", "b"] and a container's name share one extractor.
+        return self._extractor(tuple(node for node in self._node_names if node in wanted))
 
     def _extractor(self, key: tuple[str, ...]) -> Extractor:
         with self._lock:
@@ -237,12 +239,13 @@ class LayerIndex:
         Returns ``{name: (N, *shape)}`` in the order asked for. Runs in eval mode and leaves the
         model's modes as they were; gradients flow when ``x`` requires them.
         """
+        names = self.resolve(names)
         extractor = self.extractor(names)
         with preserved_state(self.model):
             if isinstance(extractor, nn.Module):
                 extractor.eval()
             outputs = extractor(x)
-        return {name: outputs[self._node_of[name]] for name in self.resolve(names)}
+        return {name: outputs[self._node_of[name]] for name in names}
 
 
 class _HookExtractor:

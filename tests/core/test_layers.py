@@ -85,7 +85,8 @@ def test_activations_match_the_hand_computed_values() -> None:
 
 
 def test_layers_list_names_kinds_and_shapes() -> None:
-    index = LayerIndex(TwoConvs(), (2, 4, 4), "two")
+    model = TwoConvs()  # the index holds it weakly
+    index = LayerIndex(model, (2, 4, 4), "two")
     layers = {info.name: info for info in index.layers()}
     assert layers["conv_a"].kind == "Conv2d"
     assert layers["conv_a"].shape == (2, 4, 4)
@@ -105,7 +106,8 @@ def test_a_container_name_stands_for_its_last_node() -> None:
 
 
 def test_unknown_layer_names_the_model_and_suggests_close_names() -> None:
-    index = LayerIndex(TwoConvs(), (2, 4, 4), "two")
+    model = TwoConvs()  # the index holds it weakly
+    index = LayerIndex(model, (2, 4, 4), "two")
     with pytest.raises(UnknownLayerError) as caught:
         index.resolve(["conv_c"])
     message = str(caught.value)
@@ -172,3 +174,13 @@ def test_gradients_flow_to_the_input() -> None:
     assert x.grad is not None
     # d(sum conv_b)/dx0 = 2 (conv_a doubles channel 0, relu passes, conv_b sums).
     assert torch.allclose(x.grad[0, 0], torch.full((4, 4), 2.0))
+
+
+def test_one_extractor_serves_a_set_of_layers_in_any_order_or_spelling() -> None:
+    model = TwoConvs()  # the index holds it weakly
+    index = LayerIndex(model, (2, 4, 4), "two")
+    first = index.extractor(["conv_b", "conv_a"])
+    assert index.extractor(["conv_a", "conv_b"]) is first
+    assert index.extractor(["head"]) is index.extractor(["head.1"])
+    index.layers()  # containers and nodes together: still one trace of every node
+    assert len(index._extractors) == 3
