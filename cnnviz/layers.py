@@ -27,7 +27,7 @@ from torchvision.models.feature_extraction import (
     get_graph_node_names,
 )
 
-from cnnviz.errors import UnknownLayerError
+from cnnviz.errors import LayerShapeError, UnknownLayerError
 
 __all__ = [
     "LayerIndex",
@@ -202,9 +202,27 @@ class LayerIndex:
         return kinds
 
     def info(self, name: str) -> LayerInfo:
-        """The :class:`LayerInfo` of one addressable layer."""
+        """The :class:`LayerInfo` of one addressable layer.
+
+        UnknownLayerError for a name the model lacks; LayerShapeError for a layer whose output
+        is not a tensor with a batch dimension.
+        """
         self.resolve([name])
-        return next(info for info in self.layers() if info.name == name)
+        found = next((info for info in self.layers() if info.name == name), None)
+        if found is None:
+            raise LayerShapeError(
+                f"layer {name!r} of model {self.name!r} does not output a single tensor with a "
+                f"batch dimension; choose another (see GET /v1/models/{self.name}/layers)"
+            )
+        return found
+
+    def node(self, name: str) -> str:
+        """The graph node that ``name`` stands for: itself, or a container's last node.
+
+        The key under which :meth:`extractor` returns the layer's activations.
+        """
+        self.resolve([name])
+        return self._node_of[name]
 
     def extractor(self, names: Sequence[str]) -> Extractor:
         """A callable ``x -> {node: activation}`` that stops at the deepest of ``names``.

@@ -100,15 +100,8 @@ class Term(ABC):
 
 
 def _shape(index: LayerIndex, name: str) -> tuple[int, ...]:
-    """Output shape of ``name`` without the batch dimension; ``UnknownLayerError`` if absent."""
-    index.resolve([name])
-    for info in index.layers():
-        if info.name == name:
-            return info.shape
-    raise LayerShapeError(
-        f"layer {name!r} of model {index.name!r} does not output a single tensor with a batch "
-        f"dimension; choose another (see GET /v1/models/{index.name}/layers)"
-    )
+    """Output shape of ``name`` without the batch dimension (see :meth:`LayerIndex.info`)."""
+    return index.info(name).shape
 
 
 def _as_tuple(values: int | Sequence[int], what: str) -> tuple[int, ...]:

@@ -205,15 +205,6 @@ def _with_settings_terms(objective: obj.Objective, settings: RenderSettings) -> 
     return sum(extra, objective)
 
 
-def _output_key(index: LayerIndex, name: str) -> str:
-    """The key under which the extractor for ``name`` returns it (a container's last node)."""
-    extractor = index.extractor([name])
-    if isinstance(extractor, fx.GraphModule):
-        output = next(node for node in extractor.graph.nodes if node.op == "output")
-        return str(next(iter(output.args[0])))
-    return name
-
-
 class _Forward:
     """Normalise, run the truncated model, and return ``{layer: activations}``.
 
@@ -230,7 +221,7 @@ class _Forward:
         device: torch.device,
         redirect: bool,
     ) -> None:
-        self._keys = {name: _output_key(index, name) for name in layers}
+        self._keys = {name: index.node(name) for name in layers}
         self._plain = index.extractor(list(layers)) if layers else None
         if isinstance(self._plain, nn.Module):
             self._plain.eval()
@@ -432,9 +423,10 @@ def _render(
             optimizer.zero_grad(set_to_none=True)
             (-total.sum()).backward()
             optimizer.step()
-            for unit, value in zip(units, own.detach().float().cpu().tolist(), strict=True):
-                latest[unit] = value
             if on_step is not None:
+                # Only reports read these: no device-to-host copy per step without a callback.
+                for unit, value in zip(units, own.detach().float().cpu().tolist(), strict=True):
+                    latest[unit] = value
                 report = StepReport(
                     step=k * settings.steps + step + 1,
                     total=total_steps,

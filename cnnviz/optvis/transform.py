@@ -97,12 +97,11 @@ class _Affine(Transform):
     """A transform that resamples the image through a per-image affine map of the plane."""
 
     @abstractmethod
-    def matrix(self, params: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def matrix(self, params: torch.Tensor) -> torch.Tensor:
         """``(n, 3, 3)``: output pixel position (centred, in pixels) → input position."""
 
     def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        size = (images.shape[-2], images.shape[-1])
-        return _resample(images, self.matrix(params.to(images.dtype), size))
+        return _resample(images, self.matrix(params.to(images.dtype)))
 
 
 def _resample(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -133,7 +132,7 @@ class RandomScale(_Affine):
     def draw(self, generator: torch.Generator, steps: int) -> torch.Tensor:
         return torch.empty((steps, 1)).uniform_(self.low, self.high, generator=generator)
 
-    def matrix(self, params: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def matrix(self, params: torch.Tensor) -> torch.Tensor:
         inverse = 1.0 / params[:, 0]
         matrix = torch.zeros((params.shape[0], 3, 3), dtype=params.dtype, device=params.device)
         matrix[:, 0, 0] = inverse
@@ -156,7 +155,7 @@ class RandomRotate(_Affine):
     def draw(self, generator: torch.Generator, steps: int) -> torch.Tensor:
         return torch.empty((steps, 1)).uniform_(-self.degrees, self.degrees, generator=generator)
 
-    def matrix(self, params: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def matrix(self, params: torch.Tensor) -> torch.Tensor:
         angle = params[:, 0] * (math.pi / 180.0)
         cos, sin = torch.cos(angle), torch.sin(angle)
         matrix = torch.zeros((params.shape[0], 3, 3), dtype=params.dtype, device=params.device)
@@ -207,10 +206,9 @@ class Compose(Transform):
             own = params[:, start : start + transform.n_params].to(images.dtype)
             start += transform.n_params
             if isinstance(transform, _Affine):
-                size = (images.shape[-2], images.shape[-1])
                 # Output → input maps compose right to left: the first transform's map is
                 # applied last to the output position.
-                matrix = transform.matrix(own, size)
+                matrix = transform.matrix(own)
                 pending = matrix if pending is None else pending @ matrix
                 continue
             if pending is not None:

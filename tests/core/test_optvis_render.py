@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cnnviz.errors import InvalidArgumentError, UnknownLayerError
+from cnnviz.layers import layer_index
 from cnnviz.optvis import RenderSettings, StepReport, check_objective, objectives, visualize
 
 GREY = dict(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
@@ -229,7 +230,7 @@ def test_cancellation_from_on_step_propagates_and_restores_the_model() -> None:
 
 def test_step_reports_count_steps_and_preview_images() -> None:
     reports: list[StepReport] = []
-    visualize(
+    result = visualize(
         ColourReader(),
         objectives.channel("read", [0, 1, 2]),
         input_shape=(3, 8, 8),
@@ -243,6 +244,8 @@ def test_step_reports_count_steps_and_preview_images() -> None:
     preview = reports[-1].preview()
     assert preview.shape == (3, 3, 8, 8) and preview.device.type == "cpu"
     assert preview.min() >= 0.0 and preview.max() <= 1.0
+    # After the last step the preview shows the images being optimized: the final ones.
+    torch.testing.assert_close(preview, result.images)
 
 
 def test_validation_happens_before_any_step() -> None:
@@ -342,9 +345,10 @@ def test_untraceable_model_falls_back_to_hooks() -> None:
         model,
         objectives.channel("read", [0, 1]),
         input_shape=(3, 8, 8),
-        settings=_fast(redirect_relu_steps=4),
+        settings=_fast(),
         **GREY,
     )
+    assert not layer_index(model).traceable
     assert min(result.objectives) > 0.9
     assert _hook_count(model) == hooks
 
