@@ -245,6 +245,8 @@ class OptimizationTask(BaseModel):
 # The result is a separate string key, written once (SET NX); the preview a separate PNG.
 
 KEY_PREFIX = "cnnviz:job:"
+# A Lua condition on a record's status ``st``: the job has finished (for the Redis scripts).
+LUA_FINISHED = " or ".join(f"st == '{s.value}'" for s in JobStatus if s.finished)
 
 
 def record_key(job_id: str) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import problem
 
 
 class BodyTooLarge(HTTPException):
@@ -47,7 +47,7 @@ class BodySizeLimit:
             # at once. Any other is sending the body now.
             if b"100-continue" not in headers.get(b"expect", b"").lower():
                 await self._drain(receive, more_body=True)
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         received = 0
         started = False
@@ -72,7 +72,7 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
 
     async def _drain(self, receive: Receive, more_body: bool) -> None:
         """Read and drop what the client is still sending, within bounds.
@@ -90,25 +90,9 @@ class BodySizeLimit:
                 drained += len(message.get("body", b""))
                 more_body = message.get("more_body", False)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "type": "urn:cnnviz:error:body_too_large",
-                "title": "Content Too Large",
-                "status": 413,
-                "code": "body_too_large",
-                "detail": f"the request body exceeds the limit of {self.max_bytes} bytes",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The same problem+json as when the app itself sees the cap exceeded.
+        response = problem(
+            413, BodyTooLarge.code, BodyTooLarge(self.max_bytes).detail, {"Connection": "close"}
         )
-        await send({"type": "http.response.body", "body": body})
+        await response(scope, receive, send)

@@ -23,6 +23,7 @@ import time
 import redis
 
 from schemas.jobs import (
+    LUA_FINISHED,
     JobError,
     JobStatus,
     OptimizationResult,
@@ -34,7 +35,7 @@ from schemas.jobs import (
 
 log = logging.getLogger(__name__)
 
-_FINISHED = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
+_FINISHED = LUA_FINISHED
 
 # KEYS: record. ARGV: now, max attempts, error JSON for too many attempts, ttl.
 _START = f"""
@@ -164,6 +165,16 @@ class RedisRecorder:
             self._stopped.add(key)
             return True
         return False
+
+    def fail_running(self, job_id: str, error: JobError) -> bool:
+        """End the current attempt of a running job as failed, from outside that attempt.
+
+        For the worker's parent when it killed the child running the job.
+        """
+        attempts = self._client.hget(record_key(job_id), "attempts")
+        if attempts is None:
+            return False
+        return self.finish(job_id, int(attempts), JobStatus.FAILED, None, error, self._ttl)
 
     def finish(
         self,

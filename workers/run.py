@@ -258,7 +258,7 @@ def run_job(
     return OptimizationResult(
         model=task.model,
         layer=request.layer,
-        objective=request.objective or ObjectiveKind.CHANNEL,
+        objective=request.objective or ObjectiveKind.CHANNEL,  # set by the validator; for mypy
         units=_unit_results(
             request, rendered.images, rendered.objectives, rendered.initial_objectives
         ),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import redis
@@ -11,7 +10,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from cnnviz.models import ModelRegistry
-from schemas.jobs import OPTIMIZE_TASK, JobError, OptimizationTask, record_key
+from schemas.jobs import OPTIMIZE_TASK, JobError, OptimizationTask
 from workers.app import app, settings
 from workers.device import child_index, choose_device
 from workers.records import RedisRecorder
@@ -21,13 +20,6 @@ log = logging.getLogger(__name__)
 
 _registry: ModelRegistry | None = None
 _redis: redis.Redis | None = None
-
-# A job killed at the hard limit cannot write its record: the parent does, here.
-_FAIL_RUNNING = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'error', ARGV[2])
-return 1
-"""
 
 
 def _child_registry() -> ModelRegistry:
@@ -58,9 +50,11 @@ class OptimizeTask(Task):
                 message=f"the job was stopped at the hard time limit of "
                 f"{settings.job_time_limit:g} s; ask for fewer steps, units or pixels",
             )
-            _client().eval(
-                _FAIL_RUNNING, 1, record_key(task_id), time.time(), error.model_dump_json()
-            )
+            # The killed child cannot write its record: the parent does, through the same
+            # fenced final write as any other job end (TTLs renewed, attempt checked).
+            task = OptimizationTask.model_validate(args[0])
+            recorder = RedisRecorder(_client(), settings.job_max_attempts, task.ttl_seconds)
+            recorder.fail_running(task_id, error)
 
 
 @app.task(name=OPTIMIZE_TASK, bind=True, base=OptimizeTask)

@@ -17,7 +17,7 @@ from typing import Any
 from cnnviz.models import LoadedModel
 from schemas.jobs import OptimizationTask
 from service.jobs.memory import MemoryStore
-from service.jobs.transport import QueueFull
+from service.jobs.transport import QUEUE_RETRY_AFTER_S, QueueFull
 from workers.run import execute
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,14 @@ class InProcessTransport:
     async def submit(self, task: OptimizationTask) -> None:
         with self._lock:
             if self._in_flight >= self._capacity:
-                raise QueueFull(retry_after=5)
+                raise QueueFull(retry_after=QUEUE_RETRY_AFTER_S)
             self._in_flight += 1
         try:
             self._executor.submit(self._run, task)
         except RuntimeError:  # shut down
             with self._lock:
                 self._in_flight -= 1
-            raise QueueFull(retry_after=5) from None
+            raise QueueFull(retry_after=QUEUE_RETRY_AFTER_S) from None
 
     def _run(self, task: OptimizationTask) -> None:
         try:

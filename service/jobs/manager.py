@@ -26,10 +26,15 @@ from service.jobs.store import (
     JobStore,
     StoreUnavailable,
 )
-from service.jobs.transport import JobTransport, QueueFull, QueueUnavailable
+from service.jobs.transport import (
+    QUEUE_RETRY_AFTER_S,
+    JobTransport,
+    QueueFull,
+    QueueUnavailable,
+)
 from workers.run import prepare
 
-RETRY_AFTER_S = 1
+RETRY_AFTER_S = 1  # polling an unfinished job
 
 
 class Submitted(StrEnum):
@@ -46,7 +51,7 @@ def _unavailable(reason: str) -> ApiError:
         "queue_unavailable",
         f"the job queue is unavailable ({reason}); optimization jobs cannot be submitted or "
         "read now, feature maps still work; retry later",
-        {"Retry-After": "5"},
+        {"Retry-After": str(QUEUE_RETRY_AFTER_S)},
     )
 
 
@@ -136,9 +141,7 @@ class JobManager:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.discard(record.id)
             if isinstance(exc, QueueFull):
-                raise ApiError(
-                    503, "busy", str(exc), {"Retry-After": str(exc.retry_after)}
-                ) from exc
+                raise  # a ServiceBusy: 503 busy with Retry-After, as on the sync path
             raise _unavailable(str(exc)) from exc
         with contextlib.suppress(StoreUnavailable):  # only reuse is lost
             await self.store.remember(request_digest, record.id, self._ttl)

@@ -102,11 +102,7 @@ class MemoryStore:
     async def cancel(self, job_id: str) -> JobRecord:
         with self._lock:
             entry = self._entry(job_id)
-            status = entry.record.status
-            if not status.finished:
-                self._update(entry, cancel=True)
-                if status == JobStatus.QUEUED:
-                    self._close(entry, JobStatus.CANCELLED)
+            self._ask_cancel(entry)
             return entry.record
 
     async def delete(self, job_id: str) -> None:
@@ -130,16 +126,27 @@ class MemoryStore:
         """Cancel every unfinished job (the process is shutting down)."""
         with self._lock:
             for entry in self._entries.values():
-                status = entry.record.status
-                if not status.finished:
-                    self._update(entry, cancel=True)
-                    if status == JobStatus.QUEUED:
-                        self._close(entry, JobStatus.CANCELLED)
+                self._ask_cancel(entry)
 
-    def _close(self, entry: _Entry, status: JobStatus, error: JobError | None = None) -> None:
+    def _ask_cancel(self, entry: _Entry) -> None:
+        """Flag an unfinished job; a queued one is cancelled at once (lock held)."""
+        status = entry.record.status
+        if not status.finished:
+            self._update(entry, cancel=True)
+            if status == JobStatus.QUEUED:
+                self._close(entry, JobStatus.CANCELLED)
+
+    def _close(
+        self,
+        entry: _Entry,
+        status: JobStatus,
+        error: JobError | None = None,
+        ttl_seconds: int | None = None,
+    ) -> None:
+        """Finish the record; it lives ``ttl_seconds`` (default: the store's TTL) from now."""
         now = time.time()
         self._update(entry, status=status, finished_at=now, error=error)
-        entry.expires_at = now + self._ttl
+        entry.expires_at = now + (self._ttl if ttl_seconds is None else ttl_seconds)
 
     # ---- the executor's side (workers.run.Recorder) ----
 
@@ -196,10 +203,10 @@ class MemoryStore:
         ttl_seconds: int,
     ) -> bool:
         with self._lock:
+            # Only the running attempt may finish: this also makes the result written once.
             entry = self._current(job_id, attempt)
-            if entry is None or (status == JobStatus.SUCCEEDED and entry.result is not None):
+            if entry is None:
                 return False
             entry.result = result
-            self._close(entry, status, error)
-            entry.expires_at = time.time() + ttl_seconds
+            self._close(entry, status, error, ttl_seconds)
             return True

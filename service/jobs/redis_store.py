@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from schemas.jobs import (
     KEY_PREFIX,
+    LUA_FINISHED,
     JobRecord,
     OptimizationResult,
     idempotency_key,
@@ -35,7 +36,7 @@ from service.jobs.store import (
     StoreUnavailable,
 )
 
-_FINISHED = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
+_FINISHED = LUA_FINISHED
 
 # KEYS: record, idempotency key or ''. ARGV: ttl, fingerprint, job id, then field/value pairs.
 # With a live idempotency key: {'exists', job id, fingerprint}; else the record is written.

@@ -11,18 +11,21 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from schemas.jobs import OptimizationTask
+from service.concurrency import ServiceBusy
+
+QUEUE_RETRY_AFTER_S = 5  # when the queue is down or full
 
 
 class QueueUnavailable(Exception):
     """The queue cannot take the job now (broker unreachable)."""
 
 
-class QueueFull(Exception):
-    """The in-process executor has no room for another job."""
+class QueueFull(ServiceBusy):
+    """The in-process executor has no room for another job (503 busy, like the sync path)."""
 
     def __init__(self, retry_after: int) -> None:
-        self.retry_after = retry_after
-        super().__init__(f"the job queue is full; retry in {retry_after} s")
+        super().__init__(retry_after)
+        self.args = (f"the job queue is full; retry in {retry_after} s",)
 
 
 class JobTransport(Protocol):

@@ -9,12 +9,11 @@ from fastapi import APIRouter, Body, Header, Path, Response
 from schemas.errors import Problem
 from schemas.jobs import JobRead, OptimizationCreate
 from service.deps import JobsDep
-from service.jobs.manager import Submitted
+from service.jobs.manager import RETRY_AFTER_S, Submitted
 
 router = APIRouter(tags=["jobs"])
 
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="the job's id")]
-_RETRY_AFTER = "1"
 
 # Examples for /docs, each a request that works on the built-in model as it is.
 _EXAMPLES = {
@@ -52,7 +51,7 @@ _EXAMPLES = {
 
 def _job_headers(response: Response, job: JobRead) -> None:
     if not job.status.finished:
-        response.headers["Retry-After"] = _RETRY_AFTER
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
 
 
 @router.post(

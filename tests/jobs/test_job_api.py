@@ -243,3 +243,27 @@ def test_an_identical_request_is_served_from_the_succeeded_job(api: httpx.Client
     anew = api.post(url, json=body)
     assert anew.status_code == 202
     wait_job(api, anew.json()["id"])
+
+
+def test_a_full_in_process_queue_answers_503_busy() -> None:
+    with serve(create_app(api_settings(None, inprocess_job_backlog=0))) as client:
+        running = submit(client, LONG)
+        refused = client.post(
+            f"/v1/models/{MODEL}/optimizations", json=QUICK, headers={"Cache-Control": "no-cache"}
+        )
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "busy"
+        assert refused.headers["Retry-After"] == "5"
+        assert "queue is full" in refused.json()["detail"]
+        client.post(f"/v1/jobs/{running['id']}/cancel")
+        assert wait_job(client, running["id"])["status"] == "cancelled"
+
+
+def test_an_in_process_job_past_its_time_limit_fails_with_a_timeout() -> None:
+    with serve(create_app(api_settings(None, job_soft_time_limit=0.5))) as client:
+        job_id = submit(client, LONG)["id"]
+        failed = wait_job(client, job_id)
+        assert failed["status"] == "failed"
+        assert failed["error"]["code"] == "timeout"
+        # The executor lives on: the next job runs.
+        assert wait_job(client, submit(client, QUICK)["id"])["status"] == "succeeded"

@@ -19,11 +19,13 @@ from schemas.jobs import (
     JobRecord,
     JobStatus,
     OptimizationCreate,
+    OptimizationTask,
     record_key,
 )
 from tests.jobs.procs import ROOT, RedisServer
 from workers.config import WorkerSettings
 from workers.device import choose_device
+from workers.records import RedisRecorder
 
 
 def test_the_celery_settings_long_gpu_jobs_need() -> None:
@@ -38,8 +40,9 @@ def test_the_celery_settings_long_gpu_jobs_need() -> None:
     assert conf.task_serializer == conf.result_serializer == "json"
     assert conf.task_routes[OPTIMIZE_TASK] == {"queue": JOB_QUEUE}
     assert conf.worker_pool == "prefork"
-    assert conf.worker_max_tasks_per_child >= 1
-    assert conf.result_expires > 0
+    worker = WorkerSettings()
+    assert conf.worker_max_tasks_per_child == worker.worker_max_tasks_per_child
+    assert conf.result_expires == worker.result_expires
     visibility = conf.broker_transport_options["visibility_timeout"]
     assert conf.task_soft_time_limit < conf.task_time_limit < visibility
     assert OPTIMIZE_TASK in app.tasks
@@ -97,11 +100,33 @@ def test_a_job_killed_at_the_hard_limit_is_recorded_as_a_timeout(
     client = shared_redis.client()
     fields: dict[Any, Any] = dict(record.to_fields())
     client.hset(record_key(job_id), mapping=fields)
+    payload = OptimizationTask(
+        job_id=job_id, model="shapes", request=record.request, ttl_seconds=120
+    ).model_dump(mode="json")
 
     # What Celery calls in the worker's parent when it kills a child at the hard limit.
-    tasks.optimize.on_failure(TimeLimitExceeded(9), job_id, (), {}, None)
+    tasks.optimize.on_failure(TimeLimitExceeded(9), job_id, (payload,), {}, None)
 
     failed = JobRecord.from_fields(client.hgetall(record_key(job_id)))
     assert failed.status == JobStatus.FAILED
     assert failed.error is not None and failed.error.code == "timeout"
     assert "hard time limit" in failed.error.message
+    # Like every finished job, it lives its TTL from now on.
+    assert 0 < client.ttl(record_key(job_id)) <= 120
+
+    # A redelivered attempt that is running now is not failed by the old attempt's end.
+    client.hset(record_key(job_id), mapping={"status": "running", "attempts": "2"})
+    recorder = RedisRecorder(client, max_attempts=3, ttl_seconds=120)
+    assert recorder.finish(job_id, 1, JobStatus.FAILED, None, failed.error, 120) is False
+    assert client.hget(record_key(job_id), "status") == b"running"
+
+
+def test_gpu_children_spread_over_the_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [choose_device("auto", i) for i in range(3)] == [
+        torch.device("cuda", 0),
+        torch.device("cuda", 1),
+        torch.device("cuda", 0),
+    ]
+    assert choose_device("cuda", 3) == torch.device("cuda", 1)
