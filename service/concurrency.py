@@ -28,14 +28,9 @@ class TorchPool:
     """Runs blocking torch calls in threads with a bound on running and waiting calls."""
 
     def __init__(self, concurrency: int, backlog: int) -> None:
-        self.concurrency = concurrency
         self.capacity = concurrency + backlog
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._admitted = 0
-
-    @property
-    def in_flight(self) -> int:
-        return self._admitted
 
     async def run(self, func: Callable[..., T], *args: object) -> T:
         """``func(*args)`` in a thread; ServiceBusy when the pool is full."""

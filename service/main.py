@@ -32,7 +32,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = ModelRegistry.from_file(settings.models_file, device=settings.device)
     app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog)
     app.state.jobs = build_jobs(settings, app.state.registry)
-    app.state.readiness = app.state.jobs.readiness
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from cnnviz.models import BUILTIN_MODEL
-from service.deps import PoolDep, RegistryDep
+from service.deps import JobsDep, PoolDep, RegistryDep
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "not ready; the checks say why"}})
-async def readyz(request: Request, registry: RegistryDep, pool: PoolDep) -> JSONResponse:
+async def readyz(registry: RegistryDep, pool: PoolDep, jobs: JobsDep) -> JSONResponse:
     """Models loadable, job queue reachable, a worker listening."""
     checks: dict[str, Any] = {}
     try:
@@ -28,9 +28,7 @@ async def readyz(request: Request, registry: RegistryDep, pool: PoolDep) -> JSON
         checks["models"] = {"ok": True, "errors": registry.errors}
     except Exception as exc:  # readiness reports every failure rather than raising it
         checks["models"] = {"ok": False, "reason": str(exc)}
-    readiness = getattr(request.app.state, "readiness", None)
-    if readiness is not None:
-        checks.update(await readiness())
+    checks.update(await jobs.readiness())
     ready = all(check.get("ok", False) for check in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks},
