@@ -87,3 +87,9 @@ class InvalidArgumentError(CnnvizError, ValueError):
     """An argument out of its valid range, e.g. a channel index past the layer's width."""
 
     code = "invalid_argument"
+
+
+class NoKernelError(LayerShapeError):
+    """A layer asked for its filter weights that has no convolution kernel of its own."""
+
+    code = "no_kernel"
