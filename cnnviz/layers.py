@@ -1,10 +1,10 @@
 """Layer addressing and activation capture.
 
-A layer is addressed by the dotted name that torchvision's FX feature extraction gives a node
-of the model's graph (``layer1.0.conv1``, ``layer1.0.relu_1`` for a reused module,
-``layer1.0.add`` for a functional op), or by the name of a container module (``layer2``), which
-stands for its last node. Models that FX cannot trace fall back to forward hooks on
-``named_modules()``.
+A layer is addressed by a stable dotted name (see :mod:`cnnviz.tracing`): a module's output by
+the module's own qualified name, exactly (``conv1_2``, ``layer1.0.conv1``, the container
+``layer2``); a module's later calls by ``name:1``, ``name:2``, …; a functional op by its
+enclosing module and the op (``layer1.0.add``). Models that FX cannot trace fall back to
+forward hooks on ``named_modules()``, with the same names for module outputs.
 
 Every forward pass stops at the deepest requested layer: the FX extractor is truncated there,
 and the hook fallback aborts the forward once every requested output is captured.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import operator
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,12 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models.feature_extraction import (
-    create_feature_extractor,
-    get_graph_node_names,
-)
 
 from cnnviz.errors import LayerShapeError, UnknownLayerError
+from cnnviz.tracing import TracedModel, trace, truncated
 
 __all__ = [
     "LayerIndex",
@@ -75,11 +71,14 @@ class _CapturedAll(Exception):
     """Raised inside a forward hook to stop the forward once every output is captured."""
 
 
-def _function_kind(target: object) -> str:
-    if target is operator.add or target is torch.add:
-        return "add"
-    name = getattr(target, "__name__", None)
-    return name if isinstance(name, str) else str(target)
+@dataclass(frozen=True)
+class _Named:
+    """How a name is computed: its extractor key, kind, and module call (if a module's)."""
+
+    key: str
+    kind: str
+    module: str | None
+    call: int | None
 
 
 class LayerIndex:
@@ -87,7 +86,8 @@ class LayerIndex:
 
     Build one per model (see :func:`layer_index`); it holds no reference that keeps the model
     alive longer than its owner does. ``input_shape`` is ``(C, H, W)`` of the model's input,
-    needed only to report output shapes.
+    needed to report output shapes (and, for models FX cannot trace, to find the modules
+    called more than once).
     """
 
     def __init__(
@@ -99,21 +99,16 @@ class LayerIndex:
         self._lock = threading.Lock()
         self._extractors: dict[tuple[str, ...], Extractor] = {}
         self._layers: list[LayerInfo] | None = None
+        self._traced: TracedModel | None
         try:
-            with preserved_state(model):  # tracing switches modes: keep them
-                _, eval_nodes = get_graph_node_names(model, suppress_diff_warning=True)
+            with preserved_state(model):  # tracing switches to eval mode: keep the modes
+                self._traced = trace(model)
             self.traceable = True
-            nodes = [node for node in eval_nodes if node != "x"]
+            self._named, self._order = self._names_from_graph(self._traced)
         except Exception:  # any tracing failure means: use hooks instead
+            self._traced = None
             self.traceable = False
-            nodes = [name for name, _ in model.named_modules() if name]
-        self._node_names = nodes
-        self._containers = self._container_names(model, nodes) if self.traceable else []
-        # A container stands for the last of its nodes, as in create_feature_extractor.
-        self._node_of = {node: node for node in nodes}
-        for container in self._containers:
-            self._node_of[container] = [n for n in nodes if n.startswith(container + ".")][-1]
-        self._known = set(self._node_of)
+            self._named, self._order = self._names_from_hooks(model, input_shape)
 
     @property
     def model(self) -> nn.Module:
@@ -123,83 +118,95 @@ class LayerIndex:
         return model
 
     @staticmethod
-    def _container_names(model: nn.Module, nodes: Sequence[str]) -> list[str]:
-        """Modules that are not graph nodes themselves but own some (``layer2``, ``layer2.0``)."""
-        node_set = set(nodes)
-        names = []
-        for name, _ in model.named_modules():
-            if name and name not in node_set and any(n.startswith(name + ".") for n in nodes):
-                names.append(name)
-        return names
-
-    def _ordered_names(self) -> list[str]:
-        """Every addressable name, in forward order (containers before their nodes)."""
-        containers = set(self._containers)
-        ordered: list[str] = []
+    def _names_from_graph(traced: TracedModel) -> tuple[dict[str, _Named], list[str]]:
+        """Every name of the traced graph; the order lists a container before its contents."""
+        named = {
+            layer.name: _Named(traced.key[layer.node], layer.kind, layer.module, layer.call)
+            for layer in traced.layers
+        }
+        containers = {
+            layer.module for layer in traced.layers if layer.container and layer.call == 0
+        }
+        order: list[str] = []
         placed: set[str] = set()
-        for node in self._node_names:
-            parts = node.split(".")
-            for depth in range(1, len(parts)):
-                prefix = ".".join(parts[:depth])
+        for layer in traced.layers:
+            if layer.name in placed:
+                continue
+            parts = layer.owner.split(".") if layer.owner else []
+            depth = len(parts) - 1 if layer.module is not None else len(parts)
+            for i in range(1, depth + 1):
+                prefix = ".".join(parts[:i])
                 if prefix in containers and prefix not in placed:
-                    ordered.append(prefix)
+                    order.append(prefix)
                     placed.add(prefix)
-            ordered.append(node)
-        return ordered
+            if layer.name not in placed:
+                order.append(layer.name)
+                placed.add(layer.name)
+        return named, order
+
+    @staticmethod
+    def _names_from_hooks(
+        model: nn.Module, input_shape: tuple[int, int, int] | None
+    ) -> tuple[dict[str, _Named], list[str]]:
+        """Module names, for a model FX cannot trace.
+
+        With an input shape, one forward of zeros finds which modules run, in which order, and
+        how often: a module's later calls are ``name:1``, ``name:2``, … as in a traced model.
+        """
+        modules = dict(model.named_modules())
+        kinds = {name: type(module).__name__ for name, module in modules.items()}
+        calls: list[tuple[str, int]]
+        if input_shape is None:
+            calls = [(name, 0) for name in modules if name]
+        else:
+            calls = _module_calls(model, input_shape)
+        named: dict[str, _Named] = {}
+        for module, call in calls:
+            name = module if call == 0 else f"{module}:{call}"
+            while call and (name in modules or name in named):
+                name += "'"
+            named[name] = _Named(name, kinds[module], module, call)
+        return named, list(named)
 
     def resolve(self, names: Sequence[str]) -> list[str]:
         """Check that every name is addressable; returns them without duplicates, in order."""
         unique = list(dict.fromkeys(names))
         for name in unique:
-            if name not in self._known:
-                close = difflib.get_close_matches(name, self._ordered_names(), n=3, cutoff=0.5)
+            if name not in self._named:
+                close = difflib.get_close_matches(name, self._order, n=3, cutoff=0.5)
                 raise UnknownLayerError(name, self.name, close)
         return unique
 
     def layers(self) -> list[LayerInfo]:
         """Every addressable layer with its kind and output shape, computed once.
 
-        Runs one forward pass of zeros of ``input_shape`` through the whole model.
+        Runs one forward pass of zeros of ``input_shape`` through the whole model. Names whose
+        value is not a tensor with a batch dimension (a tuple, a shape) are left out.
         """
         if self._layers is not None:
             return self._layers
         if self.input_shape is None:
             raise ValueError("input_shape is needed to compute the layers' output shapes")
         model = self.model
-        names = self._ordered_names()
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None else torch.float32
-        x = torch.zeros((1, *self.input_shape), device=device, dtype=dtype)
-        kinds = self._kinds(model, tuple(self._node_names))
+        x = _zeros(model, self.input_shape)
         with torch.inference_mode():
-            outputs = self.capture(x, names)
+            outputs = self._capture(x, self._order)
         infos = [
-            LayerInfo(name, kinds.get(name, "module"), tuple(out.shape[1:]))
+            LayerInfo(name, self._named[name].kind, tuple(out.shape[1:]))
             for name, out in outputs.items()
             if isinstance(out, torch.Tensor) and out.dim() >= 2
         ]
         self._layers = infos
         return infos
 
-    def _kinds(self, model: nn.Module, names: tuple[str, ...]) -> dict[str, str]:
-        """What computes each layer: a module class name, or a function name for an op."""
-        modules = dict(model.named_modules())
-        kinds: dict[str, str] = {}
-        if self.traceable:
-            graph = self._extractor(names)
-            output = next(n for n in graph.graph.nodes if n.op == "output")  # type: ignore[attr-defined]
-            for name, node in output.args[0].items():
-                if node.op == "call_module":
-                    kinds[name] = type(modules[node.target]).__name__
-                elif node.op == "call_function":
-                    kinds[name] = _function_kind(node.target)
-                else:
-                    kinds[name] = str(node.target)
-        for name in [*names, *self._containers]:
-            if name in modules and (name in self._containers or not self.traceable):
-                kinds[name] = type(modules[name]).__name__
-        return kinds
+    def module_of(self, name: str) -> tuple[str, int] | None:
+        """``(module, call)`` when ``name`` is a module's output (call 0 is its first); else
+        ``None`` (a functional op)."""
+        self.resolve([name])
+        named = self._named[name]
+        if named.module is None or named.call is None:
+            return None
+        return named.module, named.call
 
     def info(self, name: str) -> LayerInfo:
         """The :class:`LayerInfo` of one addressable layer.
@@ -217,37 +224,37 @@ class LayerIndex:
         return found
 
     def node(self, name: str) -> str:
-        """The graph node that ``name`` stands for: itself, or a container's last node.
+        """The key under which :meth:`extractor` returns the layer ``name``.
 
-        The key under which :meth:`extractor` returns the layer's activations.
+        A name can share its value with others (a block's output is its last op's); they
+        share one key.
         """
         self.resolve([name])
-        return self._node_of[name]
+        return self._named[name].key
 
     def extractor(self, names: Sequence[str]) -> Extractor:
-        """A callable ``x -> {node: activation}`` that stops at the deepest of ``names``.
+        """A callable ``x -> {key: activation}`` that stops at the deepest of ``names``.
 
-        Its keys are graph nodes: a container name is replaced by its last node. Built once
-        per set of nodes, whatever their order or spelling, and cached. It shares the model's
-        parameters; call it inside :func:`preserved_state` to run in eval mode without
-        changing the model.
+        Its keys are those of :meth:`node`. Built once per set of keys, whatever the order or
+        spelling of the names, and cached. It shares the model's parameters; call it inside
+        :func:`preserved_state` to run in eval mode without changing the model.
         """
-        wanted = {self._node_of[name] for name in self.resolve(names)}
-        # In graph order: ["b", "a"], ["a", "b"] and a container's name share one extractor.
-        return self._extractor(tuple(node for node in self._node_names if node in wanted))
+        wanted = {self._named[name].key for name in self.resolve(names)}
+        # In forward order: ["b", "a"], ["a", "b"] and a container's name share one extractor.
+        return self._extractor(tuple(key for key in self._keys_in_order() if key in wanted))
+
+    def _keys_in_order(self) -> list[str]:
+        return list(dict.fromkeys(self._named[name].key for name in self._order))
 
     def _extractor(self, key: tuple[str, ...]) -> Extractor:
         with self._lock:
             cached = self._extractors.get(key)
             if cached is None:
-                if self.traceable:
-                    # Tracing switches the model between train and eval modes: keep them.
-                    with preserved_state(self.model):
-                        cached = create_feature_extractor(
-                            self.model, return_nodes=list(key), suppress_diff_warning=True
-                        )
+                if self._traced is not None:
+                    cached = truncated(self._traced, key)
                 else:
-                    cached = _HookExtractor(self._model, key)
+                    calls = {k: (self._named[k].module or k, self._named[k].call or 0) for k in key}
+                    cached = _HookExtractor(self._model, calls)
                 self._extractors[key] = cached
             return cached
 
@@ -258,45 +265,106 @@ class LayerIndex:
         model's modes as they were; gradients flow when ``x`` requires them.
         """
         names = self.resolve(names)
+        outputs = self._capture(x, names)
+        tensors: dict[str, torch.Tensor] = {}
+        for name in names:
+            out = outputs.get(name)
+            if not isinstance(out, torch.Tensor):
+                raise LayerShapeError(
+                    f"layer {name!r} of model {self.name!r} does not output a single tensor; "
+                    f"choose another (see GET /v1/models/{self.name}/layers)"
+                )
+            tensors[name] = out
+        return tensors
+
+    def _capture(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, object]:
+        """What each of ``names`` computes for ``x``; names that produced nothing are absent."""
         extractor = self.extractor(names)
         with preserved_state(self.model):
             if isinstance(extractor, nn.Module):
                 extractor.eval()
             outputs = extractor(x)
-        return {name: outputs[self._node_of[name]] for name in names}
+        keys = {name: self._named[name].key for name in names}
+        return {name: outputs[key] for name, key in keys.items() if key in outputs}
+
+
+def _zeros(model: nn.Module, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    """A batch of one zero image on the model's device and dtype."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    return torch.zeros((1, *input_shape), device=device, dtype=dtype)
+
+
+def _module_calls(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, int]]:
+    """``(module, call)`` of every module output that one forward of zeros produces, in order."""
+    calls: list[tuple[str, int]] = []
+    counts: dict[str, int] = {}
+    handles = []
+
+    def hook_for(name: str) -> Callable[[nn.Module, object, object], None]:
+        def hook(_module: nn.Module, _inputs: object, _output: object) -> None:
+            calls.append((name, counts.get(name, 0)))
+            counts[name] = counts.get(name, 0) + 1
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(hook_for(name)))
+        with preserved_state(model), torch.inference_mode():
+            model(_zeros(model, input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
 
 
 class _HookExtractor:
     """Activation capture with forward hooks, for models FX cannot trace.
 
-    Hooks are added for one call and removed in ``finally``; the forward is aborted once every
-    requested module has produced its output, so nothing past the deepest layer runs.
+    ``calls`` maps each key to ``(module, call)``: the module's output at that call (0 for the
+    first). Hooks are added for one forward and removed in ``finally``; the forward is aborted
+    once every requested output is captured, so nothing past the deepest layer runs. Outputs
+    are copied as they are captured, since a later in-place op could overwrite them.
     """
 
-    def __init__(self, model_ref: weakref.ref[nn.Module], names: tuple[str, ...]) -> None:
+    def __init__(
+        self, model_ref: weakref.ref[nn.Module], calls: Mapping[str, tuple[str, int]]
+    ) -> None:
         self._model_ref = model_ref
-        self._names = names
+        self._calls = dict(calls)
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         model = self._model_ref()
         if model is None:
             raise RuntimeError("the model of this extractor no longer exists")
         modules = dict(model.named_modules())
+        wanted: dict[str, dict[int, str]] = {}
+        for key, (module, call) in self._calls.items():
+            wanted.setdefault(module, {})[call] = key
         captured: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         handles = []
 
-        def hook_for(name: str) -> Callable[[nn.Module, object, object], None]:
+        def hook_for(module: str) -> Callable[[nn.Module, object, object], None]:
             def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-                if name not in captured and isinstance(output, torch.Tensor):
-                    captured[name] = output
-                    if len(captured) == len(self._names):
-                        raise _CapturedAll
+                call = counts.get(module, 0)
+                counts[module] = call + 1
+                key = wanted[module].get(call)
+                if key is None or not isinstance(output, torch.Tensor):
+                    return
+                if len(captured) + 1 == len(self._calls):
+                    captured[key] = output
+                    raise _CapturedAll
+                captured[key] = output.clone()
 
             return hook
 
         try:
-            for name in self._names:
-                handles.append(modules[name].register_forward_hook(hook_for(name)))
+            for module in wanted:
+                handles.append(modules[module].register_forward_hook(hook_for(module)))
             with contextlib.suppress(_CapturedAll):
                 model(x)
         finally:

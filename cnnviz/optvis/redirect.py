@@ -8,6 +8,10 @@ through, except where that would push an already negative input further down.
 :func:`redirect_relus` rewrites a *copy* of an FX graph: every ReLU and ReLU6 (modules,
 functions, methods, in-place or not) becomes the redirected version. The copy shares the
 model's submodules and parameters; the model and the cached extractor stay as they were.
+
+LeakyReLU, PReLU, ELU, GELU and SiLU are not redirected, by design: their gradient is not zero
+for negative inputs, so they never cut a unit off from the gradient the way a ReLU does, and
+the plain gradient already reaches every unit.
 """
 
 from __future__ import annotations

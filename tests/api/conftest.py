@@ -36,6 +36,14 @@ mean = [0.0]
 std = [1.0]
 description = "a 1×1 conv with hand-set weights"
 
+[models.caffe]
+factory = "tests.api.nets:caffe_names"
+weights = "random"
+input_size = [8, 8]
+channels = 1
+mean = [0.0]
+std = [1.0]
+
 [models.gated]
 factory = "tests.api.nets:gated"
 weights = "random"

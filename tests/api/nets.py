@@ -54,3 +54,26 @@ class Gated(OneByOne):
 
 def gated() -> nn.Module:
     return Gated()
+
+
+class CaffeNames(nn.Module):
+    """Modules named as Caffe ports name them (``conv1_1``, ``conv1_2``), a ReLU used twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1_1 = nn.Conv2d(1, 2, 1)
+        self.conv1_2 = nn.Conv2d(2, 3, 1)
+        self.relu = nn.ReLU()
+        with torch.no_grad():
+            self.conv1_1.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.conv1_1.bias.copy_(torch.tensor([0.0, 1.0]))
+            weight = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+            self.conv1_2.weight.copy_(weight.view(3, 2, 1, 1))
+            self.conv1_2.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv1_2(self.relu(self.conv1_1(x))))
+
+
+def caffe_names() -> nn.Module:
+    return CaffeNames()

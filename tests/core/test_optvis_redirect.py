@@ -73,3 +73,30 @@ def test_rewrite_replaces_every_relu_in_a_copy() -> None:
     torch.testing.assert_close(redirected(x), model(x))
     targets = [n.target for n in redirected.graph.nodes if n.op != "placeholder"]
     assert "act" not in targets and "relu" not in targets and F.relu not in targets
+
+
+class SoftActivations(nn.Module):
+    """A conv followed by each activation whose gradient lives on below zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 1)
+        self.leaky = nn.LeakyReLU(0.1)
+        self.prelu = nn.PReLU(4, init=0.25)
+        self.gelu = nn.GELU()
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.fill_(-10.0)  # every input of the activations is negative
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gelu(self.prelu(self.leaky(self.conv(x))))
+
+
+def test_leaky_prelu_and_gelu_are_left_alone_and_still_pass_gradient() -> None:
+    model = SoftActivations()
+    traced = fx.symbolic_trace(model)
+    rewritten, count = redirect_relus(traced)
+    assert count == 0
+    x = torch.rand(1, 1, 3, 3, requires_grad=True)
+    rewritten(x).sum().backward()
+    assert x.grad is not None and bool((x.grad != 0).all())
