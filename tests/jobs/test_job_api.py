@@ -260,7 +260,8 @@ def test_a_full_in_process_queue_answers_503_busy() -> None:
 
 
 def test_an_in_process_job_past_its_time_limit_fails_with_a_timeout() -> None:
-    with serve(create_app(api_settings(None, job_soft_time_limit=0.5))) as client:
+    # Long enough for QUICK on busy cores, far too short for LONG.
+    with serve(create_app(api_settings(None, job_soft_time_limit=4.0))) as client:
         job_id = submit(client, LONG)["id"]
         failed = wait_job(client, job_id)
         assert failed["status"] == "failed"
