@@ -210,28 +210,28 @@ def _mutated_later(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 def truncated(traced: TracedModel, keys: Sequence[str]) -> fx.GraphModule:
     """A graph module ``x -> {key: activation}`` that computes only what ``keys`` need.
 
-    ``keys`` are primary names (values of ``traced.key``). Outputs that a later op would
-    overwrite in place are copied first, so each one is the value its layer produced. The
-    module shares the model's submodules and parameters.
+    ``keys`` are primary names (values of ``traced.key``). Outputs that a kept op overwrites
+    in place are copied first, so each one is the value its layer produced. The module
+    shares the model's submodules and parameters.
     """
     nodes = {layer.name: layer.node for layer in traced.layers}
     graph = copy.deepcopy(traced.graph)
     by_name = {node.name: node for node in graph.nodes}
-    modules = dict(traced.root.named_modules())
-    outputs: dict[str, fx.Node] = {}
-    for key in keys:
-        node = by_name[nodes[key].name]
-        if _mutated_later(node, modules):
-            with graph.inserting_after(node):
-                node = graph.call_method("clone", (node,))
-        outputs[key] = node
     for node in list(graph.nodes):
         if node.op == "output":
             graph.erase_node(node)
-    graph.output(outputs)
+    output = graph.output({key: by_name[nodes[key].name] for key in keys})
     module = fx.GraphModule(traced.root, graph, type(traced.root).__name__)
     module.graph.eliminate_dead_code()
     module.delete_all_unused_submodules()
+    # Only the ops that survived the cut can overwrite an output.
+    modules = dict(traced.root.named_modules())
+    outputs: dict[str, fx.Node] = dict(output.args[0])
+    for key, node in outputs.items():
+        if _mutated_later(node, modules):
+            with module.graph.inserting_after(node):
+                outputs[key] = module.graph.call_method("clone", (node,))
+    output.args = (outputs,)
     module.graph.lint()
     module.recompile()
     return module
