@@ -30,11 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnnviz.models import ModelRegistry
-from schemas.jobs import OptimizationCreate, OptimizationTask
+from schemas.optimization import OptimizationCreate
 from service.main import create_app
 from service.settings import Settings
 from tests.jobs.procs import CeleryWorker, RedisServer, serve, wait_for
-from workers.run import prepare, run_job
+from workers.kinds.optimization import optimize, prepare
 
 LONG: dict[str, Any] = {
     "layer": "block3.relu",
@@ -49,9 +49,8 @@ def in_process_seconds(model: str, models_file: str | None, body: dict[str, Any]
     """The job function's own run time, model loaded and warm."""
     loaded = ModelRegistry.from_file(models_file).get(model)
     request = prepare(OptimizationCreate.model_validate(body), loaded)
-    task = OptimizationTask(job_id="bench", model=model, request=request, ttl_seconds=60)
     started = time.perf_counter()
-    run_job(task, loaded)
+    optimize(request, loaded)
     return time.perf_counter() - started
 
 

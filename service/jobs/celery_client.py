@@ -17,7 +17,7 @@ import anyio.to_thread
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from schemas.jobs import JOB_QUEUE, OPTIMIZE_TASK, OptimizationTask
+from schemas.jobs import JOB_QUEUE, JOB_TASK, JobTask
 from service.jobs.transport import QueueUnavailable
 
 
@@ -71,13 +71,13 @@ class CeleryTransport:
         self._checks: dict[str, dict[str, Any]] = {}
         self._check_lock = anyio.Lock()
 
-    async def submit(self, task: OptimizationTask) -> None:
+    async def submit(self, task: JobTask) -> None:
         await anyio.to_thread.run_sync(self._send, task)
 
-    def _send(self, task: OptimizationTask) -> None:
+    def _send(self, task: JobTask) -> None:
         try:
             self._client.send_task(
-                OPTIMIZE_TASK,
+                JOB_TASK,
                 args=[task.model_dump(mode="json")],
                 task_id=task.job_id,
                 queue=JOB_QUEUE,
@@ -113,8 +113,8 @@ class CeleryTransport:
                 workers["consumers"] = consumers
                 if consumers == 0:
                     workers["reason"] = (
-                        f"no worker consumes the {JOB_QUEUE!r} queue, so optimization jobs "
-                        "would wait; start one: celery -A workers.app worker -Q gpu"
+                        f"no worker consumes the {JOB_QUEUE!r} queue, so jobs would "
+                        "wait; start one: celery -A workers.app worker -Q gpu"
                     )
                 self._checks = {"workers": workers}
             self._checked_at = time.monotonic()

@@ -1,24 +1,24 @@
 """The in-process transport: jobs run in a few threads of the API process.
 
-The embedded default, for a machine with nothing but the service: the same job function
-(:func:`workers.run.execute`), the same records, states, progress, preview and cancel as with
-Celery. Bounded: ``workers`` jobs run at once and ``backlog`` more wait; past that a submit is
-refused (503) rather than queued without limit. Jobs live as long as the process.
+The embedded default, for a machine with nothing but the service: the same runner
+(:func:`workers.run.execute`, a job's shards one after another), the same records, states,
+progress, preview and cancel as with Celery. Bounded: ``workers`` jobs run at once and
+``backlog`` more wait; past that a submit is refused (503) rather than queued without limit.
+Jobs live as long as the process.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from cnnviz.models import LoadedModel
-from schemas.jobs import OptimizationTask
-from service.jobs.memory import MemoryStore
+from schemas.jobs import JobTask
 from service.jobs.transport import QUEUE_RETRY_AFTER_S, QueueFull
-from workers.run import execute
+from workers.kinds import Resources
+from workers.records.memory import MemoryRecords
+from workers.run import Limits, execute
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ class InProcessTransport:
 
     def __init__(
         self,
-        store: MemoryStore,
-        load: Callable[[str], LoadedModel],
+        records: MemoryRecords,
+        resources: Resources,
         *,
         workers: int,
         backlog: int,
@@ -39,18 +39,20 @@ class InProcessTransport:
         progress_interval_s: float = 0.5,
         preview_interval_s: float = 2.0,
     ) -> None:
-        self._store = store
-        self._load = load
+        self._records = records
+        self._resources = resources
         self._workers = workers
         self._capacity = workers + backlog
-        self._soft_time_limit_s = soft_time_limit_s
-        self._progress_interval_s = progress_interval_s
-        self._preview_interval_s = preview_interval_s
+        self._limits = Limits(
+            soft_time_limit_s=soft_time_limit_s,
+            progress_interval_s=progress_interval_s,
+            preview_interval_s=preview_interval_s,
+        )
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnviz-job")
         self._in_flight = 0
         self._lock = threading.Lock()
 
-    async def submit(self, task: OptimizationTask) -> None:
+    async def submit(self, task: JobTask) -> None:
         with self._lock:
             if self._in_flight >= self._capacity:
                 raise QueueFull(retry_after=QUEUE_RETRY_AFTER_S)
@@ -62,16 +64,9 @@ class InProcessTransport:
                 self._in_flight -= 1
             raise QueueFull(retry_after=QUEUE_RETRY_AFTER_S) from None
 
-    def _run(self, task: OptimizationTask) -> None:
+    def _run(self, task: JobTask) -> None:
         try:
-            execute(
-                task,
-                self._load,
-                self._store,
-                soft_time_limit_s=self._soft_time_limit_s,
-                progress_interval_s=self._progress_interval_s,
-                preview_interval_s=self._preview_interval_s,
-            )
+            execute(task, self._resources, self._records, self._limits)
         except Exception:  # execute records job errors; this is a bug, keep the thread alive
             log.exception("job %s: unexpected error", task.job_id)
         finally:
@@ -91,5 +86,5 @@ class InProcessTransport:
 
     async def close(self) -> None:
         # Running jobs stop at their next step; queued ones never start.
-        self._store.cancel_all()
+        self._records.cancel_all()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""The job use cases behind the routes: submit, read, cancel, delete, preview.
+"""The job use cases behind the routes, for every kind: submit, read, cancel, delete, preview.
 
 Errors leave here as :class:`~service.errors.ApiError` with the status and code the API
 documents; core errors (unknown model or layer, a channel out of range) pass through to the
@@ -8,31 +8,37 @@ one mapping in :mod:`service.errors`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from cnnviz.models import ModelRegistry
-from schemas.jobs import JobRead, JobRecord, JobStatus, OptimizationCreate, OptimizationTask
+import anyio.to_thread
+from pydantic import BaseModel
+
+from schemas.jobs import JobRead, JobRecord, JobStatus, JobTask, fingerprint
 from service.concurrency import TorchPool
 from service.errors import ApiError
-from service.jobs.store import (
-    Idempotency,
-    IdempotencyConflict,
-    JobNotFinished,
-    JobNotFound,
-    JobStore,
-    StoreUnavailable,
-)
 from service.jobs.transport import (
     QUEUE_RETRY_AFTER_S,
     JobTransport,
     QueueFull,
     QueueUnavailable,
 )
-from workers.run import prepare
+from workers.kinds import Resources, get_kind
+from workers.records import (
+    Idempotency,
+    IdempotencyConflict,
+    JobNotFinished,
+    JobNotFound,
+    JobRecords,
+)
+from workers.records import RecordsUnavailable as StoreUnavailable
+
+T = TypeVar("T")
 
 RETRY_AFTER_S = 1  # polling an unfinished job
 
@@ -49,8 +55,8 @@ def _unavailable(reason: str) -> ApiError:
     return ApiError(
         503,
         "queue_unavailable",
-        f"the job queue is unavailable ({reason}); optimization jobs cannot be submitted or "
-        "read now, feature maps still work; retry later",
+        f"the job queue is unavailable ({reason}); jobs cannot be submitted or read now, "
+        "feature maps still work; retry later",
         {"Retry-After": str(QUEUE_RETRY_AFTER_S)},
     )
 
@@ -62,45 +68,53 @@ def _not_found(job_id: str) -> ApiError:
 
 
 class JobManager:
-    """Submits jobs through a transport and keeps their records in a store."""
+    """Submits jobs of every kind through a transport and keeps their records."""
 
     def __init__(
         self,
-        store: JobStore,
+        records: JobRecords,
         transport: JobTransport,
-        registry: ModelRegistry,
+        resources: Resources,
         pool: TorchPool,
         ttl_seconds: int,
     ) -> None:
-        self.store = store
+        self.records = records
         self.transport = transport
-        self._registry = registry
+        self.resources = resources
         self._pool = pool
         self._ttl = ttl_seconds
 
+    async def _io(self, call: Callable[..., T], *args: Any) -> T:
+        """Call the records: in a thread when they do I/O (Redis), else right here."""
+        if self.records.blocking:
+            return await anyio.to_thread.run_sync(functools.partial(call, *args))
+        return call(*args)
+
     async def submit(
         self,
+        kind_name: str,
         model: str,
-        request: OptimizationCreate,
+        request: BaseModel,
         idempotency_key: str | None,
         scope: str = "",
         reuse: bool = True,
-    ) -> tuple[JobRead, Submitted]:
-        """Validate, record and queue a job; the job and what the submission did.
+    ) -> tuple[JobRead[Any, Any], Submitted]:
+        """Validate, record and queue a job of a kind; the job and what the submission did.
 
         An idempotency key is looked up within ``scope`` (the caller's API key), hashed. With
         ``reuse`` and no idempotency key, a request identical to one whose job succeeded (same
         model and weights, same resolved settings and seed) is answered with that job: jobs are
         deterministic.
         """
-        spec = self._registry.spec(model)  # UnknownModelError before any work
+        kind = get_kind(kind_name)
+        spec = self.resources.models.spec(model)  # UnknownModelError before any work
 
-        def validate() -> OptimizationCreate:
-            return prepare(request, self._registry.get(model))
+        def validate() -> BaseModel:
+            return kind.prepare(request, model, self.resources)
 
         resolved = await self._pool.run(validate)
         request_digest = hashlib.sha256(
-            f"{resolved.fingerprint(model)}\0{spec!r}".encode()
+            f"{fingerprint(kind.name, model, resolved)}\0{spec!r}".encode()
         ).hexdigest()
         # An Idempotency-Key asks for that key's job: reuse answers only requests without one.
         if reuse and idempotency_key is None:
@@ -110,16 +124,17 @@ class JobManager:
         idempotency = None
         if idempotency_key is not None:
             digest = hashlib.sha256(f"{scope}\0{idempotency_key}".encode()).hexdigest()
-            idempotency = Idempotency(digest, request.fingerprint(model))
+            idempotency = Idempotency(digest, fingerprint(kind.name, model, request))
         record = JobRecord(
             id=uuid.uuid4().hex,
+            kind=kind.name,
             model=model,
             status=JobStatus.QUEUED,
-            request=resolved,
+            request=resolved.model_dump(mode="json"),
             created_at=time.time(),
         )
         try:
-            record, created = await self.store.create(record, self._ttl, idempotency)
+            record, created = await self._io(self.records.create, record, self._ttl, idempotency)
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
         except IdempotencyConflict:
@@ -131,26 +146,30 @@ class JobManager:
             ) from None
         if not created:
             return await self.read(record.id), Submitted.REPLAYED
-        task = OptimizationTask(
-            job_id=record.id, model=model, request=resolved, ttl_seconds=self._ttl
+        task = JobTask(
+            job_id=record.id,
+            kind=kind.name,
+            model=model,
+            request=record.request,
+            ttl_seconds=self._ttl,
         )
         try:
             await self.transport.submit(task)
         except (QueueUnavailable, QueueFull) as exc:
             # Without Redis the record cannot be removed; it expires with its TTL.
             with contextlib.suppress(StoreUnavailable):
-                await self.store.discard(record.id)
+                await self._io(self.records.discard, record.id)
             if isinstance(exc, QueueFull):
                 raise  # a ServiceBusy: 503 busy with Retry-After, as on the sync path
             raise _unavailable(str(exc)) from exc
         with contextlib.suppress(StoreUnavailable):  # only reuse is lost
-            await self.store.remember(request_digest, record.id, self._ttl)
+            await self._io(self.records.remember, request_digest, record.id, self._ttl)
         return record.read(), Submitted.CREATED
 
-    async def _succeeded(self, request_digest: str) -> JobRead | None:
+    async def _succeeded(self, request_digest: str) -> JobRead[Any, Any] | None:
         """The latest job of this request, if it succeeded and is still kept."""
         try:
-            job_id = await self.store.recall(request_digest)
+            job_id = await self._io(self.records.recall, request_digest)
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
         if job_id is None:
@@ -165,25 +184,32 @@ class JobManager:
 
     async def _record(self, job_id: str) -> JobRecord:
         try:
-            return await self.store.get(job_id)
+            return await self._io(self.records.get, job_id)
         except JobNotFound:
             raise _not_found(job_id) from None
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
 
-    async def read(self, job_id: str) -> JobRead:
-        record = await self._record(job_id)
-        result = None
-        if record.status == JobStatus.SUCCEEDED:
-            try:
-                result = await self.store.result(job_id)
-            except StoreUnavailable as exc:
-                raise _unavailable(str(exc)) from exc
+    async def read(self, job_id: str) -> JobRead[Any, Any]:
+        record, result = await self.result(job_id)
         return record.read(result)
 
-    async def cancel(self, job_id: str) -> JobRead:
+    async def result(self, job_id: str) -> tuple[JobRecord, BaseModel | None]:
+        """The record and, once it has succeeded, its result as its kind's model."""
+        record = await self._record(job_id)
+        if record.status != JobStatus.SUCCEEDED:
+            return record, None
         try:
-            record = await self.store.cancel(job_id)
+            raw = await self._io(self.records.result, job_id)
+        except StoreUnavailable as exc:
+            raise _unavailable(str(exc)) from exc
+        if raw is None:
+            return record, None
+        return record, get_kind(record.kind).result_type.model_validate_json(raw)
+
+    async def cancel(self, job_id: str) -> JobRead[Any, Any]:
+        try:
+            record = await self._io(self.records.cancel, job_id)
         except JobNotFound:
             raise _not_found(job_id) from None
         except StoreUnavailable as exc:
@@ -198,7 +224,7 @@ class JobManager:
 
     async def delete(self, job_id: str) -> None:
         try:
-            await self.store.delete(job_id)
+            await self._io(self.records.delete, job_id)
         except JobNotFound:
             raise _not_found(job_id) from None
         except JobNotFinished as exc:
@@ -214,7 +240,7 @@ class JobManager:
     async def preview(self, job_id: str) -> bytes:
         record = await self._record(job_id)
         try:
-            png = await self.store.preview(job_id)
+            png = await self._io(self.records.preview, job_id)
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
         if png is None:
@@ -231,7 +257,7 @@ class JobManager:
         checks: dict[str, dict[str, Any]] = {}
         if self.transport.name != "in-process":
             try:
-                await self.store.ping()
+                await self._io(self.records.ping)
                 checks["queue"] = {"ok": True, "transport": self.transport.name}
             except StoreUnavailable as exc:
                 checks["queue"] = {
@@ -246,4 +272,4 @@ class JobManager:
 
     async def close(self) -> None:
         await self.transport.close()
-        await self.store.close()
+        await self._io(self.records.close)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from schemas.jobs import OptimizationTask
+from schemas.jobs import JobTask
 from service.concurrency import ServiceBusy
 
 QUEUE_RETRY_AFTER_S = 5  # when the queue is down or full
@@ -31,7 +31,7 @@ class QueueFull(ServiceBusy):
 class JobTransport(Protocol):
     name: str
 
-    async def submit(self, task: OptimizationTask) -> None:
+    async def submit(self, task: JobTask) -> None:
         """Hand the job over; QueueUnavailable or QueueFull when it cannot be taken."""
 
     async def readiness(self) -> dict[str, dict[str, Any]]:

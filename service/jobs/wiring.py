@@ -12,6 +12,7 @@ from cnnviz.models import ModelRegistry
 from service.concurrency import TorchPool
 from service.jobs.manager import JobManager
 from service.settings import Settings
+from workers.kinds import Resources
 
 
 def build_jobs(settings: Settings, registry: ModelRegistry) -> JobManager:
@@ -20,31 +21,39 @@ def build_jobs(settings: Settings, registry: ModelRegistry) -> JobManager:
     # a thread of its own with a deep backlog, so a burst of submissions is not refused by
     # the synchronous path's bound, nor slows feature maps down.
     pool = TorchPool(concurrency=1, backlog=256)
+    resources = Resources(models=registry)
     if settings.redis_url:
         from service.jobs.celery_client import CeleryTransport
-        from service.jobs.redis_store import RedisStore
+        from workers.records.redis import RedisRecords
 
+        # Short timeouts, no retries: while Redis is down a request gets a clear 503 at once.
+        records = RedisRecords(
+            settings.redis_url,
+            ttl_seconds=settings.job_ttl_seconds,
+            connect_timeout_s=2.0,
+            timeout_s=5.0,
+        )
         return JobManager(
-            RedisStore(settings.redis_url),
+            records,
             CeleryTransport(settings.redis_url, check_interval_s=settings.queue_check_interval),
-            registry,
+            resources,
             pool,
             settings.job_ttl_seconds,
         )
     from service.jobs.inprocess import InProcessTransport
-    from service.jobs.memory import MemoryStore
+    from workers.records.memory import MemoryRecords
 
-    store = MemoryStore(settings.job_ttl_seconds)
+    memory = MemoryRecords(settings.job_ttl_seconds)
     transport = InProcessTransport(
-        store,
-        registry.get,
+        memory,
+        resources,
         workers=settings.inprocess_job_workers,
         backlog=settings.inprocess_job_backlog,
         soft_time_limit_s=settings.job_soft_time_limit,
         progress_interval_s=settings.job_progress_interval,
         preview_interval_s=settings.job_preview_interval,
     )
-    return JobManager(store, transport, registry, pool, settings.job_ttl_seconds)
+    return JobManager(memory, transport, resources, pool, settings.job_ttl_seconds)
 
 
 @asynccontextmanager

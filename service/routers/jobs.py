@@ -1,96 +1,71 @@
-"""Optimization jobs: queue one, watch it, cancel it, fetch its images, forget it."""
+"""Jobs of every kind: watch one, cancel it, fetch its preview, forget it.
+
+Each kind queues its jobs with a route of its own (``service/routers/optimizations.py``, ...)
+through :func:`submit_job`, so submission behaves the same for all: 202 and ``Location``,
+idempotency keys, reuse of an identical succeeded job.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Response
+from fastapi import APIRouter, Header, Path, Response
+from pydantic import BaseModel
 
 from schemas.errors import Problem
-from schemas.jobs import JobRead, OptimizationCreate
+from schemas.jobs import JobRead
 from service.deps import JobsDep
-from service.jobs.manager import RETRY_AFTER_S, Submitted
+from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
 
 router = APIRouter(tags=["jobs"])
 
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="the job's id")]
 
-# Examples for /docs, each a request that works on the built-in model as it is.
-_EXAMPLES = {
-    "channels": {
-        "summary": "Four channels of a layer, one image each",
-        "value": {"layer": "block3.relu", "channels": [0, 1, 2, 3], "steps": 256, "seed": 0},
-    },
-    "whole layer": {
-        "summary": "Every channel of a layer in one job",
-        "value": {"layer": "block2.relu", "channels": "all", "steps": 128},
-    },
-    "neuron": {
-        "summary": "One neuron: a channel at a position",
-        "value": {"layer": "block3.relu", "neuron": {"channel": 5, "y": 8, "x": 8}},
-    },
-    "class": {
-        "summary": "What the model calls a triangle (class 2)",
-        "value": {"layer": "fc", "objective": "class_logit", "channels": [2]},
-    },
-    "diversity": {
-        "summary": "Three different images of one channel",
-        "value": {
-            "layer": "block2.relu",
-            "channels": [4],
-            "images_per_unit": 3,
-            "diversity": 1.0,
-        },
-    },
-    "deepdream": {
-        "summary": "DeepDream: the whole layer's energy",
-        "value": {"layer": "block3.relu", "objective": "layer", "steps": 128},
-    },
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=200,
+        description="the same key and body give back the same job",
+    ),
+]
+CacheControl = Annotated[
+    str | None,
+    Header(
+        description="'no-cache' runs the job again even when an identical request has "
+        "succeeded before (otherwise that job is answered, with 200)"
+    ),
+]
+ApiKey = Annotated[str | None, Header(include_in_schema=False)]
+
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem},
+    422: {"model": Problem},
+    503: {"model": Problem, "description": "the queue is unavailable or full"},
+    200: {"description": "an identical request's succeeded job, reused"},
 }
 
 
-def _job_headers(response: Response, job: JobRead) -> None:
+def _job_headers(response: Response, job: JobRead[Any, Any]) -> None:
     if not job.status.finished:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
 
 
-@router.post(
-    "/models/{model}/optimizations",
-    status_code=202,
-    responses={
-        404: {"model": Problem},
-        422: {"model": Problem},
-        503: {"model": Problem, "description": "the queue is unavailable or full"},
-        200: {"model": JobRead, "description": "an identical request's succeeded job, reused"},
-    },
-)
-async def create_optimization(
+async def submit_job(
+    jobs: JobManager,
+    kind: str,
     model: str,
-    body: Annotated[OptimizationCreate, Body(openapi_examples=_EXAMPLES)],
-    jobs: JobsDep,
+    body: BaseModel,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=200,
-            description="the same key and body give back the same job",
-        ),
-    ] = None,
-    cache_control: Annotated[
-        str | None,
-        Header(
-            description="'no-cache' runs the job again even when an identical request has "
-            "succeeded before (otherwise that job is answered, with 200)"
-        ),
-    ] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> JobRead:
-    """Queue an activation-maximization job; poll the job at `Location`."""
+    idempotency_key: str | None,
+    cache_control: str | None,
+    api_key: str | None,
+) -> JobRead[Any, Any]:
+    """Queue a job of ``kind``: 202 with Location, or an earlier job (replayed, reused)."""
     reuse = not any(d in (cache_control or "").lower() for d in ("no-cache", "no-store"))
     # Keys are scoped by caller: one client's key never returns another client's job.
     job, submitted = await jobs.submit(
-        model, body, idempotency_key, scope=x_api_key or "", reuse=reuse
+        kind, model, body, idempotency_key, scope=api_key or "", reuse=reuse
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if submitted == Submitted.REPLAYED:
@@ -104,7 +79,7 @@ async def create_optimization(
 
 
 @router.get("/jobs/{job_id}", responses={404: {"model": Problem}, 503: {"model": Problem}})
-async def read_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRead:
+async def read_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRead[Any, Any]:
     """The job: status, progress, error, and the result once it has succeeded."""
     job = await jobs.read(job_id)
     _job_headers(response, job)
@@ -119,7 +94,7 @@ async def read_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRead:
         409: {"model": Problem},
     },
 )
-async def cancel_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRead:
+async def cancel_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRead[Any, Any]:
     """Stop a job: a queued one never starts, a running one stops within a few steps."""
     job = await jobs.cancel(job_id)
     if not job.status.finished:

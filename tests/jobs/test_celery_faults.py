@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from schemas.jobs import result_key
 from service.main import create_app
 from tests.jobs.client import LONG, MODEL, QUICK, job, submit, wait_job
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import CeleryWorker, RedisServer, serve, wait_for
+from workers.records.redis import result_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

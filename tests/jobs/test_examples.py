@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cnnviz.models import ModelRegistry
-from schemas.jobs import OptimizationCreate, OptimizationTask
-from service.routers.jobs import _EXAMPLES
-from workers.run import run_job
+from schemas.optimization import OptimizationCreate
+from service.routers.optimizations import _EXAMPLES
+from workers.kinds.optimization import optimize
 
 
 @pytest.mark.parametrize("name", sorted(_EXAMPLES))
@@ -15,6 +15,5 @@ def test_the_docs_example_runs(name: str) -> None:
     body = {**_EXAMPLES[name]["value"], "steps": 2, "image_size": 32}
     request = OptimizationCreate.model_validate(body)
     loaded = ModelRegistry.from_file(None).get("shapes")
-    task = OptimizationTask(job_id="j", model="shapes", request=request, ttl_seconds=60)
-    result = run_job(task, loaded)
+    result = optimize(request, loaded)
     assert result.units and all(unit.image for unit in result.units)

@@ -1,82 +1,58 @@
 """A job record moves once: fenced attempts, one final state, one result.
 
-The same specification for the records in Redis (the workers' Lua scripts with the API's
-store) and in memory (the in-process transport).
+The same specification for the records in Redis and in memory: one backend object each,
+which the API and the runner share.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from schemas.jobs import (
-    JobError,
-    JobRecord,
-    JobStatus,
-    ObjectiveKind,
-    OptimizationCreate,
-    OptimizationResult,
-    Progress,
-)
-from service.jobs.memory import MemoryStore
-from service.jobs.redis_store import RedisStore
-from service.jobs.store import IdempotencyConflict, JobNotFinished, JobNotFound
+from schemas.jobs import JobError, JobRecord, JobStatus, Progress
+from schemas.optimization import ObjectiveKind, OptimizationCreate, OptimizationResult
 from tests.jobs.procs import RedisServer
-from workers.records import RedisRecorder
+from workers.records import Idempotency, IdempotencyConflict, JobNotFinished, JobNotFound
+from workers.records.memory import MemoryRecords
+from workers.records.redis import RedisRecords
 
 TTL = 600
 
 
 class Records:
-    """The API's store and the runner's recorder over one backend, driven synchronously."""
+    """One backend's records, seen from the API (``api``) and from the runner (``recorder``):
+    the same object, as both transports use it."""
 
-    def __init__(self, store: Any, recorder: Any) -> None:
-        self.store = store
-        self.recorder = recorder
+    def __init__(self, backend: Any) -> None:
+        self.recorder = backend
+        self._backend = backend
 
     def api(self, method: str, *args: Any) -> Any:
-        return asyncio.run(getattr(self.store, method)(*args))
+        return getattr(self._backend, method)(*args)
 
 
 @pytest.fixture(params=["redis", "memory"])
 def records(request: pytest.FixtureRequest) -> Iterator[Records]:
     if request.param == "memory":
-        store = MemoryStore(TTL)
-        yield Records(store, store)
+        yield Records(MemoryRecords(TTL))
         return
     server: RedisServer = request.getfixturevalue("shared_redis")
-    recorder = RedisRecorder(
+    backend = RedisRecords(
         server.client(), max_attempts=3, ttl_seconds=TTL, stop_check_interval_s=0
     )
-    # One asyncio.run per call: the store's connections belong to the loop that made them.
-    yield Records(_PerCallRedisStore(server.url), recorder)
-
-
-class _PerCallRedisStore:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def __getattr__(self, name: str) -> Any:
-        async def call(*args: Any) -> Any:
-            store = RedisStore(self.url)
-            try:
-                return await getattr(store, name)(*args)
-            finally:
-                await store.close()
-
-        return call
+    yield Records(backend)
 
 
 def new_record(job_id: str | None = None) -> JobRecord:
     return JobRecord(
         id=job_id or f"job-{time.monotonic_ns()}",
+        kind="optimization",
         model="shapes",
         status=JobStatus.QUEUED,
-        request=OptimizationCreate(layer="block1.relu", channels=[0]),
+        request=OptimizationCreate(layer="block1.relu", channels=[0]).model_dump(mode="json"),
         created_at=time.time(),
     )
 
@@ -97,6 +73,10 @@ def result() -> OptimizationResult:
     )
 
 
+def result_json() -> str:
+    return result().model_dump_json()
+
+
 def progress(step: int) -> Progress:
     return Progress(step=step, total=10, objectives=[float(step)])
 
@@ -110,7 +90,9 @@ def test_a_job_runs_once_to_one_result(records: Records) -> None:
     assert records.api("get", record.id).progress.step == 3
     assert records.api("preview", record.id) == b"png"
 
-    assert records.recorder.finish(record.id, attempt, JobStatus.SUCCEEDED, result(), None, TTL)
+    assert records.recorder.finish(
+        record.id, attempt, JobStatus.SUCCEEDED, result_json(), None, TTL
+    )
     # A second final write, from the same attempt or a late one, changes nothing.
     assert not records.recorder.finish(
         record.id, attempt, JobStatus.FAILED, None, JobError(code="x", message="x"), TTL
@@ -118,7 +100,7 @@ def test_a_job_runs_once_to_one_result(records: Records) -> None:
     done = records.api("get", record.id)
     assert done.status == JobStatus.SUCCEEDED
     assert done.error is None
-    assert records.api("result", record.id) == result()
+    assert OptimizationResult.model_validate_json(records.api("result", record.id)) == result()
     # A redelivered message finds the job finished and does not run it again.
     assert records.recorder.start(record.id) is None
     assert records.api("get", record.id).attempts == 1
@@ -134,10 +116,12 @@ def test_a_redelivered_job_fences_off_its_lost_first_attempt(records: Records) -
     assert records.api("get", record.id).progress is None  # attempt 2 restarted from 0
     assert records.recorder.should_stop(record.id, first)
     assert not records.recorder.should_stop(record.id, second)
-    assert not records.recorder.finish(record.id, first, JobStatus.SUCCEEDED, result(), None, TTL)
+    assert not records.recorder.finish(
+        record.id, first, JobStatus.SUCCEEDED, result_json(), None, TTL
+    )
     assert records.api("result", record.id) is None
 
-    assert records.recorder.finish(record.id, second, JobStatus.SUCCEEDED, result(), None, TTL)
+    assert records.recorder.finish(record.id, second, JobStatus.SUCCEEDED, result_json(), None, TTL)
     done = records.api("get", record.id)
     assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 2)
 
@@ -169,8 +153,6 @@ def test_delete_needs_a_finished_job(records: Records) -> None:
 
 
 def test_an_idempotency_key_maps_to_one_job(records: Records) -> None:
-    from service.jobs.store import Idempotency
-
     key = Idempotency(f"digest-{time.monotonic_ns()}", "body-1")
     first, created = records.api("create", new_record(), TTL, key)
     again, created_again = records.api("create", new_record(), TTL, key)
@@ -188,10 +170,9 @@ def test_an_idempotency_key_maps_to_one_job(records: Records) -> None:
 def test_a_job_whose_workers_keep_dying_fails_after_the_last_attempt(
     shared_redis: RedisServer,
 ) -> None:
-    store = _PerCallRedisStore(shared_redis.url)
-    record, _ = asyncio.run(store.create(new_record(), TTL, None))
-    recorder = RedisRecorder(shared_redis.client(), max_attempts=3, ttl_seconds=TTL)
+    recorder = RedisRecords(shared_redis.client(), max_attempts=3, ttl_seconds=TTL)
+    record, _ = recorder.create(new_record(), TTL, None)
     assert [recorder.start(record.id) for _ in range(4)] == [1, 2, 3, None]
-    failed = asyncio.run(store.get(record.id))
+    failed = recorder.get(record.id)
     assert failed.status == JobStatus.FAILED
     assert failed.error is not None and failed.error.code == "worker_lost"

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnviz.models import ModelRegistry
-from schemas.jobs import OptimizationCreate, OptimizationTask
-from workers.run import run_job
+from schemas.optimization import OptimizationCreate
+from workers.kinds.optimization import optimize
 
 
 def build_fixed_head() -> nn.Module:
@@ -41,9 +41,7 @@ def test_an_image_size_other_than_the_input_is_resized_for_the_model(tmp_path: P
     request = OptimizationCreate(
         layer="3", objective="class_logit", channels=[0, 2], steps=4, image_size=40
     )
-    result = run_job(
-        OptimizationTask(job_id="j", model="fixed", request=request, ttl_seconds=60), loaded
-    )
+    result = optimize(request, loaded)
     assert [unit.channel for unit in result.units] == [0, 2]
     for unit in result.units:
         assert Image.open(io.BytesIO(base64.b64decode(unit.image))).size == (40, 40)
@@ -52,8 +50,7 @@ def test_an_image_size_other_than_the_input_is_resized_for_the_model(tmp_path: P
 def _shapes_job(**fields: object) -> list:
     request = OptimizationCreate(layer="block3.relu", steps=12, **fields)  # type: ignore[arg-type]
     loaded = ModelRegistry.from_file(None).get("shapes")
-    task = OptimizationTask(job_id="j", model="shapes", request=request, ttl_seconds=60)
-    return run_job(task, loaded).units
+    return optimize(request, loaded).units
 
 
 def _pixels(unit, mode: str = "RGB") -> torch.Tensor:  # type: ignore[no-untyped-def]

@@ -13,19 +13,12 @@ import torch
 from celery.exceptions import TimeLimitExceeded
 from pydantic import ValidationError
 
-from schemas.jobs import (
-    JOB_QUEUE,
-    OPTIMIZE_TASK,
-    JobRecord,
-    JobStatus,
-    OptimizationCreate,
-    OptimizationTask,
-    record_key,
-)
+from schemas.jobs import JOB_QUEUE, JOB_TASK, MERGE_TASK, SHARD_TASK, JobRecord, JobStatus, JobTask
+from schemas.optimization import OptimizationCreate
 from tests.jobs.procs import ROOT, RedisServer
 from workers.config import WorkerSettings
 from workers.device import choose_device
-from workers.records import RedisRecorder
+from workers.records.redis import RedisRecords, record_key
 
 
 def test_the_celery_settings_long_gpu_jobs_need() -> None:
@@ -38,14 +31,15 @@ def test_the_celery_settings_long_gpu_jobs_need() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"]
     assert conf.task_serializer == conf.result_serializer == "json"
-    assert conf.task_routes[OPTIMIZE_TASK] == {"queue": JOB_QUEUE}
+    for name in (JOB_TASK, SHARD_TASK, MERGE_TASK):
+        assert conf.task_routes[name] == {"queue": JOB_QUEUE}
+        assert name in app.tasks
     assert conf.worker_pool == "prefork"
     worker = WorkerSettings()
     assert conf.worker_max_tasks_per_child == worker.worker_max_tasks_per_child
     assert conf.result_expires == worker.result_expires
     visibility = conf.broker_transport_options["visibility_timeout"]
     assert conf.task_soft_time_limit < conf.task_time_limit < visibility
-    assert OPTIMIZE_TASK in app.tasks
 
 
 def test_limits_out_of_order_are_refused() -> None:
@@ -67,7 +61,7 @@ def test_the_worker_device_is_cpu_without_cuda() -> None:
 def test_loading_the_worker_touches_no_model_and_no_cuda() -> None:
     code = (
         "import torch, workers.tasks as t\n"
-        "assert t._registry is None\n"
+        "assert t._resources is None\n"
         "assert not torch.cuda.is_initialized()\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
@@ -91,21 +85,22 @@ def test_a_job_killed_at_the_hard_limit_is_recorded_as_a_timeout(
     job_id = f"hard-{time.monotonic_ns()}"
     record = JobRecord(
         id=job_id,
+        kind="optimization",
         model="shapes",
         status=JobStatus.RUNNING,
-        request=OptimizationCreate(layer="block1.relu", channels=[0]),
+        request=OptimizationCreate(layer="block1.relu", channels=[0]).model_dump(mode="json"),
         created_at=time.time(),
         attempts=1,
     )
     client = shared_redis.client()
     fields: dict[Any, Any] = dict(record.to_fields())
     client.hset(record_key(job_id), mapping=fields)
-    payload = OptimizationTask(
-        job_id=job_id, model="shapes", request=record.request, ttl_seconds=120
+    payload = JobTask(
+        job_id=job_id, kind="optimization", model="shapes", request=record.request, ttl_seconds=120
     ).model_dump(mode="json")
 
     # What Celery calls in the worker's parent when it kills a child at the hard limit.
-    tasks.optimize.on_failure(TimeLimitExceeded(9), job_id, (payload,), {}, None)
+    tasks.run_job.on_failure(TimeLimitExceeded(9), job_id, (payload,), {}, None)
 
     failed = JobRecord.from_fields(client.hgetall(record_key(job_id)))
     assert failed.status == JobStatus.FAILED
@@ -116,7 +111,7 @@ def test_a_job_killed_at_the_hard_limit_is_recorded_as_a_timeout(
 
     # A redelivered attempt that is running now is not failed by the old attempt's end.
     client.hset(record_key(job_id), mapping={"status": "running", "attempts": "2"})
-    recorder = RedisRecorder(client, max_attempts=3, ttl_seconds=120)
+    recorder = RedisRecords(client, max_attempts=3, ttl_seconds=120)
     assert recorder.finish(job_id, 1, JobStatus.FAILED, None, failed.error, 120) is False
     assert client.hget(record_key(job_id), "status") == b"running"
 

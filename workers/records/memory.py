@@ -1,30 +1,41 @@
 """Job records in the API process, for the in-process transport.
 
-The same transitions as the Redis records (:mod:`workers.records`), under one lock: the API's
-event loop reads and cancels, executor threads start, report and finish. Records expire like
-Redis keys: ``ttl`` after creation, and again ``ttl`` after the job finishes.
+The transitions of :class:`~workers.records.base.JobRecords` under one lock: the API's event
+loop reads and cancels, executor threads start, report and finish. Records expire like Redis
+keys: ``ttl`` after creation, and again ``ttl`` after the job finishes.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from schemas.jobs import JobError, JobRecord, JobStatus, OptimizationResult, Progress
-from service.jobs.store import Idempotency, IdempotencyConflict, JobNotFinished, JobNotFound
+from schemas.jobs import JobError, JobRecord, JobStatus, Progress
+from workers.records.base import (
+    Idempotency,
+    IdempotencyConflict,
+    JobNotFinished,
+    JobNotFound,
+    lost_error,
+)
 
 
 @dataclass
 class _Entry:
     record: JobRecord
     expires_at: float
-    result: OptimizationResult | None = None
+    result: str | None = None
     preview: bytes | None = None
+    # Per shard of the current attempt: work done, and deliveries.
+    shard_done: dict[int, int] = field(default_factory=dict)
+    shard_deliveries: dict[int, int] = field(default_factory=dict)
 
 
-class MemoryStore:
-    """A :class:`~service.jobs.store.JobStore` and a :class:`workers.run.Recorder` in memory."""
+class MemoryRecords:
+    """:class:`~workers.records.base.JobRecords` in memory, for one process."""
+
+    blocking = False
 
     def __init__(self, ttl_seconds: int) -> None:
         self._ttl = ttl_seconds
@@ -60,7 +71,7 @@ class MemoryStore:
 
     # ---- the API's side ----
 
-    async def create(
+    def create(
         self, record: JobRecord, ttl_seconds: int, idempotency: Idempotency | None
     ) -> tuple[JobRecord, bool]:
         with self._lock:
@@ -76,50 +87,50 @@ class MemoryStore:
             self._entries[record.id] = _Entry(record, time.time() + ttl_seconds)
             return record, True
 
-    async def get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str) -> JobRecord:
         with self._lock:
             return self._entry(job_id).record
 
-    async def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
+    def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
         # Forgotten with the job's record (see _forget).
         with self._lock:
             self._latest[digest] = job_id
             self._digest_of[job_id] = digest
 
-    async def recall(self, digest: str) -> str | None:
+    def recall(self, digest: str) -> str | None:
         with self._lock:
             self._purge()
             return self._latest.get(digest)
 
-    async def result(self, job_id: str) -> OptimizationResult | None:
+    def result(self, job_id: str) -> str | None:
         with self._lock:
             return self._entry(job_id).result
 
-    async def preview(self, job_id: str) -> bytes | None:
+    def preview(self, job_id: str) -> bytes | None:
         with self._lock:
             return self._entry(job_id).preview
 
-    async def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str) -> JobRecord:
         with self._lock:
             entry = self._entry(job_id)
             self._ask_cancel(entry)
             return entry.record
 
-    async def delete(self, job_id: str) -> None:
+    def delete(self, job_id: str) -> None:
         with self._lock:
             entry = self._entry(job_id)
             if not entry.record.status.finished:
                 raise JobNotFinished(entry.record)
             self._forget(job_id)
 
-    async def discard(self, job_id: str) -> None:
+    def discard(self, job_id: str) -> None:
         with self._lock:
             self._forget(job_id)
 
-    async def ping(self) -> None:
+    def ping(self) -> None:
         return None
 
-    async def close(self) -> None:
+    def close(self) -> None:
         return None
 
     def cancel_all(self) -> None:
@@ -170,6 +181,8 @@ class MemoryStore:
                 started_at=record.started_at or time.time(),
                 progress=None,
             )
+            entry.shard_done.clear()
+            entry.shard_deliveries.clear()
             return attempt
 
     def _current(self, job_id: str, attempt: int) -> _Entry | None:
@@ -188,6 +201,27 @@ class MemoryStore:
                 if preview is not None:
                     entry.preview = preview
 
+    def shard_progress(self, job_id: str, attempt: int, shard: int, done: int, total: int) -> None:
+        with self._lock:
+            entry = self._current(job_id, attempt)
+            if entry is not None:
+                entry.shard_done[shard] = done
+                step = min(sum(entry.shard_done.values()), total)
+                self._update(entry, progress=Progress(step=step, total=total, unit="images"))
+
+    def start_shard(self, job_id: str, attempt: int, shard: int, max_deliveries: int) -> bool:
+        with self._lock:
+            entry = self._current(job_id, attempt)
+            if entry is None or entry.record.cancel:
+                return False
+            deliveries = entry.shard_deliveries.get(shard, 0) + 1
+            entry.shard_deliveries[shard] = deliveries
+            if deliveries > max_deliveries:
+                self._close(entry, JobStatus.FAILED, lost_error(max_deliveries))
+                return False
+            entry.shard_done[shard] = 0
+            return True
+
     def should_stop(self, job_id: str, attempt: int) -> bool:
         with self._lock:
             entry = self._current(job_id, attempt)
@@ -198,7 +232,7 @@ class MemoryStore:
         job_id: str,
         attempt: int,
         status: JobStatus,
-        result: OptimizationResult | None,
+        result: str | None,
         error: JobError | None,
         ttl_seconds: int,
     ) -> bool:
@@ -210,3 +244,9 @@ class MemoryStore:
             entry.result = result
             self._close(entry, status, error, ttl_seconds)
             return True
+
+    def fail_running(self, job_id: str, error: JobError, ttl_seconds: int) -> bool:
+        with self._lock:
+            entry = self._entries.get(job_id)
+            attempt = entry.record.attempts if entry is not None else 0
+        return self.finish(job_id, attempt, JobStatus.FAILED, None, error, ttl_seconds)

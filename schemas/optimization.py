@@ -1,0 +1,163 @@
+"""The optimization kind's contract: what a client asks for, and the images it gets back."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# A whole layer is one job (resnet18 layer4 has 512 channels); render chunks it to fit memory.
+MAX_UNITS = 512
+MAX_STEPS = 4096
+MAX_IMAGE_SIZE = 1024
+
+
+class ObjectiveKind(StrEnum):
+    """What is maximised: a channel's mean, one neuron, a whole layer, a direction, a logit."""
+
+    CHANNEL = "channel"
+    NEURON = "neuron"
+    LAYER = "layer"
+    DIRECTION = "direction"
+    CLASS_LOGIT = "class_logit"
+
+
+class NeuronSpec(BaseModel):
+    """One unit of a feature map: a channel at a position (default: the centre)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: int = Field(ge=0, examples=[3])
+    y: int | None = Field(default=None, ge=0, description="row; default: the centre")
+    x: int | None = Field(default=None, ge=0, description="column; default: the centre")
+
+
+ChannelIndex = Annotated[int, Field(ge=0)]
+
+
+class OptimizationCreate(BaseModel):
+    """An activation-maximization job: which units of which layer, and how to optimize."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str = Field(
+        min_length=1,
+        max_length=200,
+        examples=["block3.relu"],
+        description="dotted layer name; see GET /v1/models/{model}/layers",
+    )
+    objective: ObjectiveKind | None = Field(
+        default=None,
+        description="what to maximise; default: 'neuron' when `neuron` is given, else 'channel'",
+    )
+    channels: list[ChannelIndex] | Literal["all"] = Field(
+        default="all",
+        description=f"channel (or class) indices, one image each, at most {MAX_UNITS}; or 'all' "
+        "(objectives 'channel' and 'class_logit')",
+        examples=[[0, 5, 7], "all"],
+    )
+    neuron: NeuronSpec | None = Field(default=None, description="objective 'neuron' only")
+    direction: list[float] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8192,
+        description="a vector in the layer's channel space (objective 'direction' only)",
+    )
+    steps: int = Field(default=256, ge=1, le=MAX_STEPS, description="optimizer steps")
+    image_size: int | None = Field(
+        default=None,
+        ge=16,
+        le=MAX_IMAGE_SIZE,
+        description="side of the square images; default: the model's input size",
+    )
+    lr: float = Field(default=0.05, gt=0, le=1, description="Adam learning rate")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="same seed, same images")
+    param: Literal["fourier", "pixel"] = Field(
+        default="fourier", description="image parameterization"
+    )
+    decorrelate: bool = Field(default=True, description="decorrelated colour (3-channel models)")
+    transforms: Literal["standard", "none"] = Field(
+        default="standard", description="random jitter, scale and rotation each step, or none"
+    )
+    images_per_unit: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="images optimized for each unit; with `diversity`, different ones",
+    )
+    diversity: float = Field(
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description="weight of Lucid's diversity term among the images of one unit "
+        "(needs images_per_unit >= 2), on the scale of the unit's objective: too large a "
+        "weight trades the objective away for variety",
+    )
+    l1: float = Field(default=0.0, ge=0, le=100, description="L1 penalty weight on the image")
+    l2: float = Field(default=0.0, ge=0, le=100, description="L2 penalty weight on the image")
+    tv: float = Field(default=0.0, ge=0, le=100, description="total-variation penalty weight")
+    redirect_relu_steps: int = Field(
+        default=16,
+        ge=0,
+        le=MAX_STEPS,
+        description="redirect ReLU gradients for the first N steps, so units that start "
+        "inactive get a gradient (0: off)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.objective is None:
+            self.objective = ObjectiveKind.NEURON if self.neuron else ObjectiveKind.CHANNEL
+        kind = self.objective
+        if kind == ObjectiveKind.NEURON and self.neuron is None:
+            raise ValueError("objective 'neuron' needs `neuron`: {channel, y, x}")
+        if kind != ObjectiveKind.NEURON and self.neuron is not None:
+            raise ValueError(f"`neuron` is only for objective 'neuron', not {kind.value!r}")
+        if kind == ObjectiveKind.DIRECTION and self.direction is None:
+            raise ValueError("objective 'direction' needs `direction`: a list of numbers")
+        if kind != ObjectiveKind.DIRECTION and self.direction is not None:
+            raise ValueError(f"`direction` is only for objective 'direction', not {kind.value!r}")
+        if isinstance(self.channels, list):
+            if not 1 <= len(self.channels) * self.images_per_unit <= MAX_UNITS:
+                raise ValueError(
+                    f"`channels` × `images_per_unit` must be 1 to {MAX_UNITS} images, got "
+                    f"{len(self.channels)} × {self.images_per_unit}"
+                )
+            if len(set(self.channels)) != len(self.channels):
+                raise ValueError("`channels` has duplicates")
+        if self.diversity > 0 and self.images_per_unit < 2:
+            raise ValueError(
+                "`diversity` compares the images of one unit: set images_per_unit >= 2"
+            )
+        if kind == ObjectiveKind.LAYER and self.images_per_unit > 1:
+            raise ValueError("objective 'layer' optimizes one image; images_per_unit must be 1")
+        return self
+
+
+class UnitResult(BaseModel):
+    """One optimized unit."""
+
+    channel: int | None = Field(description="channel or class index; none for a whole layer")
+    sample: int = Field(default=0, description="which of the unit's images_per_unit images")
+    y: int | None = None
+    x: int | None = None
+    image: str = Field(description="base64 PNG of the optimized image")
+    objective: float = Field(description="final objective value")
+    initial_objective: float = Field(description="objective value of the starting noise")
+
+
+class OptimizationResult(BaseModel):
+    """The optimized images, and everything needed to repeat the run."""
+
+    model: str
+    layer: str
+    objective: ObjectiveKind
+    units: list[UnitResult]
+    grid: str = Field(description="base64 PNG of all units, tiled in order")
+    grid_columns: int
+    image_size: int
+    seed: int
+    settings: dict[str, Any] = Field(description="the render settings actually used")
+    device: str
+    elapsed_s: float

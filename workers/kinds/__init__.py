@@ -1,0 +1,29 @@
+"""Job kinds, each one module that registers itself (see :mod:`workers.kinds.base`).
+
+Adding a kind: a module here with a registered :class:`JobKind` subclass, one import line
+below, its schema in ``schemas/`` and its route in ``service/routers/``.
+"""
+
+# The kinds: importing a module registers it.
+from workers.kinds import optimization  # noqa: F401
+from workers.kinds.base import (
+    JobCancelled,
+    JobContext,
+    JobKind,
+    JobTimedOut,
+    Partial,
+    Resources,
+)
+from workers.kinds.registry import get_kind, kind_names, register_kind
+
+__all__ = [
+    "JobCancelled",
+    "JobContext",
+    "JobKind",
+    "JobTimedOut",
+    "Partial",
+    "Resources",
+    "get_kind",
+    "kind_names",
+    "register_kind",
+]

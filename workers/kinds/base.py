@@ -1,0 +1,167 @@
+"""What a job kind is: its request, how it is resolved, how it runs, and its result.
+
+A kind is one subclass of :class:`JobKind` in one module, registered with
+:func:`workers.kinds.register_kind`. The runner (:mod:`workers.run`), both transports and the
+API look kinds up by name; nothing dispatches on a kind's name.
+
+A job runs as one or more **shards**: :meth:`JobKind.shards` says how many, each shard runs
+:meth:`JobKind.run_shard` and returns a small JSON partial, and :meth:`JobKind.merge` makes
+the result of the partials in shard order. A kind that does not split (optimization) has
+one shard. The in-process transport runs the shards one after another; Celery runs them as a
+group on any number of workers and merges them in a chord callback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from cnnviz.models import LoadedModel, ModelRegistry
+from schemas.jobs import Progress
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+Partial = dict[str, Any]
+"""A shard's output: small JSON (it travels through the Celery result backend)."""
+
+
+class JobCancelled(Exception):
+    """Raised between steps when the job was asked to stop (or its attempt superseded)."""
+
+
+class JobTimedOut(Exception):
+    """Raised between steps when the job ran past its soft time limit."""
+
+
+@dataclass
+class Resources:
+    """What a kind may use: the models, the data sets, and the deployment's limits.
+
+    One per process (the API's, or a worker pool child's), on that process's device.
+    ``shard_images`` is the most images one shard of a data-set job handles.
+    """
+
+    models: ModelRegistry
+    datasets: Any = None
+    shard_images: int = 2048
+
+    def model(self, name: str) -> LoadedModel:
+        return self.models.get(name)
+
+
+ProgressCallback = Callable[[Progress, bytes | None], None]
+"""``(progress, preview_png_or_None)``."""
+
+
+class JobContext:
+    """A running shard's link to its record: progress out, cancellation and deadline in.
+
+    ``report`` is called at most every ``progress_interval_s`` (and on the first and last
+    report); a kind asks :meth:`preview_due` before it pays for a preview picture.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str = "",
+        on_progress: ProgressCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+        progress_interval_s: float = 0.5,
+        preview_interval_s: float = 2.0,
+    ) -> None:
+        self.job_id = job_id
+        self._on_progress = on_progress
+        self._should_cancel = should_cancel
+        self._deadline = deadline
+        self._progress_interval_s = progress_interval_s
+        self._preview_interval_s = preview_interval_s
+        self._last_report = -math.inf
+        self._last_preview = -math.inf
+        self._reports = 0
+
+    def check(self) -> None:
+        """Raise JobCancelled or JobTimedOut when the shard must stop; call it every step."""
+        if self._should_cancel is not None and self._should_cancel():
+            raise JobCancelled(self.job_id)
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise JobTimedOut(self.job_id)
+
+    @property
+    def reporting(self) -> bool:
+        return self._on_progress is not None
+
+    def progress_due(self, last: bool = False) -> bool:
+        """Whether a report now would be sent (first, last, or the interval has passed)."""
+        if self._on_progress is None:
+            return False
+        now = time.monotonic()
+        return last or self._reports == 0 or now - self._last_report >= self._progress_interval_s
+
+    def preview_due(self) -> bool:
+        return time.monotonic() - self._last_preview >= self._preview_interval_s
+
+    def report(self, progress: Progress, preview: bytes | None = None) -> None:
+        """Send progress (and a preview PNG, if one was made because it was due)."""
+        if self._on_progress is None:
+            return
+        now = time.monotonic()
+        self._last_report = now
+        self._reports += 1
+        if preview is not None:
+            self._last_preview = now
+        self._on_progress(progress, preview)
+
+
+class JobKind(ABC, Generic[RequestT, ResultT]):
+    """One kind of job. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    """The kind's name in records, messages and ``JobRead.kind``."""
+    request_type: type[RequestT]
+    result_type: type[ResultT]
+    progress_unit: ClassVar[str] = "steps"
+
+    @abstractmethod
+    def prepare(self, request: RequestT, model: str, resources: Resources) -> RequestT:
+        """The request with defaults resolved, checked against the model (and data).
+
+        Raises the core's errors (unknown layer, a channel out of range, ...) so a bad
+        request is refused before it is queued; cheap, runs in the API too.
+        """
+
+    def shards(self, request: RequestT, model: str, resources: Resources) -> int:
+        """How many shards the job runs as (at least 1)."""
+        return 1
+
+    def work(self, request: RequestT, model: str, resources: Resources) -> int:
+        """The job's total work in ``progress_unit``s, for progress summed over shards."""
+        return 1
+
+    @abstractmethod
+    def run_shard(
+        self,
+        request: RequestT,
+        model: str,
+        shard: int,
+        resources: Resources,
+        context: JobContext,
+    ) -> Partial:
+        """Run one shard; its partial result as small JSON."""
+
+    @abstractmethod
+    def merge(
+        self, request: RequestT, model: str, partials: list[Partial], resources: Resources
+    ) -> ResultT:
+        """The job's result from its shards' partials, in shard order."""
+
+    def parse(self, request: dict[str, Any]) -> RequestT:
+        """The typed request of a record or a message."""
+        return self.request_type.model_validate(request)

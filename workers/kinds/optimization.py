@@ -1,0 +1,245 @@
+"""The optimization kind: from noise, the images that units of a layer respond to most."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import asdict
+
+import torch
+
+from cnnviz.errors import InvalidArgumentError
+from cnnviz.imaging import encode_png, image_grid, to_pixels
+from cnnviz.models import LoadedModel
+from cnnviz.optvis import RenderSettings, StepReport, check_objective, objectives, visualize
+from cnnviz.optvis.objectives import Objective
+from schemas.jobs import Progress
+from schemas.optimization import (
+    MAX_UNITS,
+    ObjectiveKind,
+    OptimizationCreate,
+    OptimizationResult,
+    UnitResult,
+)
+from workers.kinds.base import JobContext, JobKind, Partial, Resources
+from workers.kinds.registry import register_kind
+
+__all__ = ["Optimization", "build_objective", "optimize", "prepare"]
+
+
+def _units(request: OptimizationCreate, loaded: LoadedModel) -> list[int]:
+    """The channel (or class) indices of a request, 'all' resolved against the layer."""
+    if isinstance(request.channels, list):
+        return list(request.channels)
+    count = loaded.index.info(request.layer).shape[0]
+    if count * request.images_per_unit > MAX_UNITS:
+        raise InvalidArgumentError(
+            f"layer {request.layer!r} of model {loaded.spec.name!r} has {count} channels, "
+            f"{count * request.images_per_unit} images at {request.images_per_unit} per unit, "
+            f"and a job optimizes at most {MAX_UNITS} units; list the channels you want in "
+            "`channels` or lower `images_per_unit`"
+        )
+    return list(range(count))
+
+
+def build_objective(request: OptimizationCreate) -> Objective:
+    """The optvis objective of a resolved request (``channels`` a list)."""
+    kind = request.objective
+    copies = request.images_per_unit
+    # Each unit repeated images_per_unit times, next to each other: unit u, image k is row
+    # u * copies + k, which is how _unit_results reads them back.
+    channels = request.channels if isinstance(request.channels, list) else []
+    channels = [c for c in channels for _ in range(copies)]
+    if kind == ObjectiveKind.CHANNEL:
+        return objectives.channel(request.layer, channels)
+    if kind == ObjectiveKind.CLASS_LOGIT:
+        return objectives.class_logit(request.layer, channels)
+    if kind == ObjectiveKind.NEURON:
+        assert request.neuron is not None  # the schema enforces it
+        n = request.neuron
+        return objectives.neuron(request.layer, [n.channel] * copies, y=n.y, x=n.x)
+    if kind == ObjectiveKind.DIRECTION:
+        assert request.direction is not None  # the schema enforces it
+        return objectives.direction(request.layer, torch.tensor([request.direction] * copies))
+    return objectives.layer(request.layer)
+
+
+def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCreate:
+    """The request with 'all' and the default image size resolved, checked against the model.
+
+    Raises UnknownLayerError, LayerShapeError or InvalidArgumentError, so a bad request is
+    refused before it is queued. Cheap: no optimization step runs.
+    """
+    channels: list[int] | None = None
+    if request.objective in (ObjectiveKind.CHANNEL, ObjectiveKind.CLASS_LOGIT):
+        channels = _units(request, loaded)
+    else:
+        loaded.index.resolve([request.layer])
+    size = request.image_size or max(loaded.spec.input_size)
+    resolved = request.model_copy(
+        update={"channels": channels if channels is not None else "all", "image_size": size}
+    )
+    check_objective(
+        loaded.module, build_objective(resolved), loaded.spec.input_shape, loaded.spec.name
+    )
+    return resolved
+
+
+def render_settings(request: OptimizationCreate) -> RenderSettings:
+    return RenderSettings(
+        steps=request.steps,
+        lr=request.lr,
+        image_size=request.image_size,
+        param=request.param,
+        decorrelate=request.decorrelate,
+        transforms=request.transforms,
+        seed=request.seed,
+        redirect_relu_steps=request.redirect_relu_steps,
+        l1=request.l1,
+        l2=request.l2,
+        tv=request.tv,
+        diversity=request.diversity,
+    )
+
+
+def _png(image: torch.Tensor) -> bytes:
+    """``(C, H, W)`` float32 in [0, 1] to PNG bytes."""
+    return encode_png(to_pixels(image[None])[0])
+
+
+def _grid_png(images: torch.Tensor, columns: int | None = None) -> tuple[bytes, int]:
+    """``(N, C, S, S)`` tiled on white (default: a near-square grid): PNG bytes and columns."""
+    grid, layout = image_grid(images, columns=columns)
+    return encode_png(grid), layout.columns
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unit_results(
+    request: OptimizationCreate, images: torch.Tensor, final: list[float], initial: list[float]
+) -> list[UnitResult]:
+    kind = request.objective
+    units: list[UnitResult] = []
+    for i in range(images.shape[0]):
+        unit, sample = divmod(i, request.images_per_unit)
+        channel: int | None = None
+        y = x = None
+        if kind in (ObjectiveKind.CHANNEL, ObjectiveKind.CLASS_LOGIT):
+            assert isinstance(request.channels, list)
+            channel = request.channels[unit]
+        elif kind == ObjectiveKind.NEURON and request.neuron is not None:
+            channel, y, x = request.neuron.channel, request.neuron.y, request.neuron.x
+        units.append(
+            UnitResult(
+                channel=channel,
+                sample=sample,
+                y=y,
+                x=x,
+                image=_b64(_png(images[i])),
+                objective=final[i],
+                initial_objective=initial[i],
+            )
+        )
+    return units
+
+
+def optimize(
+    request: OptimizationCreate, loaded: LoadedModel, context: JobContext | None = None
+) -> OptimizationResult:
+    """Optimize the request's units on ``loaded``; the images and their objectives.
+
+    ``context`` (optional) is checked after every step, so a cancel or a deadline stops the
+    run, and gets progress after the first step, then at most every progress interval, and
+    after the last step; a preview grid of all units rides along at most every preview
+    interval.
+    """
+    started = time.monotonic()
+    context = context or JobContext()
+    request = prepare(request, loaded)
+    preview_step: int | None = None
+
+    def on_step(report: StepReport) -> None:
+        nonlocal preview_step
+        context.check()
+        last = report.step == report.total
+        if not context.progress_due(last):
+            return
+        preview = None
+        if not last and context.preview_due():
+            preview = _grid_png(report.preview())[0]
+            preview_step = report.step
+        progress = Progress(
+            step=report.step,
+            total=report.total,
+            objectives=[float(v) for v in report.objectives],
+            preview_step=preview_step,
+        )
+        context.report(progress, preview)
+
+    rendered = visualize(
+        loaded.module,
+        build_objective(request),
+        # The model is fed its own input shape; render resizes the image_size image to it.
+        input_shape=loaded.spec.input_shape,
+        mean=loaded.spec.mean,
+        std=loaded.spec.std,
+        settings=render_settings(request),
+        device=loaded.device,
+        on_step=on_step,
+        model_name=loaded.spec.name,
+    )
+    # Several images of each unit: one row per unit.
+    per_unit = request.images_per_unit
+    grid, columns = _grid_png(rendered.images, per_unit if per_unit > 1 else None)
+    assert request.image_size is not None
+    return OptimizationResult(
+        model=loaded.spec.name,
+        layer=request.layer,
+        objective=request.objective or ObjectiveKind.CHANNEL,  # set by the validator; for mypy
+        units=_unit_results(
+            request, rendered.images, rendered.objectives, rendered.initial_objectives
+        ),
+        grid=_b64(grid),
+        grid_columns=columns,
+        image_size=request.image_size,
+        seed=request.seed,
+        settings=asdict(rendered.settings),
+        device=str(loaded.device),
+        elapsed_s=round(time.monotonic() - started, 4),
+    )
+
+
+@register_kind
+class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
+    """Activation maximization: one shard, progress in optimizer steps."""
+
+    name = "optimization"
+    request_type = OptimizationCreate
+    result_type = OptimizationResult
+
+    def prepare(
+        self, request: OptimizationCreate, model: str, resources: Resources
+    ) -> OptimizationCreate:
+        return prepare(request, resources.model(model))
+
+    def run_shard(
+        self,
+        request: OptimizationCreate,
+        model: str,
+        shard: int,
+        resources: Resources,
+        context: JobContext,
+    ) -> Partial:
+        return optimize(request, resources.model(model), context).model_dump(mode="json")
+
+    def merge(
+        self,
+        request: OptimizationCreate,
+        model: str,
+        partials: list[Partial],
+        resources: Resources,
+    ) -> OptimizationResult:
+        (only,) = partials
+        return OptimizationResult.model_validate(only)

@@ -1,0 +1,149 @@
+"""The job record's life, one interface for every backend (:mod:`.memory`, :mod:`.redis`).
+
+The API creates records, reads, cancels and deletes them; whatever runs the job (the
+in-process executor or a Celery worker) moves them along: start, progress, the stop check,
+finish. Both sides use the same backend object, so each transition is written once per
+backend. Every write after :meth:`JobRecords.start` carries the attempt number it returned:
+a write from an attempt that is no longer the current one (a redelivered job's first run) is
+ignored, and a finished record is never written again, which makes a result exactly-once.
+
+Methods block (the Redis backend does I/O): the API calls them off its event loop when
+``blocking`` says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from schemas.jobs import JobError, JobRecord, JobStatus, Progress
+
+__all__ = [
+    "Idempotency",
+    "IdempotencyConflict",
+    "JobNotFinished",
+    "JobNotFound",
+    "JobRecords",
+    "RecordsUnavailable",
+]
+
+
+class JobNotFound(LookupError):
+    """No record with this id (never created, deleted, or past its TTL)."""
+
+
+class JobNotFinished(Exception):
+    """The job is queued or running; the operation needs a finished one."""
+
+    def __init__(self, record: JobRecord) -> None:
+        self.record = record
+        super().__init__(record.id)
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key that was used before with another request."""
+
+
+class RecordsUnavailable(Exception):
+    """The backend (Redis) cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An idempotency key (hashed) and the fingerprint of the request that came with it."""
+
+    digest: str
+    fingerprint: str
+
+
+class JobRecords(Protocol):
+    """Job records in one backend: the API's operations and the runner's transitions."""
+
+    blocking: bool
+    """Whether calls do I/O (the API then runs them in a thread)."""
+
+    # ---- the API's side ----
+
+    def create(
+        self, record: JobRecord, ttl_seconds: int, idempotency: Idempotency | None
+    ) -> tuple[JobRecord, bool]:
+        """Store a new record; with a known idempotency key, the earlier record and False.
+
+        Raises IdempotencyConflict when the key came with another request.
+        """
+
+    def get(self, job_id: str) -> JobRecord:
+        """The record; JobNotFound otherwise."""
+
+    def result(self, job_id: str) -> str | None:
+        """The result of a succeeded job, as the JSON its kind wrote (kind-agnostic)."""
+
+    def preview(self, job_id: str) -> bytes | None:
+        """The latest preview PNG, if one was taken."""
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Ask the job to stop; a queued job is cancelled at once. The record after."""
+
+    def delete(self, job_id: str) -> None:
+        """Forget a finished job; JobNotFound or JobNotFinished otherwise."""
+
+    def discard(self, job_id: str) -> None:
+        """Remove a record whose job could not be queued (and its idempotency key)."""
+
+    def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
+        """Note ``job_id`` as the latest job of the request whose fingerprint digest this is."""
+
+    def recall(self, digest: str) -> str | None:
+        """The latest job noted for this request digest, if any."""
+
+    def ping(self) -> None:
+        """Raise RecordsUnavailable when the backend cannot be reached."""
+
+    def close(self) -> None: ...
+
+    # ---- the runner's side ----
+
+    def start(self, job_id: str) -> int | None:
+        """Mark the job running; its attempt number, or None when it must not run."""
+
+    def progress(
+        self, job_id: str, attempt: int, progress: Progress, preview: bytes | None
+    ) -> None:
+        """Record progress (and a preview PNG) of the current attempt; best effort."""
+
+    def shard_progress(self, job_id: str, attempt: int, shard: int, done: int, total: int) -> None:
+        """Record that ``shard`` has done ``done`` of its work; the job's progress is the sum
+        over its shards, out of ``total``. A shard delivered again starts from 0 again."""
+
+    def start_shard(self, job_id: str, attempt: int, shard: int, max_deliveries: int) -> bool:
+        """Count a delivery of ``shard``; False when the attempt must not go on (stopped,
+        superseded, or the shard was delivered more than ``max_deliveries`` times, which
+        fails the job as ``worker_lost``)."""
+
+    def should_stop(self, job_id: str, attempt: int) -> bool:
+        """Whether cancel was asked for, or this attempt was superseded; called every step."""
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: str | None,
+        error: JobError | None,
+        ttl_seconds: int,
+    ) -> bool:
+        """Write the final state (and the result JSON) once; False when another write got
+        there first or the attempt is not the current one."""
+
+    def fail_running(self, job_id: str, error: JobError, ttl_seconds: int) -> bool:
+        """End the current attempt of a running job as failed, from outside that attempt
+        (a worker's parent whose child it killed at the hard time limit)."""
+
+
+def lost_error(deliveries: int) -> JobError:
+    """The error of a job whose worker was lost at each of its ``deliveries``."""
+    return JobError(
+        code="worker_lost",
+        message=f"the job was delivered {deliveries} times and each time its worker was "
+        "lost (killed, out of memory, or the machine went away)",
+    )
