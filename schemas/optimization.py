@@ -34,6 +34,8 @@ class NeuronSpec(BaseModel):
 
 
 ChannelIndex = Annotated[int, Field(ge=0)]
+# The numeric precision of a model's forward pass (cnnviz.precision resolves "auto").
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class OptimizationCreate(BaseModel):
@@ -104,6 +106,13 @@ class OptimizationCreate(BaseModel):
         description="redirect ReLU gradients for the first N steps, so units that start "
         "inactive get a gradient (0: off)",
     )
+    precision: Precision = Field(
+        default="auto",
+        description="the model's forward and backward in autocast: 'auto' is bf16 on a CPU "
+        "with native bf16 (avx512_bf16, AMX) and on CUDA devices with bf16, fp16 with a "
+        "gradient scaler on older CUDA devices, fp32 elsewhere; the image, the optimizer and "
+        "the objective values stay fp32. The result's `precision` is the one used",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -160,4 +169,7 @@ class OptimizationResult(BaseModel):
     seed: int
     settings: dict[str, Any] = Field(description="the render settings actually used")
     device: str
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="the precision the job ran in (`precision` resolved)"
+    )
     elapsed_s: float

@@ -34,6 +34,7 @@ from cnnviz.optvis.chunking import estimate_memory, plan_chunks
 from cnnviz.optvis.param import ImageParam, make_param
 from cnnviz.optvis.redirect import redirect_relus
 from cnnviz.optvis.transform import Compose, Resize, Transform, standard_transforms
+from cnnviz.precision import PRECISIONS, Numerics, Precision, resolve_precision
 
 __all__ = ["RenderResult", "RenderSettings", "StepReport", "check_objective", "visualize"]
 
@@ -66,6 +67,12 @@ class RenderSettings:
     - ``seed``: every random number of the run derives from it.
     - ``l1``, ``l2``, ``tv``: weights of penalties on the image, added to the objective;
       ``diversity``: weight of the diversity term on the objective's first layer.
+    - ``precision``: the model's forward and backward in ``"fp32"``, ``"bf16"`` or ``"fp16"``
+      autocast, or ``"auto"``: bf16 on a CPU with native bf16 and on CUDA devices that have
+      it, fp16 (with a gradient scaler) on older CUDA devices, fp32 elsewhere; channels-last
+      input on CPU and CUDA (see :mod:`cnnviz.precision`). The image parameters, Adam's state
+      and every reported objective value stay fp32; the final and initial objectives are
+      evaluated in fp32 whatever the precision. The precision used is in the result.
     """
 
     steps: int = 256
@@ -81,6 +88,7 @@ class RenderSettings:
     l2: float = 0.0
     tv: float = 0.0
     diversity: float = 0.0
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
         checks = [
@@ -92,6 +100,7 @@ class RenderSettings:
             (self.redirect_relu_steps >= 0, "redirect_relu_steps must be >= 0"),
             (self.memory_budget_mb >= 1, "memory_budget_mb must be at least 1"),
             (self.seed >= 0, "seed must be >= 0"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         ]
         checks += [
             (math.isfinite(w) and w >= 0, f"{name} must be a finite weight >= 0")
@@ -140,7 +149,9 @@ class RenderResult:
     ``images``: ``(N, C, S, S)`` float32 in [0, 1] on CPU (``(N, C, H, W)`` of the model's
     input when ``image_size`` is ``None``). ``objectives`` and ``initial_objectives``: each
     unit's own objective (penalties excluded) for the final image and for the starting noise,
-    both evaluated without random transforms, resized to the model's input.
+    both evaluated without random transforms, resized to the model's input, in fp32.
+    ``precision`` is the one the optimization ran in (``settings.precision`` resolved for the
+    device: ``"fp32"``, ``"bf16"`` or ``"fp16"``), ``channels_last`` its input layout.
     """
 
     images: torch.Tensor
@@ -149,6 +160,8 @@ class RenderResult:
     settings: RenderSettings
     n_chunks: int = 1
     chunk_size: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
 
 
 def _generator(seed: int, unit: int, stream: int) -> torch.Generator:
@@ -206,10 +219,11 @@ def _with_settings_terms(objective: obj.Objective, settings: RenderSettings) -> 
 
 
 class _Forward:
-    """Normalise, run the truncated model, and return ``{layer: activations}``.
+    """Normalise, run the truncated model, and return ``{layer: activations}`` in fp32.
 
     Holds the extractor for the objective's layers and, when asked, a copy of its graph with
-    redirected ReLU gradients. Built inside :func:`preserved_state`.
+    redirected ReLU gradients, and the :class:`Numerics` they run in. Built inside
+    :func:`preserved_state`.
     """
 
     def __init__(
@@ -220,6 +234,7 @@ class _Forward:
         std: Sequence[float],
         device: torch.device,
         redirect: bool,
+        numerics: Numerics,
     ) -> None:
         self._keys = {name: index.node(name) for name in layers}
         self._plain = index.extractor(list(layers)) if layers else None
@@ -233,15 +248,33 @@ class _Forward:
         self._dtype = param.dtype if param is not None else torch.float32
         self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.numerics = numerics
 
-    def __call__(self, x: torch.Tensor, redirect: bool = False) -> dict[str, torch.Tensor]:
-        """``x``: ``(n, C, H, W)`` in [0, 1] at the model's input size."""
+    def __call__(
+        self, x: torch.Tensor, redirect: bool = False, exact: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """``x``: ``(n, C, H, W)`` in [0, 1] at the model's input size. ``exact``: in fp32
+        with a contiguous input, whatever the numerics."""
         if self._plain is None:
             return {}
         x = ((x - self._mean) / self._std).to(self._dtype)
         run = self._redirected if redirect and self._redirected is not None else self._plain
-        out = run(x)
+        numerics = self.numerics.exact() if exact else self.numerics
+        out = numerics.run(run, x)
         return {name: out[key] for name, key in self._keys.items()}
+
+    def check_layout(self, input_shape: tuple[int, int, int]) -> None:
+        """Drop channels-last for a model that cannot take it (a ``.view`` of an activation
+        that channels-last made non-contiguous), found by one forward of two images (a
+        batch of one may come out contiguous)."""
+        if not self.numerics.channels_last or self._plain is None:
+            return
+        x = torch.zeros((2, *input_shape), device=self._mean.device)
+        try:
+            with torch.no_grad():
+                self(x)
+        except RuntimeError:
+            self.numerics = self.numerics.without_channels_last()
 
 
 @dataclass
@@ -283,16 +316,18 @@ class _Job:
         x: torch.Tensor,
         rows: tuple[torch.Tensor, torch.Tensor],
         redirect: bool,
+        exact: bool = False,
     ) -> obj.Batch:
         """What the objective sees: ``images`` before transforms, ``x`` the model's input."""
-        return obj.Batch(images, self.forward(x, redirect), *rows)
+        return obj.Batch(images, self.forward(x, redirect, exact), *rows)
 
     def evaluate(self, raw: torch.Tensor, units: Sequence[int]) -> list[float]:
-        """The units' own objective for images ``raw``, without random transforms."""
+        """The units' own objective for images ``raw``, without random transforms, in fp32."""
         with torch.no_grad():
             images = self.param.images(raw)
             x = self.clean(images, images.new_empty((len(units), 0)))
-            own, _ = self.objective(self.batch(images, x, self.rows(units), redirect=False))
+            batch = self.batch(images, x, self.rows(units), redirect=False, exact=True)
+            own, _ = self.objective(batch)
         return [float(v) for v in own.float().cpu().tolist()]
 
 
@@ -319,8 +354,15 @@ def _build_job(
         standard_transforms(size, (height, width)) if settings.transforms == "standard" else clean
     )
     forward = _Forward(
-        index, objective.layers, mean, std, device, redirect=settings.redirect_relu_steps > 0
+        index,
+        objective.layers,
+        mean,
+        std,
+        device,
+        redirect=settings.redirect_relu_steps > 0,
+        numerics=resolve_precision(settings.precision, device),
     )
+    forward.check_layout(input_shape)
     return _Job(objective, settings, param, transform, clean, forward, device, objective.groups())
 
 
@@ -411,6 +453,7 @@ def _render(
         params = job.transform_params(units)
         rows = job.rows(units)
         optimizer = torch.optim.Adam([raw], lr=settings.lr)
+        scaler = job.forward.numerics.scaler()  # fp16: keeps small gradients from underflow
 
         def preview(k: int = k, raw: torch.Tensor = raw) -> torch.Tensor:
             return _preview(job, chunks, images, done, k, raw)
@@ -421,8 +464,9 @@ def _render(
             redirect = step < settings.redirect_relu_steps
             own, total = job.objective(job.batch(current, x, rows, redirect))
             optimizer.zero_grad(set_to_none=True)
-            (-total.sum()).backward()
-            optimizer.step()
+            scaler.scale(-total.sum()).backward()
+            scaler.step(optimizer)
+            scaler.update()
             if on_step is not None:
                 # Only reports read these: no device-to-host copy per step without a callback.
                 for unit, value in zip(units, own.detach().float().cpu().tolist(), strict=True):
@@ -452,6 +496,8 @@ def _render(
         settings=settings,
         n_chunks=len(chunks),
         chunk_size=chunk_size,
+        precision=job.forward.numerics.precision,
+        channels_last=job.forward.numerics.channels_last,
     )
 
 

@@ -8,6 +8,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from cnnviz.precision import resolve_precision
 from service.main import create_app
 from tests.jobs.client import LONG, MODEL, QUICK, decode_png, job, submit, wait_job
 from tests.jobs.conftest import api_settings
@@ -29,6 +30,9 @@ def test_a_job_runs_to_a_result_that_beats_its_starting_noise(api: httpx.Client)
     assert [unit["channel"] for unit in result["units"]] == [0, 5]
     assert result["seed"] == 7
     assert result["settings"]["steps"] == 24
+    # The default precision is "auto", resolved on the worker's device (the CPU here).
+    assert result["settings"]["precision"] == "auto"
+    assert result["precision"] == resolve_precision("auto", "cpu").precision
     for unit in result["units"]:
         assert decode_png(unit["image"]).size == (32, 32)
         # A ReLU channel's mean: noise barely excites it, the optimized image many times more.
@@ -154,6 +158,7 @@ def test_an_unknown_job_is_a_404(api: httpx.Client, method: str, path: str) -> N
         (MODEL, {**QUICK, "image_size": 4}, 422, "invalid_request", "image_size"),
         (MODEL, {**QUICK, "lr": -1}, 422, "invalid_request", "lr"),
         (MODEL, {**QUICK, "colour": "red"}, 422, "invalid_request", "colour"),
+        (MODEL, {**QUICK, "precision": "fp8"}, 422, "invalid_request", "'bf16'"),
         (MODEL, {**QUICK, "objective": "neuron"}, 422, "invalid_request", "neuron"),
         (
             MODEL,

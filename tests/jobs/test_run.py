@@ -82,3 +82,17 @@ def test_requests_that_cannot_be_honoured_are_refused_with_the_reason() -> None:
         OptimizationCreate(layer="block3.relu", objective="layer", images_per_unit=2)
     with pytest.raises(ValidationError, match=r"must be 1 to 512 images, got 300 × 2"):
         OptimizationCreate(layer="block3.relu", channels=list(range(300)), images_per_unit=2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_result_records_the_precision_the_job_ran_in(precision: str) -> None:
+    request = OptimizationCreate(
+        layer="block2.relu",
+        channels=[1],
+        steps=3,
+        image_size=32,
+        precision=precision,  # type: ignore[arg-type]
+    )
+    result = optimize(request, ModelRegistry.from_file(None).get("shapes"))
+    assert result.precision == precision
+    assert result.settings["precision"] == precision

@@ -99,6 +99,7 @@ def render_settings(request: OptimizationCreate) -> RenderSettings:
         l2=request.l2,
         tv=request.tv,
         diversity=request.diversity,
+        precision=request.precision,
     )
 
 
@@ -207,6 +208,7 @@ def optimize(
         seed=request.seed,
         settings=asdict(rendered.settings),
         device=str(loaded.device),
+        precision=rendered.precision,
         elapsed_s=round(time.monotonic() - started, 4),
     )
 
