@@ -1,7 +1,8 @@
 """The synchronous feature-map path: reading the request, running the core, shaping the answer.
 
 The request is JSON (``FeatureMapsCreate``, a base64 image) or multipart (a file field
-``image``, repeated ``layers`` and ``channels`` fields, the other options as single fields).
+``image``, repeated ``layers`` and ``channels`` fields, the other options as single fields),
+read by :mod:`service.image_request`.
 Everything that touches torch, Pillow or base64 runs in :func:`render` (or :func:`render_json`,
 which also builds and serializes the JSON answer), which the route hands to the torch pool so
 that none of it runs on the event loop.
@@ -10,19 +11,12 @@ that none of it runs on the event loop.
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
-from cnnviz.data.shapes import sample_image
-from cnnviz.errors import InvalidImageError
 from cnnviz.featuremaps import LayerMaps, feature_maps
-from cnnviz.imaging import decode_image, preprocess
+from cnnviz.imaging import preprocess
 from cnnviz.models import ModelRegistry
 from schemas.feature_maps import (
     ChannelStats,
@@ -33,35 +27,13 @@ from schemas.feature_maps import (
     LayerMapRead,
 )
 from service.errors import ApiError
+from service.image_request import ImageRequest, read_image_request
 
 _LIST_FIELDS = frozenset({"layers", "channels"})
 # Enough form fields for 16 layers and 4096 channels, and not unbounded.
 _MAX_FORM_FIELDS = 16 + 4096 + 16
 
-
-@dataclass(frozen=True)
-class FeatureMapsRequest:
-    """What a request asks for, either encoding: options and one image source."""
-
-    options: FeatureMapsOptions
-    image_base64: str | None = None
-    image_bytes: bytes | None = None
-    sample: str | None = None
-
-    def image(self) -> bytes:
-        """The uploaded image bytes, base64 decoded where needed (runs in the torch pool)."""
-        if self.image_bytes is not None:
-            return self.image_bytes
-        text = self.image_base64 or ""
-        if text.startswith("data:"):
-            text = text.partition(",")[2]
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidImageError(
-                "the 'image' field is not valid base64; send the image file's bytes in "
-                "base64 (or upload them as multipart/form-data)"
-            ) from None
+FeatureMapsRequest = ImageRequest[FeatureMapsOptions]
 
 
 @dataclass(frozen=True)
@@ -72,65 +44,11 @@ class Rendered:
     png: bytes
 
 
-def _invalid(exc: ValidationError, where: str) -> RequestValidationError:
-    errors = [{**error, "loc": (where, *error["loc"])} for error in exc.errors()]
-    return RequestValidationError(errors)
-
-
 async def read_request(request: Request) -> FeatureMapsRequest:
     """Parse a JSON or multipart request; 415 for any other content type, 422 for bad fields."""
-    content_type = request.headers.get("content-type", "")
-    media = content_type.partition(";")[0].strip().lower()
-    if media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        try:
-            create = FeatureMapsCreate.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise _invalid(exc, "body") from None
-        return FeatureMapsRequest(create, image_base64=create.image, sample=create.sample)
-    if media == "multipart/form-data":
-        return await _read_form(request)
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        f"unsupported content type {content_type or '(none)'!r}; send application/json with a "
-        "base64 'image' (or a 'sample'), or multipart/form-data with a file field 'image'",
+    return await read_image_request(
+        request, FeatureMapsCreate, FeatureMapsOptions, _LIST_FIELDS, _MAX_FORM_FIELDS
     )
-
-
-async def _read_form(request: Request) -> FeatureMapsRequest:
-    async with request.form(max_files=1, max_fields=_MAX_FORM_FIELDS) as form:
-        data: dict[str, Any] = {}
-        image: bytes | None = None
-        for key in dict.fromkeys(form.keys()):
-            values = form.getlist(key)
-            if key == "image":
-                upload = values[0]
-                if not isinstance(upload, UploadFile):
-                    raise ApiError(
-                        422,
-                        "invalid_request",
-                        "in multipart/form-data, 'image' must be a file field "
-                        "(curl: -F image=@picture.png)",
-                    )
-                image = await upload.read()
-            elif key in _LIST_FIELDS:
-                data[key] = values
-            else:
-                data[key] = values[0] if len(values) == 1 else values
-    sample = data.pop("sample", None)
-    try:
-        options = FeatureMapsOptions.model_validate(data)
-    except ValidationError as exc:
-        raise _invalid(exc, "form") from None
-    if (image is None) == (sample is None):
-        raise ApiError(
-            422, "invalid_request", "give exactly one of a file field 'image' or a field 'sample'"
-        )
-    if sample is not None and not isinstance(sample, str):
-        raise ApiError(422, "invalid_request", "'sample' must be a single text field")
-    return FeatureMapsRequest(options, image_bytes=image, sample=sample)
 
 
 def render(
@@ -141,10 +59,7 @@ def render(
     options = request.options
     loaded.index.resolve(options.layers)  # a bad layer name costs no decoding
     spec = loaded.spec
-    if request.sample is not None:
-        image = sample_image(request.sample)
-    else:
-        image = decode_image(request.image(), max_pixels=max_pixels, draft_size=spec.input_size)
+    image = request.decoded(max_pixels, spec.input_size)
     x = preprocess(
         image,
         size=spec.input_size,

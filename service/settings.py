@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     sync_backlog: int = Field(
         default=16, ge=0, description="requests that may wait for a torch slot before 503"
     )
+    attribution_max_passes: int = Field(
+        default=512,
+        ge=1,
+        description="images an attribution request may run through the model synchronously "
+        "(integrated gradients: steps × targets; occlusion: patches); past it, a 422",
+    )
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="job record TTL")
     inprocess_job_workers: int = Field(default=1, ge=1, le=8)
     inprocess_job_backlog: int = Field(

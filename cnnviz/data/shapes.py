@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from cnnviz.errors import InvalidArgumentError
 
-__all__ = ["CLASSES", "IMAGE_SIZE", "generate", "sample_image"]
+__all__ = ["CLASSES", "IMAGE_SIZE", "generate", "generate_with_masks", "sample_image"]
 
 CLASSES: tuple[str, ...] = (
     "circle",
@@ -85,15 +85,27 @@ def generate(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     Returns images ``(n, 3, 64, 64) uint8`` and labels ``(n,) int64`` indexing
     :data:`CLASSES`. Classes are balanced (counts differ by at most one) and shuffled.
     """
+    images, labels, _ = generate_with_masks(n, seed)
+    return images, labels
+
+
+def generate_with_masks(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`generate`'s images and labels, and the foreground of each image.
+
+    The masks are ``(n, 64, 64) float32`` in [0, 1]: the area of each pixel that the shape
+    (or the texture's foreground colour) covers. The images equal :func:`generate`'s.
+    """
     if n < 0:
         raise InvalidArgumentError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
     params = _sample_params(n, rng)
     images = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    masks = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     for start in range(0, n, _CHUNK):
         chunk = slice(start, min(start + _CHUNK, n))
-        images[chunk] = _render(_take(params, chunk), rng)
-    return torch.from_numpy(images), torch.from_numpy(params.labels)
+        masks[chunk] = _masks(_take(params, chunk))
+        images[chunk] = _render(_take(params, chunk), rng, masks[chunk])
+    return torch.from_numpy(images), torch.from_numpy(params.labels), torch.from_numpy(masks)
 
 
 def sample_image(name: str) -> Image.Image:
@@ -196,8 +208,8 @@ def _take(params: _Params, index: slice) -> _Params:
     return _Params(**{k: v[index] for k, v in vars(params).items()})
 
 
-def _render(params: _Params, rng: np.random.Generator | None) -> np.ndarray:
-    """Images ``(n, 3, S, S) uint8``; pixel noise is drawn from ``rng`` (none if ``None``)."""
+def _masks(params: _Params) -> np.ndarray:
+    """Foreground coverage ``(n, S, S) float32`` in [0, 1] of every image."""
     n = len(params.labels)
     mask = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     for k, name in enumerate(CLASSES):
@@ -208,6 +220,17 @@ def _render(params: _Params, rng: np.random.Generator | None) -> np.ndarray:
                 if name in _SHAPES
                 else _texture_masks(name, params, idx)
             )
+    return mask
+
+
+def _render(
+    params: _Params, rng: np.random.Generator | None, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Images ``(n, 3, S, S) uint8`` of ``mask`` (default: computed); pixel noise is drawn
+    from ``rng`` (none if ``None``)."""
+    n = len(params.labels)
+    if mask is None:
+        mask = _masks(params)
     # float32 throughout: a float64 operand anywhere would double the cost of every step.
     fg = params.fg[:, :, None, None]
     bg = params.bg[:, :, None, None]

@@ -3,7 +3,16 @@
 from fastapi import APIRouter, Depends
 
 from service.deps import require_api_key
-from service.routers import feature_maps, health, jobs, models, optimizations, samples, weights
+from service.routers import (
+    attributions,
+    feature_maps,
+    health,
+    jobs,
+    models,
+    optimizations,
+    samples,
+    weights,
+)
 
 api_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 api_router.include_router(models.router)
@@ -12,5 +21,6 @@ api_router.include_router(samples.router)
 api_router.include_router(optimizations.router)
 api_router.include_router(jobs.router)
 api_router.include_router(weights.router)
+api_router.include_router(attributions.router)
 
 __all__ = ["api_router", "health"]

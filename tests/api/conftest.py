@@ -44,6 +44,14 @@ channels = 1
 mean = [0.0]
 std = [1.0]
 
+[models.heads]
+factory = "tests.api.nets:heads"
+weights = "random"
+input_size = [12, 16]
+channels = 1
+mean = [0.5]
+std = [0.25]
+
 [models.gated]
 factory = "tests.api.nets:gated"
 weights = "random"

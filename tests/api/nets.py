@@ -77,3 +77,24 @@ class CaffeNames(nn.Module):
 
 def caffe_names() -> nn.Module:
     return CaffeNames()
+
+
+class Heads(nn.Module):
+    """A 1-channel net with three heads, as face detectors have: box (4), landmarks (10) and a
+    probability (one per image)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.box = nn.Linear(4, 4)
+        self.landmarks = nn.Linear(4, 10)
+        self.prob = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.relu(self.conv(x)).mean(dim=(2, 3))
+        return self.box(h), self.landmarks(h), torch.sigmoid(self.prob(h)).squeeze(1)
+
+
+def heads() -> nn.Module:
+    return Heads()

@@ -1,0 +1,140 @@
+"""Reading a request that carries one image: JSON with base64 (or a sample name), or multipart.
+
+Shared by every synchronous endpoint that takes an image (feature maps, attributions): the
+encoding rules, the error messages and the limits live here once. The options are a pydantic
+model per endpoint; the JSON body is that model plus ``image`` / ``sample``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from cnnviz.data.shapes import sample_image
+from cnnviz.errors import InvalidImageError
+from cnnviz.imaging import decode_image
+from service.errors import ApiError
+
+Options = TypeVar("Options", bound=BaseModel)
+
+
+class ImageBody(Protocol):
+    """A JSON body model: the options plus exactly one of ``image`` (base64) or ``sample``."""
+
+    image: str | None
+    sample: str | None
+
+
+@dataclass(frozen=True)
+class ImageRequest(Generic[Options]):
+    """What a request asks for, either encoding: the options and one image source."""
+
+    options: Options
+    image_base64: str | None = None
+    image_bytes: bytes | None = None
+    sample: str | None = None
+
+    def image(self) -> bytes:
+        """The uploaded image bytes, base64 decoded where needed (runs in the torch pool)."""
+        if self.image_bytes is not None:
+            return self.image_bytes
+        text = self.image_base64 or ""
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidImageError(
+                "the 'image' field is not valid base64; send the image file's bytes in "
+                "base64 (or upload them as multipart/form-data)"
+            ) from None
+
+    def decoded(self, max_pixels: int, draft_size: tuple[int, int]) -> Image.Image:
+        """The sample, or the image decoded under the pixel cap (blocking: the torch pool)."""
+        if self.sample is not None:
+            return sample_image(self.sample)
+        return decode_image(self.image(), max_pixels=max_pixels, draft_size=draft_size)
+
+
+def invalid(exc: ValidationError, where: str) -> RequestValidationError:
+    """A pydantic error as FastAPI's, located in the ``body`` or the ``form``."""
+    errors = [{**error, "loc": (where, *error["loc"])} for error in exc.errors()]
+    return RequestValidationError(errors)
+
+
+async def read_image_request(
+    request: Request,
+    body_model: type[Options],
+    options_model: type[Options],
+    list_fields: Collection[str],
+    max_fields: int,
+) -> ImageRequest[Options]:
+    """Parse a JSON or multipart request; 415 for any other content type, 422 for bad fields.
+
+    ``body_model`` validates a JSON body (the options plus ``image`` or ``sample``);
+    ``options_model`` the form fields, where ``list_fields`` may repeat.
+    """
+    content_type = request.headers.get("content-type", "")
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        try:
+            create = body_model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise invalid(exc, "body") from None
+        source: ImageBody = create  # type: ignore[assignment]
+        return ImageRequest(create, image_base64=source.image, sample=source.sample)
+    if media == "multipart/form-data":
+        return await _read_form(request, options_model, list_fields, max_fields)
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"unsupported content type {content_type or '(none)'!r}; send application/json with a "
+        "base64 'image' (or a 'sample'), or multipart/form-data with a file field 'image'",
+    )
+
+
+async def _read_form(
+    request: Request, options_model: type[Options], list_fields: Collection[str], max_fields: int
+) -> ImageRequest[Options]:
+    async with request.form(max_files=1, max_fields=max_fields) as form:
+        data: dict[str, Any] = {}
+        image: bytes | None = None
+        for key in dict.fromkeys(form.keys()):
+            values = form.getlist(key)
+            if key == "image":
+                upload = values[0]
+                if not isinstance(upload, UploadFile):
+                    raise ApiError(
+                        422,
+                        "invalid_request",
+                        "in multipart/form-data, 'image' must be a file field "
+                        "(curl: -F image=@picture.png)",
+                    )
+                image = await upload.read()
+            elif key in list_fields:
+                data[key] = values
+            else:
+                data[key] = values[0] if len(values) == 1 else values
+    sample = data.pop("sample", None)
+    try:
+        options = options_model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc, "form") from None
+    if (image is None) == (sample is None):
+        raise ApiError(
+            422, "invalid_request", "give exactly one of a file field 'image' or a field 'sample'"
+        )
+    if sample is not None and not isinstance(sample, str):
+        raise ApiError(422, "invalid_request", "'sample' must be a single text field")
+    return ImageRequest(options, image_bytes=image, sample=sample)

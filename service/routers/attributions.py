@@ -1,0 +1,139 @@
+"""Attribution maps: which pixels made the prediction, computed synchronously."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from schemas.attributions import AttributionsCreate, AttributionsOptions, AttributionsRead
+from schemas.errors import Problem
+from service.attributions import check_cost, explain_json, explain_png, read_request
+from service.deps import PoolDep, RegistryDep, SettingsDep
+from service.errors import ApiError
+from service.feature_maps import wants_png
+
+router = APIRouter(prefix="/models", tags=["attributions"])
+
+# Each is run by tests/api/test_attributions.py: the documentation cannot drift from the API.
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "gradcam": {
+        "summary": "Grad-CAM of the top prediction at the last block",
+        "value": {"sample": "triangle", "method": "gradcam", "layer": "block4.relu"},
+    },
+    "targets": {
+        "summary": "Grad-CAM for two classes at once",
+        "value": {
+            "sample": "star",
+            "method": "gradcam",
+            "layer": "block4.relu",
+            "target": ["star", "triangle"],
+        },
+    },
+    "saliency": {
+        "summary": "Saliency, magma",
+        "value": {"sample": "cross", "method": "saliency", "colormap": "magma"},
+    },
+    "integrated_gradients": {
+        "summary": "Integrated gradients from black, 64 steps (completeness reported)",
+        "value": {"sample": "circle", "method": "integrated_gradients", "steps": 64},
+    },
+    "guided_gradcam": {
+        "summary": "Guided Grad-CAM for the class 'hexagon' (index 5)",
+        "value": {
+            "sample": "hexagon",
+            "method": "guided_gradcam",
+            "layer": "block4.relu",
+            "target": 5,
+        },
+    },
+    "occlusion": {
+        "summary": "Occlusion with 8-pixel patches every 4 pixels",
+        "value": {"sample": "square", "method": "occlusion", "window": 8, "stride": 4},
+    },
+}
+_OPTIONS = {
+    name: schema
+    for name, schema in AttributionsCreate.model_json_schema()["properties"].items()
+    if name not in ("image", "sample", "target")
+}
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": AttributionsCreate.model_json_schema(),
+            "examples": EXAMPLES,
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["method"],
+                "properties": {
+                    "image": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "The image file (or give `sample`).",
+                    },
+                    "sample": {"type": "string", "examples": ["triangle"]},
+                    "target": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "One field per target: a class index or label.",
+                    },
+                    **_OPTIONS,
+                },
+            },
+            "encoding": {"target": {"explode": True}},
+        },
+    },
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON: the top-5 predictions and, per target, the map over the input, "
+        "the map alone and its stats; or with `Accept: image/png` and one target, the overlay "
+        "(or `picture: map`), its numbers in `X-*` headers.",
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    404: {"model": Problem, "description": "Unknown model"},
+    406: {"model": Problem, "description": "`Accept: image/png` with several targets"},
+    413: {"model": Problem, "description": "Body over the byte limit, or too many pixels"},
+    415: {"model": Problem, "description": "Neither JSON nor multipart"},
+    422: {
+        "model": Problem,
+        "description": "Bad image, method, layer, target, output or option; or more model "
+        "passes than a synchronous request may take (`too_long_for_sync`)",
+    },
+    503: {"model": Problem, "description": "Busy (Retry-After) or model unavailable"},
+}
+
+
+@router.post(
+    "/{model}/attributions",
+    response_model=AttributionsRead,
+    responses=_RESPONSES,
+    openapi_extra={"requestBody": _REQUEST_BODY},
+)
+async def create_attributions(
+    model: str, request: Request, registry: RegistryDep, pool: PoolDep, settings: SettingsDep
+) -> Response:
+    """Which pixels made the prediction: attribution maps of one image for its targets."""
+    spec = registry.spec(model)
+    png = wants_png(request.headers.get("accept"))
+    body = await read_request(request)
+    options: AttributionsOptions = body.options
+    targets = len(options.targets or [None])
+    if png and targets > 1:
+        raise ApiError(
+            406,
+            "not_acceptable",
+            f"Accept: image/png returns one target's picture, and {targets} targets were asked "
+            "for; ask for one target, or for application/json",
+        )
+    check_cost(spec, options, settings.attribution_max_passes)
+    if png:
+        content, headers = await pool.run(
+            explain_png, registry, model, body, settings.max_image_pixels
+        )
+        return Response(content, media_type="image/png", headers=headers)
+    content = await pool.run(explain_json, registry, model, body, settings.max_image_pixels)
+    return Response(content, media_type="application/json")
