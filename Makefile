@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test lint worker redis
+.PHONY: install serve test lint worker redis chromium
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/uvicorn service.main:app --host $(HOST) --port $(PORT)
 
-test: install redis
+test: install redis chromium
 	$(PY) -m pytest
 
 lint: install
@@ -29,3 +29,6 @@ worker: install
 
 redis:
 	scripts/ensure-redis
+
+chromium:
+	scripts/ensure-chromium

@@ -32,6 +32,11 @@ class TorchPool:
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._admitted = 0
 
+    @property
+    def admitted(self) -> int:
+        """Calls running or waiting now (the metrics read it)."""
+        return self._admitted
+
     async def run(self, func: Callable[..., T], *args: object) -> T:
         """``func(*args)`` in a thread; ServiceBusy when the pool is full."""
         if self._admitted >= self.capacity:

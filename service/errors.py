@@ -25,6 +25,7 @@ from cnnviz.errors import (
 )
 from schemas.errors import Problem
 from service.concurrency import ServiceBusy
+from service.observability import count_busy
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(ServiceBusy)
-    async def _busy(_request: Request, exc: ServiceBusy) -> JSONResponse:
+    async def _busy(request: Request, exc: ServiceBusy) -> JSONResponse:
+        count_busy(request)
         return problem(503, "busy", str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(RequestValidationError)

@@ -6,24 +6,33 @@ import logging
 
 import torch
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from cnnviz.models import ModelRegistry
 from service.concurrency import TorchPool
+from service.cors import install_cors
+from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.jobs import build_jobs, jobs_lifespan
 from service.limits import BodySizeLimit
-from service.routers import api_router, health
+from service.observability import configure_logging, install_observability
+from service.routers import api_router, health, viewer
+from service.routers.viewer import STATIC_DIR, VIEWER_ASSETS
 from service.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     app = FastAPI(
         title="cnnviz",
         version="0.1.0",
         description="What convolutional networks see: feature-map grids and optimized patterns.",
         lifespan=jobs_lifespan,
+        # Served by install_docs from local files: FastAPI's own pages load a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     if settings.torch_threads:
         # Several requests run torch at once; oversubscribed intra-op threads slow them all.
@@ -33,9 +42,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog)
     app.state.jobs = build_jobs(settings, app.state.registry)
     install_error_handlers(app)
+    install_docs(app)
+    app.mount(VIEWER_ASSETS, StaticFiles(directory=STATIC_DIR / "viewer"), name="viewer-assets")
     app.include_router(health.router)
     app.include_router(api_router)
+    app.include_router(viewer.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_cors(app, settings.cors_origin_list)
+    # Outermost: every answer, a refused body's 413 included, is counted and has a request id.
+    install_observability(app, app.state.pool)
     log = logging.getLogger(__name__)
     for warning in app.state.registry.warnings:
         log.warning("%s", warning)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,20 @@ class Settings(BaseSettings):
     queue_check_interval: float = Field(
         default=5.0, ge=0, description="seconds /readyz reuses its count of queue workers"
     )
+
+    log_format: Literal["plain", "json"] = Field(
+        default="plain", description="'json': one JSON object a log line, with the request id"
+    )
+    log_level: str = Field(default="INFO", description="level of the root logger")
+    cors_origins: str = Field(
+        default="",
+        description="comma-separated origins allowed to call the API from a browser ('*' for "
+        "any); empty: no CORS headers",
+    )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def api_key_list(self) -> list[str]:

@@ -1,0 +1,61 @@
+"""Take the README's screenshot of the viewer with headless Chromium: docs/img/viewer.png.
+
+    .venv/bin/python scripts/screenshot_viewer.py
+
+Serves the app (built-in model, jobs in-process) on a free local port, shows two layers'
+feature maps of the sample triangle, runs a 128-step optimization of 8 channels, hovers a
+tile, and saves the window. Needs Debian's chromium and chromium-driver.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.main import create_app  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from tests.api.conftest import serve  # noqa: E402
+
+
+def main() -> None:
+    app = create_app(Settings(redis_url=None, models_file=None, job_preview_interval=0.5))
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1480"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    wait = WebDriverWait(driver, 120)
+    try:
+        with serve(app) as url:
+            driver.get(url + "/")
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+            for box in driver.find_elements(By.CSS_SELECTOR, "#layers input"):
+                if (box.get_attribute("value") in ("block1.conv", "block2.relu")) != (
+                    box.is_selected()
+                ):
+                    box.click()
+            driver.find_element(By.ID, "show").click()
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grids img")) == 2)
+            Select(driver.find_element(By.ID, "opt-layer")).select_by_value("block3.relu")
+            driver.find_element(By.ID, "optimize").click()
+            wait.until(lambda d: d.find_element(By.ID, "job-status").text == "succeeded")
+            img = driver.find_elements(By.CSS_SELECTOR, "#grids img")[0]
+            ActionChains(driver).move_to_element_with_offset(img, -60, -90).perform()
+            wait.until(lambda d: d.find_element(By.ID, "tooltip").is_displayed())
+            out = ROOT / "docs" / "img" / "viewer.png"
+            driver.save_screenshot(str(out))
+            print(out)
+    finally:
+        driver.quit()
+
+
+if __name__ == "__main__":
+    main()

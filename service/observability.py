@@ -1,0 +1,132 @@
+"""What a platform sees of the service: Prometheus metrics, request ids, and logs.
+
+- ``GET /metrics``: requests by route, method and status with their latency
+  (prometheus-fastapi-instrumentator), the torch pool's occupancy and the requests it refused,
+  and the job metrics that :mod:`service.jobs` collects at scrape time.
+- ``X-Request-ID``: taken from the request when it is a sane token, made up otherwise, sent
+  back on the response, and written in every log line of the request (asgi-correlation-id).
+- Logs: plain text, or one JSON object a line with ``CNNVIZ_LOG_FORMAT=json``
+  (python-json-logger).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Literal
+
+from asgi_correlation_id import CorrelationIdFilter, CorrelationIdMiddleware
+from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator.routing import get_route_name
+from pythonjsonlogger.json import JsonFormatter
+
+from service.concurrency import TorchPool
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+# CorrelationIdFilter puts the request id in ``correlation_id``; JSON names it request_id.
+_PLAIN = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"
+_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(correlation_id)s %(message)s"
+_HANDLER_MARK = "_cnnviz_handler"
+
+
+def _valid_request_id(value: str) -> bool:
+    return _REQUEST_ID.fullmatch(value) is not None
+
+
+def configure_logging(log_format: Literal["plain", "json"], level: str) -> None:
+    """One handler on the root logger, carrying the request id; uvicorn's loggers go through it.
+
+    Idempotent: building several apps in one process (tests) replaces the handler, never adds
+    a second one.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler()
+    setattr(handler, _HANDLER_MARK, True)
+    handler.addFilter(CorrelationIdFilter(default_value="-"))
+    if log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                _JSON_FIELDS,
+                rename_fields={
+                    "levelname": "level",
+                    "name": "logger",
+                    "correlation_id": "request_id",
+                },
+            )
+        )
+        # uvicorn's own handlers write plain text: send its lines through this one instead.
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            logger = logging.getLogger(name)
+            logger.handlers.clear()
+            logger.propagate = True
+    else:
+        handler.setFormatter(logging.Formatter(_PLAIN))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+class PoolMetrics:
+    """The synchronous path's torch pool, as gauges read at scrape time, and its refusals."""
+
+    def __init__(self, registry: CollectorRegistry, pool: TorchPool) -> None:
+        in_use = Gauge(
+            "cnnviz_torch_pool_in_use",
+            "torch calls of the synchronous path running or waiting for a slot",
+            registry=registry,
+        )
+        in_use.set_function(lambda: pool.admitted)
+        capacity = Gauge(
+            "cnnviz_torch_pool_capacity",
+            "torch calls that may run or wait at once; past it, 503 busy",
+            registry=registry,
+        )
+        capacity.set_function(lambda: pool.capacity)
+        self.busy = Counter(
+            "cnnviz_busy_rejections",
+            "requests answered 503 busy (the torch pool or the in-process job queue was full)",
+            ["handler"],
+            registry=registry,
+        )
+
+
+def install_observability(app: FastAPI, pool: TorchPool) -> CollectorRegistry:
+    """Add ``/metrics`` and the request-id middleware to ``app``; its metrics registry.
+
+    Each app has its own registry, so that several apps in one process (tests) do not clash.
+    """
+    registry = CollectorRegistry()
+    Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=["/metrics"],
+        registry=registry,
+    ).instrument(app).expose(app, include_in_schema=False, should_gzip=True)
+    app.state.metrics_registry = registry
+    app.state.pool_metrics = PoolMetrics(registry, pool)
+    app.add_middleware(
+        CorrelationIdMiddleware,
+        header_name=REQUEST_ID_HEADER,
+        generator=lambda: uuid.uuid4().hex,
+        validator=_valid_request_id,
+        transformer=lambda value: value,
+    )
+    return registry
+
+
+def count_busy(request: Request) -> None:
+    """Count a 503 busy answer under its route template."""
+    metrics: PoolMetrics | None = getattr(request.app.state, "pool_metrics", None)
+    if metrics is None:
+        return
+    metrics.busy.labels(handler=_route_template(request)).inc()
+
+
+def _route_template(request: Request) -> str:
+    """The path template of the request's route, as the http_* metrics name it."""
+    return get_route_name(request, should_include_root_path=False) or "none"

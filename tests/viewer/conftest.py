@@ -1,0 +1,96 @@
+"""A real headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium)
+against a real uvicorn serving the app.
+
+``make test`` installs Chromium where it is missing (``scripts/ensure-chromium``). Without it
+these tests are skipped, except under CI (``CI`` set), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from service.main import create_app
+from tests.api.conftest import MODELS_TOML, make_settings, serve
+
+# Generous for two busy cores; a flow that is really stuck fails instead of hanging.
+WAIT_S = 60
+
+
+def _browser() -> tuple[str, str] | None:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (binary, driver) if binary and driver else None
+
+
+@pytest.fixture(scope="session")
+def viewer_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    """``shapes`` and the 1-channel 8×8 test models; previews often, so a short job shows one."""
+    models_file = tmp_path_factory.mktemp("viewer") / "models.toml"
+    models_file.write_text(MODELS_TOML, encoding="utf-8")
+    return create_app(make_settings(models_file, job_preview_interval=0.2))
+
+
+@pytest.fixture(scope="session")
+def viewer_url(viewer_app: FastAPI) -> Iterator[str]:
+    with serve(viewer_app) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def http_client(viewer_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=viewer_url, timeout=WAIT_S) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[WebDriver]:
+    found = _browser()
+    if found is None:
+        message = "chromium and chromedriver are not installed (scripts/ensure-chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    binary, driver_path = found
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
+        options.add_argument(arg)
+    # Every request the page makes is logged, so a test can check that none leaves the host.
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def page(browser: WebDriver) -> Iterator[WebDriver]:
+    """The browser with its request log emptied and local storage cleared after the test."""
+    browser.get_log("performance")
+    yield browser
+    browser.execute_script("window.localStorage && localStorage.clear()")
+
+
+def wait(driver: WebDriver, condition, message: str):  # type: ignore[no-untyped-def]
+    """Wait until ``condition(driver)`` is truthy; its value."""
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message)
