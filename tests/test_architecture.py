@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cnnviz", "schemas", "workers", "service")
+PACKAGES = ("cnnviz", "schemas", "workers", "service", "cnnviz_client")
 OURS = frozenset(PACKAGES)
 # The modules of workers that hold Celery: nothing else may import them, and only they may
 # import Celery.
@@ -27,6 +27,7 @@ MAY_IMPORT = {
     "schemas": {"schemas"},
     "workers": {"workers", "cnnviz", "schemas"},
     "service": {"service", "cnnviz", "schemas", "workers"},  # workers: not CELERY_MODULES
+    "cnnviz_client": {"cnnviz_client", "schemas"},  # the client speaks HTTP: no torch
 }
 WEB_AND_QUEUE = {
     "fastapi",
@@ -125,6 +126,16 @@ def test_the_job_domain_pulls_in_no_celery() -> None:
             celery = any(name == m or name.startswith(m + ".") for m in CELERY_MODULES)
             if name.split(".")[0] in {"celery", "kombu", "service"} or celery:
                 wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_client_needs_no_torch_and_no_server() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in files_of("cnnviz_client")
+        for name in imported_names(path)
+        if name.split(".")[0] in {"torch", "torchvision", "fastapi", "celery", "redis", "numpy"}
+    ]
     assert not wrong, "\n".join(wrong)
 
 

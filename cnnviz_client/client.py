@@ -1,0 +1,201 @@
+"""The client: one method per use of the API, answers parsed into :mod:`schemas`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+from schemas.feature_maps import FeatureMapsRead
+from schemas.jobs import JobRead, JobStatus
+from schemas.models import LayerList, ModelList
+from schemas.optimization import OptimizationCreate, OptimizationResult
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+OptimizationJob = JobRead[OptimizationCreate, OptimizationResult]
+# The typed view of each kind of job; a kind not listed is read with plain dicts.
+_JOB_TYPES: dict[str, type[JobRead[Any, Any]]] = {"optimization": OptimizationJob}
+_AnyJob = JobRead[dict[str, Any], dict[str, Any]]
+
+
+def _job(content: bytes) -> JobRead[Any, Any]:
+    kind = json.loads(content).get("kind", "")
+    return _JOB_TYPES.get(kind, _AnyJob).model_validate_json(content)
+
+
+class ApiError(Exception):
+    """The service answered with an error (problem+json): its status, code and detail."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        super().__init__(f"{status} {code}: {detail}")
+
+
+class JobFailed(Exception):
+    """A waited-for job ended without a result (failed or cancelled)."""
+
+    def __init__(self, job: JobRead[Any, Any]) -> None:
+        self.job = job
+        error = f": {job.error.code}: {job.error.message}" if job.error else ""
+        super().__init__(f"job {job.id} {job.status.value}{error}")
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+        code, detail = str(body.get("code", "error")), str(body.get("detail", response.text))
+    except ValueError:
+        code, detail = "error", response.text.strip() or response.reason_phrase
+    raise ApiError(response.status_code, code, detail)
+
+
+class Client:
+    """A cnnviz service at ``base_url``; ``api_key`` when the service has keys."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, path, **kwargs)
+        _raise_for_problem(response)
+        return response
+
+    # ---- models --------------------------------------------------------------------------
+
+    def models(self) -> ModelList:
+        return ModelList.model_validate_json(self._request("GET", "/v1/models").content)
+
+    def layers(self, model: str) -> LayerList:
+        response = self._request("GET", f"/v1/models/{model}/layers")
+        return LayerList.model_validate_json(response.content)
+
+    # ---- feature maps --------------------------------------------------------------------
+
+    def feature_maps(
+        self,
+        model: str,
+        layers: Sequence[str],
+        image: bytes | str | Path | None = None,
+        sample: str | None = None,
+        **options: Any,
+    ) -> FeatureMapsRead:
+        """Grids of ``layers`` for an image (bytes or a file path) or a built-in ``sample``.
+
+        ``options``: ``channels``, ``top_k``, ``normalize``, ``colormap``, ``columns``,
+        ``padding``, ``scale``, ``fit`` (see the API docs).
+        """
+        body: dict[str, Any] = {"layers": list(layers), **options}
+        if image is not None:
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            body["image"] = base64.b64encode(data).decode("ascii")
+        if sample is not None:
+            body["sample"] = sample
+        response = self._request("POST", f"/v1/models/{model}/feature-maps", json=body)
+        return FeatureMapsRead.model_validate_json(response.content)
+
+    # ---- optimization jobs ---------------------------------------------------------------
+
+    def optimize(
+        self,
+        model: str,
+        request: OptimizationCreate | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> JobRead[OptimizationCreate, OptimizationResult]:
+        """Queue an optimization (a request, or its fields: ``layer``, ``channels``, ...)."""
+        body = request or OptimizationCreate(**fields)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = self._request(
+            "POST",
+            f"/v1/models/{model}/optimizations",
+            content=body.model_dump_json(exclude_unset=True),
+            headers={"Content-Type": "application/json", **headers},
+        )
+        return OptimizationJob.model_validate_json(response.content)
+
+    def job(self, job_id: str) -> JobRead[Any, Any]:
+        """A job of any kind; optimization jobs typed as :data:`OptimizationJob`."""
+        return _job(self._request("GET", f"/v1/jobs/{job_id}").content)
+
+    def cancel(self, job_id: str) -> JobRead[Any, Any]:
+        return _job(self._request("POST", f"/v1/jobs/{job_id}/cancel").content)
+
+    def wait(
+        self,
+        job_id: str,
+        progress: bool | Callable[[JobRead[Any, Any]], None] = False,
+        timeout: float | None = None,
+        poll_s: float = 0.5,
+    ) -> JobRead[Any, Any]:
+        """Poll a job until it ends; the finished job. ``JobFailed`` unless it succeeded.
+
+        ``progress``: ``True`` draws a progress bar on stderr (tqdm); a callable is called
+        with the job at each poll. ``TimeoutError`` after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        if progress is True:
+            from tqdm import tqdm
+
+            bar = tqdm(total=1, unit="step", desc=f"job {job_id[:8]}", leave=True)
+        try:
+            while True:
+                job = self.job(job_id)
+                if callable(progress):
+                    progress(job)
+                if bar is not None and job.progress is not None:
+                    bar.total = job.progress.total
+                    bar.n = job.progress.step
+                    bar.set_postfix_str(job.status.value, refresh=False)
+                    bar.refresh()
+                if job.status.finished:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} is still {job.status.value}")
+                time.sleep(poll_s)
+        finally:
+            if bar is not None:
+                bar.close()
+        if job.status != JobStatus.SUCCEEDED:
+            raise JobFailed(job)
+        return job
+
+    def result_png(self, job: JobRead[Any, Any]) -> bytes:
+        """The grid PNG of a succeeded optimization job."""
+        if job.result is None:
+            raise JobFailed(job)
+        return base64.b64decode(OptimizationResult.model_validate(job.result).grid)
+
+    def save_result(self, job: JobRead[Any, Any], path: str | Path) -> Path:
+        """Write a succeeded job's grid PNG to ``path``."""
+        out = Path(path)
+        out.write_bytes(self.result_png(job))
+        return out

@@ -1,0 +1,118 @@
+"""The ``cnnviz`` command: what it writes, what it prints, and errors without a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnnviz_client.cli import main, parse_channels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_channel_ranges() -> None:
+    assert parse_channels("0-3,8") == [0, 1, 2, 3, 8]
+    assert parse_channels("all") == "all"
+
+
+def test_maps_writes_the_grid(
+    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (80, 60), (10, 200, 30)).save(photo)
+    out = tmp_path / "maps.png"
+    code = main(
+        [
+            "--url",
+            service_url,
+            "maps",
+            str(photo),
+            "-m",
+            "shapes",
+            "-l",
+            "block1.conv",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    with Image.open(out) as grid:
+        assert grid.size == (4 * 64 + 5, 4 * 64 + 5)  # 16 tiles, 1 px padding
+    assert "block1.conv [16, 64, 64], 16 channels in 4×4 tiles of 64×64" in capsys.readouterr().out
+
+
+def test_optimize_waits_with_a_progress_bar_and_saves_the_patterns(
+    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "patterns.png"
+    code = main(
+        [
+            "--url",
+            service_url,
+            "optimize",
+            "-m",
+            "shapes",
+            "-l",
+            "block3.relu",
+            "-c",
+            "0-3",
+            "--steps",
+            "24",
+            "--seed",
+            "5",
+            "--wait",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "24/24" in captured.err  # the bar reached the last step
+    assert f"{out}: 4 image(s) of block3.relu" in captured.out
+    with Image.open(out) as grid:
+        assert grid.format == "PNG"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNVIZ_")}
+    return subprocess.run(
+        [sys.executable, "-m", "cnnviz_client", *args],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_an_error_is_printed_from_the_problem_without_a_traceback(service_url: str) -> None:
+    done = run_cli(
+        "--url", service_url, "optimize", "-m", "shapes", "-l", "block3.relu", "-c", "99"
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("cnnviz: error 422 invalid_argument: ")
+    assert "99" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_service_is_said_plainly() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = run_cli("--url", f"http://127.0.0.1:{port}", "models")
+    assert done.returncode == 2
+    assert f"cannot reach the service at http://127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_several_processes_with_in_process_jobs() -> None:
+    done = run_cli("serve", "--workers", "2")
+    assert done.returncode == 1
+    assert "--workers > 1 needs CNNVIZ_REDIS_URL" in done.stderr

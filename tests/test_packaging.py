@@ -1,0 +1,83 @@
+"""The two distributions: the core brings no web or queue library and no generic top-level
+package; the service distribution carries the service, workers, client, viewer and command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_ONLY = {"fastapi", "uvicorn", "celery", "redis", "pydantic", "pydantic-settings", "httpx"}
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zipfile.ZipFile]:
+    out = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(ROOT),
+            str(ROOT / "server"),
+        ],
+        check=True,
+        timeout=300,
+        cwd=out,
+    )
+    found = {p.name.split("-")[0]: zipfile.ZipFile(p) for p in out.glob("*.whl")}
+    assert set(found) == {"cnnviz", "cnnviz_service"}
+    return found
+
+
+def top_level(wheel: zipfile.ZipFile) -> set[str]:
+    return {n.split("/")[0] for n in wheel.namelist() if ".dist-info/" not in n}
+
+
+def requires(wheel: zipfile.ZipFile) -> list[str]:
+    [meta] = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    return Parser().parsestr(wheel.read(meta).decode()).get_all("Requires-Dist") or []
+
+
+def test_the_core_is_cnnviz_alone(wheels: dict[str, zipfile.ZipFile]) -> None:
+    core = wheels["cnnviz"]
+    assert top_level(core) == {"cnnviz"}
+    assert "cnnviz/models/weights/shapes.safetensors" in core.namelist()
+    needed = {
+        r.split(";")[0].split(">")[0].split("=")[0].split("[")[0].strip()
+        for r in requires(core)
+        if "extra ==" not in r
+    }
+    assert needed == {
+        "torch",
+        "torchvision",
+        "numpy",
+        "pillow",
+        "safetensors",
+        "matplotlib",
+        "captum",
+    }
+    assert not needed & SERVER_ONLY
+
+
+def test_the_service_distribution_has_the_rest(wheels: dict[str, zipfile.ZipFile]) -> None:
+    service = wheels["cnnviz_service"]
+    assert top_level(service) == {"schemas", "service", "workers", "cnnviz_client"}
+    names = service.namelist()
+    assert "service/static/viewer/index.html" in names
+    [entry_points] = [n for n in names if n.endswith("entry_points.txt")]
+    assert "cnnviz = cnnviz_client.cli:main" in service.read(entry_points).decode()
+    server_extra = [r for r in requires(service) if 'extra == "server"' in r]
+    assert any(r.startswith("fastapi") for r in server_extra)
+    assert any(r.startswith("celery") for r in server_extra)
