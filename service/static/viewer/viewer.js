@@ -249,6 +249,7 @@ async function startOptimization() {
   const job = await response.json();
   $("job").hidden = false;
   $("job-result-figure").hidden = true;
+  $("job-preview").closest("figure").hidden = false;
   $("job-units").innerHTML = "";
   $("job-preview").removeAttribute("src");
   $("job-link").href = `/v1/jobs/${job.id}`;
@@ -274,7 +275,7 @@ async function startOptimization() {
   showResult(finished, $("job-result"), $("job-result-caption"));
   if (finished.status === "succeeded") {
     $("job-result-figure").hidden = false;
-    $("job-preview").src = $("job-result").src; // a finished job's preview is its result
+    $("job-preview").closest("figure").hidden = true; // the result replaces the preview
     const list = $("job-units");
     for (const u of finished.result.units) {
       if (u.channel === null || u.sample > 0) continue;
