@@ -36,6 +36,7 @@ from cnnviz.featuremaps import feature_maps
 from cnnviz.imaging import preprocess
 from cnnviz.models import LoadedModel, ModelRegistry
 from schemas.feature_maps import FeatureMapsOptions
+from service.concurrency import TorchPool
 from service.feature_maps import FeatureMapsRequest, render_json
 
 CASES = [("shapes", "block1.conv", 64), ("resnet18", "layer2", 224)]
@@ -141,8 +142,11 @@ def measure(
 
     request = FeatureMapsRequest(FeatureMapsOptions(layers=[layer]), image_bytes=upload)
 
+    pool = TorchPool(1, 0)
+
     def service_work() -> bytes:
-        return render_json(registry, spec.name, request, 40_000_000)
+        with pool.cores.claim():
+            return render_json(registry, spec.name, request, 40_000_000, pool)
 
     form = httpx.Request(
         "POST", url, files={"image": ("star.png", upload, "image/png")}, data={"layers": [layer]}

@@ -10,6 +10,12 @@ The notebook entry point::
 
 Several layers share one forward pass, which stops at the deepest of them and runs under
 ``torch.inference_mode()``. The model is left as it was found (modes, hooks, ``requires_grad``).
+The forward runs in fp32 unless asked otherwise (``precision``, see :mod:`cnnviz.precision`):
+the numbers are exact by default.
+
+The two halves are public for callers that batch images from several requests:
+:func:`layer_activations` (one forward pass for a batch) and :func:`maps_from_activations`
+(the grids of one image's activations).
 
 A layer of shape ``(C, H, W)`` gives ``C`` tiles of ``H×W``. A vector layer ``(K,)`` (a linear
 layer, the logits) gives ``K`` tiles of 1×1, so top-k and the statistics still mean something;
@@ -18,7 +24,7 @@ any other shape is a :class:`LayerShapeError`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,8 +43,17 @@ from cnnviz.imaging.heatmap import (
 )
 from cnnviz.imaging.png import DEFAULT_COMPRESS_LEVEL, encode_png
 from cnnviz.layers import layer_index
+from cnnviz.precision import resolve_precision
 
-__all__ = ["LayerMaps", "feature_map_grid", "feature_maps", "select_channels"]
+__all__ = [
+    "LayerMaps",
+    "check_options",
+    "feature_map_grid",
+    "feature_maps",
+    "layer_activations",
+    "maps_from_activations",
+    "select_channels",
+]
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,20 @@ def _as_maps(name: str, model_name: str, output: object) -> torch.Tensor:
     return maps
 
 
+def check_options(
+    *,
+    channels: Sequence[int] | None = None,
+    top_k: int | None = None,
+    normalize: str = "channel",
+    colormap: str = DEFAULT_COLORMAP,
+    padding: int = 1,
+    scale: int = 1,
+) -> None:
+    """Check the grid options of :func:`feature_maps` (InvalidArgumentError), no forward."""
+    _check_options(channels, top_k, scale, padding, normalize)
+    palette(colormap)
+
+
 def _check_options(
     channels: Sequence[int] | None, top_k: int | None, scale: int, padding: int, normalize: str
 ) -> None:
@@ -148,6 +177,7 @@ def feature_maps(
     padding: int = 1,
     scale: int = 1,
     max_grid_pixels: int = DEFAULT_MAX_GRID_PIXELS,
+    precision: str = "fp32",
 ) -> list[LayerMaps]:
     """The feature-map grid of each of ``layers`` for one preprocessed image ``x``.
 
@@ -157,28 +187,97 @@ def feature_maps(
     (:func:`select_channels`); ``normalize`` maps each channel's own range (``"channel"``) or
     the whole layer's range (``"layer"``) onto ``colormap`` (a matplotlib colormap name);
     ``columns``, ``padding`` and integer ``scale`` (nearest-neighbour upscaling) shape the grid,
-    which may not exceed ``max_grid_pixels``.
+    which may not exceed ``max_grid_pixels``. ``precision``: the forward's, ``"fp32"`` (exact,
+    the default), ``"auto"``, ``"bf16"`` or ``"fp16"`` (:mod:`cnnviz.precision`).
 
     Returns one :class:`LayerMaps` per distinct layer, in the order asked. Raises
     :class:`UnknownLayerError`, :class:`LayerShapeError` or :class:`InvalidArgumentError`.
     """
-    _check_options(channels, top_k, scale, padding, normalize)
-    colours = palette(colormap)  # validates the name before the forward pass
+    check_options(  # before the forward pass
+        channels=channels,
+        top_k=top_k,
+        normalize=normalize,
+        colormap=colormap,
+        padding=padding,
+        scale=scale,
+    )
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[0] != 1:
         raise InvalidArgumentError(f"x must be (C, H, W) or (1, C, H, W), got {tuple(x.shape)}")
+    outputs = layer_activations(model, x, layers, precision=precision)
+    return maps_from_activations(
+        outputs,
+        list(outputs),
+        model_name=layer_index(model).name,
+        channels=channels,
+        top_k=top_k,
+        normalize=normalize,
+        colormap=colormap,
+        columns=columns,
+        padding=padding,
+        scale=scale,
+        max_grid_pixels=max_grid_pixels,
+    )
+
+
+def layer_activations(
+    model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, precision: str = "fp32"
+) -> dict[str, torch.Tensor]:
+    """One forward pass of a batch ``x`` ``(N, C, H, W)``: ``{layer: (N, *shape)}``, fp32.
+
+    The layers are resolved (UnknownLayerError), without repeats, in the order asked; the
+    forward stops at the deepest, runs under ``torch.inference_mode()`` in ``precision``
+    (``"fp32"``: exact, a contiguous input, no autocast), and leaves the model as found.
+    """
     index = layer_index(model)
     names = index.resolve(layers)
     param = next(model.parameters(), None)
     if param is not None:
         x = x.to(device=param.device, dtype=param.dtype)
+    numerics = resolve_precision(precision, x.device)
+    if not numerics.reduced:
+        numerics = numerics.exact()
     with torch.inference_mode():
-        outputs = index.capture(x, names)
+        with numerics.autocast():
+            outputs = index.capture(numerics.prepare(x), names)
+        return {
+            name: out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+            for name, out in outputs.items()
+        }
+
+
+def maps_from_activations(
+    outputs: Mapping[str, object],
+    layers: Sequence[str],
+    *,
+    model_name: str = "model",
+    channels: Sequence[int] | None = None,
+    top_k: int | None = None,
+    normalize: Normalize = "channel",
+    colormap: str = DEFAULT_COLORMAP,
+    columns: int | None = None,
+    padding: int = 1,
+    scale: int = 1,
+    max_grid_pixels: int = DEFAULT_MAX_GRID_PIXELS,
+) -> list[LayerMaps]:
+    """The grids of one image: ``outputs[layer]`` is ``(1, *shape)`` (as from
+    :func:`layer_activations` for a batch of one, or one row of a batch), for each of
+    ``layers``. The options are those of :func:`feature_maps`."""
+    check_options(
+        channels=channels,
+        top_k=top_k,
+        normalize=normalize,
+        colormap=colormap,
+        padding=padding,
+        scale=scale,
+    )
+    colours = palette(colormap)
+    with torch.inference_mode():
         return [
             _layer_maps(
                 name,
-                index.name,
+                model_name,
                 outputs[name],
                 channels=channels,
                 top_k=top_k,
@@ -189,7 +288,7 @@ def feature_maps(
                 scale=scale,
                 max_grid_pixels=max_grid_pixels,
             )
-            for name in names
+            for name in layers
         ]
 
 

@@ -61,6 +61,13 @@ class FeatureMapsOptions(BaseModel):
         "side and cuts the centre; `stretch` scales each side.",
     )
 
+    precision: Literal["fp32", "auto", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="the forward pass's precision: `fp32` (exact numbers, the default), or "
+        "`auto`, `bf16`, `fp16` (autocast, faster where the hardware has it: `auto` is bf16 "
+        "on a CPU with native bf16 and on CUDA with bf16); statistics are computed in fp32",
+    )
+
     @model_validator(mode="after")
     def _one_selection(self) -> Self:
         if self.channels is not None and self.top_k is not None:

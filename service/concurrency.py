@@ -3,6 +3,10 @@
 Torch runs in worker threads, never on the event loop. At most ``concurrency`` calls run at
 once and at most ``backlog`` more wait; past that the caller gets :class:`ServiceBusy` at once
 (503 with ``Retry-After``) rather than an unbounded queue.
+
+Each call runs under a claim of the process's :class:`~cnnviz.threads.CoreShare` (shared with
+the in-process jobs): alone it has every core, with others running it has its fair share. Its
+:class:`~service.batching.MicroBatcher` batches the forward passes of concurrent requests.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from typing import TypeVar
 
 import anyio
 import anyio.to_thread
+
+from cnnviz.threads import CoreShare
+from service.batching import MicroBatcher
 
 T = TypeVar("T")
 
@@ -27,10 +34,18 @@ class ServiceBusy(Exception):
 class TorchPool:
     """Runs blocking torch calls in threads with a bound on running and waiting calls."""
 
-    def __init__(self, concurrency: int, backlog: int) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        backlog: int,
+        cores: CoreShare | None = None,
+        batcher: MicroBatcher | None = None,
+    ) -> None:
         self.capacity = concurrency + backlog
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._admitted = 0
+        self.cores = cores if cores is not None else CoreShare()
+        self.batcher = batcher if batcher is not None else MicroBatcher(self.cores)
 
     @property
     def admitted(self) -> int:
@@ -44,6 +59,10 @@ class TorchPool:
         # The event loop is single-threaded: this counter needs no lock.
         self._admitted += 1
         try:
-            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+            return await anyio.to_thread.run_sync(self._claimed, func, *args, limiter=self._limiter)
         finally:
             self._admitted -= 1
+
+    def _claimed(self, func: Callable[..., T], *args: object) -> T:
+        with self.cores.claim():
+            return func(*args)

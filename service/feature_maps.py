@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from cnnviz.featuremaps import LayerMaps, feature_maps
+from cnnviz.featuremaps import (
+    LayerMaps,
+    check_options,
+    layer_activations,
+    maps_from_activations,
+)
 from cnnviz.imaging import preprocess
 from cnnviz.models import ModelRegistry
 from schemas.feature_maps import (
@@ -26,6 +31,7 @@ from schemas.feature_maps import (
     GridLayout,
     LayerMapRead,
 )
+from service.concurrency import TorchPool
 from service.errors import ApiError
 from service.image_request import ImageRequest, read_image_request
 
@@ -52,26 +58,49 @@ async def read_request(request: Request) -> FeatureMapsRequest:
 
 
 def render(
-    registry: ModelRegistry, model: str, request: FeatureMapsRequest, max_pixels: int
+    registry: ModelRegistry,
+    model: str,
+    request: FeatureMapsRequest,
+    max_pixels: int,
+    pool: TorchPool,
 ) -> list[Rendered]:
-    """Decode, preprocess, one forward pass, grids and PNGs: blocking, for the torch pool."""
+    """Decode, preprocess, one forward pass, grids and PNGs: blocking, for the torch pool.
+
+    The forward pass goes through the pool's micro-batcher: requests for the same model,
+    layers and precision that are due together share one, with the same numbers as alone.
+    """
     loaded = registry.get(model)
     options = request.options
-    loaded.index.resolve(options.layers)  # a bad layer name costs no decoding
-    spec = loaded.spec
-    image = request.decoded(max_pixels, spec.input_size)
-    x = preprocess(
-        image,
-        size=spec.input_size,
-        channels=spec.channels,
-        mean=spec.mean,
-        std=spec.std,
-        fit=options.fit,
+    names = loaded.index.resolve(options.layers)  # a bad layer name costs no decoding
+    check_options(  # nor a bad option
+        channels=options.channels,
+        top_k=options.top_k,
+        normalize=options.normalize,
+        colormap=options.colormap,
+        padding=options.padding,
+        scale=options.scale,
     )
-    maps = feature_maps(
-        loaded.module,
+    spec = loaded.spec
+    with pool.batcher.arriving():
+        image = request.decoded(max_pixels, spec.input_size)
+        x = preprocess(
+            image,
+            size=spec.input_size,
+            channels=spec.channels,
+            mean=spec.mean,
+            std=spec.std,
+            fit=options.fit,
+        )
+    key = (model, frozenset(names), options.precision, tuple(x.shape))
+    outputs = pool.batcher.forward(
+        key,
         x,
-        options.layers,
+        lambda batch: layer_activations(loaded.module, batch, names, precision=options.precision),
+    )
+    maps = maps_from_activations(
+        outputs,
+        names,
+        model_name=spec.name,
         channels=options.channels,
         top_k=options.top_k,
         normalize=options.normalize,
@@ -116,7 +145,11 @@ def to_read(model: str, rendered: list[Rendered]) -> FeatureMapsRead:
 
 
 def render_json(
-    registry: ModelRegistry, model: str, request: FeatureMapsRequest, max_pixels: int
+    registry: ModelRegistry,
+    model: str,
+    request: FeatureMapsRequest,
+    max_pixels: int,
+    pool: TorchPool,
 ) -> bytes:
     """:func:`render`, then the ``FeatureMapsRead`` answer serialized: blocking, for the pool.
 
@@ -124,7 +157,8 @@ def render_json(
     per-channel stats, the base64 and the JSON off the event loop, and FastAPI does not
     validate and serialize the answer a second time.
     """
-    return to_read(model, render(registry, model, request, max_pixels)).model_dump_json().encode()
+    rendered = render(registry, model, request, max_pixels, pool)
+    return to_read(model, rendered).model_dump_json().encode()
 
 
 def png_headers(maps: LayerMaps) -> dict[str, str]:

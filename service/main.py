@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from cnnviz.models import ModelRegistry
+from cnnviz.threads import CoreShare
+from service.batching import MicroBatcher
 from service.concurrency import TorchPool
 from service.cors import install_cors
 from service.docs import install_docs
@@ -34,13 +35,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    if settings.torch_threads:
-        # Several requests run torch at once; oversubscribed intra-op threads slow them all.
-        torch.set_num_threads(settings.torch_threads)
     app.state.settings = settings
     app.state.registry = ModelRegistry.from_file(settings.models_file, device=settings.device)
-    app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog)
-    app.state.jobs = build_jobs(settings, app.state.registry)
+    # One share of the cores for every torch call of the process: requests and jobs.
+    cores = CoreShare(settings.torch_threads)
+    batcher = MicroBatcher(
+        cores, settings.sync_batch_max, max_delay_s=settings.sync_batch_delay_ms / 1000
+    )
+    app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog, cores, batcher)
+    app.state.jobs = build_jobs(settings, app.state.registry, cores)
     install_error_handlers(app)
     install_docs(app)
     app.mount(VIEWER_ASSETS, StaticFiles(directory=STATIC_DIR / "viewer"), name="viewer-assets")

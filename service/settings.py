@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -30,10 +29,20 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=64 * 64)
     sync_concurrency: int = Field(default=2, ge=1, description="torch calls run at once")
     torch_threads: int | None = Field(
-        default_factory=lambda data: max(1, (os.cpu_count() or 1) // data["sync_concurrency"]),
+        default=None,
         ge=1,
-        description="torch intra-op threads of the API process; default: cores divided by "
-        "sync_concurrency, so that concurrent torch calls do not oversubscribe the cores",
+        description="cores the torch work of the API process shares (synchronous requests and "
+        "in-process jobs): each running call gets cores ÷ running calls threads, so one alone "
+        "uses them all; default: every core the process may run on",
+    )
+    sync_batch_max: int = Field(
+        default=8, ge=1, le=64, description="most images of one batched forward pass (1: off)"
+    )
+    sync_batch_delay_ms: float = Field(
+        default=4.0,
+        ge=0,
+        le=100,
+        description="how long a forward pass waits for requests on their way to join it",
     )
     sync_backlog: int = Field(
         default=16, ge=0, description="requests that may wait for a torch slot before 503"

@@ -16,8 +16,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
+from cnnviz.threads import CoreShare, SharedCounter
 from schemas.jobs import JOB_QUEUE, JOB_TASK, MERGE_TASK, SHARD_TASK
 from workers.config import get_worker_settings
+from workers.device import child_index
 
 settings = get_worker_settings()
 
@@ -81,10 +83,17 @@ app.conf.update(
 )
 
 
+# The cores of the machine (or CNNVIZ_WORKER_TORCH_THREADS of them), shared by the pool
+# children running a job: one alone uses them all, N at once get a fair share each, so the
+# children's OpenMP teams never oversubscribe the cores. Made here, in the parent, before the
+# pool forks: the count lives in shared memory that every child inherits.
+CORES = CoreShare(settings.worker_torch_threads, SharedCounter(child_index))
+
+
 @worker_process_init.connect
 def _init_child(**_: Any) -> None:
-    """In each pool child, after the fork: torch threads (models load at the first job)."""
-    if settings.worker_torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.worker_torch_threads)
+    """In each pool child, after the fork (models load at the first job): a child that
+    replaces a killed one must not inherit its count of running jobs."""
+    counter = CORES.counter
+    if isinstance(counter, SharedCounter):
+        counter.reset()

@@ -31,7 +31,10 @@ class WorkerSettings(BaseSettings):
         "available, else cpu; or cpu, cuda, cuda:N, mps",
     )
     worker_torch_threads: int | None = Field(
-        default=None, ge=1, description="torch intra-op threads per child; unset: torch's default"
+        default=None,
+        ge=1,
+        description="cores the pool children share: each child running a job gets cores ÷ "
+        "children running jobs torch threads (all of them alone); unset: every core",
     )
     job_soft_time_limit: float = Field(
         default=1800, gt=0, description="seconds; the job fails with a timeout error"

@@ -15,6 +15,7 @@ for the in-process transport and must not pull Celery in.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -118,15 +119,23 @@ def run_shard(
             def report(progress: Progress, preview: bytes | None) -> None:
                 records.progress(job_id, attempt, progress, preview)
 
-        context = JobContext(
-            job_id=job_id,
-            on_progress=report,
-            should_cancel=lambda: records.should_stop(job_id, attempt),
-            deadline=deadline if deadline is not None else limits.deadline(),
-            progress_interval_s=limits.progress_interval_s,
-            preview_interval_s=limits.preview_interval_s,
-        )
-        return kind.run_shard(request, task.model, shard, resources, context)
+        cores = resources.cores
+        with cores.claim() if cores is not None else contextlib.nullcontext() as claim:
+
+            def should_cancel() -> bool:
+                if claim is not None:  # every step: follow the share as others start and end
+                    claim.refresh()
+                return records.should_stop(job_id, attempt)
+
+            context = JobContext(
+                job_id=job_id,
+                on_progress=report,
+                should_cancel=should_cancel,
+                deadline=deadline if deadline is not None else limits.deadline(),
+                progress_interval_s=limits.progress_interval_s,
+                preview_interval_s=limits.preview_interval_s,
+            )
+            return kind.run_shard(request, task.model, shard, resources, context)
     except Exception as exc:
         status, error = _outcome(task, exc, limits)
         return {_FAILED: {"status": status.value, "error": error and error.model_dump()}}

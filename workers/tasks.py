@@ -23,7 +23,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from cnnviz.models import ModelRegistry
 from schemas.jobs import JOB_TASK, MERGE_TASK, SHARD_TASK, JobError, JobTask
-from workers.app import app, settings
+from workers.app import CORES, app, settings
 from workers.device import child_index, choose_device
 from workers.kinds import Partial, Resources
 from workers.records.redis import RedisRecords
@@ -41,7 +41,8 @@ def _child_resources() -> Resources:
     if _resources is None:
         device = choose_device(settings.worker_device, child_index())
         log.info("pool child %d uses %s", child_index(), device)
-        _resources = Resources(models=ModelRegistry.from_file(settings.models_file, device=device))
+        models = ModelRegistry.from_file(settings.models_file, device=device)
+        _resources = Resources(models=models, cores=CORES)
     return _resources
 
 

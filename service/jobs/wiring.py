@@ -9,19 +9,25 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cnnviz.models import ModelRegistry
+from cnnviz.threads import CoreShare
 from service.concurrency import TorchPool
 from service.jobs.manager import JobManager
 from service.settings import Settings
 from workers.kinds import Resources
 
 
-def build_jobs(settings: Settings, registry: ModelRegistry) -> JobManager:
-    """The manager, its store and its transport; nothing connects until first used."""
+def build_jobs(
+    settings: Settings, registry: ModelRegistry, cores: CoreShare | None = None
+) -> JobManager:
+    """The manager, its store and its transport; nothing connects until first used.
+
+    ``cores``: the process's share of the cores, which in-process jobs take part in.
+    """
     # Checking a job before queueing it takes milliseconds once the model is loaded; it gets
     # a thread of its own with a deep backlog, so a burst of submissions is not refused by
     # the synchronous path's bound, nor slows feature maps down.
-    pool = TorchPool(concurrency=1, backlog=256)
-    resources = Resources(models=registry)
+    pool = TorchPool(concurrency=1, backlog=256, cores=cores)
+    resources = Resources(models=registry, cores=cores)
     if settings.redis_url:
         from service.jobs.celery_client import CeleryTransport
         from workers.records.redis import RedisRecords

@@ -118,10 +118,10 @@ async def create_feature_maps(
             "ask for one layer, or for application/json",
         )
     if png:
-        rendered = await pool.run(render, registry, model, body, settings.max_image_pixels)
+        rendered = await pool.run(render, registry, model, body, settings.max_image_pixels, pool)
         return Response(
             rendered[0].png, media_type="image/png", headers=png_headers(rendered[0].maps)
         )
     # FeatureMapsRead (the response_model above, the contract in OpenAPI), serialized in the pool.
-    content = await pool.run(render_json, registry, model, body, settings.max_image_pixels)
+    content = await pool.run(render_json, registry, model, body, settings.max_image_pixels, pool)
     return Response(content, media_type="application/json")

@@ -11,6 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnviz.data.shapes import sample_image
+from cnnviz.featuremaps import feature_maps
+from cnnviz.imaging import preprocess
+from cnnviz.models.shapes import MEAN, STD, load_shapes_net
+
 # 8×8, constant down each column; levels chosen so that no colour lies on a bin edge.
 GREY = np.array([[0, 20, 60, 100, 150, 200, 200, 200]] * 8, dtype=np.uint8)
 
@@ -133,3 +138,31 @@ def test_openapi_documents_both_encodings_with_working_examples(http: httpx.Clie
         response = http.post("/v1/models/shapes/feature-maps", json=example["value"])
         assert response.status_code == 200, (name, response.text)
     assert http.get("/docs").status_code == 200
+
+
+def test_fp32_is_the_exact_default_and_reduced_precision_is_asked_for(
+    http: httpx.Client,
+) -> None:
+    def ask(**extra: object) -> dict:  # type: ignore[type-arg]
+        body = {"sample": "star", "layers": ["block2.conv"], **extra}
+        response = http.post("/v1/models/shapes/feature-maps", json=body)
+        assert response.status_code == 200, response.text
+        (layer,) = response.json()["layers"]
+        return layer  # type: ignore[no-any-return]
+
+    x = preprocess(sample_image("star"), size=(64, 64), channels=3, mean=MEAN, std=STD)
+    [exact] = feature_maps(load_shapes_net(), x, ["block2.conv"])
+    default = ask()
+    assert [s["max"] for s in default["stats"]] == exact.stats[:, 1].tolist()  # to the bit
+    assert ask(precision="fp32") == default
+    reduced = ask(precision="bf16")
+    assert reduced["shape"] == default["shape"]
+    ours = np.array([s["mean"] for s in reduced["stats"]])
+    theirs = np.array([s["mean"] for s in default["stats"]])
+    assert not np.array_equal(ours, theirs)  # bf16 rounding shows in the numbers ...
+    assert np.allclose(ours, theirs, rtol=0.05, atol=0.05)  # ... and no more than that
+    refused = http.post(
+        "/v1/models/shapes/feature-maps",
+        json={"sample": "star", "layers": ["block2.conv"], "precision": "fp8"},
+    )
+    assert refused.status_code == 422 and "'bf16'" in refused.json()["detail"]

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from cnnviz.models import LoadedModel, ModelRegistry
+from cnnviz.threads import CoreShare
 from schemas.jobs import Progress
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -45,12 +46,15 @@ class Resources:
     """What a kind may use: the models, the data sets, and the deployment's limits.
 
     One per process (the API's, or a worker pool child's), on that process's device.
-    ``shard_images`` is the most images one shard of a data-set job handles.
+    ``shard_images`` is the most images one shard of a data-set job handles. ``cores``: the
+    share of the CPU cores a running shard takes part in (the API's with its requests, or the
+    pool children's); None: torch's own thread count.
     """
 
     models: ModelRegistry
     datasets: Any = None
     shard_images: int = 2048
+    cores: CoreShare | None = None
 
     def model(self, name: str) -> LoadedModel:
         return self.models.get(name)

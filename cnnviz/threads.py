@@ -1,0 +1,170 @@
+"""Sharing the CPU cores among the torch calls that run at once.
+
+torch's intra-op thread count is a property of the calling thread (OpenMP keeps it per
+thread): :func:`torch.set_num_threads` in one thread leaves the others as they were. A
+:class:`CoreShare` uses that to give each running call ``cores ÷ running`` threads: a call
+that runs alone uses every core, two calls get half each, and more calls than cores get one
+thread each, so OpenMP teams never oversubscribe the cores (a team that spins for cores it
+cannot get is what makes oversubscription slow). A long call (a job's optimization steps)
+calls :meth:`Claim.refresh` between steps to follow the count as others start and end.
+
+The count lives in a :class:`Counter`: a plain one for the threads of one process, or a
+:class:`SharedCounter` in shared memory for the processes forked from one parent (a Celery
+worker's pool children)::
+
+    share = CoreShare()                   # all the cores this process may run on
+    with share.claim() as claim:          # this thread now has cores ÷ running threads
+        for step in range(steps):
+            claim.refresh()
+            ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import torch
+
+__all__ = ["Claim", "CoreShare", "Counter", "LocalCounter", "SharedCounter", "available_cores"]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class Counter(Protocol):
+    """A count of running claims, changed atomically."""
+
+    def add(self, delta: int) -> int:
+        """Add ``delta``; the new count."""
+
+    @property
+    def value(self) -> int: ...
+
+
+class LocalCounter:
+    """A count shared by the threads of one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = 0
+
+    def add(self, delta: int) -> int:
+        with self._lock:
+            self._value += delta
+            return self._value
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+
+class SharedCounter:
+    """A count in shared memory, for processes forked after it was made.
+
+    Each process counts in its own slot (``slot()``, e.g. a pool child's index), and the
+    count is the sum of the slots: a process that was killed while it counted leaves its
+    slot behind, and its replacement, with the same index, zeroes it (:meth:`reset`).
+    """
+
+    def __init__(self, slot: Callable[[], int], slots: int = 256) -> None:
+        self._slots = multiprocessing.get_context("fork").Array("i", slots)
+        self._slot = slot
+
+    def _index(self) -> int:
+        return self._slot() % len(self._slots)
+
+    def reset(self) -> None:
+        """Zero this process's slot (at the start of a process that replaces another)."""
+        with self._slots.get_lock():
+            self._slots[self._index()] = 0
+
+    def add(self, delta: int) -> int:
+        with self._slots.get_lock():
+            self._slots[self._index()] += delta
+            return self._total()
+
+    def _total(self) -> int:
+        return sum(int(count) for count in self._slots[:])
+
+    @property
+    def value(self) -> int:
+        return self._total()
+
+
+class Claim:
+    """One running call's share of the cores; see :meth:`CoreShare.claim`."""
+
+    def __init__(self, share: CoreShare) -> None:
+        self._share = share
+        self.threads = 0
+
+    def refresh(self) -> int:
+        """Set this thread's torch threads to its share now; returns it."""
+        threads = self._share.threads_now()
+        if threads != self.threads or torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+            self.threads = threads
+        return threads
+
+
+class CoreShare:
+    """``cores`` shared among the claims running at once (see the module doc)."""
+
+    def __init__(self, cores: int | None = None, counter: Counter | None = None) -> None:
+        if cores is not None and cores < 1:
+            raise ValueError(f"cores must be at least 1, got {cores}")
+        self.cores = cores or available_cores()
+        self._running: Counter = counter if counter is not None else LocalCounter()
+        self._local = threading.local()  # the claim the current thread holds, if any
+
+    @property
+    def counter(self) -> Counter:
+        return self._running
+
+    @property
+    def running(self) -> int:
+        """Claims running now."""
+        return self._running.value
+
+    def threads_now(self) -> int:
+        """The threads one running claim gets now: ``cores ÷ running``, at least 1."""
+        return max(1, self.cores // max(1, self._running.value))
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[Claim]:
+        """Count this thread as running torch work for the block, with its share set."""
+        previous = getattr(self._local, "claim", None)
+        self._running.add(1)
+        try:
+            claim = Claim(self)
+            self._local.claim = claim
+            claim.refresh()
+            yield claim
+        finally:
+            self._running.add(-1)
+            self._local.claim = previous
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """Hand this thread's claim back for the block (while it waits on others), and take
+        its share again after."""
+        claim: Claim | None = getattr(self._local, "claim", None)
+        if claim is None:
+            yield
+            return
+        self._running.add(-1)
+        try:
+            yield
+        finally:
+            self._running.add(1)
+            claim.refresh()

@@ -1,0 +1,168 @@
+"""Micro-batching of the synchronous forward passes (dynamic batching, as TorchServe's
+``max_batch_delay`` or Triton's dynamic batcher).
+
+Requests for the same model, layer set and precision whose forward passes are due within a
+few milliseconds of each other run as one batch: the first to arrive (the *leader*) waits up
+to ``max_delay_s`` for the others while requests are still on their way (decoding), then runs
+one forward for all of them; the others wait for it without holding a share of the cores. A
+request that finds nobody on the way runs at once, alone, with every core.
+
+Each request gets exactly what its own forward pass would give: the first time a key runs as
+a batch of ``n``, the leader also runs every image alone and compares the two bit for bit.
+Where they differ (PyTorch picks another convolution kernel for one small image than for a
+batch, and linear layers block their sums by batch size), that batch size never batches for
+that key again: its requests run one by one, each in its own thread. The verdict depends on
+tensor shapes only, so it holds for any image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from cnnviz.threads import CoreShare
+
+Outputs = dict[str, torch.Tensor]
+Forward = Callable[[torch.Tensor], Outputs]
+
+DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_DELAY_S = 0.004
+
+
+@dataclass
+class _Batch:
+    key: Hashable
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    closed: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    # Per request: its outputs, or None: run alone.
+    outputs: list[Outputs | None] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+def _rows(outputs: Outputs, n: int) -> list[Outputs] | None:
+    """A batch's outputs split per image; None if some output has no batch dimension of n."""
+    if not all(
+        isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n for v in outputs.values()
+    ):
+        return None
+    return [{k: v[i : i + 1] for k, v in outputs.items()} for i in range(n)]
+
+
+def _same(a: Outputs, b: Outputs) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class MicroBatcher:
+    """Batches the forward passes of concurrent requests (see the module doc).
+
+    ``cores`` is the API process's :class:`CoreShare`: waiting requests hand their share
+    back, and the batch runs with the share of one running call.
+    """
+
+    def __init__(
+        self,
+        cores: CoreShare,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_delay_s: float = DEFAULT_MAX_DELAY_S,
+    ) -> None:
+        self._cores = cores
+        self.max_batch = max(1, max_batch)
+        self.max_delay_s = max(0.0, max_delay_s)
+        self._cond = threading.Condition()
+        self._open: dict[Hashable, _Batch] = {}
+        self._coming = 0
+        # (key, batch size) -> whether a batch gives what each image alone gives.
+        self._exact: dict[tuple[Hashable, int], bool] = {}
+        self.batches = 0  # forward passes of more than one image, for tests and metrics
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Count the request as on its way to :meth:`forward` for the block (its decoding),
+        so a leader waits for it."""
+        with self._cond:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._coming -= 1
+                self._cond.notify_all()
+
+    def forward(self, key: Hashable, x: torch.Tensor, run: Forward) -> Outputs:
+        """``run(x)`` for ``x`` ``(1, C, H, W)``, batched with others of the same ``key``.
+
+        ``run`` maps a batch ``(n, C, H, W)`` to ``{layer: (n, ...)}``; the caller's thread
+        holds a claim of the core share. Returns this request's ``{layer: (1, ...)}``.
+        """
+        if self.max_batch == 1:
+            return run(x)
+        batch, index = self._join(key, x)
+        if index == 0:
+            self._lead(batch, run)
+        else:
+            with self._cores.idle():
+                batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        mine = batch.outputs[index]
+        return mine if mine is not None else run(x)
+
+    def _join(self, key: Hashable, x: torch.Tensor) -> tuple[_Batch, int]:
+        with self._cond:
+            batch = self._open.get(key)
+            if batch is None:
+                batch = self._open[key] = _Batch(key)
+            index = len(batch.inputs)
+            batch.inputs.append(x)
+            if len(batch.inputs) >= self.max_batch:
+                self._close(batch)
+            self._cond.notify_all()
+            return batch, index
+
+    def _close(self, batch: _Batch) -> None:
+        batch.closed = True
+        if self._open.get(batch.key) is batch:
+            del self._open[batch.key]
+
+    def _lead(self, batch: _Batch, run: Forward) -> None:
+        deadline = time.monotonic() + self.max_delay_s
+        with self._cond:
+            with self._cores.idle():
+                while not batch.closed and self._coming > 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            self._close(batch)
+        try:
+            batch.outputs = self._run(batch, run)
+        except BaseException as exc:
+            batch.error = exc
+        finally:
+            batch.done.set()
+
+    def _run(self, batch: _Batch, run: Forward) -> list[Outputs | None]:
+        n = len(batch.inputs)
+        if n == 1:
+            return [run(batch.inputs[0])]
+        exact = self._exact.get((batch.key, n))
+        if exact is False:
+            return [None] * n  # each runs alone, in its own thread
+        rows = _rows(run(torch.cat(batch.inputs)), n)
+        self.batches += 1
+        if rows is None:
+            self._exact[(batch.key, n)] = False
+            return [None] * n
+        if exact is None:  # first batch of this size: check it against each image alone
+            alone = [run(x) for x in batch.inputs]
+            exact = all(_same(a, b) for a, b in zip(rows, alone, strict=True))
+            self._exact[(batch.key, n)] = exact
+            if not exact:
+                return list(alone)
+        return list(rows)

@@ -1,0 +1,84 @@
+"""Sharing the cores: each running claim gets cores ÷ running torch threads, in its thread."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import torch
+
+from cnnviz.threads import CoreShare, SharedCounter
+
+
+def _threads_seen(share: CoreShare, claims: int) -> list[int]:
+    """Start ``claims`` claims at once; the torch threads each saw once all were running."""
+    barrier = threading.Barrier(claims)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        with share.claim() as claim:
+            barrier.wait(timeout=30)
+            claim.refresh()
+            with lock:
+                seen.append(torch.get_num_threads())
+            barrier.wait(timeout=30)  # nobody leaves before all have looked
+
+    threads = [threading.Thread(target=work) for _ in range(claims)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return seen
+
+
+def test_a_claim_alone_has_every_core_and_several_share_them() -> None:
+    share = CoreShare(4)
+    assert _threads_seen(share, 1) == [4]
+    assert _threads_seen(share, 2) == [2, 2]
+    assert _threads_seen(share, 6) == [1] * 6  # never fewer than one, never oversubscribed
+    assert share.running == 0
+
+
+def test_idle_hands_the_share_back_while_waiting() -> None:
+    share = CoreShare(4)
+    with share.claim():
+        with share.claim() as inner:
+            assert inner.threads == 2 and share.running == 2
+            with share.idle():
+                assert share.running == 1
+            assert share.running == 2 and torch.get_num_threads() == 2
+        assert share.running == 1
+    assert share.running == 0
+
+
+def _hold(counter: SharedCounter, started: object, release: object) -> None:
+    counter.add(1)
+    started.set()  # type: ignore[attr-defined]
+    release.wait(30)  # type: ignore[attr-defined]
+
+
+def test_a_shared_counter_counts_claims_of_forked_processes() -> None:
+    index = {"slot": 0}
+    counter = SharedCounter(lambda: index["slot"])
+    share = CoreShare(4, counter)
+    context = multiprocessing.get_context("fork")
+    started, release = context.Event(), context.Event()
+    index["slot"] = 1  # the child counts in slot 1 (a pool child's index)
+    child = context.Process(target=_hold, args=(counter, started, release))
+    child.start()
+    index["slot"] = 0
+    try:
+        assert started.wait(30)
+        assert share.running == 1
+        with share.claim() as claim:  # the parent's claim shares with the child's
+            assert claim.threads == 2
+    finally:
+        release.set()
+        child.join(30)
+    # The child exited without giving its count back (as a killed one would): its
+    # replacement in the same slot zeroes it.
+    assert share.running == 1
+    index["slot"] = 1
+    counter.reset()
+    assert share.running == 0
