@@ -7,8 +7,6 @@ model per endpoint; the JSON body is that model plus ``image`` / ``sample``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -20,8 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from cnnviz.data.shapes import sample_image
-from cnnviz.errors import InvalidImageError
-from cnnviz.imaging import decode_image
+from cnnviz.imaging.decode import decode_base64, decode_image
 from service.errors import ApiError
 
 Options = TypeVar("Options", bound=BaseModel)
@@ -47,16 +44,7 @@ class ImageRequest(Generic[Options]):
         """The uploaded image bytes, base64 decoded where needed (runs in the torch pool)."""
         if self.image_bytes is not None:
             return self.image_bytes
-        text = self.image_base64 or ""
-        if text.startswith("data:"):
-            text = text.partition(",")[2]
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidImageError(
-                "the 'image' field is not valid base64; send the image file's bytes in "
-                "base64 (or upload them as multipart/form-data)"
-            ) from None
+        return decode_base64(self.image_base64 or "")
 
     def decoded(self, max_pixels: int, draft_size: tuple[int, int]) -> Image.Image:
         """The sample, or the image decoded under the pixel cap (blocking: the torch pool)."""

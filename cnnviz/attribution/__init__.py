@@ -31,6 +31,7 @@ from cnnviz.attribution.core import (
     planned_passes,
 )
 from cnnviz.attribution.picture import MapPicture, MapStats, map_picture, map_stats
+from cnnviz.attribution.replica import exclusive_copy
 
 __all__ = [
     "MAX_STEPS",
@@ -44,6 +45,7 @@ __all__ = [
     "Prediction",
     "attribute",
     "default_window",
+    "exclusive_copy",
     "get_method",
     "map_picture",
     "map_stats",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,14 +75,23 @@ class Attribution:
 
 
 class _Scores(nn.Module):
-    """The model with one output chosen: ``(N, C, H, W) -> (N, K)`` scores."""
+    """The model with one output chosen: ``(N, C, H, W) -> (N, K)`` scores.
 
-    def __init__(self, model: nn.Module, output: OutputChoice) -> None:
+    ``on_batch(N)`` is called before every forward: progress, and the place to stop a long
+    call (an exception raised there ends the attribution; the model is restored all the same).
+    """
+
+    def __init__(
+        self, model: nn.Module, output: OutputChoice, on_batch: Callable[[int], None] | None
+    ) -> None:
         super().__init__()
         self.model = model
         self.output = output
+        self.on_batch = on_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.on_batch is not None:
+            self.on_batch(int(x.shape[0]))
         return _choose(self.model(x), self.output)
 
 
@@ -290,6 +299,7 @@ def attribute(
     stride: int | None = None,
     top: int = 5,
     model_name: str = "model",
+    on_batch: Callable[[int], None] | None = None,
 ) -> Attribution:
     """Attribution maps of ``targets`` for one image ``x``, with the model's top predictions.
 
@@ -301,6 +311,8 @@ def attribute(
     tuple, or a key). ``baseline`` ``(1, C, H, W)`` (default zeros, i.e. the normalisation's
     mean) is integrated gradients' start and occlusion's patch. ``steps``: integrated
     gradients' steps; ``window``/``stride``: occlusion's square patch in pixels.
+    ``on_batch(n)`` is called before each batch of ``n`` images the method runs (see
+    :func:`planned_passes` for the total): progress, and cancellation by raising.
 
     Raises :class:`InvalidArgumentError`, :class:`UnknownLayerError` or
     :class:`LayerShapeError` with a message naming the bad value and the valid choices.
@@ -340,7 +352,7 @@ def attribute(
         predictions = _predictions(scores[0], names, max(1, top))
         indices = _resolve_targets(targets, names, predictions[0].index)
         task = AttributionTask(
-            scores=_Scores(model, output),
+            scores=_Scores(model, output, on_batch),
             x=x.detach(),
             targets=indices,
             layer=module,

@@ -10,13 +10,15 @@ before ours for canvases past twice its limit; both end as :class:`ImageTooLarge
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnviz.errors import ImageTooLargeError, InvalidImageError
 
-__all__ = ["ALLOWED_FORMATS", "decode_image"]
+__all__ = ["ALLOWED_FORMATS", "decode_base64", "decode_image"]
 
 # Pillow's format names; GIF and animated WebP give their first frame.
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
@@ -128,3 +130,19 @@ def decode_image(
             ) from None
         raise InvalidImageError(f"the {image.format} image is corrupt: {reason}") from None
     return image
+
+
+def decode_base64(text: str) -> bytes:
+    """The bytes of an image file sent as base64 text (a ``data:`` URL works too).
+
+    Raises :class:`InvalidImageError` for text that is not base64.
+    """
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImageError(
+            "the 'image' field is not valid base64; send the image file's bytes in "
+            "base64 (or upload them as multipart/form-data)"
+        ) from None

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 
 from schemas.attributions import AttributionsCreate, AttributionsOptions, AttributionsRead
 from schemas.errors import Problem
+from schemas.jobs import JobRead
 from service.attributions import check_cost, explain_json, explain_png, read_request
-from service.deps import PoolDep, RegistryDep, SettingsDep
+from service.deps import JobsDep, PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
 from service.feature_maps import wants_png
+from service.routers.jobs import (
+    SUBMIT_RESPONSES,
+    ApiKey,
+    CacheControl,
+    IdempotencyKey,
+    submit_job,
+)
+from workers.kinds.attribution import Attributions
 
 router = APIRouter(prefix="/models", tags=["attributions"])
+
+AttributionJobRead = JobRead[AttributionsCreate, AttributionsRead]
 
 # Each is run by tests/api/test_attributions.py: the documentation cannot drift from the API.
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -129,7 +140,7 @@ async def create_attributions(
             f"Accept: image/png returns one target's picture, and {targets} targets were asked "
             "for; ask for one target, or for application/json",
         )
-    check_cost(spec, options, settings.attribution_max_passes)
+    check_cost(model, spec, options, settings.attribution_max_passes)
     if png:
         content, headers = await pool.run(
             explain_png, registry, model, body, settings.max_image_pixels
@@ -137,3 +148,42 @@ async def create_attributions(
         return Response(content, media_type="image/png", headers=headers)
     content = await pool.run(explain_json, registry, model, body, settings.max_image_pixels)
     return Response(content, media_type="application/json")
+
+
+# Tested by tests/jobs/test_attribution_jobs.py.
+JOB_EXAMPLES: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {
+        "summary": "Integrated gradients with 1024 steps for three classes",
+        "value": {
+            "sample": "star",
+            "method": "integrated_gradients",
+            "steps": 1024,
+            "target": ["star", "cross", "hexagon"],
+        },
+    },
+    "occlusion": {
+        "summary": "Occlusion with 4-pixel patches at every pixel",
+        "value": {"sample": "square", "method": "occlusion", "window": 4, "stride": 1},
+    },
+}
+
+
+@router.post(
+    "/{model}/attribution-jobs",
+    status_code=202,
+    responses=SUBMIT_RESPONSES,
+    tags=["jobs"],
+)
+async def create_attribution_job(
+    model: str,
+    body: Annotated[AttributionsCreate, Body(openapi_examples=JOB_EXAMPLES)],
+    jobs: JobsDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+    cache_control: CacheControl = None,
+    x_api_key: ApiKey = None,
+) -> AttributionJobRead:
+    """Queue an attribution too long to answer at once; poll the job at `Location`."""
+    return await submit_job(
+        jobs, Attributions.name, model, body, response, idempotency_key, cache_control, x_api_key
+    )

@@ -1,0 +1,240 @@
+"""The attribution kind: attribution maps too long for a synchronous answer (integrated
+gradients with many steps or targets, fine occlusion), and the one function, :func:`explain`,
+that the synchronous path runs too."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from cnnviz.attribution import (
+    Attribution,
+    MapPicture,
+    attribute,
+    exclusive_copy,
+    get_method,
+    map_picture,
+    planned_passes,
+)
+from cnnviz.data.shapes import sample_image
+from cnnviz.errors import InvalidArgumentError, LayerShapeError
+from cnnviz.imaging import preprocess
+from cnnviz.imaging.decode import decode_base64, decode_image
+from cnnviz.models import LoadedModel, ModelSpec
+from schemas.attributions import (
+    AttributionsCreate,
+    AttributionsOptions,
+    AttributionsRead,
+    CompletenessRead,
+    MapStatsRead,
+    PredictionRead,
+    TargetAttributionRead,
+)
+from schemas.jobs import Progress
+from workers.kinds.base import JobContext, JobKind, Partial, Resources
+from workers.kinds.registry import register_kind
+
+__all__ = ["MAX_JOB_PASSES", "Attributions", "Explained", "explain", "to_read"]
+
+# A job may run the model on this many images (1024 steps × 16 targets of integrated
+# gradients; occlusion with stride 1 on inputs up to 256×256); the time limit bounds the rest.
+MAX_JOB_PASSES = 1 << 16
+# Images in a job's request were checked by the API's body limit; this caps their pixels.
+_JOB_MAX_IMAGE_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class Explained:
+    """The attribution of one request and the pictures of each of its targets."""
+
+    result: Attribution
+    pictures: list[MapPicture]
+    input_size: tuple[int, int]
+
+
+def _baseline(spec: ModelSpec, name: str) -> torch.Tensor:
+    """The baseline image ``(1, C, 1, 1)``, normalised: a black or white image, or the mean."""
+    level = {"black": 0.0, "white": 1.0}.get(name)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return torch.zeros_like(mean) if level is None else (level - mean) / std
+
+
+def explain(
+    loaded: LoadedModel,
+    options: AttributionsOptions,
+    image: Image.Image,
+    on_batch: Callable[[int], None] | None = None,
+) -> Explained:
+    """Preprocess ``image``, attribute it, draw each target's map (blocking).
+
+    Runs on a private copy of the model (:func:`cnnviz.attribution.exclusive_copy`): the
+    shared model keeps serving other requests untouched.
+    """
+    spec = loaded.spec
+    x = preprocess(
+        image,
+        size=spec.input_size,
+        channels=spec.channels,
+        mean=spec.mean,
+        std=spec.std,
+        fit=options.fit,
+    )
+    with exclusive_copy(loaded.module) as replica:
+        result = attribute(
+            replica,
+            x,
+            options.method,
+            targets=options.targets,
+            layer=options.layer,
+            output=options.output,
+            labels=spec.labels,
+            baseline=_baseline(spec, options.baseline),
+            steps=options.steps,
+            window=options.window,
+            stride=options.stride,
+            model_name=spec.name,
+            on_batch=on_batch,
+        )
+    seen = x[0] * torch.tensor(spec.std).view(-1, 1, 1) + torch.tensor(spec.mean).view(-1, 1, 1)
+    pictures = [
+        map_picture(
+            attribution,
+            seen,
+            signed=result.signed,
+            colormap=options.colormap,
+            opacity=options.opacity,
+        )
+        for attribution in result.maps
+    ]
+    return Explained(result, pictures, spec.input_size)
+
+
+def _prediction(p: object) -> PredictionRead:
+    return PredictionRead.model_validate(p, from_attributes=True)
+
+
+def to_read(model: str, explained: Explained) -> AttributionsRead:
+    """The JSON answer: the top predictions, and per target its pictures and numbers."""
+    result = explained.result
+    items = []
+    for i, (target, picture) in enumerate(zip(result.targets, explained.pictures, strict=True)):
+        completeness = None
+        if result.completeness is not None:
+            total, expected = result.completeness[i].tolist()
+            error = abs(total - expected) / abs(expected) if expected else float(total != 0)
+            completeness = CompletenessRead(sum=total, expected=expected, relative_error=error)
+        stats = picture.stats
+        items.append(
+            TargetAttributionRead(
+                target=_prediction(target),
+                stats=MapStatsRead(
+                    min=stats.min, max=stats.max, mean=stats.mean, sum=stats.sum, peak=stats.peak
+                ),
+                overlay=base64.b64encode(picture.overlay).decode("ascii"),
+                map=base64.b64encode(picture.heatmap).decode("ascii"),
+                completeness=completeness,
+            )
+        )
+    return AttributionsRead(
+        model=model,
+        method=result.method,
+        layer=result.layer,
+        signed=result.signed,
+        input_size=explained.input_size,
+        predictions=[_prediction(p) for p in result.predictions],
+        attributions=items,
+    )
+
+
+def passes(request: AttributionsOptions, spec: ModelSpec) -> int:
+    """The images a request runs through the model (see :func:`planned_passes`)."""
+    return planned_passes(
+        request.method,
+        spec.input_size,
+        targets=max(1, len(set(request.targets or ()))),
+        steps=request.steps,
+        window=request.window,
+        stride=request.stride,
+    )
+
+
+def _image(request: AttributionsCreate) -> Image.Image:
+    if request.sample is not None:
+        return sample_image(request.sample)
+    return decode_image(decode_base64(request.image or ""), max_pixels=_JOB_MAX_IMAGE_PIXELS)
+
+
+@register_kind
+class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
+    """Attribution as a job: one shard; progress in images run through the model."""
+
+    name = "attribution"
+    request_type = AttributionsCreate
+    result_type = AttributionsRead
+    progress_unit = "images"
+
+    def prepare(
+        self, request: AttributionsCreate, model: str, resources: Resources
+    ) -> AttributionsCreate:
+        loaded = resources.model(model)
+        method = get_method(request.method)
+        count = passes(request, loaded.spec)
+        if count > MAX_JOB_PASSES:
+            raise InvalidArgumentError(
+                f"this {request.method!r} job would run the model on {count} images, over the "
+                f"limit of {MAX_JOB_PASSES}; use fewer steps or targets, or a larger stride"
+            )
+        if method.needs_layer and request.layer is None:
+            raise InvalidArgumentError(
+                f"method {method.name!r} needs a layer (see GET /v1/models/{model}/layers)"
+            )
+        layer = request.layer if method.needs_layer else None
+        # module_of raises UnknownLayerError for a name the model lacks.
+        if layer is not None and loaded.index.module_of(layer) is None:
+            raise LayerShapeError(
+                f"layer {layer!r} of model {model!r} is a functional op, not a module's "
+                "output; Grad-CAM hooks a module"
+            )
+        _image(request)  # a bad image is refused before the job is queued
+        return request
+
+    def work(self, request: AttributionsCreate, model: str, resources: Resources) -> int:
+        return passes(request, resources.model(model).spec)
+
+    def run_shard(
+        self,
+        request: AttributionsCreate,
+        model: str,
+        shard: int,
+        resources: Resources,
+        context: JobContext,
+    ) -> Partial:
+        loaded = resources.model(model)
+        total = passes(request, loaded.spec)
+        done = 0
+
+        def on_batch(images: int) -> None:
+            nonlocal done
+            context.check()  # cancel or deadline: stops the attribution between batches
+            done = min(done + images, total)
+            if context.progress_due():
+                context.report(Progress(step=done, total=total, unit=self.progress_unit))
+
+        explained = explain(loaded, request, _image(request), on_batch)
+        context.report(Progress(step=total, total=total, unit=self.progress_unit))
+        return to_read(model, explained).model_dump(mode="json")
+
+    def merge(
+        self,
+        request: AttributionsCreate,
+        model: str,
+        partials: list[Partial],
+        resources: Resources,
+    ) -> AttributionsRead:
+        (only,) = partials
+        return AttributionsRead.model_validate(only)
