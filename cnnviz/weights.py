@@ -28,7 +28,7 @@ import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ from cnnviz.imaging.grid import (
 )
 from cnnviz.imaging.heatmap import PAD_INDEX, apply_palette, palette, quantize
 from cnnviz.imaging.png import DEFAULT_COMPRESS_LEVEL, encode_png
+from cnnviz.layers import layer_index
 
 __all__ = [
     "FilterWeights",
@@ -130,8 +131,7 @@ def _lookup(model: nn.Module, layer: str, model_name: str) -> tuple[nn.Module, t
     kernels = kernel_layers(model)
     module = modules.get(layer) if layer else None
     if module is None:
-        suggestions = difflib.get_close_matches(layer, kernels, n=3, cutoff=0.5)
-        raise UnknownLayerError(layer, model_name, suggestions)
+        _not_a_module(model, layer, model_name, kernels)
     weight = _kernel(module)
     if weight is not None:
         return module, weight
@@ -144,6 +144,26 @@ def _lookup(model: nn.Module, layer: str, model_name: str) -> tuple[nn.Module, t
     raise NoKernelError(
         f"layer {layer!r} of model {model_name!r} is a {type(module).__name__}, which has no "
         f"2-D convolution kernel to draw; {where}"
+    )
+
+
+def _not_a_module(model: nn.Module, layer: str, model_name: str, kernels: list[str]) -> NoReturn:
+    """Why ``layer``, not a module's name, has no weights: a later call of a module, a
+    functional op, or no layer at all (UnknownLayerError with the closest kernel layers)."""
+    suggestions = difflib.get_close_matches(layer, kernels, n=3, cutoff=0.5)
+    try:
+        found = layer_index(model, name=model_name).module_of(layer)
+    except UnknownLayerError:
+        raise UnknownLayerError(layer, model_name, suggestions) from None
+    if found is None:
+        raise NoKernelError(
+            f"layer {layer!r} of model {model_name!r} is a functional op, which has no weights "
+            f"of its own; layers with kernels: {', '.join(map(repr, kernels[:12]))}"
+        )
+    module, call = found
+    raise NoKernelError(
+        f"layer {layer!r} of model {model_name!r} is call {call} of module {module!r}, which "
+        f"has the same weights on every call: ask for {module!r}"
     )
 
 

@@ -174,3 +174,25 @@ def test_torchvision_convs_draw_in_every_mode(arch: str) -> None:
         for mode in ("slices", "norm"):
             weights = filter_weights(net, name, mode=mode)  # type: ignore[arg-type]
             assert weights.pixels.shape == weights.layout.size
+
+
+class Reused(nn.Module):
+    """A conv called twice, and a functional op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.conv(x) * 2)
+
+
+def test_a_later_call_or_a_functional_op_has_no_weights_of_its_own() -> None:
+    model = Reused()
+    assert filter_weights(model, "conv").weight_shape == (2, 2, 3, 3)
+    with pytest.raises(NoKernelError, match=r"call 1 of module 'conv'.*ask for 'conv'"):
+        filter_weights(model, "conv:1")
+    with pytest.raises(NoKernelError, match="functional op"):
+        filter_weights(model, "mul")
+    with pytest.raises(UnknownLayerError, match="did you mean 'conv'"):
+        filter_weights(model, "conv2")
