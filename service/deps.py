@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from service.concurrency import TorchPool
 from service.errors import ApiError
@@ -46,7 +47,13 @@ async def get_jobs(request: Request) -> JobManager:
     return jobs
 
 
+async def get_datasets(request: Request) -> DatasetRegistry:
+    datasets: DatasetRegistry = request.app.state.datasets
+    return datasets
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+DatasetsDep = Annotated[DatasetRegistry, Depends(get_datasets)]
 PoolDep = Annotated[TorchPool, Depends(get_pool)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 

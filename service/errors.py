@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cnnviz.data.datasets import UnknownDatasetError, UnknownImageError
 from cnnviz.errors import (
     CnnvizError,
     ImageTooLargeError,
@@ -34,6 +35,8 @@ PROBLEM_JSON = "application/problem+json"
 # Most specific first: the first class an error is an instance of gives the status.
 _CORE_STATUS: list[tuple[type[CnnvizError], int]] = [
     (UnknownModelError, 404),
+    (UnknownDatasetError, 404),
+    (UnknownImageError, 404),
     (UnknownLayerError, 422),
     (LayerShapeError, 422),
     (ImageTooLargeError, 413),

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
 from service.batching import MicroBatcher
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cores, settings.sync_batch_max, max_delay_s=settings.sync_batch_delay_ms / 1000
     )
     app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog, cores, batcher)
-    app.state.jobs = build_jobs(settings, app.state.registry, cores)
+    app.state.datasets = DatasetRegistry.from_file(settings.models_file)
+    app.state.jobs = build_jobs(settings, app.state.registry, app.state.datasets, cores)
     install_error_handlers(app)
     install_docs(app)
     app.mount(VIEWER_ASSETS, StaticFiles(directory=STATIC_DIR / "viewer"), name="viewer-assets")

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     )
     job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
     job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
+    exemplar_shard_images: int = Field(
+        default=2048, ge=1, description="images per shard of an exemplars job"
+    )
+    exemplar_loader_workers: int = Field(
+        default=0, ge=0, le=32, description="DataLoader processes of in-process exemplar jobs"
+    )
+    exemplar_batch_size: int = Field(default=64, ge=1, le=4096)
     queue_check_interval: float = Field(
         default=5.0, ge=0, description="seconds /readyz reuses its count of queue workers"
     )

@@ -60,6 +60,13 @@ class WorkerSettings(BaseSettings):
     result_expires: int = Field(
         default=24 * 3600, ge=60, description="seconds Celery keeps a task's small summary"
     )
+    exemplar_shard_images: int = Field(
+        default=2048, ge=1, description="images per shard of an exemplars job"
+    )
+    exemplar_loader_workers: int = Field(
+        default=2, ge=0, le=32, description="DataLoader processes that decode images per job"
+    )
+    exemplar_batch_size: int = Field(default=64, ge=1, le=4096)
     job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
     job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
 

@@ -21,6 +21,7 @@ import redis
 from celery import Task, chord, group
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from schemas.jobs import JOB_TASK, MERGE_TASK, SHARD_TASK, JobError, JobTask
 from workers.app import CORES, app, settings
@@ -41,8 +42,14 @@ def _child_resources() -> Resources:
     if _resources is None:
         device = choose_device(settings.worker_device, child_index())
         log.info("pool child %d uses %s", child_index(), device)
-        models = ModelRegistry.from_file(settings.models_file, device=device)
-        _resources = Resources(models=models, cores=CORES)
+        _resources = Resources(
+            models=ModelRegistry.from_file(settings.models_file, device=device),
+            datasets=DatasetRegistry.from_file(settings.models_file),
+            shard_images=settings.exemplar_shard_images,
+            loader_workers=settings.exemplar_loader_workers,
+            batch_size=settings.exemplar_batch_size,
+            cores=CORES,
+        )
     return _resources
 
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
 from service.concurrency import TorchPool
@@ -17,7 +18,10 @@ from workers.kinds import Resources
 
 
 def build_jobs(
-    settings: Settings, registry: ModelRegistry, cores: CoreShare | None = None
+    settings: Settings,
+    registry: ModelRegistry,
+    datasets: DatasetRegistry,
+    cores: CoreShare | None = None,
 ) -> JobManager:
     """The manager, its store and its transport; nothing connects until first used.
 
@@ -27,7 +31,14 @@ def build_jobs(
     # a thread of its own with a deep backlog, so a burst of submissions is not refused by
     # the synchronous path's bound, nor slows feature maps down.
     pool = TorchPool(concurrency=1, backlog=256, cores=cores)
-    resources = Resources(models=registry, cores=cores)
+    resources = Resources(
+        models=registry,
+        datasets=datasets,
+        shard_images=settings.exemplar_shard_images,
+        loader_workers=settings.exemplar_loader_workers,
+        batch_size=settings.exemplar_batch_size,
+        cores=cores,
+    )
     if settings.redis_url:
         from service.jobs.celery_client import CeleryTransport
         from workers.records.redis import RedisRecords

@@ -5,6 +5,8 @@ from fastapi import APIRouter, Depends
 from service.deps import require_api_key
 from service.routers import (
     attributions,
+    datasets,
+    exemplars,
     feature_maps,
     health,
     jobs,
@@ -19,6 +21,8 @@ api_router.include_router(models.router)
 api_router.include_router(feature_maps.router)
 api_router.include_router(samples.router)
 api_router.include_router(optimizations.router)
+api_router.include_router(exemplars.router)
+api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
 api_router.include_router(weights.router)
 api_router.include_router(attributions.router)

@@ -17,11 +17,12 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
 from schemas.jobs import Progress
@@ -43,18 +44,21 @@ class JobTimedOut(Exception):
 
 @dataclass
 class Resources:
-    """What a kind may use: the models, the data sets, and the deployment's limits.
+    """What a kind may use: the models, the data sets, and the deployment's settings.
 
     One per process (the API's, or a worker pool child's), on that process's device.
     ``shard_images`` is the most images one shard of a data-set job handles. ``cores``: the
     share of the CPU cores a running shard takes part in (the API's with its requests, or the
-    pool children's); None: torch's own thread count.
+    pool children's); None: torch's own thread count. ``loader_workers`` the DataLoader processes that decode images ahead of the model (0: in
+    the job's own process); ``batch_size`` the images of one forward pass.
     """
 
     models: ModelRegistry
-    datasets: Any = None
+    datasets: DatasetRegistry = field(default_factory=DatasetRegistry)
     shard_images: int = 2048
     cores: CoreShare | None = None
+    loader_workers: int = 0
+    batch_size: int = 64
 
     def model(self, name: str) -> LoadedModel:
         return self.models.get(name)

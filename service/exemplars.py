@@ -1,0 +1,72 @@
+"""Renders of a finished exemplars job: a grid of one channel's top (or bottom) images."""
+
+from __future__ import annotations
+
+import base64
+
+import torch
+
+from cnnviz.data.datasets import DatasetRegistry
+from cnnviz.errors import InvalidArgumentError, UnknownLayerError
+from cnnviz.exemplars import Mode, exemplar_tiles
+from cnnviz.imaging import encode_png, image_grid, preprocess
+from cnnviz.models import ModelRegistry
+from schemas.exemplars import ExemplarGridRead, ExemplarsResult
+
+
+def render(
+    models: ModelRegistry,
+    datasets: DatasetRegistry,
+    result: ExemplarsResult,
+    layer: str,
+    channel: int,
+    mode: Mode,
+    which: str,
+) -> tuple[bytes, ExemplarGridRead]:
+    """The PNG grid of ``layer``/``channel``'s ``which`` ('top' or 'bottom') exemplars."""
+    found = next((entry for entry in result.layers if entry.name == layer), None)
+    if found is None:
+        raise UnknownLayerError(layer, result.model, [entry.name for entry in result.layers])
+    if not 0 <= channel < len(found.units):
+        raise InvalidArgumentError(
+            f"channel {channel} is out of range for layer {layer!r}: it has "
+            f"{len(found.units)} channels (0..{len(found.units) - 1})"
+        )
+    unit = found.units[channel]
+    exemplars = unit.top if which == "top" else unit.bottom
+    if exemplars is None:
+        raise InvalidArgumentError(
+            'this job kept no bottom exemplars; submit it with "bottom": true'
+        )
+    if not exemplars:
+        raise InvalidArgumentError(f"channel {channel} of layer {layer!r} has no exemplars")
+    loaded = models.get(result.model)
+    dataset = datasets.get(result.dataset)
+    spec = loaded.spec
+    images = [dataset.image(dataset.position(e.image)) for e in exemplars]
+    x = torch.cat(
+        [
+            preprocess(
+                i, size=spec.input_size, channels=spec.channels, mean=spec.mean, std=spec.std
+            )
+            for i in images
+        ]
+    )
+    positions = [(e.position[0], e.position[1]) for e in exemplars]
+    tiles = exemplar_tiles(
+        loaded.index, x, positions, layer, channel, mode, mean=spec.mean, std=spec.std
+    )
+    grid, layout = image_grid(tiles, columns=min(8, len(exemplars)))
+    png = encode_png(grid)
+    read = ExemplarGridRead(
+        layer=layer,
+        channel=channel,
+        mode=mode,
+        which=which,
+        images=[e.image for e in exemplars],
+        scores=[e.score for e in exemplars],
+        columns=layout.columns,
+        tile_size=[int(tiles.shape[2]), int(tiles.shape[3])],
+        png=base64.b64encode(png).decode("ascii"),
+    )
+    return png, read

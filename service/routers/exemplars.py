@@ -1,0 +1,102 @@
+"""Exemplar jobs: queue one (watch it under /v1/jobs), then render a channel's images."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, Request, Response
+
+from cnnviz.errors import InvalidArgumentError
+from schemas.errors import Problem
+from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsCreate, ExemplarsResult
+from schemas.jobs import JobRead, JobStatus
+from service.deps import DatasetsDep, JobsDep, PoolDep, RegistryDep
+from service.errors import ApiError
+from service.exemplars import render
+from service.feature_maps import wants_png
+from service.routers.jobs import (
+    SUBMIT_RESPONSES,
+    ApiKey,
+    CacheControl,
+    IdempotencyKey,
+    JobId,
+    submit_job,
+)
+from workers.kinds.exemplars import Exemplars
+
+router = APIRouter(tags=["exemplars"])
+
+ExemplarsRead = JobRead[ExemplarsCreate, ExemplarsResult]
+
+_EXAMPLES: dict[str, Any] = {
+    "classes": {
+        "summary": "The images each class logit ranks highest",
+        "value": {"dataset": "shapes", "layers": ["fc"], "k": 16},
+    },
+    "conv": {
+        "summary": "Top and bottom images of a conv layer's channels, by their maximum",
+        "value": {"dataset": "shapes", "layers": ["block3.relu"], "pool": "max", "bottom": True},
+    },
+}
+
+
+@router.post("/models/{model}/exemplars", status_code=202, responses=SUBMIT_RESPONSES)
+async def create_exemplars(
+    model: str,
+    body: Annotated[ExemplarsCreate, Body(openapi_examples=_EXAMPLES)],
+    jobs: JobsDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+    cache_control: CacheControl = None,
+    x_api_key: ApiKey = None,
+) -> ExemplarsRead:
+    """Queue a job that ranks a data set's images for every channel of some layers."""
+    return await submit_job(
+        jobs, Exemplars.name, model, body, response, idempotency_key, cache_control, x_api_key
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/exemplars/{layer}/{channel}",
+    response_model=ExemplarGridRead,
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        404: {"model": Problem},
+        409: {"model": Problem, "description": "the job has not succeeded (yet)"},
+        422: {"model": Problem},
+    },
+)
+async def read_exemplars(
+    job_id: JobId,
+    layer: str,
+    channel: Annotated[int, Path(ge=0, le=1_000_000)],
+    query: Annotated[ExemplarGridQuery, Query()],
+    request: Request,
+    jobs: JobsDep,
+    registry: RegistryDep,
+    datasets: DatasetsDep,
+    pool: PoolDep,
+) -> Response:
+    """A grid of a channel's top (or bottom) images: whole, cropped to the receptive field
+    of the maximum, or masked by the activation. PNG with `Accept: image/png`, else JSON."""
+    record, result = await jobs.result(job_id)
+    if not isinstance(result, ExemplarsResult):
+        if record.kind != Exemplars.name:
+            raise InvalidArgumentError(
+                f"job {job_id!r} is a {record.kind} job; exemplar grids are for exemplars jobs"
+            )
+        raise ApiError(
+            409,
+            "job_not_succeeded",
+            f"job {job_id!r} is {record.status.value}; its exemplars are drawn once it has "
+            "succeeded",
+            {"Retry-After": "1"}
+            if record.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+            else None,
+        )
+    png, read = await pool.run(
+        render, registry, datasets, result, layer, channel, query.mode, query.which
+    )
+    if wants_png(request.headers.get("accept")):
+        return Response(png, media_type="image/png")
+    return Response(read.model_dump_json(), media_type="application/json")
