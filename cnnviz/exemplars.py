@@ -225,14 +225,10 @@ def receptive_field(
         return ReceptiveField((round(sy), round(sx)), (sy, sx), (cy * sy, cx * sx), (h, w))
     top, bottom = int(rows[0]), int(rows[-1]) + 1
     left, right = int(cols[0]), int(cols[-1]) + 1
-    # The field is symmetric about its unit's centre: where it was clipped by the border,
-    # extend it by what was seen on the other side.
-    centre_y = (cy + 0.5) * sy
-    centre_x = (cx + 0.5) * sx
-    half_h = max(centre_y - top, bottom - centre_y)
-    half_w = max(centre_x - left, right - centre_x)
-    size = (round(2 * half_h), round(2 * half_w))
-    offset = (centre_y - half_h - cy * sy, centre_x - half_w - cx * sx)
+    # Measured at the central unit, where the border clips the field least; a field larger
+    # than the input is clipped anyway when a box is drawn.
+    size = (bottom - top, right - left)
+    offset = (top - cy * sy, left - cx * sx)
     return ReceptiveField(size, (sy, sx), offset, (h, w))
 
 

@@ -93,7 +93,20 @@ CORES = CoreShare(settings.worker_torch_threads, SharedCounter(child_index))
 @worker_process_init.connect
 def _init_child(**_: Any) -> None:
     """In each pool child, after the fork (models load at the first job): a child that
-    replaces a killed one must not inherit its count of running jobs."""
+    replaces a killed one must not inherit its count of running jobs; and leave to start
+    DataLoader processes.
+
+    A prefork pool child is a daemonic process, and multiprocessing refuses to let a daemonic
+    process start children ("daemonic processes are not allowed to have children":
+    celery#1709, billiard#280, pytorch#15950): an exemplars job's DataLoader workers, which
+    decode images ahead of the model, would fail to start. The flag only guards against
+    orphans; torch's loader workers watch their parent and exit when it dies, and they end
+    with each shard, so the child clears it. tests/jobs/test_exemplars_api.py runs the real
+    worker command with loader processes.
+    """
+    import multiprocessing
+
+    multiprocessing.current_process().daemon = False
     counter = CORES.counter
     if isinstance(counter, SharedCounter):
         counter.reset()

@@ -15,6 +15,7 @@ import pytest
 from service.main import create_app
 from service.settings import Settings
 from tests.jobs.client import settle
+from tests.jobs.datasets import write_image_folder, write_models_file
 from tests.jobs.procs import CeleryWorker, RedisServer, serve
 
 TRANSPORTS = ["in-process", "celery"]
@@ -39,6 +40,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def models_file(workdir: Path) -> Path:
+    """A models file that declares the small on-disk data set ``small`` (the API and the
+    shared worker read the same file, as in production)."""
+    root = write_image_folder(workdir / "images")
+    return write_models_file(workdir / "models.toml", root)
+
+
+@pytest.fixture(scope="session")
 def shared_redis(workdir: Path) -> Iterator[RedisServer]:
     server = RedisServer(workdir).start()
     yield server
@@ -46,8 +55,11 @@ def shared_redis(workdir: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def shared_worker(shared_redis: RedisServer, workdir: Path) -> Iterator[CeleryWorker]:
-    worker = CeleryWorker(shared_redis.url, workdir).start()
+def shared_worker(
+    shared_redis: RedisServer, workdir: Path, models_file: Path
+) -> Iterator[CeleryWorker]:
+    env = {"CNNVIZ_MODELS_FILE": str(models_file), "CNNVIZ_EXEMPLAR_SHARD_IMAGES": "100"}
+    worker = CeleryWorker(shared_redis.url, workdir, env).start()
     yield worker
     worker.stop()
 
@@ -67,7 +79,8 @@ def api(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
         worker: CeleryWorker = request.getfixturevalue("shared_worker")
         settings = api_settings(worker.redis_url)
     else:
-        settings = api_settings(None)
+        settings = api_settings(None, exemplar_shard_images=100)
+    settings.models_file = request.getfixturevalue("models_file")
     with serve(create_app(settings)) as client:
         yield client
         # Leave the shared worker idle for the next test.

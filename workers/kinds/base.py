@@ -49,8 +49,9 @@ class Resources:
     One per process (the API's, or a worker pool child's), on that process's device.
     ``shard_images`` is the most images one shard of a data-set job handles. ``cores``: the
     share of the CPU cores a running shard takes part in (the API's with its requests, or the
-    pool children's); None: torch's own thread count. ``loader_workers`` the DataLoader processes that decode images ahead of the model (0: in
-    the job's own process); ``batch_size`` the images of one forward pass.
+    pool children's); None: torch's own thread count. ``loader_workers``: the DataLoader
+    processes that decode images ahead of the model (0: in the job's own process);
+    ``batch_size``: the images of one forward pass.
     """
 
     models: ModelRegistry

@@ -1,0 +1,180 @@
+"""Exemplar jobs over HTTP, on both transports, and sharded over real Celery workers."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from service.main import create_app
+from tests.jobs.client import job, wait_job
+from tests.jobs.conftest import api_settings
+from tests.jobs.datasets import SMALL, SMALL_IMAGES
+from tests.jobs.procs import CeleryWorker, RedisServer, serve
+
+BODY = {"dataset": SMALL, "layers": ["block2.relu", "fc"], "k": 6, "bottom": True}
+# Lost messages come back within seconds (soft < hard < visibility timeout).
+REDELIVER_SOON = {
+    "CNNVIZ_JOB_SOFT_TIME_LIMIT": "20",
+    "CNNVIZ_JOB_TIME_LIMIT": "21",
+    "CNNVIZ_BROKER_VISIBILITY_TIMEOUT": "22",
+    "CNNVIZ_BROKER_RESTORE_INTERVAL": "0.5",
+}
+
+
+def run(api: httpx.Client, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    response = api.post(
+        "/v1/models/shapes/exemplars", json=body, headers={"Cache-Control": "no-cache"}
+    )
+    assert response.status_code == 202, response.text
+    created = response.json()
+    assert response.headers["Location"] == f"/v1/jobs/{created['id']}"
+    assert created["kind"] == "exemplars"
+    done = wait_job(api, created["id"], timeout=timeout)
+    assert done["status"] == "succeeded", done["error"]
+    return done
+
+
+def comparable(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without what depends on the carrier (shards, timing, device)."""
+    return {k: v for k, v in result.items() if k not in ("shards", "elapsed_s", "device")}
+
+
+def test_exemplars_through_the_api(api: httpx.Client) -> None:
+    listed = {d["name"]: d for d in api.get("/v1/datasets").json()["datasets"]}
+    assert listed[SMALL]["images"] == SMALL_IMAGES + 1
+    assert len(listed[SMALL]["labels"]) == 12 and listed["shapes"]["builtin"]
+
+    done = run(api, BODY)
+    result = done["result"]
+    assert (result["images"], result["skipped"], result["shards"]) == (SMALL_IMAGES, 1, 3)
+    assert done["progress"] == {**done["progress"], "step": SMALL_IMAGES + 1, "unit": "images"}
+    conv, fc = result["layers"]
+    assert conv["shape"] == [32, 32, 32] and len(conv["units"]) == 32 and fc["shape"] == [12]
+    unit = conv["units"][3]
+    assert len(unit["top"]) == len(unit["bottom"]) == 6
+    assert unit["top"][0]["score"] >= unit["top"][-1]["score"] >= unit["bottom"][-1]["score"]
+
+    path = f"/v1/jobs/{done['id']}/exemplars/block2.relu/3"
+    for mode in ("full", "crop", "mask"):
+        png = api.get(path, params={"mode": mode}, headers={"Accept": "image/png"})
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(png.content)).size == (6 * 64 + 7 * 2, 64 + 2 * 2)
+    drawn = api.get(path, params={"which": "bottom", "mode": "crop"}).json()
+    assert drawn["images"] == [e["image"] for e in unit["bottom"]]
+    assert Image.open(io.BytesIO(base64.b64decode(drawn["png"]))).format == "PNG"
+
+    image = api.get(f"/v1/datasets/{SMALL}/images/{unit['top'][0]['image']}")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        (
+            "post",
+            "/v1/models/shapes/exemplars",
+            {**BODY, "dataset": "nope"},
+            404,
+            "unknown_dataset",
+        ),
+        (
+            "post",
+            "/v1/models/shapes/exemplars",
+            {**BODY, "layers": ["block9"]},
+            422,
+            "unknown_layer",
+        ),
+        ("post", "/v1/models/shapes/exemplars", {**BODY, "k": 101}, 422, "invalid_request"),
+        ("post", "/v1/models/shapes/exemplars", {**BODY, "pool": "median"}, 422, "invalid_request"),
+        (
+            "get",
+            f"/v1/datasets/{SMALL}/images/circle/..%2F..%2Foutside.png",
+            None,
+            404,
+            "unknown_image",
+        ),
+        ("get", f"/v1/datasets/{SMALL}/images/circle/escape.png", None, 404, "unknown_image"),
+        ("get", "/v1/datasets/nope/images/x.png", None, 404, "unknown_dataset"),
+        ("get", "/v1/jobs/nope/exemplars/fc/0", None, 404, "unknown_job"),
+    ],
+)
+def test_bad_inputs_are_clear_4xx(
+    api: httpx.Client, method: str, path: str, body: Any, status: int, code: str
+) -> None:
+    response = api.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_renders_name_what_is_wrong(api: httpx.Client) -> None:
+    done = run(api, {"dataset": SMALL, "layers": ["fc"], "k": 2})
+    base = f"/v1/jobs/{done['id']}/exemplars"
+    assert "did you mean 'fc'" in api.get(f"{base}/block2.relu/0").json()["detail"]
+    assert "12 channels (0..11)" in api.get(f"{base}/fc/12").json()["detail"]
+    assert '"bottom": true' in api.get(f"{base}/fc/0", params={"which": "bottom"}).json()["detail"]
+    assert api.get(f"{base}/fc/0", params={"mode": "blur"}).status_code == 422
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_two_celery_workers_and_five_shards_give_the_in_process_result(
+    fresh_redis: RedisServer, tmp_path: Path, models_file: Path
+) -> None:
+    env = {
+        "CNNVIZ_MODELS_FILE": str(models_file),
+        "CNNVIZ_EXEMPLAR_SHARD_IMAGES": "50",
+        # DataLoader processes inside the prefork pool child: the real worker command.
+        "CNNVIZ_EXEMPLAR_LOADER_WORKERS": "2",
+    }
+    workers = [CeleryWorker(fresh_redis.url, tmp_path, env).start() for _ in range(2)]
+    try:
+        with serve(create_app(api_settings(fresh_redis.url, models_file=models_file))) as api:
+            sharded = run(api, BODY)["result"]
+        with serve(create_app(api_settings(None, models_file=models_file))) as api:
+            single = run(api, BODY)["result"]
+        assert (sharded["shards"], single["shards"]) == (5, 1)
+        assert comparable(sharded) == comparable(single)
+        shard_runs = sum(w.log(tail=None).count("cnnviz.job.shard[") for w in workers)
+        assert shard_runs >= 5 * 2  # each shard's task received and succeeded
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_killed_shard_worker_still_gives_the_full_result(
+    fresh_redis: RedisServer, tmp_path: Path
+) -> None:
+    body = {"dataset": "shapes", "layers": ["block3.relu"], "k": 4}
+    env = {
+        **REDELIVER_SOON,
+        "CNNVIZ_EXEMPLAR_SHARD_IMAGES": "300",
+        "CNNVIZ_EXEMPLAR_BATCH_SIZE": "16",
+    }
+    first = CeleryWorker(fresh_redis.url, tmp_path, env).start()
+    second = CeleryWorker(fresh_redis.url, tmp_path, env)
+    try:
+        with serve(create_app(api_settings(fresh_redis.url))) as api:
+            response = api.post("/v1/models/shapes/exemplars", json=body)
+            job_id = response.json()["id"]
+            wait_job(api, job_id, {"running"}, step=1)
+            first.kill()  # the whole worker, parent and pool child, mid-shard
+            assert job(api, job_id)["status"] == "running"
+            second.start()
+            done = wait_job(api, job_id, timeout=180)
+            assert done["status"] == "succeeded", done["error"]
+            assert done["progress"]["step"] == done["result"]["images"] == 2400
+        with serve(create_app(api_settings(None))) as api:
+            single = run(api, body)["result"]
+        assert comparable(done["result"]) == comparable(single)
+    finally:
+        first.stop()
+        second.stop()
