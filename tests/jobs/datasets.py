@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -34,3 +36,24 @@ def write_models_file(path: Path, dataset_root: Path) -> Path:
         f'[datasets.{SMALL}]\npath = "{dataset_root}"\ndescription = "generated shapes"\n'
     )
     return path
+
+
+def assert_same_exemplars(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two exemplar results agree: the same images in the same order and positions, scores
+    equal to float tolerance (a forward in batches of other sizes rounds differently), and
+    everything else equal but what depends on the carrier (shards, timing, device)."""
+    ignored = ("shards", "elapsed_s", "device", "layers")
+    assert {k: v for k, v in a.items() if k not in ignored} == {
+        k: v for k, v in b.items() if k not in ignored
+    }
+    assert len(a["layers"]) == len(b["layers"])
+    for layer_a, layer_b in zip(a["layers"], b["layers"], strict=True):
+        assert (layer_a["name"], layer_a["shape"]) == (layer_b["name"], layer_b["shape"])
+        for unit_a, unit_b in zip(layer_a["units"], layer_b["units"], strict=True):
+            for which in ("top", "bottom"):
+                list_a, list_b = unit_a[which] or [], unit_b[which] or []
+                assert [(e["image"], e["position"]) for e in list_a] == [
+                    (e["image"], e["position"]) for e in list_b
+                ], (layer_a["name"], unit_a["channel"], which)
+                for e_a, e_b in zip(list_a, list_b, strict=True):
+                    assert math.isclose(e_a["score"], e_b["score"], rel_tol=1e-5, abs_tol=1e-5)

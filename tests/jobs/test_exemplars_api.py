@@ -14,7 +14,7 @@ from PIL import Image
 from service.main import create_app
 from tests.jobs.client import job, wait_job
 from tests.jobs.conftest import api_settings
-from tests.jobs.datasets import SMALL, SMALL_IMAGES
+from tests.jobs.datasets import SMALL, SMALL_IMAGES, assert_same_exemplars
 from tests.jobs.procs import CeleryWorker, RedisServer, serve
 
 BODY = {"dataset": SMALL, "layers": ["block2.relu", "fc"], "k": 6, "bottom": True}
@@ -38,11 +38,6 @@ def run(api: httpx.Client, body: dict[str, Any], timeout: float = 120) -> dict[s
     done = wait_job(api, created["id"], timeout=timeout)
     assert done["status"] == "succeeded", done["error"]
     return done
-
-
-def comparable(result: dict[str, Any]) -> dict[str, Any]:
-    """A result without what depends on the carrier (shards, timing, device)."""
-    return {k: v for k, v in result.items() if k not in ("shards", "elapsed_s", "device")}
 
 
 def test_exemplars_through_the_api(api: httpx.Client) -> None:
@@ -140,7 +135,7 @@ def test_two_celery_workers_and_five_shards_give_the_in_process_result(
         with serve(create_app(api_settings(None, models_file=models_file))) as api:
             single = run(api, BODY)["result"]
         assert (sharded["shards"], single["shards"]) == (5, 1)
-        assert comparable(sharded) == comparable(single)
+        assert_same_exemplars(sharded, single)
         shard_runs = sum(w.log(tail=None).count("cnnviz.job.shard[") for w in workers)
         assert shard_runs >= 5 * 2  # each shard's task received and succeeded
     finally:
@@ -174,7 +169,7 @@ def test_a_killed_shard_worker_still_gives_the_full_result(
             assert done["progress"]["step"] == done["result"]["images"] == 2400
         with serve(create_app(api_settings(None))) as api:
             single = run(api, body)["result"]
-        assert comparable(done["result"]) == comparable(single)
+        assert_same_exemplars(done["result"], single)
     finally:
         first.stop()
         second.stop()
