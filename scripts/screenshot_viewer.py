@@ -1,10 +1,12 @@
-"""Take the README's screenshot of the viewer with headless Chromium: docs/img/viewer.png.
+"""Take the README's screenshots of the viewer with headless Chromium, in docs/img/.
 
     .venv/bin/python scripts/screenshot_viewer.py
 
-Serves the app (built-in model, jobs in-process) on a free local port, shows two layers'
-feature maps of the sample triangle, runs a 128-step optimization of 8 channels, hovers a
-tile, and saves the window. Needs Debian's chromium and chromium-driver.
+Serves the app (built-in model, jobs in-process) on a free local port. viewer.png: two
+layers' feature maps of the sample triangle, a 128-step optimization of 8 channels, a hovered
+tile. viewer_panels.png: block1.conv's filters and Grad-CAM of the sample star.
+viewer_unit.png: the page of block3.relu channel 5, with its exemplars in the built-in shapes
+data set, cropped to the receptive field. Needs Debian's chromium and chromium-driver.
 """
 
 from __future__ import annotations
@@ -51,6 +53,27 @@ def main() -> None:
             ActionChains(driver).move_to_element_with_offset(img, -60, -90).perform()
             wait.until(lambda d: d.find_element(By.ID, "tooltip").is_displayed())
             out = ROOT / "docs" / "img" / "viewer.png"
+            driver.save_screenshot(str(out))
+            print(out)
+
+            # The weights and attribution panels, further down the same page.
+            Select(driver.find_element(By.ID, "w-layer")).select_by_value("block1.conv")
+            driver.find_element(By.ID, "w-show").click()
+            wait.until(lambda d: d.find_element(By.ID, "w-figure").is_displayed())
+            Select(driver.find_element(By.ID, "sample")).select_by_value("star")
+            driver.find_element(By.ID, "a-explain").click()
+            wait.until(lambda d: d.find_element(By.ID, "a-result").is_displayed())
+            driver.set_window_size(1280, 1000)
+            driver.execute_script("document.getElementById('weights-section').scrollIntoView()")
+            out = ROOT / "docs" / "img" / "viewer_panels.png"
+            driver.save_screenshot(str(out))
+            print(out)
+
+            # A unit's page, its exemplars mined from the built-in data set.
+            driver.set_window_size(1280, 1000)
+            driver.get(url + "/units/shapes/block3.relu/5?dataset=shapes&mode=crop")
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+            out = ROOT / "docs" / "img" / "viewer_unit.png"
             driver.save_screenshot(str(out))
             print(out)
     finally:

@@ -21,9 +21,12 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from service.main import create_app
 from tests.api.conftest import MODELS_TOML, make_settings, serve
+from tests.jobs.datasets import write_image_folder
 
 # Generous for two busy cores; a flow that is really stuck fails instead of hanging.
 WAIT_S = 60
+FEW = "few"
+FEW_IMAGES = 40
 
 
 def _browser() -> tuple[str, str] | None:
@@ -34,9 +37,15 @@ def _browser() -> tuple[str, str] | None:
 
 @pytest.fixture(scope="session")
 def viewer_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
-    """``shapes`` and the 1-channel 8×8 test models; previews often, so a short job shows one."""
-    models_file = tmp_path_factory.mktemp("viewer") / "models.toml"
-    models_file.write_text(MODELS_TOML, encoding="utf-8")
+    """``shapes`` and the 1-channel 8×8 test models, and a data set of a few generated images
+    (``few``) that exemplar flows mine in a moment; previews often, so a short job shows one."""
+    root = tmp_path_factory.mktemp("viewer")
+    folder = write_image_folder(root / "few", n=FEW_IMAGES)
+    models_file = root / "models.toml"
+    models_file.write_text(
+        f'{MODELS_TOML}\n[datasets.{FEW}]\npath = "{folder}"\ndescription = "generated shapes"\n',
+        encoding="utf-8",
+    )
     return create_app(make_settings(models_file, job_preview_interval=0.2))
 
 

@@ -109,6 +109,7 @@ async function loadModel(name) {
   for (const layer of layers.filter(spatial)) opt.add(new Option(`${layer.name} [${layer.shape.join(", ")}]`, layer.name));
   const deep = layers.filter(spatial);
   if (deep.length) opt.value = deep[Math.floor((deep.length * 2) / 3)].name;
+  panelsForModel(layers, info); // panels.js: weights and attributions
 }
 
 async function loadSamples() {
@@ -313,7 +314,11 @@ async function showUnit(model, layer, channel) {
   if (spatial(known) && channel >= known.shape[0]) {
     throw new Error(`channel ${channel} is out of range: ${layer} has ${known.shape[0]} channels`);
   }
-  await Promise.all([unitPattern(model, layer, channel), unitSamples(model, layer, channel, known)]);
+  await Promise.all([
+    unitPattern(model, layer, channel),
+    unitSamples(model, layer, channel, known),
+    unitPanels(model, layer, channel), // panels.js: exemplars and the filter
+  ]);
 }
 
 async function unitPattern(model, layer, channel) {
@@ -408,6 +413,7 @@ async function main() {
   document.querySelectorAll("input[name=source]").forEach((r) => r.addEventListener("change", guard(updateInputPreview)));
   $("show").addEventListener("click", guard(showFeatureMaps));
   $("optimize").addEventListener("click", guard(startOptimization));
+  await homePanels(); // panels.js
   document.body.dataset.ready = "home";
 }
 

@@ -1,0 +1,263 @@
+"""The viewer's panels in a real headless Chromium: filter weights, attributions, and a unit's
+dataset exemplars and filter. Each flow ends in what the page shows, checked against the API."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select
+
+from tests.viewer.conftest import FEW, FEW_IMAGES, wait
+from tests.viewer.test_viewer import error_text, open_home
+
+
+def ready(page: WebDriver, url: str, expected: str) -> None:
+    """Open ``url`` and wait until the page says it has loaded as ``expected``."""
+    page.get(url)
+    wait(
+        page,
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"),
+        f"{url} did not finish loading",
+    )
+    body = page.find_element(By.TAG_NAME, "body")
+    assert body.get_attribute("data-ready") == expected, error_text(page)
+
+
+def natural_width(page: WebDriver, img: WebElement) -> int:
+    return int(page.execute_script("return arguments[0].naturalWidth", img))
+
+
+def query(page: WebDriver) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page.current_url).query)
+
+
+def hover_tile(page: WebDriver, img: WebElement, grid: dict, i: int) -> str:
+    """Move the mouse to the middle of tile ``i`` of a grid image; the tooltip's text."""
+    pad, (th, tw), columns = grid["padding"], grid["tile"], grid["columns"]
+    row, col = divmod(i, columns)
+    scale = img.size["width"] / natural_width(page, img)
+    x = (pad + col * (tw + pad) + tw / 2) * scale
+    y = (pad + row * (th + pad) + th / 2) * scale
+    ActionChains(page).move_to_element_with_offset(
+        img, int(x - img.size["width"] / 2), int(y - img.size["height"] / 2)
+    ).perform()
+    tip = wait(
+        page,
+        lambda d: (
+            d.find_element(By.ID, "tooltip").is_displayed() and d.find_element(By.ID, "tooltip")
+        ),
+        "no tooltip on hover",
+    )
+    return str(tip.text)
+
+
+def test_filter_weights_with_hover_and_a_shareable_address(
+    page: WebDriver, viewer_url: str, http_client: httpx.Client
+) -> None:
+    open_home(page, viewer_url)
+    Select(page.find_element(By.ID, "w-layer")).select_by_value("block3.conv")
+    Select(page.find_element(By.ID, "w-mode")).select_by_value("slices")
+    page.find_element(By.ID, "w-top-k").send_keys("4")
+    page.find_element(By.ID, "w-show").click()
+    caption = wait(
+        page,
+        lambda d: (
+            d.find_element(By.ID, "w-figure").is_displayed()
+            and d.find_element(By.ID, "w-caption").text
+        ),
+        "the weights did not appear",
+    )
+    expected = http_client.get(
+        "/v1/models/shapes/layers/block3.conv/weights", params={"mode": "slices", "top_k": 4}
+    ).json()
+    shown = "block3.conv · Conv2d [64, 32, 3, 3] · slices · 4 filter(s), 16 tile(s)"
+    assert caption.startswith(shown), caption
+    img = page.find_element(By.ID, "w-image")
+    assert natural_width(page, img) == (
+        expected["grid"]["padding"]
+        + expected["grid"]["columns"] * (expected["grid"]["tile"][1] + expected["grid"]["padding"])
+    )
+    # The sixth tile: the second slice of the second-strongest filter.
+    stats = expected["stats"][5]
+    tip = hover_tile(page, img, expected["grid"], 5)
+    assert tip.startswith(
+        f"block3.conv · filter {stats['filter']} · input channel {stats['input_channel']}\nmin "
+    ), tip
+    # The address now names what is shown: opened again, it shows the same grid by itself.
+    assert query(page) == {
+        "model": ["shapes"],
+        "weights": ["block3.conv"],
+        "wmode": ["slices"],
+        "wtop": ["4"],
+    }
+    ready(page, page.current_url, "home")
+    assert page.find_element(By.ID, "w-figure").is_displayed()
+    assert page.find_element(By.ID, "w-caption").text == caption
+    assert not error_text(page)
+
+
+def test_attributions_show_the_top_predictions_and_explain_the_one_clicked(
+    page: WebDriver, viewer_url: str, http_client: httpx.Client
+) -> None:
+    open_home(page, viewer_url)
+    Select(page.find_element(By.ID, "sample")).select_by_value("star")
+    Select(page.find_element(By.ID, "a-method")).select_by_value("gradcam")
+    assert (
+        Select(page.find_element(By.ID, "a-layer")).first_selected_option.get_attribute("value")
+        == "block4.relu"
+    )  # the last spatial layer, where Grad-CAM is usually asked
+    page.find_element(By.ID, "a-explain").click()
+
+    def rows(d: WebDriver) -> list[WebElement]:
+        return d.find_elements(By.CSS_SELECTOR, "#a-predictions tbody tr")
+
+    wait(page, lambda d: d.find_element(By.ID, "a-result").is_displayed(), "no attribution")
+    api = http_client.post(
+        "/v1/models/shapes/attributions",
+        json={"sample": "star", "method": "gradcam", "layer": "block4.relu"},
+    ).json()
+    labels = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows(page)]
+    assert labels == [p["label"] for p in api["predictions"]]
+    top = api["predictions"][0]
+    caption = page.find_element(By.ID, "a-caption").text
+    assert caption.startswith(
+        f"gradcam at block4.relu for '{top['label']}' (class {top['index']}) on star: "
+    ), caption
+    for name in ("a-overlay", "a-map"):
+        assert natural_width(page, page.find_element(By.ID, name)) == 64  # the input's size
+
+    # Click the second prediction: its map, and the row marked.
+    second = api["predictions"][1]
+    rows(page)[1].click()
+    wait(
+        page,
+        lambda d: (
+            f"for '{second['label']}' (class {second['index']})"
+            in d.find_element(By.ID, "a-caption").text
+        ),
+        "the second prediction was not explained",
+    )
+    marked = [
+        r.get_attribute("data-index") for r in rows(page) if "explained" in r.get_attribute("class")
+    ]
+    assert marked == [str(second["index"])]
+    assert query(page) == {
+        "model": ["shapes"],
+        "sample": ["star"],
+        "attr": ["gradcam"],
+        "alayer": ["block4.relu"],
+        "target": [str(second["index"])],
+    }
+
+    # The address opened again shows that attribution by itself; another method needs no layer.
+    ready(page, page.current_url, "home")
+    assert f"for '{second['label']}'" in page.find_element(By.ID, "a-caption").text
+    Select(page.find_element(By.ID, "a-method")).select_by_value("integrated_gradients")
+    assert not page.find_element(By.ID, "a-layer").is_displayed()
+    page.find_element(By.ID, "a-explain").click()
+    caption = wait(
+        page,
+        lambda d: (
+            d.find_element(By.ID, "a-caption").text.startswith("integrated_gradients for")
+            and d.find_element(By.ID, "a-caption").text
+        ),
+        "integrated gradients were not shown",
+    )
+    assert "signed: blue is evidence against" in caption and "completeness error" in caption
+    assert not error_text(page)
+
+
+def test_a_unit_page_mines_exemplars_and_draws_them_in_each_mode(
+    page: WebDriver, viewer_url: str, http_client: httpx.Client
+) -> None:
+    ready(page, viewer_url + "/units/shapes/block3.relu/2", "unit")
+    # The unit's filter: block3.relu is the output of block3.conv, filter 2.
+    assert page.find_element(By.ID, "unit-weights-caption").text.startswith(
+        "filter 2 of block3.conv (Conv2d [64, 32, 3, 3]) · slices, its 8 strongest"
+    )
+    Select(page.find_element(By.ID, "ex-dataset")).select_by_value(FEW)
+    page.find_element(By.ID, "ex-mine").click()
+    body = page.find_element(By.TAG_NAME, "body")
+    wait(
+        page,
+        lambda d: body.get_attribute("data-exemplars") in ("succeeded", "failed", "cancelled"),
+        "the exemplars job did not end",
+    )
+    status = page.find_element(By.ID, "ex-status").text
+    assert body.get_attribute("data-exemplars") == "succeeded", status
+    expected = f"{FEW_IMAGES} images of {FEW} scored by their mean activation in "
+    assert status.startswith(expected), status
+    assert "1 unreadable file(s) skipped" in status
+
+    # What the page shows is what the API answers for the same request (reused, not rerun).
+    job = http_client.post(
+        "/v1/models/shapes/exemplars",
+        json={"dataset": FEW, "layers": ["block3.relu"], "k": 8, "pool": "mean", "bottom": True},
+    )
+    assert job.status_code == 200 and job.headers["Cnnviz-Reused"] == "true"
+    grids = f"/v1/jobs/{job.json()['id']}/exemplars/block3.relu/2"
+
+    def shown(which: str) -> tuple[list[str], str | None]:
+        img = page.find_element(By.ID, f"ex-{which}")
+        return page.execute_script("return JSON.parse(arguments[0].dataset.images)", img), (
+            img.get_attribute("data-mode")
+        )
+
+    for which in ("top", "bottom"):
+        api = http_client.get(grids, params={"which": which}).json()
+        assert shown(which) == (api["images"], "full")
+        assert page.find_element(By.ID, f"ex-{which}").get_attribute("src").endswith(api["png"])
+        caption = page.find_element(By.ID, f"ex-{which}-caption").text
+        assert caption.startswith(f"{which} 8 of {FEW_IMAGES} · full · scores "), caption
+
+    # Crop to the receptive field: the API's crops, the same images, and the address says so.
+    page.find_element(By.CSS_SELECTOR, "input[name=ex-mode][value=crop]").click()
+    wait(page, lambda d: shown("bottom")[1] == "crop", "the crops were not drawn")
+    crop = http_client.get(grids, params={"mode": "crop"}).json()
+    assert shown("top") == (crop["images"], "crop")
+    assert page.find_element(By.ID, "ex-top").get_attribute("src").endswith(crop["png"])
+    assert crop["png"] != http_client.get(grids).json()["png"]
+    assert query(page) == {"dataset": [FEW], "mode": ["crop"]}
+
+    # Hover the second top image: its id and score; click it: the whole image beside the grids.
+    img = page.find_element(By.ID, "ex-top")
+    columns, (th, tw) = crop["columns"], crop["tile_size"]
+    padding = (natural_width(page, img) - columns * tw) / (columns + 1)
+    layout = {"columns": columns, "tile": (th, tw), "padding": padding}
+    assert hover_tile(page, img, layout, 1).startswith(f"{crop['images'][1]}\nscore ")
+    ActionChains(page).click().perform()
+    picked = wait(
+        page,
+        lambda d: (
+            d.find_element(By.ID, "ex-picked").is_displayed()
+            and d.find_element(By.ID, "ex-picked-caption").text
+        ),
+        "the clicked image was not shown",
+    )
+    assert picked.startswith(f"{crop['images'][1]} · top 2, score "), picked
+    assert natural_width(page, page.find_element(By.ID, "ex-picked-image")) == 64
+
+    # Shared, the address shows the same exemplars at once, in the same mode.
+    ready(page, page.current_url, "unit")
+    assert page.find_element(By.TAG_NAME, "body").get_attribute("data-exemplars") == "succeeded"
+    assert shown("top") == (crop["images"], "crop")
+    assert not error_text(page)
+
+
+def test_a_unit_page_of_a_first_layer_filter_draws_it_in_colour(
+    page: WebDriver, viewer_url: str
+) -> None:
+    ready(page, viewer_url + "/units/shapes/block1.conv/5", "unit")
+    caption = page.find_element(By.ID, "unit-weights-caption").text
+    assert caption == "filter 5 of block1.conv (Conv2d [16, 3, 3, 3]) · rgb"
+    assert page.find_element(By.ID, "unit-weights-status").text == ""
+    img = page.find_element(By.ID, "unit-weights-image")
+    assert natural_width(page, img) > 3
+    # No data set named in the address: nothing mined until asked.
+    assert not page.find_element(By.ID, "ex-top-figure").is_displayed()
+    assert page.find_element(By.ID, "ex-dataset").get_attribute("value") == "shapes"
