@@ -73,6 +73,10 @@ class AttributionMethod(ABC):
     needs_layer: ClassVar[bool] = False
     #: Whether maps have a sign (positive: for the target; negative: against it).
     signed: ClassVar[bool] = False
+    #: Whether the method's first forward is the image itself and only the gradient there
+    #: matters: then the top class's gradient is the largest score's, and a call without
+    #: targets needs no prediction forward of its own (Grad-CAM, saliency).
+    local: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
     @abstractmethod

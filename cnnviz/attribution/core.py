@@ -79,20 +79,34 @@ class _Scores(nn.Module):
 
     ``on_batch(N)`` is called before every forward: progress, and the place to stop a long
     call (an exception raised there ends the attribution; the model is restored all the same).
+    ``first`` keeps the scores of the first image of the first forward. With ``top``, the
+    forward returns each image's largest score ``(N, 1)`` instead: its gradient is the top
+    class's, so a method that starts at the image needs no prediction forward of its own.
     """
 
     def __init__(
-        self, model: nn.Module, output: OutputChoice, on_batch: Callable[[int], None] | None
+        self,
+        model: nn.Module,
+        output: OutputChoice,
+        on_batch: Callable[[int], None] | None,
+        top: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.output = output
         self.on_batch = on_batch
+        self.top = top
+        self.forwards = 0
+        self.first: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.on_batch is not None:
             self.on_batch(int(x.shape[0]))
-        return _choose(self.model(x), self.output)
+        self.forwards += 1
+        scores = _choose(self.model(x), self.output)
+        if self.first is None:
+            self.first = scores[:1].detach().float()
+        return scores.amax(dim=1, keepdim=True) if self.top else scores
 
 
 def _describe(output: object) -> str:
@@ -159,19 +173,29 @@ def _out_of_place(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _counting_calls(module: nn.Module | None) -> Iterator[list[tuple[int, ...]]]:
-    """The output shapes of ``module``'s calls during the block (a hook removed after)."""
-    shapes: list[tuple[int, ...]] = []
+def _counting_calls(
+    module: nn.Module | None, scorer: _Scores, call: int, layer: str | None, model_name: str
+) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
+    """``(forward, output shape)`` of ``module``'s calls during the block (a hook removed
+    after); a ``call`` of the layer that is not ``(N, C, H, W)`` stops the forward at once."""
+    seen: list[tuple[int, tuple[int, ...]]] = []
     if module is None:
-        yield shapes
+        yield seen
         return
 
     def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-        shapes.append(tuple(output.shape) if isinstance(output, torch.Tensor) else ())
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+        index = sum(1 for forward, _ in seen if forward == scorer.forwards)
+        seen.append((scorer.forwards, shape))
+        if index == call and len(shape) != 4:
+            raise LayerShapeError(
+                f"layer {layer!r} of model {model_name!r} outputs {shape[1:]} per image; "
+                "Grad-CAM needs a layer with (C, H, W) output"
+            )
 
     handle = module.register_forward_hook(hook)
     try:
-        yield shapes
+        yield seen
     finally:
         handle.remove()
 
@@ -189,22 +213,16 @@ def _layer_module(model: nn.Module, layer: str, model_name: str) -> tuple[nn.Mod
     return dict(model.named_modules())[name], call
 
 
-def _check_layer_calls(
-    shapes: list[tuple[int, ...]], call: int, layer: str, model_name: str
-) -> None:
+def _check_layer_calls(count: int, call: int, layer: str, model_name: str) -> None:
     """Captum keeps a hooked module's last output: ``layer`` must be its last call."""
-    if call != len(shapes) - 1:
+    if call != count - 1:
         module = layer.partition(":")[0]
-        last = module if len(shapes) == 1 else f"{module}:{len(shapes) - 1}"
+        last = module if count == 1 else f"{module}:{count - 1}"
+        runs = "never runs" if count == 0 else f"runs {count} times"
         raise LayerShapeError(
             f"layer {layer!r} of model {model_name!r} is call {call} of module {module!r}, "
-            f"which runs {len(shapes)} times in a forward pass; Grad-CAM reads a module's "
-            f"last call: choose {last!r} or another layer"
-        )
-    if len(shapes[call]) != 4:
-        raise LayerShapeError(
-            f"layer {layer!r} of model {model_name!r} outputs {shapes[call][1:]} per image; "
-            "Grad-CAM needs a layer with (C, H, W) output"
+            f"which {runs} in a forward pass; Grad-CAM reads a module's last call: choose "
+            f"{last!r} or another layer"
         )
 
 
@@ -341,39 +359,66 @@ def attribute(
         x = x.to(device=param.device, dtype=param.dtype)
     if baseline is not None:
         baseline = baseline.to(device=x.device, dtype=x.dtype).expand_as(x)
+    # Without targets, a method that starts at the image finds the top class itself.
+    quick = targets is None and chosen.local
+    scorer = _Scores(model, output, on_batch, top=quick)
     with preserved_state(model), _out_of_place(model):
         model.requires_grad_(False)  # gradients of the input only; no .grad left on weights
-        with torch.no_grad(), _counting_calls(module) as calls:
-            scores = _choose(model(x), output).float()  # (1, K)
+        with _counting_calls(module, scorer, call, layer, model_name) as calls:
+            if not quick:
+                with torch.no_grad():
+                    scorer.first = _choose(model(x), output)[:1].float()  # (1, K)
+            names, predictions, indices = _targets(scorer.first, labels, targets, top, quick)
+            task = AttributionTask(
+                scores=scorer,
+                x=x.detach(),
+                targets=[0] if quick else indices,
+                layer=module,
+                baseline=baseline,
+                steps=steps,
+                window=window,
+                stride=stride,
+            )
+            # Gradients even when the caller runs under no_grad or inference_mode.
+            with torch.inference_mode(False), torch.enable_grad():
+                result = chosen.attribute(task)
         if module is not None and layer is not None:
-            _check_layer_calls(calls, call, layer, model_name)
-        count = scores.shape[1]
-        names = list(labels) if len(labels) == count else [str(i) for i in range(count)]
-        predictions = _predictions(scores[0], names, max(1, top))
-        indices = _resolve_targets(targets, names, predictions[0].index)
-        task = AttributionTask(
-            scores=_Scores(model, output, on_batch),
-            x=x.detach(),
-            targets=indices,
-            layer=module,
-            baseline=baseline,
-            steps=steps,
-            window=window,
-            stride=stride,
-        )
-        with torch.enable_grad():
-            result = chosen.attribute(task)
-    every = _predictions(scores[0], names, len(names))
-    by_index = {p.index: p for p in every}
+            first = 1 if quick else 0  # the probe forward is number 0
+            _check_layer_calls(sum(f == first for f, _ in calls), call, layer, model_name)
+    if quick:  # the scores came with the method's first forward
+        names, predictions, indices = _targets(scorer.first, labels, None, top, False)
+    assert scorer.first is not None
+    every = {p.index: p for p in _predictions(scorer.first[0], names, len(names))}
     return Attribution(
         method=chosen.name,
         layer=layer,
         signed=chosen.signed,
         predictions=tuple(predictions),
-        targets=tuple(by_index[i] for i in indices),
+        targets=tuple(every[i] for i in indices),
         maps=result.maps.cpu(),
         completeness=None if result.completeness is None else result.completeness.cpu(),
     )
+
+
+def _targets(
+    first: torch.Tensor | None,
+    labels: Sequence[str],
+    targets: Sequence[int | str] | None,
+    top: int,
+    quick: bool,
+) -> tuple[list[str], list[Prediction], list[int]]:
+    """Class names, the top predictions and the target indices, from the scores ``(1, K)``.
+
+    With ``quick`` the scores are not known yet (the method's own forward finds them): the
+    names and predictions are filled in afterwards and the one target is the top class.
+    """
+    if quick:
+        return [], [], [0]
+    assert first is not None
+    count = first.shape[1]
+    names = list(labels) if len(labels) == count else [str(i) for i in range(count)]
+    predictions = _predictions(first[0], names, max(1, top))
+    return names, predictions, _resolve_targets(targets, names, predictions[0].index)
 
 
 def _predictions(scores: torch.Tensor, names: Sequence[str], top: int = 5) -> list[Prediction]:

@@ -13,6 +13,7 @@ class GradCam(AttributionMethod):
 
     name = "gradcam"
     needs_layer = True
+    local = True
     summary = "Grad-CAM at a layer (coarse: the layer's resolution, upsampled)"
 
     def attribute(self, task: AttributionTask) -> MethodResult:

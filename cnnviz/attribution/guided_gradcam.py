@@ -20,6 +20,7 @@ class GuidedGradCam(AttributionMethod):
 
     name = "guided_gradcam"
     needs_layer = True
+    local = True
     summary = "guided backpropagation times Grad-CAM (needs a layer)"
 
     def attribute(self, task: AttributionTask) -> MethodResult:

@@ -12,6 +12,7 @@ class Saliency(AttributionMethod):
     """``max_c |dS/dx_c|`` per pixel."""
 
     name = "saliency"
+    local = True
     summary = "|gradient| of the target's score, max over colour channels"
 
     def attribute(self, task: AttributionTask) -> MethodResult:

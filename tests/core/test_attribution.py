@@ -97,6 +97,20 @@ def test_several_targets_give_the_maps_of_separate_calls(shapes: nn.Module) -> N
             torch.testing.assert_close(both.maps[k], alone.maps[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "guided_gradcam", "saliency"])
+def test_the_default_target_is_the_top_prediction_without_a_forward_of_its_own(
+    shapes: nn.Module, method: str
+) -> None:
+    images, _ = generate_with_masks(2, seed=8)[:2]
+    for image in normalised(images):
+        default = attribute(shapes, image, method, layer="block4.relu", labels=CLASSES)
+        top = default.predictions[0]
+        assert default.targets == (top,) and len(default.predictions) == 5
+        explicit = attribute(shapes, image, method, layer="block4.relu", targets=[top.index])
+        torch.testing.assert_close(default.maps, explicit.maps, rtol=1e-4, atol=1e-6)
+        assert [p.index for p in explicit.predictions] == [p.index for p in default.predictions]
+
+
 def test_grad_cam_points_at_the_shape(shapes: nn.Module) -> None:
     """The pointing game on 50 generated shapes, at Grad-CAM's own resolution.
 
@@ -232,6 +246,9 @@ def test_grad_cam_layers_are_modules_that_run_once_or_their_last_call() -> None:
         attribute(model, x, "gradcam", layer="mul")
     with pytest.raises(LayerShapeError, match=r"\(C, H, W\)"):
         attribute(model, x, "gradcam", layer="fc")
+    with pytest.raises(LayerShapeError, match=r"\(C, H, W\)"):
+        attribute(model, x, "gradcam", layer="fc", targets=[1])
+    assert hooks(model) == 0  # stopped inside captum's forward: every hook removed all the same
     with pytest.raises(UnknownLayerError, match="'c1'"):
         attribute(model, x, "gradcam", layer="c3")
     with pytest.raises(InvalidArgumentError, match=r"needs a layer.*'c1', 'c2'"):
