@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from service.main import create_app
+from service.settings import Settings
 from tests.api.conftest import MODELS_TOML, make_settings, serve
 from tests.jobs.datasets import write_image_folder
 
@@ -27,6 +29,7 @@ from tests.jobs.datasets import write_image_folder
 WAIT_S = 60
 FEW = "few"
 FEW_IMAGES = 40
+KEYS = "viewer-key,other-key"
 
 
 def _browser() -> tuple[str, str] | None:
@@ -36,9 +39,9 @@ def _browser() -> tuple[str, str] | None:
 
 
 @pytest.fixture(scope="session")
-def viewer_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+def viewer_models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``shapes`` and the 1-channel 8×8 test models, and a data set of a few generated images
-    (``few``) that exemplar flows mine in a moment; previews often, so a short job shows one."""
+    (``few``) that exemplar flows mine in a moment."""
     root = tmp_path_factory.mktemp("viewer")
     folder = write_image_folder(root / "few", n=FEW_IMAGES)
     models_file = root / "models.toml"
@@ -46,7 +49,27 @@ def viewer_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
         f'{MODELS_TOML}\n[datasets.{FEW}]\npath = "{folder}"\ndescription = "generated shapes"\n',
         encoding="utf-8",
     )
-    return create_app(make_settings(models_file, job_preview_interval=0.2))
+    return models_file
+
+
+def _viewer_settings(models_file: Path, **overrides: object) -> Settings:
+    """Previews often, so a short job shows one; a low synchronous limit on attributions
+    (integrated gradients' default 64 steps are over it), so the page's fallback to a job runs."""
+    return make_settings(
+        models_file, job_preview_interval=0.2, attribution_max_passes=32, **overrides
+    )
+
+
+@pytest.fixture(scope="session")
+def viewer_app(viewer_models_file: Path) -> FastAPI:
+    return create_app(_viewer_settings(viewer_models_file))
+
+
+@pytest.fixture(scope="session")
+def keyed_url(viewer_models_file: Path) -> Iterator[str]:
+    """The same service with API keys: every call needs one, and jobs belong to their key."""
+    with serve(create_app(_viewer_settings(viewer_models_file, api_keys=KEYS))) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -169,6 +169,8 @@ def test_attributions_show_the_top_predictions_and_explain_the_one_clicked(
         "integrated gradients were not shown",
     )
     assert "signed: blue is evidence against" in caption and "completeness error" in caption
+    # 64 steps are over the test service's synchronous limit of 32 passes: queued and followed.
+    assert caption.endswith("(run as a job: over the service's synchronous limit)"), caption
     assert not error_text(page)
 
 
@@ -261,3 +263,34 @@ def test_a_unit_page_of_a_first_layer_filter_draws_it_in_colour(
     # No data set named in the address: nothing mined until asked.
     assert not page.find_element(By.ID, "ex-top-figure").is_displayed()
     assert page.find_element(By.ID, "ex-dataset").get_attribute("value") == "shapes"
+
+
+def test_with_api_keys_every_panel_sends_the_pages_key(page: WebDriver, keyed_url: str) -> None:
+    ready(page, keyed_url + "/", "error")  # no key yet: the service answers 401
+    assert error_text(page).startswith("unauthorized:"), error_text(page)
+    page.execute_script("localStorage.setItem('cnnviz-api-key', 'viewer-key')")
+    # A shared unit address: every call needs the key (datasets, weights, the exemplars job,
+    # following it, its grids), so the page shows them only if it sends the key with each.
+    ready(page, keyed_url + f"/units/shapes/block2.relu/4?dataset={FEW}&mode=mask", "unit")
+    body = page.find_element(By.TAG_NAME, "body")
+    assert body.get_attribute("data-exemplars") == "succeeded", error_text(page)
+    top = page.find_element(By.ID, "ex-top")
+    assert top.get_attribute("data-mode") == "mask" and natural_width(page, top) > 0
+    assert page.find_element(By.ID, "unit-weights-caption").text.startswith(
+        "filter 4 of block2.conv"
+    )
+    images = page.execute_script("return JSON.parse(arguments[0].dataset.images)", top)
+    # A dataset image, fetched with the key, whole beside the grids.
+    ActionChains(page).move_to_element_with_offset(
+        top, -top.size["width"] // 2 + 8, 0
+    ).click().perform()
+    picked = wait(
+        page,
+        lambda d: (
+            d.find_element(By.ID, "ex-picked").is_displayed()
+            and d.find_element(By.ID, "ex-picked-caption").text
+        ),
+        "the clicked image was not shown",
+    )
+    assert picked.startswith(f"{images[0]} · top 1, score "), picked
+    assert not error_text(page)

@@ -129,6 +129,27 @@ function chooseTarget(index, label) {
   select.value = String(index);
 }
 
+// The attribution answer: at once, or, for a request over the service's synchronous limit
+// (many integrated-gradients steps, a fine occlusion), as a job with the same body, followed.
+async function attribute(body) {
+  const model = encodeURIComponent(state.model);
+  try {
+    return { answer: await (await postJSON(`/v1/models/${model}/attributions`, body)).json(), asJob: false };
+  } catch (error) {
+    if (!(error.status === 422 && error.message.startsWith("too_long_for_sync:"))) throw error;
+  }
+  let job = await (await postJSON(`/v1/models/${model}/attribution-jobs`, body)).json();
+  const caption = $("a-caption");
+  const show = (j) => {
+    caption.textContent = j.progress ? `${j.status}: ${j.progress.step} / ${j.progress.total} ${j.progress.unit || ""}` : j.status;
+  };
+  if (!FINISHED.includes(job.status)) job = await followJob(job.id, show);
+  if (job.status !== "succeeded") {
+    throw new Error(job.error ? `job ${job.status}: ${job.error.code}: ${job.error.message}` : `job ${job.status}`);
+  }
+  return { answer: job.result, asJob: true };
+}
+
 async function explain() {
   const method = $("a-method").value;
   const body = { method };
@@ -141,7 +162,7 @@ async function explain() {
     if (!file) throw new Error("choose an image file to upload, or pick a sample");
     body.image = await readFileBase64(file);
   } else body.sample = $("sample").value;
-  const answer = await (await postJSON(`/v1/models/${encodeURIComponent(state.model)}/attributions`, body)).json();
+  const { answer, asJob } = await attribute(body);
   const rows = $("a-predictions").querySelector("tbody");
   rows.innerHTML = "";
   answer.predictions.forEach((p, rank) => {
@@ -166,6 +187,7 @@ async function explain() {
     `min ${fmt(a.stats.min)}, max ${fmt(a.stats.max)}, peak at (y ${a.stats.peak[0]}, x ${a.stats.peak[1]})` +
     `${answer.signed ? "; signed: blue is evidence against" : ""}`;
   if (a.completeness) caption += `; completeness error ${(100 * a.completeness.relative_error).toFixed(2)}%`;
+  if (asJob) caption += " (run as a job: over the service's synchronous limit)";
   $("a-caption").textContent = caption;
   $("a-result").hidden = false;
   rememberInAddress({
