@@ -24,6 +24,8 @@ import httpx
 import torch
 from PIL import Image
 
+from cnnviz.precision import cpu_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # resnet18 with random weights, at ImageNet's input size: for benchmarks only.
@@ -45,8 +47,9 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    bf16 = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"}) or ["no native bf16"]
     return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+        f"{cpu} ({', '.join(bf16)}), {os.cpu_count()} logical CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
     )
 
@@ -72,10 +75,14 @@ class Server:
 
 @contextlib.contextmanager
 def api_server(
-    env: Mapping[str, str] | None = None, uvicorn_args: Sequence[str] = ()
+    env: Mapping[str, str] | None = None,
+    uvicorn_args: Sequence[str] = (),
+    root: Path = ROOT,
 ) -> Iterator[Server]:
     """``uvicorn service.main:app`` in a subprocess on a free 127.0.0.1 port, until the block
-    ends. ``env`` adds ``CNNVIZ_*`` settings (or ``OMP_NUM_THREADS``) to this environment."""
+    ends. ``env`` adds ``CNNVIZ_*`` settings (or ``OMP_NUM_THREADS``) to this environment;
+    ``root`` is the checkout it runs from (another commit's worktree: set ``PYTHONPATH`` to it
+    in ``env`` too)."""
     port = free_port()
     command = [
         sys.executable,
@@ -90,7 +97,7 @@ def api_server(
         "warning",
         *uvicorn_args,
     ]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(command, cwd=root, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

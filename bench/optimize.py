@@ -5,9 +5,11 @@
 
 Figures (all with torchvision resnet18, ``weights=None``, 128-pixel images):
 
-1. one step of ``visualize()`` ÷ one step of a minimal hand-written torch loop doing the same
-   Fourier parameterization, decorrelated colour, standard transforms and channel objective
-   (the floor; target <= 1.1). Medians of interleaved runs;
+1. one step of ``visualize()`` ÷ one step of a minimal hand-written fp32 torch loop doing the
+   same Fourier parameterization, decorrelated colour, standard transforms and channel
+   objective (the floor), in fp32 (target <= 1.1) and under ``precision="auto"`` (target
+   <= 0.5 on a CPU with native bf16, where auto is bf16 and channels-last; <= 1.1 where auto is
+   fp32). Medians of interleaved runs;
 2. 32 channels of ``layer3`` in one batched job ÷ 32 one-channel jobs, whole jobs timed;
 3. a step that stops at the layer ÷ a step that runs the whole network, early and late layer;
 4. peak memory of a whole-layer job (every channel of ``layer3``) against its memory budget,
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnnviz.optvis import RenderSettings, StepReport, objectives, visualize
 from cnnviz.optvis.param import COLOR_CORRELATION_SQRT
+from cnnviz.precision import Precision, resolve_precision
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -129,6 +132,7 @@ def interleaved_visualize(
     device: torch.device,
     floor: Floor,
     redirect_steps: int = 0,
+    precision: Precision = "fp32",
 ) -> tuple[list[float], list[float]]:
     """Seconds of each ``visualize`` step and of a floor step run between each two of them.
 
@@ -151,7 +155,9 @@ def interleaved_visualize(
         input_shape=(3, SIZE, SIZE),
         mean=MEAN,
         std=STD,
-        settings=RenderSettings(steps=steps, redirect_relu_steps=redirect_steps),
+        settings=RenderSettings(
+            steps=steps, redirect_relu_steps=redirect_steps, precision=precision
+        ),
         device=device,
         on_step=on_step,
     )
@@ -185,6 +191,9 @@ def bench_floor(model: nn.Module, device: torch.device, steps: int) -> dict[str,
         floor = Floor(lambda x: truncated(x)[layer], channels, device)
         floor.step()  # warm-up
         ours, theirs = interleaved_visualize(model, layer, channels, steps, device, floor)
+        auto, theirs_a = interleaved_visualize(
+            model, layer, channels, steps, device, floor, precision="auto"
+        )
         redirected, theirs_r = interleaved_visualize(
             model, layer, channels, steps, device, floor, redirect_steps=steps
         )
@@ -194,6 +203,8 @@ def bench_floor(model: nn.Module, device: torch.device, steps: int) -> dict[str,
     return {
         "step_ours_s": statistics.median(ours),
         "step_floor_s": statistics.median(theirs),
+        "step_auto_s": statistics.median(auto),
+        "step_floor_a_s": statistics.median(theirs_a),
         "step_redirected_s": statistics.median(redirected),
         "step_floor_r_s": statistics.median(theirs_r),
     }
@@ -336,14 +347,24 @@ def main() -> None:
     floor = bench_floor(model, device, args.steps)
     rows.append(
         (
-            "1 step visualize ÷ hand-written floor (layer3, 8 ch)",
+            "1 step visualize (fp32) ÷ hand-written fp32 floor (layer3, 8 ch)",
             f"{floor['step_ours_s'] * 1e3:.0f} ms / {floor['step_floor_s'] * 1e3:.0f} ms",
             f"{floor['step_ours_s'] / floor['step_floor_s']:.2f}  (target <= 1.10)",
         )
     )
+    auto = resolve_precision("auto", device)
+    auto_target = "<= 0.50" if auto.reduced else "<= 1.10"
     rows.append(
         (
-            "  same with redirected ReLU gradients ÷ floor",
+            f"  same under precision auto ({auto.precision}"
+            f"{', channels-last' if auto.channels_last else ''}) ÷ fp32 floor",
+            f"{floor['step_auto_s'] * 1e3:.0f} ms / {floor['step_floor_a_s'] * 1e3:.0f} ms",
+            f"{floor['step_auto_s'] / floor['step_floor_a_s']:.2f}  (target {auto_target})",
+        )
+    )
+    rows.append(
+        (
+            "  same with redirected ReLU gradients (fp32) ÷ floor",
             f"{floor['step_redirected_s'] * 1e3:.0f} ms / {floor['step_floor_r_s'] * 1e3:.0f} ms",
             f"{floor['step_redirected_s'] / floor['step_floor_r_s']:.2f}",
         )

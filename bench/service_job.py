@@ -1,0 +1,173 @@
+"""A layer's job through the running service ÷ a plain fp32 Lucid-style loop, per channel.
+
+The path a user takes: ``uvicorn service.main:app`` in a subprocess with the embedded defaults
+(in-process jobs, no Redis) and a models file serving torchvision resnet18 with random weights
+as ``r18``; ``POST /v1/models/r18/optimizations`` with default settings but for the sizes
+(``layer``, ``channels``, ``steps``, ``image_size``; a new seed each round, so no result is
+reused), then ``GET /v1/jobs/{id}`` until it succeeds. Timed from the POST to the response
+that carries the result.
+
+The floor: :mod:`bench.lucid_floor` in another process (plain torch, fp32, the whole network,
+the same parameterization, transforms, steps and sizes, the channels as one batch), one
+whole render per round: with torch's default threads, and (as ``--floor-threads`` says) with
+OpenMP's passive wait policy and with one thread, because on a machine shared with other work
+OpenMP threads that spin for a busy core make the default several times slower. The two
+sides alternate round by round on the same machine; the figures are medians. Target: the
+floor's seconds per channel ÷ the job's >= 3.
+
+    .venv/bin/python -m bench.service_job [--layer layer3] [--channels 4] [--steps 16]
+        [--size 128] [--rounds 3] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import ROOT, api_server, machine
+
+MODELS_TOML = """
+[models.r18]
+arch = "resnet18"
+weights = "random"
+input_size = [{input}, {input}]
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+"""
+
+
+def run_job(client: httpx.Client, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """Seconds from POST to the GET that returns the result, and that result."""
+    start = time.perf_counter()
+    response = client.post("/v1/models/r18/optimizations", json=body)
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    while True:
+        record: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if record["status"] == "succeeded":
+            return time.perf_counter() - start, record["result"]
+        if record["status"] in ("failed", "cancelled"):
+            raise RuntimeError(f"job {job_id} {record['status']}: {record.get('error')}")
+        # Poll as a patient client: rarely while far from done, often near the end.
+        progress = record.get("progress") or {"step": 0, "total": 1}
+        time.sleep(0.2 if progress["step"] < 0.9 * progress["total"] else 0.01)
+
+
+class FloorProcess:
+    """:mod:`bench.lucid_floor` in a subprocess; :meth:`render` times one whole render."""
+
+    def __init__(self, args: argparse.Namespace, threads: str) -> None:
+        env = dict(os.environ)
+        if threads == "passive":  # OpenMP threads that sleep instead of spinning when idle
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        elif threads != "default":
+            env["OMP_NUM_THREADS"] = threads
+        command = [sys.executable, "-m", "bench.lucid_floor", "--layer", args.layer]
+        command += ["--channels", str(args.channels), "--steps", str(args.steps)]
+        command += ["--size", str(args.size), "--input", str(args.input)]
+        command += ["--device", args.device]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.info = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the floor process exited with {self.process.wait()}")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def render(self, command: str = "run") -> float:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{command}\n")
+        self.process.stdin.flush()
+        return float(self._read()["seconds"])
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layer", default="layer3")
+    parser.add_argument("--channels", type=int, default=4, help="channels 0..N-1")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--size", type=int, default=128, help="image_size of the job")
+    parser.add_argument("--input", type=int, default=224, help="the model's input size")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="CNNVIZ_DEVICE and the floor's device")
+    parser.add_argument(
+        "--floor-threads",
+        default="default,passive,1",
+        help="comma-separated: one floor process per entry, 'default' (torch's own count), "
+        "'passive' (the same with OMP_WAIT_POLICY=PASSIVE) or an OMP_NUM_THREADS: on a "
+        "machine shared with other work, OpenMP threads spinning for a busy core make the "
+        "default far slower than one thread",
+    )
+    args = parser.parse_args()
+    print(machine())
+    body: dict[str, Any] = {
+        "layer": args.layer,
+        "channels": list(range(args.channels)),
+        "steps": args.steps,
+        "image_size": args.size,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        toml = Path(tmp) / "models.toml"
+        toml.write_text(MODELS_TOML.format(input=args.input), encoding="utf-8")
+        env = {"CNNVIZ_MODELS_FILE": str(toml), "CNNVIZ_DEVICE": args.device}
+        floors = {t: FloorProcess(args, t) for t in args.floor_threads.split(",")}
+        try:
+            with api_server(env) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+                # Warm-up: model loading and tracing in the server, kernels on both sides.
+                run_job(c, {**body, "steps": 2, "seed": 10_000})
+                for floor in floors.values():
+                    floor.render("warm")  # kernels and allocator
+                floor_s: dict[str, list[float]] = {t: [] for t in floors}
+                job_s: list[float] = []
+                result: dict[str, Any] = {}
+                for round_ in range(args.rounds):  # alternate, so all see the same load
+                    seconds, result = run_job(c, {**body, "seed": round_})
+                    job_s.append(seconds)
+                    line = f"  round {round_ + 1}: job {seconds:6.2f} s"
+                    for threads, floor in floors.items():
+                        floor_s[threads].append(floor.render())
+                        line += f", floor ({threads} threads) {floor_s[threads][-1]:6.2f} s"
+                    print(line, flush=True)
+        finally:
+            for floor in floors.values():
+                floor.close()
+    n = args.channels
+    job = statistics.median(job_s) / n
+    print(
+        f"resnet18 (random weights) {args.layer}, {n} channels, {args.steps} steps, "
+        f"{args.size} px fed at {args.input}, device {args.device}, median of {args.rounds}"
+    )
+    print(
+        f"  job through the service (precision {result.get('precision')}, "
+        f"server-side {result.get('elapsed_s', 0):.2f} s): {job:6.3f} s per channel"
+    )
+    for threads, floor in floors.items():
+        base = statistics.median(floor_s[threads]) / n
+        print(
+            f"  Lucid-style fp32 loop, whole network, {threads} threads "
+            f"({floor.info['threads']}): {base:6.3f} s per channel, speed-up {base / job:5.2f}x"
+            "  (target >= 3)"
+        )
+
+
+if __name__ == "__main__":
+    main()
