@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/optimize.py            # CPU, about 2-3 minutes on 2 cores
     .venv/bin/python bench/optimize.py --device cuda
+    .venv/bin/python bench/optimize.py --step-only   # figure 1 alone
 
 Figures (all with torchvision resnet18, ``weights=None``, 128-pixel images):
 
@@ -331,6 +332,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per figure 1 and 3")
     parser.add_argument("--budget", type=int, default=256, help="memory budget (MiB), figure 4")
+    parser.add_argument(
+        "--step-only", action="store_true", help="figure 1 only (fp32 and auto steps), faster"
+    )
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -370,6 +374,9 @@ def main() -> None:
         )
     )
 
+    if args.step_only:
+        _show(rows)
+        return
     batching = bench_batching(model, device)
     ratio = batching["batched_s"] / batching["singles_s"]
     target = "(CPU target <= 1.10)" if device.type == "cpu" else "(GPU target <= 0.125)"
@@ -402,6 +409,10 @@ def main() -> None:
         )
     )
 
+    _show(rows)
+
+
+def _show(rows: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
     middle = max(len(r[1]) for r in rows)
     print(f"{'measure':<{width}}  {'figures':<{middle}}  ratio")
