@@ -15,7 +15,7 @@ For each: the seconds of the first compiled call (compilation included), then me
 process (a Celery pool child, an API restart) and every new model, layer set, batch size or
 precision pays the compile time again.
 
-    .venv/bin/python -m bench.compile [--rounds 20] [--device cpu|cuda]
+    .venv/bin/python -m bench.compile [--rounds 20] [--calls step,forward] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--calls", default="step,forward", help="which: step, forward or both")
     args = parser.parse_args()
+    calls = args.calls.split(",")
     device = torch.device(args.device)
     print(machine())
     torch.manual_seed(0)
@@ -110,23 +112,25 @@ def main() -> None:
     for weight in model.parameters():
         weight.requires_grad_(False)
     numerics = resolve_precision("auto", device)
-    measure(
-        f"job step: resnet18 to layer3, 4 images at 224 px, forward + backward, "
-        f"precision auto ({numerics.precision}, channels-last {numerics.channels_last})",
-        job_step,
-        create_feature_extractor(model, ["layer3"]),
-        torch.rand(4, 3, 224, 224, device=device),
-        device,
-        args.rounds,
-    )
-    measure(
-        "synchronous forward: resnet18 to layer2, 1 image at 224 px, fp32, inference mode",
-        sync_forward,
-        create_feature_extractor(model, ["layer2"]),
-        torch.rand(1, 3, 224, 224, device=device),
-        device,
-        args.rounds,
-    )
+    if "step" in calls:
+        measure(
+            f"job step: resnet18 to layer3, 4 images at 224 px, forward + backward, "
+            f"precision auto ({numerics.precision}, channels-last {numerics.channels_last})",
+            job_step,
+            create_feature_extractor(model, ["layer3"]),
+            torch.rand(4, 3, 224, 224, device=device),
+            device,
+            args.rounds,
+        )
+    if "forward" in calls:
+        measure(
+            "synchronous forward: resnet18 to layer2, 1 image at 224 px, fp32, inference mode",
+            sync_forward,
+            create_feature_extractor(model, ["layer2"]),
+            torch.rand(1, 3, 224, 224, device=device),
+            device,
+            args.rounds,
+        )
 
 
 if __name__ == "__main__":
