@@ -189,10 +189,14 @@ class Client:
         return job
 
     def result_png(self, job: JobRead[Any, Any]) -> bytes:
-        """The grid PNG of a succeeded optimization job."""
+        """The grid PNG of a succeeded job: inline when the job carries it, else fetched from
+        ``/v1/jobs/{id}/result.png``."""
         if job.result is None:
             raise JobFailed(job)
-        return base64.b64decode(OptimizationResult.model_validate(job.result).grid)
+        grid = OptimizationResult.model_validate(job.result).grid
+        if grid is not None:
+            return base64.b64decode(grid)
+        return self._request("GET", f"/v1/jobs/{job.id}/result.png").content
 
     def save_result(self, job: JobRead[Any, Any], path: str | Path) -> Path:
         """Write a succeeded job's grid PNG to ``path``."""

@@ -91,6 +91,21 @@ class JobTask(BaseModel):
     ttl_seconds: int = Field(ge=1, description="how long the record lives after it finishes")
 
 
+def job_path(job_id: str) -> str:
+    """Where the API serves a job; its files are under this path."""
+    return f"/v1/jobs/{job_id}"
+
+
+def result_png_path(job_id: str) -> str:
+    """The result grid of a succeeded job, as a PNG."""
+    return f"{job_path(job_id)}/result.png"
+
+
+def unit_png_path(job_id: str, index: int) -> str:
+    """Picture ``index`` (in the result's order) of a succeeded job, as a PNG."""
+    return f"{job_path(job_id)}/units/{index}.png"
+
+
 def fingerprint(kind: str, model: str, request: BaseModel) -> str:
     """A canonical string of everything that determines a job (defaults included)."""
     body = request.model_dump(mode="json")

@@ -151,7 +151,12 @@ class UnitResult(BaseModel):
     sample: int = Field(default=0, description="which of the unit's images_per_unit images")
     y: int | None = None
     x: int | None = None
-    image: str = Field(description="base64 PNG of the optimized image")
+    image: str | None = Field(
+        default=None,
+        description="base64 PNG of the optimized image; left out of large results (see "
+        "`image_url`, and `?inline=true` on the job)",
+    )
+    image_url: str | None = Field(default=None, description="the same PNG as a file")
     objective: float = Field(description="final objective value")
     initial_objective: float = Field(description="objective value of the starting noise")
 
@@ -163,7 +168,12 @@ class OptimizationResult(BaseModel):
     layer: str
     objective: ObjectiveKind
     units: list[UnitResult]
-    grid: str = Field(description="base64 PNG of all units, tiled in order")
+    grid: str | None = Field(
+        default=None,
+        description="base64 PNG of all units, tiled in order; left out of large results (see "
+        "`grid_url`)",
+    )
+    grid_url: str | None = Field(default=None, description="the same grid PNG as a file")
     grid_columns: int
     image_size: int
     seed: int

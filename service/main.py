@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
@@ -16,6 +17,7 @@ from service.cors import install_cors
 from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.jobs import build_jobs, jobs_lifespan
+from service.jobs.results import RAW_MEDIA_TYPES
 from service.limits import BodySizeLimit
 from service.observability import configure_logging, install_observability
 from service.routers import api_router, health, viewer
@@ -53,6 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.include_router(viewer.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # JSON (a job's, a feature-map answer) shrinks; PNGs, raw arrays and event streams not.
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=1024,
+        compresslevel=6,
+        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, *RAW_MEDIA_TYPES),
+    )
     install_cors(app, settings.cors_origin_list)
     # Outermost: every answer, a refused body's 413 included, is counted and has a request id.
     install_observability(app, app.state.pool)

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         default=0, ge=0, le=32, description="DataLoader processes of in-process exemplar jobs"
     )
     exemplar_batch_size: int = Field(default=64, ge=1, le=4096)
+    inline_result_max_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        description="a succeeded job's JSON carries its pictures as base64 when they take at "
+        "most this many characters in all (else only their URLs; ?inline=true asks for them)",
+    )
     queue_check_interval: float = Field(
         default=5.0, ge=0, description="seconds /readyz reuses its count of queue workers"
     )

@@ -7,6 +7,7 @@ one mapping in :mod:`service.errors`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -69,6 +70,9 @@ def _not_found(job_id: str) -> ApiError:
 
 class JobManager:
     """Submits jobs of every kind through a transport and keeps their records."""
+
+    inline_max_bytes = 256 * 1024
+    """Base64 characters of pictures a job's JSON carries inline by default (settings)."""
 
     def __init__(
         self,
@@ -238,7 +242,13 @@ class JobManager:
             raise _unavailable(str(exc)) from exc
 
     async def preview(self, job_id: str) -> bytes:
+        """The latest preview; a succeeded job's preview is its result grid."""
         record = await self._record(job_id)
+        if record.status == JobStatus.SUCCEEDED:
+            _, result = await self.result(job_id)
+            pictures = get_kind(record.kind).pictures(result) if result is not None else None
+            if pictures is not None:
+                return base64.b64decode(pictures.grid)
         try:
             png = await self._io(self.records.preview, job_id)
         except StoreUnavailable as exc:

@@ -50,13 +50,15 @@ def build_jobs(
             connect_timeout_s=2.0,
             timeout_s=5.0,
         )
-        return JobManager(
+        manager = JobManager(
             records,
             CeleryTransport(settings.redis_url, check_interval_s=settings.queue_check_interval),
             resources,
             pool,
             settings.job_ttl_seconds,
         )
+        manager.inline_max_bytes = settings.inline_result_max_bytes
+        return manager
     from service.jobs.inprocess import InProcessTransport
     from workers.records.memory import MemoryRecords
 
@@ -70,7 +72,9 @@ def build_jobs(
         progress_interval_s=settings.job_progress_interval,
         preview_interval_s=settings.job_preview_interval,
     )
-    return JobManager(memory, transport, resources, pool, settings.job_ttl_seconds)
+    manager = JobManager(memory, transport, resources, pool, settings.job_ttl_seconds)
+    manager.inline_max_bytes = settings.inline_result_max_bytes
+    return manager
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ from service.routers import (
     exemplars,
     feature_maps,
     health,
+    job_results,
     jobs,
     models,
     optimizations,
@@ -24,6 +25,7 @@ api_router.include_router(optimizations.router)
 api_router.include_router(exemplars.router)
 api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
+api_router.include_router(job_results.router)
 api_router.include_router(weights.router)
 api_router.include_router(attributions.router)
 

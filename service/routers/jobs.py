@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from schemas.errors import Problem
 from schemas.jobs import JobRead
 from service.deps import JobsDep
 from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
+from service.jobs.results import finished_job_headers, present
 
 router = APIRouter(tags=["jobs"])
 
@@ -37,6 +38,13 @@ CacheControl = Annotated[
     ),
 ]
 ApiKey = Annotated[str | None, Header(include_in_schema=False)]
+Inline = Annotated[
+    bool | None,
+    Query(
+        description="true: the result's pictures as base64 in the JSON; false: only their "
+        "URLs; default: inline when they are small (CNNVIZ_INLINE_RESULT_MAX_BYTES)"
+    ),
+]
 
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem},
@@ -75,15 +83,27 @@ async def submit_job(
         response.status_code = 200
         response.headers["Cnnviz-Reused"] = "true"
     _job_headers(response, job)
-    return job
+    return present(job, None, jobs.inline_max_bytes)
 
 
-@router.get("/jobs/{job_id}", responses={404: {"model": Problem}, 503: {"model": Problem}})
-async def read_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRead[Any, Any]:
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobRead[Any, Any],
+    responses={
+        304: {"description": "a finished job the client has (If-None-Match)"},
+        404: {"model": Problem},
+        503: {"model": Problem},
+    },
+)
+async def read_job(
+    job_id: JobId, jobs: JobsDep, request: Request, response: Response, inline: Inline = None
+) -> Any:
     """The job: status, progress, error, and the result once it has succeeded."""
     job = await jobs.read(job_id)
     _job_headers(response, job)
-    return job
+    if finished_job_headers(request, response, job):
+        return Response(status_code=304, headers=dict(response.headers))
+    return present(job, inline, jobs.inline_max_bytes)
 
 
 @router.post(
@@ -118,6 +138,7 @@ async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:
     responses={200: {"content": {"image/png": {}}}, 404: {"model": Problem}},
 )
 async def preview_job(job_id: JobId, jobs: JobsDep) -> Response:
-    """The latest image grid of a running job, as a PNG (one every few seconds)."""
+    """The latest image grid of a running job, as a PNG (one every few seconds); a succeeded
+    job's is its result grid."""
     png = await jobs.preview(job_id)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -13,6 +13,7 @@ from workers.kinds.base import (
     JobTimedOut,
     Partial,
     Resources,
+    ResultPictures,
 )
 from workers.kinds.registry import get_kind, kind_names, register_kind
 
@@ -23,6 +24,7 @@ __all__ = [
     "JobTimedOut",
     "Partial",
     "Resources",
+    "ResultPictures",
     "get_kind",
     "kind_names",
     "register_kind",

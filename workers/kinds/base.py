@@ -129,6 +129,20 @@ class JobContext:
         self._on_progress(progress, preview)
 
 
+@dataclass(frozen=True)
+class ResultPictures:
+    """A succeeded job's pictures as its stored result holds them (base64 PNGs): the grid of
+    every unit, and one per unit in the result's order."""
+
+    grid: str
+    units: list[str]
+
+    @property
+    def size(self) -> int:
+        """Characters of base64 in all."""
+        return len(self.grid) + sum(len(unit) for unit in self.units)
+
+
 class JobKind(ABC, Generic[RequestT, ResultT]):
     """One kind of job. Subclasses set the class attributes and implement the methods."""
 
@@ -170,6 +184,17 @@ class JobKind(ABC, Generic[RequestT, ResultT]):
         self, request: RequestT, model: str, partials: list[Partial], resources: Resources
     ) -> ResultT:
         """The job's result from its shards' partials, in shard order."""
+
+    # ---- a succeeded job's files (GET /v1/jobs/{id}/result.png, units/{i}.png) ----
+
+    def pictures(self, result: ResultT) -> ResultPictures | None:
+        """The result's pictures; None for a kind whose result has none."""
+        return None
+
+    def present(self, result: ResultT, job_id: str, inline: bool) -> ResultT:
+        """The result as the API shows it: picture URLs filled in, and the base64 pictures
+        left out unless ``inline``."""
+        return result
 
     def parse(self, request: dict[str, Any]) -> RequestT:
         """The typed request of a record or a message."""

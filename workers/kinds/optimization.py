@@ -13,7 +13,7 @@ from cnnviz.imaging import encode_png, image_grid, to_pixels
 from cnnviz.models import LoadedModel
 from cnnviz.optvis import RenderSettings, StepReport, check_objective, objectives, visualize
 from cnnviz.optvis.objectives import Objective
-from schemas.jobs import Progress
+from schemas.jobs import Progress, result_png_path, unit_png_path
 from schemas.optimization import (
     MAX_UNITS,
     ObjectiveKind,
@@ -21,7 +21,7 @@ from schemas.optimization import (
     OptimizationResult,
     UnitResult,
 )
-from workers.kinds.base import JobContext, JobKind, Partial, Resources
+from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
 from workers.kinds.registry import register_kind
 
 __all__ = ["Optimization", "build_objective", "optimize", "prepare"]
@@ -245,3 +245,26 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
     ) -> OptimizationResult:
         (only,) = partials
         return OptimizationResult.model_validate(only)
+
+    def pictures(self, result: OptimizationResult) -> ResultPictures | None:
+        if result.grid is None or any(unit.image is None for unit in result.units):
+            return None  # a result shown without its pictures, never a stored one
+        return ResultPictures(result.grid, [unit.image or "" for unit in result.units])
+
+    def present(self, result: OptimizationResult, job_id: str, inline: bool) -> OptimizationResult:
+        units = [
+            unit.model_copy(
+                update={
+                    "image_url": unit_png_path(job_id, i),
+                    "image": unit.image if inline else None,
+                }
+            )
+            for i, unit in enumerate(result.units)
+        ]
+        return result.model_copy(
+            update={
+                "units": units,
+                "grid_url": result_png_path(job_id),
+                "grid": result.grid if inline else None,
+            }
+        )

@@ -1,0 +1,123 @@
+"""A job's result as files, the same with both transports: PNGs with ETags, inline or linked
+pictures in the JSON, gzip, and the preview of a finished job."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from service.main import create_app
+from tests.jobs.client import LONG, QUICK, submit, wait_job
+from tests.jobs.conftest import api_settings
+from tests.jobs.procs import serve
+
+
+def pixels(png: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    return np.asarray(image.convert("RGB"))
+
+
+def test_the_result_and_each_unit_are_png_files_with_etags(api: httpx.Client) -> None:
+    created = submit(api, {**QUICK, "seed": 21})
+    done = wait_job(api, created["id"])
+    assert done["status"] == "succeeded", done["error"]
+    result = done["result"]
+    job_id = created["id"]
+    # Small: inline, and linked.
+    assert result["grid_url"] == f"/v1/jobs/{job_id}/result.png"
+    assert [u["image_url"] for u in result["units"]] == [
+        f"/v1/jobs/{job_id}/units/0.png",
+        f"/v1/jobs/{job_id}/units/1.png",
+    ]
+
+    grid = api.get(result["grid_url"])
+    assert grid.status_code == 200
+    assert grid.headers["content-type"] == "image/png"
+    assert "content-encoding" not in grid.headers  # a PNG is not gzipped again
+    assert grid.content == base64.b64decode(result["grid"])
+    assert pixels(grid.content).shape == (32 + 2 * 2, 2 * 32 + 3 * 2, 3)
+    assert "immutable" in grid.headers["cache-control"]
+    etag = grid.headers["etag"]
+    again = api.get(result["grid_url"], headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again.headers["etag"] == etag
+
+    for i, unit in enumerate(result["units"]):
+        png = api.get(f"/v1/jobs/{job_id}/units/{i}.png")
+        assert png.status_code == 200
+        assert png.content == base64.b64decode(unit["image"])
+        assert pixels(png.content).shape == (32, 32, 3)
+        assert png.headers["etag"] != etag
+    missing = api.get(f"/v1/jobs/{job_id}/units/2.png")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "unknown_unit"
+    assert "numbered 0 to 1" in missing.json()["detail"]
+
+    # The preview of a finished job is its result, not the last preview taken.
+    preview = api.get(f"/v1/jobs/{job_id}/preview")
+    assert preview.status_code == 200
+    assert preview.content == grid.content
+
+
+def test_pictures_are_left_out_of_the_json_on_request_and_the_json_is_gzipped(
+    api: httpx.Client,
+) -> None:
+    created = submit(api, {**QUICK, "seed": 22})
+    wait_job(api, created["id"])
+    linked = api.get(f"/v1/jobs/{created['id']}", params={"inline": "false"})
+    result = linked.json()["result"]
+    assert result["grid"] is None
+    assert all(u["image"] is None and u["image_url"] for u in result["units"])
+    assert api.get(result["grid_url"]).status_code == 200
+
+    raw = httpx.get(
+        f"{api.base_url}/v1/jobs/{created['id']}",
+        headers={"Accept-Encoding": "gzip"},
+        params={"inline": "true"},
+    )
+    assert raw.headers["content-encoding"] == "gzip"
+    assert raw.json()["result"]["grid"]  # httpx decoded it
+    # Finished: a validator; the same copy gets a 304.
+    etag = raw.headers["etag"]
+    assert etag.startswith('W/"')
+    unchanged = api.get(
+        f"/v1/jobs/{created['id']}", params={"inline": "true"}, headers={"If-None-Match": etag}
+    )
+    assert unchanged.status_code == 304
+
+
+def test_an_unfinished_job_has_no_result_file_yet(api: httpx.Client) -> None:
+    created = submit(api, LONG)
+    answer = api.get(f"/v1/jobs/{created['id']}/result.png")
+    assert answer.status_code == 409
+    body = answer.json()
+    assert body["code"] == "job_not_succeeded"
+    assert "/preview" in body["detail"]
+    assert answer.headers["Retry-After"] == "1"
+    assert "etag" not in api.get(f"/v1/jobs/{created['id']}").headers
+    api.post(f"/v1/jobs/{created['id']}/cancel")
+    wait_job(api, created["id"])
+    cancelled = api.get(f"/v1/jobs/{created['id']}/units/0.png")
+    assert cancelled.status_code == 409
+    assert "cancelled" in cancelled.json()["detail"]
+    assert api.get("/v1/jobs/nope/result.png").json()["code"] == "unknown_job"
+
+
+def test_a_large_result_links_its_pictures_by_default() -> None:
+    # 4 units of 64 px are well past a 2 KB threshold; the same job under it would be inline.
+    with serve(create_app(api_settings(None, inline_result_max_bytes=2048))) as api:
+        created = submit(api, {**QUICK, "channels": [0, 1, 2, 3], "image_size": 64})
+        done = wait_job(api, created["id"])
+        result = done["result"]
+        assert result["grid"] is None
+        assert all(u["image"] is None for u in result["units"])
+        inline = api.get(f"/v1/jobs/{created['id']}", params={"inline": "true"}).json()
+        grid = base64.b64decode(inline["result"]["grid"])
+        assert grid == api.get(result["grid_url"]).content
+        assert pixels(grid).shape == (2 * 64 + 3 * 2, 2 * 64 + 3 * 2, 3)
