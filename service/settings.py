@@ -76,6 +76,19 @@ class Settings(BaseSettings):
         description="a succeeded job's JSON carries its pictures as base64 when they take at "
         "most this many characters in all (else only their URLs; ?inline=true asks for them)",
     )
+    events_poll_interval: float = Field(
+        default=0.25,
+        gt=0,
+        le=10,
+        description="seconds between looks at a job's record for "
+        "its event stream (GET /v1/jobs/{id}/events)",
+    )
+    events_heartbeat_interval: float = Field(
+        default=15, gt=0, description="seconds of quiet before an event stream sends a comment"
+    )
+    events_max_seconds: float = Field(
+        default=3600, gt=0, description="the longest an event stream lasts; the client asks again"
+    )
     queue_check_interval: float = Field(
         default=5.0, ge=0, description="seconds /readyz reuses its count of queue workers"
     )

@@ -9,6 +9,7 @@ from service.routers import (
     exemplars,
     feature_maps,
     health,
+    job_events,
     job_results,
     jobs,
     models,
@@ -26,6 +27,7 @@ api_router.include_router(exemplars.router)
 api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
 api_router.include_router(job_results.router)
+api_router.include_router(job_events.router)
 api_router.include_router(weights.router)
 api_router.include_router(attributions.router)
 

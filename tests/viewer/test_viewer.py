@@ -10,11 +10,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
+from tests.jobs.procs import wait_for
 from tests.viewer.conftest import wait
 
 
@@ -133,9 +135,23 @@ def test_another_model_and_a_bad_upload_show_a_clear_error(
     assert message.startswith("invalid_image:"), message
 
 
+def _event_streams(http_client: httpx.Client) -> float:
+    """Event streams the service has answered with 200 (from its metrics)."""
+    metrics = http_client.get("/metrics").text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "http_requests_total"
+        and s.labels.get("handler") == "/v1/jobs/{job_id}/events"
+        and s.labels.get("status") == "200"
+    )
+
+
 def test_an_optimization_shows_progress_a_live_preview_and_the_result(
-    page: WebDriver, viewer_url: str
+    page: WebDriver, viewer_url: str, http_client: httpx.Client
 ) -> None:
+    streams = _event_streams(http_client)
     open_home(page, viewer_url)
     Select(page.find_element(By.ID, "opt-layer")).select_by_value("block3.relu")
     channels = page.find_element(By.ID, "opt-channels")
@@ -171,6 +187,8 @@ def test_an_optimization_shows_progress_a_live_preview_and_the_result(
     assert caption.startswith("result: block3.relu, 4 image(s), 64 px, seed 11"), caption
     links = [a.get_attribute("href") for a in page.find_elements(By.CSS_SELECTOR, "#job-units a")]
     assert [urlsplit(h).path for h in links] == [f"/units/shapes/block3.relu/{c}" for c in range(4)]
+    # The page followed the job by its event stream, not by polling.
+    wait_for(lambda: _event_streams(http_client) == streams + 1, 10, "the job's event stream")
 
 
 def test_a_unit_has_its_own_page(page: WebDriver, viewer_url: str) -> None:
