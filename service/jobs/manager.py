@@ -7,7 +7,6 @@ one mapping in :mod:`service.errors`.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import hashlib
@@ -248,7 +247,7 @@ class JobManager:
             _, result = await self.result(job_id)
             pictures = get_kind(record.kind).pictures(result) if result is not None else None
             if pictures is not None:
-                return base64.b64decode(pictures.grid)
+                return pictures.grid_png()
         try:
             png = await self._io(self.records.preview, job_id)
         except StoreUnavailable as exc:

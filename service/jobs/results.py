@@ -8,7 +8,6 @@ URLs, and as inline base64 too when they are small (or when asked for).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from typing import Any
 
@@ -104,7 +103,7 @@ def pictures_of(job: JobRead[Any, Any]) -> ResultPictures:
 
 
 def result_png(job: JobRead[Any, Any]) -> bytes:
-    return base64.b64decode(pictures_of(job).grid)
+    return pictures_of(job).grid_png()
 
 
 def unit_png(job: JobRead[Any, Any], index: int) -> bytes:
@@ -116,4 +115,4 @@ def unit_png(job: JobRead[Any, Any], index: int) -> bytes:
             f"job {job.id!r} has {len(units)} pictures, numbered 0 to {len(units) - 1}; "
             f"there is no picture {index}",
         )
-    return base64.b64decode(units[index])
+    return pictures_of(job).unit_png(index)

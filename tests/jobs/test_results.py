@@ -121,3 +121,23 @@ def test_a_large_result_links_its_pictures_by_default() -> None:
         grid = base64.b64decode(inline["result"]["grid"])
         assert grid == api.get(result["grid_url"]).content
         assert pixels(grid).shape == (2 * 64 + 3 * 2, 2 * 64 + 3 * 2, 3)
+
+
+def test_an_attribution_job_has_files_too(api: httpx.Client) -> None:
+    # Another kind: one overlay per target; the API tiles them for result.png.
+    response = api.post(
+        "/v1/models/shapes/attribution-jobs",
+        json={"sample": "circle", "method": "saliency", "target": [0, 2]},
+        headers={"Cache-Control": "no-cache"},
+    )
+    assert response.status_code == 202, response.text
+    done = wait_job(api, response.json()["id"], timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    overlays = [base64.b64decode(a["overlay"]) for a in done["result"]["attributions"]]
+    for i, overlay in enumerate(overlays):
+        assert api.get(f"/v1/jobs/{done['id']}/units/{i}.png").content == overlay
+    grid = pixels(api.get(f"/v1/jobs/{done['id']}/result.png").content)
+    assert grid.shape == (64 + 2 * 2, 2 * 64 + 3 * 2, 3)
+    # The first tile is the first overlay, exactly.
+    assert np.array_equal(grid[2:66, 2:66], pixels(overlays[0]))
+    assert np.array_equal(grid[2:66, 68:132], pixels(overlays[1]))

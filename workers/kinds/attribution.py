@@ -35,7 +35,7 @@ from schemas.attributions import (
     TargetAttributionRead,
 )
 from schemas.jobs import Progress
-from workers.kinds.base import JobContext, JobKind, Partial, Resources
+from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
 from workers.kinds.registry import register_kind
 
 __all__ = ["MAX_JOB_PASSES", "Attributions", "Explained", "explain", "to_read"]
@@ -238,3 +238,7 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
     ) -> AttributionsRead:
         (only,) = partials
         return AttributionsRead.model_validate(only)
+
+    def pictures(self, result: AttributionsRead) -> ResultPictures | None:
+        # One overlay per target (small: the model's input size); the API tiles them.
+        return ResultPictures([target.overlay for target in result.attributions])

@@ -13,6 +13,8 @@ group on any number of workers and merges them in a chord callback.
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import time
 from abc import ABC, abstractmethod
@@ -20,9 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+import numpy as np
+import torch
+from PIL import Image
 from pydantic import BaseModel
 
 from cnnviz.data.datasets import DatasetRegistry
+from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
 from schemas.jobs import Progress
@@ -131,16 +137,31 @@ class JobContext:
 
 @dataclass(frozen=True)
 class ResultPictures:
-    """A succeeded job's pictures as its stored result holds them (base64 PNGs): the grid of
-    every unit, and one per unit in the result's order."""
+    """A succeeded job's pictures as its stored result holds them (base64 PNGs): one per unit
+    in the result's order, and the grid of them all (None: the API tiles the units)."""
 
-    grid: str
     units: list[str]
+    grid: str | None = None
 
     @property
     def size(self) -> int:
         """Characters of base64 in all."""
-        return len(self.grid) + sum(len(unit) for unit in self.units)
+        return len(self.grid or "") + sum(len(unit) for unit in self.units)
+
+    def unit_png(self, index: int) -> bytes:
+        return base64.b64decode(self.units[index])
+
+    def grid_png(self) -> bytes:
+        """The grid as PNG bytes: the kind's own, or the units tiled in order on white."""
+        if self.grid is not None:
+            return base64.b64decode(self.grid)
+        images = []
+        for i in range(len(self.units)):
+            with Image.open(io.BytesIO(self.unit_png(i))) as picture:
+                rgb = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0
+            images.append(torch.from_numpy(rgb).permute(2, 0, 1))  # (3, H, W) in [0, 1]
+        grid, _ = image_grid(torch.stack(images))
+        return encode_png(grid)
 
 
 class JobKind(ABC, Generic[RequestT, ResultT]):

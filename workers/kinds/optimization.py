@@ -249,7 +249,7 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
     def pictures(self, result: OptimizationResult) -> ResultPictures | None:
         if result.grid is None or any(unit.image is None for unit in result.units):
             return None  # a result shown without its pictures, never a stored one
-        return ResultPictures(result.grid, [unit.image or "" for unit in result.units])
+        return ResultPictures([unit.image or "" for unit in result.units], result.grid)
 
     def present(self, result: OptimizationResult, job_id: str, inline: bool) -> OptimizationResult:
         units = [
