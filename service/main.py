@@ -17,6 +17,7 @@ from service.cors import install_cors
 from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.jobs import build_jobs, jobs_lifespan
+from service.jobs.metrics import JobCollector
 from service.jobs.results import RAW_MEDIA_TYPES
 from service.limits import BodySizeLimit
 from service.observability import configure_logging, install_observability
@@ -64,7 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_cors(app, settings.cors_origin_list)
     # Outermost: every answer, a refused body's 413 included, is counted and has a request id.
-    install_observability(app, app.state.pool)
+    registry = install_observability(app, app.state.pool)
+    registry.register(JobCollector(app.state.jobs))
     log = logging.getLogger(__name__)
     for warning in app.state.registry.warnings:
         log.warning("%s", warning)

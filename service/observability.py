@@ -21,16 +21,21 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator.routing import get_route_name
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.concurrency import TorchPool
+from workers.logs import JobIdFilter, job_logging
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 # CorrelationIdFilter puts the request id in ``correlation_id``; JSON names it request_id.
-_PLAIN = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"
-_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(correlation_id)s %(message)s"
+# JobIdFilter adds the job id (``job_tag``: " job=<id>", or nothing outside a job).
+_PLAIN = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s]%(job_tag)s %(message)s"
+_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(correlation_id)s %(job_id)s %(message)s"
+_JOB_PATH = re.compile(r"/v1/jobs/([^/]+)")
 _HANDLER_MARK = "_cnnviz_handler"
 
 
@@ -50,6 +55,7 @@ def configure_logging(log_format: Literal["plain", "json"], level: str) -> None:
     handler = logging.StreamHandler()
     setattr(handler, _HANDLER_MARK, True)
     handler.addFilter(CorrelationIdFilter(default_value="-"))
+    handler.addFilter(_ApiJobIdFilter())
     if log_format == "json":
         handler.setFormatter(
             JsonFormatter(
@@ -59,6 +65,7 @@ def configure_logging(log_format: Literal["plain", "json"], level: str) -> None:
                     "name": "logger",
                     "correlation_id": "request_id",
                 },
+                reserved_attrs=[*RESERVED_ATTRS, "job_tag"],
             )
         )
         # uvicorn's own handlers write plain text: send its lines through this one instead.
@@ -109,6 +116,7 @@ def install_observability(app: FastAPI, pool: TorchPool) -> CollectorRegistry:
     ).instrument(app).expose(app, include_in_schema=False, should_gzip=True)
     app.state.metrics_registry = registry
     app.state.pool_metrics = PoolMetrics(registry, pool)
+    app.add_middleware(JobLogging)
     app.add_middleware(
         CorrelationIdMiddleware,
         header_name=REQUEST_ID_HEADER,
@@ -117,6 +125,33 @@ def install_observability(app: FastAPI, pool: TorchPool) -> CollectorRegistry:
         transformer=lambda value: value,
     )
     return registry
+
+
+class _ApiJobIdFilter(JobIdFilter):
+    """Also tags uvicorn's access line of a request about a job (written after the request's
+    own context has ended) with the job in its path."""
+
+    def job_of(self, record: logging.LogRecord) -> str | None:
+        if record.name != "uvicorn.access" or not isinstance(record.args, tuple):
+            return None
+        path = record.args[2] if len(record.args) > 2 else None
+        match = _JOB_PATH.match(path) if isinstance(path, str) else None
+        return match.group(1) if match else None
+
+
+class JobLogging:
+    """Tags the log lines of a request about a job (``/v1/jobs/{id}...``) with its id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _JOB_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        with job_logging(match.group(1)):
+            await self.app(scope, receive, send)
 
 
 def count_busy(request: Request) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from cnnviz.threads import CoreShare, SharedCounter
 from schemas.jobs import JOB_QUEUE, JOB_TASK, MERGE_TASK, SHARD_TASK
 from workers.config import get_worker_settings
 from workers.device import child_index
+from workers.logs import JobIdFilter
 
 settings = get_worker_settings()
 
@@ -80,7 +81,18 @@ app.conf.update(
     # rather than leave it to the visibility timeout.
     worker_soft_shutdown_timeout=settings.worker_soft_shutdown_timeout,
     broker_connection_retry_on_startup=True,
+    # The job id in every line about a job (JobIdFilter, on the handlers below).
+    worker_log_format="[%(asctime)s: %(levelname)s/%(processName)s]%(job_tag)s %(message)s",
+    worker_task_log_format="[%(asctime)s: %(levelname)s/%(processName)s]%(job_tag)s "
+    "[%(task_name)s(%(task_id)s)] %(message)s",
 )
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _tag_job_lines(logger: Any, **_: Any) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(JobIdFilter())
 
 
 # The cores of the machine (or CNNVIZ_WORKER_TORCH_THREADS of them), shared by the pool

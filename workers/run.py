@@ -32,7 +32,8 @@ from workers.kinds import (
     Resources,
     get_kind,
 )
-from workers.records import JobRecords
+from workers.logs import job_logging
+from workers.records import JobNotFound, JobRecords, RecordsUnavailable
 
 __all__ = ["Limits", "begin", "conclude", "execute", "run_shard"]
 
@@ -168,7 +169,22 @@ def conclude(
         except Exception as exc:
             status, error = _outcome(task, exc, limits)
     written = records.finish(task.job_id, attempt, status, result, error, task.ttl_seconds)
-    return status if written else None
+    if not written:
+        return None
+    _observe(task, records, status)
+    return status
+
+
+def _observe(task: JobTask, records: JobRecords, status: JobStatus) -> None:
+    """Count the job's running time (its first start to its end) in the metrics."""
+    try:
+        record = records.get(task.job_id)
+    except (JobNotFound, RecordsUnavailable):
+        return
+    if record.started_at is not None and record.finished_at is not None:
+        seconds = max(0.0, record.finished_at - record.started_at)
+        records.observe_duration(task.kind, status, seconds)
+    log.info("job %s %s (%s)", task.job_id, status.value, task.kind)
 
 
 def execute(
@@ -180,18 +196,19 @@ def execute(
     wrote it.
     """
     limits = limits or Limits()
-    started = begin(task, resources, records)
-    if started is None:
-        return None
-    attempt, shards = started
-    deadline = limits.deadline()
-    partials: list[Partial] = []
-    for shard in range(shards):
-        partial = run_shard(task, attempt, shard, shards, resources, records, limits, deadline)
-        partials.append(partial)
-        if _FAILED in partial:
-            break
-    return conclude(task, attempt, partials, resources, records, limits)
+    with job_logging(task.job_id):
+        started = begin(task, resources, records)
+        if started is None:
+            return None
+        attempt, shards = started
+        deadline = limits.deadline()
+        partials: list[Partial] = []
+        for shard in range(shards):
+            partial = run_shard(task, attempt, shard, shards, resources, records, limits, deadline)
+            partials.append(partial)
+            if _FAILED in partial:
+                break
+        return conclude(task, attempt, partials, resources, records, limits)
 
 
 def _outcome(

@@ -27,6 +27,7 @@ from schemas.jobs import JOB_TASK, MERGE_TASK, SHARD_TASK, JobError, JobTask
 from workers.app import CORES, app, settings
 from workers.device import child_index, choose_device
 from workers.kinds import Partial, Resources
+from workers.logs import job_logging
 from workers.records.redis import RedisRecords
 from workers.run import Limits, begin, conclude, run_shard
 
@@ -92,26 +93,30 @@ class JobTaskBase(Task):
             # fenced final write as any other job end (TTLs renewed, attempt checked).
             payload = next(a for a in args if isinstance(a, dict) and "job_id" in a)
             task = JobTask.model_validate(payload)
-            _records(task).fail_running(task.job_id, error, task.ttl_seconds)
+            with job_logging(task.job_id):
+                log.error("job %s: killed at the hard time limit", task.job_id)
+                _records(task).fail_running(task.job_id, error, task.ttl_seconds)
 
 
 @app.task(name=JOB_TASK, bind=True, base=JobTaskBase)
 def run_job(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """Start a job: run it here when it is one shard, else fan its shards out in a chord."""
     task = JobTask.model_validate(payload)
-    records = _records(task)
-    resources = _child_resources()
-    started = begin(task, resources, records)
-    if started is None:
-        return {"job_id": task.job_id, "status": None}
-    attempt, shards = started
-    if shards == 1:
-        partial = run_shard(task, attempt, 0, 1, resources, records, _limits())
-        status = conclude(task, attempt, [partial], resources, records, _limits())
-        return {"job_id": task.job_id, "status": status.value if status else None}
-    header = group(run_job_shard.s(payload, attempt, i, shards) for i in range(shards))
-    chord(header, merge_job.s(payload, attempt)).apply_async()
-    return {"job_id": task.job_id, "status": "running", "attempt": attempt, "shards": shards}
+    with job_logging(task.job_id):
+        records = _records(task)
+        resources = _child_resources()
+        started = begin(task, resources, records)
+        if started is None:
+            return {"job_id": task.job_id, "status": None}
+        attempt, shards = started
+        if shards == 1:
+            partial = run_shard(task, attempt, 0, 1, resources, records, _limits())
+            status = conclude(task, attempt, [partial], resources, records, _limits())
+            return {"job_id": task.job_id, "status": status.value if status else None}
+        header = group(run_job_shard.s(payload, attempt, i, shards) for i in range(shards))
+        chord(header, merge_job.s(payload, attempt)).apply_async()
+        log.info("job %s: %d shards sent", task.job_id, shards)
+        return {"job_id": task.job_id, "status": "running", "attempt": attempt, "shards": shards}
 
 
 @app.task(name=SHARD_TASK, bind=True, base=JobTaskBase)
@@ -120,7 +125,10 @@ def run_job_shard(
 ) -> Partial:
     """One shard of a job; its partial result (small JSON, kept in the result backend)."""
     task = JobTask.model_validate(payload)
-    return run_shard(task, attempt, shard, shards, _child_resources(), _records(task), _limits())
+    with job_logging(task.job_id):
+        return run_shard(
+            task, attempt, shard, shards, _child_resources(), _records(task), _limits()
+        )
 
 
 @app.task(name=MERGE_TASK, bind=True, base=JobTaskBase)
@@ -129,5 +137,6 @@ def merge_job(
 ) -> dict[str, Any]:
     """The chord's callback: merge the shards' partials and write the job's result."""
     task = JobTask.model_validate(payload)
-    status = conclude(task, attempt, partials, _child_resources(), _records(task), _limits())
+    with job_logging(task.job_id):
+        status = conclude(task, attempt, partials, _child_resources(), _records(task), _limits())
     return {"job_id": task.job_id, "status": status.value if status else None}

@@ -8,6 +8,7 @@ job's id and its resolved request.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -70,6 +71,9 @@ class CeleryTransport:
         self._checked_at = -float("inf")
         self._checks: dict[str, dict[str, Any]] = {}
         self._check_lock = anyio.Lock()
+        self._metrics_lock = threading.Lock()
+        self._seen = 0
+        self._seen_at = -float("inf")
 
     async def submit(self, task: JobTask) -> None:
         await anyio.to_thread.run_sync(self._send, task)
@@ -119,6 +123,28 @@ class CeleryTransport:
                 self._checks = {"workers": workers}
             self._checked_at = time.monotonic()
             return self._checks
+
+    def queue_depth(self) -> int:
+        # kombu's Redis transport keeps a queue as lists: the name for priority 0, and the
+        # name, a separator and the step for the other priority steps.
+        names = [JOB_QUEUE] + [f"{JOB_QUEUE}\x06\x16{step}" for step in (3, 6, 9)]
+        try:
+            with self._client.connection_for_read() as connection:
+                client = connection.default_channel.client
+                return int(sum(client.llen(name) for name in names))
+        except (OperationalError, OSError) as exc:
+            raise QueueUnavailable(str(exc)) from exc
+
+    def workers_seen(self) -> int:
+        """Workers consuming the queue, asked at most every check interval."""
+        with self._metrics_lock:
+            if time.monotonic() - self._seen_at >= self._check_interval_s:
+                try:
+                    self._seen = self._consumers()
+                except (OperationalError, OSError) as exc:
+                    raise QueueUnavailable(str(exc)) from exc
+                self._seen_at = time.monotonic()
+            return self._seen
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._client.close)

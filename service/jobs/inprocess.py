@@ -84,6 +84,13 @@ class InProcessTransport:
             }
         }
 
+    def queue_depth(self) -> int:
+        # In flight: running (at most one per worker thread) and waiting.
+        return max(0, self._in_flight - self._workers)
+
+    def workers_seen(self) -> int:
+        return self._workers
+
     async def close(self) -> None:
         # Running jobs stop at their next step; queued ones never start.
         self._records.cancel_all()

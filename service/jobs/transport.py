@@ -37,4 +37,10 @@ class JobTransport(Protocol):
     async def readiness(self) -> dict[str, dict[str, Any]]:
         """Named checks for /readyz, each with ``ok`` and details."""
 
+    def queue_depth(self) -> int:
+        """Jobs waiting for a worker now (may block: called from /metrics, in a thread)."""
+
+    def workers_seen(self) -> int:
+        """Workers that take jobs (may block, as above)."""
+
     async def close(self) -> None: ...

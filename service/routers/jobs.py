@@ -7,6 +7,7 @@ idempotency keys, reuse of an identical succeeded job.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -17,8 +18,10 @@ from schemas.jobs import JobRead
 from service.deps import JobsDep
 from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
 from service.jobs.results import finished_job_headers, present
+from workers.logs import set_job_id
 
 router = APIRouter(tags=["jobs"])
+log = logging.getLogger(__name__)
 
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="the job's id")]
 
@@ -75,6 +78,8 @@ async def submit_job(
     job, submitted = await jobs.submit(
         kind, model, body, idempotency_key, scope=api_key or "", reuse=reuse
     )
+    set_job_id(job.id)  # this request's remaining log lines are about the job
+    log.info("%s job %s (%s, model %r)", kind, job.id, submitted.value, model)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if submitted == Submitted.REPLAYED:
         response.headers["Idempotent-Replayed"] = "true"

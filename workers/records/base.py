@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
+from workers.records.stats import Durations
 
 __all__ = [
     "Idempotency",
@@ -100,6 +101,17 @@ class JobRecords(Protocol):
         """Raise RecordsUnavailable when the backend cannot be reached."""
 
     def close(self) -> None: ...
+
+    # ---- metrics (GET /metrics) ----
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many records there are now of each ``(kind, status)``."""
+
+    def observe_duration(self, kind: str, status: JobStatus, seconds: float) -> None:
+        """Add a job that ran ``seconds`` to its kind and status's histogram (best effort)."""
+
+    def durations(self) -> dict[tuple[str, str], Durations]:
+        """The running-time histograms, per ``(kind, status)``."""
 
     # ---- the runner's side ----
 

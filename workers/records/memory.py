@@ -19,6 +19,7 @@ from workers.records.base import (
     JobNotFound,
     lost_error,
 )
+from workers.records.stats import Durations
 
 
 @dataclass
@@ -43,6 +44,7 @@ class MemoryRecords:
         self._idempotency: dict[str, tuple[str, str]] = {}  # digest -> (job id, fingerprint)
         self._latest: dict[str, str] = {}  # request digest -> its latest job id
         self._digest_of: dict[str, str] = {}  # job id -> its request digest
+        self._durations: dict[tuple[str, str], Durations] = {}
         self._lock = threading.Lock()
 
     # ---- helpers (call with the lock held) ----
@@ -132,6 +134,23 @@ class MemoryRecords:
 
     def close(self) -> None:
         return None
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            self._purge()
+            counts: dict[tuple[str, str], int] = {}
+            for entry in self._entries.values():
+                key = (entry.record.kind, entry.record.status.value)
+                counts[key] = counts.get(key, 0) + 1
+            return counts
+
+    def observe_duration(self, kind: str, status: JobStatus, seconds: float) -> None:
+        with self._lock:
+            self._durations.setdefault((kind, status.value), Durations()).observe(seconds)
+
+    def durations(self) -> dict[tuple[str, str], Durations]:
+        with self._lock:
+            return {key: Durations(list(d.counts), d.sum) for key, d in self._durations.items()}
 
     def cancel_all(self) -> None:
         """Cancel every unfinished job (the process is shutting down)."""

@@ -40,10 +40,13 @@ from workers.records.base import (
     RecordsUnavailable,
     lost_error,
 )
+from workers.records.stats import Durations, bucket_labels
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "cnnviz:job:"
+# The job duration histograms of every worker (a hash; no TTL: a few fields per kind).
+STATS_KEY = "cnnviz:stats:job_duration"
 
 
 def record_key(job_id: str) -> str:
@@ -341,6 +344,56 @@ class RedisRecords:
 
     def close(self) -> None:
         self._client.close()
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        # A scan of the records (each job's own key: the prefix and an id, no suffix), then
+        # their kind and status in one round trip: fine at a scrape every few seconds.
+        def scan() -> dict[tuple[str, str], int]:
+            keys = [
+                key
+                for key in self._client.scan_iter(match=f"{KEY_PREFIX}*", count=1000)
+                if b":" not in key[len(KEY_PREFIX) :]
+            ]
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(key, "kind", "status")
+            counts: dict[tuple[str, str], int] = {}
+            for kind, status in pipe.execute():
+                if kind is None or status is None:  # expired between the scan and the read
+                    continue
+                label = (kind.decode(), status.decode())
+                counts[label] = counts.get(label, 0) + 1
+            return counts
+
+        result: dict[tuple[str, str], int] = self._call(scan)
+        return result
+
+    def observe_duration(self, kind: str, status: JobStatus, seconds: float) -> None:
+        prefix = f"{kind}|{status.value}|"
+        one = Durations()
+        one.observe(seconds)
+        pipe = self._client.pipeline(transaction=True)  # a scrape sees all of it or none
+        for label, count in zip(bucket_labels(), one.counts, strict=True):
+            if count:
+                pipe.hincrby(STATS_KEY, prefix + label, 1)
+        pipe.hincrbyfloat(STATS_KEY, prefix + "sum", seconds)
+        try:
+            self._call(pipe.execute)
+        except RecordsUnavailable as exc:
+            log.warning("job duration not counted: %s", exc)
+
+    def durations(self) -> dict[tuple[str, str], Durations]:
+        raw: dict[bytes, bytes] = self._call(self._client.hgetall, STATS_KEY)
+        labels = bucket_labels()
+        found: dict[tuple[str, str], Durations] = {}
+        for name, value in raw.items():
+            kind, status, label = name.decode().rsplit("|", 2)
+            durations = found.setdefault((kind, status), Durations())
+            if label == "sum":
+                durations.sum = float(value)
+            elif label in labels:
+                durations.counts[labels.index(label)] = int(value)
+        return found
 
     # ---- the runner's side ----
 

@@ -1,0 +1,79 @@
+"""Job metrics for ``GET /metrics``, read at scrape time (the scrape runs in a thread).
+
+- ``cnnviz_jobs{kind,status}``: the job records there are now, by kind and status;
+- ``cnnviz_job_duration_seconds{kind,status}``: how long finished jobs ran (first start to
+  the end), a histogram that every worker adds to in the records' backend;
+- ``cnnviz_job_queue_depth``: jobs waiting for a worker;
+- ``cnnviz_job_workers``: workers that take jobs (Celery: consumers of the ``gpu`` queue);
+- ``cnnviz_job_metrics_up``: 0 when the backend could not be read (the others are then
+  left out of that scrape).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.jobs.manager import JobManager
+from service.jobs.transport import QueueUnavailable
+from workers.kinds import kind_names
+from workers.records import RecordsUnavailable
+from workers.records.stats import bucket_labels
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class JobCollector(Collector):
+    """Collects the job metrics of one manager's records and transport."""
+
+    def __init__(self, jobs: JobManager) -> None:
+        self._jobs = jobs
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "cnnviz_job_metrics_up", "1 when the job records and the queue could be read"
+        )
+        try:
+            metrics = list(self._read())
+        except (RecordsUnavailable, QueueUnavailable) as exc:
+            log.warning("job metrics unavailable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from metrics
+
+    def _read(self) -> Iterator[Metric]:
+        records, transport = self._jobs.records, self._jobs.transport
+        counts = records.counts()
+        jobs = GaugeMetricFamily(
+            "cnnviz_jobs", "job records by kind and status", labels=["kind", "status"]
+        )
+        # Every kind and status, zeros included, so that a rate or an alert has a series.
+        for kind in sorted({*kind_names(), *(k for k, _ in counts)}):
+            for status in STATUSES:
+                jobs.add_metric([kind, status], counts.get((kind, status), 0))
+        yield jobs
+        durations = HistogramMetricFamily(
+            "cnnviz_job_duration_seconds",
+            "how long finished jobs ran, from their start to their end",
+            labels=["kind", "status"],
+        )
+        for (kind, status), histogram in sorted(records.durations().items()):
+            buckets = list(zip(bucket_labels(), histogram.counts, strict=True))
+            durations.add_metric([kind, status], buckets, histogram.sum)
+        yield durations
+        depth = GaugeMetricFamily("cnnviz_job_queue_depth", "jobs waiting for a worker")
+        depth.add_metric([], transport.queue_depth())
+        yield depth
+        workers = GaugeMetricFamily(
+            "cnnviz_job_workers", "workers seen taking jobs (Celery: consumers of the queue)"
+        )
+        workers.add_metric([], transport.workers_seen())
+        yield workers
