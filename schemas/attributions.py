@@ -6,6 +6,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.jobs import JobOptions
+
 Target = Annotated[int, Field(ge=0, le=1_000_000)] | Annotated[str, Field(max_length=256)]
 
 
@@ -169,3 +171,7 @@ class AttributionsRead(BaseModel):
     input_size: tuple[int, int] = Field(examples=[[64, 64]], description="[height, width]")
     predictions: list[PredictionRead] = Field(description="The top 5, best first.")
     attributions: list[TargetAttributionRead]
+
+
+class AttributionJobCreate(AttributionsCreate, JobOptions):
+    """An attribution job: the same request as the synchronous one, and job options."""

@@ -91,6 +91,18 @@ class JobTask(BaseModel):
     ttl_seconds: int = Field(ge=1, description="how long the record lives after it finishes")
 
 
+class JobOptions(BaseModel):
+    """What a job request may ask of any kind, besides the work itself."""
+
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        examples=["https://hooks.example.com/cnnviz"],
+        description="an http(s) URL on an allowed host (CNNVIZ_CALLBACK_HOSTS) that gets an "
+        "HMAC-signed POST when the job ends (see docs/jobs.md); not part of the job's identity",
+    )
+
+
 def job_path(job_id: str) -> str:
     """Where the API serves a job; its files are under this path."""
     return f"/v1/jobs/{job_id}"
@@ -133,6 +145,7 @@ class JobRecord(BaseModel):
     error: JobError | None = None
     cancel: bool = False
     idem: str | None = None
+    callback_url: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         """The Redis hash fields; absent values are left out."""

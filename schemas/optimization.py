@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.jobs import JobOptions
+
 # A whole layer is one job (resnet18 layer4 has 512 channels); render chunks it to fit memory.
 MAX_UNITS = 512
 MAX_STEPS = 4096
@@ -38,7 +40,7 @@ ChannelIndex = Annotated[int, Field(ge=0)]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
-class OptimizationCreate(BaseModel):
+class OptimizationCreate(JobOptions):
     """An activation-maximization job: which units of which layer, and how to optimize."""
 
     model_config = ConfigDict(extra="forbid")

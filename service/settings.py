@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +89,19 @@ class Settings(BaseSettings):
     events_max_seconds: float = Field(
         default=3600, gt=0, description="the longest an event stream lasts; the client asks again"
     )
+    callback_hosts: str = Field(
+        default="",
+        description="comma-separated host names a job's callback_url may name (any port); "
+        "empty: callbacks are refused",
+    )
+    callback_secret: str = Field(
+        default="",
+        description="the HMAC-SHA256 key of callback signatures (needed with callback_hosts)",
+    )
+    callback_attempts: int = Field(default=4, ge=1, le=10, description="tries per callback")
+    callback_backoff: float = Field(
+        default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
+    )
     queue_check_interval: float = Field(
         default=5.0, ge=0, description="seconds /readyz reuses its count of queue workers"
     )
@@ -106,6 +119,19 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def callback_host_set(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.callback_hosts.split(",") if h.strip())
+
+    @model_validator(mode="after")
+    def _callbacks_signed(self) -> Self:
+        if self.callback_hosts.strip() and not self.callback_secret:
+            raise ValueError(
+                "CNNVIZ_CALLBACK_HOSTS is set but CNNVIZ_CALLBACK_SECRET is empty: callbacks "
+                "are always signed; set a secret (the same on the workers)"
+            )
+        return self
 
     @property
     def api_key_list(self) -> list[str]:

@@ -67,6 +67,13 @@ class WorkerSettings(BaseSettings):
         default=2, ge=0, le=32, description="DataLoader processes that decode images per job"
     )
     exemplar_batch_size: int = Field(default=64, ge=1, le=4096)
+    callback_secret: str = Field(
+        default="", description="HMAC-SHA256 key of callback signatures (the API's)"
+    )
+    callback_attempts: int = Field(default=4, ge=1, le=10, description="tries per callback")
+    callback_backoff: float = Field(
+        default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
+    )
     job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
     job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
 

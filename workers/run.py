@@ -23,6 +23,7 @@ from typing import Any
 
 from cnnviz.errors import CnnvizError
 from schemas.jobs import JobError, JobStatus, JobTask, Progress
+from workers.callbacks import CallbackPolicy, deliver
 from workers.kinds import (
     JobCancelled,
     JobContext,
@@ -35,7 +36,7 @@ from workers.kinds import (
 from workers.logs import job_logging
 from workers.records import JobNotFound, JobRecords, RecordsUnavailable
 
-__all__ = ["Limits", "begin", "conclude", "execute", "run_shard"]
+__all__ = ["Limits", "begin", "conclude", "ended", "execute", "run_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Limits:
     progress_interval_s: float = 0.5
     preview_interval_s: float = 2.0
     max_deliveries: int = 3
+    callback: CallbackPolicy | None = None
 
     def deadline(self) -> float | None:
         if self.soft_time_limit_s is None or not self.enforce_deadline:
@@ -67,21 +69,30 @@ class Limits:
         return time.monotonic() + self.soft_time_limit_s
 
 
-def begin(task: JobTask, resources: Resources, records: JobRecords) -> tuple[int, int] | None:
+def begin(
+    task: JobTask, resources: Resources, records: JobRecords, limits: Limits | None = None
+) -> tuple[int, int] | None:
     """Start the job's next attempt: ``(attempt, shards)``, or None when it must not run.
 
-    A job whose plan cannot be made (its data set went away) is finished as failed here.
+    A job whose plan cannot be made (its data set went away) is finished as failed here. A
+    job cancelled before it ever started ends here too (its callback is sent).
     """
+    limits = limits or Limits()
     attempt = records.start(task.job_id)
     if attempt is None:
         log.info("job %s is not to run (finished, cancelled or gone)", task.job_id)
+        with contextlib.suppress(JobNotFound, RecordsUnavailable):
+            record = records.get(task.job_id)
+            if record.status == JobStatus.CANCELLED and record.started_at is None:
+                ended(task, records, limits)
         return None
     try:
         kind = get_kind(task.kind)
         shards = kind.shards(kind.parse(task.request), task.model, resources)
     except Exception as exc:
-        status, error = _outcome(task, exc, Limits())
-        records.finish(task.job_id, attempt, status, None, error, task.ttl_seconds)
+        status, error = _outcome(task, exc, limits)
+        if records.finish(task.job_id, attempt, status, None, error, task.ttl_seconds):
+            ended(task, records, limits)
         return None
     return attempt, shards
 
@@ -171,20 +182,27 @@ def conclude(
     written = records.finish(task.job_id, attempt, status, result, error, task.ttl_seconds)
     if not written:
         return None
-    _observe(task, records, status)
+    ended(task, records, limits)
     return status
 
 
-def _observe(task: JobTask, records: JobRecords, status: JobStatus) -> None:
-    """Count the job's running time (its first start to its end) in the metrics."""
+def ended(task: JobTask, records: JobRecords, limits: Limits) -> None:
+    """After a job's final write: count its running time (first start to end) in the
+    metrics, and deliver its callback, if it has one."""
     try:
         record = records.get(task.job_id)
     except (JobNotFound, RecordsUnavailable):
         return
     if record.started_at is not None and record.finished_at is not None:
         seconds = max(0.0, record.finished_at - record.started_at)
-        records.observe_duration(task.kind, status, seconds)
-    log.info("job %s %s (%s)", task.job_id, status.value, task.kind)
+        records.observe_duration(task.kind, record.status, seconds)
+    log.info("job %s %s (%s)", task.job_id, record.status.value, task.kind)
+    if record.callback_url is None:
+        return
+    if limits.callback is None:
+        log.error("job %s: no callback sent, CNNVIZ_CALLBACK_SECRET is not set", task.job_id)
+        return
+    deliver(record.callback_url, record, limits.callback)
 
 
 def execute(
@@ -197,7 +215,7 @@ def execute(
     """
     limits = limits or Limits()
     with job_logging(task.job_id):
-        started = begin(task, resources, records)
+        started = begin(task, resources, records, limits)
         if started is None:
             return None
         attempt, shards = started

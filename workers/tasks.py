@@ -25,11 +25,12 @@ from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from schemas.jobs import JOB_TASK, MERGE_TASK, SHARD_TASK, JobError, JobTask
 from workers.app import CORES, app, settings
+from workers.callbacks import CallbackPolicy
 from workers.device import child_index, choose_device
 from workers.kinds import Partial, Resources
 from workers.logs import job_logging
 from workers.records.redis import RedisRecords
-from workers.run import Limits, begin, conclude, run_shard
+from workers.run import Limits, begin, conclude, ended, run_shard
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,13 @@ def _limits() -> Limits:
         progress_interval_s=settings.job_progress_interval,
         preview_interval_s=settings.job_preview_interval,
         max_deliveries=settings.job_max_attempts,
+        callback=CallbackPolicy(
+            settings.callback_secret,
+            attempts=settings.callback_attempts,
+            backoff_s=settings.callback_backoff,
+        )
+        if settings.callback_secret
+        else None,
     )
 
 
@@ -95,7 +103,9 @@ class JobTaskBase(Task):
             task = JobTask.model_validate(payload)
             with job_logging(task.job_id):
                 log.error("job %s: killed at the hard time limit", task.job_id)
-                _records(task).fail_running(task.job_id, error, task.ttl_seconds)
+                records = _records(task)
+                if records.fail_running(task.job_id, error, task.ttl_seconds):
+                    ended(task, records, _limits())
 
 
 @app.task(name=JOB_TASK, bind=True, base=JobTaskBase)
@@ -105,7 +115,7 @@ def run_job(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     with job_logging(task.job_id):
         records = _records(task)
         resources = _child_resources()
-        started = begin(task, resources, records)
+        started = begin(task, resources, records, _limits())
         if started is None:
             return {"job_id": task.job_id, "status": None}
         attempt, shards = started

@@ -16,6 +16,7 @@ from typing import Any
 
 from schemas.jobs import JobTask
 from service.jobs.transport import QUEUE_RETRY_AFTER_S, QueueFull
+from workers.callbacks import CallbackPolicy
 from workers.kinds import Resources
 from workers.records.memory import MemoryRecords
 from workers.run import Limits, execute
@@ -38,6 +39,7 @@ class InProcessTransport:
         soft_time_limit_s: float,
         progress_interval_s: float = 0.5,
         preview_interval_s: float = 2.0,
+        callback: CallbackPolicy | None = None,
     ) -> None:
         self._records = records
         self._resources = resources
@@ -47,6 +49,7 @@ class InProcessTransport:
             soft_time_limit_s=soft_time_limit_s,
             progress_interval_s=progress_interval_s,
             preview_interval_s=preview_interval_s,
+            callback=callback,
         )
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnviz-job")
         self._in_flight = 0

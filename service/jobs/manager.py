@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from schemas.jobs import JobRead, JobRecord, JobStatus, JobTask, fingerprint
 from service.concurrency import TorchPool
 from service.errors import ApiError
+from service.jobs.callbacks import CallbackHosts
 from service.jobs.transport import (
     QUEUE_RETRY_AFTER_S,
     JobTransport,
@@ -72,6 +73,8 @@ class JobManager:
 
     inline_max_bytes = 256 * 1024
     """Base64 characters of pictures a job's JSON carries inline by default (settings)."""
+    callbacks = CallbackHosts(frozenset())
+    """The hosts a job's callback_url may name (settings)."""
 
     def __init__(
         self,
@@ -111,6 +114,11 @@ class JobManager:
         """
         kind = get_kind(kind_name)
         spec = self.resources.models.spec(model)  # UnknownModelError before any work
+        # The callback is no part of the job's identity: the kind's request is without it.
+        callback_url = getattr(request, "callback_url", None)
+        if callback_url is not None:
+            self.callbacks.check(callback_url)
+        request = kind.request_type.model_validate(request.model_dump(exclude={"callback_url"}))
 
         def validate() -> BaseModel:
             return kind.prepare(request, model, self.resources)
@@ -135,6 +143,7 @@ class JobManager:
             status=JobStatus.QUEUED,
             request=resolved.model_dump(mode="json"),
             created_at=time.time(),
+            callback_url=callback_url,
         )
         try:
             record, created = await self._io(self.records.create, record, self._ttl, idempotency)

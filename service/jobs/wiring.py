@@ -12,8 +12,10 @@ from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
 from service.concurrency import TorchPool
+from service.jobs.callbacks import CallbackHosts
 from service.jobs.manager import JobManager
 from service.settings import Settings
+from workers.callbacks import CallbackPolicy
 from workers.kinds import Resources
 
 
@@ -57,7 +59,7 @@ def build_jobs(
             pool,
             settings.job_ttl_seconds,
         )
-        manager.inline_max_bytes = settings.inline_result_max_bytes
+        _configure(manager, settings)
         return manager
     from service.jobs.inprocess import InProcessTransport
     from workers.records.memory import MemoryRecords
@@ -71,10 +73,27 @@ def build_jobs(
         soft_time_limit_s=settings.job_soft_time_limit,
         progress_interval_s=settings.job_progress_interval,
         preview_interval_s=settings.job_preview_interval,
+        callback=callback_policy(settings),
     )
     manager = JobManager(memory, transport, resources, pool, settings.job_ttl_seconds)
-    manager.inline_max_bytes = settings.inline_result_max_bytes
+    _configure(manager, settings)
     return manager
+
+
+def _configure(manager: JobManager, settings: Settings) -> None:
+    manager.inline_max_bytes = settings.inline_result_max_bytes
+    manager.callbacks = CallbackHosts(settings.callback_host_set)
+
+
+def callback_policy(settings: Settings) -> CallbackPolicy | None:
+    """How in-process jobs deliver callbacks (Celery workers have settings of their own)."""
+    if not settings.callback_secret:
+        return None
+    return CallbackPolicy(
+        settings.callback_secret,
+        attempts=settings.callback_attempts,
+        backoff_s=settings.callback_backoff,
+    )
 
 
 @asynccontextmanager

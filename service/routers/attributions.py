@@ -6,7 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
 
-from schemas.attributions import AttributionsCreate, AttributionsOptions, AttributionsRead
+from schemas.attributions import (
+    AttributionJobCreate,
+    AttributionsCreate,
+    AttributionsOptions,
+    AttributionsRead,
+)
 from schemas.errors import Problem
 from schemas.jobs import JobRead
 from service.attributions import check_cost, explain_json, explain_png, read_request
@@ -176,7 +181,7 @@ JOB_EXAMPLES: dict[str, dict[str, Any]] = {
 )
 async def create_attribution_job(
     model: str,
-    body: Annotated[AttributionsCreate, Body(openapi_examples=JOB_EXAMPLES)],
+    body: Annotated[AttributionJobCreate, Body(openapi_examples=JOB_EXAMPLES)],
     jobs: JobsDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,

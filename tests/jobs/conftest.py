@@ -16,7 +16,7 @@ from service.main import create_app
 from service.settings import Settings
 from tests.jobs.client import settle
 from tests.jobs.datasets import write_image_folder, write_models_file
-from tests.jobs.procs import CeleryWorker, RedisServer, serve
+from tests.jobs.procs import CALLBACK_SECRET, CeleryWorker, RedisServer, serve
 
 TRANSPORTS = ["in-process", "celery"]
 
@@ -29,6 +29,8 @@ def api_settings(redis_url: str | None, **overrides: object) -> Settings:
         "job_progress_interval": 0.1,
         "job_preview_interval": 0.2,
         "queue_check_interval": 0.0,
+        "callback_hosts": "127.0.0.1",
+        "callback_secret": CALLBACK_SECRET,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

@@ -26,6 +26,8 @@ from celery import Celery
 from fastapi import FastAPI
 
 ROOT = Path(__file__).resolve().parents[2]
+# The callback key of the test APIs and workers; callbacks go to 127.0.0.1 only.
+CALLBACK_SECRET = "test-callback-secret"
 
 
 def wait_for(
@@ -134,6 +136,7 @@ class CeleryWorker:
             "CNNVIZ_WORKER_TORCH_THREADS": "1",
             "CNNVIZ_JOB_PROGRESS_INTERVAL": "0.1",
             "CNNVIZ_JOB_PREVIEW_INTERVAL": "0.2",
+            "CNNVIZ_CALLBACK_SECRET": CALLBACK_SECRET,
             # Stopping a test worker: cancel at once, no soft-shutdown grace.
             "CNNVIZ_WORKER_SOFT_SHUTDOWN_TIMEOUT": "0",
             **(env or {}),
