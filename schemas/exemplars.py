@@ -6,11 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.jobs import JobOptions
+
 MAX_K = 100
 MAX_LAYERS = 16
 
 
-class ExemplarsCreate(BaseModel):
+class ExemplarsCreate(JobOptions):
     """Mine a data set for the images each channel of some layers responds to most."""
 
     model_config = ConfigDict(extra="forbid")

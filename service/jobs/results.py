@@ -91,13 +91,15 @@ def pictures_of(job: JobRead[Any, Any]) -> ResultPictures:
             f"job {job.id!r} is {job.status.value}: only a succeeded job has a result{hint}",
             headers,
         )
-    pictures = get_kind(job.kind).pictures(job.result)
+    kind = get_kind(job.kind)
+    pictures = kind.pictures(job.result)
     if pictures is None:
+        elsewhere = kind.pictures_elsewhere.replace("{id}", job.id)
         raise ApiError(
             404,
             "no_pictures",
-            f"job {job.id!r} is of kind {job.kind!r}, whose result has no pictures; "
-            f"GET {job_path(job.id)} for the result",
+            f"job {job.id!r} is of kind {job.kind!r}, whose result holds no pictures: "
+            + (f"they are drawn by {elsewhere}" if elsewhere else f"GET {job_path(job.id)}"),
         )
     return pictures
 

@@ -13,7 +13,11 @@ from PIL import Image
 from service.main import create_app
 from tests.jobs.client import LONG, QUICK, submit, wait_job
 from tests.jobs.conftest import api_settings
-from tests.jobs.procs import serve
+from tests.jobs.procs import serve, wait_for
+from tests.jobs.receiver import receiver
+from tests.jobs.test_callbacks import verify
+from tests.jobs.test_events import read_events
+from tests.jobs.test_exemplars_api import BODY as EXEMPLARS
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -141,3 +145,25 @@ def test_an_attribution_job_has_files_too(api: httpx.Client) -> None:
     # The first tile is the first overlay, exactly.
     assert np.array_equal(grid[2:66, 2:66], pixels(overlays[0]))
     assert np.array_equal(grid[2:66, 68:132], pixels(overlays[1]))
+
+
+def test_an_exemplars_job_streams_calls_back_and_names_where_its_pictures_are(
+    api: httpx.Client,
+) -> None:
+    # The third kind: its result holds image ids, its pictures are drawn on request.
+    with receiver() as hooks:
+        body = {**EXEMPLARS, "layers": ["fc"], "callback_url": hooks.url + "/exemplars"}
+        response = api.post(
+            "/v1/models/shapes/exemplars", json=body, headers={"Cache-Control": "no-cache"}
+        )
+        assert response.status_code == 202, response.text
+        events = read_events(api, response.json()["id"], timeout=120)
+        assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+        assert events[-1][1]["progress"]["unit"] == "images"
+        job_id = events[-1][1]["id"]
+        delivery = wait_for(lambda: hooks.to("/exemplars"), 60, "the callback")[0]
+        assert verify(delivery)["kind"] == "exemplars"
+    answer = api.get(f"/v1/jobs/{job_id}/result.png")
+    assert answer.status_code == 404
+    assert answer.json()["code"] == "no_pictures"
+    assert f"/v1/jobs/{job_id}/exemplars/{{layer}}/{{channel}}" in answer.json()["detail"]

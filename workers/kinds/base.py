@@ -208,6 +208,10 @@ class JobKind(ABC, Generic[RequestT, ResultT]):
 
     # ---- a succeeded job's files (GET /v1/jobs/{id}/result.png, units/{i}.png) ----
 
+    pictures_elsewhere: ClassVar[str] = ""
+    """For a kind without pictures in its result: where its pictures are drawn, a path with
+    ``{id}`` for the job's id (named in the 404 of result.png)."""
+
     def pictures(self, result: ResultT) -> ResultPictures | None:
         """The result's pictures; None for a kind whose result has none."""
         return None

@@ -42,6 +42,7 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
     """Top-k (and bottom-k) images per channel, mined in shards; progress in images."""
 
     name = "exemplars"
+    pictures_elsewhere = "GET /v1/jobs/{id}/exemplars/{layer}/{channel}"
     request_type = ExemplarsCreate
     result_type = ExemplarsResult
     progress_unit = "images"
