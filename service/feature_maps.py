@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import torch
 from fastapi import Request
 
+from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.featuremaps import (
     LayerMaps,
     check_options,
@@ -57,14 +61,14 @@ async def read_request(request: Request) -> FeatureMapsRequest:
     )
 
 
-def render(
+def _activations(
     registry: ModelRegistry,
     model: str,
     request: FeatureMapsRequest,
     max_pixels: int,
     pool: TorchPool,
-) -> list[Rendered]:
-    """Decode, preprocess, one forward pass, grids and PNGs: blocking, for the torch pool.
+) -> tuple[dict[str, Any], list[str]]:
+    """Decode, preprocess, one forward pass: ``{layer: (1, *shape)}`` and the layer names.
 
     The forward pass goes through the pool's micro-batcher: requests for the same model,
     layers and precision that are due together share one, with the same numbers as alone.
@@ -97,6 +101,53 @@ def render(
         x,
         lambda batch: layer_activations(loaded.module, batch, names, precision=options.precision),
     )
+    return outputs, names
+
+
+def raw_activations(
+    registry: ModelRegistry,
+    model: str,
+    request: FeatureMapsRequest,
+    max_pixels: int,
+    pool: TorchPool,
+) -> dict[str, np.ndarray]:
+    """The layers' activations of the image as float32 arrays ``(C, H, W)`` (or the layer's
+    own shape), keyed by layer name: blocking, for the torch pool. ``channels``, when given,
+    picks channels (in that order); the grid options do not apply."""
+    outputs, names = _activations(registry, model, request, max_pixels, pool)
+    channels = request.options.channels
+    arrays: dict[str, np.ndarray] = {}
+    for name in names:
+        out = outputs[name]
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            raise LayerShapeError(
+                f"layer {name!r} of model {model!r} gives {type(out).__name__}, not a float "
+                "tensor; ask for a layer that outputs one (GET /v1/models/{model}/layers)"
+            )
+        tensor = out[0]
+        if channels is not None and tensor.dim() >= 1:
+            count = tensor.shape[0]
+            bad = [c for c in channels if c >= count]
+            if bad:
+                raise InvalidArgumentError(
+                    f"channels {bad} are out of range: layer {name!r} has {count} channels"
+                )
+            tensor = tensor[list(channels)]
+        arrays[name] = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+    return arrays
+
+
+def render(
+    registry: ModelRegistry,
+    model: str,
+    request: FeatureMapsRequest,
+    max_pixels: int,
+    pool: TorchPool,
+) -> list[Rendered]:
+    """Decode, preprocess, one forward pass, grids and PNGs: blocking, for the torch pool."""
+    outputs, names = _activations(registry, model, request, max_pixels, pool)
+    options = request.options
+    spec = registry.spec(model)
     maps = maps_from_activations(
         outputs,
         names,

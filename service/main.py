@@ -18,9 +18,9 @@ from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.jobs import build_jobs, jobs_lifespan
 from service.jobs.metrics import JobCollector
-from service.jobs.results import RAW_MEDIA_TYPES
 from service.limits import BodySizeLimit
 from service.observability import configure_logging, install_observability
+from service.raw import RAW_MEDIA_TYPES
 from service.routers import api_router, health, viewer
 from service.routers.viewer import STATIC_DIR, VIEWER_ASSETS
 from service.settings import Settings, get_settings
@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.include_router(viewer.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    # JSON (a job's, a feature-map answer) shrinks; PNGs, raw arrays and event streams not.
+    # JSON (a job's, a feature-map answer) shrinks; PNGs and event streams not, and raw
+    # arrays are sent as they are (floats gain little, and their ETags stay exact).
     app.add_middleware(
         GZipMiddleware,
         minimum_size=1024,

@@ -146,6 +146,10 @@ def run_shard(
                 deadline=deadline if deadline is not None else limits.deadline(),
                 progress_interval_s=limits.progress_interval_s,
                 preview_interval_s=limits.preview_interval_s,
+                # Raw tensors only from a job of one shard (one shard's alone would mislead).
+                on_attach=(lambda data: records.attach(job_id, attempt, data, task.ttl_seconds))
+                if shards == 1
+                else None,
             )
             return kind.run_shard(request, task.model, shard, resources, context)
     except Exception as exc:

@@ -271,6 +271,15 @@ class JobManager:
             )
         return png
 
+    async def arrays(self, job_id: str) -> bytes | None:
+        """The raw tensors a job attached (read the job first: that checks who may)."""
+        try:
+            return await self._io(self.records.arrays, job_id)
+        except JobNotFound:
+            raise _not_found(job_id) from None
+        except StoreUnavailable as exc:
+            raise _unavailable(str(exc)) from exc
+
     async def readiness(self) -> dict[str, dict[str, Any]]:
         checks: dict[str, dict[str, Any]] = {}
         if self.transport.name != "in-process":

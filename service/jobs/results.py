@@ -18,11 +18,6 @@ from service.errors import ApiError
 from service.jobs.manager import RETRY_AFTER_S
 from workers.kinds import ResultPictures, get_kind
 
-# Raw float tensors: sent as they are (gzip gains little on floats, and would weaken the ETag).
-NPY = "application/x-npy"
-SAFETENSORS = "application/vnd.safetensors"
-RAW_MEDIA_TYPES = (NPY, SAFETENSORS, "application/octet-stream")
-
 # Finished results are immutable; private: a job is its owner's (API keys).
 IMMUTABLE = "private, max-age=31536000, immutable"
 
@@ -76,8 +71,8 @@ def finished_job_headers(request: Request, response: Response, job: JobRead[Any,
     return _matches(request.headers.get("if-none-match"), etag.removeprefix("W/"))
 
 
-def pictures_of(job: JobRead[Any, Any]) -> ResultPictures:
-    """The pictures of a succeeded job; a 409 while it has none yet, 404 for a kind without."""
+def require_succeeded(job: JobRead[Any, Any]) -> None:
+    """A 409 unless the job has succeeded (with Retry-After while it may still)."""
     if job.status != JobStatus.SUCCEEDED or job.result is None:
         headers = None if job.status.finished else {"Retry-After": str(RETRY_AFTER_S)}
         hint = (
@@ -91,6 +86,11 @@ def pictures_of(job: JobRead[Any, Any]) -> ResultPictures:
             f"job {job.id!r} is {job.status.value}: only a succeeded job has a result{hint}",
             headers,
         )
+
+
+def pictures_of(job: JobRead[Any, Any]) -> ResultPictures:
+    """The pictures of a succeeded job; a 409 while it has none yet, 404 for a kind without."""
+    require_succeeded(job)
     kind = get_kind(job.kind)
     pictures = kind.pictures(job.result)
     if pictures is None:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from schemas.errors import Problem
 from schemas.feature_maps import FeatureMapsCreate, FeatureMapsRead
 from service.deps import PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
-from service.feature_maps import png_headers, read_request, render, render_json, wants_png
+from service.feature_maps import (
+    png_headers,
+    raw_activations,
+    read_request,
+    render,
+    render_json,
+    wants_png,
+)
+from service.raw import MEDIA_TYPE, encode, wanted_raw
 
 router = APIRouter(prefix="/models", tags=["feature maps"])
 
@@ -84,11 +92,18 @@ _REQUEST_BODY: dict[str, Any] = {
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "JSON per layer; or with `Accept: image/png` and one layer, the PNG, "
-        "its layout in `X-Grid-*` headers.",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "its layout in `X-Grid-*` headers; or the raw activations as float32, with "
+        "`?format=npy` (one layer, `(C, H, W)`) or `?format=safetensors` (one tensor per "
+        "layer, by name), or the same as `Accept: application/x-npy` / "
+        "`application/vnd.safetensors`; `channels` picks channels, other options do not apply.",
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+            "application/vnd.safetensors": {"schema": {"type": "string", "format": "binary"}},
+        },
     },
     404: {"model": Problem, "description": "Unknown model"},
-    406: {"model": Problem, "description": "`Accept: image/png` with several layers"},
+    406: {"model": Problem, "description": "PNG or .npy asked for with several layers"},
     413: {"model": Problem, "description": "Body over the byte limit, or too many pixels"},
     415: {"model": Problem, "description": "Neither JSON nor multipart"},
     422: {"model": Problem, "description": "Bad image, layer, channel or option"},
@@ -103,10 +118,26 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
 async def create_feature_maps(
-    model: str, request: Request, registry: RegistryDep, pool: PoolDep, settings: SettingsDep
+    model: str,
+    request: Request,
+    registry: RegistryDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+    format: Annotated[
+        Literal["npy", "safetensors"] | None,
+        Query(description="the raw activations, float32, instead of grids"),
+    ] = None,
 ) -> Response:
     """Feature-map grids of one image for one or more layers, sharing one forward pass."""
     registry.spec(model)
+    raw = wanted_raw(request, others=())
+    if raw is not None:
+        body = await read_request(request)
+        arrays = await pool.run(
+            raw_activations, registry, model, body, settings.max_image_pixels, pool
+        )
+        data = encode(arrays, raw, "this request")
+        return Response(data, media_type=MEDIA_TYPE[raw])
     png = wants_png(request.headers.get("accept"))
     body = await read_request(request)
     layers = len(set(body.options.layers))

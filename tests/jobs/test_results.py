@@ -8,6 +8,7 @@ import io
 
 import httpx
 import numpy as np
+import safetensors.numpy
 from PIL import Image
 
 from service.main import create_app
@@ -167,3 +168,41 @@ def test_an_exemplars_job_streams_calls_back_and_names_where_its_pictures_are(
     assert answer.status_code == 404
     assert answer.json()["code"] == "no_pictures"
     assert f"/v1/jobs/{job_id}/exemplars/{{layer}}/{{channel}}" in answer.json()["detail"]
+
+
+def test_an_optimization_keeps_its_images_as_float32(api: httpx.Client) -> None:
+    created = submit(api, {**QUICK, "seed": 23})
+    done = wait_job(api, created["id"])
+    answer = api.get(f"/v1/jobs/{created['id']}/result.npy")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/x-npy"
+    assert "content-encoding" not in answer.headers
+    images = np.load(io.BytesIO(answer.content), allow_pickle=False)
+    assert images.dtype == np.float32 and images.shape == (2, 3, 32, 32)
+    assert images.min() >= 0 and images.max() <= 1
+    # The PNGs are these numbers rounded to 255 levels.
+    for i, unit in enumerate(done["result"]["units"]):
+        levels = np.round(images[i].transpose(1, 2, 0) * 255).astype(np.uint8)
+        assert np.array_equal(levels, pixels(base64.b64decode(unit["image"])))
+    named = api.get(f"/v1/jobs/{created['id']}/result.safetensors")
+    assert named.headers["content-type"] == "application/vnd.safetensors"
+    assert np.array_equal(safetensors.numpy.load(named.content)["images"], images)
+    cached = api.get(
+        f"/v1/jobs/{created['id']}/result.npy", headers={"If-None-Match": answer.headers["etag"]}
+    )
+    assert cached.status_code == 304
+
+
+def test_raw_tensors_answer_clearly_when_there_are_none(api: httpx.Client) -> None:
+    running = submit(api, LONG)
+    assert api.get(f"/v1/jobs/{running['id']}/result.npy").status_code == 409
+    api.post(f"/v1/jobs/{running['id']}/cancel")
+    response = api.post(
+        "/v1/models/shapes/attribution-jobs",
+        json={"sample": "star", "method": "saliency"},
+        headers={"Cache-Control": "no-cache"},
+    )
+    done = wait_job(api, response.json()["id"], timeout=120)
+    answer = api.get(f"/v1/jobs/{done['id']}/result.npy")
+    assert answer.status_code == 404
+    assert answer.json()["code"] == "no_arrays"

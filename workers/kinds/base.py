@@ -91,8 +91,10 @@ class JobContext:
         deadline: float | None = None,
         progress_interval_s: float = 0.5,
         preview_interval_s: float = 2.0,
+        on_attach: Callable[[bytes], None] | None = None,
     ) -> None:
         self.job_id = job_id
+        self._on_attach = on_attach
         self._on_progress = on_progress
         self._should_cancel = should_cancel
         self._deadline = deadline
@@ -122,6 +124,12 @@ class JobContext:
 
     def preview_due(self) -> bool:
         return time.monotonic() - self._last_preview >= self._preview_interval_s
+
+    def attach(self, arrays: bytes) -> None:
+        """Keep the shard's raw float tensors (safetensors bytes) with the job's result,
+        served as ``GET /v1/jobs/{id}/result.npy`` and ``.safetensors``."""
+        if self._on_attach is not None:
+            self._on_attach(arrays)
 
     def report(self, progress: Progress, preview: bytes | None = None) -> None:
         """Send progress (and a preview PNG, if one was made because it was due)."""

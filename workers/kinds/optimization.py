@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from dataclasses import asdict
 
+import safetensors.torch
 import torch
 
 from cnnviz.errors import InvalidArgumentError
@@ -24,7 +26,12 @@ from schemas.optimization import (
 from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
 from workers.kinds.registry import register_kind
 
-__all__ = ["Optimization", "build_objective", "optimize", "prepare"]
+__all__ = ["RAW_IMAGES", "Optimization", "build_objective", "optimize", "prepare"]
+
+log = logging.getLogger(__name__)
+
+RAW_IMAGES = "images"
+"""The name of the optimized images in a job's raw tensors."""
 
 
 def _units(request: OptimizationCreate, loaded: LoadedModel) -> list[int]:
@@ -146,6 +153,24 @@ def _unit_results(
     return units
 
 
+RAW_MAX_BYTES = 64 * 1024 * 1024
+"""The largest float32 image tensor a job keeps for ``result.npy`` (larger: not kept)."""
+
+
+def _attach_images(images: torch.Tensor, context: JobContext) -> None:
+    """Keep the optimized images ``(N, C, S, S)`` float32 in [0, 1], unless too large."""
+    size = images.numel() * 4
+    if size > RAW_MAX_BYTES:
+        log.info(
+            "raw images not kept: %.1f MiB, over the %d MiB limit",
+            size / 2**20,
+            RAW_MAX_BYTES // 2**20,
+        )
+        return
+    tensor = images.detach().to("cpu", torch.float32).contiguous()
+    context.attach(safetensors.torch.save({RAW_IMAGES: tensor}))
+
+
 def optimize(
     request: OptimizationCreate, loaded: LoadedModel, context: JobContext | None = None
 ) -> OptimizationResult:
@@ -191,6 +216,7 @@ def optimize(
         on_step=on_step,
         model_name=loaded.spec.name,
     )
+    _attach_images(rendered.images, context)
     # Several images of each unit: one row per unit.
     per_unit = request.images_per_unit
     grid, columns = _grid_png(rendered.images, per_unit if per_unit > 1 else None)

@@ -82,6 +82,9 @@ class JobRecords(Protocol):
     def preview(self, job_id: str) -> bytes | None:
         """The latest preview PNG, if one was taken."""
 
+    def arrays(self, job_id: str) -> bytes | None:
+        """The raw float tensors the job attached (safetensors), if any."""
+
     def cancel(self, job_id: str) -> JobRecord:
         """Ask the job to stop; a queued job is cancelled at once. The record after."""
 
@@ -122,6 +125,9 @@ class JobRecords(Protocol):
         self, job_id: str, attempt: int, progress: Progress, preview: bytes | None
     ) -> None:
         """Record progress (and a preview PNG) of the current attempt; best effort."""
+
+    def attach(self, job_id: str, attempt: int, data: bytes, ttl_seconds: int) -> None:
+        """Keep the current attempt's raw float tensors (safetensors bytes); best effort."""
 
     def shard_progress(self, job_id: str, attempt: int, shard: int, done: int, total: int) -> None:
         """Record that ``shard`` has done ``done`` of its work; the job's progress is the sum

@@ -28,6 +28,7 @@ class _Entry:
     expires_at: float
     result: str | None = None
     preview: bytes | None = None
+    arrays: bytes | None = None
     # Per shard of the current attempt: work done, and deliveries.
     shard_done: dict[int, int] = field(default_factory=dict)
     shard_deliveries: dict[int, int] = field(default_factory=dict)
@@ -111,6 +112,20 @@ class MemoryRecords:
     def preview(self, job_id: str) -> bytes | None:
         with self._lock:
             return self._entry(job_id).preview
+
+    def arrays(self, job_id: str) -> bytes | None:
+        with self._lock:
+            return self._entry(job_id).arrays
+
+    def attach(self, job_id: str, attempt: int, data: bytes, ttl_seconds: int) -> None:
+        with self._lock:
+            entry = self._entries.get(job_id)
+            if (
+                entry is not None
+                and entry.record.attempts == attempt
+                and not entry.record.status.finished
+            ):
+                entry.arrays = data
 
     def cancel(self, job_id: str) -> JobRecord:
         with self._lock:

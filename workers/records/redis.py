@@ -75,9 +75,20 @@ def reuse_key(digest: str) -> str:
     return f"cnnviz:reuse:{digest}"
 
 
+def arrays_key(job_id: str) -> str:
+    """The raw float tensors a job attached (safetensors bytes)."""
+    return f"{KEY_PREFIX}{job_id}:arrays"
+
+
 def _keys(job_id: str) -> list[str]:
     """Every key of one job, the record first."""
-    return [record_key(job_id), result_key(job_id), preview_key(job_id), shards_key(job_id)]
+    return [
+        record_key(job_id),
+        result_key(job_id),
+        preview_key(job_id),
+        shards_key(job_id),
+        arrays_key(job_id),
+    ]
 
 
 # A Lua condition on a record's status ``st``: the job has finished.
@@ -177,6 +188,12 @@ end
 return 1
 """
 
+# KEYS: record, arrays. ARGV: attempt, the bytes, ttl. Only the current attempt attaches.
+_ATTACH = f"""{_CURRENT}
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
 # KEYS: record, shards. ARGV: attempt, shard, done, total.
 # The job's progress is the sum of its shards' work: a shard delivered again starts from 0.
 _SHARD_PROGRESS = f"""{_CURRENT}
@@ -273,6 +290,7 @@ class RedisRecords:
         self._shard_progress = script(_SHARD_PROGRESS)
         self._start_shard = script(_START_SHARD)
         self._finish = script(_FINISH)
+        self._attach = script(_ATTACH)
         # Per (job, attempt): when the flag was last read, and whether the attempt must stop.
         self._checked: dict[tuple[str, int], float] = {}
         self._stopped: set[tuple[str, int]] = set()
@@ -315,6 +333,10 @@ class RedisRecords:
 
     def preview(self, job_id: str) -> bytes | None:
         raw: bytes | None = self._call(self._client.get, preview_key(job_id))
+        return raw
+
+    def arrays(self, job_id: str) -> bytes | None:
+        raw: bytes | None = self._call(self._client.get, arrays_key(job_id))
         return raw
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -422,6 +444,15 @@ class RedisRecords:
             self._progress,
             keys=[record_key(job_id), preview_key(job_id)],
             args=[attempt, progress.model_dump_json(), preview or b""],
+        )
+
+    def attach(self, job_id: str, attempt: int, data: bytes, ttl_seconds: int) -> None:
+        self._best_effort(
+            job_id,
+            attempt,
+            self._attach,
+            keys=[record_key(job_id), arrays_key(job_id)],
+            args=[attempt, data, ttl_seconds],
         )
 
     def shard_progress(self, job_id: str, attempt: int, shard: int, done: int, total: int) -> None:
