@@ -38,11 +38,19 @@ def test_jobs_by_kind_and_status_and_their_duration(api: httpx.Client) -> None:
     created = submit(api, {**QUICK, "seed": 41})
     assert wait_job(api, created["id"])["status"] == "succeeded"
 
-    after = samples(api)
     succeeded = {"kind": "optimization", "status": "succeeded"}
-    assert value(after, "cnnviz_jobs", **succeeded) == value(before, "cnnviz_jobs", **succeeded) + 1
     count = "cnnviz_job_duration_seconds_count"
-    assert value(after, count, **succeeded) == value(before, count, **succeeded) + 1
+    # The worker counts the duration right after its final write: await it.
+    after = wait_for(
+        lambda: (
+            (found := samples(api))[(count, frozenset(succeeded.items()))]
+            == value(before, count, **succeeded) + 1
+            and found
+        ),
+        30,
+        "the job's duration to be counted",
+    )
+    assert value(after, "cnnviz_jobs", **succeeded) == value(before, "cnnviz_jobs", **succeeded) + 1
     total = "cnnviz_job_duration_seconds_sum"
     assert value(after, total, **succeeded) > value(before, total, **succeeded)
     inf = "cnnviz_job_duration_seconds_bucket"
