@@ -13,6 +13,7 @@ from schemas.jobs import JobOptions
 MAX_UNITS = 512
 MAX_STEPS = 4096
 MAX_IMAGE_SIZE = 1024
+MIN_IMAGE_SIZE = 16
 
 
 class ObjectiveKind(StrEnum):
@@ -71,9 +72,10 @@ class OptimizationCreate(JobOptions):
     steps: int = Field(default=256, ge=1, le=MAX_STEPS, description="optimizer steps")
     image_size: int | None = Field(
         default=None,
-        ge=16,
+        ge=MIN_IMAGE_SIZE,
         le=MAX_IMAGE_SIZE,
-        description="side of the square images; default: the model's input size",
+        description="side of the square images; default: the model's input size (at least "
+        f"{MIN_IMAGE_SIZE})",
     )
     lr: float = Field(default=0.05, gt=0, le=1, description="Adam learning rate")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="same seed, same images")

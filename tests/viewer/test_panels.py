@@ -294,3 +294,24 @@ def test_with_api_keys_every_panel_sends_the_pages_key(page: WebDriver, keyed_ur
     )
     assert picked.startswith(f"{images[0]} · top 1, score "), picked
     assert not error_text(page)
+
+
+def test_unit_pages_of_models_with_odd_inputs_and_names(page: WebDriver, viewer_url: str) -> None:
+    """A 1-channel, 12×16 model with several heads mines the RGB data set; a layer named by
+    a later call (``relu:1``) finds the convolution that made it."""
+    ready(page, viewer_url + f"/units/heads/relu/1?dataset={FEW}", "unit")
+    body = page.find_element(By.TAG_NAME, "body")
+    assert body.get_attribute("data-exemplars") == "succeeded", error_text(page)
+    caption = page.find_element(By.ID, "ex-top-caption").text
+    assert caption.startswith(f"top 8 of {FEW_IMAGES} · full"), caption
+    assert page.find_element(By.ID, "unit-weights-caption").text.startswith(
+        "filter 1 of conv (Conv2d [4, 1, "
+    )
+    ready(page, viewer_url + "/units/caffe/relu%3A1/2", "unit")
+    assert page.find_element(By.ID, "unit-weights-status").text == (
+        "relu:1 is the output of conv1_2: its filter 2."
+    )
+    assert page.find_element(By.ID, "unit-weights-caption").text.startswith(
+        "filter 2 of conv1_2 (Conv2d [3, 2, "
+    )
+    assert not error_text(page)

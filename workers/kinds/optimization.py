@@ -18,6 +18,7 @@ from cnnviz.optvis.objectives import Objective
 from schemas.jobs import Progress, result_png_path, unit_png_path
 from schemas.optimization import (
     MAX_UNITS,
+    MIN_IMAGE_SIZE,
     ObjectiveKind,
     OptimizationCreate,
     OptimizationResult,
@@ -82,7 +83,8 @@ def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCre
         channels = _units(request, loaded)
     else:
         loaded.index.resolve([request.layer])
-    size = request.image_size or max(loaded.spec.input_size)
+    # A model smaller than the smallest image optimizes a larger one, resized to its input.
+    size = request.image_size or max(MIN_IMAGE_SIZE, *loaded.spec.input_size)
     resolved = request.model_copy(
         update={"channels": channels if channels is not None else "all", "image_size": size}
     )
