@@ -147,7 +147,9 @@ async function attribute(body) {
   if (job.status !== "succeeded") {
     throw new Error(job.error ? `job ${job.status}: ${job.error.code}: ${job.error.message}` : `job ${job.status}`);
   }
-  return { answer: job.result, asJob: true };
+  // The pictures inline, whatever the service's threshold for large results.
+  const full = await getJSON(`/v1/jobs/${job.id}?inline=true`);
+  return { answer: full.result, asJob: true };
 }
 
 async function explain() {
