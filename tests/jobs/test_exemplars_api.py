@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ def test_exemplars_through_the_api(api: httpx.Client) -> None:
     unit = conv["units"][3]
     assert len(unit["top"]) == len(unit["bottom"]) == 6
     assert unit["top"][0]["score"] >= unit["top"][-1]["score"] >= unit["bottom"][-1]["score"]
+    # The time the shards and the merge took, not the merge's alone.
+    ran = datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(done["started_at"])
+    assert 0.5 * ran.total_seconds() <= result["elapsed_s"] <= ran.total_seconds() + 1.0
 
     path = f"/v1/jobs/{done['id']}/exemplars/block2.relu/3"
     for mode in ("full", "crop", "mask"):

@@ -95,6 +95,7 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
             workers=resources.loader_workers,
             device=loaded.device,
         )
+        started_at = time.time()  # wall clock: shards may run on different machines
         done = 0
         skipped: list[int] = []
 
@@ -133,7 +134,7 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
                 for name, top in tops.items()
             },
             "device": str(loaded.device),
-            "elapsed_s": 0.0,
+            "started_at": started_at,
         }
 
     def merge(
@@ -143,7 +144,6 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
         partials: list[Partial],
         resources: Resources,
     ) -> ExemplarsResult:
-        started = time.monotonic()
         loaded = resources.model(model)
         dataset = self._dataset(request, resources)
         merged: dict[str, LayerTopK] = {}
@@ -192,7 +192,10 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
             layers=layers,
             shards=len(partials),
             device=str(partials[0]["device"]) if partials else "",
-            elapsed_s=round(time.monotonic() - started, 4),
+            # From the first shard's start to the end of the merge.
+            elapsed_s=round(time.time() - min(float(p["started_at"]) for p in partials), 4)
+            if partials
+            else 0.0,
         )
 
 
