@@ -10,6 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+SHOWN_CHARACTERS = 80
+
+
+def shown(value: object, limit: int = SHOWN_CHARACTERS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters when longer.
+
+    Names come from callers: an echoed 60,000-character name would make the message the
+    attack. The cut says how long the value was, which is all the caller needs to see.
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    length = f" ({len(value)} characters)" if isinstance(value, str | bytes) else ""
+    return f"{text[:limit]}…{length}"
+
 
 class CnnvizError(Exception):
     """Root of every error raised by cnnviz."""
@@ -26,7 +41,7 @@ class UnknownModelError(CnnvizError, LookupError):
         self.name = name
         self.known = sorted(known)
         super().__init__(
-            f"unknown model {name!r}; known models: {', '.join(self.known) or '(none)'} "
+            f"unknown model {shown(name)}; known models: {', '.join(self.known) or '(none)'} "
             "(see GET /v1/models)"
         )
 
@@ -44,7 +59,8 @@ class UnknownLayerError(CnnvizError, LookupError):
             f"; did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
         )
         super().__init__(
-            f"unknown layer {name!r} of model {model!r}{hint} (see GET /v1/models/{model}/layers)"
+            f"unknown layer {shown(name)} of model {model!r}{hint} "
+            f"(see GET /v1/models/{model}/layers)"
         )
 
 
@@ -62,7 +78,7 @@ class ModelLoadError(CnnvizError, RuntimeError):
     def __init__(self, name: str, cause: str) -> None:
         self.name = name
         self.cause = cause
-        super().__init__(f"model {name!r} cannot be loaded: {cause}")
+        super().__init__(f"model {shown(name)} cannot be loaded: {cause}")
 
 
 class RegistryConfigError(CnnvizError, ValueError):

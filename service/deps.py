@@ -58,25 +58,38 @@ PoolDep = Annotated[TorchPool, Depends(get_pool)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 
 
-async def require_api_key(
-    settings: SettingsDep,
-    x_api_key: Annotated[
-        str | None, Header(description="API key, when the service has keys")
-    ] = None,
-) -> None:
-    """Let the request through when no keys are set or its key matches one (constant time)."""
+def key_is_valid(settings: Settings, given: str | None) -> bool:
+    """Whether ``given`` is one of the configured keys (constant time); True without keys."""
     keys = settings.api_key_list
     if not keys:
-        return
-    given = (x_api_key or "").encode()
+        return True
+    raw = (given or "").encode()
     # Compare against every key, so the time taken does not tell which one nearly matched.
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(given, key.encode())
-    if not matched:
+        matched |= hmac.compare_digest(raw, key.encode())
+    return matched
+
+
+ApiKeyHeader = Annotated[
+    str | None, Header(description="API key, when the service has keys", include_in_schema=False)
+]
+
+
+async def require_api_key(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
+    """Let the request through when no keys are set or its key matches one (constant time)."""
+    if not key_is_valid(settings, x_api_key):
         raise ApiError(
             401,
             "unauthorized",
             "a valid X-API-Key header is required",
             {"WWW-Authenticate": "X-API-Key"},
         )
+
+
+async def caller_is_trusted(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> bool:
+    """Whether the caller may see details: no keys are configured, or it sent a valid one."""
+    return key_is_valid(settings, x_api_key)
+
+
+TrustedDep = Annotated[bool, Depends(caller_is_trusted)]

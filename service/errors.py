@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cnnviz.data.datasets import UnknownDatasetError, UnknownImageError
 from cnnviz.errors import (
+    SHOWN_CHARACTERS,
     CnnvizError,
     ImageTooLargeError,
     InvalidArgumentError,
@@ -23,6 +24,7 @@ from cnnviz.errors import (
     RegistryConfigError,
     UnknownLayerError,
     UnknownModelError,
+    shown,
 )
 from schemas.errors import Problem
 from service.concurrency import ServiceBusy
@@ -31,6 +33,7 @@ from service.observability import count_busy
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+MAX_ERRORS = 20  # per-field problems listed in a 422
 
 # Most specific first: the first class an error is an instance of gives the status.
 _CORE_STATUS: list[tuple[type[CnnvizError], int]] = [
@@ -84,17 +87,26 @@ def problem(
     )
 
 
+def _loc(error: dict[str, Any]) -> list[str | int]:
+    """Where an error is, with names cut short: an unknown field's name is the caller's."""
+    return [p if isinstance(p, int) else _cut(str(p)) for p in error.get("loc", ())]
+
+
+def _cut(name: str) -> str:
+    return name if len(name) <= SHOWN_CHARACTERS else shown(name)
+
+
 def _validation_detail(errors: list[dict[str, Any]]) -> str:
     parts = []
     for error in errors[:5]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        where = ".".join(str(p) for p in _loc(error) if p != "body") or "body"
         parts.append(f"{where}: {error.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keep = ("loc", "msg", "type")
-    return [{k: e[k] for k in keep if k in e} for e in errors]
+    keep = ("msg", "type")
+    return [{"loc": _loc(e), **{k: e[k] for k in keep if k in e}} for e in errors[:MAX_ERRORS]]
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,4 +1,5 @@
-"""A cap on request body bytes, enforced while the body is read (chunked bodies included)."""
+"""Limits on request bodies, enforced while they are read: a cap on bytes (chunked bodies
+included) and a time limit on reading them (a client that trickles bytes, slowloris)."""
 
 from __future__ import annotations
 
@@ -22,19 +23,36 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body exceeds the limit of {max_bytes} bytes")
 
 
-class BodySizeLimit:
-    """Pure ASGI middleware: 413 when a body exceeds ``max_bytes``.
+class BodyTimedOut(HTTPException):
+    """Raised from ``receive`` when the body has not arrived within the read timeout."""
+
+    code = "body_timeout"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s; send it at once",
+            {"Connection": "close"},
+        )
+
+
+class BodyLimits:
+    """Pure ASGI middleware: 413 when a body exceeds ``max_bytes``, 408 when it has not been
+    received ``read_timeout_s`` after the request came in.
 
     A declared ``Content-Length`` over the cap is refused before a byte is read; otherwise the
     bytes are counted as the app receives them, so a chunked upload cannot get past the cap.
+    The timeout bounds the whole body, not the gap between two chunks: a client trickling a
+    byte a second would pass any gap limit and hold its connection (and a worker's memory).
     """
 
     drain_factor = 4
     drain_seconds = 5.0
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,16 +69,23 @@ class BodySizeLimit:
             return
         received = 0
         started = False
+        body_done = False
+        deadline = anyio.current_time() + self.read_timeout_s
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    await self._drain(receive, message.get("more_body", False))
-                    raise BodyTooLarge(self.max_bytes)
-            return message
+            nonlocal received, body_done
+            if body_done:  # afterwards the app only waits for a disconnect
+                return await receive()
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                message = await receive()
+                if message["type"] == "http.request":
+                    body_done = not message.get("more_body", False)
+                    received += len(message.get("body", b""))
+                    if received > self.max_bytes:
+                        await self._drain(receive, message.get("more_body", False))
+                        raise BodyTooLarge(self.max_bytes)
+                return message
+            raise BodyTimedOut(self.read_timeout_s)
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -73,6 +98,10 @@ class BodySizeLimit:
         except BodyTooLarge:
             if not started:
                 await self._refuse(scope, receive, send)
+        except BodyTimedOut as exc:
+            if not started:
+                response = problem(408, exc.code, exc.detail, exc.headers)
+                await response(scope, receive, send)
 
     async def _drain(self, receive: Receive, more_body: bool) -> None:
         """Read and drop what the client is still sending, within bounds.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -16,14 +18,23 @@ from service.concurrency import TorchPool
 from service.cors import install_cors
 from service.docs import install_docs
 from service.errors import install_error_handlers
-from service.jobs import build_jobs, jobs_lifespan
+from service.jobs import build_jobs
 from service.jobs.metrics import JobCollector
-from service.limits import BodySizeLimit
+from service.limits import BodyLimits
 from service.observability import configure_logging, install_observability
 from service.raw import RAW_MEDIA_TYPES
+from service.readiness import ModelReadiness
 from service.routers import api_router, health, viewer
 from service.routers.viewer import STATIC_DIR, VIEWER_ASSETS
 from service.settings import Settings, get_settings
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the built-in model before listening; close the jobs at the end."""
+    await app.state.models_ready.load()
+    yield
+    await app.state.jobs.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="cnnviz",
         version="0.1.0",
         description="What convolutional networks see: feature-map grids and optimized patterns.",
-        lifespan=jobs_lifespan,
+        lifespan=lifespan,
         # Served by install_docs from local files: FastAPI's own pages load a CDN.
         docs_url=None,
         redoc_url=None,
@@ -49,13 +60,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog, cores, batcher)
     app.state.datasets = DatasetRegistry.from_file(settings.models_file)
     app.state.jobs = build_jobs(settings, app.state.registry, app.state.datasets, cores)
+    app.state.models_ready = ModelReadiness(app.state.registry)
     install_error_handlers(app)
     install_docs(app)
     app.mount(VIEWER_ASSETS, StaticFiles(directory=STATIC_DIR / "viewer"), name="viewer-assets")
     app.include_router(health.router)
     app.include_router(api_router)
     app.include_router(viewer.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.body_read_timeout,
+    )
     # JSON (a job's, a feature-map answer) shrinks; PNGs and event streams not, and raw
     # arrays are sent as they are (floats gain little, and their ETags stay exact).
     app.add_middleware(

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,8 +24,18 @@ class Settings(BaseSettings):
         "unset: jobs run in-process",
     )
     device: str = Field(default="cpu", description="torch device of the synchronous path")
-    api_keys: str = Field(default="", description="comma-separated API keys; empty: no key needed")
+    api_keys: str | None = Field(
+        default=None,
+        description="comma-separated API keys; unset: no key needed. Set but empty (or with "
+        "an empty key between commas) is refused at start: it would turn auth off silently",
+    )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    body_read_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a request body may take to arrive in full; then 408 and the "
+        "connection is closed (slow clients cannot hold connections open)",
+    )
     max_image_pixels: int = Field(default=40_000_000, ge=64 * 64)
     sync_concurrency: int = Field(default=2, ge=1, description="torch calls run at once")
     torch_threads: int | None = Field(
@@ -120,6 +130,20 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        keys = [key.strip() for key in value.split(",")]
+        if not all(keys):
+            raise ValueError(
+                f"CNNVIZ_API_KEYS is set but has {'no key' if not any(keys) else 'an empty key'} "
+                f"({len(keys)} comma-separated entries, {keys.count('')} empty); list the keys "
+                "separated by commas, or unset the variable to run without keys"
+            )
+        return value
+
     @property
     def callback_host_set(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.callback_hosts.split(",") if h.strip())
@@ -135,7 +159,7 @@ class Settings(BaseSettings):
 
     @property
     def api_key_list(self) -> list[str]:
-        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+        return [key.strip() for key in (self.api_keys or "").split(",") if key.strip()]
 
 
 @lru_cache

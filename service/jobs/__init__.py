@@ -1,6 +1,6 @@
 """Optimization jobs in the API: the store of job records and the queue, behind one manager."""
 
 from service.jobs.manager import JobManager
-from service.jobs.wiring import build_jobs, jobs_lifespan
+from service.jobs.wiring import build_jobs
 
-__all__ = ["JobManager", "build_jobs", "jobs_lifespan"]
+__all__ = ["JobManager", "build_jobs"]

@@ -8,6 +8,7 @@ job's id and its resolved request.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -74,6 +75,7 @@ class CeleryTransport:
         self._metrics_lock = threading.Lock()
         self._seen = 0
         self._seen_at = -float("inf")
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def submit(self, task: JobTask) -> None:
         await anyio.to_thread.run_sync(self._send, task)
@@ -98,10 +100,22 @@ class CeleryTransport:
         )
 
     async def readiness(self) -> dict[str, dict[str, Any]]:
-        # Asking the workers takes the whole inspect timeout: reuse the answer for a while.
+        # Asking the workers takes the whole inspect timeout. The first call waits for the
+        # answer; later ones get the latest answer at once and, when it is older than the
+        # check interval, start one refresh in the background.
+        if not self._checks:
+            await self._refresh()
+        elif (
+            time.monotonic() - self._checked_at >= self._check_interval_s
+            and not self._check_lock.locked()
+        ):
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+        return self._checks
+
+    async def _refresh(self) -> None:
         async with self._check_lock:
-            if time.monotonic() - self._checked_at < self._check_interval_s:
-                return self._checks
+            if self._checks and time.monotonic() - self._checked_at < self._check_interval_s:
+                return
             try:
                 consumers = await anyio.to_thread.run_sync(self._consumers)
             except (OperationalError, OSError) as exc:
@@ -122,7 +136,6 @@ class CeleryTransport:
                     )
                 self._checks = {"workers": workers}
             self._checked_at = time.monotonic()
-            return self._checks
 
     def queue_depth(self) -> int:
         # kombu's Redis transport keeps a queue as lists: the name for priority 0, and the

@@ -68,6 +68,20 @@ def _not_found(job_id: str) -> ApiError:
     )
 
 
+def _persistence(appendonly: bool | None) -> dict[str, Any]:
+    """What /readyz says of Redis persistence: without an append-only file a restart loses
+    the queued jobs and the records (they then read as never created)."""
+    if appendonly is None:
+        return {"appendonly": "unknown"}
+    if appendonly:
+        return {"appendonly": "yes"}
+    return {
+        "appendonly": "no",
+        "warning": "Redis runs without persistence (appendonly no): a restart loses queued "
+        "jobs and job records; run it with --appendonly yes",
+    }
+
+
 class JobManager:
     """Submits jobs of every kind through a transport and keeps their records."""
 
@@ -286,6 +300,7 @@ class JobManager:
             try:
                 await self._io(self.records.ping)
                 checks["queue"] = {"ok": True, "transport": self.transport.name}
+                checks["queue"].update(_persistence(await self._io(self.records.appendonly)))
             except StoreUnavailable as exc:
                 checks["queue"] = {
                     "ok": False,

@@ -3,11 +3,6 @@ else the in-process executor with records in memory."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-from fastapi import FastAPI
-
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
@@ -94,10 +89,3 @@ def callback_policy(settings: Settings) -> CallbackPolicy | None:
         attempts=settings.callback_attempts,
         backoff_s=settings.callback_backoff,
     )
-
-
-@asynccontextmanager
-async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Close the job transport and store when the app stops."""
-    yield
-    await app.state.jobs.close()

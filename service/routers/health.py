@@ -2,35 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from cnnviz.models import BUILTIN_MODEL
-from service.deps import JobsDep, PoolDep, RegistryDep
+from service.deps import JobsDep, TrustedDep
+from service.readiness import ModelReadiness
 
 router = APIRouter(tags=["health"])
 
 
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Ready or not; the checks only for a caller with a valid key (or when keys are off)."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="each check with `ok` and details; callers with a key only"
+    )
+
+
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
+async def healthz() -> Health:
     """The process is up."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz", responses={503: {"description": "not ready; the checks say why"}})
-async def readyz(registry: RegistryDep, pool: PoolDep, jobs: JobsDep) -> JSONResponse:
-    """Models loadable, job queue reachable, a worker listening."""
-    checks: dict[str, Any] = {}
-    try:
-        await pool.run(registry.get, BUILTIN_MODEL)
-        checks["models"] = {"ok": True, "errors": registry.errors}
-    except Exception as exc:  # readiness reports every failure rather than raising it
-        checks["models"] = {"ok": False, "reason": str(exc)}
+@router.get(
+    "/readyz",
+    responses={503: {"model": Readiness, "description": "not ready; the checks say why"}},
+)
+async def readyz(request: Request, jobs: JobsDep, trusted: TrustedDep) -> JSONResponse:
+    """Models loadable, job queue reachable, a worker seen; from state, never a torch slot."""
+    models: ModelReadiness = request.app.state.models_ready
+    checks: dict[str, dict[str, Any]] = {"models": models.check()}
     checks.update(await jobs.readiness())
     ready = all(check.get("ok", False) for check in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status_code=200 if ready else 503,
-    )
+    body = Readiness(status="ready" if ready else "not_ready", checks=checks if trusted else None)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)

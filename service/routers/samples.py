@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from cnnviz.data.shapes import CLASSES, sample_image
+from cnnviz.errors import shown
 from cnnviz.imaging import encode_png
 from schemas.errors import Problem
 from schemas.samples import SampleList, SampleRead
@@ -41,7 +42,9 @@ async def get_sample(name: str) -> Response:
     """One sample image, a 64×64 PNG."""
     if name not in CLASSES:
         raise ApiError(
-            404, "unknown_sample", f"unknown sample {name!r}; choose one of: {', '.join(CLASSES)}"
+            404,
+            "unknown_sample",
+            f"unknown sample {shown(name)}; choose one of: {', '.join(CLASSES)}",
         )
     png = await run_in_threadpool(_sample_png, name)
     return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=86400"})

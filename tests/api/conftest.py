@@ -67,7 +67,7 @@ def make_settings(models_file: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "models_file": models_file,
         "redis_url": None,
-        "api_keys": "",
+        "api_keys": None,
         "max_body_bytes": MAX_BODY_BYTES,
         "max_image_pixels": MAX_IMAGE_PIXELS,
         "sync_concurrency": 2,

@@ -49,3 +49,24 @@ def test_a_full_pool_answers_503_with_retry_after(one_slot: str) -> None:
         assert held.result(timeout=REQUEST_TIMEOUT).status_code == 200
         # The slot is free again.
         assert client.post("/v1/models/tiny/feature-maps", json=REQUEST).status_code == 200
+
+
+def test_readiness_answers_while_every_torch_slot_is_taken(one_slot: str) -> None:
+    # A load balancer's poll must not compete with the work: /readyz reads state only.
+    nets.GATE.clear()
+    nets.ENTERED.clear()
+    with (
+        httpx.Client(base_url=one_slot, timeout=REQUEST_TIMEOUT) as client,
+        concurrent.futures.ThreadPoolExecutor(9) as executor,
+    ):
+        held = executor.submit(
+            httpx.post, f"{one_slot}/v1/models/gated/feature-maps", json=REQUEST, timeout=60
+        )
+        try:
+            assert nets.ENTERED.wait(timeout=REQUEST_TIMEOUT), "the gated request never ran"
+            polls = list(executor.map(lambda _: client.get("/readyz"), range(8)))
+            assert [p.status_code for p in polls] == [200] * 8
+            assert polls[0].json()["checks"]["models"]["ok"] is True
+        finally:
+            nets.GATE.set()
+        assert held.result(timeout=REQUEST_TIMEOUT).status_code == 200

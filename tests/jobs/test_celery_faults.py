@@ -224,6 +224,11 @@ def test_readiness_says_why_when_no_worker_listens(fresh_redis: RedisServer) -> 
         assert workers["consumers"] == 0
         assert "no worker consumes the 'gpu' queue" in workers["reason"]
         assert "celery -A workers.app worker -Q gpu" in workers["reason"]
+        # This Redis keeps nothing on disk: a restart would lose the queue, and /readyz says so.
+        queue = response.json()["checks"]["queue"]
+        assert queue["ok"] is True
+        assert queue["appendonly"] == "no"
+        assert "restart loses queued jobs" in queue["warning"]
 
 
 def test_in_process_jobs_are_always_ready() -> None:

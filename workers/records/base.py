@@ -103,6 +103,9 @@ class JobRecords(Protocol):
     def ping(self) -> None:
         """Raise RecordsUnavailable when the backend cannot be reached."""
 
+    def appendonly(self) -> bool | None:
+        """Whether the backend persists every write (Redis ``appendonly``); None: unknown."""
+
     def close(self) -> None: ...
 
     # ---- metrics (GET /metrics) ----

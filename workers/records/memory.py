@@ -147,6 +147,9 @@ class MemoryRecords:
     def ping(self) -> None:
         return None
 
+    def appendonly(self) -> bool | None:
+        return False  # records live as long as the process
+
     def close(self) -> None:
         return None
 

@@ -364,6 +364,15 @@ class RedisRecords:
     def ping(self) -> None:
         self._call(self._client.ping)
 
+    def appendonly(self) -> bool | None:
+        # Managed Redis often disables CONFIG: then persistence is unknown, not an error.
+        try:
+            config = self._client.config_get("appendonly")
+        except (redis.RedisError, OSError):
+            return None
+        value = config.get("appendonly")
+        return None if value is None else value in ("yes", b"yes")
+
     def close(self) -> None:
         self._client.close()
 
