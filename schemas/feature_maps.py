@@ -6,6 +6,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.constraints import at_most_one, exactly_one
+
 LayerName = Annotated[str, Field(min_length=1, max_length=256)]
 Channel = Annotated[int, Field(ge=0, le=1_000_000)]
 
@@ -13,7 +15,7 @@ Channel = Annotated[int, Field(ge=0, le=1_000_000)]
 class FeatureMapsOptions(BaseModel):
     """Which layers to draw and how; the same fields in JSON and as multipart form fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=at_most_one("channels", "top_k"))
 
     layers: list[LayerName] = Field(
         min_length=1,
@@ -77,6 +79,13 @@ class FeatureMapsOptions(BaseModel):
 
 class FeatureMapsCreate(FeatureMapsOptions):
     """A JSON request: the options plus exactly one of a base64 image or a sample name."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            **at_most_one("channels", "top_k"),
+            **exactly_one("image", "sample"),
+        }
+    )
 
     image: str | None = Field(
         default=None,

@@ -6,8 +6,9 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import JsonDict
 
-from schemas.jobs import JobOptions
+from schemas.constraints import given, present, when
 
 # A whole layer is one job (resnet18 layer4 has 512 channels); render chunks it to fit memory.
 MAX_UNITS = 512
@@ -29,7 +30,7 @@ class ObjectiveKind(StrEnum):
 class NeuronSpec(BaseModel):
     """One unit of a feature map: a channel at a position (default: the centre)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     channel: int = Field(ge=0, examples=[3])
     y: int | None = Field(default=None, ge=0, description="row; default: the centre")
@@ -41,10 +42,39 @@ ChannelIndex = Annotated[int, Field(ge=0)]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
-class OptimizationCreate(JobOptions):
-    """An activation-maximization job: which units of which layer, and how to optimize."""
+# The validator's rules between fields, in the schema too (see _consistent below).
+_OPTIMIZATION_RULES: JsonDict = {
+    "allOf": [
+        when("objective", ["neuron"], present("neuron")),
+        given("neuron", {"properties": {"objective": {"enum": [None, "neuron"]}}}),
+        when("objective", ["direction"], present("direction")),
+        given(
+            "direction",
+            {"required": ["objective"], "properties": {"objective": {"const": "direction"}}},
+        ),
+        when("objective", ["layer"], {"properties": {"images_per_unit": {"const": 1}}}),
+        {
+            "if": {"required": ["diversity"], "properties": {"diversity": {"exclusiveMinimum": 0}}},
+            "then": {
+                "required": ["images_per_unit"],
+                "properties": {"images_per_unit": {"minimum": 2}},
+            },
+        },
+        {
+            "if": {"required": ["channels"], "properties": {"channels": {"type": "array"}}},
+            "then": {"properties": {"channels": {"uniqueItems": True}}},
+        },
+    ]
+}
 
-    model_config = ConfigDict(extra="forbid")
+
+class OptimizationCreate(JobOptions):
+    """An activation-maximization job: which units of which layer, and how to optimize.
+
+    Strict: numbers and booleans must be JSON numbers and booleans (`true` is not 1).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_OPTIMIZATION_RULES)
 
     layer: str = Field(
         min_length=1,
@@ -54,6 +84,7 @@ class OptimizationCreate(JobOptions):
     )
     objective: ObjectiveKind | None = Field(
         default=None,
+        strict=False,  # the enum from its JSON string
         description="what to maximise; default: 'neuron' when `neuron` is given, else 'channel'",
     )
     channels: list[ChannelIndex] | Literal["all"] = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -109,6 +110,26 @@ def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"loc": _loc(e), **{k: e[k] for k in keep if k in e}} for e in errors[:MAX_ERRORS]]
 
 
+def _method_not_allowed(request: Request, fallback: Mapping[str, str] | None) -> JSONResponse:
+    """405 with ``Allow`` naming every method of the path, as the OpenAPI document has them.
+
+    Starlette names only the methods of the first route whose path matched, and one path may
+    have several routes (``GET`` and ``DELETE /v1/jobs/{id}``).
+    """
+    allowed: set[str] = set()
+    for template, methods in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            allowed |= {method.upper() for method in methods}
+    methods = ", ".join(sorted(allowed)) or (fallback or {}).get("Allow", "")
+    return problem(
+        405,
+        "method_not_allowed",
+        f"{shown(request.method)} is not allowed on {shown(request.url.path)}; use {methods}",
+        {"Allow": methods},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map core errors, validation errors and HTTP errors to problem+json."""
 
@@ -136,10 +157,12 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = getattr(exc, "code", None) or (
             HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         )
+        if exc.status_code == 405:
+            return _method_not_allowed(request, exc.headers)
         return problem(exc.status_code, code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)

@@ -77,7 +77,8 @@ async def read_image_request(
         media.startswith("application/") and media.endswith("+json")
     ):
         try:
-            create = body_model.model_validate_json(await request.body())
+            # Strict: in JSON, `true` is not 1 nor "3" a number (form fields are all text).
+            create = body_model.model_validate_json(await request.body(), strict=True)
         except ValidationError as exc:
             raise invalid(exc, "body") from None
         source: ImageBody = create  # type: ignore[assignment]

@@ -22,6 +22,7 @@ from service.jobs import build_jobs
 from service.jobs.metrics import JobCollector
 from service.limits import BodyLimits
 from service.observability import configure_logging, install_observability
+from service.openapi import contract
 from service.raw import RAW_MEDIA_TYPES
 from service.readiness import ModelReadiness
 from service.routers import api_router, health, viewer
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_docs(app)
     app.mount(VIEWER_ASSETS, StaticFiles(directory=STATIC_DIR / "viewer"), name="viewer-assets")
+    app.openapi = contract(app, keys=bool(settings.api_key_list))  # type: ignore[method-assign]
     app.include_router(health.router)
     app.include_router(api_router)
     app.include_router(viewer.router)

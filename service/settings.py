@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     job_soft_time_limit: float = Field(
         default=1800, gt=0, description="seconds; in-process jobs fail with a timeout error"
     )
+    max_job_work: int = Field(
+        default=2**33,
+        ge=1,
+        description="steps × images × image pixels one job may ask for; more is a 422 before "
+        "anything is queued (the default lets 512 images of 224 px run 256 steps)",
+    )
     job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
     job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
     exemplar_shard_images: int = Field(

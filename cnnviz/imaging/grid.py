@@ -28,6 +28,7 @@ __all__ = [
 
 # 4096×4096: a grid is a picture to look at, and its size must not be an attack on memory.
 DEFAULT_MAX_GRID_PIXELS = 4096 * 4096
+IMAGE_GRID_PADDING = 2  # image_grid's default, white pixels between images
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ def grid_layout(
     height, width = layout.size
     if height * width > max_pixels:
         raise InvalidArgumentError(
-            f"the grid would be {width}×{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels}; draw fewer channels (a list or top-k), a smaller scale or less padding"
+            f"the grid would be {width}×{height} = {width * height} pixels, "
+            f"{width * height / max_pixels:.2f} times the limit of {max_pixels}; draw fewer "
+            "channels (a list or top-k), a smaller scale or less padding"
         )
     return layout
 
@@ -140,7 +142,11 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 def image_grid(
-    images: torch.Tensor, *, columns: int | None = None, padding: int = 2, fill: int = 255
+    images: torch.Tensor,
+    *,
+    columns: int | None = None,
+    padding: int = IMAGE_GRID_PADDING,
+    fill: int = 255,
 ) -> tuple[torch.Tensor, GridLayout]:
     """Images ``(N, C, H, W)`` float in [0, 1] tiled on ``fill`` (white): uint8 grid, layout.
 

@@ -20,18 +20,22 @@ units) and :mod:`~cnnviz.optvis.render` (the batched, chunked optimizer loop)::
 
 from cnnviz.optvis import objectives
 from cnnviz.optvis.render import (
+    MemoryPlan,
     RenderResult,
     RenderSettings,
     StepReport,
     check_objective,
+    plan_memory,
     visualize,
 )
 
 __all__ = [
+    "MemoryPlan",
     "RenderResult",
     "RenderSettings",
     "StepReport",
     "check_objective",
     "objectives",
+    "plan_memory",
     "visualize",
 ]

@@ -35,6 +35,7 @@ def build_jobs(
         loader_workers=settings.exemplar_loader_workers,
         batch_size=settings.exemplar_batch_size,
         cores=cores,
+        max_job_work=settings.max_job_work,
     )
     if settings.redis_url:
         from service.jobs.celery_client import CeleryTransport

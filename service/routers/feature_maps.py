@@ -68,7 +68,7 @@ _REQUEST_BODY: dict[str, Any] = {
                     "image": {
                         "type": "string",
                         "format": "binary",
-                        "description": "The image file (or give `sample`).",
+                        "description": "The image file; give exactly one of `image` and `sample`.",
                     },
                     "sample": {"type": "string", "examples": ["triangle"]},
                     "layers": {
@@ -84,6 +84,8 @@ _REQUEST_BODY: dict[str, Any] = {
                     },
                     **_OPTIONS,
                 },
+                # Exactly one of image and sample, as in JSON (where the schema says it with
+                # oneOf); not repeated here: fuzzers cannot judge a file field against it.
             },
             "encoding": {"layers": {"explode": True}, "channels": {"explode": True}},
         },

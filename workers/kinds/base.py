@@ -57,7 +57,10 @@ class Resources:
     share of the CPU cores a running shard takes part in (the API's with its requests, or the
     pool children's); None: torch's own thread count. ``loader_workers``: the DataLoader
     processes that decode images ahead of the model (0: in the job's own process);
-    ``batch_size``: the images of one forward pass.
+    ``batch_size``: the images of one forward pass;
+    ``max_job_work`` caps what one job may ask for (steps × images × pixels for an
+    optimization), checked when the API prepares a job (None: no cap, as in the workers,
+    which run what the API admitted).
     """
 
     models: ModelRegistry
@@ -66,6 +69,7 @@ class Resources:
     cores: CoreShare | None = None
     loader_workers: int = 0
     batch_size: int = 64
+    max_job_work: int | None = None
 
     def model(self, name: str) -> LoadedModel:
         return self.models.get(name)

@@ -25,6 +25,7 @@ from schemas.optimization import (
     UnitResult,
 )
 from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
+from workers.kinds.optimization_limits import admit
 from workers.kinds.registry import register_kind
 
 __all__ = ["RAW_IMAGES", "Optimization", "build_objective", "optimize", "prepare"]
@@ -252,7 +253,13 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
     def prepare(
         self, request: OptimizationCreate, model: str, resources: Resources
     ) -> OptimizationCreate:
-        return prepare(request, resources.model(model))
+        loaded = resources.model(model)
+        resolved = prepare(request, loaded)
+        if resources.max_job_work is not None:  # too large: a 422 now, not a failure later
+            settings = render_settings(resolved)
+            objective = build_objective(resolved)
+            admit(resolved, loaded, objective, settings, resources.max_job_work)
+        return resolved
 
     def run_shard(
         self,
