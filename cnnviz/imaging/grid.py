@@ -93,9 +93,9 @@ def grid_layout(
     height, width = layout.size
     if height * width > max_pixels:
         raise InvalidArgumentError(
-            f"the grid would be {width}×{height} = {width * height} pixels, "
-            f"{width * height / max_pixels:.2f} times the limit of {max_pixels}; draw fewer "
-            "channels (a list or top-k), a smaller scale or less padding"
+            f"the grid would be {width}×{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} by {width * height - max_pixels} ({width * height / max_pixels:.2f} "
+            "times); draw fewer channels (a list or top-k), a smaller scale or less padding"
         )
     return layout
 

@@ -19,6 +19,7 @@ units) and :mod:`~cnnviz.optvis.render` (the batched, chunked optimizer loop)::
 """
 
 from cnnviz.optvis import objectives
+from cnnviz.optvis.checkpoint import RenderCheckpoint
 from cnnviz.optvis.render import (
     MemoryPlan,
     RenderResult,
@@ -31,6 +32,7 @@ from cnnviz.optvis.render import (
 
 __all__ = [
     "MemoryPlan",
+    "RenderCheckpoint",
     "RenderResult",
     "RenderSettings",
     "StepReport",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from torch import fx, nn
 from cnnviz.errors import InvalidArgumentError
 from cnnviz.layers import LayerIndex, layer_index, preserved_state
 from cnnviz.optvis import objectives as obj
+from cnnviz.optvis.checkpoint import RenderCheckpoint
 from cnnviz.optvis.chunking import MemoryEstimate, estimate_memory, plan_chunks
 from cnnviz.optvis.param import ImageParam, make_param
 from cnnviz.optvis.redirect import redirect_relus
@@ -500,6 +501,9 @@ def visualize(
     device: torch.device | str = "cpu",
     on_step: Callable[[StepReport], None] | None = None,
     model_name: str = "model",
+    resume: RenderCheckpoint | None = None,
+    on_checkpoint: Callable[[RenderCheckpoint], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> RenderResult:
     """Optimize one image per unit of ``objective`` so the unit's objective is maximal.
 
@@ -511,6 +515,11 @@ def visualize(
     the render and propagates, with the model restored. Deterministic for a seed on CPU.
     Raises the core errors (``UnknownLayerError``, ``InvalidArgumentError``,
     ``LayerShapeError``) before any optimization step.
+
+    Every ``checkpoint_every`` steps (counted over the whole render; 0: never)
+    ``on_checkpoint`` gets a :class:`~cnnviz.optvis.checkpoint.RenderCheckpoint`; the same
+    call with ``resume=`` that checkpoint goes on from there and returns what an
+    uninterrupted render would have (on CPU, exactly).
     """
     device = torch.device(device)
     objective = _with_settings_terms(objective, settings)
@@ -521,7 +530,7 @@ def visualize(
         n_units = objective.n_units
         chunk_size = _chunk_size(job, n_units, model)
         chunks = plan_chunks(job.groups, chunk_size, keep_groups=objective.couples_units)
-        return _render(job, chunks, on_step, chunk_size)
+        return _render(job, chunks, on_step, chunk_size, resume, on_checkpoint, checkpoint_every)
 
 
 def _render(
@@ -529,30 +538,49 @@ def _render(
     chunks: list[list[int]],
     on_step: Callable[[StepReport], None] | None,
     chunk_size: int,
+    resume: RenderCheckpoint | None = None,
+    on_checkpoint: Callable[[RenderCheckpoint], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> RenderResult:
     settings = job.settings
     n_units = job.objective.n_units
-    initial = [0.0] * n_units
-    for units in chunks:
-        for unit, value in zip(units, job.evaluate(job.init_raw(units), units), strict=True):
-            initial[unit] = value
-    latest = list(initial)
-    final = list(initial)
     images = torch.empty((n_units, job.param.channels, *job.param.size))
-    done: set[int] = set()  # chunk indices whose images are final
+    first_chunk, first_step = 0, 0
+    if resume is None:
+        initial = [0.0] * n_units
+        for units in chunks:
+            for unit, value in zip(units, job.evaluate(job.init_raw(units), units), strict=True):
+                initial[unit] = value
+        latest = list(initial)
+        final = list(initial)
+    else:
+        _check_resume(resume, job, chunks)
+        first_chunk, first_step = resume.chunk, resume.step
+        images.copy_(resume.images)
+        initial, final, latest = list(resume.initial), list(resume.final), list(resume.latest)
+        torch.set_rng_state(resume.rng)
+    done: set[int] = set(range(first_chunk))  # chunk indices whose images are final
     total_steps = settings.steps * len(chunks)
 
-    for k, units in enumerate(chunks):
-        raw = job.init_raw(units).requires_grad_(True)
+    for k in range(first_chunk, len(chunks)):
+        units = chunks[k]
+        resuming = resume is not None and k == first_chunk
+        start = first_step if resuming else 0
+        raw = resume.raw.to(job.device) if resume and resuming else job.init_raw(units)
+        raw.requires_grad_(True)
         params = job.transform_params(units)
         rows = job.rows(units)
         optimizer = torch.optim.Adam([raw], lr=settings.lr)
         scaler = job.forward.numerics.scaler()  # fp16: keeps small gradients from underflow
+        if resume is not None and resuming:
+            optimizer.load_state_dict(resume.optimizer)
+            if resume.scaler:
+                scaler.load_state_dict(resume.scaler)
 
         def preview(k: int = k, raw: torch.Tensor = raw) -> torch.Tensor:
             return _preview(job, chunks, images, done, k, raw)
 
-        for step in range(settings.steps):
+        for step in range(start, settings.steps):
             current = job.param.images(raw)
             x = job.transform(current, params[step])
             redirect = step < settings.redirect_relu_steps
@@ -574,6 +602,26 @@ def _render(
                     _preview=preview,
                 )
                 on_step(report)
+            global_step = k * settings.steps + step + 1
+            if (
+                on_checkpoint is not None
+                and checkpoint_every
+                and global_step % checkpoint_every == 0
+            ):
+                on_checkpoint(
+                    RenderCheckpoint(
+                        chunk=k,
+                        step=step + 1,
+                        raw=raw.detach().cpu().clone(),
+                        optimizer=_on_cpu(optimizer.state_dict()),
+                        images=images.clone(),
+                        initial=list(initial),
+                        final=list(final),
+                        latest=list(latest),
+                        rng=torch.get_rng_state(),
+                        scaler=scaler.state_dict(),
+                    )
+                )
 
         raw = raw.detach()
         with torch.no_grad():
@@ -593,6 +641,35 @@ def _render(
         precision=job.forward.numerics.precision,
         channels_last=job.forward.numerics.channels_last,
     )
+
+
+def _on_cpu(state: Any) -> Any:
+    """An optimizer's state dict with every tensor copied to the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu().clone()
+    if isinstance(state, dict):
+        return {key: _on_cpu(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [_on_cpu(value) for value in state]
+    return state
+
+
+def _check_resume(resume: RenderCheckpoint, job: _Job, chunks: list[list[int]]) -> None:
+    """A checkpoint of another render (other units, sizes or steps) is an error, not a guess."""
+    n_units = job.objective.n_units
+    ok = (
+        0 <= resume.chunk < len(chunks)
+        and 0 <= resume.step <= job.settings.steps
+        and tuple(resume.raw.shape) == (len(chunks[resume.chunk]), *job.param.raw_shape)
+        and tuple(resume.images.shape) == (n_units, job.param.channels, *job.param.size)
+        and len(resume.initial) == len(resume.final) == len(resume.latest) == n_units
+    )
+    if not ok:
+        raise InvalidArgumentError(
+            f"the checkpoint (chunk {resume.chunk}, step {resume.step}, parameters "
+            f"{tuple(resume.raw.shape)}) is not one of this render ({len(chunks)} chunks of "
+            f"{job.settings.steps} steps, {n_units} units)"
+        )
 
 
 def _preview(
