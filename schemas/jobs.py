@@ -146,6 +146,11 @@ class JobRecord(BaseModel):
     cancel: bool = False
     idem: str | None = None
     callback_url: str | None = None
+    owner: str = Field(
+        default="anonymous",
+        description="who may see the job: a hash of the caller's API key, or 'anonymous' "
+        "when the service has no keys",
+    )
 
     def to_fields(self) -> dict[str, str]:
         """The Redis hash fields; absent values are left out."""

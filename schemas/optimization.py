@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
 
 from schemas.constraints import given, present, when
+from schemas.jobs import JobOptions
 
 # A whole layer is one job (resnet18 layer4 has 512 channels); render chunks it to fit memory.
 MAX_UNITS = 512

@@ -6,6 +6,7 @@ its thread pool, and each such hop costs more than the lookup itself.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -85,6 +86,20 @@ async def require_api_key(settings: SettingsDep, x_api_key: ApiKeyHeader = None)
             "a valid X-API-Key header is required",
             {"WWW-Authenticate": "X-API-Key"},
         )
+
+
+ANONYMOUS = "anonymous"
+
+
+async def get_owner(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> str:
+    """Who owns what this request creates and may see: a hash of its API key, or
+    ``anonymous`` when the service has no keys (the key itself is never stored)."""
+    if not settings.api_key_list or x_api_key is None:
+        return ANONYMOUS
+    return "key:" + hashlib.sha256(x_api_key.encode()).hexdigest()[:32]
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]
 
 
 async def caller_is_trusted(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> bool:

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     job_soft_time_limit: float = Field(
         default=1800, gt=0, description="seconds; in-process jobs fail with a timeout error"
     )
+    max_active_jobs_per_owner: int = Field(
+        default=16,
+        ge=1,
+        description="queued and running jobs one owner (API key, or everyone when there are "
+        "no keys) may have; one more is a 429 with Retry-After",
+    )
     max_job_work: int = Field(
         default=2**33,
         ge=1,

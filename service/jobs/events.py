@@ -37,6 +37,7 @@ async def job_events(
     jobs: JobManager,
     first: JobRead[Any, Any],
     *,
+    owner: str,
     poll_s: float,
     heartbeat_s: float,
     max_s: float,
@@ -65,7 +66,7 @@ async def job_events(
             return
         await anyio.sleep(poll_s)
         try:
-            job = await jobs.read(job.id)
+            job = await jobs.read(job.id, owner)
         except ApiError as exc:  # deleted, expired, or the queue went away
             yield _event("error", {"status": exc.status, "code": exc.code, "detail": exc.detail})
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import Callable
@@ -36,12 +37,14 @@ from workers.records import (
     JobNotFinished,
     JobNotFound,
     JobRecords,
+    QuotaExceeded,
 )
 from workers.records import RecordsUnavailable as StoreUnavailable
 
 T = TypeVar("T")
 
 RETRY_AFTER_S = 1  # polling an unfinished job
+QUOTA_RETRY_AFTER_S = 10  # an owner at its quota: about when one of its jobs may be done
 
 
 class Submitted(StrEnum):
@@ -97,12 +100,14 @@ class JobManager:
         resources: Resources,
         pool: TorchPool,
         ttl_seconds: int,
+        max_active: int | None = None,
     ) -> None:
         self.records = records
         self.transport = transport
         self.resources = resources
         self._pool = pool
         self._ttl = ttl_seconds
+        self._max_active = max_active
 
     async def _io(self, call: Callable[..., T], *args: Any) -> T:
         """Call the records: in a thread when they do I/O (Redis), else right here."""
@@ -116,15 +121,18 @@ class JobManager:
         model: str,
         request: BaseModel,
         idempotency_key: str | None,
-        scope: str = "",
+        *,
+        owner: str,
         reuse: bool = True,
     ) -> tuple[JobRead[Any, Any], Submitted]:
-        """Validate, record and queue a job of a kind; the job and what the submission did.
+        """Validate, record and queue a job of a kind for ``owner``; the job and what the
+        submission did.
 
-        An idempotency key is looked up within ``scope`` (the caller's API key), hashed. With
-        ``reuse`` and no idempotency key, a request identical to one whose job succeeded (same
-        model and weights, same resolved settings and seed) is answered with that job: jobs are
-        deterministic.
+        Everything is scoped by ``owner`` (see :func:`service.deps.get_owner`): an idempotency
+        key is looked up among its keys, and with ``reuse`` and no idempotency key, a request
+        identical to one of its jobs that succeeded (same model and weights, same resolved
+        settings and seed) is answered with that job: jobs are deterministic. An owner with
+        ``max_active`` queued or running jobs gets a 429.
         """
         kind = get_kind(kind_name)
         spec = self.resources.models.spec(model)  # UnknownModelError before any work
@@ -139,16 +147,16 @@ class JobManager:
 
         resolved = await self._pool.run(validate)
         request_digest = hashlib.sha256(
-            f"{fingerprint(kind.name, model, resolved)}\0{spec!r}".encode()
+            f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}".encode()
         ).hexdigest()
         # An Idempotency-Key asks for that key's job: reuse answers only requests without one.
         if reuse and idempotency_key is None:
-            earlier = await self._succeeded(request_digest)
+            earlier = await self._succeeded(request_digest, owner)
             if earlier is not None:
                 return earlier, Submitted.REUSED
         idempotency = None
         if idempotency_key is not None:
-            digest = hashlib.sha256(f"{scope}\0{idempotency_key}".encode()).hexdigest()
+            digest = hashlib.sha256(f"{owner}\0{idempotency_key}".encode()).hexdigest()
             idempotency = Idempotency(digest, fingerprint(kind.name, model, request))
         record = JobRecord(
             id=uuid.uuid4().hex,
@@ -158,11 +166,23 @@ class JobManager:
             request=resolved.model_dump(mode="json"),
             created_at=time.time(),
             callback_url=callback_url,
+            owner=owner,
         )
         try:
-            record, created = await self._io(self.records.create, record, self._ttl, idempotency)
+            record, created = await self._io(
+                self.records.create, record, self._ttl, idempotency, self._max_active
+            )
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
+        except QuotaExceeded as exc:
+            raise ApiError(
+                429,
+                "quota_exceeded",
+                f"you have {exc.active} jobs queued or running, the most one caller may have "
+                f"(CNNVIZ_MAX_ACTIVE_JOBS_PER_OWNER={self._max_active}); wait for one to "
+                "finish, or cancel one",
+                {"Retry-After": str(QUOTA_RETRY_AFTER_S)},
+            ) from None
         except IdempotencyConflict:
             raise ApiError(
                 422,
@@ -171,7 +191,7 @@ class JobManager:
                 "a new request",
             ) from None
         if not created:
-            return await self.read(record.id), Submitted.REPLAYED
+            return await self.read(record.id, owner), Submitted.REPLAYED
         task = JobTask(
             job_id=record.id,
             kind=kind.name,
@@ -192,7 +212,7 @@ class JobManager:
             await self._io(self.records.remember, request_digest, record.id, self._ttl)
         return record.read(), Submitted.CREATED
 
-    async def _succeeded(self, request_digest: str) -> JobRead[Any, Any] | None:
+    async def _succeeded(self, request_digest: str, owner: str) -> JobRead[Any, Any] | None:
         """The latest job of this request, if it succeeded and is still kept."""
         try:
             job_id = await self._io(self.records.recall, request_digest)
@@ -201,28 +221,33 @@ class JobManager:
         if job_id is None:
             return None
         try:
-            job = await self.read(job_id)
+            job = await self.read(job_id, owner)
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
         return job if job.status == JobStatus.SUCCEEDED else None
 
-    async def _record(self, job_id: str) -> JobRecord:
+    async def _record(self, job_id: str, owner: str) -> JobRecord:
+        """The record, for its owner only: to anyone else a job is unknown (404, never 403,
+        which would confirm that the id exists)."""
         try:
-            return await self._io(self.records.get, job_id)
+            record = await self._io(self.records.get, job_id)
         except JobNotFound:
             raise _not_found(job_id) from None
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
+        if not hmac.compare_digest(record.owner, owner):
+            raise _not_found(job_id)
+        return record
 
-    async def read(self, job_id: str) -> JobRead[Any, Any]:
-        record, result = await self.result(job_id)
+    async def read(self, job_id: str, owner: str) -> JobRead[Any, Any]:
+        record, result = await self.result(job_id, owner)
         return record.read(result)
 
-    async def result(self, job_id: str) -> tuple[JobRecord, BaseModel | None]:
+    async def result(self, job_id: str, owner: str) -> tuple[JobRecord, BaseModel | None]:
         """The record and, once it has succeeded, its result as its kind's model."""
-        record = await self._record(job_id)
+        record = await self._record(job_id, owner)
         if record.status != JobStatus.SUCCEEDED:
             return record, None
         try:
@@ -233,7 +258,8 @@ class JobManager:
             return record, None
         return record, get_kind(record.kind).result_type.model_validate_json(raw)
 
-    async def cancel(self, job_id: str) -> JobRead[Any, Any]:
+    async def cancel(self, job_id: str, owner: str) -> JobRead[Any, Any]:
+        await self._record(job_id, owner)  # the owner never changes: no race with this check
         try:
             record = await self._io(self.records.cancel, job_id)
         except JobNotFound:
@@ -248,7 +274,8 @@ class JobManager:
             )
         return record.read()
 
-    async def delete(self, job_id: str) -> None:
+    async def delete(self, job_id: str, owner: str) -> None:
+        await self._record(job_id, owner)
         try:
             await self._io(self.records.delete, job_id)
         except JobNotFound:
@@ -263,11 +290,11 @@ class JobManager:
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
 
-    async def preview(self, job_id: str) -> bytes:
+    async def preview(self, job_id: str, owner: str) -> bytes:
         """The latest preview; a succeeded job's preview is its result grid."""
-        record = await self._record(job_id)
+        record = await self._record(job_id, owner)
         if record.status == JobStatus.SUCCEEDED:
-            _, result = await self.result(job_id)
+            _, result = await self.result(job_id, owner)
             pictures = get_kind(record.kind).pictures(result) if result is not None else None
             if pictures is not None:
                 return pictures.grid_png()

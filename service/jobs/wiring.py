@@ -54,6 +54,7 @@ def build_jobs(
             resources,
             pool,
             settings.job_ttl_seconds,
+            settings.max_active_jobs_per_owner,
         )
         _configure(manager, settings)
         return manager
@@ -71,7 +72,14 @@ def build_jobs(
         preview_interval_s=settings.job_preview_interval,
         callback=callback_policy(settings),
     )
-    manager = JobManager(memory, transport, resources, pool, settings.job_ttl_seconds)
+    manager = JobManager(
+        memory,
+        transport,
+        resources,
+        pool,
+        settings.job_ttl_seconds,
+        settings.max_active_jobs_per_owner,
+    )
     _configure(manager, settings)
     return manager
 

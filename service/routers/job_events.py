@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from schemas.errors import Problem
-from service.deps import JobsDep, SettingsDep
+from service.deps import JobsDep, OwnerDep, SettingsDep
 from service.jobs.events import job_events
 from service.routers.jobs import JobId
 
@@ -28,13 +28,14 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=_RESPONSES)
 async def job_event_stream(
-    job_id: JobId, jobs: JobsDep, settings: SettingsDep
+    job_id: JobId, jobs: JobsDep, owner: OwnerDep, settings: SettingsDep
 ) -> StreamingResponse:
     """The job's progress, then its final state, as Server-Sent Events."""
-    first = await jobs.read(job_id)  # 404 before the stream starts
+    first = await jobs.read(job_id, owner)  # 404 before the stream starts
     stream = job_events(
         jobs,
         first,
+        owner=owner,
         poll_s=settings.events_poll_interval,
         heartbeat_s=settings.events_heartbeat_interval,
         max_s=settings.events_max_seconds,

@@ -9,7 +9,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Path, Request, Response
 
 from schemas.errors import Problem
-from service.deps import JobsDep
+from service.deps import JobsDep, OwnerDep
 from service.errors import ApiError
 from service.jobs.results import immutable_response, require_succeeded, result_png, unit_png
 from service.raw import MEDIA_TYPE, RawFormat, convert
@@ -26,9 +26,11 @@ _PNG: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/jobs/{job_id}/result.png", response_class=Response, responses=_PNG)
-async def job_result_png(job_id: JobId, jobs: JobsDep, request: Request) -> Response:
+async def job_result_png(
+    job_id: JobId, jobs: JobsDep, owner: OwnerDep, request: Request
+) -> Response:
     """The result grid of a succeeded job: every unit, tiled in order."""
-    job = await jobs.read(job_id)
+    job = await jobs.read(job_id, owner)
     return immutable_response(request, result_png(job), "image/png")
 
 
@@ -37,10 +39,11 @@ async def job_unit_png(
     job_id: JobId,
     index: Annotated[int, Path(ge=0, description="the picture's place in `result.units`")],
     jobs: JobsDep,
+    owner: OwnerDep,
     request: Request,
 ) -> Response:
     """One picture of a succeeded job's result (``result.units[index]``)."""
-    job = await jobs.read(job_id)
+    job = await jobs.read(job_id, owner)
     return immutable_response(request, unit_png(job, index), "image/png")
 
 
@@ -55,8 +58,10 @@ _RAW: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _raw(job_id: str, jobs: JobsDep, request: Request, raw: RawFormat) -> Response:
-    job = await jobs.read(job_id)
+async def _raw(
+    job_id: str, jobs: JobsDep, owner: str, request: Request, raw: RawFormat
+) -> Response:
+    job = await jobs.read(job_id, owner)
     require_succeeded(job)
     stored = await jobs.arrays(job_id)
     if stored is None:
@@ -71,13 +76,17 @@ async def _raw(job_id: str, jobs: JobsDep, request: Request, raw: RawFormat) -> 
 
 
 @router.get("/jobs/{job_id}/result.npy", response_class=Response, responses=_RAW)
-async def job_result_npy(job_id: JobId, jobs: JobsDep, request: Request) -> Response:
+async def job_result_npy(
+    job_id: JobId, jobs: JobsDep, owner: OwnerDep, request: Request
+) -> Response:
     """The result's raw tensor as .npy: an optimization's images, ``(N, C, S, S)`` float32
     in [0, 1], in the order of ``result.units``."""
-    return await _raw(job_id, jobs, request, "npy")
+    return await _raw(job_id, jobs, owner, request, "npy")
 
 
 @router.get("/jobs/{job_id}/result.safetensors", response_class=Response, responses=_RAW)
-async def job_result_safetensors(job_id: JobId, jobs: JobsDep, request: Request) -> Response:
+async def job_result_safetensors(
+    job_id: JobId, jobs: JobsDep, owner: OwnerDep, request: Request
+) -> Response:
     """The result's raw tensors as safetensors (an optimization's: ``images``)."""
-    return await _raw(job_id, jobs, request, "safetensors")
+    return await _raw(job_id, jobs, owner, request, "safetensors")

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from schemas.errors import Problem
 from schemas.jobs import JobRead
-from service.deps import JobsDep
+from service.deps import JobsDep, OwnerDep
 from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
 from service.jobs.results import finished_job_headers, present
 from workers.logs import set_job_id
@@ -40,7 +40,6 @@ CacheControl = Annotated[
         "succeeded before (otherwise that job is answered, with 200)"
     ),
 ]
-ApiKey = Annotated[str | None, Header(include_in_schema=False)]
 Inline = Annotated[
     bool | None,
     Query(
@@ -52,6 +51,7 @@ Inline = Annotated[
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem},
     422: {"model": Problem},
+    429: {"model": Problem, "description": "the caller has its most jobs queued or running"},
     503: {"model": Problem, "description": "the queue is unavailable or full"},
     200: {"description": "an identical request's succeeded job, reused"},
 }
@@ -70,14 +70,12 @@ async def submit_job(
     response: Response,
     idempotency_key: str | None,
     cache_control: str | None,
-    api_key: str | None,
+    owner: str,
 ) -> JobRead[Any, Any]:
-    """Queue a job of ``kind``: 202 with Location, or an earlier job (replayed, reused)."""
+    """Queue a job of ``kind`` for ``owner``: 202 with Location, or an earlier job of the same
+    owner (replayed, reused)."""
     reuse = not any(d in (cache_control or "").lower() for d in ("no-cache", "no-store"))
-    # Keys are scoped by caller: one client's key never returns another client's job.
-    job, submitted = await jobs.submit(
-        kind, model, body, idempotency_key, scope=api_key or "", reuse=reuse
-    )
+    job, submitted = await jobs.submit(kind, model, body, idempotency_key, owner=owner, reuse=reuse)
     set_job_id(job.id)  # this request's remaining log lines are about the job
     log.info("%s job %s (%s, model %r)", kind, job.id, submitted.value, model)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -101,10 +99,15 @@ async def submit_job(
     },
 )
 async def read_job(
-    job_id: JobId, jobs: JobsDep, request: Request, response: Response, inline: Inline = None
+    job_id: JobId,
+    jobs: JobsDep,
+    owner: OwnerDep,
+    request: Request,
+    response: Response,
+    inline: Inline = None,
 ) -> Any:
     """The job: status, progress, error, and the result once it has succeeded."""
-    job = await jobs.read(job_id)
+    job = await jobs.read(job_id, owner)
     _job_headers(response, job)
     if finished_job_headers(request, response, job):
         return Response(status_code=304, headers=dict(response.headers))
@@ -119,9 +122,11 @@ async def read_job(
         409: {"model": Problem},
     },
 )
-async def cancel_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRead[Any, Any]:
+async def cancel_job(
+    job_id: JobId, jobs: JobsDep, owner: OwnerDep, response: Response
+) -> JobRead[Any, Any]:
     """Stop a job: a queued one never starts, a running one stops within a few steps."""
-    job = await jobs.cancel(job_id)
+    job = await jobs.cancel(job_id, owner)
     if not job.status.finished:
         response.status_code = 202
     _job_headers(response, job)
@@ -131,9 +136,9 @@ async def cancel_job(job_id: JobId, jobs: JobsDep, response: Response) -> JobRea
 @router.delete(
     "/jobs/{job_id}", status_code=204, responses={404: {"model": Problem}, 409: {"model": Problem}}
 )
-async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:
+async def delete_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
     """Forget a finished job and its images."""
-    await jobs.delete(job_id)
+    await jobs.delete(job_id, owner)
     return Response(status_code=204)
 
 
@@ -142,8 +147,8 @@ async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, 404: {"model": Problem}},
 )
-async def preview_job(job_id: JobId, jobs: JobsDep) -> Response:
+async def preview_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
     """The latest image grid of a running job, as a PNG (one every few seconds); a succeeded
     job's is its result grid."""
-    png = await jobs.preview(job_id)
+    png = await jobs.preview(job_id, owner)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Body, Response
 
 from schemas.jobs import JobRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
-from service.deps import JobsDep
+from service.deps import JobsDep, OwnerDep
 from service.routers.jobs import (
     SUBMIT_RESPONSES,
-    ApiKey,
     CacheControl,
     IdempotencyKey,
     submit_job,
@@ -65,12 +64,12 @@ async def create_optimization(
     model: str,
     body: Annotated[OptimizationCreate, Body(openapi_examples=_EXAMPLES)],
     jobs: JobsDep,
+    owner: OwnerDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
     cache_control: CacheControl = None,
-    x_api_key: ApiKey = None,
 ) -> OptimizationRead:
     """Queue an activation-maximization job; poll the job at `Location`."""
     return await submit_job(
-        jobs, Optimization.name, model, body, response, idempotency_key, cache_control, x_api_key
+        jobs, Optimization.name, model, body, response, idempotency_key, cache_control, owner
     )

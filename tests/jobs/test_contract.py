@@ -11,11 +11,11 @@ import httpx
 import pytest
 import redis
 
-from schemas.jobs import record_key
 from service.main import create_app
 from tests.jobs.client import wait_job
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import CeleryWorker, serve
+from workers.records.redis import record_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"

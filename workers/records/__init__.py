@@ -11,6 +11,7 @@ from workers.records.base import (
     JobNotFinished,
     JobNotFound,
     JobRecords,
+    QuotaExceeded,
     RecordsUnavailable,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "JobNotFinished",
     "JobNotFound",
     "JobRecords",
+    "QuotaExceeded",
     "RecordsUnavailable",
 ]

@@ -45,6 +45,15 @@ class IdempotencyConflict(Exception):
     """An idempotency key that was used before with another request."""
 
 
+class QuotaExceeded(Exception):
+    """The record's owner already has as many queued and running jobs as it may."""
+
+    def __init__(self, owner: str, active: int) -> None:
+        self.owner = owner
+        self.active = active
+        super().__init__(f"{owner} has {active} unfinished jobs")
+
+
 class RecordsUnavailable(Exception):
     """The backend (Redis) cannot be reached."""
 
@@ -66,11 +75,17 @@ class JobRecords(Protocol):
     # ---- the API's side ----
 
     def create(
-        self, record: JobRecord, ttl_seconds: int, idempotency: Idempotency | None
+        self,
+        record: JobRecord,
+        ttl_seconds: int,
+        idempotency: Idempotency | None,
+        max_active: int | None = None,
     ) -> tuple[JobRecord, bool]:
         """Store a new record; with a known idempotency key, the earlier record and False.
 
-        Raises IdempotencyConflict when the key came with another request.
+        Raises IdempotencyConflict when the key came with another request, and QuotaExceeded
+        when ``record.owner`` already has ``max_active`` queued or running jobs (checked
+        after the idempotency key, in the same atomic step: a replay is not a new job).
         """
 
     def get(self, job_id: str) -> JobRecord:

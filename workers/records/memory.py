@@ -17,6 +17,7 @@ from workers.records.base import (
     IdempotencyConflict,
     JobNotFinished,
     JobNotFound,
+    QuotaExceeded,
     lost_error,
 )
 from workers.records.stats import Durations
@@ -75,7 +76,11 @@ class MemoryRecords:
     # ---- the API's side ----
 
     def create(
-        self, record: JobRecord, ttl_seconds: int, idempotency: Idempotency | None
+        self,
+        record: JobRecord,
+        ttl_seconds: int,
+        idempotency: Idempotency | None,
+        max_active: int | None = None,
     ) -> tuple[JobRecord, bool]:
         with self._lock:
             self._purge()
@@ -85,6 +90,15 @@ class MemoryRecords:
                     if known[1] != idempotency.fingerprint:
                         raise IdempotencyConflict(idempotency.digest)
                     return self._entries[known[0]].record, False
+            if max_active is not None:
+                active = sum(
+                    1
+                    for entry in self._entries.values()
+                    if entry.record.owner == record.owner and not entry.record.status.finished
+                )
+                if active >= max_active:
+                    raise QuotaExceeded(record.owner, active)
+            if idempotency is not None:
                 self._idempotency[idempotency.digest] = (record.id, idempotency.fingerprint)
                 record = record.model_copy(update={"idem": idempotency.digest})
             self._entries[record.id] = _Entry(record, time.time() + ttl_seconds)

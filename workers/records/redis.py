@@ -37,6 +37,7 @@ from workers.records.base import (
     IdempotencyConflict,
     JobNotFinished,
     JobNotFound,
+    QuotaExceeded,
     RecordsUnavailable,
     lost_error,
 )
@@ -80,6 +81,11 @@ def arrays_key(job_id: str) -> str:
     return f"{KEY_PREFIX}{job_id}:arrays"
 
 
+def owner_key(owner: str) -> str:
+    """The ids of an owner's jobs that may be unfinished (finished ones are pruned lazily)."""
+    return f"cnnviz:owner:{owner}:active"
+
+
 def _keys(job_id: str) -> list[str]:
     """Every key of one job, the record first."""
     return [
@@ -101,20 +107,39 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'running'
 
 # ---- the API's side ----
 
-# KEYS: record, idempotency key or ''. ARGV: ttl, fingerprint, job id, then field/value pairs.
-# With a live idempotency key: {'exists', job id, fingerprint}; else the record is written.
+# KEYS: record, idempotency key or '', the owner's active set. ARGV: ttl, fingerprint, job id,
+# most active jobs of the owner (0: no limit), then field/value pairs.
+# With a live idempotency key: {'exists', job id, fingerprint}; over the owner's quota:
+# {'quota', active count, ''}; else the record is written.
 _CREATE = f"""
 if KEYS[2] ~= '' then
   local known = redis.call('HMGET', KEYS[2], 'job', 'fingerprint')
   if known[1] and redis.call('EXISTS', '{KEY_PREFIX}' .. known[1]) == 1 then
     return {{'exists', known[1], known[2]}}
   end
+end
+local quota = tonumber(ARGV[4])
+if quota > 0 then
+  local active = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    local st = redis.call('HGET', '{KEY_PREFIX}' .. id, 'status')
+    if st == 'queued' or st == 'running' then
+      active = active + 1
+    else
+      redis.call('SREM', KEYS[3], id)
+    end
+  end
+  if active >= quota then return {{'quota', tostring(active), ''}} end
+end
+if KEYS[2] ~= '' then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[2], 'job', ARGV[3], 'fingerprint', ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
 return {{'created', ARGV[3], ARGV[2]}}
 """
 
@@ -304,7 +329,11 @@ class RedisRecords:
     # ---- the API's side ----
 
     def create(
-        self, record: JobRecord, ttl_seconds: int, idempotency: Idempotency | None
+        self,
+        record: JobRecord,
+        ttl_seconds: int,
+        idempotency: Idempotency | None,
+        max_active: int | None = None,
     ) -> tuple[JobRecord, bool]:
         idem = idempotency_key(idempotency.digest) if idempotency else None
         if idem is not None:
@@ -312,11 +341,19 @@ class RedisRecords:
         pairs = [item for field in record.to_fields().items() for item in field]
         outcome, job_id, fingerprint = self._call(
             self._create,
-            keys=[record_key(record.id), idem or ""],
-            args=[ttl_seconds, idempotency.fingerprint if idempotency else "", record.id, *pairs],
+            keys=[record_key(record.id), idem or "", owner_key(record.owner)],
+            args=[
+                ttl_seconds,
+                idempotency.fingerprint if idempotency else "",
+                record.id,
+                max_active or 0,
+                *pairs,
+            ],
         )
         if outcome == b"created":
             return record, True
+        if outcome == b"quota":
+            raise QuotaExceeded(record.owner, int(job_id))
         if idempotency is None or fingerprint.decode() != idempotency.fingerprint:
             raise IdempotencyConflict(idempotency.digest if idempotency else "")
         return self.get(job_id.decode()), False
