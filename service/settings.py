@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         default=1800, gt=0, description="seconds; in-process jobs fail with a timeout error"
     )
     max_active_jobs_per_owner: int = Field(
-        default=16,
+        default=32,
         ge=1,
         description="queued and running jobs one owner (API key, or everyone when there are "
         "no keys) may have; one more is a 429 with Retry-After",
