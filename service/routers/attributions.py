@@ -15,12 +15,11 @@ from schemas.attributions import (
 from schemas.errors import Problem
 from schemas.jobs import JobRead
 from service.attributions import check_cost, explain_json, explain_png, read_request
-from service.deps import JobsDep, PoolDep, RegistryDep, SettingsDep
+from service.deps import JobsDep, OwnerDep, PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
 from service.feature_maps import wants_png
 from service.routers.jobs import (
     SUBMIT_RESPONSES,
-    ApiKey,
     CacheControl,
     IdempotencyKey,
     submit_job,
@@ -183,12 +182,12 @@ async def create_attribution_job(
     model: str,
     body: Annotated[AttributionJobCreate, Body(openapi_examples=JOB_EXAMPLES)],
     jobs: JobsDep,
+    owner: OwnerDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
     cache_control: CacheControl = None,
-    x_api_key: ApiKey = None,
 ) -> AttributionJobRead:
     """Queue an attribution too long to answer at once; poll the job at `Location`."""
     return await submit_job(
-        jobs, Attributions.name, model, body, response, idempotency_key, cache_control, x_api_key
+        jobs, Attributions.name, model, body, response, idempotency_key, cache_control, owner
     )
