@@ -13,6 +13,6 @@ from tests.api.conftest import serve
 
 @pytest.fixture(scope="session")
 def service_url() -> Iterator[str]:
-    settings = Settings(redis_url=None, models_file=None, api_keys="", job_progress_interval=0.1)
+    settings = Settings(redis_url=None, models_file=None, api_keys=None, job_progress_interval=0.1)
     with serve(create_app(settings)) as url:
         yield url
