@@ -6,6 +6,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.constraints import exactly_one
 from schemas.jobs import JobOptions
 
 Target = Annotated[int, Field(ge=0, le=1_000_000)] | Annotated[str, Field(max_length=256)]
@@ -101,6 +102,9 @@ class AttributionsOptions(BaseModel):
 
 class AttributionsCreate(AttributionsOptions):
     """A JSON request: the options plus exactly one of a base64 image or a sample name."""
+
+    # Strict: in JSON `false` is not 0 (the form fields of multipart are text, and lax).
+    model_config = ConfigDict(strict=True, json_schema_extra=exactly_one("image", "sample"))
 
     image: str | None = Field(
         default=None,
