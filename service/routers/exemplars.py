@@ -10,13 +10,12 @@ from cnnviz.errors import InvalidArgumentError
 from schemas.errors import Problem
 from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsCreate, ExemplarsResult
 from schemas.jobs import JobRead, JobStatus
-from service.deps import DatasetsDep, JobsDep, PoolDep, RegistryDep
+from service.deps import DatasetsDep, JobsDep, OwnerDep, PoolDep, RegistryDep
 from service.errors import ApiError
 from service.exemplars import render
 from service.feature_maps import wants_png
 from service.routers.jobs import (
     SUBMIT_RESPONSES,
-    ApiKey,
     CacheControl,
     IdempotencyKey,
     JobId,
@@ -45,14 +44,14 @@ async def create_exemplars(
     model: str,
     body: Annotated[ExemplarsCreate, Body(openapi_examples=_EXAMPLES)],
     jobs: JobsDep,
+    owner: OwnerDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
     cache_control: CacheControl = None,
-    x_api_key: ApiKey = None,
 ) -> ExemplarsRead:
     """Queue a job that ranks a data set's images for every channel of some layers."""
     return await submit_job(
-        jobs, Exemplars.name, model, body, response, idempotency_key, cache_control, x_api_key
+        jobs, Exemplars.name, model, body, response, idempotency_key, cache_control, owner
     )
 
 
@@ -73,13 +72,14 @@ async def read_exemplars(
     query: Annotated[ExemplarGridQuery, Query()],
     request: Request,
     jobs: JobsDep,
+    owner: OwnerDep,
     registry: RegistryDep,
     datasets: DatasetsDep,
     pool: PoolDep,
 ) -> Response:
     """A grid of a channel's top (or bottom) images: whole, cropped to the receptive field
     of the maximum, or masked by the activation. PNG with `Accept: image/png`, else JSON."""
-    record, result = await jobs.result(job_id)
+    record, result = await jobs.result(job_id, owner)
     if not isinstance(result, ExemplarsResult):
         if record.kind != Exemplars.name:
             raise InvalidArgumentError(
