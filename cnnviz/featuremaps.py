@@ -143,13 +143,6 @@ def check_options(
     scale: int = 1,
 ) -> None:
     """Check the grid options of :func:`feature_maps` (InvalidArgumentError), no forward."""
-    _check_options(channels, top_k, scale, padding, normalize)
-    palette(colormap)
-
-
-def _check_options(
-    channels: Sequence[int] | None, top_k: int | None, scale: int, padding: int, normalize: str
-) -> None:
     if channels is not None and top_k is not None:
         raise InvalidArgumentError("give channels or top_k, not both")
     if channels is not None and len(channels) == 0:
@@ -162,6 +155,7 @@ def _check_options(
         raise InvalidArgumentError(f"padding must be >= 0, got {padding}")
     if normalize not in ("channel", "layer"):
         raise InvalidArgumentError(f"normalize must be 'channel' or 'layer', got {normalize!r}")
+    palette(colormap)
 
 
 def feature_maps(
@@ -309,7 +303,14 @@ def feature_map_grid(
 
     The options are those of :func:`feature_maps`; ``name`` labels the result and errors.
     """
-    _check_options(channels, top_k, scale, padding, normalize)
+    check_options(
+        channels=channels,
+        top_k=top_k,
+        normalize=normalize,
+        colormap=colormap,
+        padding=padding,
+        scale=scale,
+    )
     return _layer_maps(
         name,
         "activations",
