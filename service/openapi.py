@@ -5,7 +5,8 @@ FastAPI's document is completed in one pass here:
 - every error response is ``application/problem+json`` with the ``Problem`` schema (FastAPI
   declares ``application/json``, and its own ``HTTPValidationError`` for 422);
 - the statuses any operation can answer are declared on each: 401 where keys are needed,
-  400, 408, 413 and 422 where a body is read, 422 where a parameter is validated;
+  400, 408, 413 and 422 where a body is read, 422 where a parameter is validated, 410 where
+  a finished job's result is read (the in-process store may drop old results past its cap);
 - with API keys configured, the key is a security scheme (``X-API-Key`` header), required by
   every ``/v1`` operation and optional on ``/readyz`` (which then shows its details).
 """
@@ -31,7 +32,9 @@ _COMMON = {
     408: "The body did not arrive within the read timeout",
     413: "The body is over the byte limit",
     422: "A parameter or the body is invalid",
+    410: "The job finished, but its result was dropped past the in-process store's byte cap",
 }
+_JOB_READS = "/v1/jobs/{job_id}"
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -49,7 +52,7 @@ def _is_problem(response: dict[str, Any]) -> bool:
     return False
 
 
-def _complete(operation: dict[str, Any], path: str, keys: bool) -> None:
+def _complete(operation: dict[str, Any], method: str, path: str, keys: bool) -> None:
     responses: dict[str, Any] = operation["responses"]
     for status, response in responses.items():
         if status.isdigit() and int(status) >= 400 and _is_problem(response):
@@ -61,6 +64,8 @@ def _complete(operation: dict[str, Any], path: str, keys: bool) -> None:
         common |= {400, 408, 413, 422}
     if operation.get("parameters"):
         common.add(422)
+    if method == "get" and path.startswith(_JOB_READS):
+        common.add(410)
     for code in sorted(common):
         responses.setdefault(str(code), _problem(_COMMON[code]))
     if keys and path.startswith("/v1/"):
@@ -86,8 +91,8 @@ def contract(app: FastAPI, keys: bool) -> Callable[[], dict[str, Any]]:
             routes=app.routes,
         )
         for path, operations in document.get("paths", {}).items():
-            for operation in operations.values():
-                _complete(operation, path, keys)
+            for method, operation in operations.items():
+                _complete(operation, method, path, keys)
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         for name in _FASTAPI_VALIDATION:
             schemas.pop(name, None)

@@ -68,6 +68,24 @@ class Settings(BaseSettings):
     inprocess_job_backlog: int = Field(
         default=64, ge=0, description="in-process jobs that may wait for a worker before 503"
     )
+    inprocess_results_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="bytes the finished in-process jobs may keep in the API's memory (result "
+        "JSON, last preview, raw tensors); past it the oldest finished jobs' go first, to "
+        "files or nowhere (CNNVIZ_INPROCESS_RESULTS_OVERFLOW). Unfinished jobs are never "
+        "touched",
+    )
+    inprocess_results_overflow: Literal["spill", "evict"] = Field(
+        default="spill",
+        description="'spill': results past the cap move to files in CNNVIZ_INPROCESS_RESULTS_DIR "
+        "and read the same; 'evict': they are dropped and read as 410 result_expired",
+    )
+    inprocess_results_dir: Path | None = Field(
+        default=None,
+        description="where spilled results go; unset: a temporary directory, removed when the "
+        "process stops (in-process jobs live as long as the process)",
+    )
     job_soft_time_limit: float = Field(
         default=1800, gt=0, description="seconds; in-process jobs fail with a timeout error"
     )

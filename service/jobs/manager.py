@@ -38,6 +38,7 @@ from workers.records import (
     JobNotFound,
     JobRecords,
     QuotaExceeded,
+    ResultExpired,
 )
 from workers.records import RecordsUnavailable as StoreUnavailable
 
@@ -68,6 +69,16 @@ def _unavailable(reason: str) -> ApiError:
 def _not_found(job_id: str) -> ApiError:
     return ApiError(
         404, "unknown_job", f"unknown job {job_id!r}: never created, deleted, or expired"
+    )
+
+
+def _expired(job_id: str) -> ApiError:
+    return ApiError(
+        410,
+        "result_expired",
+        f"job {job_id!r} finished, but its result was dropped to keep the service's memory "
+        "under CNNVIZ_INPROCESS_RESULTS_MAX_BYTES (the oldest results go first); submit the "
+        "request again: the same seed and settings give the same result",
     )
 
 
@@ -223,7 +234,7 @@ class JobManager:
         try:
             job = await self.read(job_id, owner)
         except ApiError as exc:
-            if exc.status == 404:
+            if exc.status in (404, 410):
                 return None
             raise
         return job if job.status == JobStatus.SUCCEEDED else None
@@ -252,6 +263,8 @@ class JobManager:
             return record, None
         try:
             raw = await self._io(self.records.result, job_id)
+        except ResultExpired:
+            raise _expired(job_id) from None
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
         if raw is None:
@@ -300,6 +313,8 @@ class JobManager:
                 return pictures.grid_png()
         try:
             png = await self._io(self.records.preview, job_id)
+        except ResultExpired:
+            raise _expired(job_id) from None
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
         if png is None:
@@ -318,6 +333,8 @@ class JobManager:
             return await self._io(self.records.arrays, job_id)
         except JobNotFound:
             raise _not_found(job_id) from None
+        except ResultExpired:
+            raise _expired(job_id) from None
         except StoreUnavailable as exc:
             raise _unavailable(str(exc)) from exc
 

@@ -61,7 +61,12 @@ def build_jobs(
     from service.jobs.inprocess import InProcessTransport
     from workers.records.memory import MemoryRecords
 
-    memory = MemoryRecords(settings.job_ttl_seconds)
+    memory = MemoryRecords(
+        settings.job_ttl_seconds,
+        max_result_bytes=settings.inprocess_results_max_bytes,
+        overflow=settings.inprocess_results_overflow,
+        results_dir=settings.inprocess_results_dir,
+    )
     transport = InProcessTransport(
         memory,
         resources,

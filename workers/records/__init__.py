@@ -13,6 +13,7 @@ from workers.records.base import (
     JobRecords,
     QuotaExceeded,
     RecordsUnavailable,
+    ResultExpired,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "JobRecords",
     "QuotaExceeded",
     "RecordsUnavailable",
+    "ResultExpired",
 ]

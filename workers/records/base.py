@@ -26,6 +26,7 @@ __all__ = [
     "JobNotFound",
     "JobRecords",
     "RecordsUnavailable",
+    "ResultExpired",
 ]
 
 
@@ -52,6 +53,11 @@ class QuotaExceeded(Exception):
         self.owner = owner
         self.active = active
         super().__init__(f"{owner} has {active} unfinished jobs")
+
+
+class ResultExpired(Exception):
+    """The job finished, but what it kept (result, preview, raw tensors) was dropped to keep
+    the store under its byte cap; its record remains until its TTL."""
 
 
 class RecordsUnavailable(Exception):
@@ -92,7 +98,10 @@ class JobRecords(Protocol):
         """The record; JobNotFound otherwise."""
 
     def result(self, job_id: str) -> str | None:
-        """The result of a succeeded job, as the JSON its kind wrote (kind-agnostic)."""
+        """The result of a succeeded job, as the JSON its kind wrote (kind-agnostic).
+
+        This and :meth:`preview` and :meth:`arrays` raise ResultExpired for a finished job
+        whose parts a capped store dropped."""
 
     def preview(self, job_id: str) -> bytes | None:
         """The latest preview PNG, if one was taken."""

@@ -3,13 +3,25 @@
 The transitions of :class:`~workers.records.base.JobRecords` under one lock: the API's event
 loop reads and cancels, executor threads start, report and finish. Records expire like Redis
 keys: ``ttl`` after creation, and again ``ttl`` after the job finishes.
+
+What finished jobs keep (result JSON, last preview, raw tensors) may be capped in bytes: past
+``max_result_bytes``, the oldest finished jobs' parts leave memory, oldest first, and unfinished
+jobs are never touched. With ``overflow="spill"`` they go to files
+(:class:`~workers.records.spill.ResultFiles`) and read back through the same methods; with
+``"evict"`` (or when a file cannot be written) they are dropped, and reading them raises
+:class:`~workers.records.base.ResultExpired`. Either way the small record stays until its TTL.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
@@ -18,9 +30,18 @@ from workers.records.base import (
     JobNotFinished,
     JobNotFound,
     QuotaExceeded,
+    ResultExpired,
     lost_error,
 )
+from workers.records.spill import ResultFiles
 from workers.records.stats import Durations
+
+log = logging.getLogger(__name__)
+
+Overflow = Literal["spill", "evict"]
+"""Where a finished job's parts go once the kept bytes pass the cap: to files, or nowhere."""
+
+_PARTS = ("result", "preview", "arrays")
 
 
 @dataclass
@@ -30,6 +51,11 @@ class _Entry:
     result: str | None = None
     preview: bytes | None = None
     arrays: bytes | None = None
+    # Bytes of the parts counted against the cap (a finished job's, while in memory).
+    kept: int = 0
+    # Where a finished job's parts are: here, in files, or dropped past the cap.
+    place: Literal["memory", "disk", "gone"] = "memory"
+    moving: bool = False  # being written to files, outside the lock
     # Per shard of the current attempt: work done, and deliveries.
     shard_done: dict[int, int] = field(default_factory=dict)
     shard_deliveries: dict[int, int] = field(default_factory=dict)
@@ -40,8 +66,27 @@ class MemoryRecords:
 
     blocking = False
 
-    def __init__(self, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        ttl_seconds: int,
+        *,
+        max_result_bytes: int | None = None,
+        overflow: Overflow = "spill",
+        results_dir: Path | None = None,
+    ) -> None:
+        """``max_result_bytes``: the most bytes finished jobs keep in memory (None: no cap);
+        ``overflow``: what happens past it; ``results_dir``: where spilled parts go (None: a
+        temporary directory, removed on :meth:`close`)."""
         self._ttl = ttl_seconds
+        self._cap = max_result_bytes
+        self._files = (
+            ResultFiles(results_dir)
+            if max_result_bytes is not None and overflow == "spill"
+            else None
+        )
+        self._kept = 0  # bytes of finished jobs' parts in memory
+        self._moving = 0  # of which being written to files now
+        self._finished: OrderedDict[str, None] = OrderedDict()  # in memory, oldest first
         self._entries: dict[str, _Entry] = {}
         self._idempotency: dict[str, tuple[str, str]] = {}  # digest -> (job id, fingerprint)
         self._latest: dict[str, str] = {}  # request digest -> its latest job id
@@ -58,11 +103,38 @@ class MemoryRecords:
 
     def _forget(self, job_id: str) -> None:
         entry = self._entries.pop(job_id, None)
-        if entry is not None and entry.record.idem is not None:
-            self._idempotency.pop(entry.record.idem, None)
+        if entry is not None:
+            self._unkeep(job_id, entry)
+            if entry.place == "disk" and self._files is not None:
+                self._files.remove(job_id)
+        self._free_keys(job_id, entry)
+
+    def _free_keys(self, job_id: str, entry: _Entry | None) -> None:
+        """Forget the idempotency key and the request digest that lead to ``job_id``."""
+        idem = entry.record.idem if entry is not None else None
+        # A key freed by an eviction may lead to a newer job since: leave that one alone.
+        if idem is not None and self._idempotency.get(idem, ("",))[0] == job_id:
+            del self._idempotency[idem]
         digest = self._digest_of.pop(job_id, None)
         if digest is not None and self._latest.get(digest) == job_id:
             del self._latest[digest]
+
+    def _keep(self, job_id: str, entry: _Entry) -> None:
+        """Count a job that just finished against the cap."""
+        kept = sum(_size(getattr(entry, part)) for part in _PARTS)
+        if kept == 0:
+            return
+        entry.kept = kept
+        self._kept += kept
+        self._finished[job_id] = None
+
+    def _unkeep(self, job_id: str, entry: _Entry) -> None:
+        if job_id in self._finished:
+            del self._finished[job_id]
+            self._kept -= entry.kept
+            if entry.moving:
+                self._moving -= entry.kept
+        entry.kept = 0
 
     def _entry(self, job_id: str) -> _Entry:
         entry = self._entries.get(job_id)
@@ -120,16 +192,41 @@ class MemoryRecords:
             return self._latest.get(digest)
 
     def result(self, job_id: str) -> str | None:
-        with self._lock:
-            return self._entry(job_id).result
+        data = self._part(job_id, "result")
+        return data.decode() if isinstance(data, bytes) else data
 
     def preview(self, job_id: str) -> bytes | None:
-        with self._lock:
-            return self._entry(job_id).preview
+        data = self._part(job_id, "preview")
+        assert not isinstance(data, str)
+        return data
 
     def arrays(self, job_id: str) -> bytes | None:
+        data = self._part(job_id, "arrays")
+        assert not isinstance(data, str)
+        return data
+
+    def _part(self, job_id: str, part: str) -> str | bytes | None:
+        """One part of a job, from memory or from its file; ResultExpired once dropped."""
         with self._lock:
-            return self._entry(job_id).arrays
+            entry = self._entry(job_id)
+            if entry.place == "gone":
+                raise ResultExpired(job_id)
+            if entry.place == "memory" or self._files is None:
+                data: str | bytes | None = getattr(entry, part)
+                return data
+        # Off the lock: a file read must not hold up the other records' callers.
+        return self._files.read(job_id, part)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes finished jobs keep in memory now (what the cap bounds)."""
+        with self._lock:
+            return self._kept
+
+    @property
+    def results_dir(self) -> Path | None:
+        """Where spilled parts are written (None: nothing is spilled)."""
+        return self._files.directory if self._files is not None else None
 
     def attach(self, job_id: str, attempt: int, data: bytes, ttl_seconds: int) -> None:
         with self._lock:
@@ -165,7 +262,8 @@ class MemoryRecords:
         return False  # records live as long as the process
 
     def close(self) -> None:
-        return None
+        if self._files is not None:
+            self._files.close()
 
     def counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
@@ -209,6 +307,7 @@ class MemoryRecords:
         now = time.time()
         self._update(entry, status=status, finished_at=now, error=error)
         entry.expires_at = now + (self._ttl if ttl_seconds is None else ttl_seconds)
+        self._keep(entry.record.id, entry)
 
     # ---- the executor's side (workers.run.Recorder) ----
 
@@ -294,10 +393,69 @@ class MemoryRecords:
                 return False
             entry.result = result
             self._close(entry, status, error, ttl_seconds)
-            return True
+        self._enforce_cap()
+        return True
 
     def fail_running(self, job_id: str, error: JobError, ttl_seconds: int) -> bool:
         with self._lock:
             entry = self._entries.get(job_id)
             attempt = entry.record.attempts if entry is not None else 0
         return self.finish(job_id, attempt, JobStatus.FAILED, None, error, ttl_seconds)
+
+    # ---- the cap on what finished jobs keep ----
+
+    def _enforce_cap(self) -> None:
+        """Move the oldest finished jobs' parts out of memory until the rest fit the cap.
+
+        Called by the thread that finished a job: files are written off the lock, so readers
+        are never held up by the disk; a part being written stays readable from memory.
+        """
+        while True:
+            with self._lock:
+                victim = self._oldest_over_cap()
+                if victim is None:
+                    return
+                job_id, entry = victim
+                entry.moving = True
+                self._moving += entry.kept
+                parts = {
+                    part: data.encode() if isinstance(data, str) else data
+                    for part in _PARTS
+                    if (data := getattr(entry, part)) is not None
+                }
+            stored = False
+            if self._files is not None:
+                try:
+                    self._files.write(job_id, parts)
+                    stored = True
+                except OSError as exc:
+                    log.warning("job %s: result not spilled (%s); dropped instead", job_id, exc)
+            del parts
+            with self._lock:
+                if self._entries.get(job_id) is not entry:  # deleted meanwhile
+                    if stored and self._files is not None:
+                        self._files.remove(job_id)
+                    continue
+                entry.moving = False
+                self._moving -= entry.kept
+                self._unkeep(job_id, entry)
+                entry.result = entry.preview = entry.arrays = None
+                entry.place = "disk" if stored else "gone"
+                if not stored:  # a replay or an identical request makes a new job
+                    self._free_keys(job_id, entry)
+
+    def _oldest_over_cap(self) -> tuple[str, _Entry] | None:
+        """The oldest finished job still in memory while the kept bytes are over the cap,
+        not counting jobs already on their way out (lock held)."""
+        if self._cap is None or self._kept - self._moving <= self._cap:
+            return None
+        for job_id in self._finished:
+            entry = self._entries[job_id]
+            if not entry.moving:
+                return job_id, entry
+        return None
+
+
+def _size(part: str | bytes | None) -> int:
+    """Memory a part takes (a str's own size, whatever its characters)."""
+    return 0 if part is None else sys.getsizeof(part)
