@@ -89,7 +89,10 @@ class ImageParam(ABC):
         """``(n, *raw_shape)`` float32 → ``(n, C, H, W)`` float32 in ``(0, 1)``, differentiable."""
         image = self._linear(raw)
         if self._color is not None:
-            image = torch.einsum("nchw,dc->ndhw", image, self._color)
+            # A matmul over the flattened pixels: the same numbers as
+            # einsum("nchw,dc->ndhw"), which runs as a slow batched matmul (a third of the
+            # cost of the whole parameterization on CPU), and a contiguous result.
+            image = torch.matmul(self._color, image.flatten(2)).view(image.shape)
         return torch.sigmoid(image)
 
 

@@ -32,6 +32,7 @@ from cnnviz.layers import LayerIndex, layer_index, preserved_state
 from cnnviz.optvis import objectives as obj
 from cnnviz.optvis.checkpoint import RenderCheckpoint
 from cnnviz.optvis.chunking import MemoryEstimate, estimate_memory, plan_chunks
+from cnnviz.optvis.fold import fold_batch_norms
 from cnnviz.optvis.param import ImageParam, make_param
 from cnnviz.optvis.redirect import redirect_relus
 from cnnviz.optvis.transform import Compose, Resize, Transform, standard_transforms
@@ -230,9 +231,10 @@ def _with_settings_terms(objective: obj.Objective, settings: RenderSettings) -> 
 class _Forward:
     """Normalise, run the truncated model, and return ``{layer: activations}`` in fp32.
 
-    Holds the extractor for the objective's layers and, when asked, a copy of its graph with
-    redirected ReLU gradients, and the :class:`Numerics` they run in. Built inside
-    :func:`preserved_state`.
+    Holds the extractor for the objective's layers; for reduced-precision steps, a copy of
+    its graph with the batch norms folded into the convolutions; when asked, a copy of what
+    the steps run with redirected ReLU gradients; and the :class:`Numerics` they run in.
+    Exact evaluations run the plain extractor in fp32. Built inside :func:`preserved_state`.
     """
 
     def __init__(
@@ -249,9 +251,14 @@ class _Forward:
         self._plain = index.extractor(list(layers)) if layers else None
         if isinstance(self._plain, nn.Module):
             self._plain.eval()
+        # What the optimization steps run: under reduced precision, with batch norms folded
+        # (exact evaluations keep the plain graph, see cnnviz.optvis.fold).
+        self._steps = self._plain
+        if numerics.reduced and isinstance(self._plain, fx.GraphModule):
+            self._steps = fold_batch_norms(self._plain)[0]
         self._redirected = None
-        if redirect and isinstance(self._plain, fx.GraphModule):
-            redirected, count = redirect_relus(self._plain)
+        if redirect and isinstance(self._steps, fx.GraphModule):
+            redirected, count = redirect_relus(self._steps)
             self._redirected = redirected if count else None
         param = next(index.model.parameters(), None)
         self._dtype = param.dtype if param is not None else torch.float32
@@ -264,10 +271,12 @@ class _Forward:
     ) -> dict[str, torch.Tensor]:
         """``x``: ``(n, C, H, W)`` in [0, 1] at the model's input size. ``exact``: in fp32
         with a contiguous input, whatever the numerics."""
-        if self._plain is None:
+        if self._plain is None or self._steps is None:
             return {}
         x = ((x - self._mean) / self._std).to(self._dtype)
-        run = self._redirected if redirect and self._redirected is not None else self._plain
+        run = self._redirected if redirect and self._redirected is not None else self._steps
+        if exact:
+            run = self._plain
         numerics = self.numerics.exact() if exact else self.numerics
         out = numerics.run(run, x)
         return {name: out[key] for name, key in self._keys.items()}

@@ -1,0 +1,100 @@
+"""Batch norms folded into convolutions: the same function, the original left alone."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import fx, nn
+
+from cnnviz.optvis.fold import fold_batch_norms
+
+
+def _net() -> nn.Module:
+    """conv → bn → relu → conv → bn, with batch-norm statistics far from the identity."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 4, 3, padding=1),
+            bn1=nn.BatchNorm2d(4),
+            relu=nn.ReLU(),
+            conv2=nn.Conv2d(4, 5, 3, bias=False),
+            bn2=nn.BatchNorm2d(5),
+        )
+    )
+    for bn in (net.bn1, net.bn2):
+        assert isinstance(bn, nn.BatchNorm2d)
+        n = bn.num_features
+        bn.running_mean.copy_(torch.linspace(-1.0, 2.0, n))  # type: ignore[union-attr]
+        bn.running_var.copy_(torch.linspace(0.5, 3.0, n))  # type: ignore[union-attr]
+        bn.weight.data.copy_(torch.linspace(-2.0, 1.5, n))
+        bn.bias.data.copy_(torch.linspace(0.3, -0.7, n))
+    return net.eval()
+
+
+def _count(module: nn.Module, kind: type[nn.Module]) -> int:
+    return sum(isinstance(m, kind) for m in module.modules())
+
+
+def test_folded_graph_computes_the_same_without_batch_norms() -> None:
+    traced = fx.symbolic_trace(_net()).eval()
+    folded, count = fold_batch_norms(traced)
+    assert count == 2
+    assert _count(folded, nn.BatchNorm2d) == 0
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(folded(x), traced(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_original_keeps_its_modules_and_weights() -> None:
+    net = _net()
+    traced = fx.symbolic_trace(net).eval()
+    weight = net.conv1.weight.detach().clone()  # type: ignore[union-attr]
+    x = torch.randn(2, 3, 8, 8)
+    before = traced(x)
+    folded, _ = fold_batch_norms(traced)
+    assert _count(traced, nn.BatchNorm2d) == 2
+    assert torch.equal(net.conv1.weight, weight)  # type: ignore[union-attr]
+    assert torch.equal(traced(x), before)
+    # Modules outside a folded pair are shared, not copied.
+    assert folded.get_submodule("relu") is net.relu
+    assert folded.get_submodule("conv1") is not net.conv1
+
+
+def test_a_convolution_read_elsewhere_is_not_folded() -> None:
+    class Both(nn.Module):
+        """Returns conv1's output as well as bn1's: folding would change the first."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 4, 3)
+            self.bn1 = nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.conv1(x)
+            return y, self.bn1(y)
+
+    traced = fx.symbolic_trace(Both().eval()).eval()
+    folded, count = fold_batch_norms(traced)
+    assert count == 0
+    x = torch.randn(1, 3, 6, 6)
+    for a, b in zip(folded(x), traced(x), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_module_called_twice_is_not_folded() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.bn(self.conv(x)))
+
+    traced = fx.symbolic_trace(Twice().eval()).eval()
+    assert fold_batch_norms(traced)[1] == 0
+
+
+def test_batch_norms_in_training_mode_are_left() -> None:
+    traced = fx.symbolic_trace(_net()).train()
+    assert fold_batch_norms(traced)[1] == 0
