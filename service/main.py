@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
 from service.batching import MicroBatcher
+from service.compression import SelectiveGZip
 from service.concurrency import TorchPool
 from service.cors import install_cors
 from service.docs import install_docs
@@ -74,12 +75,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         read_timeout_s=settings.body_read_timeout,
     )
-    # JSON (a job's, a feature-map answer) shrinks; PNGs and event streams not, and raw
-    # arrays are sent as they are (floats gain little, and their ETags stay exact).
-    # Level 1: a feature-map answer is mostly base64 PNG, which level 6 barely shrinks more
-    # but compresses several times slower (one client's p50 ratio went 1.36 -> 1.25 at level 1).
+    # JSON (a job's) shrinks; PNGs and event streams not, raw arrays are sent as they are
+    # (floats gain little, and their ETags stay exact), and neither are feature-map and
+    # attribution answers, mostly base64 PNG (see service.compression). Level 1: a job's JSON
+    # may carry base64 PNGs too, which level 6 barely shrinks more but compresses several
+    # times slower.
     app.add_middleware(
-        GZipMiddleware,
+        SelectiveGZip,
         minimum_size=1024,
         compresslevel=1,
         exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, *RAW_MEDIA_TYPES),

@@ -166,3 +166,16 @@ def test_fp32_is_the_exact_default_and_reduced_precision_is_asked_for(
         json={"sample": "star", "layers": ["block2.conv"], "precision": "fp8"},
     )
     assert refused.status_code == 422 and "'bf16'" in refused.json()["detail"]
+
+
+def test_a_feature_map_answer_is_not_gzipped_but_other_json_is(http: httpx.Client) -> None:
+    # The answer is mostly base64 PNG: gzip would cost about as much as the PNG for little.
+    body = {"sample": "triangle", "layers": ["block1.conv", "block3.conv"]}
+    gzip = {"Accept-Encoding": "gzip"}
+    answer = http.post("/v1/models/shapes/feature-maps", json=body, headers=gzip)
+    assert answer.status_code == 200
+    assert len(answer.content) > 1024  # large enough that the middleware would compress it
+    assert "content-encoding" not in answer.headers
+    assert answer.json()["layers"][0]["name"] == "block1.conv"
+    layers = http.get("/v1/models/shapes/layers", headers=gzip)
+    assert layers.headers["content-encoding"] == "gzip"
