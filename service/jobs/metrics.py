@@ -5,6 +5,8 @@
   the end), a histogram that every worker adds to in the records' backend;
 - ``cnnviz_job_queue_depth``: jobs waiting for a worker;
 - ``cnnviz_job_workers``: workers that take jobs (Celery: consumers of the ``gpu`` queue);
+- ``cnnviz_job_results_kept_bytes``: in-process only, the bytes finished jobs keep in the
+  API's memory (bounded by ``CNNVIZ_INPROCESS_RESULTS_MAX_BYTES``; the rest is in files);
 - ``cnnviz_job_metrics_up``: 0 when the backend could not be read (the others are then
   left out of that scrape).
 """
@@ -21,6 +23,7 @@ from service.jobs.manager import JobManager
 from service.jobs.transport import QueueUnavailable
 from workers.kinds import kind_names
 from workers.records import RecordsUnavailable
+from workers.records.memory import MemoryRecords
 from workers.records.stats import bucket_labels
 
 log = logging.getLogger(__name__)
@@ -77,3 +80,10 @@ class JobCollector(Collector):
         )
         workers.add_metric([], transport.workers_seen())
         yield workers
+        if isinstance(records, MemoryRecords):
+            kept = GaugeMetricFamily(
+                "cnnviz_job_results_kept_bytes",
+                "bytes finished in-process jobs keep in memory (results, previews, raw tensors)",
+            )
+            kept.add_metric([], records.kept_bytes)
+            yield kept

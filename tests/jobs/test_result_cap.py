@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.jobs import JobStatus, Progress
 from service.main import create_app
@@ -195,3 +196,6 @@ def test_kept_bytes_stay_under_the_cap_over_many_jobs(tmp_path: Path, models_fil
         for job_id in ids:
             job = api.get(f"/v1/jobs/{job_id}")
             assert job.status_code == 200 and job.json()["result"] is not None
+        scraped = text_string_to_metric_families(api.get("/metrics").text)
+        (kept,) = [f for f in scraped if f.name == "cnnviz_job_results_kept_bytes"]
+        assert kept.samples[0].value == records.kept_bytes
