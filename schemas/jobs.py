@@ -54,6 +54,11 @@ class Progress(BaseModel):
     preview_step: int | None = Field(
         default=None, description="step of the latest preview image, if one was taken"
     )
+    preview_images: int | None = Field(
+        default=None,
+        description="how many images the preview shows: the first ones (at most 64), each "
+        "shrunk so the grid stays about 1024×1024 pixels",
+    )
 
 
 class JobError(BaseModel):

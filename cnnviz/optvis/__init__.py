@@ -27,6 +27,7 @@ from cnnviz.optvis.render import (
     StepReport,
     check_objective,
     plan_memory,
+    preview_bytes,
     visualize,
 )
 
@@ -39,5 +40,6 @@ __all__ = [
     "check_objective",
     "objectives",
     "plan_memory",
+    "preview_bytes",
     "visualize",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "StepReport",
     "check_objective",
     "plan_memory",
+    "preview_bytes",
     "visualize",
 ]
 
@@ -122,7 +123,7 @@ class RenderSettings:
                 raise InvalidArgumentError(f"{message}; got settings {self}")
 
 
-def _no_preview() -> torch.Tensor:
+def _no_preview(max_images: int | None, max_side: int | None) -> torch.Tensor:
     raise RuntimeError("this report carries no preview")
 
 
@@ -142,14 +143,20 @@ class StepReport:
     objectives: list[float]
     chunk: int = 0
     n_chunks: int = 1
-    _preview: Callable[[], torch.Tensor] = field(default=_no_preview, repr=False, compare=False)
+    _preview: Callable[[int | None, int | None], torch.Tensor] = field(
+        default=_no_preview, repr=False, compare=False
+    )
 
-    def preview(self) -> torch.Tensor:
-        """Images of every unit as they are now: ``(N, C, H, W)`` float32 in [0, 1], CPU.
+    def preview(self, max_images: int | None = None, max_side: int | None = None) -> torch.Tensor:
+        """Images of the units as they are now: ``(n, C, h, w)`` float32 in [0, 1], CPU.
 
-        Computed on call (cheap to skip); units of chunks not yet started show their start.
+        The first ``max_images`` units (default: all N), each shrunk by area averaging so
+        its longer side is at most ``max_side`` (default: as they are). Computed on call
+        (cheap to skip), for those units only: what it allocates is ``n × C × S × S`` floats
+        and its shrunk copy, however many units the render has. Units of chunks not yet
+        started show their start.
         """
-        return self._preview()
+        return self._preview(max_images, max_side)
 
 
 @dataclass(frozen=True)
@@ -387,7 +394,8 @@ def _build_job(
 @dataclass(frozen=True)
 class MemoryPlan:
     """What one optimization step of a render needs: ``fixed + per_image × n`` bytes for a
-    chunk of n images, plus ``reserved`` (on CPU, the result images) for the whole render;
+    chunk of n images, plus ``reserved`` (on CPU, the result images and the caller's
+    ``reserve_bytes``) for the whole render;
     ``budget`` is ``memory_budget_mb`` in bytes."""
 
     fixed: int
@@ -406,7 +414,7 @@ class MemoryPlan:
         return self.fixed + self.per_image + self.reserved
 
 
-def _memory_plan(job: _Job, n_units: int, model: nn.Module) -> MemoryPlan:
+def _memory_plan(job: _Job, n_units: int, model: nn.Module, reserve_bytes: int = 0) -> MemoryPlan:
     def probe(n: int) -> torch.Tensor:
         raw = job.init_raw([0] * n).requires_grad_(True)
         images = job.param.images(raw)
@@ -419,11 +427,11 @@ def _memory_plan(job: _Job, n_units: int, model: nn.Module) -> MemoryPlan:
     # Parameters, gradient, Adam's two moments; transform parameters are negligible.
     state = 4 * raw_bytes
     estimate = estimate_memory(probe, list(model.parameters()), state)
-    result_bytes = 0
-    if job.device.type == "cpu":  # result images then share the budget's memory
-        result_bytes = n_units * job.param.channels * math.prod(job.param.size) * 4
+    reserved = 0
+    if job.device.type == "cpu":  # result images and the caller's share the budget's memory
+        reserved = n_units * job.param.channels * math.prod(job.param.size) * 4 + reserve_bytes
     budget = job.settings.memory_budget_mb * _MIB
-    return MemoryPlan(estimate.fixed, estimate.per_image, result_bytes, budget)
+    return MemoryPlan(estimate.fixed, estimate.per_image, reserved, budget)
 
 
 def _too_large(plan: MemoryPlan, settings: RenderSettings) -> InvalidArgumentError:
@@ -435,9 +443,9 @@ def _too_large(plan: MemoryPlan, settings: RenderSettings) -> InvalidArgumentErr
     )
 
 
-def _chunk_size(job: _Job, n_units: int, model: nn.Module) -> int:
+def _chunk_size(job: _Job, n_units: int, model: nn.Module, reserve_bytes: int = 0) -> int:
     """How many units one chunk may hold under the memory budget (at least 1, or an error)."""
-    plan = _memory_plan(job, n_units, model)
+    plan = _memory_plan(job, n_units, model, reserve_bytes)
     if plan.chunk_size < 1:
         raise _too_large(plan, job.settings)
     return min(plan.chunk_size, n_units)
@@ -457,6 +465,7 @@ def plan_memory(
     settings: RenderSettings = RenderSettings(),
     device: torch.device | str = "cpu",
     model_name: str = "model",
+    reserve_bytes: int = 0,
 ) -> MemoryPlan:
     """The memory :func:`visualize` would plan for, found without allocating it.
 
@@ -468,6 +477,7 @@ def plan_memory(
     what a render would. On ``shapes`` the extrapolated bytes per image were within 13% of
     a probe at the real side for 256 px and within 5% for 384 and 512 px. Raises the core
     errors (unknown layer, unit out of range), never for the budget: see ``chunk_size``.
+    ``reserve_bytes`` as for :func:`visualize` (not extrapolated: it is the caller's own).
     """
     device = torch.device(device)
     objective = _with_settings_terms(objective, settings)
@@ -482,7 +492,7 @@ def plan_memory(
             job = _build_job(
                 model, objective, input_shape, mean, std, probe_settings, device, model_name
             )
-            plans.append(_memory_plan(job, objective.n_units, model))
+            plans.append(_memory_plan(job, objective.n_units, model, reserve_bytes))
     if len(plans) == 1:
         return plans[0]
     small, large = plans
@@ -491,10 +501,11 @@ def plan_memory(
     def grow(a: int, b: int) -> int:
         return int(a + (b - a) * scale)
 
+    caller = reserve_bytes if device.type == "cpu" else 0  # the caller's own: not grown
     return MemoryPlan(
         grow(small.fixed, large.fixed),
         grow(small.per_image, large.per_image),
-        grow(small.reserved, large.reserved),
+        grow(small.reserved - caller, large.reserved - caller) + caller,
         small.budget,
     )
 
@@ -513,6 +524,7 @@ def visualize(
     resume: RenderCheckpoint | None = None,
     on_checkpoint: Callable[[RenderCheckpoint], None] | None = None,
     checkpoint_every: int = 0,
+    reserve_bytes: int = 0,
 ) -> RenderResult:
     """Optimize one image per unit of ``objective`` so the unit's objective is maximal.
 
@@ -529,6 +541,10 @@ def visualize(
     ``on_checkpoint`` gets a :class:`~cnnviz.optvis.checkpoint.RenderCheckpoint`; the same
     call with ``resume=`` that checkpoint goes on from there and returns what an
     uninterrupted render would have (on CPU, exactly).
+
+    ``reserve_bytes``: memory the caller holds beside the render while it runs (the preview
+    pictures it makes in ``on_step``); on CPU it shares the budget with the chunks, as the
+    result images do, so fewer images go in one chunk.
     """
     device = torch.device(device)
     objective = _with_settings_terms(objective, settings)
@@ -537,7 +553,7 @@ def visualize(
             weight.requires_grad_(False)
         job = _build_job(model, objective, input_shape, mean, std, settings, device, model_name)
         n_units = objective.n_units
-        chunk_size = _chunk_size(job, n_units, model)
+        chunk_size = _chunk_size(job, n_units, model, reserve_bytes)
         chunks = plan_chunks(job.groups, chunk_size, keep_groups=objective.couples_units)
         return _render(job, chunks, on_step, chunk_size, resume, on_checkpoint, checkpoint_every)
 
@@ -586,8 +602,10 @@ def _render(
             if resume.scaler:
                 scaler.load_state_dict(resume.scaler)
 
-        def preview(k: int = k, raw: torch.Tensor = raw) -> torch.Tensor:
-            return _preview(job, chunks, images, done, k, raw)
+        def preview(
+            max_images: int | None, max_side: int | None, k: int = k, raw: torch.Tensor = raw
+        ) -> torch.Tensor:
+            return _preview(job, chunks, images, done, k, raw, max_images, max_side)
 
         for step in range(start, settings.steps):
             current = job.param.images(raw)
@@ -681,6 +699,9 @@ def _check_resume(resume: RenderCheckpoint, job: _Job, chunks: list[list[int]]) 
         )
 
 
+_PREVIEW_PIECE = 8  # full-size images a preview holds at a time, before shrinking them
+
+
 def _preview(
     job: _Job,
     chunks: list[list[int]],
@@ -688,13 +709,49 @@ def _preview(
     done: set[int],
     current: int,
     raw: torch.Tensor,
+    max_images: int | None,
+    max_side: int | None,
 ) -> torch.Tensor:
-    """Images of all units now: finished chunks final, the current one live, others' start."""
-    out = images.clone()
+    """The first ``max_images`` units now (finished chunks final, the current one live,
+    others' start), shrunk to ``max_side``. Only those units are computed, a few at a time,
+    so the full-size images never exist all at once."""
+    count = images.shape[0] if max_images is None else max(0, min(max_images, images.shape[0]))
+    height, width = _shrunk_size(images.shape[-2], images.shape[-1], max_side)
+    out = images.new_empty((count, images.shape[1], height, width))
     with torch.no_grad():
         for k, units in enumerate(chunks):
-            if k in done:
-                continue
-            source = raw.detach() if k == current else job.init_raw(units)
-            out[units] = job.param.images(source).float().cpu()
+            # Chunks of grouped units (diversity) need not be consecutive runs.
+            rows = [i for i, unit in enumerate(units) if unit < count]
+            for start in range(0, len(rows), _PREVIEW_PIECE):
+                piece = rows[start : start + _PREVIEW_PIECE]
+                wanted = [units[i] for i in piece]
+                if k in done:
+                    pictures = images[wanted]
+                else:
+                    source = raw.detach()[piece] if k == current else job.init_raw(wanted)
+                    pictures = job.param.images(source).float().cpu()
+                out[wanted] = _shrink(pictures, (height, width))
     return out
+
+
+def preview_bytes(channels: int, side: int, max_images: int, max_side: int | None) -> int:
+    """At most what :meth:`StepReport.preview` allocates for ``max_images`` images of
+    ``channels × side × side``: a few full-size images at a time (and the parameterization's
+    work on them: a Fourier spectrum is about twice the image), and the shrunk result."""
+    height, width = _shrunk_size(side, side, max_side)
+    piece = min(max_images, _PREVIEW_PIECE) * channels * side * side * 4 * 3
+    return piece + max_images * channels * height * width * 4
+
+
+def _shrunk_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+def _shrink(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(n, C, H, W)`` resized to ``size`` by area averaging (as they are when equal)."""
+    if tuple(images.shape[-2:]) == size or images.shape[0] == 0:
+        return images
+    return torch.nn.functional.interpolate(images, size=size, mode="area")

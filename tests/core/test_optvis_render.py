@@ -166,6 +166,31 @@ def test_chunked_equals_unchunked() -> None:
     assert chunked_objectives == pytest.approx(whole_objectives, abs=1e-5)
 
 
+def test_a_small_preview_is_the_first_units_of_the_whole_one_shrunk() -> None:
+    pairs: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def on_step(report: StepReport) -> None:
+        if report.step % 4 == 2:  # mid-chunk: done, live and unstarted chunks all shown
+            whole = report.preview()
+            pairs.append((report.chunk, whole, report.preview(max_images=3, max_side=8)))
+            # A side within the limit is left as it is.
+            assert torch.equal(report.preview(max_images=2, max_side=64), whole[:2])
+
+    result = visualize(
+        Wide(),
+        objectives.channel("tail", [0, 1, 2, 3, 0, 1]),
+        input_shape=(3, 32, 32),
+        settings=RenderSettings(steps=4, memory_budget_mb=1, redirect_relu_steps=2),
+        on_step=on_step,
+        **GREY,
+    )
+    assert result.n_chunks > 1 and {chunk for chunk, _, _ in pairs} == set(range(result.n_chunks))
+    for _, whole, small in pairs:
+        assert whole.shape == (6, 3, 32, 32) and small.shape == (3, 3, 8, 8)
+        expected = torch.nn.functional.interpolate(whole[:3], size=(8, 8), mode="area")
+        torch.testing.assert_close(small, expected)
+
+
 def test_memory_budget_too_small_for_one_image_is_a_clear_error() -> None:
     with pytest.raises(InvalidArgumentError, match="memory_budget_mb"):
         visualize(

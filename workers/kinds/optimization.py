@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from dataclasses import asdict
@@ -11,7 +10,7 @@ import safetensors.torch
 import torch
 
 from cnnviz.errors import InvalidArgumentError
-from cnnviz.imaging import encode_png, image_grid, to_pixels
+from cnnviz.imaging import encode_png
 from cnnviz.models import LoadedModel
 from cnnviz.optvis import RenderSettings, StepReport, check_objective, objectives, visualize
 from cnnviz.optvis.objectives import Objective
@@ -26,6 +25,14 @@ from schemas.optimization import (
 )
 from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
 from workers.kinds.optimization_limits import admit
+from workers.kinds.optimization_pictures import (
+    RAW_MAX_BYTES,
+    b64,
+    grid_png,
+    pixels,
+    preview_png,
+    preview_reserve,
+)
 from workers.kinds.registry import register_kind
 
 __all__ = ["RAW_IMAGES", "Optimization", "build_objective", "optimize", "prepare"]
@@ -113,27 +120,13 @@ def render_settings(request: OptimizationCreate) -> RenderSettings:
     )
 
 
-def _png(image: torch.Tensor) -> bytes:
-    """``(C, H, W)`` float32 in [0, 1] to PNG bytes."""
-    return encode_png(to_pixels(image[None])[0])
-
-
-def _grid_png(images: torch.Tensor, columns: int | None = None) -> tuple[bytes, int]:
-    """``(N, C, S, S)`` tiled on white (default: a near-square grid): PNG bytes and columns."""
-    grid, layout = image_grid(images, columns=columns)
-    return encode_png(grid), layout.columns
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _unit_results(
-    request: OptimizationCreate, images: torch.Tensor, final: list[float], initial: list[float]
+    request: OptimizationCreate, tiles: torch.Tensor, final: list[float], initial: list[float]
 ) -> list[UnitResult]:
+    """One entry per image, from the uint8 ``tiles`` of :func:`pixels`."""
     kind = request.objective
     units: list[UnitResult] = []
-    for i in range(images.shape[0]):
+    for i in range(tiles.shape[0]):
         unit, sample = divmod(i, request.images_per_unit)
         channel: int | None = None
         y = x = None
@@ -148,16 +141,12 @@ def _unit_results(
                 sample=sample,
                 y=y,
                 x=x,
-                image=_b64(_png(images[i])),
+                image=b64(encode_png(tiles[i])),
                 objective=final[i],
                 initial_objective=initial[i],
             )
         )
     return units
-
-
-RAW_MAX_BYTES = 64 * 1024 * 1024
-"""The largest float32 image tensor a job keeps for ``result.npy`` (larger: not kept)."""
 
 
 def _attach_images(images: torch.Tensor, context: JobContext) -> None:
@@ -181,35 +170,43 @@ def optimize(
 
     ``context`` (optional) is checked after every step, so a cancel or a deadline stops the
     run, and gets progress after the first step, then at most every progress interval, and
-    after the last step; a preview grid of all units rides along at most every preview
-    interval.
+    after the last step; a preview grid rides along at most every preview interval (the
+    first 64 images, shrunk: see :mod:`workers.kinds.optimization_pictures`, whose memory
+    the render's budget sets aside).
     """
     started = time.monotonic()
     context = context or JobContext()
     request = prepare(request, loaded)
     preview_step: int | None = None
+    preview_images: int | None = None
 
     def on_step(report: StepReport) -> None:
-        nonlocal preview_step
+        nonlocal preview_step, preview_images
         context.check()
         last = report.step == report.total
         if not context.progress_due(last):
             return
         preview = None
         if not last and context.preview_due():
-            preview = _grid_png(report.preview())[0]
+            preview, preview_images = preview_png(report, request.images_per_unit)
             preview_step = report.step
         progress = Progress(
             step=report.step,
             total=report.total,
             objectives=[float(v) for v in report.objectives],
             preview_step=preview_step,
+            preview_images=preview_images,
         )
         context.report(progress, preview)
 
+    objective = build_objective(request)
+    assert request.image_size is not None
+    reserve = preview_reserve(
+        objective.n_units, request.images_per_unit, loaded.spec.channels, request.image_size
+    )
     rendered = visualize(
         loaded.module,
-        build_objective(request),
+        objective,
         # The model is fed its own input shape; render resizes the image_size image to it.
         input_shape=loaded.spec.input_shape,
         mean=loaded.spec.mean,
@@ -218,26 +215,28 @@ def optimize(
         device=loaded.device,
         on_step=on_step,
         model_name=loaded.spec.name,
+        reserve_bytes=reserve,
     )
     _attach_images(rendered.images, context)
+    tiles = pixels(rendered.images)
+    settings, precision = asdict(rendered.settings), rendered.precision
+    final, initial = rendered.objectives, rendered.initial_objectives
+    del rendered  # the float images, four times the pixels, are not needed past here
     # Several images of each unit: one row per unit.
     per_unit = request.images_per_unit
-    grid, columns = _grid_png(rendered.images, per_unit if per_unit > 1 else None)
-    assert request.image_size is not None
+    grid, columns = grid_png(tiles, per_unit if per_unit > 1 else None)
     return OptimizationResult(
         model=loaded.spec.name,
         layer=request.layer,
         objective=request.objective or ObjectiveKind.CHANNEL,  # set by the validator; for mypy
-        units=_unit_results(
-            request, rendered.images, rendered.objectives, rendered.initial_objectives
-        ),
-        grid=_b64(grid),
+        units=_unit_results(request, tiles, final, initial),
+        grid=b64(grid),
         grid_columns=columns,
         image_size=request.image_size,
         seed=request.seed,
-        settings=asdict(rendered.settings),
+        settings=settings,
         device=str(loaded.device),
-        precision=rendered.precision,
+        precision=precision,
         elapsed_s=round(time.monotonic() - started, 4),
     )
 

@@ -3,7 +3,9 @@
 Everything that would make a job fail for its size fails here instead, with a 422 that
 names the limit and by how much the job is over it, before the API answers 202 and before
 any memory is spent: the total work, the result grid, and the memory of one image against
-the render's budget (:func:`cnnviz.optvis.plan_memory`, which probes smaller images).
+the render's budget (:func:`cnnviz.optvis.plan_memory`, which probes smaller images), with
+the previews and, on CPU, the result's pictures counted in that budget too
+(:mod:`workers.kinds.optimization_pictures`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from cnnviz.optvis import plan_memory
 from cnnviz.optvis.objectives import Objective
 from cnnviz.optvis.render import RenderSettings
 from schemas.optimization import OptimizationCreate
+from workers.kinds.optimization_pictures import preview_reserve, result_bytes
 
 _MIB = 1 << 20
 
@@ -61,6 +64,7 @@ def admit(
             f"{max_grid_pixels}; ask for fewer channels or images_per_unit, or a "
             "smaller image_size"
         )
+    channels = loaded.spec.channels
     plan = plan_memory(
         loaded.module,
         objective,
@@ -70,6 +74,7 @@ def admit(
         settings=settings,
         device=loaded.device,
         model_name=loaded.spec.name,
+        reserve_bytes=preview_reserve(images, per_unit, channels, side),
     )
     together = per_unit if request.diversity > 0 else 1  # diversity compares them in one chunk
     if plan.chunk_size < together:
@@ -81,4 +86,14 @@ def admit(
             f"{what} about {need / _MIB:.0f} MiB, {(need - plan.budget) / _MIB:.0f} MiB over "
             f"the render's memory budget of {settings.memory_budget_mb} MiB; lower image_size"
             + (" or images_per_unit" if together > 1 else "")
+        )
+    # The result is encoded once the render has let its chunks go: it needs the budget alone.
+    encoding = result_bytes(images, channels, side) if loaded.device.type == "cpu" else 0
+    if encoding > plan.budget:
+        raise InvalidArgumentError(
+            f"the result's {images} images of {side}×{side} pixels need about "
+            f"{encoding / _MIB:.0f} MiB while they are encoded, "
+            f"{(encoding - plan.budget) / _MIB:.0f} MiB over the render's memory budget of "
+            f"{settings.memory_budget_mb} MiB; ask for fewer channels or images_per_unit, or "
+            "a smaller image_size"
         )
