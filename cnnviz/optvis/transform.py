@@ -13,7 +13,9 @@ transform separates *drawing* its random parameters from *applying* them:
   differentiable with respect to ``images``.
 
 :class:`Compose` chains transforms and fuses consecutive affine ones (scale, rotate) into a
-single resampling, so the image is interpolated once instead of once per transform.
+single resampling, so the image is interpolated once instead of once per transform; a chain
+that begins with a pad, as the standard set does, also takes the pad and the jitters into
+that one resampling (see :func:`_pad_window`).
 """
 
 from __future__ import annotations
@@ -202,7 +204,14 @@ class Compose(Transform):
     def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         start = 0
         pending: torch.Tensor | None = None  # product of consecutive affine maps not yet applied
-        for transform in self.transforms:
+        transforms = self.transforms
+        if _fusable(transforms):
+            # The standard set's pad, jitters, scale and rotation as one resampling.
+            count = _fused_length(transforms)
+            start = sum(t.n_params for t in transforms[:count])
+            images = _pad_window(images, transforms[:count], params[:, :start])
+            transforms = transforms[count:]
+        for transform in transforms:
             own = params[:, start : start + transform.n_params].to(images.dtype)
             start += transform.n_params
             if isinstance(transform, _Affine):
@@ -219,6 +228,82 @@ class Compose(Transform):
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms!r})"
+
+
+def _fused_length(transforms: Sequence[Transform]) -> int:
+    """How many transforms from the first one form a pad, then jitters and affine maps."""
+    count = 1
+    while count < len(transforms) and isinstance(transforms[count], (Jitter, _Affine)):
+        count += 1
+    return count
+
+
+def _fusable(transforms: Sequence[Transform]) -> bool:
+    """Whether ``transforms`` begins with a :class:`Pad` followed by jitters and affine maps,
+    at least one of them affine (a pad and crops alone stay exact copies of pixels)."""
+    if not transforms or not isinstance(transforms[0], Pad):
+        return False
+    return any(isinstance(t, _Affine) for t in transforms[1 : _fused_length(transforms)])
+
+
+def _pad_window(
+    images: torch.Tensor, transforms: Sequence[Transform], params: torch.Tensor
+) -> torch.Tensor:
+    """A pad, then jitters and affine maps (see :func:`_fusable`), as one bilinear resampling
+    of ``images`` ``(n, C, H, W)`` with ``params`` ``(n, k)`` their parameters in order.
+
+    Every one of them maps an output position to an input position affinely, so the chain is
+    one map per image: crops are shifts of the window, the pad is the value outside the image.
+    With one affine resampling in the chain (the standard set) this is the same bilinear
+    interpolation as applying them one by one (where a jitter crops the whole pad away, on
+    images under about 40 px, one by one would repeat the image's edge past it; here it is
+    the pad's value), without materializing the padded and cropped images (their copies and
+    gathers, and the scatters of their backward, cost as much as the resampling itself on
+    CPU). Positions are in pixels, ``(x, y, 1)``, pixel centres at ``i + 0.5``.
+    """
+    pad = transforms[0]
+    assert isinstance(pad, Pad)
+    n = images.shape[0]
+    dtype, device = images.dtype, images.device
+    height, width = images.shape[-2] + 2 * pad.width, images.shape[-1] + 2 * pad.width
+    # Output of the whole chain → input image, composed from the image's side outwards.
+    chain = torch.eye(3, dtype=dtype, device=device).repeat(n, 1, 1)
+    chain[:, 0, 2] = -pad.width
+    chain[:, 1, 2] = -pad.width
+    start = 0
+    for transform in transforms[1:]:
+        own = params[:, start : start + transform.n_params].to(dtype)
+        start += transform.n_params
+        step = torch.eye(3, dtype=dtype, device=device).repeat(n, 1, 1)
+        if isinstance(transform, Jitter):  # crop at (dy, dx): output (x, y) is (x + dx, y + dy)
+            step[:, 0, 2] = own[:, 1]
+            step[:, 1, 2] = own[:, 0]
+            height, width = height - transform.d, width - transform.d
+        else:  # an affine map about the centre, in pixels, the size kept
+            assert isinstance(transform, _Affine)
+            centre = torch.tensor([width / 2, height / 2], dtype=dtype, device=device)
+            matrix = transform.matrix(own)
+            step[:, :2, :2] = matrix[:, :2, :2]
+            step[:, :2, 2] = centre - (matrix[:, :2, :2] @ centre)
+        chain = chain @ step
+    # grid_sample's coordinates (align_corners=False): -1 and 1 are the outer pixel edges.
+    to_input = torch.tensor(
+        [[2 / images.shape[-1], 0, -1], [0, 2 / images.shape[-2], -1], [0, 0, 1]],
+        dtype=dtype,
+        device=device,
+    )
+    from_output = torch.tensor(
+        [[width / 2, 0, width / 2], [0, height / 2, height / 2], [0, 0, 1]],
+        dtype=dtype,
+        device=device,
+    )
+    theta = (to_input @ chain @ from_output)[:, :2, :]
+    grid = F.affine_grid(theta, [n, images.shape[1], height, width], align_corners=False)
+    # Zeros outside an image shifted by the pad value: the pad value outside the image.
+    shifted = F.grid_sample(
+        images - pad.value, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return shifted + pad.value
 
 
 def standard_transforms(image_size: tuple[int, int], output_size: tuple[int, int]) -> Compose:

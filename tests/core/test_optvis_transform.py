@@ -91,3 +91,20 @@ def test_standard_set_scales_with_the_image_and_ends_at_the_model_input() -> Non
     images = torch.rand((3, 3, 64, 64))
     params = torch.stack([small.draw(torch.Generator().manual_seed(i), 1)[0] for i in range(3)])
     assert small(images, params).shape == (3, 3, 224, 224)
+
+
+@pytest.mark.parametrize("side", [48, 64, 128])
+def test_the_standard_set_resamples_once_as_its_steps_one_by_one_would(side: int) -> None:
+    # Sides whose pad is wider than the first jitter: below about 40 px both are 1 px, and
+    # one by one the resampling's border then repeats image pixels where fused it is grey.
+    compose = standard_transforms((side, side), (side, side))
+    pad, jitter1, scale, rotate, jitter2, resize = compose.transforms
+    images = torch.rand((3, 3, side, side), dtype=torch.float64)
+    params = _params(compose, 3)
+    split = torch.split(params, [t.n_params for t in compose.transforms], dim=1)
+    # One by one: a Compose that does not begin with a pad applies its steps as they come.
+    x = pad(images, split[0])
+    x = jitter1(x, split[1])
+    x = Compose([scale, rotate])(x, torch.cat([split[2], split[3]], dim=1))
+    x = resize(jitter2(x, split[4]), split[5])
+    torch.testing.assert_close(compose(images, params), x, rtol=0, atol=1e-9)
