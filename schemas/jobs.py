@@ -18,10 +18,9 @@ from pydantic import BaseModel, Field
 # The Celery tasks and their queue. The service sends by name (``send_task``) and never
 # imports the Celery app; the worker registers its tasks under these names and consumes the
 # queue. One task runs a job of any kind (the kind is in the message); a job cut into shards
-# runs them as SHARD_TASKs and merges them in a MERGE_TASK.
+# runs them as SHARD_TASKs, the last of which merges their partials.
 JOB_TASK = "cnnviz.job"
 SHARD_TASK = "cnnviz.job.shard"
-MERGE_TASK = "cnnviz.job.merge"
 JOB_QUEUE = "gpu"
 
 RequestT = TypeVar("RequestT")

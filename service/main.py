@@ -33,8 +33,9 @@ from service.settings import Settings, get_settings
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the built-in model before listening; close the jobs at the end."""
+    """Load the built-in model before listening, start the jobs' sweeper; close at the end."""
     await app.state.models_ready.load()
+    await app.state.jobs.start()
     yield
     await app.state.jobs.close()
 

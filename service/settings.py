@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     callback_backoff: float = Field(
         default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
     )
+    lease_sweep_interval: float = Field(
+        default=10,
+        ge=0,
+        description="seconds between the API's sweeps for jobs whose worker was lost (their "
+        "lease lapsed), which it sends again; 0: no sweeping (Celery's visibility timeout "
+        "alone then gives them back)",
+    )
     queue_check_interval: float = Field(
         default=5.0, ge=0, description="seconds /readyz reuses its count of queue workers"
     )

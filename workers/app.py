@@ -17,7 +17,7 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from cnnviz.threads import CoreShare, SharedCounter
-from schemas.jobs import JOB_QUEUE, JOB_TASK, MERGE_TASK, SHARD_TASK
+from schemas.jobs import JOB_QUEUE, JOB_TASK, SHARD_TASK
 from workers.config import get_worker_settings
 from workers.device import child_index
 from workers.logs import JobIdFilter
@@ -39,7 +39,7 @@ app.conf.update(
     result_accept_content=["json"],
     # Every job goes to the gpu queue, whoever sends it; workers consume it with -Q gpu.
     task_default_queue=JOB_QUEUE,
-    task_routes={name: {"queue": JOB_QUEUE} for name in (JOB_TASK, SHARD_TASK, MERGE_TASK)},
+    task_routes={name: {"queue": JOB_QUEUE} for name in (JOB_TASK, SHARD_TASK)},
     task_create_missing_queues=True,
     # Acknowledge a job when it ends, not when it starts: if the worker dies mid-job, the
     # message is still in Redis and another worker runs the job.

@@ -48,6 +48,21 @@ class WorkerSettings(BaseSettings):
     broker_restore_interval: float = Field(
         default=30, gt=0, description="seconds between sweeps for jobs of lost workers"
     )
+    job_lease_interval: float = Field(
+        default=5, gt=0, description="seconds between renewals of a running job's lease"
+    )
+    job_lease_timeout: float = Field(
+        default=30,
+        gt=0,
+        description="seconds a lease lasts from its last renewal; then the job's worker counts "
+        "as lost and the API's sweeper sends the job again",
+    )
+    job_checkpoint_steps: int = Field(
+        default=25,
+        ge=0,
+        description="optimization steps between checkpoints, which a job's next attempt "
+        "resumes from (0: none)",
+    )
     job_max_attempts: int = Field(
         default=3, ge=1, description="deliveries of one job before it fails as worker_lost"
     )
@@ -86,6 +101,12 @@ class WorkerSettings(BaseSettings):
                 "need CNNVIZ_JOB_SOFT_TIME_LIMIT < CNNVIZ_JOB_TIME_LIMIT < "
                 f"CNNVIZ_BROKER_VISIBILITY_TIMEOUT, got {self.job_soft_time_limit}, "
                 f"{self.job_time_limit}, {self.broker_visibility_timeout}"
+            )
+        # A lease renewed less often than it lasts would lapse under a worker that is fine.
+        if not self.job_lease_interval * 2 <= self.job_lease_timeout:
+            raise ValueError(
+                "need 2 × CNNVIZ_JOB_LEASE_INTERVAL <= CNNVIZ_JOB_LEASE_TIMEOUT, got "
+                f"{self.job_lease_interval} and {self.job_lease_timeout}"
             )
         return self
 

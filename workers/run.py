@@ -7,7 +7,13 @@ so that each transport composes them its way:
 * :func:`execute` runs a whole job in this process, its shards one after another (the
   in-process transport; and a Celery worker, for a job of one shard);
 * :func:`begin`, :func:`run_shard` and :func:`conclude` are the steps of a job whose shards
-  run as a Celery group on many workers and are merged in a chord callback.
+  run as Celery tasks on many workers, each keeping its partial in the record, the last one
+  merging them.
+
+A Celery worker holds a lease on what it runs (:class:`~workers.leases.LeaseKeeper`) and
+checkpoints an optimization every few steps; a job whose worker was lost is sent again by
+the API's sweeper and its next attempt resumes from the last checkpoint (the shards whose
+partials are kept are not run again).
 
 This module imports ``cnnviz``, ``schemas`` and the job domain only: the service imports it
 for the in-process transport and must not pull Celery in.
@@ -33,15 +39,19 @@ from workers.kinds import (
     Resources,
     get_kind,
 )
+from workers.leases import LeaseKeeper
 from workers.logs import job_logging
-from workers.records import JobNotFound, JobRecords, RecordsUnavailable
+from workers.records import JobNotFound, JobRecords, RecordsUnavailable, ShardStart
 
-__all__ = ["Limits", "begin", "conclude", "ended", "execute", "run_shard"]
+__all__ = ["FAILED", "SKIPPED", "Limits", "begin", "conclude", "ended", "execute", "run_shard"]
 
 log = logging.getLogger(__name__)
 
-# A shard that did not produce its partial says why under this key (and nothing else).
-_FAILED = "__failed__"
+FAILED = "__failed__"
+"""A shard that did not produce its partial says why under this key (and nothing else)."""
+SKIPPED = "__skipped__"
+"""A delivery of a shard that did not run it says why under this key: its partial was kept
+already, or another delivery holds its lease."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,9 @@ class Limits:
     ``soft_time_limit_s`` is the limit an error message names; with ``enforce_deadline``
     the runner also stops the job itself at the first step past it (the in-process executor
     has no other way: a thread cannot be interrupted). ``max_deliveries`` bounds how often
-    one shard is delivered again after its worker was lost.
+    one shard is delivered again after its worker was lost. ``lease_interval_s``: how often a
+    running shard renews its lease (None: no lease, as in the API process, which runs what it
+    starts); ``checkpoint_steps``: how often a resumable kind saves its state (0: never).
     """
 
     timeout_errors: tuple[type[BaseException], ...] = ()
@@ -62,6 +74,8 @@ class Limits:
     preview_interval_s: float = 2.0
     max_deliveries: int = 3
     callback: CallbackPolicy | None = None
+    lease_interval_s: float | None = None
+    checkpoint_steps: int = 0
 
     def deadline(self) -> float | None:
         if self.soft_time_limit_s is None or not self.enforce_deadline:
@@ -70,15 +84,20 @@ class Limits:
 
 
 def begin(
-    task: JobTask, resources: Resources, records: JobRecords, limits: Limits | None = None
+    task: JobTask,
+    resources: Resources,
+    records: JobRecords,
+    limits: Limits | None = None,
+    holder: str = "",
 ) -> tuple[int, int] | None:
     """Start the job's next attempt: ``(attempt, shards)``, or None when it must not run.
 
-    A job whose plan cannot be made (its data set went away) is finished as failed here. A
-    job cancelled before it ever started ends here too (its callback is sent).
+    ``holder`` names the delivery (a task id) that takes the job's lease. A job whose plan
+    cannot be made (its data set went away) is finished as failed here. A job cancelled
+    before it ever started ends here too (its callback is sent).
     """
     limits = limits or Limits()
-    attempt = records.start(task.job_id)
+    attempt = records.start(task.job_id, holder)
     if attempt is None:
         log.info("job %s is not to run (finished, cancelled or gone)", task.job_id)
         with contextlib.suppress(JobNotFound, RecordsUnavailable):
@@ -106,19 +125,24 @@ def run_shard(
     records: JobRecords,
     limits: Limits,
     deadline: float | None = None,
+    holder: str = "",
 ) -> Partial:
-    """Run one shard of the current attempt; its partial, or a failure :func:`conclude` reads.
+    """Run one shard of the current attempt; its partial, or a failure :func:`conclude` reads
+    (or, for a delivery that must not run the shard, a :data:`SKIPPED` note).
 
     Never raises for a job's own failure (cancel, timeout, bad data, a bug in the kind): a
-    shard of a group must always return, so that the merge runs and writes the one final
-    state. Progress of a job of several shards is summed over them.
+    shard must always return, so that the one final state gets written. Progress of a job of
+    several shards is summed over them. ``holder`` names the delivery (a task id).
     """
     kind = get_kind(task.kind)
     job_id = task.job_id
     try:
         request = kind.parse(task.request)
         if shards > 1:
-            if not records.start_shard(job_id, attempt, shard, limits.max_deliveries):
+            started = records.start_shard(job_id, attempt, shard, limits.max_deliveries, holder)
+            if started in (ShardStart.DONE, ShardStart.LEASED):
+                return {SKIPPED: started.value}
+            if started != ShardStart.RUN:
                 raise JobCancelled(job_id)
             total = kind.work(request, task.model, resources)
 
@@ -132,12 +156,28 @@ def run_shard(
                 records.progress(job_id, attempt, progress, preview)
 
         cores = resources.cores
-        with cores.claim() if cores is not None else contextlib.nullcontext() as claim:
+        lease = (
+            LeaseKeeper(
+                records, job_id, attempt, limits.lease_interval_s, shard if shards > 1 else None
+            )
+            if limits.lease_interval_s is not None
+            else None
+        )
+        with (
+            cores.claim() if cores is not None else contextlib.nullcontext() as claim,
+            lease if lease is not None else contextlib.nullcontext(),
+        ):
 
             def should_cancel() -> bool:
                 if claim is not None:  # every step: follow the share as others start and end
                     claim.refresh()
+                if lease is not None and lease.lost:
+                    return True
                 return records.should_stop(job_id, attempt)
+
+            # A job of one shard resumes from its last checkpoint (a shard of several is
+            # its own checkpoint: its partial is kept once it is done).
+            resumable = shards == 1 and limits.checkpoint_steps > 0
 
             context = JobContext(
                 job_id=job_id,
@@ -150,11 +190,16 @@ def run_shard(
                 on_attach=(lambda data: records.attach(job_id, attempt, data, task.ttl_seconds))
                 if shards == 1
                 else None,
+                on_checkpoint=(lambda data: records.save_checkpoint(job_id, attempt, data))
+                if resumable
+                else None,
+                checkpoint_steps=limits.checkpoint_steps,
+                resume=records.checkpoint(job_id) if resumable else None,
             )
             return kind.run_shard(request, task.model, shard, resources, context)
     except Exception as exc:
         status, error = _outcome(task, exc, limits)
-        return {_FAILED: {"status": status.value, "error": error and error.model_dump()}}
+        return {FAILED: {"status": status.value, "error": error and error.model_dump()}}
 
 
 def conclude(
@@ -169,7 +214,7 @@ def conclude(
 
     Returns the status written, or None when another attempt (or a cancel) got there first.
     """
-    failed = next((p[_FAILED] for p in partials if _FAILED in p), None)
+    failed = next((p[FAILED] for p in partials if FAILED in p), None)
     result: str | None = None
     error: JobError | None = None
     if failed is not None:
@@ -228,7 +273,7 @@ def execute(
         for shard in range(shards):
             partial = run_shard(task, attempt, shard, shards, resources, records, limits, deadline)
             partials.append(partial)
-            if _FAILED in partial:
+            if FAILED in partial:
                 break
         return conclude(task, attempt, partials, resources, records, limits)
 

@@ -1,36 +1,40 @@
 """The Celery tasks: thin adapters around the runner (:mod:`workers.run`).
 
 * ``cnnviz.job`` starts a job of any kind. A job of one shard runs here, to its end. A job of
-  several shards is handed to a chord: a **group** of ``cnnviz.job.shard`` tasks, one per
-  shard, that any workers take, and a ``cnnviz.job.merge`` callback that merges their
-  partials (the merge is associative) and writes the result. No task ever waits for another:
-  Celery's chord counts the finished shards in the result backend (Redis) and sends the
-  callback when the last one is done.
-* A shard whose worker is lost is delivered again (``acks_late``, ``reject_on_worker_lost``);
-  its record counts deliveries and fails the job past ``CNNVIZ_JOB_MAX_ATTEMPTS``. A shard
-  never raises for its job's own failures: it returns a failure the merge records, so the
-  chord always completes and the record always gets its one final state.
+  several shards sends one ``cnnviz.job.shard`` task per shard whose partial is not kept yet,
+  which any workers take. Each shard keeps its partial in the job's record; the shard that
+  keeps the last one merges them all (the merge is associative) and writes the result. No
+  task ever waits for another.
+* Whatever runs holds a lease on it, renewed every ``CNNVIZ_JOB_LEASE_INTERVAL`` seconds. A
+  pool child killed mid-job gives its message back at once (``acks_late``,
+  ``reject_on_worker_lost``) and the same delivery takes the job over. A whole worker lost
+  (its machine gone) renews nothing: its lease lapses after ``CNNVIZ_JOB_LEASE_TIMEOUT`` and
+  the API's sweeper sends the job (or the shard) again; an optimization resumes from its last
+  checkpoint. The record counts deliveries and fails the job past
+  ``CNNVIZ_JOB_MAX_ATTEMPTS``. A shard never raises for its job's own failures: it writes the
+  job's final state itself.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import redis
-from celery import Task, chord, group
+from celery import Task, group
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
-from schemas.jobs import JOB_TASK, MERGE_TASK, SHARD_TASK, JobError, JobTask
+from schemas.jobs import JOB_TASK, SHARD_TASK, JobError, JobTask
 from workers.app import CORES, app, settings
 from workers.callbacks import CallbackPolicy
 from workers.device import child_index, choose_device
 from workers.kinds import Partial, Resources
 from workers.logs import job_logging
 from workers.records.redis import RedisRecords
-from workers.run import Limits, begin, conclude, ended, run_shard
+from workers.run import FAILED, SKIPPED, Limits, begin, conclude, ended, run_shard
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,10 @@ def _client() -> redis.Redis:
 
 def _records(task: JobTask) -> RedisRecords:
     return RedisRecords(
-        _client(), max_attempts=settings.job_max_attempts, ttl_seconds=task.ttl_seconds
+        _client(),
+        max_attempts=settings.job_max_attempts,
+        ttl_seconds=task.ttl_seconds,
+        lease_s=settings.job_lease_timeout,
     )
 
 
@@ -78,6 +85,8 @@ def _limits() -> Limits:
         progress_interval_s=settings.job_progress_interval,
         preview_interval_s=settings.job_preview_interval,
         max_deliveries=settings.job_max_attempts,
+        lease_interval_s=settings.job_lease_interval,
+        checkpoint_steps=settings.job_checkpoint_steps,
         callback=CallbackPolicy(
             settings.callback_secret,
             attempts=settings.callback_attempts,
@@ -110,43 +119,68 @@ class JobTaskBase(Task):
 
 @app.task(name=JOB_TASK, bind=True, base=JobTaskBase)
 def run_job(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
-    """Start a job: run it here when it is one shard, else fan its shards out in a chord."""
+    """Start a job: run it here when it is one shard, else send out its shards."""
     task = JobTask.model_validate(payload)
     with job_logging(task.job_id):
         records = _records(task)
         resources = _child_resources()
-        started = begin(task, resources, records, _limits())
+        limits = _limits()
+        started = begin(task, resources, records, limits, holder=self.request.id or "")
         if started is None:
             return {"job_id": task.job_id, "status": None}
         attempt, shards = started
         if shards == 1:
-            partial = run_shard(task, attempt, 0, 1, resources, records, _limits())
-            status = conclude(task, attempt, [partial], resources, records, _limits())
+            partial = run_shard(
+                task, attempt, 0, 1, resources, records, limits, holder=self.request.id or ""
+            )
+            status = conclude(task, attempt, [partial], resources, records, limits)
             return {"job_id": task.job_id, "status": status.value if status else None}
-        header = group(run_job_shard.s(payload, attempt, i, shards) for i in range(shards))
-        chord(header, merge_job.s(payload, attempt)).apply_async()
-        log.info("job %s: %d shards sent", task.job_id, shards)
+        records.plan(task.job_id, attempt, shards)
+        kept = records.partials(task.job_id)
+        missing = [i for i in range(shards) if i not in kept]
+        if not missing:  # every shard was run by an earlier attempt: only the merge is left
+            return _merge(task, attempt, shards, records, resources, limits)
+        group(run_job_shard.s(payload, attempt, i, shards) for i in missing).apply_async()
+        # The shards hold leases of their own from here.
+        records.release(task.job_id, attempt)
+        log.info("job %s: %d of %d shards sent", task.job_id, len(missing), shards)
         return {"job_id": task.job_id, "status": "running", "attempt": attempt, "shards": shards}
 
 
 @app.task(name=SHARD_TASK, bind=True, base=JobTaskBase)
 def run_job_shard(
     self: Task, payload: dict[str, Any], attempt: int, shard: int, shards: int
-) -> Partial:
-    """One shard of a job; its partial result (small JSON, kept in the result backend)."""
-    task = JobTask.model_validate(payload)
-    with job_logging(task.job_id):
-        return run_shard(
-            task, attempt, shard, shards, _child_resources(), _records(task), _limits()
-        )
-
-
-@app.task(name=MERGE_TASK, bind=True, base=JobTaskBase)
-def merge_job(
-    self: Task, partials: list[Partial], payload: dict[str, Any], attempt: int
 ) -> dict[str, Any]:
-    """The chord's callback: merge the shards' partials and write the job's result."""
+    """One shard of a job: keep its partial in the record; the last one merges them all."""
     task = JobTask.model_validate(payload)
     with job_logging(task.job_id):
-        status = conclude(task, attempt, partials, _child_resources(), _records(task), _limits())
+        records = _records(task)
+        resources = _child_resources()
+        limits = _limits()
+        partial = run_shard(
+            task, attempt, shard, shards, resources, records, limits, holder=self.request.id or ""
+        )
+        summary: dict[str, Any] = {"job_id": task.job_id, "shard": shard}
+        if SKIPPED in partial:
+            return {**summary, "status": partial[SKIPPED]}
+        if FAILED in partial:  # the job failed, was cancelled or superseded: end it now
+            status = conclude(task, attempt, [partial], resources, records, limits)
+            return {**summary, "status": status.value if status else None}
+        if not records.store_partial(task.job_id, attempt, shard, shards, json.dumps(partial)):
+            return {**summary, "status": "kept"}
+        return {**summary, **_merge(task, attempt, shards, records, resources, limits)}
+
+
+def _merge(
+    task: JobTask,
+    attempt: int,
+    shards: int,
+    records: RedisRecords,
+    resources: Resources,
+    limits: Limits,
+) -> dict[str, Any]:
+    """Merge the kept partials, in shard order, and write the job's result."""
+    kept = records.partials(task.job_id)
+    partials: list[Partial] = [json.loads(kept[i]) for i in range(shards)]
+    status = conclude(task, attempt, partials, resources, records, limits)
     return {"job_id": task.job_id, "status": status.value if status else None}

@@ -19,7 +19,7 @@ import anyio.to_thread
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from schemas.jobs import JOB_QUEUE, JOB_TASK, JobTask
+from schemas.jobs import JOB_QUEUE, JOB_TASK, SHARD_TASK, JobTask
 from service.jobs.transport import QueueUnavailable
 
 
@@ -80,14 +80,22 @@ class CeleryTransport:
     async def submit(self, task: JobTask) -> None:
         await anyio.to_thread.run_sync(self._send, task)
 
-    def _send(self, task: JobTask) -> None:
+    def _send(self, task: JobTask, task_id: str | None = None) -> None:
+        self._send_task(JOB_TASK, [task.model_dump(mode="json")], task_id or task.job_id)
+
+    def send_again(self, task: JobTask, task_id: str) -> None:
+        """Send a job whose worker was lost again, as a task of its own id (blocking)."""
+        self._send(task, task_id)
+
+    def send_shard(
+        self, task: JobTask, attempt: int, shard: int, shards: int, task_id: str
+    ) -> None:
+        """Send one shard of a job again (blocking)."""
+        self._send_task(SHARD_TASK, [task.model_dump(mode="json"), attempt, shard, shards], task_id)
+
+    def _send_task(self, name: str, args: list[Any], task_id: str) -> None:
         try:
-            self._client.send_task(
-                JOB_TASK,
-                args=[task.model_dump(mode="json")],
-                task_id=task.job_id,
-                queue=JOB_QUEUE,
-            )
+            self._client.send_task(name, args=args, task_id=task_id, queue=JOB_QUEUE)
         except (OperationalError, OSError) as exc:
             raise QueueUnavailable(f"cannot send the job to Redis at {self._url}: {exc}") from exc
 

@@ -7,6 +7,7 @@ one mapping in :mod:`service.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -24,6 +25,7 @@ from schemas.jobs import JobRead, JobRecord, JobStatus, JobTask, fingerprint
 from service.concurrency import TorchPool
 from service.errors import ApiError
 from service.jobs.callbacks import CallbackHosts
+from service.jobs.sweeper import LeaseSweeper
 from service.jobs.transport import (
     QUEUE_RETRY_AFTER_S,
     JobTransport,
@@ -119,6 +121,15 @@ class JobManager:
         self._pool = pool
         self._ttl = ttl_seconds
         self._max_active = max_active
+        self.sweeper: LeaseSweeper | None = None
+        self._sweeping: asyncio.Task[None] | None = None
+        self.on_ended: Callable[[JobTask], None] | None = None
+        """Runs after a cancel ended a running job at once (its worker was lost)."""
+
+    async def start(self) -> None:
+        """Start what runs beside the requests: the lease sweeper, when there is one."""
+        if self.sweeper is not None and self.sweeper.interval_s > 0:
+            self._sweeping = asyncio.get_running_loop().create_task(self.sweeper.run())
 
     async def _io(self, call: Callable[..., T], *args: Any) -> T:
         """Call the records: in a thread when they do I/O (Redis), else right here."""
@@ -272,7 +283,7 @@ class JobManager:
         return record, get_kind(record.kind).result_type.model_validate_json(raw)
 
     async def cancel(self, job_id: str, owner: str) -> JobRead[Any, Any]:
-        await self._record(job_id, owner)  # the owner never changes: no race with this check
+        before = await self._record(job_id, owner)  # the owner never changes: no race here
         try:
             record = await self._io(self.records.cancel, job_id)
         except JobNotFound:
@@ -285,6 +296,20 @@ class JobManager:
                 "job_finished",
                 f"job {job_id!r} has already {record.status.value}; there is nothing to cancel",
             )
+        if (
+            before.status == JobStatus.RUNNING
+            and record.status == JobStatus.CANCELLED
+            and self.on_ended is not None
+        ):
+            # Its lease had lapsed: the cancel ended it here, and nothing else will say so.
+            task = JobTask(
+                job_id=record.id,
+                kind=record.kind,
+                model=record.model,
+                request=record.request,
+                ttl_seconds=self._ttl,
+            )
+            await anyio.to_thread.run_sync(self.on_ended, task)
         return record.read()
 
     async def delete(self, job_id: str, owner: str) -> None:
@@ -357,5 +382,9 @@ class JobManager:
         return checks
 
     async def close(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeping
         await self.transport.close()
         await self._io(self.records.close)

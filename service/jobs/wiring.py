@@ -9,9 +9,11 @@ from cnnviz.threads import CoreShare
 from service.concurrency import TorchPool
 from service.jobs.callbacks import CallbackHosts
 from service.jobs.manager import JobManager
+from service.jobs.sweeper import LeaseSweeper
 from service.settings import Settings
 from workers.callbacks import CallbackPolicy
 from workers.kinds import Resources
+from workers.run import Limits, ended
 
 
 def build_jobs(
@@ -48,15 +50,28 @@ def build_jobs(
             connect_timeout_s=2.0,
             timeout_s=5.0,
         )
+        transport = CeleryTransport(
+            settings.redis_url, check_interval_s=settings.queue_check_interval
+        )
         manager = JobManager(
             records,
-            CeleryTransport(settings.redis_url, check_interval_s=settings.queue_check_interval),
+            transport,
             resources,
             pool,
             settings.job_ttl_seconds,
             settings.max_active_jobs_per_owner,
         )
         _configure(manager, settings)
+        limits = Limits(callback=callback_policy(settings))
+        manager.sweeper = LeaseSweeper(
+            records,
+            transport.send_again,
+            transport.send_shard,
+            ttl_seconds=settings.job_ttl_seconds,
+            interval_s=settings.lease_sweep_interval,
+            limits=limits,
+        )
+        manager.on_ended = lambda task: ended(task, records, limits)
         return manager
     from service.jobs.inprocess import InProcessTransport
     from workers.records.memory import MemoryRecords
@@ -67,7 +82,7 @@ def build_jobs(
         overflow=settings.inprocess_results_overflow,
         results_dir=settings.inprocess_results_dir,
     )
-    transport = InProcessTransport(
+    executor = InProcessTransport(
         memory,
         resources,
         workers=settings.inprocess_job_workers,
@@ -79,7 +94,7 @@ def build_jobs(
     )
     manager = JobManager(
         memory,
-        transport,
+        executor,
         resources,
         pool,
         settings.job_ttl_seconds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,8 @@ from tests.jobs.datasets import SMALL, SMALL_IMAGES, assert_same_exemplars
 from tests.jobs.procs import CeleryWorker, RedisServer, serve
 
 BODY = {"dataset": SMALL, "layers": ["block2.relu", "fc"], "k": 6, "bottom": True}
-# Lost messages come back within seconds (soft < hard < visibility timeout).
-REDELIVER_SOON = {
-    "CNNVIZ_JOB_SOFT_TIME_LIMIT": "20",
-    "CNNVIZ_JOB_TIME_LIMIT": "21",
-    "CNNVIZ_BROKER_VISIBILITY_TIMEOUT": "22",
-    "CNNVIZ_BROKER_RESTORE_INTERVAL": "0.5",
-}
+# A lost worker's leases lapse within seconds (Celery's visibility timeout: the default hour).
+LEASE_SOON = {"CNNVIZ_JOB_LEASE_INTERVAL": "0.5", "CNNVIZ_JOB_LEASE_TIMEOUT": "3"}
 
 
 def run(api: httpx.Client, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
@@ -152,25 +148,30 @@ def test_two_celery_workers_and_five_shards_give_the_in_process_result(
 def test_a_killed_shard_worker_still_gives_the_full_result(
     fresh_redis: RedisServer, tmp_path: Path
 ) -> None:
+    """The whole worker lost mid-shard: the lost shard's lease lapses, the API's sweeper
+    sends that shard again, and the shards done before are not run again."""
     body = {"dataset": "shapes", "layers": ["block3.relu"], "k": 4}
     env = {
-        **REDELIVER_SOON,
+        **LEASE_SOON,
         "CNNVIZ_EXEMPLAR_SHARD_IMAGES": "300",
         "CNNVIZ_EXEMPLAR_BATCH_SIZE": "16",
     }
     first = CeleryWorker(fresh_redis.url, tmp_path, env).start()
     second = CeleryWorker(fresh_redis.url, tmp_path, env)
     try:
-        with serve(create_app(api_settings(fresh_redis.url))) as api:
+        settings = api_settings(fresh_redis.url, lease_sweep_interval=0.5)
+        with serve(create_app(settings)) as api:
             response = api.post("/v1/models/shapes/exemplars", json=body)
             job_id = response.json()["id"]
-            wait_job(api, job_id, {"running"}, step=1)
+            wait_job(api, job_id, {"running"}, step=700)  # two shards of 300 done, a third runs
             first.kill()  # the whole worker, parent and pool child, mid-shard
             assert job(api, job_id)["status"] == "running"
             second.start()
             done = wait_job(api, job_id, timeout=180)
             assert done["status"] == "succeeded", done["error"]
             assert done["progress"]["step"] == done["result"]["images"] == 2400
+            ran = len(re.findall(r"Task cnnviz\.job\.shard\[\S+\] received", second.log(tail=None)))
+            assert 0 < ran <= 6  # of 8 shards: the two kept before the kill did not run again
         with serve(create_app(api_settings(None))) as api:
             single = run(api, body)["result"]
         assert_same_exemplars(done["result"], single)

@@ -13,7 +13,7 @@ import torch
 from celery.exceptions import TimeLimitExceeded
 from pydantic import ValidationError
 
-from schemas.jobs import JOB_QUEUE, JOB_TASK, MERGE_TASK, SHARD_TASK, JobRecord, JobStatus, JobTask
+from schemas.jobs import JOB_QUEUE, JOB_TASK, SHARD_TASK, JobRecord, JobStatus, JobTask
 from schemas.optimization import OptimizationCreate
 from tests.jobs.procs import ROOT, RedisServer
 from workers.config import WorkerSettings
@@ -31,7 +31,7 @@ def test_the_celery_settings_long_gpu_jobs_need() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"]
     assert conf.task_serializer == conf.result_serializer == "json"
-    for name in (JOB_TASK, SHARD_TASK, MERGE_TASK):
+    for name in (JOB_TASK, SHARD_TASK):
         assert conf.task_routes[name] == {"queue": JOB_QUEUE}
         assert name in app.tasks
     assert conf.worker_pool == "prefork"

@@ -7,8 +7,8 @@ API look kinds up by name; nothing dispatches on a kind's name.
 A job runs as one or more **shards**: :meth:`JobKind.shards` says how many, each shard runs
 :meth:`JobKind.run_shard` and returns a small JSON partial, and :meth:`JobKind.merge` makes
 the result of the partials in shard order. A kind that does not split (optimization) has
-one shard. The in-process transport runs the shards one after another; Celery runs them as a
-group on any number of workers and merges them in a chord callback.
+one shard. The in-process transport runs the shards one after another; Celery runs them as
+tasks on any number of workers, and the shard that finishes last merges them.
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ class JobContext:
 
     ``report`` is called at most every ``progress_interval_s`` (and on the first and last
     report); a kind asks :meth:`preview_due` before it pays for a preview picture.
+
+    A kind that can resume (optimization) saves its state every ``checkpoint_steps`` steps
+    through :meth:`save_checkpoint`; ``resume`` is the latest state an earlier attempt saved,
+    which a new attempt goes on from.
     """
 
     def __init__(
@@ -96,8 +100,14 @@ class JobContext:
         progress_interval_s: float = 0.5,
         preview_interval_s: float = 2.0,
         on_attach: Callable[[bytes], None] | None = None,
+        on_checkpoint: Callable[[bytes], None] | None = None,
+        checkpoint_steps: int = 0,
+        resume: bytes | None = None,
     ) -> None:
         self.job_id = job_id
+        self._on_checkpoint = on_checkpoint
+        self.checkpoint_steps = checkpoint_steps if on_checkpoint is not None else 0
+        self.resume = resume
         self._on_attach = on_attach
         self._on_progress = on_progress
         self._should_cancel = should_cancel
@@ -134,6 +144,11 @@ class JobContext:
         served as ``GET /v1/jobs/{id}/result.npy`` and ``.safetensors``."""
         if self._on_attach is not None:
             self._on_attach(arrays)
+
+    def save_checkpoint(self, state: bytes) -> None:
+        """Keep the shard's state for a later attempt to resume from (replacing the last)."""
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(state)
 
     def report(self, progress: Progress, preview: bytes | None = None) -> None:
         """Send progress (and a preview PNG, if one was made because it was due)."""

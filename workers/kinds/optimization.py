@@ -12,7 +12,15 @@ import torch
 from cnnviz.errors import InvalidArgumentError
 from cnnviz.imaging import encode_png
 from cnnviz.models import LoadedModel
-from cnnviz.optvis import RenderSettings, StepReport, check_objective, objectives, visualize
+from cnnviz.optvis import (
+    RenderCheckpoint,
+    RenderResult,
+    RenderSettings,
+    StepReport,
+    check_objective,
+    objectives,
+    visualize,
+)
 from cnnviz.optvis.objectives import Objective
 from schemas.jobs import Progress, result_png_path, unit_png_path
 from schemas.optimization import (
@@ -163,6 +171,19 @@ def _attach_images(images: torch.Tensor, context: JobContext) -> None:
     context.attach(safetensors.torch.save({RAW_IMAGES: tensor}))
 
 
+def _checkpoint(context: JobContext) -> RenderCheckpoint | None:
+    """The state an earlier attempt of the job saved, to resume from; None: start afresh."""
+    if context.resume is None:
+        return None
+    try:
+        state = RenderCheckpoint.from_bytes(context.resume)
+    except InvalidArgumentError as exc:
+        log.warning("job %s: checkpoint unreadable (%s); starting from step 0", context.job_id, exc)
+        return None
+    log.info("job %s: resuming from step %d of chunk %d", context.job_id, state.step, state.chunk)
+    return state
+
+
 def optimize(
     request: OptimizationCreate, loaded: LoadedModel, context: JobContext | None = None
 ) -> OptimizationResult:
@@ -170,9 +191,40 @@ def optimize(
 
     ``context`` (optional) is checked after every step, so a cancel or a deadline stops the
     run, and gets progress after the first step, then at most every progress interval, and
-    after the last step; a preview grid rides along at most every preview interval (the
-    first 64 images, shrunk: see :mod:`workers.kinds.optimization_pictures`, whose memory
-    the render's budget sets aside).
+    objective = build_objective(request)
+    assert request.image_size is not None
+    reserve = preview_reserve(
+        objective.n_units, request.images_per_unit, loaded.spec.channels, request.image_size
+    )
+
+    def render(resume: RenderCheckpoint | None) -> RenderResult:
+        return visualize(
+            loaded.module,
+            objective,
+            # The model is fed its own input shape; render resizes the image_size image to it.
+            input_shape=loaded.spec.input_shape,
+            mean=loaded.spec.mean,
+            std=loaded.spec.std,
+            settings=render_settings(request),
+            device=loaded.device,
+            on_step=on_step,
+            model_name=loaded.spec.name,
+            reserve_bytes=reserve,
+            resume=resume,
+            on_checkpoint=lambda state: context.save_checkpoint(state.to_bytes()),
+            checkpoint_every=context.checkpoint_steps,
+        )
+
+    resume = _checkpoint(context)
+    try:
+        rendered = render(resume)
+    except InvalidArgumentError:
+        if resume is None:
+            raise
+        # A checkpoint the render does not take (cut into other chunks, by a worker with
+        # another memory budget) is refused before any step: start over.
+        log.warning("job %s: checkpoint not usable; starting from step 0", context.job_id)
+        rendered = render(None)
     """
     started = time.monotonic()
     context = context or JobContext()
@@ -204,19 +256,35 @@ def optimize(
     reserve = preview_reserve(
         objective.n_units, request.images_per_unit, loaded.spec.channels, request.image_size
     )
-    rendered = visualize(
-        loaded.module,
-        objective,
-        # The model is fed its own input shape; render resizes the image_size image to it.
-        input_shape=loaded.spec.input_shape,
-        mean=loaded.spec.mean,
-        std=loaded.spec.std,
-        settings=render_settings(request),
-        device=loaded.device,
-        on_step=on_step,
-        model_name=loaded.spec.name,
-        reserve_bytes=reserve,
-    )
+
+    def render(resume: RenderCheckpoint | None) -> RenderResult:
+        return visualize(
+            loaded.module,
+            objective,
+            # The model is fed its own input shape; render resizes the image_size image to it.
+            input_shape=loaded.spec.input_shape,
+            mean=loaded.spec.mean,
+            std=loaded.spec.std,
+            settings=render_settings(request),
+            device=loaded.device,
+            on_step=on_step,
+            model_name=loaded.spec.name,
+            reserve_bytes=reserve,
+            resume=resume,
+            on_checkpoint=lambda state: context.save_checkpoint(state.to_bytes()),
+            checkpoint_every=context.checkpoint_steps,
+        )
+
+    resume = _checkpoint(context)
+    try:
+        rendered = render(resume)
+    except InvalidArgumentError:
+        if resume is None:
+            raise
+        # A checkpoint the render does not take (cut into other chunks, by a worker with
+        # another memory budget) is refused before any step: start over.
+        log.warning("job %s: checkpoint not usable; starting from step 0", context.job_id)
+        rendered = render(None)
     _attach_images(rendered.images, context)
     tiles = pixels(rendered.images)
     settings, precision = asdict(rendered.settings), rendered.precision

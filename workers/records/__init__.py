@@ -11,9 +11,11 @@ from workers.records.base import (
     JobNotFinished,
     JobNotFound,
     JobRecords,
+    Lapsed,
     QuotaExceeded,
     RecordsUnavailable,
     ResultExpired,
+    ShardStart,
 )
 
 __all__ = [
@@ -22,7 +24,9 @@ __all__ = [
     "JobNotFinished",
     "JobNotFound",
     "JobRecords",
+    "Lapsed",
     "QuotaExceeded",
     "RecordsUnavailable",
     "ResultExpired",
+    "ShardStart",
 ]

@@ -14,6 +14,7 @@ Methods block (the Redis backend does I/O): the API calls them off its event loo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
@@ -25,8 +26,10 @@ __all__ = [
     "JobNotFinished",
     "JobNotFound",
     "JobRecords",
+    "Lapsed",
     "RecordsUnavailable",
     "ResultExpired",
+    "ShardStart",
 ]
 
 
@@ -70,6 +73,33 @@ class Idempotency:
 
     digest: str
     fingerprint: str
+
+
+class ShardStart(StrEnum):
+    """What a delivery of one shard of a job of several shards is to do."""
+
+    RUN = "run"
+    DONE = "done"  # its partial is stored (an earlier delivery or attempt ran it)
+    LEASED = "leased"  # another delivery holds a live lease on it and runs it
+    STOP = "stop"  # cancelled, superseded, gone, or delivered too often (the job failed)
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    """A lease that lapsed, as the sweeper claimed it.
+
+    ``action`` says what the sweeper must do: ``job``: send the job again (its record is
+    ``queued`` for its next attempt); ``shard``: send shard ``shard`` of ``attempt`` again
+    (one of ``shards``); ``cancelled``: the job was asked to stop and is now cancelled (its
+    callback is due). ``delivery`` numbers the sends of the job, for a task id of its own.
+    """
+
+    job_id: str
+    action: str
+    shard: int = 0
+    shards: int = 1
+    attempt: int = 0
+    delivery: int = 0
 
 
 class JobRecords(Protocol):
@@ -145,8 +175,24 @@ class JobRecords(Protocol):
 
     # ---- the runner's side ----
 
-    def start(self, job_id: str) -> int | None:
-        """Mark the job running; its attempt number, or None when it must not run."""
+    def start(self, job_id: str, holder: str = "") -> int | None:
+        """Mark the job running under a lease held by ``holder`` (the delivery: a task id);
+        its attempt number, or None when it must not run (finished, cancelled, gone, or
+        another delivery holds a live lease on it)."""
+
+    def renew(self, job_id: str, attempt: int, shard: int | None = None) -> bool:
+        """Extend the lease of the running attempt (of one shard of it, for a job of several
+        shards); False when the attempt, or this shard's delivery, must stop."""
+
+    def release(self, job_id: str, attempt: int) -> None:
+        """Drop the job's own lease: its shards, sent out, hold leases of their own."""
+
+    def save_checkpoint(self, job_id: str, attempt: int, data: bytes) -> None:
+        """Keep the current attempt's latest checkpoint (replacing the one before); best
+        effort: a job that cannot checkpoint still runs."""
+
+    def checkpoint(self, job_id: str) -> bytes | None:
+        """The latest checkpoint of the job (from any attempt), if one was saved."""
 
     def progress(
         self, job_id: str, attempt: int, progress: Progress, preview: bytes | None
@@ -160,8 +206,11 @@ class JobRecords(Protocol):
         """Record that ``shard`` has done ``done`` of its work; the job's progress is the sum
         over its shards, out of ``total``. A shard delivered again starts from 0 again."""
 
-    def start_shard(self, job_id: str, attempt: int, shard: int, max_deliveries: int) -> bool:
-        """Count a delivery of ``shard``; False when the attempt must not go on (stopped,
+    def start_shard(
+        self, job_id: str, attempt: int, shard: int, max_deliveries: int, holder: str = ""
+    ) -> ShardStart:
+        """Count a delivery of ``shard`` and give it the shard's lease; or say why not: its
+        partial is stored, another delivery holds it, or the attempt must not go on (stopped,
         superseded, or the shard was delivered more than ``max_deliveries`` times, which
         fails the job as ``worker_lost``)."""
 

@@ -31,6 +31,7 @@ from workers.records.base import (
     JobNotFound,
     QuotaExceeded,
     ResultExpired,
+    ShardStart,
     lost_error,
 )
 from workers.records.spill import ResultFiles
@@ -56,6 +57,7 @@ class _Entry:
     # Where a finished job's parts are: here, in files, or dropped past the cap.
     place: Literal["memory", "disk", "gone"] = "memory"
     moving: bool = False  # being written to files, outside the lock
+    checkpoint: bytes | None = None
     # Per shard of the current attempt: work done, and deliveries.
     shard_done: dict[int, int] = field(default_factory=dict)
     shard_deliveries: dict[int, int] = field(default_factory=dict)
@@ -311,7 +313,9 @@ class MemoryRecords:
 
     # ---- the executor's side (workers.run.Recorder) ----
 
-    def start(self, job_id: str) -> int | None:
+    def start(self, job_id: str, holder: str = "") -> int | None:
+        # One process: the executor that starts a job is the one that runs it, so there is
+        # no lease to hold (a lost process loses its records with it).
         with self._lock:
             try:
                 entry = self._entry(job_id)
@@ -329,7 +333,6 @@ class MemoryRecords:
                 status=JobStatus.RUNNING,
                 attempts=attempt,
                 started_at=record.started_at or time.time(),
-                progress=None,
             )
             entry.shard_done.clear()
             entry.shard_deliveries.clear()
@@ -359,18 +362,38 @@ class MemoryRecords:
                 step = min(sum(entry.shard_done.values()), total)
                 self._update(entry, progress=Progress(step=step, total=total, unit="images"))
 
-    def start_shard(self, job_id: str, attempt: int, shard: int, max_deliveries: int) -> bool:
+    def start_shard(
+        self, job_id: str, attempt: int, shard: int, max_deliveries: int, holder: str = ""
+    ) -> ShardStart:
         with self._lock:
             entry = self._current(job_id, attempt)
             if entry is None or entry.record.cancel:
-                return False
+                return ShardStart.STOP
             deliveries = entry.shard_deliveries.get(shard, 0) + 1
             entry.shard_deliveries[shard] = deliveries
             if deliveries > max_deliveries:
                 self._close(entry, JobStatus.FAILED, lost_error(max_deliveries))
-                return False
+                return ShardStart.STOP
             entry.shard_done[shard] = 0
-            return True
+            return ShardStart.RUN
+
+    def renew(self, job_id: str, attempt: int, shard: int | None = None) -> bool:
+        with self._lock:
+            return self._current(job_id, attempt) is not None
+
+    def release(self, job_id: str, attempt: int) -> None:
+        return None
+
+    def save_checkpoint(self, job_id: str, attempt: int, data: bytes) -> None:
+        with self._lock:
+            entry = self._current(job_id, attempt)
+            if entry is not None:
+                entry.checkpoint = data
+
+    def checkpoint(self, job_id: str) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(job_id)
+            return entry.checkpoint if entry is not None else None
 
     def should_stop(self, job_id: str, attempt: int) -> bool:
         with self._lock:
@@ -392,6 +415,7 @@ class MemoryRecords:
             if entry is None:
                 return False
             entry.result = result
+            entry.checkpoint = None
             self._close(entry, status, error, ttl_seconds)
         self._enforce_cap()
         return True

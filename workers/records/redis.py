@@ -37,8 +37,10 @@ from workers.records.base import (
     IdempotencyConflict,
     JobNotFinished,
     JobNotFound,
+    Lapsed,
     QuotaExceeded,
     RecordsUnavailable,
+    ShardStart,
     lost_error,
 )
 from workers.records.stats import Durations, bucket_labels
@@ -81,6 +83,25 @@ def arrays_key(job_id: str) -> str:
     return f"{KEY_PREFIX}{job_id}:arrays"
 
 
+def checkpoint_key(job_id: str) -> str:
+    """The latest checkpoint of a running job (bytes its kind wrote), for the next attempt."""
+    return f"{KEY_PREFIX}{job_id}:checkpoint"
+
+
+def partials_key(job_id: str) -> str:
+    """Per shard of a job of several shards: its partial (JSON), kept across attempts."""
+    return f"{KEY_PREFIX}{job_id}:partials"
+
+
+LEASES_KEY = "cnnviz:leases"
+"""The leases of running jobs and shards: a sorted set of ``<id>`` (a job's own lease) and
+``<id>#<shard>`` (a shard's), scored by when they lapse (Redis time, in milliseconds)."""
+
+
+def lease_member(job_id: str, shard: int | None = None) -> str:
+    return job_id if shard is None else f"{job_id}#{shard}"
+
+
 def owner_key(owner: str) -> str:
     """The ids of an owner's jobs that may be unfinished (finished ones are pruned lazily)."""
     return f"cnnviz:owner:{owner}:active"
@@ -94,6 +115,8 @@ def _keys(job_id: str) -> list[str]:
         preview_key(job_id),
         shards_key(job_id),
         arrays_key(job_id),
+        checkpoint_key(job_id),
+        partials_key(job_id),
     ]
 
 
@@ -103,6 +126,13 @@ _FINISHED = " or ".join(f"st == '{s.value}'" for s in JobStatus if s.finished)
 _CURRENT = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running'
    or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
+"""
+
+# Lua: Redis's own clock in milliseconds, so that leases written by workers and read by the
+# sweeper compare on one clock whatever the machines' clocks say.
+_NOW_MS = """
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 """
 
 # ---- the API's side ----
@@ -143,14 +173,26 @@ redis.call('EXPIRE', KEYS[3], ARGV[1])
 return {{'created', ARGV[3], ARGV[2]}}
 """
 
-# KEYS: record. ARGV: now. A queued job is cancelled here; a running one at its next check.
-_CANCEL = f"""
+# KEYS: record, leases. ARGV: now, ttl. A queued job is cancelled here, and so is a running
+# one whose lease lapsed (nothing runs it to see the flag); a running one at its next check.
+# 1: done; 2: the job ended here (its callback is due); 0: unknown.
+_CANCEL = f"""{_NOW_MS}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 0 end
 if {_FINISHED} then return 1 end
 redis.call('HSET', KEYS[1], 'cancel', '1')
-if st == 'queued' then
+local lapsed = false
+if st == 'running' then
+  local due = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '')
+  lapsed = due ~= nil and due <= now_ms
+end
+if st == 'queued' or lapsed then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  if st == 'running' then
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+    return 2
+  end
 end
 return 1
 """
@@ -176,18 +218,28 @@ return 1
 
 # ---- the runner's side ----
 
-# KEYS: record, shards. ARGV: now, max attempts, error JSON for too many attempts, ttl.
-_START = f"""
+# KEYS: record, shards, leases. ARGV: now, max attempts, error JSON for too many attempts,
+# ttl, holder (the delivery's task id), lease ms, lease member.
+# A delivery takes the job over from a running attempt only when that attempt's lease lapsed
+# or it is the same delivery again (Celery gives a killed pool child's message back at once):
+# a second message of a job that runs under a live lease (a restored original after the
+# sweeper sent the job again) does not stop it.
+_START = f"""{_NOW_MS}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {{'gone', 0}} end
 if {_FINISHED} then return {{'finished', 0}} end
 local function close(status)
   redis.call('HSET', KEYS[1], 'status', status, 'finished_at', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZREM', KEYS[3], ARGV[7])
 end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then
   close('cancelled')
   return {{'cancelled', 0}}
+end
+if st == 'running' and redis.call('HGET', KEYS[1], 'holder') ~= ARGV[5] then
+  local due = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if due > now_ms then return {{'leased', 0}} end
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempt > tonumber(ARGV[2]) then
@@ -195,11 +247,94 @@ if attempt > tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'error', ARGV[3])
   return {{'exhausted', attempt}}
 end
-redis.call('HSET', KEYS[1], 'status', 'running')
+local deadline = now_ms + tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], 'status', 'running', 'holder', ARGV[5], 'lease_until', deadline)
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
-redis.call('HDEL', KEYS[1], 'progress')
-redis.call('DEL', KEYS[2])
+redis.call('ZADD', KEYS[3], deadline, ARGV[7])
+-- Progress stays: the attempt resumes from the last checkpoint and reports from there.
+-- Delivery counts are per attempt; the work done by shards whose partials are kept stays.
+for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(field, 1, 2) == 'n:' or string.sub(field, 1, 7) == 'holder:' then
+    redis.call('HDEL', KEYS[2], field)
+  end
+end
 return {{'run', attempt}}
+"""
+
+# KEYS: record, leases. ARGV: attempt, lease member, lease ms, shard or '', holder or ''.
+# 1: renewed; 0: the attempt (or this delivery of the shard) must stop.
+_RENEW = f"""{_CURRENT}{_NOW_MS}
+local deadline = now_ms + tonumber(ARGV[3])
+if ARGV[4] == '' then
+  redis.call('HSET', KEYS[1], 'lease_until', deadline)
+else
+  local shards = KEYS[1] .. ':shards'
+  if redis.call('HGET', shards, 'holder:' .. ARGV[4]) ~= ARGV[5] then return 0 end
+  -- The job's lease is the latest of its shards': cancel ends it at once only when all lapsed.
+  local due = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if deadline > due then redis.call('HSET', KEYS[1], 'lease_until', deadline) end
+end
+redis.call('ZADD', KEYS[2], deadline, ARGV[2])
+return 1
+"""
+
+# KEYS: record, leases. ARGV: attempt, lease member.
+_RELEASE = f"""{_CURRENT}
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: record, checkpoint. ARGV: attempt, the bytes. Only the current attempt checkpoints.
+_SAVE_CHECKPOINT = f"""{_CURRENT}
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+else redis.call('SET', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+# KEYS: leases. ARGV: most claims, ttl of a record that ends here, lease ms.
+# Every lapsed lease, claimed once (whoever runs the sweep: one API or many). A job's own
+# lease puts the job back to queued for its next attempt; a shard's frees the shard; a job
+# asked to stop is cancelled. A claim to send something again keeps its member, due a lease
+# from now times the sends so far (at most 10): if what was sent has not started by then
+# (the send was lost, or waits behind a long queue), it is claimed and sent again, less and
+# less often; copies are harmless (a start under a live lease is refused), only wasteful.
+# Returns {id, action, shard, shards, attempt, delivery} per claim, where delivery numbers
+# the sends of this job (for a fresh task id).
+_SWEEP = f"""{_NOW_MS}
+local claims = {{}}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0,
+                                   tonumber(ARGV[1]))) do
+  local sep = string.find(member, '#', 1, true)
+  local id = sep and string.sub(member, 1, sep - 1) or member
+  local shard = sep and string.sub(member, sep + 1) or ''
+  local rec = '{KEY_PREFIX}' .. id
+  local st = redis.call('HGET', rec, 'status')
+  local attempt = redis.call('HGET', rec, 'attempts') or '0'
+  local shards = redis.call('HGET', rec, 'shards') or '1'
+  if st == 'running' and redis.call('HGET', rec, 'cancel') == '1' then
+    redis.call('ZREM', KEYS[1], member)
+    redis.call('HSET', rec, 'status', 'cancelled', 'finished_at', now_ms / 1000)
+    redis.call('EXPIRE', rec, ARGV[2])
+    table.insert(claims, {{id, 'cancelled', '0', shards, attempt, '0'}})
+  elseif (st == 'running' or st == 'queued') and shard == '' then
+    if st == 'running' then
+      redis.call('HSET', rec, 'status', 'queued')
+      redis.call('HDEL', rec, 'holder', 'lease_until')
+    end
+    local delivery = redis.call('HINCRBY', rec, 'resent', 1)
+    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]) * math.min(delivery, 10), member)
+    table.insert(claims, {{id, 'job', '0', shards, attempt, tostring(delivery)}})
+  elseif st == 'running' then
+    redis.call('HDEL', rec .. ':shards', 'holder:' .. shard)
+    local delivery = redis.call('HINCRBY', rec, 'resent', 1)
+    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]) * math.min(delivery, 10), member)
+    table.insert(claims, {{id, 'shard', shard, shards, attempt, tostring(delivery)}})
+  else
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return claims
 """
 
 # KEYS: record, preview. ARGV: attempt, progress JSON, preview PNG or ''.
@@ -237,24 +372,58 @@ redis.call('HSET', KEYS[1], 'progress',
 return 1
 """
 
-# KEYS: record, shards. ARGV: attempt, shard, max deliveries, now, error JSON, ttl.
-# 1: go on; 0: stop (not current, cancelled, or delivered too often: the job fails).
-_START_SHARD = f"""{_CURRENT}
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 0 end
+# KEYS: record, shards, partials, leases. ARGV: attempt, shard, max deliveries, now, error
+# JSON, ttl, holder, lease ms, lease member.
+# 'run', 'done' (its partial is kept), 'leased' (another delivery runs it) or 'stop' (not
+# current, cancelled, or delivered too often: the job fails).
+_START_SHARD = f"""
+if redis.call('HGET', KEYS[1], 'status') ~= 'running'
+   or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 'stop' end
+{_NOW_MS}
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'stop' end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 'done' end
+local holder = redis.call('HGET', KEYS[2], 'holder:' .. ARGV[2])
+if holder and holder ~= ARGV[7] then
+  local due = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[9]) or '0')
+  if due > now_ms then return 'leased' end
+end
 local n = redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[2], 1)
-redis.call('HSET', KEYS[2], 'done:' .. ARGV[2], 0)
+redis.call('HSET', KEYS[2], 'done:' .. ARGV[2], 0, 'holder:' .. ARGV[2], ARGV[7])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 if n > tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[4], 'error', ARGV[5])
   redis.call('EXPIRE', KEYS[1], ARGV[6])
-  return 0
+  redis.call('ZREM', KEYS[4], ARGV[9])
+  return 'stop'
 end
+local deadline = now_ms + tonumber(ARGV[8])
+redis.call('ZADD', KEYS[4], deadline, ARGV[9])
+local due = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+if deadline > due then redis.call('HSET', KEYS[1], 'lease_until', deadline) end
+return 'run'
+"""
+
+# KEYS: record, partials, leases. ARGV: attempt, shard, partial JSON, shards, lease member.
+# 0: not current (dropped); 1: kept, more to come; 2: kept, and it was the last: merge now;
+# 3: another delivery had kept it already.
+_STORE_PARTIAL = f"""{_CURRENT}
+redis.call('ZREM', KEYS[3], ARGV[5])
+if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then return 3 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 2 end
 return 1
 """
 
-# KEYS: record, result, preview, shards. ARGV: attempt, status, now, error JSON or '',
-# result JSON or '', ttl.
+# KEYS: record. ARGV: attempt, shards. The number of shards, for the sweeper.
+_PLAN = f"""{_CURRENT}
+redis.call('HSET', KEYS[1], 'shards', ARGV[2])
+return 1
+"""
+
+# KEYS: every key of the job (record, result, preview, shards, arrays, checkpoint, partials),
+# then the leases. ARGV: attempt, status, now, error JSON or '', result JSON or '', ttl.
 _FINISH = f"""{_CURRENT}
 if ARGV[2] == 'succeeded' then
   if not redis.call('SET', KEYS[2], ARGV[5], 'NX', 'EX', ARGV[6]) then return 0 end
@@ -263,7 +432,8 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ARGV[6]) end
-redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
+redis.call('ZREM', KEYS[8], redis.call('HGET', KEYS[1], 'id'))
 local idem = redis.call('HGET', KEYS[1], 'idem')
 if idem then redis.call('EXPIRE', idem, ARGV[6]) end
 return 1
@@ -274,8 +444,10 @@ class RedisRecords:
     """:class:`~workers.records.base.JobRecords` in Redis, for the API and the workers alike.
 
     ``max_attempts`` bounds deliveries of one job (and of one shard) before it fails as
-    ``worker_lost``. The API passes short timeouts and no retries, so that a request gets a
-    clear 503 at once while Redis is down; a worker retries its final write for
+    ``worker_lost``. ``lease_s`` is how long a lease lasts from its last renewal: a worker
+    renews it every few seconds while it runs the job, and a job whose lease lapsed is the
+    sweeper's (:meth:`sweep`). The API passes short timeouts and no retries, so that a request
+    gets a clear 503 at once while Redis is down; a worker retries its final write for
     ``finish_retry_s``.
     """
 
@@ -291,6 +463,7 @@ class RedisRecords:
         finish_retry_s: float = 30.0,
         connect_timeout_s: float = 2.0,
         timeout_s: float = 10.0,
+        lease_s: float = 30.0,
     ) -> None:
         if isinstance(url_or_client, str):
             url_or_client = redis.Redis.from_url(
@@ -305,6 +478,9 @@ class RedisRecords:
         self._ttl = ttl_seconds
         self._stop_interval = stop_check_interval_s
         self._finish_retry_s = finish_retry_s
+        self._lease_ms = int(lease_s * 1000)
+        # Per (job, shard): the task id of the delivery this process runs, for its renewals.
+        self._holders: dict[tuple[str, int], str] = {}
         script = self._client.register_script
         self._create = script(_CREATE)
         self._cancel = script(_CANCEL)
@@ -316,6 +492,12 @@ class RedisRecords:
         self._start_shard = script(_START_SHARD)
         self._finish = script(_FINISH)
         self._attach = script(_ATTACH)
+        self._renew = script(_RENEW)
+        self._release = script(_RELEASE)
+        self._save_checkpoint = script(_SAVE_CHECKPOINT)
+        self._sweep = script(_SWEEP)
+        self._store_partial = script(_STORE_PARTIAL)
+        self._plan = script(_PLAN)
         # Per (job, attempt): when the flag was last read, and whether the attempt must stop.
         self._checked: dict[tuple[str, int], float] = {}
         self._stopped: set[tuple[str, int]] = set()
@@ -377,9 +559,35 @@ class RedisRecords:
         return raw
 
     def cancel(self, job_id: str) -> JobRecord:
-        if not self._call(self._cancel, keys=[record_key(job_id)], args=[time.time()]):
+        outcome = self._call(
+            self._cancel,
+            keys=[record_key(job_id), LEASES_KEY],
+            args=[time.time(), self._ttl, lease_member(job_id)],
+        )
+        if not outcome:
             raise JobNotFound(job_id)
         return self.get(job_id)
+
+    def sweep(self, limit: int = 100) -> list[Lapsed]:
+        """Claim the leases that lapsed (at most ``limit``): what to send again, and the jobs
+        that ended cancelled here. A claim is made once, whoever else sweeps."""
+        claims = self._call(self._sweep, keys=[LEASES_KEY], args=[limit, self._ttl, self._lease_ms])
+        return [
+            Lapsed(
+                job_id=job_id.decode(),
+                action=action.decode(),
+                shard=int(shard),
+                shards=int(shards),
+                attempt=int(attempt),
+                delivery=int(delivery),
+            )
+            for job_id, action, shard, shards, attempt, delivery in claims
+        ]
+
+    def leases(self) -> dict[str, float]:
+        """Every lease now held: its member and when it lapses (epoch seconds)."""
+        raw = self._call(self._client.zrange, LEASES_KEY, 0, -1, withscores=True)
+        return {member.decode(): score / 1000 for member, score in raw}
 
     def delete(self, job_id: str) -> None:
         outcome = self._call(self._delete, keys=_keys(job_id))
@@ -465,21 +673,82 @@ class RedisRecords:
 
     # ---- the runner's side ----
 
-    def start(self, job_id: str) -> int | None:
+    def start(self, job_id: str, holder: str = "") -> int | None:
         outcome, attempt = self._call(
             self._start,
-            keys=[record_key(job_id), shards_key(job_id)],
+            keys=[record_key(job_id), shards_key(job_id), LEASES_KEY],
             args=[
                 time.time(),
                 self._max_attempts,
                 lost_error(self._max_attempts).model_dump_json(),
                 self._ttl,
+                holder,
+                self._lease_ms,
+                lease_member(job_id),
             ],
         )
         if outcome != b"run":
             log.info("job %s not started: %s", job_id, outcome.decode())
             return None
         return int(attempt)
+
+    def renew(self, job_id: str, attempt: int, shard: int | None = None) -> bool:
+        holder = "" if shard is None else self._holders.get((job_id, shard), "")
+        try:
+            renewed = self._renew(
+                keys=[record_key(job_id), LEASES_KEY],
+                args=[
+                    attempt,
+                    lease_member(job_id, shard),
+                    self._lease_ms,
+                    "" if shard is None else shard,
+                    holder,
+                ],
+            )
+        except redis.RedisError as exc:
+            # Redis away for a moment: go on; the lease lapses only if it stays away.
+            log.warning("job %s: lease not renewed: %s", job_id, exc)
+            return True
+        if not renewed:
+            self._stopped.add((job_id, attempt))
+        return bool(renewed)
+
+    def release(self, job_id: str, attempt: int) -> None:
+        self._call(self._release, keys=[record_key(job_id), LEASES_KEY], args=[attempt, job_id])
+
+    def plan(self, job_id: str, attempt: int, shards: int) -> None:
+        """Note how many shards the attempt has (the sweeper sends a lapsed one again)."""
+        self._call(self._plan, keys=[record_key(job_id)], args=[attempt, shards])
+
+    def save_checkpoint(self, job_id: str, attempt: int, data: bytes) -> None:
+        self._best_effort(
+            job_id,
+            attempt,
+            self._save_checkpoint,
+            keys=[record_key(job_id), checkpoint_key(job_id)],
+            args=[attempt, data],
+        )
+
+    def checkpoint(self, job_id: str) -> bytes | None:
+        raw: bytes | None = self._call(self._client.get, checkpoint_key(job_id))
+        return raw
+
+    def store_partial(
+        self, job_id: str, attempt: int, shard: int, shards: int, partial: str
+    ) -> bool:
+        """Keep a shard's partial; True when it was the last one missing (merge now)."""
+        outcome = self._call(
+            self._store_partial,
+            keys=[record_key(job_id), partials_key(job_id), LEASES_KEY],
+            args=[attempt, shard, partial, shards, lease_member(job_id, shard)],
+        )
+        self._holders.pop((job_id, shard), None)
+        return bool(outcome == 2)
+
+    def partials(self, job_id: str) -> dict[int, str]:
+        """The partials kept so far, by shard."""
+        raw = self._call(self._client.hgetall, partials_key(job_id))
+        return {int(shard): value.decode() for shard, value in raw.items()}
 
     def progress(
         self, job_id: str, attempt: int, progress: Progress, preview: bytes | None
@@ -520,21 +789,28 @@ class RedisRecords:
         if not written:
             self._stopped.add((job_id, attempt))  # cancelled, superseded or deleted
 
-    def start_shard(self, job_id: str, attempt: int, shard: int, max_deliveries: int) -> bool:
-        return bool(
-            self._call(
-                self._start_shard,
-                keys=[record_key(job_id), shards_key(job_id)],
-                args=[
-                    attempt,
-                    shard,
-                    max_deliveries,
-                    time.time(),
-                    lost_error(max_deliveries).model_dump_json(),
-                    self._ttl,
-                ],
-            )
+    def start_shard(
+        self, job_id: str, attempt: int, shard: int, max_deliveries: int, holder: str = ""
+    ) -> ShardStart:
+        outcome = self._call(
+            self._start_shard,
+            keys=[record_key(job_id), shards_key(job_id), partials_key(job_id), LEASES_KEY],
+            args=[
+                attempt,
+                shard,
+                max_deliveries,
+                time.time(),
+                lost_error(max_deliveries).model_dump_json(),
+                self._ttl,
+                holder,
+                self._lease_ms,
+                lease_member(job_id, shard),
+            ],
         )
+        started = ShardStart(outcome.decode())
+        if started == ShardStart.RUN:
+            self._holders[(job_id, shard)] = holder
+        return started
 
     def should_stop(self, job_id: str, attempt: int) -> bool:
         key = (job_id, attempt)
@@ -577,7 +853,7 @@ class RedisRecords:
         delay = 0.2
         while True:
             try:
-                return bool(self._finish(keys=_keys(job_id), args=args))
+                return bool(self._finish(keys=[*_keys(job_id), LEASES_KEY], args=args))
             except (redis.ConnectionError, redis.TimeoutError):
                 # The script is idempotent: retrying after a lost reply cannot write twice.
                 if time.monotonic() > deadline:
