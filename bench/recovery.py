@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -58,6 +59,9 @@ def main() -> None:
     parser.add_argument("--lease-timeout", type=float, default=defaults.job_lease_timeout)
     parser.add_argument("--lease-interval", type=float, default=defaults.job_lease_interval)
     parser.add_argument("--checkpoint-steps", type=int, default=defaults.job_checkpoint_steps)
+    parser.add_argument(
+        "--checkpoint-interval", type=float, default=defaults.job_checkpoint_interval
+    )
     parser.add_argument("--sweep", type=float, default=Settings().lease_sweep_interval)
     args = parser.parse_args()
 
@@ -66,6 +70,7 @@ def main() -> None:
         "CNNVIZ_JOB_LEASE_TIMEOUT": str(args.lease_timeout),
         "CNNVIZ_JOB_LEASE_INTERVAL": str(args.lease_interval),
         "CNNVIZ_JOB_CHECKPOINT_STEPS": str(args.checkpoint_steps),
+        "CNNVIZ_JOB_CHECKPOINT_INTERVAL": str(args.checkpoint_interval),
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -98,9 +103,8 @@ def main() -> None:
                     record = _job(api, job_id)
                     return record if record["attempts"] >= 2 else None
 
-                running = wait_for(again, 3600, "the next attempt", interval=0.05)
+                wait_for(again, 3600, "the next attempt", interval=0.05)
                 back_s = time.monotonic() - killed_at
-                resumed_step = (running.get("progress") or {}).get("step", 0)
 
                 def finished() -> dict[str, Any] | None:
                     record = _job(api, job_id)
@@ -109,11 +113,8 @@ def main() -> None:
                 done = wait_for(finished, 3600, "the result", interval=0.05)
                 done_s = time.monotonic() - killed_at
                 assert done["status"] == "succeeded", done["error"]
-                resumed = [
-                    line
-                    for line in second.log(tail=None).splitlines()
-                    if "resuming from step" in line
-                ]
+                resumed = re.findall(r"resuming from step (\d+)", second.log(tail=None))
+                resumed_step = int(resumed[-1]) if resumed else 0
 
                 started = time.monotonic()
                 plain = _submit(api, body)
@@ -127,10 +128,14 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; job: {body}")
     print(
         f"lease {args.lease_timeout:g} s renewed every {args.lease_interval:g} s, sweep every "
-        f"{args.sweep:g} s, checkpoint every {args.checkpoint_steps} steps; "
+        f"{args.sweep:g} s, checkpoint every {args.checkpoint_steps} steps and at most every "
+        f"{args.checkpoint_interval:g} s; "
         "Celery visibility timeout: the default (3900 s)"
     )
-    print(f"killed at step {killed_step}; resumed at step {resumed_step}: {resumed[-1:]}")
+    print(
+        f"killed at step {killed_step}; the next attempt resumed at step {resumed_step} "
+        f"({killed_step - resumed_step} steps done again)"
+    )
     print(f"new worker up after the kill:        {started_s:6.1f} s")
     print(f"job running again (attempt 2) after: {back_s:6.1f} s")
     print(f"job succeeded after:                 {done_s:6.1f} s")

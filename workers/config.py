@@ -63,6 +63,12 @@ class WorkerSettings(BaseSettings):
         description="optimization steps between checkpoints, which a job's next attempt "
         "resumes from (0: none)",
     )
+    job_checkpoint_interval: float = Field(
+        default=10,
+        ge=0,
+        description="the least seconds between two checkpoints (a whole layer's state is tens "
+        "of MiB to serialize and store)",
+    )
     job_max_attempts: int = Field(
         default=3, ge=1, description="deliveries of one job before it fails as worker_lost"
     )

@@ -64,7 +64,8 @@ class Limits:
     has no other way: a thread cannot be interrupted). ``max_deliveries`` bounds how often
     one shard is delivered again after its worker was lost. ``lease_interval_s``: how often a
     running shard renews its lease (None: no lease, as in the API process, which runs what it
-    starts); ``checkpoint_steps``: how often a resumable kind saves its state (0: never).
+    starts); ``checkpoint_steps``: how often a resumable kind saves its state (0: never), and
+    ``checkpoint_interval_s`` the least time between two saves.
     """
 
     timeout_errors: tuple[type[BaseException], ...] = ()
@@ -76,6 +77,7 @@ class Limits:
     callback: CallbackPolicy | None = None
     lease_interval_s: float | None = None
     checkpoint_steps: int = 0
+    checkpoint_interval_s: float = 0.0
 
     def deadline(self) -> float | None:
         if self.soft_time_limit_s is None or not self.enforce_deadline:
@@ -194,6 +196,7 @@ def run_shard(
                 if resumable
                 else None,
                 checkpoint_steps=limits.checkpoint_steps,
+                checkpoint_interval_s=limits.checkpoint_interval_s,
                 resume=records.checkpoint(job_id) if resumable else None,
             )
             return kind.run_shard(request, task.model, shard, resources, context)

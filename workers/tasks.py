@@ -87,6 +87,7 @@ def _limits() -> Limits:
         max_deliveries=settings.job_max_attempts,
         lease_interval_s=settings.job_lease_interval,
         checkpoint_steps=settings.job_checkpoint_steps,
+        checkpoint_interval_s=settings.job_checkpoint_interval,
         callback=CallbackPolicy(
             settings.callback_secret,
             attempts=settings.callback_attempts,

@@ -53,6 +53,7 @@ LEASE_SOON = {
     "CNNVIZ_JOB_LEASE_INTERVAL": "0.5",
     "CNNVIZ_JOB_LEASE_TIMEOUT": "3",
     "CNNVIZ_JOB_CHECKPOINT_STEPS": str(CHECKPOINT_STEPS),
+    "CNNVIZ_JOB_CHECKPOINT_INTERVAL": "0",
 }
 RESUMABLE = {"layer": "block3.relu", "channels": [2, 7], "steps": 600, "image_size": 64}
 

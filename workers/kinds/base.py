@@ -85,9 +85,10 @@ class JobContext:
     ``report`` is called at most every ``progress_interval_s`` (and on the first and last
     report); a kind asks :meth:`preview_due` before it pays for a preview picture.
 
-    A kind that can resume (optimization) saves its state every ``checkpoint_steps`` steps
-    through :meth:`save_checkpoint`; ``resume`` is the latest state an earlier attempt saved,
-    which a new attempt goes on from.
+    A kind that can resume (optimization) saves its state every ``checkpoint_steps`` steps,
+    when :meth:`checkpoint_due` (at most every ``checkpoint_interval_s``), through
+    :meth:`save_checkpoint`; ``resume`` is the latest state an earlier attempt saved, which a
+    new attempt goes on from.
     """
 
     def __init__(
@@ -102,11 +103,14 @@ class JobContext:
         on_attach: Callable[[bytes], None] | None = None,
         on_checkpoint: Callable[[bytes], None] | None = None,
         checkpoint_steps: int = 0,
+        checkpoint_interval_s: float = 0.0,
         resume: bytes | None = None,
     ) -> None:
         self.job_id = job_id
         self._on_checkpoint = on_checkpoint
         self.checkpoint_steps = checkpoint_steps if on_checkpoint is not None else 0
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._last_checkpoint = time.monotonic()
         self.resume = resume
         self._on_attach = on_attach
         self._on_progress = on_progress
@@ -145,9 +149,16 @@ class JobContext:
         if self._on_attach is not None:
             self._on_attach(arrays)
 
+    def checkpoint_due(self) -> bool:
+        """Whether a checkpoint now would be kept (the interval has passed since the last)."""
+        if self._on_checkpoint is None:
+            return False
+        return time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
+
     def save_checkpoint(self, state: bytes) -> None:
         """Keep the shard's state for a later attempt to resume from (replacing the last)."""
         if self._on_checkpoint is not None:
+            self._last_checkpoint = time.monotonic()
             self._on_checkpoint(state)
 
     def report(self, progress: Progress, preview: bytes | None = None) -> None:

@@ -191,40 +191,11 @@ def optimize(
 
     ``context`` (optional) is checked after every step, so a cancel or a deadline stops the
     run, and gets progress after the first step, then at most every progress interval, and
-    objective = build_objective(request)
-    assert request.image_size is not None
-    reserve = preview_reserve(
-        objective.n_units, request.images_per_unit, loaded.spec.channels, request.image_size
-    )
-
-    def render(resume: RenderCheckpoint | None) -> RenderResult:
-        return visualize(
-            loaded.module,
-            objective,
-            # The model is fed its own input shape; render resizes the image_size image to it.
-            input_shape=loaded.spec.input_shape,
-            mean=loaded.spec.mean,
-            std=loaded.spec.std,
-            settings=render_settings(request),
-            device=loaded.device,
-            on_step=on_step,
-            model_name=loaded.spec.name,
-            reserve_bytes=reserve,
-            resume=resume,
-            on_checkpoint=lambda state: context.save_checkpoint(state.to_bytes()),
-            checkpoint_every=context.checkpoint_steps,
-        )
-
-    resume = _checkpoint(context)
-    try:
-        rendered = render(resume)
-    except InvalidArgumentError:
-        if resume is None:
-            raise
-        # A checkpoint the render does not take (cut into other chunks, by a worker with
-        # another memory budget) is refused before any step: start over.
-        log.warning("job %s: checkpoint not usable; starting from step 0", context.job_id)
-        rendered = render(None)
+    after the last step; a preview grid rides along at most every preview interval (the
+    first 64 images, shrunk: see :mod:`workers.kinds.optimization_pictures`, whose memory
+    the render's budget sets aside). It gets the render's state every
+    ``context.checkpoint_steps`` steps (at most every ``checkpoint_interval_s``), and a run
+    given ``context.resume`` goes on from that state to the result an uninterrupted run gives.
     """
     started = time.monotonic()
     context = context or JobContext()
@@ -257,6 +228,11 @@ def optimize(
         objective.n_units, request.images_per_unit, loaded.spec.channels, request.image_size
     )
 
+    def save(state: RenderCheckpoint) -> None:
+        # Serialized only when due: a whole layer's state is tens of MiB.
+        if context.checkpoint_due():
+            context.save_checkpoint(state.to_bytes())
+
     def render(resume: RenderCheckpoint | None) -> RenderResult:
         return visualize(
             loaded.module,
@@ -271,7 +247,7 @@ def optimize(
             model_name=loaded.spec.name,
             reserve_bytes=reserve,
             resume=resume,
-            on_checkpoint=lambda state: context.save_checkpoint(state.to_bytes()),
+            on_checkpoint=save,
             checkpoint_every=context.checkpoint_steps,
         )
 
