@@ -7,6 +7,8 @@
 - ``cnnviz_job_workers``: workers that take jobs (Celery: consumers of the ``gpu`` queue);
 - ``cnnviz_job_results_kept_bytes``: in-process only, the bytes finished jobs keep in the
   API's memory (bounded by ``CNNVIZ_INPROCESS_RESULTS_MAX_BYTES``; the rest is in files);
+- ``cnnviz_job_leases_lapsed_total{action}``: Celery only, the lapsed leases this API
+  process's sweeper claimed: ``job`` and ``shard`` sent again (a worker lost), ``cancelled``;
 - ``cnnviz_job_metrics_up``: 0 when the backend could not be read (the others are then
   left out of that scrape).
 """
@@ -16,7 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from service.jobs.manager import JobManager
@@ -87,3 +94,14 @@ class JobCollector(Collector):
             )
             kept.add_metric([], records.kept_bytes)
             yield kept
+        sweeper = self._jobs.sweeper
+        if sweeper is not None:
+            lapsed = CounterMetricFamily(
+                "cnnviz_job_leases_lapsed",
+                "lapsed leases this process's sweeper claimed: jobs and shards sent again "
+                "because their worker was lost, and jobs cancelled",
+                labels=["action"],
+            )
+            for action in ("job", "shard", "cancelled"):
+                lapsed.add_metric([action], sweeper.claimed.get(action, 0))
+            yield lapsed

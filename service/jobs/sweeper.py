@@ -57,6 +57,8 @@ class LeaseSweeper:
         self._ttl = ttl_seconds
         self.interval_s = interval_s
         self._limits = limits
+        self.claimed: dict[str, int] = {}
+        """Claims made by this sweeper, by action (``cnnviz_job_leases_lapsed_total``)."""
 
     async def run(self) -> None:
         """Sweep until cancelled; an unreachable Redis is logged and tried again."""
@@ -73,6 +75,7 @@ class LeaseSweeper:
         """One sweep: every lapsed lease claimed and acted on; the claims."""
         claims = self._records.sweep()
         for claim in claims:
+            self.claimed[claim.action] = self.claimed.get(claim.action, 0) + 1
             try:
                 self._act(claim)
             except JobNotFound:

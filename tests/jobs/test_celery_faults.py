@@ -114,6 +114,8 @@ def test_a_lost_worker_machine_is_recovered_within_90_s_from_its_checkpoint(
             # One result, written once, by the second worker's run.
             assert redis_client.exists(result_key(job_id)) == 1
             assert _runs_logged(second, job_id) == 1
+            metrics = api.get("/metrics").text
+            assert 'cnnviz_job_leases_lapsed_total{action="job"} 1.0' in metrics
 
             # The same request run without interruption gives the same pictures and values.
             again = wait_job(api, submit(api, RESUMABLE)["id"], timeout=90)
