@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -32,6 +33,7 @@ from workers.app import CORES, app, settings
 from workers.callbacks import CallbackPolicy
 from workers.device import child_index, choose_device
 from workers.kinds import Partial, Resources
+from workers.leases import LeaseKeeper
 from workers.logs import job_logging
 from workers.records.redis import RedisRecords
 from workers.run import FAILED, SKIPPED, Limits, begin, conclude, ended, run_shard
@@ -134,7 +136,8 @@ def run_job(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
             partial = run_shard(
                 task, attempt, 0, 1, resources, records, limits, holder=self.request.id or ""
             )
-            status = conclude(task, attempt, [partial], resources, records, limits)
+            with _leased(task, attempt, records, limits):
+                status = conclude(task, attempt, [partial], resources, records, limits)
             return {"job_id": task.job_id, "status": status.value if status else None}
         records.plan(task.job_id, attempt, shards)
         kept = records.partials(task.job_id)
@@ -180,8 +183,19 @@ def _merge(
     resources: Resources,
     limits: Limits,
 ) -> dict[str, Any]:
-    """Merge the kept partials, in shard order, and write the job's result."""
+    """Merge the kept partials, in shard order, and write the job's result (holding the
+    job's lease meanwhile: a merge is one more piece of work a lost worker could drop)."""
     kept = records.partials(task.job_id)
     partials: list[Partial] = [json.loads(kept[i]) for i in range(shards)]
-    status = conclude(task, attempt, partials, resources, records, limits)
+    with _leased(task, attempt, records, limits):
+        status = conclude(task, attempt, partials, resources, records, limits)
     return {"job_id": task.job_id, "status": status.value if status else None}
+
+
+def _leased(
+    task: JobTask, attempt: int, records: RedisRecords, limits: Limits
+) -> contextlib.AbstractContextManager[object]:
+    """Renew the job's own lease while the block runs."""
+    if limits.lease_interval_s is None:
+        return contextlib.nullcontext()
+    return LeaseKeeper(records, task.job_id, attempt, limits.lease_interval_s)

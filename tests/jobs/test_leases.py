@@ -186,8 +186,15 @@ def test_shards_hold_leases_keep_their_partials_and_the_last_one_merges(
     assert records.start_shard(job_id, attempt, 1, 3, "shard-1-again") == ShardStart.RUN
     assert records.store_partial(job_id, attempt, 1, 2, '{"n": 1}')  # the last: merge now
     assert records.partials(job_id) == {0: '{"n": 0}', 1: '{"n": 1}'}
+    # The merge holds the job's own lease: lost mid-merge, the job is sent again.
+    assert job_id in records.leases()
+    wait_for(lambda: lapsed(records, job_id), 5, "the merge's lease to lapse")
+    assert [(c.job_id, c.action) for c in records.sweep()] == [(job_id, "job")]
+    again = records.start(job_id, f"{job_id}~1")
+    assert again == attempt + 1
+    assert records.partials(job_id) == {0: '{"n": 0}', 1: '{"n": 1}'}  # kept: only the merge
     # A partial kept again (a late copy of a shard) never triggers a second merge.
-    assert not records.store_partial(job_id, attempt, 1, 2, '{"n": 1}')
+    assert not records.store_partial(job_id, again, 1, 2, '{"n": 1}')
 
 
 def test_partials_outlive_an_attempt_so_done_shards_are_not_run_again(

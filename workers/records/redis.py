@@ -404,15 +404,23 @@ if deadline > due then redis.call('HSET', KEYS[1], 'lease_until', deadline) end
 return 'run'
 """
 
-# KEYS: record, partials, leases. ARGV: attempt, shard, partial JSON, shards, lease member.
+# KEYS: record, partials, leases. ARGV: attempt, shard, partial JSON, shards, the shard's
+# lease member, lease ms, the job's lease member.
 # 0: not current (dropped); 1: kept, more to come; 2: kept, and it was the last: merge now;
 # 3: another delivery had kept it already.
-_STORE_PARTIAL = f"""{_CURRENT}
+_STORE_PARTIAL = f"""{_CURRENT}{_NOW_MS}
 redis.call('ZREM', KEYS[3], ARGV[5])
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then return 3 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 2 end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+  -- The merge holds the job's own lease: lost mid-merge, the job is sent again and its next
+  -- attempt, finding every partial kept, only merges.
+  local deadline = now_ms + tonumber(ARGV[6])
+  redis.call('ZADD', KEYS[3], deadline, ARGV[7])
+  redis.call('HSET', KEYS[1], 'lease_until', deadline)
+  return 2
+end
 return 1
 """
 
@@ -736,11 +744,20 @@ class RedisRecords:
     def store_partial(
         self, job_id: str, attempt: int, shard: int, shards: int, partial: str
     ) -> bool:
-        """Keep a shard's partial; True when it was the last one missing (merge now)."""
+        """Keep a shard's partial; True when it was the last one missing: merge now, under
+        the job's own lease, which the caller then holds."""
         outcome = self._call(
             self._store_partial,
             keys=[record_key(job_id), partials_key(job_id), LEASES_KEY],
-            args=[attempt, shard, partial, shards, lease_member(job_id, shard)],
+            args=[
+                attempt,
+                shard,
+                partial,
+                shards,
+                lease_member(job_id, shard),
+                self._lease_ms,
+                lease_member(job_id),
+            ],
         )
         self._holders.pop((job_id, shard), None)
         return bool(outcome == 2)
