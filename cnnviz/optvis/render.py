@@ -524,6 +524,7 @@ def visualize(
     resume: RenderCheckpoint | None = None,
     on_checkpoint: Callable[[RenderCheckpoint], None] | None = None,
     checkpoint_every: int = 0,
+    checkpoint_due: Callable[[], bool] | None = None,
     reserve_bytes: int = 0,
 ) -> RenderResult:
     """Optimize one image per unit of ``objective`` so the unit's objective is maximal.
@@ -540,7 +541,8 @@ def visualize(
     Every ``checkpoint_every`` steps (counted over the whole render; 0: never)
     ``on_checkpoint`` gets a :class:`~cnnviz.optvis.checkpoint.RenderCheckpoint`; the same
     call with ``resume=`` that checkpoint goes on from there and returns what an
-    uninterrupted render would have (on CPU, exactly).
+    uninterrupted render would have (on CPU, exactly). ``checkpoint_due`` (optional) is asked
+    first, so that a caller that keeps checkpoints less often pays nothing for the others.
 
     ``reserve_bytes``: memory the caller holds beside the render while it runs (the preview
     pictures it makes in ``on_step``); on CPU it shares the budget with the chunks, as the
@@ -555,7 +557,16 @@ def visualize(
         n_units = objective.n_units
         chunk_size = _chunk_size(job, n_units, model, reserve_bytes)
         chunks = plan_chunks(job.groups, chunk_size, keep_groups=objective.couples_units)
-        return _render(job, chunks, on_step, chunk_size, resume, on_checkpoint, checkpoint_every)
+        return _render(
+            job,
+            chunks,
+            on_step,
+            chunk_size,
+            resume,
+            on_checkpoint,
+            checkpoint_every,
+            checkpoint_due,
+        )
 
 
 def _render(
@@ -566,6 +577,7 @@ def _render(
     resume: RenderCheckpoint | None = None,
     on_checkpoint: Callable[[RenderCheckpoint], None] | None = None,
     checkpoint_every: int = 0,
+    checkpoint_due: Callable[[], bool] | None = None,
 ) -> RenderResult:
     settings = job.settings
     n_units = job.objective.n_units
@@ -634,6 +646,7 @@ def _render(
                 on_checkpoint is not None
                 and checkpoint_every
                 and global_step % checkpoint_every == 0
+                and (checkpoint_due is None or checkpoint_due())
             ):
                 on_checkpoint(
                     RenderCheckpoint(

@@ -227,11 +227,9 @@ def optimize(
     reserve = preview_reserve(
         objective.n_units, request.images_per_unit, loaded.spec.channels, request.image_size
     )
-
-    def save(state: RenderCheckpoint) -> None:
-        # Serialized only when due: a whole layer's state is tens of MiB.
-        if context.checkpoint_due():
-            context.save_checkpoint(state.to_bytes())
+    if context.checkpoint_steps:
+        # A checkpoint copies the finished images, then serializes them: twice their bytes.
+        reserve += 2 * objective.n_units * loaded.spec.channels * request.image_size**2 * 4
 
     def render(resume: RenderCheckpoint | None) -> RenderResult:
         return visualize(
@@ -247,8 +245,10 @@ def optimize(
             model_name=loaded.spec.name,
             reserve_bytes=reserve,
             resume=resume,
-            on_checkpoint=save,
+            on_checkpoint=lambda state: context.save_checkpoint(state.to_bytes()),
             checkpoint_every=context.checkpoint_steps,
+            # Made only when due: a whole layer's state is tens of MiB to copy and serialize.
+            checkpoint_due=context.checkpoint_due,
         )
 
     resume = _checkpoint(context)
