@@ -126,6 +126,7 @@ class CoreShare:
         self.cores = cores or available_cores()
         self._running: Counter = counter if counter is not None else LocalCounter()
         self._local = threading.local()  # the claim the current thread holds, if any
+        self._expected: list[Callable[[], int]] = []
 
     @property
     def counter(self) -> Counter:
@@ -136,9 +137,17 @@ class CoreShare:
         """Claims running now."""
         return self._running.value
 
+    def expect(self, source: Callable[[], int]) -> None:
+        """Count ``source()`` more claims as running: calls admitted that are about to claim
+        (a pool's queue), so a call that starts between two others does not take every core
+        for the instant it runs alone, and then oversubscribe them when the next one starts."""
+        self._expected.append(source)
+
     def threads_now(self) -> int:
-        """The threads one running claim gets now: ``cores ÷ running``, at least 1."""
-        return max(1, self.cores // max(1, self._running.value))
+        """The threads one running claim gets now: ``cores ÷ (running + expected)``, at
+        least 1."""
+        expected = sum(max(0, source()) for source in self._expected)
+        return max(1, self.cores // max(1, self._running.value + expected))
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[Claim]:

@@ -17,7 +17,7 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from cnnviz.threads import CoreShare
+from cnnviz.threads import CoreShare, LocalCounter
 from service.batching import MicroBatcher
 
 T = TypeVar("T")
@@ -42,15 +42,25 @@ class TorchPool:
         batcher: MicroBatcher | None = None,
     ) -> None:
         self.capacity = concurrency + backlog
+        self._concurrency = concurrency
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._admitted = 0
+        self._in_calls = LocalCounter()  # calls in _claimed, waiting in a batch included
         self.cores = cores if cores is not None else CoreShare()
+        self.cores.expect(self.about_to_run)
         self.batcher = batcher if batcher is not None else MicroBatcher(self.cores)
 
     @property
     def admitted(self) -> int:
         """Calls running or waiting now (the metrics read it)."""
         return self._admitted
+
+    def about_to_run(self) -> int:
+        """Calls of this pool that will run at once but hold no claim yet: with calls waiting
+        for a slot, every slot is about to be busy again, so a call that starts as another
+        ends takes its share, not every core. Read from worker threads without the event
+        loop's lock: a stale count only shifts one call's thread count."""
+        return max(0, min(self._admitted, self._concurrency) - self._in_calls.value)
 
     async def run(self, func: Callable[..., T], *args: object) -> T:
         """``func(*args)`` in a thread; ServiceBusy when the pool is full."""
@@ -64,5 +74,9 @@ class TorchPool:
             self._admitted -= 1
 
     def _claimed(self, func: Callable[..., T], *args: object) -> T:
-        with self.cores.claim():
-            return func(*args)
+        self._in_calls.add(1)
+        try:
+            with self.cores.claim():
+                return func(*args)
+        finally:
+            self._in_calls.add(-1)

@@ -82,3 +82,18 @@ def test_a_shared_counter_counts_claims_of_forked_processes() -> None:
     index["slot"] = 1
     counter.reset()
     assert share.running == 0
+
+
+def test_expected_claims_count_as_running() -> None:
+    # A pool with calls waiting for a slot: the one that starts gets its share, not every core.
+    share = CoreShare(cores=4)
+    waiting = [1]
+    share.expect(lambda: waiting[0])
+    before = torch.get_num_threads()
+    try:
+        with share.claim() as claim:
+            assert claim.threads == 2
+            waiting[0] = 0
+            assert claim.refresh() == 4
+    finally:
+        torch.set_num_threads(before)  # the claim set this thread's count
