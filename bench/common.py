@@ -120,6 +120,15 @@ def api_server(
             process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) process ``pid`` has used so far (Linux ``/proc``).
+
+    On cores shared with other work, wall time measures the load as much as the work; CPU
+    time does not (except for OpenMP threads spinning while they wait for a busy core)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> tuple[float, float]:
     """``(current, peak)`` resident set size of process ``pid`` in MiB (Linux ``/proc``)."""
     fields = {}

@@ -15,7 +15,9 @@ best case; ``--floor-channels 1`` is Lucid's one unit at a time), per channel. I
 channel does not depend on which channels, so it is not run over the whole layer. With
 torch's default threads and, as ``--floor-threads`` says, with OpenMP's passive wait policy or
 a fixed thread count. The two sides alternate round by round on the same machine; the
-figures are medians. Target: the floor's seconds per channel ÷ the job's >= 3.
+figures are medians. Target: the floor's seconds per channel ÷ the job's >= 3. Each round
+also gives the CPU seconds each side used (the server's process, the floor's), a figure that
+other work on the same cores changes far less than wall time.
 
     .venv/bin/python -m bench.service_job [--layer layer3] [--channels all] [--steps 64]
         [--size 128] [--floor-channels 8] [--rounds 2] [--device cpu|cuda]
@@ -36,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import ROOT, api_server, machine
+from bench.common import ROOT, api_server, cpu_seconds, machine
 
 MODELS_TOML = """
 [models.r18]
@@ -90,11 +92,14 @@ class FloorProcess:
             raise RuntimeError(f"the floor process exited with {self.process.wait()}")
         return json.loads(line)  # type: ignore[no-any-return]
 
-    def render(self, command: str = "run") -> float:
+    def render(self, command: str = "run") -> tuple[float, float]:
+        """Wall seconds of one render, and the CPU seconds the process used for it."""
         assert self.process.stdin is not None
+        cpu = cpu_seconds(self.process.pid)
         self.process.stdin.write(f"{command}\n")
         self.process.stdin.flush()
-        return float(self._read()["seconds"])
+        seconds = float(self._read()["seconds"])
+        return seconds, cpu_seconds(self.process.pid) - cpu
 
     def close(self) -> None:
         assert self.process.stdin is not None
@@ -145,21 +150,29 @@ def main() -> None:
                 for floor in floors.values():
                     floor.render("warm")  # kernels and allocator
                 floor_s: dict[str, list[float]] = {t: [] for t in floors}
+                floor_cpu: dict[str, list[float]] = {t: [] for t in floors}
                 job_s: list[float] = []
+                job_cpu: list[float] = []
                 result: dict[str, Any] = {}
                 for round_ in range(args.rounds):  # alternate, so all see the same load
+                    cpu = cpu_seconds(server.pid)
                     seconds, result = run_job(c, {**body, "seed": round_})
                     job_s.append(seconds)
-                    line = f"  round {round_ + 1}: job {seconds:6.2f} s"
+                    job_cpu.append(cpu_seconds(server.pid) - cpu)
+                    line = f"  round {round_ + 1}: job {seconds:6.2f} s (CPU {job_cpu[-1]:.1f} s)"
                     for threads, floor in floors.items():
-                        floor_s[threads].append(floor.render())
-                        line += f", floor ({threads} threads) {floor_s[threads][-1]:6.2f} s"
+                        wall, used = floor.render()
+                        floor_s[threads].append(wall)
+                        floor_cpu[threads].append(used)
+                        line += f", floor ({threads} threads) {wall:6.2f} s (CPU {used:.1f} s)"
+                    line += f"; load average {os.getloadavg()[0]:.1f}"
                     print(line, flush=True)
         finally:
             for floor in floors.values():
                 floor.close()
     n = len(result["units"])
     job = statistics.median(job_s) / n
+    job_c = statistics.median(job_cpu) / n
     print(
         f"resnet18 (random weights) {args.layer}, a job of {n} channels, a floor render of "
         f"{args.floor_channels}, {args.steps} steps, "
@@ -167,14 +180,16 @@ def main() -> None:
     )
     print(
         f"  job through the service (precision {result.get('precision')}, "
-        f"server-side {result.get('elapsed_s', 0):.2f} s): {job:6.3f} s per channel"
+        f"server-side {result.get('elapsed_s', 0):.2f} s): {job:6.3f} s per channel "
+        f"({job_c:.3f} CPU s)"
     )
     for threads, floor in floors.items():
         base = statistics.median(floor_s[threads]) / args.floor_channels
+        base_c = statistics.median(floor_cpu[threads]) / args.floor_channels
         print(
             f"  Lucid-style fp32 loop, whole network, {threads} threads "
             f"({floor.info['threads']}): {base:6.3f} s per channel, speed-up {base / job:5.2f}x"
-            "  (target >= 3)"
+            f"  (target >= 3); in CPU time {base_c:.3f} s, {base_c / job_c:5.2f}x"
         )
 
 
