@@ -115,3 +115,21 @@ def test_cors_exposes_the_headers_a_browser_client_needs(models_file: Path) -> N
         assert {"location", "retry-after"} <= exposed == {h.lower() for h in EXPOSED_HEADERS}
         other = http.get("/v1/models", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_metrics_name_unmatched_paths_none_and_count_server_errors_as_500(
+    http: httpx.Client,
+) -> None:
+    before = samples(http)
+    assert http.get("/no/such/path").status_code == 404
+    after = samples(http)
+    key = (
+        "http_requests_total",
+        frozenset({"handler": "none", "method": "GET", "status": "404"}.items()),
+    )
+    assert after[key] - before.get(key, 0.0) == 1
+    # /metrics itself is not counted, and it is gzipped for a scraper that asks.
+    assert not any(labels and dict(labels).get("handler") == "/metrics" for _, labels in after)
+    zipped = http.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert "http_requests_total" in zipped.text
