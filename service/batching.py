@@ -5,7 +5,10 @@ Requests for the same model, layer set and precision whose forward passes are du
 few milliseconds of each other run as one batch: the first to arrive (the *leader*) waits up
 to ``max_delay_s`` for the others while requests are still on their way (decoding), then runs
 one forward for all of them; the others wait for it without holding a share of the cores. A
-request that finds nobody on the way runs at once, alone, with every core.
+request that finds nobody on the way runs at once, alone, with every core. The wait is also
+at most half of what one image's forward pass of that key has been taking: on a small model
+whose forward takes a millisecond, waiting several for a partner costs more than a batch
+saves (and under load, requests queued for a slot batch without any wait).
 
 Each request gets exactly what its own forward pass would give: the first time a key runs as
 a batch of ``n``, the leader also runs every image alone and compares the two bit for bit.
@@ -32,6 +35,8 @@ Forward = Callable[[torch.Tensor], Outputs]
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_DELAY_S = 0.004
+_WAIT_SHARE = 0.5  # of one image's forward time: the longest a leader waits for others
+_SMOOTHING = 0.2  # weight of the latest forward in the running mean of its time
 
 
 @dataclass
@@ -79,6 +84,8 @@ class MicroBatcher:
         self._coming = 0
         # (key, batch size) -> whether a batch gives what each image alone gives.
         self._exact: dict[tuple[Hashable, int], bool] = {}
+        # key -> running mean of the seconds one image's forward pass takes.
+        self._cost: dict[Hashable, float] = {}
         self.batches = 0  # forward passes of more than one image, for tests and metrics
 
     @contextlib.contextmanager
@@ -130,8 +137,15 @@ class MicroBatcher:
         if self._open.get(batch.key) is batch:
             del self._open[batch.key]
 
+    def _delay(self, key: Hashable) -> float:
+        """How long a leader of ``key`` waits for others at most."""
+        cost = self._cost.get(key)
+        if cost is None:
+            return self.max_delay_s
+        return min(self.max_delay_s, _WAIT_SHARE * cost)
+
     def _lead(self, batch: _Batch, run: Forward) -> None:
-        deadline = time.monotonic() + self.max_delay_s
+        deadline = time.monotonic() + self._delay(batch.key)
         with self._cond:
             with self._cores.idle():
                 while not batch.closed and self._coming > 0:
@@ -147,14 +161,23 @@ class MicroBatcher:
         finally:
             batch.done.set()
 
+    def _timed(self, key: Hashable, run: Forward, x: torch.Tensor) -> Outputs:
+        """``run(x)``, its time per image added to the key's running mean."""
+        started = time.perf_counter()
+        outputs = run(x)
+        each = (time.perf_counter() - started) / x.shape[0]
+        known = self._cost.get(key)
+        self._cost[key] = each if known is None else known + _SMOOTHING * (each - known)
+        return outputs
+
     def _run(self, batch: _Batch, run: Forward) -> list[Outputs | None]:
         n = len(batch.inputs)
         if n == 1:
-            return [run(batch.inputs[0])]
+            return [self._timed(batch.key, run, batch.inputs[0])]
         exact = self._exact.get((batch.key, n))
         if exact is False:
             return [None] * n  # each runs alone, in its own thread
-        rows = _rows(run(torch.cat(batch.inputs)), n)
+        rows = _rows(self._timed(batch.key, run, torch.cat(batch.inputs)), n)
         self.batches += 1
         if rows is None:
             self._exact[(batch.key, n)] = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +54,7 @@ def test_concurrent_requests_run_as_one_batch_with_their_own_rows() -> None:
 
     def run(batch: torch.Tensor) -> Outputs:
         calls.append(batch.shape[0])
+        time.sleep(0.5)  # a slow forward: waiting for the others is worth it
         return {"double": batch * 2, "sum": batch.sum(dim=(1, 2, 3))}
 
     batcher = _batcher()
@@ -77,6 +79,39 @@ def test_a_batch_that_changes_the_numbers_is_not_used() -> None:
         outputs = _concurrently(batcher, "k", inputs, run)
         for x, out in zip(inputs, outputs, strict=True):
             assert torch.equal(out["a"], run(x)["a"])  # what it gives alone
+
+
+def test_a_quick_forward_does_not_wait_long_for_others() -> None:
+    # A forward of a few milliseconds: a leader waits at most half of that for others, not
+    # the hour allowed, even while a request stays on its way.
+    batcher = MicroBatcher(CoreShare(2), max_batch=8, max_delay_s=3600.0)
+
+    def run(batch: torch.Tensor) -> Outputs:
+        time.sleep(0.005)
+        return {"a": batch + 1}
+
+    x = torch.ones(1, 3)
+    batcher.forward("k", x, run)  # learns what one forward costs
+    arrived = threading.Event()
+    done = threading.Event()
+
+    def on_its_way() -> None:
+        with batcher.arriving():
+            arrived.set()
+            done.wait(timeout=60)
+
+    waiter = threading.Thread(target=on_its_way)
+    waiter.start()
+    try:
+        assert arrived.wait(timeout=10)
+        result: list[Outputs] = []
+        leader = threading.Thread(target=lambda: result.append(batcher.forward("k", x, run)))
+        leader.start()
+        leader.join(timeout=30)
+        assert result and torch.equal(result[0]["a"], x + 1)  # it did not wait for the other
+    finally:
+        done.set()
+        waiter.join(timeout=10)
 
 
 def test_a_lone_request_does_not_wait() -> None:
