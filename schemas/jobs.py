@@ -186,6 +186,16 @@ class JobRecord(BaseModel):
             values[name] = json.loads(value) if _is_json(field.annotation) else value
         return cls.model_validate(values)
 
+    def task(self, ttl_seconds: int) -> JobTask:
+        """The task message that runs this job (sent again when its worker was lost)."""
+        return JobTask(
+            job_id=self.id,
+            kind=self.kind,
+            model=self.model,
+            request=self.request,
+            ttl_seconds=ttl_seconds,
+        )
+
     def read(self, result: BaseModel | None = None) -> JobRead[Any, Any]:
         """The API view of this record."""
         return JobRead(

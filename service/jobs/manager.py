@@ -214,13 +214,7 @@ class JobManager:
             ) from None
         if not created:
             return await self.read(record.id, owner), Submitted.REPLAYED
-        task = JobTask(
-            job_id=record.id,
-            kind=kind.name,
-            model=model,
-            request=record.request,
-            ttl_seconds=self._ttl,
-        )
+        task = record.task(self._ttl)
         try:
             await self.transport.submit(task)
         except (QueueUnavailable, QueueFull) as exc:
@@ -302,14 +296,7 @@ class JobManager:
             and self.on_ended is not None
         ):
             # Its lease had lapsed: the cancel ended it here, and nothing else will say so.
-            task = JobTask(
-                job_id=record.id,
-                kind=record.kind,
-                model=record.model,
-                request=record.request,
-                ttl_seconds=self._ttl,
-            )
-            await anyio.to_thread.run_sync(self.on_ended, task)
+            await anyio.to_thread.run_sync(self.on_ended, record.task(self._ttl))
         return record.read()
 
     async def delete(self, job_id: str, owner: str) -> None:

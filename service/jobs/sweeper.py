@@ -85,14 +85,7 @@ class LeaseSweeper:
         return claims
 
     def _act(self, claim: Lapsed) -> None:
-        record = self._records.get(claim.job_id)
-        task = JobTask(
-            job_id=record.id,
-            kind=record.kind,
-            model=record.model,
-            request=record.request,
-            ttl_seconds=self._ttl,
-        )
+        task = self._records.get(claim.job_id).task(self._ttl)
         # A task id of its own per send: the records tell a send from a second copy of it.
         task_id = f"{claim.job_id}~{claim.delivery}"
         if claim.action == "job":
