@@ -50,15 +50,19 @@ class LayerInfo:
 
 
 @contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
+def preserved_state(model: nn.Module, frozen: bool = False) -> Iterator[None]:
     """Put ``model`` in eval mode for the block and restore every module's mode afterwards.
 
-    ``requires_grad`` of every parameter is restored too, so a block may freeze the weights.
+    ``requires_grad`` of every parameter is restored too; ``frozen`` turns it off for the
+    block (gradients then flow to the input only, as optimizing an image needs).
     """
     modes = [(module, module.training) for module in model.modules()]
     grads = [(param, param.requires_grad) for param in model.parameters()]
     try:
         model.eval()
+        if frozen:
+            for param, _ in grads:
+                param.requires_grad_(False)
         yield
     finally:
         for module, training in modes:

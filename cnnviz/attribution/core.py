@@ -362,8 +362,8 @@ def attribute(
     # Without targets, a method that starts at the image finds the top class itself.
     quick = targets is None and chosen.local
     scorer = _Scores(model, output, on_batch, top=quick)
-    with preserved_state(model), _out_of_place(model):
-        model.requires_grad_(False)  # gradients of the input only; no .grad left on weights
+    # Frozen: gradients of the input only; no .grad left on weights.
+    with preserved_state(model, frozen=True), _out_of_place(model):
         with _counting_calls(module, scorer, call, layer, model_name) as calls:
             if not quick:
                 with torch.no_grad():

@@ -484,9 +484,7 @@ def plan_memory(
     side = settings.image_size or max(input_shape[1:])
     sides = [side] if side <= _PROBE_SIDE else [side // 4, side // 2]
     plans = []
-    with preserved_state(model):
-        for weight in model.parameters():
-            weight.requires_grad_(False)
+    with preserved_state(model, frozen=True):
         for probe_side in sides:
             probe_settings = replace(settings, image_size=probe_side)
             job = _build_job(
@@ -550,9 +548,7 @@ def visualize(
     """
     device = torch.device(device)
     objective = _with_settings_terms(objective, settings)
-    with preserved_state(model):
-        for weight in model.parameters():
-            weight.requires_grad_(False)
+    with preserved_state(model, frozen=True):
         job = _build_job(model, objective, input_shape, mean, std, settings, device, model_name)
         n_units = objective.n_units
         chunk_size = _chunk_size(job, n_units, model, reserve_bytes)
