@@ -303,27 +303,20 @@ def feature_map_grid(
 
     The options are those of :func:`feature_maps`; ``name`` labels the result and errors.
     """
-    check_options(
+    (maps,) = maps_from_activations(
+        {name: activations.unsqueeze(0)},
+        [name],
+        model_name="activations",
         channels=channels,
         top_k=top_k,
         normalize=normalize,
         colormap=colormap,
-        padding=padding,
-        scale=scale,
-    )
-    return _layer_maps(
-        name,
-        "activations",
-        activations.unsqueeze(0),
-        channels=channels,
-        top_k=top_k,
-        normalize=normalize,
-        colours=palette(colormap),
         columns=columns,
         padding=padding,
         scale=scale,
         max_grid_pixels=max_grid_pixels,
     )
+    return maps
 
 
 def _layer_maps(
