@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -120,13 +121,15 @@ def api_server(
             process.wait()
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) process ``pid`` has used so far (Linux ``/proc``).
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """CPU time (user + system, all threads) process ``pid`` has used so far (Linux ``/proc``);
+    with ``children``, that of its children that ended too (a shard's DataLoader processes).
 
     On cores shared with other work, wall time measures the load as much as the work; CPU
     time does not (except for OpenMP threads spinning while they wait for a busy core)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(v) for v in fields[11 : 15 if children else 13])  # utime, stime, cu, cs
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -153,3 +156,35 @@ def percentile(values: Sequence[float], q: int) -> float:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.2f} ms"
+
+
+def run_job(
+    client: httpx.Client,
+    path: str,
+    body: Mapping[str, object],
+    *,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    poll_s: float = 0.1,
+    near_poll_s: float = 0.01,
+    deadline: float | None = None,
+) -> tuple[float, dict[str, Any]]:
+    """POST a job to ``path`` and poll it as a patient client does (every ``poll_s`` while
+    under 90% done, then every ``near_poll_s``): the seconds from the POST to the GET that
+    saw it succeed, and that record. RuntimeError if it failed or was cancelled;
+    TimeoutError past ``deadline`` (``time.monotonic()``)."""
+    started = time.perf_counter()
+    response = client.post(path, json=dict(body), headers=dict(headers or {}))
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    while deadline is None or time.monotonic() < deadline:
+        polled = client.get(f"/v1/jobs/{job_id}", params=dict(params or {}))
+        polled.raise_for_status()
+        record: dict[str, Any] = polled.json()
+        if record["status"] == "succeeded":
+            return time.perf_counter() - started, record
+        if record["status"] in ("failed", "cancelled"):
+            raise RuntimeError(f"job {job_id} {record['status']}: {record.get('error')}")
+        progress = record.get("progress") or {"step": 0, "total": 1}
+        time.sleep(poll_s if progress["step"] < 0.9 * progress["total"] else near_poll_s)
+    raise TimeoutError(f"job {job_id} did not finish in time")

@@ -51,7 +51,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import api_server, machine
+from bench.common import api_server, cpu_seconds, machine, run_job
 from cnnviz.data.shapes import CLASSES, generate
 from cnnviz.models import ModelRegistry
 from tests.jobs.procs import CeleryWorker, RedisServer
@@ -147,21 +147,11 @@ def floor(
 
 def mine(api: httpx.Client, model: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     """Seconds from ``POST`` to a ``GET`` that returns the result, and the result."""
-    started = time.perf_counter()
-    response = api.post(
-        f"/v1/models/{model}/exemplars", json=body, headers={"Cache-Control": "no-cache"}
+    # Polls gently while far from done (polls cost the cores the job runs on), then often.
+    seconds, record = run_job(
+        api, f"/v1/models/{model}/exemplars", body, headers={"Cache-Control": "no-cache"}
     )
-    response.raise_for_status()
-    job_id = response.json()["id"]
-    while True:
-        record: dict[str, Any] = api.get(f"/v1/jobs/{job_id}").json()
-        if record["status"] == "succeeded":
-            return time.perf_counter() - started, record["result"]
-        if record["status"] in ("failed", "cancelled"):
-            raise RuntimeError(f"job {job_id} {record['status']}: {record.get('error')}")
-        # Poll gently while far from done (polls cost the cores the job runs on), then often.
-        progress = record.get("progress") or {"step": 0, "total": 1}
-        time.sleep(0.1 if progress["step"] < 0.9 * progress["total"] else 0.01)
+    return seconds, record["result"]
 
 
 def start_worker(redis_url: str, workdir: Path, env: dict[str, str]) -> CeleryWorker:
@@ -178,13 +168,6 @@ def status_kib(pid: int, key: str, path: str = "") -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid`` and of its children that ended (a shard's DataLoader processes)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def tree_pss_kib(root: int) -> int:
@@ -349,16 +332,16 @@ def main() -> None:
                     )
                     floor_s.append(seconds)
                     consume(control, two, False)
-                    before = [cpu_seconds(c) for c in children_of]
+                    before = [cpu_seconds(c, children=True) for c in children_of]
                     seconds, result = mine(api, args.model, body)
                     one_s.append(seconds)
-                    after = [cpu_seconds(c) for c in children_of]
+                    after = [cpu_seconds(c, children=True) for c in children_of]
                     one_cpu.append([a - b for a, b in zip(after, before, strict=True)])
                     consume(control, two, True)
-                    before = [cpu_seconds(c) for c in children_of]
+                    before = [cpu_seconds(c, children=True) for c in children_of]
                     seconds, _ = mine(api, args.model, body)
                     two_s.append(seconds)
-                    after = [cpu_seconds(c) for c in children_of]
+                    after = [cpu_seconds(c, children=True) for c in children_of]
                     two_cpu.append([a - b for a, b in zip(after, before, strict=True)])
         finally:
             for worker in workers:

@@ -29,6 +29,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import ROOT, Server, api_server, machine, rss_mib
+from bench.common import run_job as common_run_job
 
 MIB = 1 << 20
 BUDGET_MIB = 1024  # RenderSettings.memory_budget_mb, which jobs run with
@@ -49,21 +50,17 @@ def reset_peak(pid: int) -> None:
 
 
 def run_job(client: httpx.Client, body: dict[str, Any], deadline: float) -> dict[str, Any]:
-    response = client.post(
-        "/v1/models/shapes/optimizations", json=body, headers={"Cache-Control": "no-cache"}
+    _, record = common_run_job(
+        client,
+        "/v1/models/shapes/optimizations",
+        body,
+        headers={"Cache-Control": "no-cache"},
+        params={"inline": "false"},
+        poll_s=0.25,
+        near_poll_s=0.25,
+        deadline=deadline,
     )
-    response.raise_for_status()
-    job_id = response.json()["id"]
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", params={"inline": "false"})
-        job.raise_for_status()
-        record: dict[str, Any] = job.json()
-        if record["status"] in ("succeeded", "failed", "cancelled"):
-            if record["status"] != "succeeded":
-                raise RuntimeError(f"job {job_id} {record['status']}: {record.get('error')}")
-            return record
-        time.sleep(0.25)
-    raise TimeoutError(f"job {job_id} did not finish in time")
+    return record
 
 
 def kept_bytes(client: httpx.Client) -> float | None:

@@ -31,24 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.main import create_app
 from service.settings import Settings
+from tests.jobs.client import job, submit, wait_job
 from tests.jobs.procs import CeleryWorker, RedisServer, serve, wait_for
 from workers.config import WorkerSettings
-
-
-def _job(api: Any, job_id: str) -> dict[str, Any]:
-    response = api.get(f"/v1/jobs/{job_id}")
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def _submit(api: Any, body: dict[str, Any]) -> str:
-    response = api.post(
-        "/v1/models/shapes/optimizations", json=body, headers={"Cache-Control": "no-cache"}
-    )
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["id"]
-    return job_id
 
 
 def main() -> None:
@@ -85,40 +70,35 @@ def main() -> None:
                 job_progress_interval=0.1,
             )
             with serve(create_app(settings)) as api:
-                job_id = _submit(api, body)
+                job_id = submit(api, body)["id"]
                 kill_step = int(args.steps * args.kill_at)
 
                 def reached() -> bool:
-                    progress = _job(api, job_id).get("progress") or {}
+                    progress = job(api, job_id).get("progress") or {}
                     return int(progress.get("step", 0)) >= kill_step
 
                 wait_for(reached, 600, f"step {kill_step}", interval=0.02)
-                killed_step = _job(api, job_id)["progress"]["step"]
+                killed_step = job(api, job_id)["progress"]["step"]
                 first.kill()
                 killed_at = time.monotonic()
                 second.start()
                 started_s = time.monotonic() - killed_at
 
                 def again() -> dict[str, Any] | None:
-                    record = _job(api, job_id)
+                    record = job(api, job_id)
                     return record if record["attempts"] >= 2 else None
 
                 wait_for(again, 3600, "the next attempt", interval=0.05)
                 back_s = time.monotonic() - killed_at
 
-                def finished() -> dict[str, Any] | None:
-                    record = _job(api, job_id)
-                    return record if record["status"] in ("succeeded", "failed") else None
-
-                done = wait_for(finished, 3600, "the result", interval=0.05)
+                done = wait_job(api, job_id, timeout=3600)
                 done_s = time.monotonic() - killed_at
                 assert done["status"] == "succeeded", done["error"]
                 resumed = re.findall(r"resuming from step (\d+)", second.log(tail=None))
                 resumed_step = int(resumed[-1]) if resumed else 0
 
                 started = time.monotonic()
-                plain = _submit(api, body)
-                wait_for(finished_of(api, plain), 3600, "the uninterrupted run", interval=0.05)
+                wait_job(api, submit(api, body)["id"], timeout=3600)
                 whole_s = time.monotonic() - started
         finally:
             first.stop()
@@ -141,13 +121,6 @@ def main() -> None:
     print(f"job succeeded after:                 {done_s:6.1f} s")
     print(f"the whole job uninterrupted:         {whole_s:6.1f} s")
     print(f"ratio, recovery to result ÷ uninterrupted job: {done_s / whole_s:.2f}")
-
-
-def finished_of(api: Any, job_id: str) -> Any:
-    def check() -> bool:
-        return _job(api, job_id)["status"] in ("succeeded", "failed")
-
-    return check
 
 
 if __name__ == "__main__":

@@ -32,13 +32,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.common import ROOT, api_server, cpu_seconds, machine
+from bench.common import run_job as common_run_job
 
 MODELS_TOML = """
 [models.r18]
@@ -52,19 +52,8 @@ std = [0.229, 0.224, 0.225]
 
 def run_job(client: httpx.Client, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     """Seconds from POST to the GET that returns the result, and that result."""
-    start = time.perf_counter()
-    response = client.post("/v1/models/r18/optimizations", json=body)
-    response.raise_for_status()
-    job_id = response.json()["id"]
-    while True:
-        record: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if record["status"] == "succeeded":
-            return time.perf_counter() - start, record["result"]
-        if record["status"] in ("failed", "cancelled"):
-            raise RuntimeError(f"job {job_id} {record['status']}: {record.get('error')}")
-        # Poll as a patient client: rarely while far from done, often near the end.
-        progress = record.get("progress") or {"step": 0, "total": 1}
-        time.sleep(0.2 if progress["step"] < 0.9 * progress["total"] else 0.01)
+    seconds, record = common_run_job(client, "/v1/models/r18/optimizations", body, poll_s=0.2)
+    return seconds, record["result"]
 
 
 class FloorProcess:
