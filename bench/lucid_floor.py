@@ -35,7 +35,7 @@ STD = (0.229, 0.224, 0.225)
 COLOR = ((0.26, 0.09, 0.02), (0.27, 0.00, -0.05), (0.27, -0.09, 0.03))
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -47,6 +47,39 @@ def _crop(x: torch.Tensor, offsets: torch.Tensor, d: int) -> torch.Tensor:
         img[:, dy : dy + h, dx : dx + w] for img, (dy, dx) in zip(x, offsets.tolist(), strict=True)
     ]
     return torch.stack(rows)
+
+
+def lucid_transforms(
+    x: torch.Tensor,
+    g: torch.Generator,
+    *,
+    pad: int,
+    jitter1: int,
+    jitter2: int,
+    size: int,
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Lucid's standard transforms, written out: pad with grey, jitter, scale 0.9-1.1 and
+    rotate ±10° (one affine resampling per image), jitter again, resize to ``size``."""
+    n = x.shape[0]
+    x = F.pad(x, (pad,) * 4, value=0.5)
+    x = _crop(x, torch.randint(0, jitter1 + 1, (n, 2), generator=g), jitter1)
+    s = torch.empty(n).uniform_(0.9, 1.1, generator=g)
+    a = torch.empty(n).uniform_(-10, 10, generator=g) * (math.pi / 180)
+    zero = torch.zeros(n)
+    theta = torch.stack(
+        [
+            torch.stack([a.cos() / s, -a.sin() / s, zero], 1),
+            torch.stack([a.sin() / s, a.cos() / s, zero], 1),
+        ],
+        1,
+    ).to(x.device)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    x = _crop(x, torch.randint(0, jitter2 + 1, (n, 2), generator=g), jitter2)
+    return F.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias
+    )
 
 
 class LucidLoop:
@@ -76,24 +109,9 @@ class LucidLoop:
         return torch.sigmoid(torch.einsum("nchw,dc->ndhw", image / 4, self.color))
 
     def transform(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        n = x.shape[0]
-        x = F.pad(x, (self.pad,) * 4, value=0.5)
-        x = _crop(x, torch.randint(0, self.jitter1 + 1, (n, 2), generator=g), self.jitter1)
-        s = torch.empty(n).uniform_(0.9, 1.1, generator=g)
-        a = torch.empty(n).uniform_(-10, 10, generator=g) * (math.pi / 180)
-        zero = torch.zeros(n)
-        theta = torch.stack(
-            [
-                torch.stack([a.cos() / s, -a.sin() / s, zero], 1),
-                torch.stack([a.sin() / s, a.cos() / s, zero], 1),
-            ],
-            1,
-        ).to(self.device)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-        x = _crop(x, torch.randint(0, self.jitter2 + 1, (n, 2), generator=g), self.jitter2)
-        size = (self.input_size, self.input_size)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return lucid_transforms(
+            x, g, pad=self.pad, jitter1=self.jitter1, jitter2=self.jitter2, size=self.input_size
+        )
 
     def render(self, channels: list[int], steps: int, seed: int = 0) -> torch.Tensor:
         """Images ``(n, 3, size, size)`` in ``[0, 1]``, one per channel."""
@@ -113,7 +131,7 @@ class LucidLoop:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        _sync(self.device)
+        sync(self.device)
         return self.image(spectrum).detach()
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -30,13 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.lucid_floor import lucid_transforms, sync
 from cnnviz.optvis import RenderSettings, StepReport, objectives, visualize
 from cnnviz.optvis.param import COLOR_CORRELATION_SQRT
 from cnnviz.precision import Precision, resolve_precision
@@ -46,24 +45,9 @@ STD = (0.229, 0.224, 0.225)
 SIZE = 128
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _model(device: torch.device) -> nn.Module:
     torch.manual_seed(0)
     return torchvision.models.resnet18(weights=None).eval().to(device)
-
-
-def _crop(x: torch.Tensor, offsets: torch.Tensor, d: int) -> torch.Tensor:
-    h, w = x.shape[-2] - d, x.shape[-1] - d
-    return torch.stack(
-        [
-            img[:, dy : dy + h, dx : dx + w]
-            for img, (dy, dx) in zip(x, offsets.tolist(), strict=True)
-        ]
-    )
 
 
 class Floor:
@@ -95,33 +79,18 @@ class Floor:
         self.optimizer = torch.optim.Adam([self.spectrum], lr=0.05)
 
     def step(self) -> float:
-        n, g, h, w = self.n, self.g, SIZE, SIZE
+        g, h, w = self.g, SIZE, SIZE
         start = time.perf_counter()
         spectrum = torch.view_as_complex(self.spectrum * self.scale)
         image = torch.fft.irfft2(spectrum, s=(h, w), norm="ortho")
         image = torch.sigmoid(torch.einsum("nchw,dc->ndhw", image / 4, self.color))
-        x = F.pad(image, (7, 7, 7, 7), value=0.5)
-        x = _crop(x, torch.randint(0, 6, (n, 2), generator=g), 5)
-        s = torch.empty(n).uniform_(0.9, 1.1, generator=g)
-        a = torch.empty(n).uniform_(-10, 10, generator=g) * (math.pi / 180)
-        zero = torch.zeros(n)
-        theta = torch.stack(
-            [
-                torch.stack([a.cos() / s, -a.sin() / s, zero], 1),
-                torch.stack([a.sin() / s, a.cos() / s, zero], 1),
-            ],
-            1,
-        ).to(self.device)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-        x = _crop(x, torch.randint(0, 3, (n, 2), generator=g), 2)
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        x = lucid_transforms(image, g, pad=7, jitter1=5, jitter2=2, size=SIZE, antialias=True)
         act = self.forward((x - self.mean) / self.std)
         loss = -act[self.rows, self.picked].mean(dim=(1, 2)).sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        _sync(self.device)
+        sync(self.device)
         return time.perf_counter() - start
 
 
@@ -179,7 +148,7 @@ def job_seconds(
         settings=RenderSettings(steps=steps),
         device=device,
     )
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
