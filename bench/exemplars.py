@@ -331,18 +331,15 @@ def main() -> None:
                         k=args.k,
                     )
                     floor_s.append(seconds)
-                    consume(control, two, False)
-                    before = [cpu_seconds(c, children=True) for c in children_of]
-                    seconds, result = mine(api, args.model, body)
-                    one_s.append(seconds)
-                    after = [cpu_seconds(c, children=True) for c in children_of]
-                    one_cpu.append([a - b for a, b in zip(after, before, strict=True)])
-                    consume(control, two, True)
-                    before = [cpu_seconds(c, children=True) for c in children_of]
-                    seconds, _ = mine(api, args.model, body)
-                    two_s.append(seconds)
-                    after = [cpu_seconds(c, children=True) for c in children_of]
-                    two_cpu.append([a - b for a, b in zip(after, before, strict=True)])
+                    for both, wall, cpu in ((False, one_s, one_cpu), (True, two_s, two_cpu)):
+                        consume(control, two, both)
+                        before = [cpu_seconds(c, children=True) for c in children_of]
+                        seconds, mined = mine(api, args.model, body)
+                        wall.append(seconds)
+                        after = [cpu_seconds(c, children=True) for c in children_of]
+                        cpu.append([a - b for a, b in zip(after, before, strict=True)])
+                        if not both:
+                            result = mined
         finally:
             for worker in workers:
                 worker.stop()
