@@ -117,7 +117,7 @@ def test_cors_exposes_the_headers_a_browser_client_needs(models_file: Path) -> N
         assert "access-control-allow-origin" not in other.headers
 
 
-def test_metrics_name_unmatched_paths_none_and_count_server_errors_as_500(
+def test_metrics_name_unmatched_paths_none_and_leave_out_metrics_itself(
     http: httpx.Client,
 ) -> None:
     before = samples(http)
@@ -133,3 +133,22 @@ def test_metrics_name_unmatched_paths_none_and_count_server_errors_as_500(
     zipped = http.get("/metrics", headers={"Accept-Encoding": "gzip"})
     assert zipped.headers["content-encoding"] == "gzip"
     assert "http_requests_total" in zipped.text
+
+
+def test_a_request_that_raises_is_counted_as_the_500_it_answers(models_file: Path) -> None:
+    app = create_app(make_settings(models_file))
+
+    def broken() -> None:
+        raise RuntimeError("a bug in a handler")
+
+    app.add_api_route("/v1/broken/{thing}", broken)
+    with serve(app) as url:
+        # The server closes the connection after an exception: a new one reads the metrics.
+        assert httpx.get(f"{url}/v1/broken/x", timeout=REQUEST_TIMEOUT).status_code == 500
+        with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT) as client:
+            counted = samples(client)
+    key = (
+        "http_requests_total",
+        frozenset({"handler": "/v1/broken/{thing}", "method": "GET", "status": "500"}.items()),
+    )
+    assert counted[key] == 1
