@@ -48,6 +48,9 @@ T = TypeVar("T")
 
 RETRY_AFTER_S = 1  # polling an unfinished job
 QUOTA_RETRY_AFTER_S = 10  # an owner at its quota: about when one of its jobs may be done
+# A result JSON up to this size is parsed on the event loop (well under a millisecond);
+# a larger one in a worker thread.
+_PARSE_ON_LOOP_BYTES = 256 * 1024
 
 
 class Submitted(StrEnum):
@@ -274,7 +277,12 @@ class JobManager:
             raise _unavailable(str(exc)) from exc
         if raw is None:
             return record, None
-        return record, get_kind(record.kind).result_type.model_validate_json(raw)
+        parse = get_kind(record.kind).result_type.model_validate_json
+        if len(raw) <= _PARSE_ON_LOOP_BYTES:
+            return record, parse(raw)
+        # A whole layer's result is tens of MB of JSON: parsed here it would stall every
+        # other request for the second it takes.
+        return record, await anyio.to_thread.run_sync(parse, raw)
 
     async def cancel(self, job_id: str, owner: str) -> JobRead[Any, Any]:
         before = await self._record(job_id, owner)  # the owner never changes: no race here
