@@ -7,6 +7,8 @@ that runs alone uses every core, two calls get half each, and more calls than co
 thread each, so OpenMP teams never oversubscribe the cores (a team that spins for cores it
 cannot get is what makes oversubscription slow). A long call (a job's optimization steps)
 calls :meth:`Claim.refresh` between steps to follow the count as others start and end.
+A *background* claim (a job beside synchronous requests) takes no share from the others: it
+has the cores when nothing else runs, and one thread when something does.
 
 The count lives in a :class:`Counter`: a plain one for the threads of one process, or a
 :class:`SharedCounter` in shared memory for the processes forked from one parent (a Celery
@@ -104,13 +106,14 @@ class SharedCounter:
 class Claim:
     """One running call's share of the cores; see :meth:`CoreShare.claim`."""
 
-    def __init__(self, share: CoreShare) -> None:
+    def __init__(self, share: CoreShare, background: bool = False) -> None:
         self._share = share
+        self.background = background
         self.threads = 0
 
     def refresh(self) -> int:
         """Set this thread's torch threads to its share now; returns it."""
-        threads = self._share.threads_now()
+        threads = self._share.threads_now(self.background)
         if threads != self.threads or torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
             self.threads = threads
@@ -125,6 +128,7 @@ class CoreShare:
             raise ValueError(f"cores must be at least 1, got {cores}")
         self.cores = cores or available_cores()
         self._running: Counter = counter if counter is not None else LocalCounter()
+        self._background = LocalCounter()
         self._local = threading.local()  # the claim the current thread holds, if any
         self._expected: list[Callable[[], int]] = []
 
@@ -134,8 +138,13 @@ class CoreShare:
 
     @property
     def running(self) -> int:
-        """Claims running now."""
+        """Claims running now (background claims not counted)."""
         return self._running.value
+
+    @property
+    def running_background(self) -> int:
+        """Background claims running now."""
+        return self._background.value
 
     def expect(self, source: Callable[[], int]) -> None:
         """Count ``source()`` more claims as running: calls admitted that are about to claim
@@ -143,24 +152,40 @@ class CoreShare:
         for the instant it runs alone, and then oversubscribe them when the next one starts."""
         self._expected.append(source)
 
-    def threads_now(self) -> int:
+    def threads_now(self, background: bool = False) -> int:
         """The threads one running claim gets now: ``cores ÷ (running + expected)``, at
-        least 1."""
+        least 1. Background claims are not counted there: they share the cores among
+        themselves when nothing else runs, and have 1 thread when something does."""
         expected = sum(max(0, source()) for source in self._expected)
-        return max(1, self.cores // max(1, self._running.value + expected))
+        foreground = self._running.value + expected
+        if background:
+            if foreground > 0:
+                return 1
+            return max(1, self.cores // max(1, self._background.value))
+        return max(1, self.cores // max(1, foreground))
+
+    def _counter(self, background: bool) -> Counter:
+        return self._background if background else self._running
 
     @contextlib.contextmanager
-    def claim(self) -> Iterator[Claim]:
-        """Count this thread as running torch work for the block, with its share set."""
+    def claim(self, background: bool = False) -> Iterator[Claim]:
+        """Count this thread as running torch work for the block, with its share set.
+
+        ``background``: work that yields to the rest (a job beside requests): it takes no
+        share from other claims, and gets 1 thread while any of them runs. Pair it with a
+        lower OS priority for the thread, so that the core its one thread holds goes to the
+        others first (the in-process jobs' threads are lowered so).
+        """
         previous = getattr(self._local, "claim", None)
-        self._running.add(1)
+        counter = self._counter(background)
+        counter.add(1)
         try:
-            claim = Claim(self)
+            claim = Claim(self, background)
             self._local.claim = claim
             claim.refresh()
             yield claim
         finally:
-            self._running.add(-1)
+            counter.add(-1)
             self._local.claim = previous
 
     @contextlib.contextmanager
@@ -171,9 +196,10 @@ class CoreShare:
         if claim is None:
             yield
             return
-        self._running.add(-1)
+        counter = self._counter(claim.background)
+        counter.add(-1)
         try:
             yield
         finally:
-            self._running.add(1)
+            counter.add(1)
             claim.refresh()

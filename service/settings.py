@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     )
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="job record TTL")
     inprocess_job_workers: int = Field(default=1, ge=1, le=8)
+    inprocess_job_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="how much lower the in-process job threads' scheduling priority is than "
+        "the API's (Linux niceness): a core that a synchronous request wants goes to it "
+        "first, so jobs do not starve feature maps; alone a job still uses every core. "
+        "0: the same priority",
+    )
     inprocess_job_backlog: int = Field(
         default=64, ge=0, description="in-process jobs that may wait for a worker before 503"
     )

@@ -166,7 +166,11 @@ def run_shard(
             else None
         )
         with (
-            cores.claim() if cores is not None else contextlib.nullcontext() as claim,
+            (
+                cores.claim(background=resources.background)
+                if cores is not None
+                else contextlib.nullcontext()
+            ) as claim,
             lease if lease is not None else contextlib.nullcontext(),
         ):
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,24 @@ def _malloc_trim() -> Callable[[], None]:
 release_freed_memory = _malloc_trim()
 
 
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's scheduling priority by ``nice`` (Linux: niceness is per
+    thread, and the OpenMP threads it starts later inherit it).
+
+    A job thread runs at this lower priority so that a core a synchronous request wants
+    goes to that request first: beside feature-map traffic a job takes what the requests
+    leave, and alone it still has every core. Raising it back would need privileges, which
+    is why only the job threads, for their whole life, are lowered.
+    """
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (AttributeError, OSError) as exc:  # no per-thread priority here: run as we are
+        log.warning("in-process job threads keep their priority: %s", exc)
+
+
 class InProcessTransport:
     """A :class:`~service.jobs.transport.JobTransport` on a thread pool."""
 
@@ -66,6 +85,7 @@ class InProcessTransport:
         progress_interval_s: float = 0.5,
         preview_interval_s: float = 2.0,
         callback: CallbackPolicy | None = None,
+        nice: int = 0,
     ) -> None:
         self._records = records
         self._resources = resources
@@ -77,7 +97,12 @@ class InProcessTransport:
             preview_interval_s=preview_interval_s,
             callback=callback,
         )
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnviz-job")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="cnnviz-job",
+            initializer=lower_priority,
+            initargs=(nice,),
+        )
         self._in_flight = 0
         self._lock = threading.Lock()
 

@@ -37,6 +37,9 @@ def build_jobs(
         loader_workers=settings.exemplar_loader_workers,
         batch_size=settings.exemplar_batch_size,
         cores=cores,
+        # In-process jobs run on threads of lower priority (below): they yield the cores to
+        # the synchronous requests rather than take a fair share from them.
+        background=not settings.redis_url and settings.inprocess_job_nice > 0,
         max_job_work=settings.max_job_work,
     )
     if settings.redis_url:
@@ -91,6 +94,7 @@ def build_jobs(
         progress_interval_s=settings.job_progress_interval,
         preview_interval_s=settings.job_preview_interval,
         callback=callback_policy(settings),
+        nice=settings.inprocess_job_nice,
     )
     manager = JobManager(
         memory,

@@ -52,6 +52,23 @@ def test_idle_hands_the_share_back_while_waiting() -> None:
     assert share.running == 0
 
 
+def test_a_background_claim_yields_every_core_to_the_others_and_has_them_alone() -> None:
+    share = CoreShare(4)
+    with share.claim(background=True) as job:
+        assert job.threads == 4 and share.running == 0  # alone: every core
+        with share.claim() as request:
+            assert request.threads == 4  # the job takes no share from a request
+            assert job.refresh() == 1  # and keeps one thread while the request runs
+            with share.claim() as second:
+                assert second.threads == 2 and job.refresh() == 1  # requests share as before
+        assert job.refresh() == 4  # the requests are done: every core again
+        with share.claim(background=True) as other_job:
+            assert other_job.threads == 2 and job.refresh() == 2  # jobs share among themselves
+            with share.idle():
+                assert job.refresh() == 4  # one job waiting hands its share back
+    assert share.running == 0 and share.threads_now(background=True) == 4
+
+
 def _hold(counter: SharedCounter, started: object, release: object) -> None:
     counter.add(1)
     started.set()  # type: ignore[attr-defined]

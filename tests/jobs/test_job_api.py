@@ -276,17 +276,20 @@ def test_an_in_process_job_past_its_time_limit_fails_with_a_timeout() -> None:
         assert wait_job(client, submit(client, QUICK)["id"])["status"] == "succeeded"
 
 
-def test_an_in_process_job_shares_the_cores_with_feature_maps() -> None:
+def test_an_in_process_job_yields_the_cores_to_feature_maps() -> None:
     app = create_app(api_settings(None))
     cores = app.state.pool.cores
     with serve(app) as client:
         running = submit(client, LONG)
         wait_for(lambda: job(client, running["id"])["status"] == "running", 60, "job running")
-        # The job's claim counts in the one share of the API process: a feature-map request
-        # now gets half the cores, and the job half at its next step.
-        wait_for(lambda: cores.running == 1, 30, "the job's claim")
+        # The job's claim is background work in the one share of the API process: a
+        # feature-map request beside it has every core, and the job one thread meanwhile.
+        wait_for(lambda: cores.running_background == 1, 30, "the job's claim")
+        assert cores.running == 0
         with cores.claim() as claim:
-            assert claim.threads == max(1, cores.cores // 2)
+            assert claim.threads == cores.cores
+            assert cores.threads_now(background=True) == 1
+        assert cores.threads_now(background=True) == cores.cores  # alone again: every core
         client.post(f"/v1/jobs/{running['id']}/cancel")
         assert wait_job(client, running["id"])["status"] == "cancelled"
-        wait_for(lambda: cores.running == 0, 30, "the claim given back")
+        wait_for(lambda: cores.running_background == 0, 30, "the claim given back")

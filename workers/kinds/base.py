@@ -55,7 +55,10 @@ class Resources:
     One per process (the API's, or a worker pool child's), on that process's device.
     ``shard_images`` is the most images one shard of a data-set job handles. ``cores``: the
     share of the CPU cores a running shard takes part in (the API's with its requests, or the
-    pool children's); None: torch's own thread count. ``loader_workers``: the DataLoader
+    pool children's); None: torch's own thread count. ``background``: jobs claim their share
+    as background work (:meth:`~cnnviz.threads.CoreShare.claim`), which yields the cores to
+    the synchronous requests of the same share (in-process jobs, on threads of lower
+    priority). ``loader_workers``: the DataLoader
     processes that decode images ahead of the model (0: in the job's own process);
     ``batch_size``: the images of one forward pass;
     ``max_job_work`` caps what one job may ask for (steps × images × pixels for an
@@ -67,6 +70,7 @@ class Resources:
     datasets: DatasetRegistry = field(default_factory=DatasetRegistry)
     shard_images: int = 2048
     cores: CoreShare | None = None
+    background: bool = False
     loader_workers: int = 0
     batch_size: int = 64
     max_job_work: int | None = None
