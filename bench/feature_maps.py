@@ -10,11 +10,16 @@
 2. 8 clients, each with its own keep-alive connection, for ``--seconds`` a burst: requests/s of
    today's service ÷ the service at ``--before`` (a git worktree of the commit before the
    performance work; ``git worktree add --detach /tmp/before 61a2dc6``), both servers running,
-   bursts alternating between them, medians of ``--rounds``. Two cases: ``shapes`` with two
+   bursts alternating between them, medians of ``--bursts``. Two cases: ``shapes`` with two
    layers (64 px, ``bench.throughput``'s case) and resnet18 ``layer2`` at 224 px. Target >= 1.
+   With each, the CPU seconds (all threads) each server process spent per answered request
+   over its bursts: on cores shared with other work, wall time measures the load as much as
+   the work, CPU time far less; with the cores saturated, requests/s is about the cores
+   available ÷ CPU seconds per request.
 
     .venv/bin/python -m bench.feature_maps [--before /tmp/before] [--rounds 40]
-        [--bursts 3] [--seconds 5] [--device cpu|cuda]
+        [--bursts 3] [--seconds 5] [--device cpu|cuda] [--only one|clients]
+        [--cases shapes,resnet18]
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from PIL import Image
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.transforms.functional import normalize, pil_to_tensor
 
-from bench.common import api_server, machine, models_file, ms, png_bytes
+from bench.common import Server, api_server, cpu_seconds, machine, models_file, ms, png_bytes
 from cnnviz.data.shapes import sample_image
 
 MEAN = (0.485, 0.456, 0.406)
@@ -94,8 +99,9 @@ CASES = {
 }
 
 
-def burst(url: str, case: str, clients: int, seconds: float) -> tuple[float, int]:
-    """Requests per second of ``clients`` threads for ``seconds``, and the non-200 count."""
+def burst(url: str, case: str, clients: int, seconds: float) -> tuple[float, int, int]:
+    """Requests per second of ``clients`` threads for ``seconds``, the 200 count and the
+    non-200 count."""
     path, fields, size = CASES[case]
     files = {"image": ("triangle.png", png_bytes(sample_image("triangle").resize((size,) * 2)))}
     statuses: collections.Counter[int] = collections.Counter()
@@ -119,7 +125,46 @@ def burst(url: str, case: str, clients: int, seconds: float) -> tuple[float, int
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
-    return statuses[200] / elapsed, sum(n for s, n in statuses.items() if s != 200)
+    return statuses[200] / elapsed, statuses[200], sum(n for s, n in statuses.items() if s != 200)
+
+
+def clients_case(
+    now: Server, old: Server, before: Path, case: str, clients: int, bursts: int, seconds: float
+) -> None:
+    """Alternating bursts of ``clients`` against both servers; requests/s and CPU per request."""
+    for server in (now, old):  # warm-up
+        burst(server.url, case, clients, 1.0)
+    servers = {"today": now, "before": old}
+    rates: dict[str, list[float]] = {name: [] for name in servers}
+    answered = dict.fromkeys(servers, 0)
+    errors = dict.fromkeys(servers, 0)
+    cpu = dict.fromkeys(servers, 0.0)
+    for _ in range(bursts):  # alternate, so both see the same load
+        for name, server in servers.items():
+            cpu_start = cpu_seconds(server.pid)
+            rate, ok, bad = burst(server.url, case, clients, seconds)
+            cpu[name] += cpu_seconds(server.pid) - cpu_start
+            rates[name].append(rate)
+            answered[name] += ok
+            errors[name] += bad
+    r_now, r_old = statistics.median(rates["today"]), statistics.median(rates["before"])
+    print(
+        f"{clients} clients, {case} {CASES[case][1]['layers']}, "
+        f"median of {bursts} bursts of {seconds:g} s:"
+    )
+    per_request = {name: cpu[name] / max(1, answered[name]) for name in servers}
+    for name in servers:
+        where = f", {before}" if name == "before" else ""
+        print(
+            f"  {name:<6} {r_now if name == 'today' else r_old:7.1f} req/s  "
+            f"{per_request[name] * 1000:6.2f} CPU ms a request  "
+            f"({errors[name]} errors{where})"
+        )
+    cpu_ratio = per_request["today"] / per_request["before"]
+    print(
+        f"  ratio {r_now / r_old:5.2f}  (target >= 1);  CPU a request, today ÷ before "
+        f"{cpu_ratio:5.2f}"
+    )
 
 
 def main() -> None:
@@ -130,7 +175,17 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=3, help="8-client bursts per side")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of a burst")
     parser.add_argument("--device", default="cpu", help="CNNVIZ_DEVICE and the floor's")
+    parser.add_argument(
+        "--only", choices=("one", "clients"), default=None, help="run only this part"
+    )
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help="the 8-client cases, comma-separated"
+    )
     args = parser.parse_args()
+    cases = [case for case in args.cases.split(",") if case]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown cases {unknown}; choose from {sorted(CASES)}")
     device = torch.device(args.device)
     print(machine())
     before = Path(args.before).resolve()
@@ -140,31 +195,17 @@ def main() -> None:
         env = {"CNNVIZ_MODELS_FILE": str(toml), "CNNVIZ_DEVICE": args.device}
         old_env = {**env, "PYTHONPATH": str(before)}
         with api_server(env) as now, api_server(old_env, root=before) as old:
-            floor = Floor(upload_image, device)
-            http, base = one_client(now.url, floor, png_bytes(upload_image), args.rounds)
-            print(f"1 client, resnet18 layer2 at 224 px, p50 of {args.rounds} pairs:")
-            print(f"  POST feature-maps over HTTP {ms(http)}")
-            threads = torch.get_num_threads()
-            print(f"  independent floor           {ms(base)}  (torch threads {threads})")
-            print(f"  ratio {http / base:5.2f}  (target <= 1.2)")
-            for case in CASES:
-                for server in (now, old):  # warm-up
-                    burst(server.url, case, args.clients, 1.0)
-                rates: dict[str, list[float]] = {"now": [], "before": []}
-                errors = {"now": 0, "before": 0}
-                for _ in range(args.bursts):  # alternate, so both see the same load
-                    for name, server in (("now", now), ("before", old)):
-                        rate, bad = burst(server.url, case, args.clients, args.seconds)
-                        rates[name].append(rate)
-                        errors[name] += bad
-                r_now, r_old = statistics.median(rates["now"]), statistics.median(rates["before"])
-                print(
-                    f"{args.clients} clients, {case} {CASES[case][1]['layers']}, "
-                    f"median of {args.bursts} bursts of {args.seconds:.0f} s:"
-                )
-                print(f"  today  {r_now:7.1f} req/s  ({errors['now']} errors)")
-                print(f"  before {r_old:7.1f} req/s  ({errors['before']} errors, {before})")
-                print(f"  ratio {r_now / r_old:5.2f}  (target >= 1)")
+            if args.only != "clients":
+                floor = Floor(upload_image, device)
+                http, base = one_client(now.url, floor, png_bytes(upload_image), args.rounds)
+                print(f"1 client, resnet18 layer2 at 224 px, p50 of {args.rounds} pairs:")
+                print(f"  POST feature-maps over HTTP {ms(http)}")
+                threads = torch.get_num_threads()
+                print(f"  independent floor           {ms(base)}  (torch threads {threads})")
+                print(f"  ratio {http / base:5.2f}  (target <= 1.2)")
+            if args.only != "one":
+                for case in cases:
+                    clients_case(now, old, before, case, args.clients, args.bursts, args.seconds)
 
 
 if __name__ == "__main__":
