@@ -8,7 +8,9 @@ one forward for all of them; the others wait for it without holding a share of t
 request that finds nobody on the way runs at once, alone, with every core. The wait is also
 at most half of what one image's forward pass of that key has been taking: on a small model
 whose forward takes a millisecond, waiting several for a partner costs more than a batch
-saves (and under load, requests queued for a slot batch without any wait).
+saves (and under load, requests queued for a slot batch without any wait). Nor does a leader
+wait when every batch size it could still reach is known to change the numbers (below): its
+requests would run one by one anyway.
 
 Each request gets exactly what its own forward pass would give: the first time a key runs as
 a batch of ``n``, the leader also runs every image alone and compares the two bit for bit.
@@ -144,11 +146,20 @@ class MicroBatcher:
             return self.max_delay_s
         return min(self.max_delay_s, _WAIT_SHARE * cost)
 
+    def _may_gain(self, batch: _Batch) -> bool:
+        """Whether a batch that the requests on their way could still make might be exact
+        (called under the lock): not when every size it could reach is known to change the
+        numbers, so that its requests run one by one anyway (a small convolution network,
+        whose kernels depend on the batch size)."""
+        have = len(batch.inputs)
+        reach = min(self.max_batch, have + self._coming)
+        return any(self._exact.get((batch.key, n), True) for n in range(have + 1, reach + 1))
+
     def _lead(self, batch: _Batch, run: Forward) -> None:
         deadline = time.monotonic() + self._delay(batch.key)
         with self._cond:
             with self._cores.idle():
-                while not batch.closed and self._coming > 0:
+                while not batch.closed and self._coming > 0 and self._may_gain(batch):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break

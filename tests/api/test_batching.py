@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -19,11 +20,13 @@ from cnnviz.data.shapes import sample_image
 from cnnviz.featuremaps import layer_activations
 from cnnviz.models.shapes import load_shapes_net
 from cnnviz.threads import CoreShare
+from service import batching
 from service.batching import MicroBatcher
 from service.main import create_app
 from tests.api.conftest import REQUEST_TIMEOUT, make_settings, serve
 
 Outputs = dict[str, torch.Tensor]
+WAIT_S = 60.0
 
 
 def _concurrently(
@@ -112,6 +115,41 @@ def test_a_quick_forward_does_not_wait_long_for_others() -> None:
     finally:
         done.set()
         waiter.join(timeout=10)
+
+
+def test_no_wait_for_others_when_batches_of_the_key_change_the_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Batches of this key give other numbers than each image alone (as a small convolution
+    # network's do), so its requests run one by one anyway: a leader does not wait for a
+    # request on its way, however slow its forward seems (a clock that makes every forward
+    # look 1000 s long, so that only this rule can end the wait before the other arrives).
+    ticks = iter(range(0, 10**9, 1000))
+    clock = SimpleNamespace(monotonic=time.monotonic, perf_counter=lambda: next(ticks))
+    monkeypatch.setattr(batching, "time", clock)
+    batcher = MicroBatcher(CoreShare(2), max_batch=2, max_delay_s=3600.0)
+
+    def run(batch: torch.Tensor) -> Outputs:
+        return {"a": batch + 0.001 * batch.shape[0]}
+
+    _concurrently(batcher, "k", [torch.zeros(1, 2), torch.ones(1, 2)], run)  # learns it
+    leader_done = threading.Event()
+    waited_for_leader: list[bool] = []
+
+    def on_its_way() -> None:  # stays on its way until the leader is done
+        with batcher.arriving():
+            waited_for_leader.append(leader_done.wait(timeout=WAIT_S))
+
+    waiter = threading.Thread(target=on_its_way)
+    waiter.start()
+    try:
+        x = torch.ones(1, 2)
+        assert torch.equal(batcher.forward("k", x, run)["a"], run(x)["a"])
+        leader_done.set()
+    finally:
+        leader_done.set()
+        waiter.join(timeout=10)
+    assert waited_for_leader == [True]  # the leader did not wait for it
 
 
 def test_a_lone_request_does_not_wait() -> None:
