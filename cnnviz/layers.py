@@ -104,6 +104,8 @@ class LayerIndex:
         self._extractors: dict[tuple[str, ...], Extractor] = {}
         self._layers: list[LayerInfo] | None = None
         self._traced: TracedModel | None
+        # What decides the mode a forward runs in (the root is read through the weak ref).
+        self._submodules = tuple(module for module in model.modules() if module is not model)
         try:
             with preserved_state(model):  # tracing switches to eval mode: keep the modes
                 self._traced = trace(model)
@@ -284,9 +286,13 @@ class LayerIndex:
     def _capture(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, object]:
         """What each of ``names`` computes for ``x``; names that produced nothing are absent."""
         extractor = self.extractor(names)
-        with preserved_state(self.model):
-            if isinstance(extractor, nn.Module):
-                extractor.eval()
+        model = self.model
+        if model.training or any(module.training for module in self._submodules):
+            with preserved_state(model):
+                if isinstance(extractor, nn.Module):
+                    extractor.eval()
+                outputs = extractor(x)
+        else:  # already in eval mode (a served model): nothing to switch, nothing to restore
             outputs = extractor(x)
         keys = {name: self._named[name].key for name in names}
         return {name: outputs[key] for name, key in keys.items() if key in outputs}

@@ -157,6 +157,16 @@ def test_capture_leaves_modes_and_requires_grad_as_found() -> None:
     assert not model.conv_a.weight.requires_grad and model.conv_b.weight.requires_grad
 
 
+def test_capture_of_a_model_in_eval_mode_leaves_it_as_found() -> None:
+    model = TwoConvs().eval()
+    model.conv_a.weight.requires_grad_(False)
+    x = torch.rand(1, 2, 4, 4)
+    out = capture_activations(model, x, ["conv_b"])["conv_b"]
+    assert torch.equal(out, model.conv_b(model.relu(model.conv_a(x))))
+    assert not any(module.training for module in model.modules())
+    assert not model.conv_a.weight.requires_grad and model.conv_b.weight.requires_grad
+
+
 def test_preserved_state_restores_after_an_exception() -> None:
     model = TwoConvs().train()
     with pytest.raises(ValueError), preserved_state(model):
