@@ -39,7 +39,7 @@ from cnnviz.imaging.heatmap import (
     apply_palette,
     palette,
     quantize,
-    value_range,
+    range_of,
 )
 from cnnviz.imaging.png import DEFAULT_COMPRESS_LEVEL, encode_png
 from cnnviz.layers import layer_index
@@ -349,15 +349,18 @@ def _layer_maps(
         max_pixels=max_grid_pixels,
     )
     # Over every channel, drawn or not: a layer range must not depend on the selection.
-    lo, hi = value_range(maps, normalize)
-    picked = torch.tensor(chosen, device=maps.device)
-    indices = quantize(maps[picked], lo[picked], hi[picked])
+    lo, hi = range_of(stats[:, 0], stats[:, 1], normalize)
+    if chosen == list(range(len(stats))):  # every channel in order (the default): no copies
+        indices, tile_stats = quantize(maps, lo, hi), stats
+    else:
+        picked = torch.tensor(chosen, device=maps.device)
+        indices, tile_stats = quantize(maps[picked], lo[picked], hi[picked]), stats[picked]
     grid = tile_grid(upscale(indices, scale), layout, fill=PAD_INDEX)
     return LayerMaps(
         name=name,
         shape=shape,
         layout=layout,
-        stats=stats[picked].cpu(),
+        stats=tile_stats.cpu(),
         indices=grid.cpu(),
         palette=colours,
     )

@@ -33,6 +33,7 @@ __all__ = [
     "colormap_names",
     "palette",
     "quantize",
+    "range_of",
     "value_range",
 ]
 
@@ -100,13 +101,20 @@ def value_range(
     can be compared with each other. Pass the whole layer to get a layer range even when only
     some channels are drawn.
     """
+    flat = activations.reshape(activations.shape[0], -1)
+    return range_of(flat.amin(dim=1), flat.amax(dim=1), normalize)
+
+
+def range_of(
+    lows: torch.Tensor, highs: torch.Tensor, normalize: Normalize
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`value_range` from each channel's min ``lows`` and max ``highs`` ``(N,)``, for a
+    caller that has them already."""
     if normalize not in ("channel", "layer"):
         raise InvalidArgumentError(f"normalize must be 'channel' or 'layer', got {normalize!r}")
-    flat = activations.reshape(activations.shape[0], -1)
-    lo, hi = flat.amin(dim=1), flat.amax(dim=1)
     if normalize == "layer":
-        lo, hi = lo.amin().expand_as(lo), hi.amax().expand_as(hi)
-    return lo, hi
+        return lows.amin().expand_as(lows), highs.amax().expand_as(highs)
+    return lows, highs
 
 
 def quantize(activations: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
