@@ -28,12 +28,9 @@ from cnnviz.featuremaps import (
 from cnnviz.imaging import preprocess
 from cnnviz.models import ModelRegistry
 from schemas.feature_maps import (
-    ChannelStats,
     FeatureMapsCreate,
     FeatureMapsOptions,
     FeatureMapsRead,
-    GridLayout,
-    LayerMapRead,
 )
 from service.concurrency import TorchPool
 from service.errors import ApiError
@@ -163,36 +160,36 @@ def render(
     return [Rendered(m, m.png()) for m in maps]
 
 
-def _layout(maps: LayerMaps) -> GridLayout:
-    layout = maps.layout
-    return GridLayout(
-        rows=layout.rows,
-        columns=layout.columns,
-        tile=layout.tile,
-        padding=layout.padding,
-        channels=list(layout.channels),
-    )
-
-
 def to_read(model: str, rendered: list[Rendered]) -> FeatureMapsRead:
-    """The JSON answer: per layer its shape, grid layout, per-channel stats and base64 PNG."""
+    """The JSON answer: per layer its shape, grid layout, per-channel stats and base64 PNG.
+
+    Validated as one nested structure (one call into pydantic's core), not a model built per
+    channel's stats: a layer has up to thousands of channels.
+    """
     layers = []
     for item in rendered:
         maps = item.maps
-        stats = [
-            ChannelStats(channel=channel, min=lo, max=hi, mean=mean)
-            for channel, (lo, hi, mean) in zip(maps.channels, maps.stats.tolist(), strict=True)
-        ]
+        layout = maps.layout
+        stats = maps.stats.tolist()
         layers.append(
-            LayerMapRead(
-                name=maps.name,
-                shape=list(maps.shape),
-                grid=_layout(maps),
-                stats=stats,
-                image=base64.b64encode(item.png).decode("ascii"),
-            )
+            {
+                "name": maps.name,
+                "shape": list(maps.shape),
+                "grid": {
+                    "rows": layout.rows,
+                    "columns": layout.columns,
+                    "tile": layout.tile,
+                    "padding": layout.padding,
+                    "channels": list(layout.channels),
+                },
+                "stats": [
+                    {"channel": channel, "min": lo, "max": hi, "mean": mean}
+                    for channel, (lo, hi, mean) in zip(maps.channels, stats, strict=True)
+                ],
+                "image": base64.b64encode(item.png).decode("ascii"),
+            }
         )
-    return FeatureMapsRead(model=model, layers=layers)
+    return FeatureMapsRead.model_validate({"model": model, "layers": layers})
 
 
 def render_json(
