@@ -51,7 +51,7 @@ def _steps_per_second(client: httpx.Client, job_id: str, seconds: float) -> floa
 
 
 def one_round(server: Server, clients: int, seconds: float, seed: int) -> dict[str, float]:
-    alone, _ = burst(server.url, "shapes", clients, seconds)
+    alone, _, _ = burst(server.url, "shapes", clients, seconds)
     with httpx.Client(base_url=server.url, timeout=60) as client:
         body = {**JOB, "seed": seed}
         created = client.post("/v1/models/shapes/optimizations", json=body).raise_for_status()
@@ -68,7 +68,7 @@ def one_round(server: Server, clients: int, seconds: float, seed: int) -> dict[s
         job_alone = _steps_per_second(client, job_id, seconds)
         _, first = _progress(client, job_id)
         started = time.perf_counter()
-        beside, errors = burst(server.url, "shapes", clients, seconds)
+        beside, _, errors = burst(server.url, "shapes", clients, seconds)
         elapsed = time.perf_counter() - started
         status, last = _progress(client, job_id)
         if status != "running":
