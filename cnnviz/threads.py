@@ -27,10 +27,14 @@ import contextlib
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
+
+# The longest a background claim pauses between two steps beside other claims.
+_MAX_PAUSE_S = 0.5
 
 __all__ = ["Claim", "CoreShare", "Counter", "LocalCounter", "SharedCounter", "available_cores"]
 
@@ -110,9 +114,20 @@ class Claim:
         self._share = share
         self.background = background
         self.threads = 0
+        self._since = time.monotonic()
 
     def refresh(self) -> int:
-        """Set this thread's torch threads to its share now; returns it."""
+        """Set this thread's torch threads to its share now; returns it.
+
+        A background claim called while other claims run first pauses for as long as it
+        worked since its last call (at most half a second): between its steps it then leaves
+        the cores *and* the interpreter lock to the others half of the time, which a lower
+        OS priority alone cannot do for the lock.
+        """
+        if self.background and self._share.foreground() > 0:
+            worked = time.monotonic() - self._since
+            time.sleep(min(worked, _MAX_PAUSE_S))
+        self._since = time.monotonic()
         threads = self._share.threads_now(self.background)
         if threads != self.threads or torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -152,12 +167,15 @@ class CoreShare:
         for the instant it runs alone, and then oversubscribe them when the next one starts."""
         self._expected.append(source)
 
+    def foreground(self) -> int:
+        """Claims running or about to run, background claims not counted."""
+        return self._running.value + sum(max(0, source()) for source in self._expected)
+
     def threads_now(self, background: bool = False) -> int:
         """The threads one running claim gets now: ``cores ÷ (running + expected)``, at
         least 1. Background claims are not counted there: they share the cores among
         themselves when nothing else runs, and have 1 thread when something does."""
-        expected = sum(max(0, source()) for source in self._expected)
-        foreground = self._running.value + expected
+        foreground = self.foreground()
         if background:
             if foreground > 0:
                 return 1

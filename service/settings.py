@@ -71,8 +71,9 @@ class Settings(BaseSettings):
         le=19,
         description="how much lower the in-process job threads' scheduling priority is than "
         "the API's (Linux niceness): a core that a synchronous request wants goes to it "
-        "first, and beside running requests a job steps on with one thread; alone a job "
-        "still uses every core. 0: the same priority, and a fair share beside requests",
+        "first, and beside running requests a job steps on with one thread, pausing between "
+        "steps as long as its last step took; alone a job still uses every core. 0: the same "
+        "priority, a fair share beside requests and no pause",
     )
     inprocess_job_backlog: int = Field(
         default=64, ge=0, description="in-process jobs that may wait for a worker before 503"

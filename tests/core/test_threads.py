@@ -5,8 +5,10 @@ from __future__ import annotations
 import multiprocessing
 import threading
 
+import pytest
 import torch
 
+import cnnviz.threads as threads_module
 from cnnviz.threads import CoreShare, SharedCounter
 
 
@@ -67,6 +69,24 @@ def test_a_background_claim_yields_every_core_to_the_others_and_has_them_alone()
             with share.idle():
                 assert job.refresh() == 4  # one job waiting hands its share back
     assert share.running == 0 and share.threads_now(background=True) == 4
+
+
+def test_a_background_claim_pauses_between_steps_only_while_others_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(threads_module.time, "sleep", pauses.append)
+    share = CoreShare(2)
+    with share.claim(background=True) as job:
+        threading.Event().wait(0.05)  # a step's work, alone
+        job.refresh()
+        assert pauses == []  # alone: no pause
+        with share.claim():
+            threading.Event().wait(0.05)  # a step's work beside a request
+            job.refresh()
+            assert len(pauses) == 1 and 0.05 <= pauses[0] <= 0.5  # as long as it worked
+        job.refresh()
+        assert len(pauses) == 1
 
 
 def _hold(counter: SharedCounter, started: object, release: object) -> None:
