@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnnviz import layers
 from cnnviz.errors import UnknownLayerError
 from cnnviz.layers import LayerIndex, capture_activations, layer_index, preserved_state
 
@@ -157,10 +158,20 @@ def test_capture_leaves_modes_and_requires_grad_as_found() -> None:
     assert not model.conv_a.weight.requires_grad and model.conv_b.weight.requires_grad
 
 
-def test_capture_of_a_model_in_eval_mode_leaves_it_as_found() -> None:
+def test_capture_of_a_model_in_eval_mode_switches_nothing_and_leaves_it_as_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     model = TwoConvs().eval()
     model.conv_a.weight.requires_grad_(False)
     x = torch.rand(1, 2, 4, 4)
+    layer_index(model)  # indexed (tracing keeps the modes on its own)
+
+    def switched(_: nn.Module) -> None:
+        raise AssertionError("a model in eval mode was switched and restored")
+
+    # Nothing to switch: no save-and-restore of modes and requires_grad, which a job that
+    # froze the same model in another thread would see undone.
+    monkeypatch.setattr(layers, "preserved_state", switched)
     out = capture_activations(model, x, ["conv_b"])["conv_b"]
     assert torch.equal(out, model.conv_b(model.relu(model.conv_a(x))))
     assert not any(module.training for module in model.modules())
