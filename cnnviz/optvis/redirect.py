@@ -26,9 +26,14 @@ from torch import fx, nn
 __all__ = ["redirect_relus", "redirected_relu", "redirected_relu6"]
 
 
-def _per_item(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` bool → broadcastable against ``like`` ``(n, ...)``."""
-    return mask.view(-1, *([1] * (like.dim() - 1)))
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``(n, -1)``: each batch item's values as one row; a view, not a copy, whatever the
+    memory format (channels-last included) as long as the batch dimension is outermost."""
+    strides = t.stride()
+    order = sorted(range(t.dim()), key=lambda d: -strides[d])
+    if order[0] == 0:
+        t = t.permute(order)
+    return t.reshape(t.shape[0], -1)
 
 
 class _RedirectedClamp(torch.autograd.Function):
@@ -36,6 +41,10 @@ class _RedirectedClamp(torch.autograd.Function):
 
     Gradients here are of the *loss* (the negated objective), as in Lucid: a positive gradient
     on a negative input would push it lower, so it is blocked even when redirected.
+
+    The backward costs about a plain ReLU's: the ordinary gradient is torch's own kernel, the
+    check for items without any gradient one reduction over a view, and the redirected
+    gradient is computed for those items alone.
     """
 
     @staticmethod
@@ -48,20 +57,25 @@ class _RedirectedClamp(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (x,) = ctx.saved_tensors
         low, high = ctx.bounds
-        below = x < low
-        outside = below if high == float("inf") else below | (x > high)
-        plain = grad.masked_fill(outside, 0.0)
+        # The ordinary gradient: where low < x (< high), else 0 (torch's ReLU convention).
+        bounded = high != float("inf")
+        if bounded:
+            plain = torch.ops.aten.hardtanh_backward(grad, x, low, high)
+        else:
+            plain = torch.ops.aten.threshold_backward(grad, x, low)
         if plain.dim() < 2:  # no batch dimension: nothing to redirect per item
             return plain, None, None
-        dead = ~plain.flatten(1).ne(0).any(dim=1)
+        dead = ~_rows(plain).ne(0).any(dim=1)
         # Once every item's unit is alive, the ordinary gradient is the answer: skip the rest.
         if not bool(dead.any()):
             return plain, None, None
-        blocked = below & (grad > 0)
-        if high != float("inf"):
-            blocked |= (x > high) & (grad < 0)
-        redirected = grad.masked_fill(blocked, 0.0)
-        return torch.where(_per_item(dead, x), redirected, plain), None, None
+        items = dead.nonzero().squeeze(1)
+        g, xs = grad[items], x[items]
+        redirected = torch.where(xs < low, g.clamp(max=0), g)
+        if bounded:
+            redirected = torch.where(xs > high, redirected.clamp(min=0), redirected)
+        plain[items] = redirected
+        return plain, None, None
 
 
 def redirected_relu(x: torch.Tensor) -> torch.Tensor:
