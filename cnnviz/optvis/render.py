@@ -238,8 +238,8 @@ def _with_settings_terms(objective: obj.Objective, settings: RenderSettings) -> 
 class _Forward:
     """Normalise, run the truncated model, and return ``{layer: activations}`` in fp32.
 
-    Holds the extractor for the objective's layers; for reduced-precision steps, a copy of
-    its graph with the batch norms folded into the convolutions; when asked, a copy of what
+    Holds the extractor for the objective's layers; for the steps, a copy of its graph with
+    the batch norms folded into the convolutions; when asked, a copy of what
     the steps run with redirected ReLU gradients; and the :class:`Numerics` they run in.
     Exact evaluations run the plain extractor in fp32. Built inside :func:`preserved_state`.
     """
@@ -258,10 +258,10 @@ class _Forward:
         self._plain = index.extractor(list(layers)) if layers else None
         if isinstance(self._plain, nn.Module):
             self._plain.eval()
-        # What the optimization steps run: under reduced precision, with batch norms folded
-        # (exact evaluations keep the plain graph, see cnnviz.optvis.fold).
+        # What the optimization steps run: the graph with batch norms folded (exact
+        # evaluations keep the plain graph, see cnnviz.optvis.fold).
         self._steps = self._plain
-        if numerics.reduced and isinstance(self._plain, fx.GraphModule):
+        if isinstance(self._plain, fx.GraphModule):
             self._steps = fold_batch_norms(self._plain)[0]
         self._redirected = None
         if redirect and isinstance(self._steps, fx.GraphModule):
