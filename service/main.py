@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 
+from cnnviz.allocator import keep_freed_memory
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    if settings.keep_freed_memory:  # before threads allocate: see cnnviz.allocator
+        keep_freed_memory()
     app.state.registry = ModelRegistry.from_file(settings.models_file, device=settings.device)
     # One share of the cores for every torch call of the process: requests and jobs.
     cores = CoreShare(settings.torch_threads)

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         "in-process jobs): each running call gets cores ÷ running calls threads, so one alone "
         "uses them all; default: every core the process may run on",
     )
+    keep_freed_memory: bool = Field(
+        default=True,
+        description="serve CPU tensors from one heap and keep freed memory for the next step "
+        "or request rather than map and fault it in again (glibc; see cnnviz.allocator); the "
+        "free memory goes back to the system when a job ends",
+    )
     sync_batch_max: int = Field(
         default=8, ge=1, le=64, description="most images of one batched forward pass (1: off)"
     )

@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
+from cnnviz.allocator import keep_freed_memory
 from cnnviz.threads import CoreShare, SharedCounter
 from schemas.jobs import JOB_QUEUE, JOB_TASK, SHARD_TASK
 from workers.config import get_worker_settings
@@ -23,6 +24,8 @@ from workers.device import child_index
 from workers.logs import JobIdFilter
 
 settings = get_worker_settings()
+if settings.keep_freed_memory:  # in the parent, so every pool child inherits it
+    keep_freed_memory()
 
 app = Celery(
     "cnnviz",

@@ -36,6 +36,12 @@ class WorkerSettings(BaseSettings):
         description="cores the pool children share: each child running a job gets cores ÷ "
         "children running jobs torch threads (all of them alone); unset: every core",
     )
+    keep_freed_memory: bool = Field(
+        default=True,
+        description="serve CPU tensors from one heap and keep freed memory for the next step "
+        "rather than map and fault it in again (glibc; see cnnviz.allocator); the free memory "
+        "goes back to the system when a job ends",
+    )
     job_soft_time_limit: float = Field(
         default=1800, gt=0, description="seconds; the job fails with a timeout error"
     )
