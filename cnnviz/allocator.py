@@ -17,9 +17,9 @@ step, and a tenth of the step's CPU time (``python -m bench.allocator``).
 
 :func:`keep_freed_memory` makes every block come from one heap (the main arena's) and keeps
 what is freed; the next step reuses it without a fault. :func:`release_freed_memory` hands
-what is free back to the system; the job runner calls it when a job's shard ends, so an idle
-process does not hold a job's peak. Elsewhere (another C library, another system) both do
-nothing.
+what is free back to the system: the in-process transport calls it after each job, a Celery
+pool child after each task, so an idle process does not hold a job's peak. Elsewhere
+(another C library, another system) both do nothing.
 
     keep_freed_memory()      # once, at process start, before threads allocate
     ...                      # jobs, requests
@@ -29,6 +29,7 @@ nothing.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import platform
 import sys
@@ -46,11 +47,12 @@ _M_ARENA_MAX = -8
 _KEEP_BYTES = 2**31 - 1
 
 _lock = threading.Lock()
-_libc: ctypes.CDLL | None = None
 _kept = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library, where it is glibc with ``mallopt`` and ``malloc_trim``."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
     try:
@@ -68,7 +70,7 @@ def keep_freed_memory() -> bool:
     Call it early, before threads allocate: a thread keeps the arena it first allocated from.
     Idempotent.
     """
-    global _libc, _kept
+    global _kept
     with _lock:
         if _kept:
             return True
@@ -80,7 +82,7 @@ def keep_freed_memory() -> bool:
             if libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) != 1:
                 log.warning("mallopt(%d, %d) refused: freed memory is not kept", param, value)
                 return False
-        _libc, _kept = libc, True
+        _kept = True
         return True
 
 
@@ -90,6 +92,12 @@ def keeping_freed_memory() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Hand the free memory of the heap back to the system (nothing unless it is kept)."""
-    if _libc is not None:
-        _libc.malloc_trim(ctypes.c_size_t(0))
+    """Hand the free memory of the heaps back to the system (glibc's ``malloc_trim(0)``).
+
+    Kept or not, glibc holds on to some of what a thread freed (with kept memory, all of it):
+    without a release, a process's RSS after a job stays near the job's peak, whatever it
+    still uses. Elsewhere, nothing.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(ctypes.c_size_t(0))

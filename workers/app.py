@@ -14,9 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_postrun,
+    worker_process_init,
+)
 
-from cnnviz.allocator import keep_freed_memory
+from cnnviz.allocator import keep_freed_memory, release_freed_memory
 from cnnviz.threads import CoreShare, SharedCounter
 from schemas.jobs import JOB_QUEUE, JOB_TASK, SHARD_TASK
 from workers.config import get_worker_settings
@@ -125,3 +130,10 @@ def _init_child(**_: Any) -> None:
     counter = CORES.counter
     if isinstance(counter, SharedCounter):
         counter.reset()
+
+
+@task_postrun.connect
+def _release_memory(**_: Any) -> None:
+    """After each task (a job, a shard, a merge), the pool child gives back the memory it
+    freed: an idle worker does not hold its last job's peak (see cnnviz.allocator)."""
+    release_freed_memory()

@@ -40,7 +40,7 @@ class WorkerSettings(BaseSettings):
         default=True,
         description="serve CPU tensors from one heap and keep freed memory for the next step "
         "rather than map and fault it in again (glibc; see cnnviz.allocator); the free memory "
-        "goes back to the system when a job ends",
+        "goes back to the system after each task",
     )
     job_soft_time_limit: float = Field(
         default=1800, gt=0, description="seconds; the job fails with a timeout error"

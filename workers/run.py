@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cnnviz.allocator import release_freed_memory
 from cnnviz.errors import CnnvizError
 from schemas.jobs import JobError, JobStatus, JobTask, Progress
 from workers.callbacks import CallbackPolicy, deliver
@@ -208,8 +207,6 @@ def run_shard(
     except Exception as exc:
         status, error = _outcome(task, exc, limits)
         return {FAILED: {"status": status.value, "error": error and error.model_dump()}}
-    finally:
-        release_freed_memory()  # what the shard kept for its steps (see cnnviz.allocator)
 
 
 def conclude(

@@ -9,15 +9,13 @@ Jobs live as long as the process.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cnnviz.allocator import release_freed_memory
 from schemas.jobs import JobTask
 from service.jobs.transport import QUEUE_RETRY_AFTER_S, QueueFull
 from workers.callbacks import CallbackPolicy
@@ -26,29 +24,6 @@ from workers.records.memory import MemoryRecords
 from workers.run import Limits, execute
 
 log = logging.getLogger(__name__)
-
-
-def _malloc_trim() -> Callable[[], None]:
-    """glibc's ``malloc_trim(0)``, or nothing where the C library has none (musl, macOS).
-
-    glibc keeps the heap pages a thread freed for its next allocations, so without a trim
-    the API's RSS after a job stays at the job's peak (its render's chunks, its encoding,
-    the results moved to files), whatever the process still holds.
-    """
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is None:
-        return lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-
-    def release() -> None:
-        trim(0)
-
-    return release
-
-
-release_freed_memory = _malloc_trim()
 
 
 def lower_priority(nice: int) -> None:

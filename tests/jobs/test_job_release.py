@@ -1,35 +1,29 @@
-"""A job's kept memory goes back to the system when its shard ends (see cnnviz.allocator)."""
+"""Freed memory is kept while jobs run, and given back after each one (see cnnviz.allocator).
+
+The in-process transport's release after each job: tests/jobs/test_result_cap.py.
+"""
 
 from __future__ import annotations
 
 import pytest
+from celery.signals import task_postrun
 
+import workers.app
 from cnnviz.allocator import keeping_freed_memory
 from service.main import create_app
-from tests.jobs.client import LONG, QUICK, submit, wait_job
 from tests.jobs.conftest import api_settings
-from tests.jobs.procs import serve
-from workers import run
 
 
-def test_the_api_keeps_freed_memory_and_a_job_releases_it_when_it_ends(
+def test_the_api_keeps_freed_memory_by_default() -> None:
+    create_app(api_settings(None))
+    assert keeping_freed_memory()
+
+
+def test_a_celery_pool_child_gives_memory_back_after_each_task(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     released: list[int] = []
-    monkeypatch.setattr(run, "release_freed_memory", lambda: released.append(1))
-    with serve(create_app(api_settings(None))) as api:
-        assert keeping_freed_memory()  # the default, set up with the app
-        job = submit(api, QUICK)
-        assert wait_job(api, job["id"])["status"] == "succeeded"
-    assert released == [1]  # one shard, one release
-
-
-def test_a_cancelled_job_releases_its_memory_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    released: list[int] = []
-    monkeypatch.setattr(run, "release_freed_memory", lambda: released.append(1))
-    with serve(create_app(api_settings(None))) as api:
-        job = submit(api, LONG)
-        wait_job(api, job["id"], {"running"})
-        assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code in (200, 202)
-        assert wait_job(api, job["id"])["status"] == "cancelled"
+    monkeypatch.setattr(workers.app, "release_freed_memory", lambda: released.append(1))
+    # What Celery sends in the pool child when a task (a job, a shard, a merge) returns.
+    task_postrun.send(sender=None, task_id="t")
     assert released == [1]
