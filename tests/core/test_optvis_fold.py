@@ -1,4 +1,5 @@
-"""Batch norms folded into convolutions: the same function, the original left alone."""
+"""Batch norms folded into convolutions: the same function, the original left alone, and
+what the optimization steps run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections import OrderedDict
 import torch
 from torch import fx, nn
 
+from cnnviz.optvis import RenderSettings, objectives, visualize
 from cnnviz.optvis.fold import fold_batch_norms
 
 
@@ -98,3 +100,26 @@ def test_a_module_called_twice_is_not_folded() -> None:
 def test_batch_norms_in_training_mode_are_left() -> None:
     traced = fx.symbolic_trace(_net()).train()
     assert fold_batch_norms(traced)[1] == 0
+
+
+def test_fp32_optimization_steps_run_the_folded_graph() -> None:
+    """The batch norms run in the exact evaluations only (a fixed count), not in the steps."""
+    net = _net()
+    calls: list[int] = []
+    net.bn1.register_forward_hook(lambda *_: calls.append(1))
+
+    def batch_norm_calls(steps: int) -> int:
+        calls.clear()
+        settings = RenderSettings(steps=steps, precision="fp32", redirect_relu_steps=0)
+        visualize(
+            net,
+            objectives.channel("bn2", [0, 1]),
+            input_shape=(3, 16, 16),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+            settings=settings,
+        )
+        return len(calls)
+
+    batch_norm_calls(1)  # the first render also indexes the model's layers (one forward)
+    assert batch_norm_calls(2) == batch_norm_calls(6) > 0

@@ -8,15 +8,23 @@ from __future__ import annotations
 import pytest
 from celery.signals import task_postrun
 
+import service.main
 import workers.app
-from cnnviz.allocator import keeping_freed_memory
 from service.main import create_app
 from tests.jobs.conftest import api_settings
 
 
-def test_the_api_keeps_freed_memory_by_default() -> None:
+def test_the_api_keeps_freed_memory_by_default_and_not_when_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Recorded, not read back from the allocator: the setting is process-wide, and importing
+    # workers.app (as this module does) already turned it on.
+    kept: list[int] = []
+    monkeypatch.setattr(service.main, "keep_freed_memory", lambda: kept.append(1) or True)
     create_app(api_settings(None))
-    assert keeping_freed_memory()
+    assert kept == [1]
+    create_app(api_settings(None, keep_freed_memory=False))
+    assert kept == [1]
 
 
 def test_a_celery_pool_child_gives_memory_back_after_each_task(
