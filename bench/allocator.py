@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import tempfile
 from dataclasses import dataclass, field
@@ -31,20 +30,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import Server, api_server, machine, models_file, rss_mib, run_job
+from bench.common import Server, api_server, machine, models_file, rss_mib, run_job, usage
 from bench.feature_maps import burst
 
 
 def med(values: list[float] | list[int]) -> float:
     """The median, or nan for a measurement not taken (``--only``)."""
     return statistics.median(values) if values else math.nan
-
-
-def usage(pid: int) -> tuple[float, float, int]:
-    """User and system CPU seconds (all threads) and minor page faults of process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])
 
 
 @dataclass

@@ -121,14 +121,25 @@ def api_server(
             process.wait()
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 on: state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def usage(pid: int) -> tuple[float, float, int]:
+    """User and system CPU seconds (all threads) and minor page faults of process ``pid``."""
+    fields = _stat(pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])
+
+
 def cpu_seconds(pid: int, children: bool = False) -> float:
     """CPU time (user + system, all threads) process ``pid`` has used so far (Linux ``/proc``);
     with ``children``, that of its children that ended too (a shard's DataLoader processes).
 
     On cores shared with other work, wall time measures the load as much as the work; CPU
     time does not (except for OpenMP threads spinning while they wait for a busy core)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ticks = sum(int(v) for v in fields[11 : 15 if children else 13])  # utime, stime, cu, cs
+    ticks = sum(int(v) for v in _stat(pid)[11 : 15 if children else 13])  # utime, stime, cu, cs
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -65,11 +65,10 @@ class _RedirectedClamp(torch.autograd.Function):
             plain = torch.ops.aten.threshold_backward(grad, x, low)
         if plain.dim() < 2:  # no batch dimension: nothing to redirect per item
             return plain, None, None
-        dead = ~_rows(plain).ne(0).any(dim=1)
+        items = (~_rows(plain).ne(0).any(dim=1)).nonzero().squeeze(1)  # dead: all-zero rows
         # Once every item's unit is alive, the ordinary gradient is the answer: skip the rest.
-        if not bool(dead.any()):
+        if items.numel() == 0:
             return plain, None, None
-        items = dead.nonzero().squeeze(1)
         g, xs = grad[items], x[items]
         redirected = torch.where(xs < low, g.clamp(max=0), g)
         if bounded:
