@@ -25,7 +25,7 @@ import httpx
 import torch
 from PIL import Image
 
-from cnnviz.precision import cpu_flags
+from cnnviz.precision import cpu_flags, cpu_vendor, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,8 +49,10 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     bf16 = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"}) or ["no native bf16"]
+    auto = resolve_precision("auto", "cpu").precision
     return (
-        f"{cpu} ({', '.join(bf16)}), {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+        f"{cpu} ({cpu_vendor() or 'unknown vendor'}; {', '.join(bf16)}; auto on CPU: {auto}), "
+        f"{os.cpu_count()} logical CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
     )
 

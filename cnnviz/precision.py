@@ -7,10 +7,16 @@ gradients need a scaler (fp16, whose small gradients would underflow).
 
 ``"auto"`` picks what is fast *and* safe on the device:
 
-- a CPU with native bf16 (the ``avx512_bf16`` or ``amx_bf16`` flags of ``/proc/cpuinfo``):
-  bf16 autocast, channels-last. On a 2-core AMD EPYC with ``avx512_bf16``, a forward and
-  backward of resnet18 to ``layer3`` at 224 px takes 0.44x the fp32 time for a batch of 8
-  (0.55x for one image), of which channels-last is about 0.85x;
+- a CPU on which bf16 computes faster than fp32: one with AMX tiles (``amx_bf16``), or an AMD
+  CPU with ``avx512_bf16`` (Zen 4 and later): bf16 autocast, channels-last. On a 2-core AMD
+  EPYC with ``avx512_bf16``, a forward and backward of resnet18 to ``layer3`` at 224 px takes
+  0.44x the fp32 time for a batch of 8 (0.55x for one image), of which channels-last is about
+  0.85x. An Intel CPU with ``avx512_bf16`` but no AMX (a Sapphire or Emerald Rapids guest
+  whose hypervisor hides AMX, or Cooper Lake) is not one: its bf16 dot products issue on
+  one port where fp32 multiply-adds issue on two, so a bf16 convolution does no more work
+  per cycle and pays for the conversions. On a 2-core Intel Xeon of that kind (family 6
+  model 207), the same forward and backward took 1.37x the fp32 time (51 against 37 ms an
+  image at a batch of 16), so ``auto`` is fp32 there;
 - a CUDA device with bf16 (Ampere and later): bf16, channels-last (tensor cores);
   an older CUDA device: fp16 with a gradient scaler, channels-last;
 - anything else: fp32 (a CPU without bf16 emulates it, slower than fp32; fp16 on such a CPU is
@@ -38,7 +44,7 @@ __all__ = [
     "PRECISIONS",
     "Numerics",
     "Precision",
-    "cpu_has_native_bf16",
+    "cpu_prefers_bf16",
     "resolve_precision",
 ]
 
@@ -46,28 +52,47 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16", "fp16")
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# CPU flags of instructions that compute in bf16 natively (dot products, matrix tiles).
-_NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# CPU flags of bf16 matrix tiles, faster than fp32 on any vendor's CPU.
+_BF16_TILE_FLAGS = frozenset({"amx_bf16"})
 
 T = TypeVar("T")
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return frozenset()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+        if not line.strip():
+            break  # the end of the first processor's block
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16``)."""
-    return bool(cpu_flags() & _NATIVE_BF16_FLAGS)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id from ``/proc/cpuinfo`` (``GenuineIntel``, ``AuthenticAMD``; empty
+    where there is none)."""
+    return _cpuinfo().get("vendor_id", "")
+
+
+def cpu_prefers_bf16() -> bool:
+    """Whether bf16 computes faster than fp32 on this CPU: AMX tiles (``amx_bf16``), or
+    ``avx512_bf16`` on an AMD CPU. Not ``avx512_bf16`` alone on an Intel CPU, where it is
+    slower than fp32 (see the module doc)."""
+    flags = cpu_flags()
+    if flags & _BF16_TILE_FLAGS:
+        return True
+    return "avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD"
 
 
 @dataclass(frozen=True)
@@ -161,7 +186,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> Numerics:
     resolved: Literal["fp32", "bf16", "fp16"]
     if precision == "auto":
         if kind == "cpu":
-            resolved = "bf16" if cpu_has_native_bf16() else "fp32"
+            resolved = "bf16" if cpu_prefers_bf16() else "fp32"
         elif kind == "cuda":
             resolved = "bf16" if _cuda_has_bf16(device) else "fp16"
         else:

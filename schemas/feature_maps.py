@@ -67,7 +67,8 @@ class FeatureMapsOptions(BaseModel):
         default="fp32",
         description="the forward pass's precision: `fp32` (exact numbers, the default), or "
         "`auto`, `bf16`, `fp16` (autocast, faster where the hardware has it: `auto` is bf16 "
-        "on a CPU with native bf16 and on CUDA with bf16); statistics are computed in fp32",
+        "on a CPU where bf16 is faster than fp32 and on CUDA with bf16); statistics are "
+        "computed in fp32",
     )
 
     @model_validator(mode="after")

@@ -145,9 +145,10 @@ class OptimizationCreate(JobOptions):
     precision: Precision = Field(
         default="auto",
         description="the model's forward and backward in autocast: 'auto' is bf16 on a CPU "
-        "with native bf16 (avx512_bf16, AMX) and on CUDA devices with bf16, fp16 with a "
-        "gradient scaler on older CUDA devices, fp32 elsewhere; the image, the optimizer and "
-        "the objective values stay fp32. The result's `precision` is the one used",
+        "where bf16 is faster than fp32 (AMX, or AMD with avx512_bf16) and on CUDA devices "
+        "with bf16, fp16 with a gradient scaler on older CUDA devices, fp32 elsewhere; the "
+        "image, the optimizer and the objective values stay fp32. The result's `precision` is "
+        "the one used",
     )
 
     @model_validator(mode="after")

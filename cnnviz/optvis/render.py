@@ -79,11 +79,12 @@ class RenderSettings:
     - ``l1``, ``l2``, ``tv``: weights of penalties on the image, added to the objective;
       ``diversity``: weight of the diversity term on the objective's first layer.
     - ``precision``: the model's forward and backward in ``"fp32"``, ``"bf16"`` or ``"fp16"``
-      autocast, or ``"auto"``: bf16 on a CPU with native bf16 and on CUDA devices that have
-      it, fp16 (with a gradient scaler) on older CUDA devices, fp32 elsewhere; channels-last
-      input on CPU and CUDA (see :mod:`cnnviz.precision`). The image parameters, Adam's state
-      and every reported objective value stay fp32; the final and initial objectives are
-      evaluated in fp32 whatever the precision. The precision used is in the result.
+      autocast, or ``"auto"``: bf16 on a CPU where bf16 is faster than fp32 and on CUDA
+      devices that have it, fp16 (with a gradient scaler) on older CUDA devices, fp32
+      elsewhere; channels-last input on CPU and CUDA (see :mod:`cnnviz.precision`). The image
+      parameters, Adam's state and every reported objective value stay fp32; the final and
+      initial objectives are evaluated in fp32 whatever the precision. The precision used is
+      in the result.
     """
 
     steps: int = 256
