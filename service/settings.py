@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         description="'spill': results past the cap move to files in CNNVIZ_INPROCESS_RESULTS_DIR "
         "and read the same; 'evict': they are dropped and read as 410 result_expired",
     )
+    inprocess_results_disk_max_bytes: int = Field(
+        default=4 * 1024 * 1024 * 1024,
+        ge=0,
+        description="bytes the spilled results may take in CNNVIZ_INPROCESS_RESULTS_DIR; past "
+        "it the oldest spilled jobs' files are removed (read as 410 result_expired), and a "
+        "result larger than it is dropped instead of spilled",
+    )
     inprocess_results_dir: Path | None = Field(
         default=None,
         description="where spilled results go; unset: a temporary directory, removed when the "

@@ -84,6 +84,7 @@ def build_jobs(
         max_result_bytes=settings.inprocess_results_max_bytes,
         overflow=settings.inprocess_results_overflow,
         results_dir=settings.inprocess_results_dir,
+        max_disk_bytes=settings.inprocess_results_disk_max_bytes,
     )
     executor = InProcessTransport(
         memory,

@@ -116,6 +116,58 @@ def test_a_result_that_cannot_be_written_is_dropped(
     assert not files_in(tmp_path)
 
 
+def test_spilled_files_stay_under_the_disk_cap_dropping_the_oldest(tmp_path: Path) -> None:
+    one_job = 3 * PART  # a job's three parts
+    records = MemoryRecords(
+        TTL, max_result_bytes=0, results_dir=tmp_path, max_disk_bytes=4 * one_job
+    )
+    key = Idempotency("digest-first", "body")
+    jobs = [finish(records, "a", key)] + [finish(records, chr(ord("b") + i)) for i in range(9)]
+    on_disk = sum(path.stat().st_size for path in files_in(tmp_path))
+    assert on_disk == records.disk_bytes == 4 * one_job  # the newest four fill the cap
+    for old in jobs[:6]:  # the oldest are gone: expired, not empty, records still there
+        with pytest.raises(ResultExpired):
+            records.result(old)
+        assert records.get(old).status == JobStatus.SUCCEEDED
+    for tag, job_id in zip("ghij", jobs[6:], strict=True):
+        assert records.result(job_id) == tag * PART
+        assert records.arrays(job_id) == tag.encode().upper() * PART
+    # The key of a job whose files went for room leads to a new job.
+    fresh, created = records.create(new_record(), TTL, key)
+    assert created and fresh.id != jobs[0]
+    # Deleting a spilled job gives its room back.
+    records.delete(jobs[-1])
+    assert records.disk_bytes == 3 * one_job
+    assert sum(path.stat().st_size for path in files_in(tmp_path)) == 3 * one_job
+
+
+def test_a_result_larger_than_the_disk_cap_is_dropped_not_spilled(tmp_path: Path) -> None:
+    records = MemoryRecords(TTL, max_result_bytes=0, results_dir=tmp_path, max_disk_bytes=PART)
+    kept = finish(records, "a")  # three parts of PART bytes: over the cap alone
+    with pytest.raises(ResultExpired):
+        records.result(kept)
+    assert not files_in(tmp_path) and records.disk_bytes == 0
+
+
+def test_a_failed_write_gives_its_reserved_room_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = MemoryRecords(TTL, max_result_bytes=0, results_dir=tmp_path, max_disk_bytes=10 * PART)
+    first = finish(records, "a")
+    write = ResultFiles.write
+
+    def disk_full(self: ResultFiles, job_id: str, parts: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ResultFiles, "write", disk_full)
+    finish(records, "b")
+    assert records.disk_bytes == 3 * PART  # only the first job's files
+    monkeypatch.setattr(ResultFiles, "write", write)
+    third = finish(records, "c")
+    assert records.result(first) == "a" * PART and records.result(third) == "c" * PART
+    assert records.disk_bytes == 6 * PART
+
+
 def test_a_temporary_results_directory_goes_with_the_store() -> None:
     records = MemoryRecords(TTL, max_result_bytes=0)
     finish(records, "a")
@@ -178,6 +230,26 @@ def test_a_spilled_or_evicted_job_over_http(
     assert again.status_code == 202 and again.json()["id"] != job_id
     assert api.delete(f"/v1/jobs/{job_id}").status_code == 204
     assert api.get(f"/v1/jobs/{job_id}").status_code == 404
+
+
+def test_a_result_over_the_disk_cap_reads_as_expired_over_http(
+    tmp_path: Path, models_file: Path
+) -> None:
+    settings = api_settings(
+        None,
+        inprocess_results_max_bytes=1,
+        inprocess_results_dir=tmp_path / "results",
+        inprocess_results_disk_max_bytes=1,
+    )
+    settings.models_file = models_file
+    app = create_app(settings)
+    with serve(app) as api:
+        records = app.state.jobs.records
+        job_id = submit(api, QUICK)["id"]
+        wait_for(lambda: records.get(job_id).status.finished, 60, "the job to finish")
+        response = api.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 410 and response.json()["code"] == "result_expired"
+        assert not files_in(tmp_path / "results")
 
 
 def test_kept_bytes_stay_under_the_cap_over_many_jobs(tmp_path: Path, models_file: Path) -> None:

@@ -10,6 +10,8 @@ jobs are never touched. With ``overflow="spill"`` they go to files
 (:class:`~workers.records.spill.ResultFiles`) and read back through the same methods; with
 ``"evict"`` (or when a file cannot be written) they are dropped, and reading them raises
 :class:`~workers.records.base.ResultExpired`. Either way the small record stays until its TTL.
+The files are capped too (``max_disk_bytes``): room for a job's parts is made by dropping the
+oldest spilled jobs' files first, and parts larger than the whole disk cap are dropped.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class _Entry:
     # Where a finished job's parts are: here, in files, or dropped past the cap.
     place: Literal["memory", "disk", "gone"] = "memory"
     moving: bool = False  # being written to files, outside the lock
+    on_disk: int = 0  # bytes of its files (counted against the disk cap) once spilled
     checkpoint: bytes | None = None
     # Per shard of the current attempt: work done, and deliveries.
     shard_done: dict[int, int] = field(default_factory=dict)
@@ -75,12 +78,17 @@ class MemoryRecords:
         max_result_bytes: int | None = None,
         overflow: Overflow = "spill",
         results_dir: Path | None = None,
+        max_disk_bytes: int | None = None,
     ) -> None:
         """``max_result_bytes``: the most bytes finished jobs keep in memory (None: no cap);
         ``overflow``: what happens past it; ``results_dir``: where spilled parts go (None: a
-        temporary directory, removed on :meth:`close`)."""
+        temporary directory, removed on :meth:`close`); ``max_disk_bytes``: the most bytes
+        the spilled parts may take there (None: no cap)."""
         self._ttl = ttl_seconds
         self._cap = max_result_bytes
+        self._disk_cap = max_disk_bytes
+        self._disk = 0  # bytes of spilled parts in files, or reserved for a write under way
+        self._spilled: OrderedDict[str, None] = OrderedDict()  # in files, oldest first
         self._files = (
             ResultFiles(results_dir)
             if max_result_bytes is not None and overflow == "spill"
@@ -108,8 +116,31 @@ class MemoryRecords:
         if entry is not None:
             self._unkeep(job_id, entry)
             if entry.place == "disk" and self._files is not None:
+                self._unspill(job_id, entry)
                 self._files.remove(job_id)
         self._free_keys(job_id, entry)
+
+    def _unspill(self, job_id: str, entry: _Entry) -> None:
+        """Stop counting a spilled job's files against the disk cap (lock held)."""
+        if job_id in self._spilled:
+            del self._spilled[job_id]
+            self._disk -= entry.on_disk
+        entry.on_disk = 0
+
+    def _make_room(self, size: int) -> list[str]:
+        """Reserve ``size`` bytes of the disk cap, dropping the oldest spilled jobs until they
+        fit; returns the dropped jobs, whose files the caller removes off the lock (lock
+        held)."""
+        self._disk += size
+        dropped = []
+        while self._disk_cap is not None and self._disk > self._disk_cap and self._spilled:
+            job_id = next(iter(self._spilled))
+            entry = self._entries[job_id]
+            self._unspill(job_id, entry)
+            entry.place = "gone"
+            self._free_keys(job_id, entry)  # a replay or an identical request: a new job
+            dropped.append(job_id)
+        return dropped
 
     def _free_keys(self, job_id: str, entry: _Entry | None) -> None:
         """Forget the idempotency key and the request digest that lead to ``job_id``."""
@@ -217,13 +248,25 @@ class MemoryRecords:
                 data: str | bytes | None = getattr(entry, part)
                 return data
         # Off the lock: a file read must not hold up the other records' callers.
-        return self._files.read(job_id, part)
+        data = self._files.read(job_id, part)
+        if data is None:
+            with self._lock:  # its files dropped meanwhile, for room: expired, not empty
+                if self._entry(job_id).place == "gone":
+                    raise ResultExpired(job_id)
+        return data
 
     @property
     def kept_bytes(self) -> int:
         """Bytes finished jobs keep in memory now (what the cap bounds)."""
         with self._lock:
             return self._kept
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of spilled parts in files now, with room reserved for writes under way (what
+        the disk cap bounds)."""
+        with self._lock:
+            return self._disk
 
     @property
     def results_dir(self) -> Path | None:
@@ -447,17 +490,35 @@ class MemoryRecords:
                     for part in _PARTS
                     if (data := getattr(entry, part)) is not None
                 }
+                size = sum(len(data) for data in parts.values())
+                spill = self._files is not None and (
+                    self._disk_cap is None or size <= self._disk_cap
+                )
+                dropped = self._make_room(size) if spill else []
             stored = False
             if self._files is not None:
-                try:
-                    self._files.write(job_id, parts)
-                    stored = True
-                except OSError as exc:
-                    log.warning("job %s: result not spilled (%s); dropped instead", job_id, exc)
+                for old in dropped:
+                    self._files.remove(old)
+                if spill:
+                    try:
+                        self._files.write(job_id, parts)
+                        stored = True
+                    except OSError as exc:
+                        log.warning("job %s: result not spilled (%s); dropped", job_id, exc)
+                else:
+                    log.warning(
+                        "job %s: result of %d bytes over the disk cap of %s; dropped",
+                        job_id,
+                        size,
+                        self._disk_cap,
+                    )
             del parts
             with self._lock:
+                if not stored and spill:
+                    self._disk -= size  # the reserved room, unused
                 if self._entries.get(job_id) is not entry:  # deleted meanwhile
                     if stored and self._files is not None:
+                        self._disk -= size
                         self._files.remove(job_id)
                     continue
                 entry.moving = False
@@ -465,7 +526,10 @@ class MemoryRecords:
                 self._unkeep(job_id, entry)
                 entry.result = entry.preview = entry.arrays = None
                 entry.place = "disk" if stored else "gone"
-                if not stored:  # a replay or an identical request makes a new job
+                if stored:
+                    entry.on_disk = size
+                    self._spilled[job_id] = None
+                else:  # a replay or an identical request makes a new job
                     self._free_keys(job_id, entry)
 
     def _oldest_over_cap(self) -> tuple[str, _Entry] | None:
