@@ -7,6 +7,8 @@
 - ``cnnviz_job_workers``: workers that take jobs (Celery: consumers of the ``gpu`` queue);
 - ``cnnviz_job_results_kept_bytes``: in-process only, the bytes finished jobs keep in the
   API's memory (bounded by ``CNNVIZ_INPROCESS_RESULTS_MAX_BYTES``; the rest is in files);
+- ``cnnviz_job_results_disk_bytes``: in-process only, the bytes of those files (bounded by
+  ``CNNVIZ_INPROCESS_RESULTS_DISK_MAX_BYTES``);
 - ``cnnviz_job_leases_lapsed_total{action}``: Celery only, the lapsed leases this API
   process's sweeper claimed: ``job`` and ``shard`` sent again (a worker lost), ``cancelled``;
 - ``cnnviz_job_metrics_up``: 0 when the backend could not be read (the others are then
@@ -94,6 +96,12 @@ class JobCollector(Collector):
             )
             kept.add_metric([], records.kept_bytes)
             yield kept
+            on_disk = GaugeMetricFamily(
+                "cnnviz_job_results_disk_bytes",
+                "bytes of finished in-process jobs' results moved to files",
+            )
+            on_disk.add_metric([], records.disk_bytes)
+            yield on_disk
         sweeper = self._jobs.sweeper
         if sweeper is not None:
             lapsed = CounterMetricFamily(

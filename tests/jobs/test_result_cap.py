@@ -274,8 +274,10 @@ def test_kept_bytes_stay_under_the_cap_over_many_jobs(tmp_path: Path, models_fil
             job = api.get(f"/v1/jobs/{job_id}")
             assert job.status_code == 200 and job.json()["result"] is not None
         scraped = text_string_to_metric_families(api.get("/metrics").text)
-        (kept,) = [f for f in scraped if f.name == "cnnviz_job_results_kept_bytes"]
-        assert kept.samples[0].value == records.kept_bytes
+        gauges = {f.name: f.samples[0].value for f in scraped if f.name.endswith("_bytes")}
+        assert gauges["cnnviz_job_results_kept_bytes"] == records.kept_bytes
+        on_disk = sum(path.stat().st_size for path in files_in(tmp_path / "results"))
+        assert gauges["cnnviz_job_results_disk_bytes"] == records.disk_bytes == on_disk > 0
 
 
 def test_each_in_process_job_gives_freed_memory_back(
