@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -57,6 +57,32 @@ def _raise_for_problem(response: httpx.Response) -> None:
     except ValueError:
         code, detail = "error", response.text.strip() or response.reason_phrase
     raise ApiError(response.status_code, code, detail)
+
+
+def _check_deadline(job_id: str, deadline: float | None, state: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"job {job_id} is still {state}")
+
+
+def _server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """``(event, data)`` of each event of a ``text/event-stream``; ``("", "")`` for each
+    comment (a heartbeat), so that the reader gets a turn on a quiet stream."""
+    name = ""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data or name:
+                yield name or "message", "\n".join(data)
+            name, data = "", []
+        elif line.startswith(":"):
+            yield "", ""
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
 
 
 class Client:
@@ -154,11 +180,16 @@ class Client:
         progress: bool | Callable[[JobRead[Any, Any]], None] = False,
         timeout: float | None = None,
         poll_s: float = 0.5,
+        stream: bool = True,
     ) -> JobRead[Any, Any]:
-        """Poll a job until it ends; the finished job. ``JobFailed`` unless it succeeded.
+        """Wait for a job to end; the finished job. ``JobFailed`` unless it succeeded.
 
-        ``progress``: ``True`` draws a progress bar on stderr (tqdm); a callable is called
-        with the job at each poll. ``TimeoutError`` after ``timeout`` seconds.
+        Follows the job's event stream (``GET /v1/jobs/{id}/events``): each change as the
+        service sees it, no polling. Where the stream cannot be had or breaks off (a proxy
+        that does not pass it, a service restarting), and with ``stream=False``, it polls
+        every ``poll_s`` seconds instead. ``progress``: ``True`` draws a progress bar on
+        stderr (tqdm); a callable is called with the job at each change (each poll when
+        polling). ``TimeoutError`` after ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
@@ -166,27 +197,88 @@ class Client:
             from tqdm import tqdm
 
             bar = tqdm(total=1, unit="step", desc=f"job {job_id[:8]}", leave=True)
+
+        def show(job: JobRead[Any, Any]) -> None:
+            if callable(progress):
+                progress(job)
+            if bar is not None and job.progress is not None:
+                bar.total = job.progress.total
+                bar.n = job.progress.step
+                bar.set_postfix_str(job.status.value, refresh=False)
+                bar.refresh()
+
         try:
-            while True:
-                job = self.job(job_id)
-                if callable(progress):
-                    progress(job)
-                if bar is not None and job.progress is not None:
-                    bar.total = job.progress.total
-                    bar.n = job.progress.step
-                    bar.set_postfix_str(job.status.value, refresh=False)
-                    bar.refresh()
-                if job.status.finished:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} is still {job.status.value}")
-                time.sleep(poll_s)
+            job = self._follow(job_id, show, deadline) if stream else None
+            if job is None:
+                job = self._poll(job_id, show, deadline, poll_s)
         finally:
             if bar is not None:
                 bar.close()
         if job.status != JobStatus.SUCCEEDED:
             raise JobFailed(job)
         return job
+
+    def _poll(
+        self,
+        job_id: str,
+        show: Callable[[JobRead[Any, Any]], None],
+        deadline: float | None,
+        poll_s: float,
+    ) -> JobRead[Any, Any]:
+        """Read the job every ``poll_s`` seconds until it ends."""
+        while True:
+            job = self.job(job_id)
+            show(job)
+            if job.status.finished:
+                return job
+            _check_deadline(job_id, deadline, job.status.value)
+            time.sleep(poll_s)
+
+    def _follow(
+        self, job_id: str, show: Callable[[JobRead[Any, Any]], None], deadline: float | None
+    ) -> JobRead[Any, Any] | None:
+        """The finished job, read once its stream's ``end`` event came; None where the
+        stream could not be followed to its end (the caller polls instead). A stream that
+        lasted its longest (``expired``) is opened again."""
+        while True:
+            _check_deadline(job_id, deadline, "not finished")
+            base = self._http.timeout
+            read_s = base.read
+            if deadline is not None:  # wake up in time to stop, even on a quiet stream
+                left = max(0.1, deadline - time.monotonic())
+                read_s = left if read_s is None else min(read_s, left)
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    timeout=httpx.Timeout(
+                        connect=base.connect, read=read_s, write=base.write, pool=base.pool
+                    ),
+                ) as response:
+                    if response.status_code == 404:  # no such job: the read says so
+                        response.read()
+                        _raise_for_problem(response)
+                    if not response.is_success:
+                        return None
+                    for name, data in _server_sent_events(response.iter_lines()):
+                        if name == "progress":
+                            show(_job(data.encode()))
+                        elif name == "end":
+                            job = self.job(job_id)  # with its result, as a read gives it
+                            show(job)
+                            return job
+                        elif name == "expired":
+                            break  # open it again
+                        elif name == "error":
+                            return None  # gone or unreadable now: a read tells how
+                        _check_deadline(job_id, deadline, "not finished")
+                    else:
+                        return None  # ended without its end event
+            except httpx.ReadTimeout:
+                _check_deadline(job_id, deadline, "not finished")
+                return None
+            except httpx.TransportError:
+                return None
 
     def result_png(self, job: JobRead[Any, Any]) -> bytes:
         """The grid PNG of a succeeded job: inline when the job carries it, else fetched from
