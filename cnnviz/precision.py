@@ -11,12 +11,12 @@ gradients need a scaler (fp16, whose small gradients would underflow).
   CPU with ``avx512_bf16`` (Zen 4 and later): bf16 autocast, channels-last. On a 2-core AMD
   EPYC with ``avx512_bf16``, a forward and backward of resnet18 to ``layer3`` at 224 px takes
   0.44x the fp32 time for a batch of 8 (0.55x for one image), of which channels-last is about
-  0.85x. An Intel CPU with ``avx512_bf16`` but no AMX (a Sapphire or Emerald Rapids guest
-  whose hypervisor hides AMX, or Cooper Lake) is not one: its bf16 dot products issue on
-  one port where fp32 multiply-adds issue on two, so a bf16 convolution does no more work
-  per cycle and pays for the conversions. On a 2-core Intel Xeon of that kind (family 6
-  model 207), the same forward and backward took 1.37x the fp32 time (51 against 37 ms an
-  image at a batch of 16), so ``auto`` is fp32 there;
+  0.85x. An Intel CPU with ``avx512_bf16`` but no AMX (an Emerald Rapids guest whose
+  hypervisor hides AMX was measured; Cooper Lake was not) is not one: its bf16 dot products
+  issue on one port where fp32 multiply-adds issue on two, so a bf16 convolution does no
+  more work per cycle and pays for the conversions. On a 2-core Intel Xeon of that kind
+  (family 6 model 207), the same forward and backward took 1.37x the fp32 time (51 against
+  37 ms an image at a batch of 16), so ``auto`` is fp32 there;
 - a CUDA device with bf16 (Ampere and later): bf16, channels-last (tensor cores);
   an older CUDA device: fp16 with a gradient scaler, channels-last;
 - anything else: fp32 (a CPU without bf16 emulates it, slower than fp32; fp16 on such a CPU is
