@@ -148,3 +148,8 @@ class FeatureMapsRead(BaseModel):
 
     model: str = Field(examples=["shapes"])
     layers: list[LayerMapRead]
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="the precision the forward pass ran in: the request's `precision`, "
+        "with `auto` resolved for the device",
+    )

@@ -24,6 +24,7 @@ EXPOSED_HEADERS = [
     "X-Grid-Tile",
     "X-Grid-Padding",
     "X-Grid-Channels",
+    "X-Precision",
 ]
 
 

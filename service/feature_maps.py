@@ -27,6 +27,7 @@ from cnnviz.featuremaps import (
 )
 from cnnviz.imaging import preprocess
 from cnnviz.models import ModelRegistry
+from cnnviz.precision import resolve_precision
 from schemas.feature_maps import (
     FeatureMapsCreate,
     FeatureMapsOptions,
@@ -45,10 +46,11 @@ FeatureMapsRequest = ImageRequest[FeatureMapsOptions]
 
 @dataclass(frozen=True)
 class Rendered:
-    """One layer's grid and its PNG."""
+    """One layer's grid and its PNG, and the precision its forward pass ran in."""
 
     maps: LayerMaps
     png: bytes
+    precision: str = "fp32"
 
 
 async def read_request(request: Request) -> FeatureMapsRequest:
@@ -157,7 +159,15 @@ def render(
         padding=options.padding,
         scale=options.scale,
     )
-    return [Rendered(m, m.png()) for m in maps]
+    used = _precision_used(registry, model, options.precision)
+    return [Rendered(m, m.png(), used) for m in maps]
+
+
+def _precision_used(registry: ModelRegistry, model: str, precision: str) -> str:
+    """``precision`` resolved for the model's device (what ``auto`` means there)."""
+    param = next(registry.get(model).module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return resolve_precision(precision, device).precision
 
 
 def to_read(model: str, rendered: list[Rendered]) -> FeatureMapsRead:
@@ -189,7 +199,10 @@ def to_read(model: str, rendered: list[Rendered]) -> FeatureMapsRead:
                 "image": base64.b64encode(item.png).decode("ascii"),
             }
         )
-    return FeatureMapsRead.model_validate({"model": model, "layers": layers})
+    precision = rendered[0].precision if rendered else "fp32"
+    return FeatureMapsRead.model_validate(
+        {"model": model, "layers": layers, "precision": precision}
+    )
 
 
 def render_json(
@@ -209,10 +222,12 @@ def render_json(
     return to_read(model, rendered).model_dump_json().encode()
 
 
-def png_headers(maps: LayerMaps) -> dict[str, str]:
-    """The layout of a grid returned as a bare PNG, in response headers."""
+def png_headers(rendered: Rendered) -> dict[str, str]:
+    """The layout of a grid returned as a bare PNG, and its precision, in response headers."""
+    maps = rendered.maps
     layout = maps.layout
     return {
+        "X-Precision": rendered.precision,
         "X-Layer": maps.name,
         "X-Layer-Shape": ",".join(map(str, maps.shape)),
         "X-Grid-Rows": str(layout.rows),

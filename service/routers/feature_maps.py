@@ -94,7 +94,8 @@ _REQUEST_BODY: dict[str, Any] = {
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "JSON per layer; or with `Accept: image/png` and one layer, the PNG, "
-        "its layout in `X-Grid-*` headers; or the raw activations as float32, with "
+        "its layout in `X-Grid-*` headers and its precision in `X-Precision`; or the raw "
+        "activations as float32, with "
         "`?format=npy` (one layer, `(C, H, W)`) or `?format=safetensors` (one tensor per "
         "layer, by name), or the same as `Accept: application/x-npy` / "
         "`application/vnd.safetensors`; `channels` picks channels, other options do not apply.",
@@ -152,9 +153,7 @@ async def create_feature_maps(
         )
     if png:
         rendered = await pool.run(render, registry, model, body, settings.max_image_pixels, pool)
-        return Response(
-            rendered[0].png, media_type="image/png", headers=png_headers(rendered[0].maps)
-        )
+        return Response(rendered[0].png, media_type="image/png", headers=png_headers(rendered[0]))
     # FeatureMapsRead (the response_model above, the contract in OpenAPI), serialized in the pool.
     content = await pool.run(render_json, registry, model, body, settings.max_image_pixels, pool)
     return Response(content, media_type="application/json")

@@ -15,6 +15,7 @@ from cnnviz.data.shapes import sample_image
 from cnnviz.featuremaps import feature_maps
 from cnnviz.imaging import preprocess
 from cnnviz.models.shapes import MEAN, STD, load_shapes_net
+from cnnviz.precision import resolve_precision
 
 # 8×8, constant down each column; levels chosen so that no colour lies on a bin edge.
 GREY = np.array([[0, 20, 60, 100, 150, 200, 200, 200]] * 8, dtype=np.uint8)
@@ -166,6 +167,18 @@ def test_fp32_is_the_exact_default_and_reduced_precision_is_asked_for(
         json={"sample": "star", "layers": ["block2.conv"], "precision": "fp8"},
     )
     assert refused.status_code == 422 and "'bf16'" in refused.json()["detail"]
+
+
+def test_the_answer_says_which_precision_the_forward_ran_in(http: httpx.Client) -> None:
+    body = {"sample": "star", "layers": ["block2.conv"]}
+    url = "/v1/models/shapes/feature-maps"
+    assert http.post(url, json=body).json()["precision"] == "fp32"
+    assert http.post(url, json={**body, "precision": "bf16"}).json()["precision"] == "bf16"
+    # auto: what this machine's CPU resolves it to, in JSON and in a PNG's header
+    auto = resolve_precision("auto", "cpu").precision
+    assert http.post(url, json={**body, "precision": "auto"}).json()["precision"] == auto
+    png = http.post(url, json={**body, "precision": "auto"}, headers={"Accept": "image/png"})
+    assert png.status_code == 200 and png.headers["X-Precision"] == auto
 
 
 def test_a_feature_map_answer_is_not_gzipped_but_other_json_is(http: httpx.Client) -> None:
