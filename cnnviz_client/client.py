@@ -255,11 +255,8 @@ class Client:
                         connect=base.connect, read=read_s, write=base.write, pool=base.pool
                     ),
                 ) as response:
-                    if response.status_code == 404:  # no such job: the read says so
-                        response.read()
-                        _raise_for_problem(response)
-                    if not response.is_success:
-                        return None
+                    if not response.is_success:  # no such job, or no streams here: a
+                        return None  # read tells which (and raises for the first)
                     for name, data in _server_sent_events(response.iter_lines()):
                         if name == "progress":
                             show(_job(data.encode()))

@@ -18,17 +18,22 @@ from tests.api.conftest import serve
 
 class Recording(httpx.HTTPTransport):
     """A real transport that notes each request's method and path; ``refuse_events``: a
-    connection error for event streams (as behind a proxy that does not pass them)."""
+    connection error for event streams (as behind a proxy that does not pass them);
+    ``no_events_route``: FastAPI's plain 404 for them (as from a service without streams)."""
 
-    def __init__(self, refuse_events: bool = False) -> None:
+    def __init__(self, refuse_events: bool = False, no_events_route: bool = False) -> None:
         super().__init__()
         self.requests: list[tuple[str, str]] = []
         self.refuse_events = refuse_events
+        self.no_events_route = no_events_route
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append((request.method, request.url.path))
-        if self.refuse_events and request.url.path.endswith("/events"):
-            raise httpx.ConnectError("no event streams here", request=request)
+        if request.url.path.endswith("/events"):
+            if self.refuse_events:
+                raise httpx.ConnectError("no event streams here", request=request)
+            if self.no_events_route:
+                return httpx.Response(404, json={"detail": "Not Found"}, request=request)
         return super().handle_request(request)
 
     def count(self, method: str, path: str) -> int:
@@ -51,8 +56,9 @@ def test_wait_follows_the_stream_and_reads_the_job_once(service_url: str) -> Non
     assert seen[-1].status == JobStatus.SUCCEEDED and seen[-1].result is not None
 
 
-def test_without_a_stream_wait_polls_to_the_same_end(service_url: str) -> None:
-    transport = Recording(refuse_events=True)
+@pytest.mark.parametrize("without", ["refused", "no route"])
+def test_without_a_stream_wait_polls_to_the_same_end(service_url: str, without: str) -> None:
+    transport = Recording(refuse_events=without == "refused", no_events_route=without != "refused")
     with Client(service_url, transport=transport) as client:
         job = client.optimize("shapes", layer="block3.relu", channels=[1], steps=60, seed=12)
         done = client.wait(job.id, timeout=120, poll_s=0.02)
