@@ -96,8 +96,15 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
+        # Idle connections are dropped well before uvicorn closes them (after 5 s, httpx's
+        # own default too), so a request is not sent on a connection the server is closing.
+        limits = httpx.Limits(keepalive_expiry=2.0)
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            limits=limits,
         )
 
     def __enter__(self) -> Self:

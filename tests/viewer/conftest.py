@@ -80,7 +80,9 @@ def viewer_url(viewer_app: FastAPI) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def http_client(viewer_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=viewer_url, timeout=WAIT_S) as client:
+    # Idle connections dropped well before uvicorn closes them (see tests/api/conftest.py).
+    limits = httpx.Limits(keepalive_expiry=1.0)
+    with httpx.Client(base_url=viewer_url, timeout=WAIT_S, limits=limits) as client:
         yield client
 
 
