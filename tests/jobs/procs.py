@@ -238,7 +238,10 @@ def serve(app: FastAPI) -> Iterator[httpx.Client]:
     thread.start()
     try:
         wait_for(lambda: server.started, 30, "the API server")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        # Idle connections dropped well before uvicorn closes them (see tests/api/conftest.py).
+        limits = httpx.Limits(keepalive_expiry=1.0)
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=30, limits=limits) as client:
             yield client
     finally:
         server.should_exit = True
