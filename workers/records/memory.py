@@ -59,7 +59,6 @@ class _Entry:
     # Where a finished job's parts are: here, in files, or dropped past the cap.
     place: Literal["memory", "disk", "gone"] = "memory"
     moving: bool = False  # being written to files, outside the lock
-    on_disk: int = 0  # bytes of its files (counted against the disk cap) once spilled
     checkpoint: bytes | None = None
     # Per shard of the current attempt: work done, and deliveries.
     shard_done: dict[int, int] = field(default_factory=dict)
@@ -88,7 +87,7 @@ class MemoryRecords:
         self._cap = max_result_bytes
         self._disk_cap = max_disk_bytes
         self._disk = 0  # bytes of spilled parts in files, or reserved for a write under way
-        self._spilled: OrderedDict[str, None] = OrderedDict()  # in files, oldest first
+        self._spilled: OrderedDict[str, int] = OrderedDict()  # bytes in files, oldest first
         self._files = (
             ResultFiles(results_dir)
             if max_result_bytes is not None and overflow == "spill"
@@ -116,16 +115,9 @@ class MemoryRecords:
         if entry is not None:
             self._unkeep(job_id, entry)
             if entry.place == "disk" and self._files is not None:
-                self._unspill(job_id, entry)
+                self._disk -= self._spilled.pop(job_id, 0)
                 self._files.remove(job_id)
         self._free_keys(job_id, entry)
-
-    def _unspill(self, job_id: str, entry: _Entry) -> None:
-        """Stop counting a spilled job's files against the disk cap (lock held)."""
-        if job_id in self._spilled:
-            del self._spilled[job_id]
-            self._disk -= entry.on_disk
-        entry.on_disk = 0
 
     def _make_room(self, size: int) -> list[str]:
         """Reserve ``size`` bytes of the disk cap, dropping the oldest spilled jobs until they
@@ -134,9 +126,9 @@ class MemoryRecords:
         self._disk += size
         dropped = []
         while self._disk_cap is not None and self._disk > self._disk_cap and self._spilled:
-            job_id = next(iter(self._spilled))
+            job_id, on_disk = self._spilled.popitem(last=False)
+            self._disk -= on_disk
             entry = self._entries[job_id]
-            self._unspill(job_id, entry)
             entry.place = "gone"
             self._free_keys(job_id, entry)  # a replay or an identical request: a new job
             dropped.append(job_id)
@@ -527,8 +519,7 @@ class MemoryRecords:
                 entry.result = entry.preview = entry.arrays = None
                 entry.place = "disk" if stored else "gone"
                 if stored:
-                    entry.on_disk = size
-                    self._spilled[job_id] = None
+                    self._spilled[job_id] = size
                 else:  # a replay or an identical request makes a new job
                     self._free_keys(job_id, entry)
 
