@@ -159,15 +159,8 @@ def render(
         padding=options.padding,
         scale=options.scale,
     )
-    used = _precision_used(registry, model, options.precision)
+    used = resolve_precision(options.precision, registry.get(model).device).precision
     return [Rendered(m, m.png(), used) for m in maps]
-
-
-def _precision_used(registry: ModelRegistry, model: str, precision: str) -> str:
-    """``precision`` resolved for the model's device (what ``auto`` means there)."""
-    param = next(registry.get(model).module.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    return resolve_precision(precision, device).precision
 
 
 def to_read(model: str, rendered: list[Rendered]) -> FeatureMapsRead:
