@@ -64,7 +64,7 @@ def _check_deadline(job_id: str, deadline: float | None, state: str) -> None:
         raise TimeoutError(f"job {job_id} is still {state}")
 
 
-def _server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
     """``(event, data)`` of each event of a ``text/event-stream``; ``("", "")`` for each
     comment (a heartbeat), so that the reader gets a turn on a quiet stream."""
     name = ""
@@ -264,7 +264,7 @@ class Client:
                 ) as response:
                     if not response.is_success:  # no such job, or no streams here: a
                         return None  # read tells which (and raises for the first)
-                    for name, data in _server_sent_events(response.iter_lines()):
+                    for name, data in server_sent_events(response.iter_lines()):
                         if name == "progress":
                             show(_job(data.encode()))
                         elif name == "end":

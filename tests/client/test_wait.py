@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from cnnviz_client import ApiError, Client
-from cnnviz_client.client import _server_sent_events
+from cnnviz_client.client import server_sent_events
 from schemas.jobs import JobRead, JobStatus
 from service.main import create_app
 from service.settings import Settings
@@ -99,7 +99,7 @@ def test_wait_on_a_stream_stops_at_its_timeout_and_an_unknown_job_is_a_404(
     assert caught.value.status == 404
 
 
-def test_server_sent_events_are_parsed_as_the_format_says() -> None:
+def testserver_sent_events_are_parsed_as_the_format_says() -> None:
     lines = [
         "retry: 2000",
         "",
@@ -115,7 +115,7 @@ def test_server_sent_events_are_parsed_as_the_format_says() -> None:
         "data: {}",
         "",
     ]
-    assert list(_server_sent_events(iter(lines))) == [
+    assert list(server_sent_events(iter(lines))) == [
         ("", ""),
         ("progress", '{"a":\n1}'),
         ("message", "no space"),

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cnnviz_client.client import server_sent_events
 from service.main import create_app
 from tests.jobs.client import LONG, QUICK, settle, submit
 from tests.jobs.conftest import TRANSPORTS, api_settings
@@ -18,21 +19,12 @@ from tests.jobs.procs import RedisServer, serve
 def read_events(api: httpx.Client, job_id: str, timeout: float = 60) -> list[tuple[str, Any]]:
     """Every event and comment of the stream until the server ends it: (name, data)."""
     events: list[tuple[str, Any]] = []
-    name, data = "message", ""
     with api.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert "content-encoding" not in response.headers
-        for line in response.iter_lines():
-            if line.startswith(":"):
-                events.append(("comment", line[1:].strip()))
-            elif line.startswith("event:"):
-                name = line.partition(":")[2].strip()
-            elif line.startswith("data:"):
-                data += line.partition(":")[2].strip()
-            elif line == "" and data:
-                events.append((name, json.loads(data)))
-                name, data = "message", ""
+        for name, data in server_sent_events(response.iter_lines()):
+            events.append(("comment", None) if not name else (name, json.loads(data)))
     return events
 
 
