@@ -25,6 +25,10 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_IMAGE_PIXELS = 1_000_000
 # Generous for 2 busy cores, short enough that a hang fails the test instead of the suite.
 REQUEST_TIMEOUT = 30.0
+# For clients that outlive a test: idle connections are dropped after 1 s, well before
+# uvicorn closes them (5 s). With both at 5 s (httpx's default), a request sent as the server
+# closed its idle connection failed with "Server disconnected without sending a response".
+KEEP_ALIVE = httpx.Limits(keepalive_expiry=1.0)
 
 MODELS_TOML = """
 [models.tiny]
@@ -123,9 +127,5 @@ def base_url(app: FastAPI) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def http(base_url: str) -> Iterator[httpx.Client]:
     """A client of the real server; every request times out rather than hang."""
-    # Idle connections are dropped after 1 s, well before uvicorn closes them (5 s): with
-    # both at 5 s, a request sent as the server closed its idle connection failed with
-    # "Server disconnected without sending a response".
-    limits = httpx.Limits(keepalive_expiry=1.0)
-    with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT, limits=limits) as client:
+    with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT, limits=KEEP_ALIVE) as client:
         yield client

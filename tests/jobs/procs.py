@@ -25,6 +25,8 @@ import uvicorn
 from celery import Celery
 from fastapi import FastAPI
 
+from tests.api.conftest import KEEP_ALIVE
+
 ROOT = Path(__file__).resolve().parents[2]
 # The callback key of the test APIs and workers; callbacks go to 127.0.0.1 only.
 CALLBACK_SECRET = "test-callback-secret"
@@ -238,10 +240,8 @@ def serve(app: FastAPI) -> Iterator[httpx.Client]:
     thread.start()
     try:
         wait_for(lambda: server.started, 30, "the API server")
-        # Idle connections dropped well before uvicorn closes them (see tests/api/conftest.py).
-        limits = httpx.Limits(keepalive_expiry=1.0)
         url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, timeout=30, limits=limits) as client:
+        with httpx.Client(base_url=url, timeout=30, limits=KEEP_ALIVE) as client:
             yield client
     finally:
         server.should_exit = True

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from service.main import create_app
 from service.settings import Settings
-from tests.api.conftest import MODELS_TOML, make_settings, serve
+from tests.api.conftest import KEEP_ALIVE, MODELS_TOML, make_settings, serve
 from tests.jobs.datasets import write_image_folder
 
 # Generous for two busy cores; a flow that is really stuck fails instead of hanging.
@@ -80,9 +80,7 @@ def viewer_url(viewer_app: FastAPI) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def http_client(viewer_url: str) -> Iterator[httpx.Client]:
-    # Idle connections dropped well before uvicorn closes them (see tests/api/conftest.py).
-    limits = httpx.Limits(keepalive_expiry=1.0)
-    with httpx.Client(base_url=viewer_url, timeout=WAIT_S, limits=limits) as client:
+    with httpx.Client(base_url=viewer_url, timeout=WAIT_S, limits=KEEP_ALIVE) as client:
         yield client
 
 
