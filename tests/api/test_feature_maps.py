@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnviz import precision as precision_module
 from cnnviz.data.shapes import sample_image
 from cnnviz.featuremaps import feature_maps
 from cnnviz.imaging import preprocess
@@ -169,13 +170,19 @@ def test_fp32_is_the_exact_default_and_reduced_precision_is_asked_for(
     assert refused.status_code == 422 and "'bf16'" in refused.json()["detail"]
 
 
-def test_the_answer_says_which_precision_the_forward_ran_in(http: httpx.Client) -> None:
+@pytest.mark.parametrize("bf16_is_faster", [True, False])
+def test_the_answer_says_which_precision_the_forward_ran_in(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch, bf16_is_faster: bool
+) -> None:
+    # The server runs in this process: both kinds of CPU, whatever this machine is.
+    monkeypatch.setattr(precision_module, "cpu_prefers_bf16", lambda: bf16_is_faster)
     body = {"sample": "star", "layers": ["block2.conv"]}
     url = "/v1/models/shapes/feature-maps"
     assert http.post(url, json=body).json()["precision"] == "fp32"
     assert http.post(url, json={**body, "precision": "bf16"}).json()["precision"] == "bf16"
-    # auto: what this machine's CPU resolves it to, in JSON and in a PNG's header
+    # auto: what the CPU resolves it to, in JSON and in a PNG's header
     auto = resolve_precision("auto", "cpu").precision
+    assert auto == ("bf16" if bf16_is_faster else "fp32")
     assert http.post(url, json={**body, "precision": "auto"}).json()["precision"] == auto
     png = http.post(url, json={**body, "precision": "auto"}, headers={"Accept": "image/png"})
     assert png.status_code == 200 and png.headers["X-Precision"] == auto
