@@ -9,7 +9,10 @@ Starts its own redis-server on a free port and its own workers; needs no Redis r
 Both sides use the same number of torch threads (``--threads``), so the ratio measures the
 queue, not a different thread count::
 
-    .venv/bin/python bench/jobs.py [--repeats 5] [--threads 1]
+    .venv/bin/python bench/jobs.py [--repeats 5] [--threads 1] [--device cpu|cuda]
+
+With ``--device cuda`` the workers run their jobs on the GPU (``CNNVIZ_WORKER_DEVICE``) and
+the in-process side does too.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnnviz.models import ModelRegistry
+from cnnviz.models import LoadedModel, ModelRegistry
 from schemas.optimization import OptimizationCreate
 from service.main import create_app
 from service.settings import Settings
@@ -45,9 +48,8 @@ LONG: dict[str, Any] = {
 SHORT: dict[str, Any] = {"layer": "block3.relu", "channels": [0], "steps": 16, "image_size": 32}
 
 
-def in_process_seconds(model: str, models_file: str | None, body: dict[str, Any]) -> float:
-    """The job function's own run time, model loaded and warm."""
-    loaded = ModelRegistry.from_file(models_file).get(model)
+def in_process_seconds(loaded: LoadedModel, body: dict[str, Any]) -> float:
+    """The job function's own run time, model loaded (and warm after the first call)."""
     request = prepare(OptimizationCreate.model_validate(body), loaded)
     started = time.perf_counter()
     optimize(request, loaded)
@@ -74,9 +76,11 @@ def submit_to_result(api: Any, model: str, body: dict[str, Any]) -> tuple[float,
         time.sleep(0.1 if progress["step"] < 0.9 * progress["total"] else 0.005)
 
 
-def throughput(api: Any, model: str, n: int) -> float:
-    """Jobs per second for ``n`` short jobs submitted at once, until the last one is done."""
-    bodies = [{**SHORT, "seed": seed} for seed in range(n)]
+def throughput(api: Any, model: str, n: int, first_seed: int) -> float:
+    """Jobs per second for ``n`` short jobs submitted at once, until the last one is done.
+    Seeds ``first_seed`` onwards: a job the service has already run would be answered from
+    its result, not run again."""
+    bodies = [{**SHORT, "seed": seed} for seed in range(first_seed, first_seed + n)]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=n) as pool:
         ids = list(
@@ -101,12 +105,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads on both sides")
     parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--device", default="cpu", help="the workers' and this side's device")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    env = {"CNNVIZ_WORKER_TORCH_THREADS": str(args.threads)}
+    env = {"CNNVIZ_WORKER_TORCH_THREADS": str(args.threads), "CNNVIZ_WORKER_DEVICE": args.device}
     if args.models_file:
         env["CNNVIZ_MODELS_FILE"] = args.models_file
 
+    registry = ModelRegistry.from_file(args.models_file, device=torch.device(args.device))
+    loaded = registry.get(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         redis_server = RedisServer(workdir).start()
@@ -114,18 +121,21 @@ def main() -> None:
         try:
             settings = Settings(redis_url=redis_server.url, models_file=args.models_file)
             with serve(create_app(settings)) as api:
-                submit_to_result(api, args.model, LONG)  # warm: the worker's child loads
-                in_process_seconds(args.model, args.models_file, LONG)  # warm: this process
+                # A new seed for every job sent: the service answers a job it has already run
+                # from its result.
+                submit_to_result(api, args.model, {**LONG, "seed": 0})  # warm the worker's child
+                in_process_seconds(loaded, LONG)  # warm here
                 direct, queued, inside = [], [], []
-                for _ in range(args.repeats):  # interleaved, so drift hits both sides
-                    direct.append(in_process_seconds(args.model, args.models_file, LONG))
-                    total, worker_side = submit_to_result(api, args.model, LONG)
+                for repeat in range(1, args.repeats + 1):  # interleaved against drift
+                    body = {**LONG, "seed": repeat}
+                    direct.append(in_process_seconds(loaded, body))
+                    total, worker_side = submit_to_result(api, args.model, body)
                     queued.append(total)
                     inside.append(worker_side)
-                one = throughput(api, args.model, args.jobs)
+                one = throughput(api, args.model, args.jobs, first_seed=0)
                 workers.append(CeleryWorker(redis_server.url, workdir, env).start())
-                throughput(api, args.model, 2)  # warm the second worker's child
-                two = throughput(api, args.model, args.jobs)
+                throughput(api, args.model, 2, first_seed=args.jobs)  # warm the second child
+                two = throughput(api, args.model, args.jobs, first_seed=args.jobs + 2)
         finally:
             for worker in workers:
                 worker.stop()
@@ -133,7 +143,7 @@ def main() -> None:
 
     d, q = statistics.median(direct), statistics.median(queued)
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, device cpu, "
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, device {args.device}, "
         f"{args.threads} torch thread(s) on each side"
     )
     print(
