@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 _MIB = 1 << 20
+DEFAULT_MEMORY_BUDGET_MB = 1024
 # Random streams drawn per unit from (seed, unit, stream).
 _INIT_STREAM = 0
 _TRANSFORM_STREAM = 1
@@ -94,7 +95,7 @@ class RenderSettings:
     decorrelate: bool = True
     transforms: Literal["standard", "none"] = "standard"
     redirect_relu_steps: int = 16
-    memory_budget_mb: int = 1024
+    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
     seed: int = 0
     l1: float = 0.0
     l2: float = 0.0
@@ -122,6 +123,19 @@ class RenderSettings:
         for ok, message in checks:
             if not ok:
                 raise InvalidArgumentError(f"{message}; got settings {self}")
+
+
+def device_memory_budget_mb(device: torch.device | str) -> int:
+    """A memory budget that suits ``device``: ``DEFAULT_MEMORY_BUDGET_MB``, and on a CUDA
+    device a quarter of its memory where that is more (35 GiB on a 141 GB card), so a whole
+    layer runs on a large GPU in one or a few chunks that keep it busy, rather than in many
+    that each leave it idle. From the card's size, not from what is free at the moment, so a
+    job resumed from a checkpoint on the same kind of card is cut into the same chunks."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_MEMORY_BUDGET_MB
+    total = torch.cuda.get_device_properties(device).total_memory
+    return max(DEFAULT_MEMORY_BUDGET_MB, total // 4 // _MIB)
 
 
 def _no_preview(max_images: int | None, max_side: int | None) -> torch.Tensor:

@@ -10,7 +10,14 @@ from torch import nn
 
 from cnnviz.errors import InvalidArgumentError, UnknownLayerError
 from cnnviz.layers import layer_index
-from cnnviz.optvis import RenderSettings, StepReport, check_objective, objectives, visualize
+from cnnviz.optvis import (
+    RenderSettings,
+    StepReport,
+    check_objective,
+    device_memory_budget_mb,
+    objectives,
+    visualize,
+)
 
 GREY = dict(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
 
@@ -434,3 +441,17 @@ def test_forward_stops_at_the_deepest_layer_the_objective_reads() -> None:
         assert len(calls) == before
     finally:
         handle.remove()
+
+
+def test_the_memory_budget_is_a_quarter_of_a_large_gpu_and_the_default_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert device_memory_budget_mb("cpu") == RenderSettings().memory_budget_mb == 1024
+    sizes = {0: 143_771 << 20, 1: 2 << 30}  # an H200 and a small card
+
+    def properties(device: torch.device) -> object:
+        return type("Properties", (), {"total_memory": sizes[device.index]})()
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    assert device_memory_budget_mb("cuda:0") == 143_771 // 4
+    assert device_memory_budget_mb(torch.device("cuda", 1)) == 1024  # never below the default

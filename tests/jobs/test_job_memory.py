@@ -101,10 +101,20 @@ def test_a_result_too_large_to_encode_in_the_budget_is_refused() -> None:
         loaded,
     )
     encoding = result_bytes(512, 3, 176)
-    settings = replace(render_settings(request), memory_budget_mb=int(encoding * 0.9) // MIB)
+    settings = replace(
+        render_settings(request, loaded.device), memory_budget_mb=int(encoding * 0.9) // MIB
+    )
     with pytest.raises(InvalidArgumentError, match="while they are encoded") as error:
         admit(request, loaded, build_objective(request), settings, 2**40)
     assert f"{settings.memory_budget_mb} MiB" in str(error.value)
     # With room for the encoding, the same job is admitted.
     roomy = replace(settings, memory_budget_mb=encoding // MIB + 64)
     admit(request, loaded, build_objective(request), roomy, 2**40)
+
+
+def test_a_job_renders_with_its_devices_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = OptimizationCreate(layer="block3.relu", channels="all", image_size=64, steps=1)
+    assert render_settings(request, torch.device("cpu")).memory_budget_mb == 1024
+    h200 = type("Properties", (), {"total_memory": 143_771 * MIB})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _device: h200)
+    assert render_settings(request, torch.device("cuda:0")).memory_budget_mb == 143_771 // 4

@@ -18,6 +18,7 @@ from cnnviz.optvis import (
     RenderSettings,
     StepReport,
     check_objective,
+    device_memory_budget_mb,
     objectives,
     visualize,
 )
@@ -110,8 +111,10 @@ def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCre
     return resolved
 
 
-def render_settings(request: OptimizationCreate) -> RenderSettings:
+def render_settings(request: OptimizationCreate, device: torch.device) -> RenderSettings:
+    """The render's settings for ``request`` on ``device``, with that device's memory budget."""
     return RenderSettings(
+        memory_budget_mb=device_memory_budget_mb(device),
         steps=request.steps,
         lr=request.lr,
         image_size=request.image_size,
@@ -239,7 +242,7 @@ def optimize(
             input_shape=loaded.spec.input_shape,
             mean=loaded.spec.mean,
             std=loaded.spec.std,
-            settings=render_settings(request),
+            settings=render_settings(request, loaded.device),
             device=loaded.device,
             on_step=on_step,
             model_name=loaded.spec.name,
@@ -299,7 +302,7 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
         loaded = resources.model(model)
         resolved = prepare(request, loaded)
         if resources.max_job_work is not None:  # too large: a 422 now, not a failure later
-            settings = render_settings(resolved)
+            settings = render_settings(resolved, loaded.device)
             objective = build_objective(resolved)
             admit(resolved, loaded, objective, settings, resources.max_job_work)
         return resolved
