@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property, partial
 from typing import Any, Literal
 
 import numpy as np
@@ -155,12 +156,18 @@ class StepReport:
 
     step: int
     total: int
-    objectives: list[float]
+    _objectives: Callable[[], list[float]] = field(repr=False, compare=False)
     chunk: int = 0
     n_chunks: int = 1
     _preview: Callable[[int | None, int | None], torch.Tensor] = field(
         default=_no_preview, repr=False, compare=False
     )
+
+    @cached_property
+    def objectives(self) -> list[float]:
+        """Read from the device on first use: a copy to the host waits for the step's
+        kernels, so a render whose reports go unread keeps the device busy between steps."""
+        return self._objectives()
 
     def preview(self, max_images: int | None = None, max_side: int | None = None) -> torch.Tensor:
         """Images of the units as they are now: ``(n, C, h, w)`` float32 in [0, 1], CPU.
@@ -640,13 +647,10 @@ def _render(
             scaler.step(optimizer)
             scaler.update()
             if on_step is not None:
-                # Only reports read these: no device-to-host copy per step without a callback.
-                for unit, value in zip(units, own.detach().float().cpu().tolist(), strict=True):
-                    latest[unit] = value
                 report = StepReport(
                     step=k * settings.steps + step + 1,
                     total=total_steps,
-                    objectives=list(latest),
+                    _objectives=partial(_with_current, list(latest), units, own.detach()),
                     chunk=k,
                     n_chunks=len(chunks),
                     _preview=preview,
@@ -692,6 +696,13 @@ def _render(
         precision=job.forward.numerics.precision,
         channels_last=job.forward.numerics.channels_last,
     )
+
+
+def _with_current(latest: list[float], units: list[int], own: torch.Tensor) -> list[float]:
+    """``latest`` (a copy) with the values of ``units`` replaced by this step's ``own``."""
+    for unit, value in zip(units, own.float().cpu().tolist(), strict=True):
+        latest[unit] = value
+    return latest
 
 
 def _on_cpu(state: Any) -> Any:
