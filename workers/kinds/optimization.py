@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import safetensors.torch
@@ -131,13 +132,24 @@ def render_settings(request: OptimizationCreate, device: torch.device) -> Render
     )
 
 
+def _encode(tiles: torch.Tensor, columns: int | None) -> tuple[bytes, int, list[bytes]]:
+    """The PNGs of the uint8 ``tiles`` of :func:`pixels`: their grid, its columns, and each
+    tile's own, encoded on as many threads as the job has for torch (Pillow encodes without
+    the interpreter lock). One after another, the 257 PNGs of resnet18's ``layer3`` took
+    1.5 s of a 3.6 s job on a GPU."""
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        grid = pool.submit(grid_png, tiles, columns)  # the largest: first
+        each = list(pool.map(encode_png, tiles))
+        return (*grid.result(), each)
+
+
 def _unit_results(
-    request: OptimizationCreate, tiles: torch.Tensor, final: list[float], initial: list[float]
+    request: OptimizationCreate, pngs: list[bytes], final: list[float], initial: list[float]
 ) -> list[UnitResult]:
-    """One entry per image, from the uint8 ``tiles`` of :func:`pixels`."""
+    """One entry per image, from the PNGs of its tiles (:func:`_encode`)."""
     kind = request.objective
     units: list[UnitResult] = []
-    for i in range(tiles.shape[0]):
+    for i in range(len(pngs)):
         unit, sample = divmod(i, request.images_per_unit)
         channel: int | None = None
         y = x = None
@@ -152,7 +164,7 @@ def _unit_results(
                 sample=sample,
                 y=y,
                 x=x,
-                image=b64(encode_png(tiles[i])),
+                image=b64(pngs[i]),
                 objective=final[i],
                 initial_objective=initial[i],
             )
@@ -271,12 +283,12 @@ def optimize(
     del rendered  # the float images, four times the pixels, are not needed past here
     # Several images of each unit: one row per unit.
     per_unit = request.images_per_unit
-    grid, columns = grid_png(tiles, per_unit if per_unit > 1 else None)
+    grid, columns, pngs = _encode(tiles, per_unit if per_unit > 1 else None)
     return OptimizationResult(
         model=loaded.spec.name,
         layer=request.layer,
         objective=request.objective or ObjectiveKind.CHANNEL,  # set by the validator; for mypy
-        units=_unit_results(request, tiles, final, initial),
+        units=_unit_results(request, pngs, final, initial),
         grid=b64(grid),
         grid_columns=columns,
         image_size=request.image_size,
