@@ -455,3 +455,34 @@ def test_the_memory_budget_is_a_quarter_of_a_large_gpu_and_the_default_elsewhere
     monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
     assert device_memory_budget_mb("cuda:0") == 143_771 // 4
     assert device_memory_budget_mb(torch.device("cuda", 1)) == 1024  # never below the default
+
+
+def test_a_reports_objectives_are_its_steps_whenever_they_are_read() -> None:
+    reports: list[StepReport] = []
+    read_at_once: list[list[float]] = []
+
+    def on_step(report: StepReport) -> None:
+        reports.append(report)
+        if report.step % 2:  # every other report read at its step, the rest after the render
+            read_at_once.append(report.objectives)
+
+    result = visualize(
+        Wide(),
+        objectives.channel("tail", [0, 1, 2, 3, 0, 1]),
+        input_shape=(3, 32, 32),
+        settings=RenderSettings(steps=4, memory_budget_mb=1, redirect_relu_steps=2),
+        on_step=on_step,
+        **GREY,
+    )
+    assert result.n_chunks > 1
+    assert [r.objectives for r in reports if r.step % 2] == read_at_once
+    size = result.chunk_size
+    for report in reports:
+        values, k = report.objectives, report.chunk
+        done, live = slice(0, k * size), slice(k * size, (k + 1) * size)
+        assert values[done] == result.objectives[done]  # finished chunks: their final values
+        assert values[(k + 1) * size :] == result.initial_objectives[(k + 1) * size :]
+        assert values[live] != result.initial_objectives[live]  # this step's, under transforms
+    # Within a chunk each report holds its own step's values, not the last step's.
+    first_chunk = [r.objectives[0] for r in reports if r.chunk == 0]
+    assert len(set(first_chunk)) == len(first_chunk)
