@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -194,7 +195,14 @@ def main() -> None:
         toml = models_file(Path(tmp))
         env = {"CNNVIZ_MODELS_FILE": str(toml), "CNNVIZ_DEVICE": args.device}
         old_env = {**env, "PYTHONPATH": str(before)}
-        with api_server(env) as now, api_server(old_env, root=before) as old:
+        with ExitStack() as stack:
+            now = stack.enter_context(api_server(env))
+            # The older service only for the 8-client part: --only one needs no --before.
+            old = (
+                None
+                if args.only == "one"
+                else stack.enter_context(api_server(old_env, root=before))
+            )
             if args.only != "clients":
                 floor = Floor(upload_image, device)
                 http, base = one_client(now.url, floor, png_bytes(upload_image), args.rounds)
@@ -203,7 +211,7 @@ def main() -> None:
                 threads = torch.get_num_threads()
                 print(f"  independent floor           {ms(base)}  (torch threads {threads})")
                 print(f"  ratio {http / base:5.2f}  (target <= 1.2)")
-            if args.only != "one":
+            if old is not None:
                 for case in cases:
                     clients_case(now, old, before, case, args.clients, args.bursts, args.seconds)
 
