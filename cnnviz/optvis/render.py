@@ -619,6 +619,7 @@ def _render(
 
     for k in range(first_chunk, len(chunks)):
         units = chunks[k]
+        before = tuple(latest)  # the other chunks' values while this one runs
         resuming = resume is not None and k == first_chunk
         start = first_step if resuming else 0
         raw = resume.raw.to(job.device) if resume and resuming else job.init_raw(units)
@@ -650,7 +651,7 @@ def _render(
                 report = StepReport(
                     step=k * settings.steps + step + 1,
                     total=total_steps,
-                    _objectives=partial(_with_current, list(latest), units, own.detach()),
+                    _objectives=partial(_with_current, before, units, own.detach()),
                     chunk=k,
                     n_chunks=len(chunks),
                     _preview=preview,
@@ -698,11 +699,13 @@ def _render(
     )
 
 
-def _with_current(latest: list[float], units: list[int], own: torch.Tensor) -> list[float]:
-    """``latest`` (a copy) with the values of ``units`` replaced by this step's ``own``."""
+def _with_current(others: tuple[float, ...], units: list[int], own: torch.Tensor) -> list[float]:
+    """Every unit's value: ``others``, with those of ``units`` replaced by this step's
+    ``own``."""
+    values = list(others)
     for unit, value in zip(units, own.float().cpu().tolist(), strict=True):
-        latest[unit] = value
-    return latest
+        values[unit] = value
+    return values
 
 
 def _on_cpu(state: Any) -> Any:
