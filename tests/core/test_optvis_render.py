@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ from torch import nn
 from cnnviz.errors import InvalidArgumentError, UnknownLayerError
 from cnnviz.layers import layer_index
 from cnnviz.optvis import (
+    RenderResult,
     RenderSettings,
     StepReport,
     check_objective,
@@ -155,15 +156,23 @@ def test_deterministic_for_a_seed_and_different_across_seeds() -> None:
     assert not torch.allclose(first, run(8))
 
 
+def _six_tail_units(
+    budget_mb: int, on_step: Callable[[StepReport], None] | None = None
+) -> RenderResult:
+    """Six units of ``Wide``'s ``tail`` for 4 steps; a budget of 1 MiB cuts them into chunks."""
+    return visualize(
+        Wide(),
+        objectives.channel("tail", [0, 1, 2, 3, 0, 1]),
+        input_shape=(3, 32, 32),
+        settings=RenderSettings(steps=4, memory_budget_mb=budget_mb, redirect_relu_steps=2),
+        on_step=on_step,
+        **GREY,
+    )
+
+
 def test_chunked_equals_unchunked() -> None:
     def run(budget_mb: int) -> tuple[torch.Tensor, list[float], int]:
-        result = visualize(
-            Wide(),
-            objectives.channel("tail", [0, 1, 2, 3, 0, 1]),
-            input_shape=(3, 32, 32),
-            settings=RenderSettings(steps=4, memory_budget_mb=budget_mb, redirect_relu_steps=2),
-            **GREY,
-        )
+        result = _six_tail_units(budget_mb)
         return result.images, result.objectives, result.n_chunks
 
     whole, whole_objectives, whole_chunks = run(1024)
@@ -466,15 +475,10 @@ def test_a_reports_objectives_are_its_steps_whenever_they_are_read() -> None:
         if report.step % 2:  # every other report read at its step, the rest after the render
             read_at_once.append(report.objectives)
 
-    result = visualize(
-        Wide(),
-        objectives.channel("tail", [0, 1, 2, 3, 0, 1]),
-        input_shape=(3, 32, 32),
-        settings=RenderSettings(steps=4, memory_budget_mb=1, redirect_relu_steps=2),
-        on_step=on_step,
-        **GREY,
-    )
+    result = _six_tail_units(1, on_step)
     assert result.n_chunks > 1
+    # The reports nobody read have not been read from the device.
+    assert all("objectives" not in vars(r) for r in reports if not r.step % 2)
     assert [r.objectives for r in reports if r.step % 2] == read_at_once
     size = result.chunk_size
     for report in reports:
