@@ -197,12 +197,9 @@ def main() -> None:
         old_env = {**env, "PYTHONPATH": str(before)}
         with ExitStack() as stack:
             now = stack.enter_context(api_server(env))
-            # The older service only for the 8-client part: --only one needs no --before.
-            old = (
-                None
-                if args.only == "one"
-                else stack.enter_context(api_server(old_env, root=before))
-            )
+            old = None  # the older service only for the 8-client part: no --before for one
+            if args.only != "one":
+                old = stack.enter_context(api_server(old_env, root=before))
             if args.only != "clients":
                 floor = Floor(upload_image, device)
                 http, base = one_client(now.url, floor, png_bytes(upload_image), args.rounds)
