@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnviz.errors import CnnvizError
+from schemas.errors import with_listing
 from schemas.jobs import JobError, JobStatus, JobTask, Progress
 from workers.callbacks import CallbackPolicy, deliver
 from workers.config import JobSettings
@@ -315,7 +316,9 @@ def _outcome(
             "units or images, a smaller image_size)",
         )
     if isinstance(exc, CnnvizError):
-        return JobStatus.FAILED, JobError(code=exc.code, message=str(exc))
+        return JobStatus.FAILED, JobError(
+            code=exc.code, message=with_listing(str(exc), exc.listing)
+        )
     log.error("job %s failed", task.job_id, exc_info=exc)
     return JobStatus.FAILED, JobError(
         code="internal_error", message="the job failed; see the worker's log"
