@@ -30,6 +30,7 @@ from torch import nn
 from cnnviz.errors import ModelLoadError, RegistryConfigError, UnknownModelError
 from cnnviz.layers import LayerIndex, layer_index
 from cnnviz.models.loading import build_model
+from cnnviz.models.sources import hf_defaults, require_extra
 
 __all__ = ["BUILTIN_MODEL", "LoadedModel", "ModelRegistry", "ModelSpec"]
 
@@ -43,14 +44,19 @@ class ModelSpec:
     """How to build one model and feed it.
 
     Exactly one of ``arch`` (a torchvision architecture name), ``factory``
-    (``"package.module:callable"``) or ``builtin`` says what to build. ``weights`` is a file
-    path (safetensors, or a state dict readable with ``torch.load(weights_only=True)``),
-    ``"DEFAULT"`` or another torchvision weights name, or ``"random"``.
+    (``"package.module:callable"``), ``timm`` (a timm model name), ``hf`` (a Hugging Face
+    model directory) or ``builtin`` says what to build. ``weights`` is a file path
+    (safetensors, or a state dict readable with ``torch.load(weights_only=True)``),
+    ``"DEFAULT"`` or another torchvision weights name, or ``"random"``; None for an ``hf``
+    model whose directory holds them. ``sha256`` is the digest of the weights file of a
+    model registered at run time (checked before its weights are used).
     """
 
     name: str
     arch: str | None = None
     factory: str | None = None
+    timm: str | None = None
+    hf: str | None = None
     builtin: bool = False
     weights: str | None = None
     input_size: tuple[int, int] = (224, 224)
@@ -60,6 +66,18 @@ class ModelSpec:
     labels: tuple[str, ...] = ()
     description: str = ""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+
+    @property
+    def source(self) -> str:
+        """What builds it: ``builtin``, the arch, ``timm:NAME``, ``hf:DIR`` or the factory."""
+        if self.builtin:
+            return "builtin"
+        if self.timm is not None:
+            return f"timm:{self.timm}"
+        if self.hf is not None:
+            return f"hf:{self.hf}"
+        return self.arch or self.factory or "unknown"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -103,28 +121,33 @@ def _float_tuple(
     return tuple(float(v) for v in value)
 
 
+_SOURCES = ("arch", "factory", "timm", "hf")
+ENTRY_KEYS = frozenset(
+    {*_SOURCES, "weights", "input_size", "channels", "mean", "std", "labels", "description"}
+    | {"kwargs"}
+)
+"""The keys of a ``[models.NAME]`` table."""
+
+
 def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
     """One ``[models.NAME]`` table to a spec; raises RegistryConfigError naming the cause."""
     if not isinstance(entry, Mapping):
         raise RegistryConfigError(f"[models.{name}] must be a table")
-    known = {
-        "arch",
-        "factory",
-        "weights",
-        "input_size",
-        "channels",
-        "mean",
-        "std",
-        "labels",
-        "description",
-        "kwargs",
-    }
+    known = ENTRY_KEYS
     unknown = sorted(set(entry) - known)
     if unknown:
         raise RegistryConfigError(f"unknown keys {unknown}; valid keys: {sorted(known)}")
+    given = [key for key in _SOURCES if entry.get(key) is not None]
+    if len(given) != 1:
+        raise RegistryConfigError(
+            f"give exactly one of {', '.join(map(repr, _SOURCES))}"
+            + (f"; got {', '.join(map(repr, given))}" if given else "")
+        )
+    source = given[0]
+    if not isinstance(entry[source], str) or not entry[source]:
+        raise RegistryConfigError(f"{source!r} must be a non-empty string")
     arch, factory = entry.get("arch"), entry.get("factory")
-    if (arch is None) == (factory is None):
-        raise RegistryConfigError("give exactly one of 'arch' or 'factory'")
+    timm_name, hf = entry.get("timm"), entry.get("hf")
     if arch is not None:
         from torchvision.models import list_models
 
@@ -133,16 +156,37 @@ def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
                 f"unknown arch {arch!r}; torchvision architectures include "
                 f"{', '.join(sorted(m for m in list_models() if '_' not in m)[:20])}, ..."
             )
-    if factory is not None and (not isinstance(factory, str) or ":" not in factory):
+    if factory is not None and ":" not in factory:
         raise RegistryConfigError(f"factory must be 'package.module:callable', got {factory!r}")
+    if source in ("timm", "hf"):
+        require_extra(source)
+    defaults: dict[str, Any] = {}
+    if hf is not None:
+        directory = Path(hf).expanduser()
+        directory = directory if directory.is_absolute() else base / directory
+        hf = str(directory)
+        # What the directory says fills what the entry leaves out ("absent" is not given).
+        defaults = hf_defaults(directory)
+        for key in ("input_size", "mean", "std"):
+            if key not in entry and key not in defaults:
+                raise RegistryConfigError(
+                    f"{key!r} is not given, and {hf!r} has no preprocessor_config.json that "
+                    "says it; give it in the entry"
+                )
+        entry = {**defaults, **entry}
     weights = entry.get("weights")
-    if not isinstance(weights, str) or not weights:
+    if hf is not None and weights is None:
+        pass  # the directory holds them
+    elif not isinstance(weights, str) or not weights:
         raise RegistryConfigError(
             "'weights' is required: a file path, 'DEFAULT' (torchvision's weights) or 'random'"
         )
-    if factory is not None and weights != "random" and not _looks_like_path(weights):
-        raise RegistryConfigError("a factory model needs a weights file path (or 'random')")
-    if _looks_like_path(weights):
+    elif arch is None and weights != "random" and not _looks_like_path(weights):
+        raise RegistryConfigError(
+            f"a {source} model needs a weights file path (or 'random'); named weights are "
+            "torchvision's"
+        )
+    if weights is not None and _looks_like_path(weights):
         path = Path(weights).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.is_file():
@@ -176,6 +220,8 @@ def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
         name=name,
         arch=arch,
         factory=factory,
+        timm=timm_name,
+        hf=hf,
         weights=weights,
         input_size=(size[0], size[1]),
         channels=channels,

@@ -13,11 +13,10 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 
 def _model_read(spec: ModelSpec, loaded: bool) -> ModelRead:
-    source = "builtin" if spec.builtin else spec.arch or spec.factory or "unknown"
     return ModelRead(
         name=spec.name,
         description=spec.description,
-        source=source,
+        source=spec.source,
         weights=spec.weights,
         input_size=spec.input_size,
         channels=spec.channels,
