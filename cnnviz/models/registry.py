@@ -18,23 +18,29 @@ are only read at first use. Models are loaded lazily, once per process.
 from __future__ import annotations
 
 import threading
-import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from cnnviz.errors import ModelLoadError, RegistryConfigError, UnknownModelError
+from cnnviz.errors import (
+    ModelLoadError,
+    ModelNameTakenError,
+    RegistryConfigError,
+    UnknownModelError,
+)
 from cnnviz.layers import LayerIndex, layer_index
+from cnnviz.models.catalog import BUILTIN_MODEL, Catalog, DigestCache, ModelsFile
 from cnnviz.models.loading import build_model
 from cnnviz.models.sources import hf_defaults, require_extra
+from cnnviz.models.store import ModelStore
+from cnnviz.reload import DEFAULT_POLL_INTERVAL_S
 
 __all__ = ["BUILTIN_MODEL", "LoadedModel", "ModelRegistry", "ModelSpec"]
 
-BUILTIN_MODEL = "shapes"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -67,6 +73,7 @@ class ModelSpec:
     description: str = ""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     sha256: str | None = None
+    origin: Literal["builtin", "config", "store"] = "config"
 
     @property
     def source(self) -> str:
@@ -103,6 +110,7 @@ def _builtin_spec() -> ModelSpec:
         name=BUILTIN_MODEL,
         builtin=True,
         weights="builtin",
+        origin="builtin",
         input_size=INPUT_SIZE,
         channels=3,
         mean=MEAN,
@@ -243,6 +251,12 @@ class ModelRegistry:
     ``device`` is where loaded models live. Entries that could not be parsed are kept in
     :attr:`errors` and raise :class:`ModelLoadError` on use, so one bad table leaves the
     others working.
+
+    A registry made :meth:`from_file` re-reads its TOML file when it changes (polled at most
+    every ``poll_interval_s``), and the specs of its :class:`~cnnviz.models.store.ModelStore`
+    when they change. A bad edit keeps the last good entries and is reported in
+    :attr:`problems`. A model whose spec changed is built again at its next use; a caller
+    that holds the old :class:`LoadedModel` (a running job) goes on with it.
     """
 
     def __init__(
@@ -250,67 +264,102 @@ class ModelRegistry:
         specs: Mapping[str, ModelSpec] | None = None,
         errors: Mapping[str, str] | None = None,
         device: torch.device | str = "cpu",
+        *,
+        models_file: ModelsFile | None = None,
+        store: ModelStore | None = None,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> None:
-        builtin = _builtin_spec()
-        self._specs: dict[str, ModelSpec] = {builtin.name: builtin, **(specs or {})}
-        self.errors: dict[str, str] = dict(errors or {})
-        self.warnings: list[str] = []
+        self._fixed = (
+            {BUILTIN_MODEL: _builtin_spec(), **(specs or {})},
+            dict(errors or {}),
+        )
         self.device = torch.device(device)
+        self._catalog = Catalog(
+            models_file, store, self._parse_stored, poll_interval_s, reserved=self._fixed[0]
+        )
+        self._specs, self._errors = self._catalog.merged(*self._fixed)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._digests = DigestCache()
 
     @classmethod
     def from_file(
-        cls, path: str | Path | None, device: torch.device | str = "cpu"
+        cls,
+        path: str | Path | None,
+        device: torch.device | str = "cpu",
+        *,
+        store: str | Path | ModelStore | None = None,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> ModelRegistry:
-        """The built-in model plus the models of a TOML file (``None``: the built-in only).
+        """The built-in model plus the models of a TOML file (``None``: the built-in only)
+        and of a model store directory (``None``: none).
 
-        A file that cannot be read or parsed raises :class:`RegistryConfigError`; a bad entry
-        is kept as an error of that model only.
+        A file that cannot be read or parsed at start raises :class:`RegistryConfigError`;
+        a bad entry is kept as an error of that model only.
         """
-        if path is None:
-            return cls(device=device)
-        path = Path(path)
-        try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise RegistryConfigError(f"cannot read models file {str(path)!r}: {exc}") from exc
-        tables = document.get("models", {})
-        if not isinstance(tables, Mapping):
-            raise RegistryConfigError(f"{str(path)!r}: 'models' must be a table of tables")
-        specs: dict[str, ModelSpec] = {}
-        errors: dict[str, str] = {}
-        warnings: list[str] = []
-        for name, entry in tables.items():
-            if name == BUILTIN_MODEL:
-                # The built-in model keeps its name whatever the file says.
-                warnings.append(
-                    f"[models.{name}] in {str(path)!r} is ignored: the name is reserved for "
-                    "the built-in model"
-                )
-                continue
-            try:
-                specs[name] = _parse_entry(name, entry, path.parent)
-            except RegistryConfigError as exc:
-                errors[name] = f"[models.{name}] in {str(path)!r}: {exc}"
-        registry = cls(specs, errors, device)
-        registry.warnings = warnings
-        return registry
+        models_file = ModelsFile.read(Path(path), _parse_entry) if path is not None else None
+        if store is not None and not isinstance(store, ModelStore):
+            store = ModelStore(store)
+        return cls(
+            device=device, models_file=models_file, store=store, poll_interval_s=poll_interval_s
+        )
+
+    def _parse_stored(self, name: str, table: Mapping[str, Any], sha256: str) -> ModelSpec:
+        base = self._catalog.store.root if self._catalog.store else Path(".")
+        return replace(_parse_entry(name, table, base), sha256=sha256, origin="store")
+
+    def refresh(self, force: bool = False) -> None:
+        """Read the models file and the store again if they changed (at most every poll
+        interval, unless ``force``); forget the loaded models whose spec changed."""
+        if not self._catalog.refresh(force):
+            return
+        with self._lock:
+            specs, errors = self._catalog.merged(*self._fixed)
+            for name, loaded in list(self._loaded.items()):
+                if specs.get(name) != loaded.spec:
+                    del self._loaded[name]
+            self._specs, self._errors = specs, errors
+
+    @property
+    def warnings(self) -> list[str]:
+        """Entries of the models file that are ignored, with why."""
+        return self._catalog.warnings
+
+    @property
+    def problems(self) -> list[str]:
+        """What went wrong when the models file or the store was last read again (the last
+        good entries stay in use meanwhile); empty when all is well."""
+        self.refresh()
+        return self._catalog.problems
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """The models that cannot be used, with why."""
+        self.refresh()
+        return self._errors
+
+    @property
+    def store(self) -> ModelStore | None:
+        return self._catalog.store
 
     def __iter__(self) -> Iterator[ModelSpec]:
-        return iter(self._specs.values())
+        self.refresh()
+        return iter(list(self._specs.values()))
 
     def names(self) -> list[str]:
         """Every model name, usable or not."""
-        return sorted({*self._specs, *self.errors})
+        self.refresh()
+        return sorted({*self._specs, *self._errors})
 
     def spec(self, name: str) -> ModelSpec:
         """The spec of ``name``; UnknownModelError or ModelLoadError (a bad entry) otherwise."""
-        if name in self.errors:
-            raise ModelLoadError(name, self.errors[name])
+        self.refresh()
+        errors, specs = self._errors, self._specs
+        if name in errors:
+            raise ModelLoadError(name, errors[name])
         try:
-            return self._specs[name]
+            return specs[name]
         except KeyError:
             raise UnknownModelError(name, self.names()) from None
 
@@ -320,17 +369,59 @@ class ModelRegistry:
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model ``name``, built and its weights read on first use."""
-        loaded = self._loaded.get(name)
-        if loaded is not None:
-            return loaded
         spec = self.spec(name)
+        loaded = self._loaded.get(name)
+        if loaded is not None and loaded.spec == spec:
+            return loaded
         with self._lock:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
             loaded = self._loaded.get(name)
-            if loaded is None:
+            if loaded is None or loaded.spec != spec:
                 module = build_model(spec).to(self.device).eval().requires_grad_(False)
                 index = layer_index(module, spec.input_shape, name)
                 loaded = LoadedModel(spec, module, index, self.device)
-                self._loaded[name] = loaded
+                with self._lock:
+                    if self._specs.get(name) == spec:  # not replaced meanwhile
+                        self._loaded[name] = loaded
         return loaded
+
+    def weights_digest(self, name: str) -> str | None:
+        """The sha256 of the weights ``name`` runs: of its weights file, or its registered
+        digest; None where there is no file (``random``, torchvision's named weights)."""
+        spec = self.spec(name)
+        return spec.sha256 or self._digests.of(spec)
+
+    def register(self, name: str, table: Mapping[str, Any], data: bytes) -> ModelSpec:
+        """Keep a model in the store (see :meth:`ModelStore.register`): its spec.
+
+        Raises :class:`ModelNameTakenError` for the name of the built-in model or of the
+        models file, InvalidUploadError for a spec or weights refused.
+        """
+        store = self._require_store()
+        self._check_free(name)
+        spec = store.register(name, table, data, self._parse_upload)
+        self.refresh(force=True)
+        return spec
+
+    def unregister(self, name: str) -> None:
+        """Remove a model of the store; UnknownModelError if the store has none of that name."""
+        store = self._require_store()
+        self._check_free(name)
+        if not store.delete(name):
+            raise UnknownModelError(name, [s.name for s in self if s.origin == "store"])
+        self.refresh(force=True)
+
+    def _parse_upload(self, name: str, table: Mapping[str, Any]) -> ModelSpec:
+        return _parse_entry(name, table, Path("."))
+
+    def _require_store(self) -> ModelStore:
+        if self._catalog.store is None:
+            raise RegistryConfigError("no model store is configured")
+        return self._catalog.store
+
+    def _check_free(self, name: str) -> None:
+        self.refresh(force=True)
+        holder = self._catalog.holder(name, self._fixed)
+        if holder is not None:
+            raise ModelNameTakenError(name, holder)

@@ -172,12 +172,14 @@ class JobManager:
             self.callbacks.check(callback_url)
         request = kind.request_type.model_validate(request.model_dump(exclude={"callback_url"}))
 
-        def validate() -> BaseModel:
-            return kind.prepare(request, model, self.resources)
+        def validate() -> tuple[BaseModel, str | None]:
+            # The digest of the weights file is read once per version of the file.
+            prepared = kind.prepare(request, model, self.resources)
+            return prepared, self.resources.models.weights_digest(model)
 
-        resolved = await self._pool.run(validate)
+        resolved, weights_sha256 = await self._pool.run(validate)
         request_digest = hashlib.sha256(
-            f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}".encode()
+            f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}\0{weights_sha256}".encode()
         ).hexdigest()
         # An Idempotency-Key asks for that key's job: reuse answers only requests without one.
         if reuse and idempotency_key is None:
@@ -197,6 +199,7 @@ class JobManager:
             created_at=time.time(),
             callback_url=callback_url,
             owner=owner,
+            weights_sha256=weights_sha256,
         )
         try:
             record, created = await self._io(
