@@ -143,11 +143,22 @@ def build_model(spec: ModelSpec) -> nn.Module:
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, RuntimeError) and "size mismatch" in str(exc):
             cause = "weights do not match the architecture: " + _first_mismatch(str(exc))
-        elif isinstance(exc, RuntimeError) and "Missing key" in str(exc):
-            cause = "weights do not match the architecture: " + cause
+        elif isinstance(exc, RuntimeError) and (
+            "Missing key" in str(exc) or "Unexpected key" in str(exc)
+        ):
+            cause = "weights do not match the architecture: " + _first_key_error(str(exc))
         raise ModelLoadError(spec.name, cause) from exc
 
 
 def _first_mismatch(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if "size mismatch" in line]
     return lines[0] if lines else message.splitlines()[0]
+
+
+def _first_key_error(message: str) -> str:
+    """The line of load_state_dict's message that names missing or unexpected keys, cut."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith(("Missing key", "Unexpected key")):
+            return line if len(line) <= 300 else line[:300] + "…"
+    return message.splitlines()[0]

@@ -400,9 +400,9 @@ class ModelRegistry:
         """
         store = self._require_store()
         self._check_free(name)
-        spec = store.register(name, table, data, self._parse_upload)
+        store.register(name, table, data, self._parse_upload)
         self.refresh(force=True)
-        return spec
+        return self.spec(name)
 
     def unregister(self, name: str) -> None:
         """Remove a model of the store; UnknownModelError if the store has none of that name."""

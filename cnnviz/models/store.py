@@ -178,8 +178,8 @@ class ModelStore:
         table: Mapping[str, Any],
         data: bytes,
         parse: Callable[[str, Mapping[str, Any]], ModelSpec],
-    ) -> ModelSpec:
-        """Check an upload and keep it: the spec of the model as every process will read it.
+    ) -> str:
+        """Check an upload and keep it: the sha256 of its weights.
 
         ``parse(name, table)`` is the registry's parser of a ``[models.NAME]`` table. Raises
         InvalidUploadError naming why when the spec or the weights do not do; then nothing
@@ -219,7 +219,7 @@ class ModelStore:
         _write_atomically(self.specs_dir / f"{name}.json", json.dumps(stored).encode())
         if previous is not None and previous != sha256:
             self._drop_unused(previous)
-        return parse(name, {**table, "weights": str(self.weights_path(sha256))})
+        return sha256
 
     def delete(self, name: str) -> bool:
         """Remove a registered model (and its weights, unless another model uses them)."""

@@ -178,9 +178,8 @@ class JobManager:
             return prepared, self.resources.models.weights_digest(model)
 
         resolved, weights_sha256 = await self._pool.run(validate)
-        request_digest = hashlib.sha256(
-            f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}\0{weights_sha256}".encode()
-        ).hexdigest()
+        identity = f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}"
+        request_digest = hashlib.sha256(f"{identity}\0{weights_sha256}".encode()).hexdigest()
         # An Idempotency-Key asks for that key's job: reuse answers only requests without one.
         if reuse and idempotency_key is None:
             earlier = await self._succeeded(request_digest, owner)
