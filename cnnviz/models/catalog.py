@@ -85,13 +85,11 @@ class Catalog:
         store: ModelStore | None,
         parse_stored: ParseStored,
         poll_interval_s: float,
-        reserved: Mapping[str, ModelSpec],
     ) -> None:
         self.file = models_file
         self.store = store
         self._parse_stored = parse_stored
         self._interval_s = poll_interval_s
-        self._reserved = set(reserved)
         self._watch = (
             Watched(models_file.path, models_file.stamp, poll_interval_s)
             if models_file is not None

@@ -274,9 +274,7 @@ class ModelRegistry:
             dict(errors or {}),
         )
         self.device = torch.device(device)
-        self._catalog = Catalog(
-            models_file, store, self._parse_stored, poll_interval_s, reserved=self._fixed[0]
-        )
+        self._catalog = Catalog(models_file, store, ModelRegistry._parse_stored, poll_interval_s)
         self._specs, self._errors = self._catalog.merged(*self._fixed)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -305,9 +303,10 @@ class ModelRegistry:
             device=device, models_file=models_file, store=store, poll_interval_s=poll_interval_s
         )
 
-    def _parse_stored(self, name: str, table: Mapping[str, Any], sha256: str) -> ModelSpec:
-        base = self._catalog.store.root if self._catalog.store else Path(".")
-        return replace(_parse_entry(name, table, base), sha256=sha256, origin="store")
+    @staticmethod
+    def _parse_stored(name: str, table: Mapping[str, Any], sha256: str) -> ModelSpec:
+        # The stored table's weights path is absolute: no base directory applies.
+        return replace(_parse_entry(name, table, Path(".")), sha256=sha256, origin="store")
 
     def refresh(self, force: bool = False) -> None:
         """Read the models file and the store again if they changed (at most every poll
