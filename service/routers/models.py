@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
@@ -15,7 +15,7 @@ from service.deps import PoolDep, RegistryDep, require_admin_key
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-_ADMIN = {
+_ADMIN: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem},
     403: {"model": Problem, "description": "the key is not an admin key"},
     404: {"model": Problem, "description": "the service has no admin keys"},
