@@ -325,3 +325,21 @@ def test_a_queued_job_never_runs_on_weights_registered_after_it(
     error = record["error"]
     assert isinstance(error, dict) and error["code"] == "model_changed"
     assert "submit the job again" in error["message"]
+
+
+def test_the_client_registers_and_removes(
+    http: httpx.Client, seeded: dict[str, object], tmp_path: Path
+) -> None:
+    from cnnviz_client.client import ApiError, Client
+
+    data = seeded["bytes"]
+    assert isinstance(data, bytes)
+    (tmp_path / "r18.safetensors").write_bytes(data)
+    with Client(str(http.base_url), api_key="admin-key") as admin:
+        read = admin.register_model("r18", SPEC, tmp_path / "r18.safetensors")
+        assert read.sha256 == hashlib.sha256(data).hexdigest() and read.origin == "store"
+        assert "r18" in {m.name for m in admin.models().models}
+        admin.delete_model("r18")
+        with pytest.raises(ApiError) as refused:
+            admin.delete_model("r18")
+        assert refused.value.status == 404
