@@ -31,6 +31,9 @@ from cnnviz.errors import RegistryConfigError
 __all__ = ["HfLogits", "build_hf", "build_timm", "hf_defaults", "require_extra"]
 
 _EXTRA_PACKAGES = {"timm": "timm", "hf": "transformers"}
+_TIMM_WEIGHT_KWARGS = frozenset(
+    {"pretrained", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"}
+)
 
 
 def require_extra(source: str) -> None:
@@ -111,6 +114,12 @@ def build_timm(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
     """``timm.create_model(name, pretrained=False, **kwargs)``: the architecture, random."""
     import timm
 
+    # Weights come from the entry's file only: nothing downloaded, no other file read.
+    refused = sorted(_TIMM_WEIGHT_KWARGS & set(kwargs))
+    if refused:
+        raise ValueError(
+            f"kwargs may not set {refused}: a timm model's weights are its entry's 'weights' file"
+        )
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; timm names like it: {', '.join(close)}" if close else ""

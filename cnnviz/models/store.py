@@ -93,6 +93,12 @@ def _is_safetensors(data: bytes) -> str | None:
     return None
 
 
+def _plain(value: object) -> bool:
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +171,12 @@ class ModelStore:
         for key, why in _REFUSED_KEYS.items():
             if key in table:
                 raise InvalidUploadError(f"spec may not give {key!r}: {why}")
+        kwargs = table.get("kwargs", {})
+        if not isinstance(kwargs, Mapping) or not all(_plain(value) for value in kwargs.values()):
+            raise InvalidUploadError(
+                "spec's kwargs must be an object of plain values (numbers, strings, booleans, "
+                "and lists of them): they are arguments of the architecture, never objects"
+            )
         if ("arch" in table) == ("timm" in table):
             raise InvalidUploadError(
                 "spec needs exactly one of 'arch' (a torchvision architecture) or 'timm' "
@@ -223,6 +235,8 @@ class ModelStore:
 
     def delete(self, name: str) -> bool:
         """Remove a registered model (and its weights, unless another model uses them)."""
+        if not re.fullmatch(NAME_PATTERN, name):
+            return False
         sha256 = self._sha256_of(name)
         try:
             os.unlink(self.specs_dir / f"{name}.json")

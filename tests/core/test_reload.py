@@ -163,3 +163,13 @@ def test_a_failed_registration_keeps_nothing(tmp_path: Path) -> None:
         registry.register("t", {"factory": "tests.core.tinynets:build"}, tiny_weights(0))
     assert not (tmp_path / "store" / "specs").exists()
     assert not list((tmp_path / "store").glob("weights/*"))
+
+
+def test_a_registration_passes_plain_arguments_only(tmp_path: Path) -> None:
+    registry = ModelRegistry.from_file(None, store=tmp_path / "store", poll_interval_s=0)
+    with pytest.raises(InvalidUploadError, match="plain values"):
+        registry.register("t", {**SPEC, "kwargs": {"norm_layer": {"x": 1}}}, resnet_weights(0))
+    with pytest.raises(InvalidUploadError, match="must match"):
+        registry.register("../t", SPEC, resnet_weights(0))
+    with pytest.raises(UnknownModelError):
+        registry.unregister("../specs/t")

@@ -180,3 +180,13 @@ def test_a_missing_extra_is_an_error_of_that_model_only(
     assert "pip install 'cnnviz[timm]'" in registry.errors["t"]
     assert "pip install 'cnnviz[hf]'" in registry.errors["h"]
     assert "r" not in registry.errors
+
+
+def test_a_timm_entry_cannot_fetch_or_read_other_weights(tmp_path: Path) -> None:
+    for key, value in (("pretrained", "true"), ("checkpoint_path", '"/etc/hostname"')):
+        path = write_models(
+            tmp_path,
+            f'[models.t]\ntimm = "resnet10t"\nweights = "random"\nkwargs = {{ {key} = {value} }}\n',
+        )
+        with pytest.raises(ModelLoadError, match=f"kwargs may not set \\['{key}'\\]"):
+            ModelRegistry.from_file(path).get("t")
