@@ -307,21 +307,29 @@ def test_a_queued_job_never_runs_on_weights_registered_after_it(
         json={"layer": "block3.relu", "channels": [1], "steps": 4096, "image_size": 64},
     )
     assert busy.status_code == 202, busy.text
+
+    def running() -> bool:
+        record = http.get(f"/v1/jobs/{busy.json()['id']}").json()
+        return record["status"] == "running" and (record["progress"] or {}).get("step", 0) > 0
+
+    wait_for(running, 60, "the first job to run")
     queued = http.post(
         "/v1/models/r18/optimizations",
         json={"layer": "layer1", "channels": [0], "steps": 4, "image_size": 32},
     )
     assert queued.status_code == 202, queued.text
     assert queued.json()["status"] == "queued"
-    assert put(http, "r18", weights_of(resnet18(5))).status_code == 200
-    assert http.post(f"/v1/jobs/{busy.json()['id']}/cancel").status_code in (200, 202)
+    replaced = put(http, "r18", weights_of(resnet18(5)))
+    assert replaced.status_code == 200, replaced.text
+    cancelled = http.post(f"/v1/jobs/{busy.json()['id']}/cancel")
+    assert cancelled.status_code in (200, 202), cancelled.text
 
     def finished() -> dict[str, object] | None:
         record: dict[str, object] = http.get(f"/v1/jobs/{queued.json()['id']}").json()
         return record if record["status"] in ("succeeded", "failed", "cancelled") else None
 
     record = wait_for(finished, 120, "the queued job to end")
-    assert record["status"] == "failed"
+    assert record["status"] == "failed", record
     error = record["error"]
     assert isinstance(error, dict) and error["code"] == "model_changed"
     assert "submit the job again" in error["message"]
