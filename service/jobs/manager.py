@@ -219,13 +219,14 @@ class JobManager:
             self.callbacks.check(callback_url)
         request = kind.request_type.model_validate(request.model_dump(exclude={"callback_url"}))
 
-        def validate() -> BaseModel:
-            return kind.prepare(request, model, self.resources)
+        def validate() -> tuple[BaseModel, str | None]:
+            # The digest of the weights file is read once per version of the file.
+            prepared = kind.prepare(request, model, self.resources)
+            return prepared, self.resources.models.weights_digest(model)
 
-        resolved = await self._pool.run(validate)
-        request_digest = hashlib.sha256(
-            f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}".encode()
-        ).hexdigest()
+        resolved, weights_sha256 = await self._pool.run(validate)
+        identity = f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}"
+        request_digest = hashlib.sha256(f"{identity}\0{weights_sha256}".encode()).hexdigest()
         # An Idempotency-Key asks for that key's job: reuse answers only requests without one.
         if reuse and idempotency_key is None:
             earlier = await self._succeeded(request_digest, owner)
@@ -244,6 +245,7 @@ class JobManager:
             created_at=time.time(),
             callback_url=callback_url,
             owner=owner,
+            weights_sha256=weights_sha256,
         )
         record, created = await self._io(
             self.records.create, record, self._ttl, idempotency, self._max_active
