@@ -14,7 +14,25 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class WorkerSettings(BaseSettings):
+class CheckpointSettings(BaseSettings):
+    """How often a resumable job saves its state: declared once for Celery workers and for
+    the API's in-process jobs, which share these defaults."""
+
+    job_checkpoint_steps: int = Field(
+        default=25,
+        ge=0,
+        description="optimization steps between checkpoints, which a job's next attempt "
+        "resumes from (0: none)",
+    )
+    job_checkpoint_interval: float = Field(
+        default=10,
+        ge=0,
+        description="the least seconds between two checkpoints (a whole layer's state is tens "
+        "of MiB to serialize and store)",
+    )
+
+
+class WorkerSettings(CheckpointSettings):
     """One instance per worker process (:func:`get_worker_settings`)."""
 
     model_config = SettingsConfigDict(env_prefix="CNNVIZ_", env_file=None, extra="ignore")
@@ -62,18 +80,6 @@ class WorkerSettings(BaseSettings):
         gt=0,
         description="seconds a lease lasts from its last renewal; then the job's worker counts "
         "as lost and the API's sweeper sends the job again",
-    )
-    job_checkpoint_steps: int = Field(
-        default=25,
-        ge=0,
-        description="optimization steps between checkpoints, which a job's next attempt "
-        "resumes from (0: none)",
-    )
-    job_checkpoint_interval: float = Field(
-        default=10,
-        ge=0,
-        description="the least seconds between two checkpoints (a whole layer's state is tens "
-        "of MiB to serialize and store)",
     )
     job_max_attempts: int = Field(
         default=3, ge=1, description="deliveries of one job before it fails as worker_lost"

@@ -107,6 +107,9 @@ class CeleryTransport:
             1 for queues in replies.values() if any(q.get("name") == JOB_QUEUE for q in queues)
         )
 
+    async def start(self) -> None:
+        return None  # the lease sweeper (service.jobs.sweeper) is the API's part here
+
     async def readiness(self) -> dict[str, dict[str, Any]]:
         # Asking the workers takes the whole inspect timeout. The first call waits for the
         # answer; later ones get the latest answer at once and, when it is older than the

@@ -81,9 +81,10 @@ def _expired(job_id: str) -> ApiError:
     return ApiError(
         410,
         "result_expired",
-        f"job {job_id!r} finished, but its result was dropped to keep the service's memory "
-        "under CNNVIZ_INPROCESS_RESULTS_MAX_BYTES (the oldest results go first); submit the "
-        "request again: the same seed and settings give the same result",
+        f"job {job_id!r} finished, but its result was dropped to keep the results under "
+        "their byte cap (CNNVIZ_INPROCESS_RESULTS_MAX_BYTES in memory, "
+        "CNNVIZ_INPROCESS_RESULTS_DISK_MAX_BYTES on disk; the oldest results go first); "
+        "submit the request again: the same seed and settings give the same result",
     )
 
 
@@ -130,7 +131,9 @@ class JobManager:
         """Runs after a cancel ended a running job at once (its worker was lost)."""
 
     async def start(self) -> None:
-        """Start what runs beside the requests: the lease sweeper, when there is one."""
+        """Start what runs beside the requests: the transport's (in-process: the jobs it
+        resumes), and the lease sweeper, when there is one."""
+        await self.transport.start()
         if self.sweeper is not None and self.sweeper.interval_s > 0:
             self._sweeping = asyncio.get_running_loop().create_task(self.sweeper.run())
 

@@ -31,6 +31,9 @@ class QueueFull(ServiceBusy):
 class JobTransport(Protocol):
     name: str
 
+    async def start(self) -> None:
+        """Start what runs beside the requests (the in-process transport resumes its jobs)."""
+
     async def submit(self, task: JobTask) -> None:
         """Hand the job over; QueueUnavailable or QueueFull when it cannot be taken."""
 

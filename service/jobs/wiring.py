@@ -1,7 +1,10 @@
 """The job manager for the settings: Celery and Redis when ``CNNVIZ_REDIS_URL`` is set,
-else the in-process executor with records in memory."""
+else the in-process executor with records in SQLite under ``CNNVIZ_DATA_DIR`` (in memory
+with ``CNNVIZ_DATA_DIR=:memory:``)."""
 
 from __future__ import annotations
+
+import logging
 
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
@@ -13,7 +16,11 @@ from service.jobs.sweeper import LeaseSweeper
 from service.settings import Settings
 from workers.callbacks import CallbackPolicy
 from workers.kinds import Resources
+from workers.records.memory import MemoryRecords
+from workers.records.sqlite import SqliteRecords
 from workers.run import Limits, ended
+
+log = logging.getLogger(__name__)
 
 
 def build_jobs(
@@ -77,15 +84,8 @@ def build_jobs(
         manager.on_ended = lambda task: ended(task, records, limits)
         return manager
     from service.jobs.inprocess import InProcessTransport
-    from workers.records.memory import MemoryRecords
 
-    memory = MemoryRecords(
-        settings.job_ttl_seconds,
-        max_result_bytes=settings.inprocess_results_max_bytes,
-        overflow=settings.inprocess_results_overflow,
-        results_dir=settings.inprocess_results_dir,
-        max_disk_bytes=settings.inprocess_results_disk_max_bytes,
-    )
+    memory = inprocess_records(settings)
     executor = InProcessTransport(
         memory,
         resources,
@@ -96,6 +96,10 @@ def build_jobs(
         preview_interval_s=settings.job_preview_interval,
         callback=callback_policy(settings),
         nice=settings.inprocess_job_nice,
+        checkpoint_steps=settings.job_checkpoint_steps,
+        checkpoint_interval_s=settings.job_checkpoint_interval,
+        sweep_interval_s=settings.lease_sweep_interval,
+        job_ttl_seconds=settings.job_ttl_seconds,
     )
     manager = JobManager(
         memory,
@@ -107,6 +111,33 @@ def build_jobs(
     )
     _configure(manager, settings)
     return manager
+
+
+def inprocess_records(settings: Settings) -> MemoryRecords | SqliteRecords:
+    """The in-process jobs' records: in SQLite under the data directory (created here), or
+    in memory with ``CNNVIZ_DATA_DIR=:memory:``."""
+    if settings.inprocess_results_dir is not None:
+        log.warning(
+            "CNNVIZ_INPROCESS_RESULTS_DIR is deprecated: large results go to "
+            "CNNVIZ_DATA_DIR/results; unset it to use that folder"
+        )
+    data_dir = settings.data_path
+    if data_dir is None:
+        return MemoryRecords(
+            settings.job_ttl_seconds,
+            max_result_bytes=settings.inprocess_results_max_bytes,
+            overflow=settings.inprocess_results_overflow,
+            results_dir=settings.inprocess_results_dir,
+            max_disk_bytes=settings.inprocess_results_disk_max_bytes,
+        )
+    records = SqliteRecords(
+        data_dir,
+        settings.job_ttl_seconds,
+        max_result_bytes=settings.inprocess_results_disk_max_bytes,
+        blobs_dir=settings.inprocess_results_dir,
+    )
+    log.info("in-process job records in %s", records.directory)
+    return records
 
 
 def _configure(manager: JobManager, settings: Settings) -> None:
