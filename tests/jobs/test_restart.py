@@ -10,6 +10,7 @@ uninterrupted run gives.
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import time
@@ -130,5 +131,51 @@ def test_the_data_directory_is_created_and_holds_the_store(tmp_path: Path) -> No
         assert (tmp_path / "data" / "jobs.db").is_file()
         with server.client() as api:
             assert api.get(f"/v1/models/{MODEL}").status_code in (200, 404)
+    finally:
+        server.stop()
+
+
+def _holder_pid(data_dir: Path, job_id: str) -> int:
+    """The pid of the process that holds the job (host/pid/start/token)."""
+    with sqlite3.connect(data_dir / "jobs.db") as db:
+        (holder,) = db.execute("SELECT holder FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return int(holder.split("/")[1])
+
+
+def test_two_worker_processes_on_one_data_directory_run_each_job_once(tmp_path: Path) -> None:
+    """``uvicorn --workers 2``: both processes take submissions and answer for every job
+    (one store); each job runs once, in the process that took it; and when that process is
+    killed mid-job, the other takes the job over from its checkpoint."""
+    server = ApiProcess(
+        tmp_path, {**PERSISTENT, "CNNVIZ_DATA_DIR": str(tmp_path / "data")}, workers=2
+    )
+    try:
+        server.start()
+        long_id = ""
+        with server.client() as api:
+            ids = [submit(api, {**QUICK, "seed": 300 + i})["id"] for i in range(6)]
+            long_id = submit(api, RESUMABLE)["id"]
+            for job_id in ids:
+                # New connections: the kernel hands them to either process.
+                with server.client() as other:
+                    done = wait_job(other, job_id, timeout=120)
+                assert done["status"] == "succeeded", done["error"]
+                assert done["attempts"] == 1
+            wait_job(api, long_id, {"running"}, step=4 * CHECKPOINT_STEPS)
+            holder = _holder_pid(tmp_path / "data", long_id)
+            os.kill(holder, signal.SIGKILL)
+            killed_at = time.monotonic()
+            saved = _checkpoint_step(tmp_path / "data", long_id)
+        with server.client() as api:
+            done = wait_job(api, long_id, timeout=120)
+            assert done["status"] == "succeeded", done["error"]
+            assert done["attempts"] == 2
+            print(
+                f"a killed worker process's job finished {time.monotonic() - killed_at:.1f} s later"
+            )
+        log = server.log(tail=None)
+        for job_id in [*ids, long_id]:
+            assert log.count(f"job {job_id} succeeded") == 1, job_id
+        assert f"job {long_id}: resuming from step {saved} " in log
     finally:
         server.stop()
