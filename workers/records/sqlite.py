@@ -239,6 +239,7 @@ class SqliteRecords(SqliteStore):
         first: this process runs them now. A claim is made once, whoever else claims."""
         claimed = []
         with self._db.transaction() as conn:
+            self._beat_tx(conn)  # a process that takes jobs over is alive
             rows = conn.execute(
                 "SELECT id, record, holder FROM jobs WHERE status IN ('queued', 'running') "
                 "AND expires_at > ? AND (holder IS NULL OR holder != ?) ORDER BY rowid",
@@ -284,6 +285,7 @@ class SqliteRecords(SqliteStore):
             if row["holder"] != self.holder.name and self._alive_tx(conn, row["holder"]):
                 log.info("job %s not started: process %s runs it", job_id, row["holder"])
                 return None
+            self._beat_tx(conn)  # a process that starts a job is alive
             attempt = record.attempts + 1
             record = record.model_copy(
                 update={

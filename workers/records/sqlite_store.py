@@ -314,8 +314,11 @@ class SqliteStore:
     def heartbeat(self) -> None:
         """Say that this process is alive (every few seconds, from a thread of its own)."""
         with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO processes (holder, seen_at) VALUES (?, ?) "
-                "ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at",
-                (self.holder.name, time.time()),
-            )
+            self._beat_tx(conn)
+
+    def _beat_tx(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO processes (holder, seen_at) VALUES (?, ?) "
+            "ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at",
+            (self.holder.name, time.time()),
+        )
