@@ -198,7 +198,7 @@ class InProcessTransport:
                 self._in_flight -= 1
             release_freed_memory()
 
-    async def readiness(self) -> dict[str, dict[str, Any]]:
+    async def readiness(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
         return {
             "jobs": {
                 "ok": True,

@@ -127,6 +127,7 @@ class JobManager:
         self._max_active = max_active
         self.sweeper: LeaseSweeper | None = None
         self._sweeping: asyncio.Task[None] | None = None
+        self._queue_was_down = False
         self.on_ended: Callable[[JobTask], None] | None = None
         """Runs after a cancel ended a running job at once (its worker was lost)."""
 
@@ -375,8 +376,11 @@ class JobManager:
                     "reason": f"Redis is unreachable: {exc}",
                 }
                 checks["workers"] = {"ok": False, "reason": "the queue is unreachable"}
+                self._queue_was_down = True
                 return checks
-        checks.update(await self.transport.readiness())
+        # Back from an outage: what the workers said before it says nothing now.
+        fresh, self._queue_was_down = self._queue_was_down, False
+        checks.update(await self.transport.readiness(fresh=fresh))
         return checks
 
     async def close(self) -> None:

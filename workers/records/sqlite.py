@@ -237,7 +237,7 @@ class SqliteRecords(SqliteStore):
     def claim(self, limit: int = 100) -> list[JobRecord]:
         """Take over the unfinished jobs whose holder is gone (at most ``limit``), oldest
         first: this process runs them now. A claim is made once, whoever else claims."""
-        claimed = []
+        claimed: list[JobRecord] = []
         with self._db.transaction() as conn:
             self._beat_tx(conn)  # a process that takes jobs over is alive
             rows = conn.execute(
