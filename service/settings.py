@@ -10,7 +10,7 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from workers.config import CheckpointSettings
+from workers.config import CheckpointSettings, RedisResultSettings
 
 MEMORY = ":memory:"
 """``CNNVIZ_DATA_DIR`` for in-process job records in memory, lost when the process stops."""
@@ -22,7 +22,7 @@ def default_data_dir() -> str:
     return str(Path(base) / "cnnviz")
 
 
-class Settings(CheckpointSettings):
+class Settings(CheckpointSettings, RedisResultSettings):
     """One instance per process (:func:`get_settings`); tests build their own."""
 
     model_config = SettingsConfigDict(env_prefix="CNNVIZ_", env_file=None, extra="ignore")

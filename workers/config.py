@@ -32,7 +32,21 @@ class CheckpointSettings(BaseSettings):
     )
 
 
-class WorkerSettings(CheckpointSettings):
+class RedisResultSettings(BaseSettings):
+    """The byte cap on finished jobs' results in Redis: read by the API and the workers
+    alike (a job's final write, on either, enforces it)."""
+
+    redis_results_max_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="bytes finished jobs may keep in Redis (result JSON, last preview, raw "
+        "arrays); past it the oldest finished jobs' are deleted and read as 410 "
+        "result_expired; queued and running jobs are never touched. Unset: no cap but "
+        "Redis's maxmemory (see docs/reliability.md)",
+    )
+
+
+class WorkerSettings(CheckpointSettings, RedisResultSettings):
     """One instance per worker process (:func:`get_worker_settings`)."""
 
     model_config = SettingsConfigDict(env_prefix="CNNVIZ_", env_file=None, extra="ignore")

@@ -83,7 +83,8 @@ def _expired(job_id: str) -> ApiError:
         "result_expired",
         f"job {job_id!r} finished, but its result was dropped to keep the results under "
         "their byte cap (CNNVIZ_INPROCESS_RESULTS_MAX_BYTES in memory, "
-        "CNNVIZ_INPROCESS_RESULTS_DISK_MAX_BYTES on disk; the oldest results go first); "
+        "CNNVIZ_INPROCESS_RESULTS_DISK_MAX_BYTES on disk, CNNVIZ_REDIS_RESULTS_MAX_BYTES in "
+        "Redis; the oldest results go first); "
         "submit the request again: the same seed and settings give the same result",
     )
 

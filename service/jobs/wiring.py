@@ -59,6 +59,7 @@ def build_jobs(
             ttl_seconds=settings.job_ttl_seconds,
             connect_timeout_s=2.0,
             timeout_s=5.0,
+            results_max_bytes=settings.redis_results_max_bytes,
         )
         transport = CeleryTransport(
             settings.redis_url, check_interval_s=settings.queue_check_interval

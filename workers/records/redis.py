@@ -40,9 +40,11 @@ from workers.records.base import (
     Lapsed,
     QuotaExceeded,
     RecordsUnavailable,
+    ResultExpired,
     ShardStart,
     lost_error,
 )
+from workers.records.redis_cap import forget_script, keep_script
 from workers.records.stats import Durations, bucket_labels
 
 log = logging.getLogger(__name__)
@@ -202,6 +204,7 @@ _DELETE = f"""
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 0 end
 if not ({_FINISHED}) then return 2 end
+{forget_script("redis.call('HGET', KEYS[1], 'id')")}
 local idem = redis.call('HGET', KEYS[1], 'idem')
 if idem then redis.call('DEL', idem) end
 redis.call('DEL', unpack(KEYS))
@@ -431,7 +434,8 @@ return 1
 """
 
 # KEYS: every key of the job (record, result, preview, shards, arrays, checkpoint, partials),
-# then the leases. ARGV: attempt, status, now, error JSON or '', result JSON or '', ttl.
+# then the leases. ARGV: attempt, status, now, error JSON or '', result JSON or '', ttl, the
+# byte cap of finished jobs' parts (0: none; see redis_cap).
 _FINISH = f"""{_CURRENT}
 if ARGV[2] == 'succeeded' then
   if not redis.call('SET', KEYS[2], ARGV[5], 'NX', 'EX', ARGV[6]) then return 0 end
@@ -444,6 +448,8 @@ redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
 redis.call('ZREM', KEYS[8], redis.call('HGET', KEYS[1], 'id'))
 local idem = redis.call('HGET', KEYS[1], 'idem')
 if idem then redis.call('EXPIRE', idem, ARGV[6]) end
+local CAP, NOW = tonumber(ARGV[7]), ARGV[3]
+{keep_script(KEY_PREFIX, "KEYS[1]", "KEYS[2]", "KEYS[3]", "KEYS[5]")}
 return 1
 """
 
@@ -454,9 +460,10 @@ class RedisRecords:
     ``max_attempts`` bounds deliveries of one job (and of one shard) before it fails as
     ``worker_lost``. ``lease_s`` is how long a lease lasts from its last renewal: a worker
     renews it every few seconds while it runs the job, and a job whose lease lapsed is the
-    sweeper's (:meth:`sweep`). The API passes short timeouts and no retries, so that a request
-    gets a clear 503 at once while Redis is down; a worker retries its final write for
-    ``finish_retry_s``.
+    sweeper's (:meth:`sweep`). ``results_max_bytes`` caps what finished jobs keep (see
+    :mod:`.redis_cap`; None: only Redis's ``maxmemory``). The API passes short timeouts and
+    no retries, so that a request gets a clear 503 at once while Redis is down; a worker
+    retries its final write for ``finish_retry_s``.
     """
 
     blocking = True
@@ -472,6 +479,7 @@ class RedisRecords:
         connect_timeout_s: float = 2.0,
         timeout_s: float = 10.0,
         lease_s: float = 30.0,
+        results_max_bytes: int | None = None,
     ) -> None:
         if isinstance(url_or_client, str):
             url_or_client = redis.Redis.from_url(
@@ -487,6 +495,7 @@ class RedisRecords:
         self._stop_interval = stop_check_interval_s
         self._finish_retry_s = finish_retry_s
         self._lease_ms = int(lease_s * 1000)
+        self._results_max_bytes = results_max_bytes
         # Per (job, shard): the task id of the delivery this process runs, for its renewals.
         self._holders: dict[tuple[str, int], str] = {}
         script = self._client.register_script
@@ -555,15 +564,28 @@ class RedisRecords:
         return JobRecord.from_fields(fields)
 
     def result(self, job_id: str) -> str | None:
-        raw: bytes | None = self._call(self._client.get, result_key(job_id))
+        raw = self._kept(job_id, result_key(job_id))
         return raw.decode() if raw else None
 
     def preview(self, job_id: str) -> bytes | None:
-        raw: bytes | None = self._call(self._client.get, preview_key(job_id))
-        return raw
+        return self._kept(job_id, preview_key(job_id))
 
     def arrays(self, job_id: str) -> bytes | None:
-        raw: bytes | None = self._call(self._client.get, arrays_key(job_id))
+        return self._kept(job_id, arrays_key(job_id))
+
+    def _kept(self, job_id: str, key: str) -> bytes | None:
+        """A part of a job; ResultExpired once the byte cap dropped it (redis_cap)."""
+
+        def read() -> tuple[bytes | None, bytes | None]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.hget(record_key(job_id), "expired")
+            raw, expired = pipe.execute()
+            return raw, expired
+
+        raw, expired = self._call(read)
+        if raw is None and expired == b"1":
+            raise ResultExpired(job_id)
         return raw
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -865,6 +887,7 @@ class RedisRecords:
             error.model_dump_json() if error else "",
             result or "",
             ttl_seconds,
+            self._results_max_bytes or 0,
         ]
         deadline = time.monotonic() + self._finish_retry_s
         delay = 0.2
