@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -342,6 +343,8 @@ class SqliteRecords(SqliteStore):
                 self._save_tx(conn, record.model_copy(update={"progress": progress}))
                 if preview is not None:
                     removed = self._put_part_tx(conn, job_id, "preview", preview, path)
+        except sqlite3.Error as exc:  # best effort: a job that can still finish goes on
+            log.warning("job %s: progress not recorded: %s", job_id, exc)
         finally:
             self._remove(removed)
 

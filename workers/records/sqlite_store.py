@@ -32,7 +32,10 @@ _PURGE_EVERY_S = 30.0
 class SqliteStore:
     """The database, the blob files and this process's identity; the shared helpers."""
 
-    blocking = False  # local disk, milliseconds: called on the event loop like memory
+    # Calls take a fraction of a millisecond, but a write may wait for another process's
+    # transaction, and a purge or the cap may remove many files: the API calls them in a
+    # thread, never on its event loop.
+    blocking = True
 
     def __init__(
         self,
