@@ -77,6 +77,9 @@ def test_a_restart_keeps_finished_jobs_and_resumes_running_ones(
             before = _finished_view(api, done_id)
             long_id = submit(api, RESUMABLE)["id"]
             wait_job(api, long_id, {"running"}, step=4 * CHECKPOINT_STEPS)
+            # One job thread: this one waits behind the long one.
+            queued_id = submit(api, {**QUICK, "seed": 77})["id"]
+            assert job(api, queued_id)["status"] == "queued"
             code = server.send(signum)
             stopped_at = time.monotonic()
         if signum == signal.SIGTERM:  # a clean stop (uvicorn then exits by the signal)
@@ -103,8 +106,12 @@ def test_a_restart_keeps_finished_jobs_and_resumes_running_ones(
             assert done["status"] == "succeeded", done["error"]
             assert done["attempts"] == 2
             assert min(steps_seen) >= saved  # never back to 0
+            queued = wait_job(api, queued_id, timeout=60)
+            assert queued["status"] == "succeeded", queued["error"]
+            assert queued["attempts"] == 1
             log = server.log(tail=None)
             assert f"job {long_id}: resumed" in log
+            assert f"job {queued_id}: resumed" in log
             assert f"job {long_id}: resuming from step {saved} " in log
 
             # An uninterrupted run of the same request gives the same pictures and values.
