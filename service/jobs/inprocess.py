@@ -8,8 +8,8 @@ progress, preview and cancel as with Celery. Bounded: ``workers`` jobs run at on
 With records in SQLite (:class:`~workers.records.sqlite.SqliteRecords`, the default) jobs
 outlive the process: at start (and every ``sweep_interval_s`` after) the transport claims the
 jobs no live process holds — those of a process that was killed or stopped — and runs them:
-queued ones from the start, running ones from their last checkpoint (saved every
-``checkpoint_steps`` steps, at least ``checkpoint_interval_s`` apart, as on Celery workers).
+queued ones from the start, running ones from their last checkpoint (saved as ``limits``
+say: the same settings as Celery workers').
 A thread beats this process's heartbeat into the database, so that processes sharing the data
 directory (``uvicorn --workers 2``) leave its jobs alone while it lives. Stopping, it lets its
 running jobs stop at their next step and gives them back for the next start. With records in
@@ -33,7 +33,6 @@ import anyio.to_thread
 from cnnviz.allocator import release_freed_memory
 from schemas.jobs import JobTask
 from service.jobs.transport import QUEUE_RETRY_AFTER_S, QueueFull
-from workers.callbacks import CallbackPolicy
 from workers.kinds import Resources
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
@@ -72,13 +71,8 @@ class InProcessTransport:
         *,
         workers: int,
         backlog: int,
-        soft_time_limit_s: float,
-        progress_interval_s: float = 0.5,
-        preview_interval_s: float = 2.0,
-        callback: CallbackPolicy | None = None,
+        limits: Limits,
         nice: int = 0,
-        checkpoint_steps: int = 0,
-        checkpoint_interval_s: float = 0.0,
         sweep_interval_s: float = 10.0,
         heartbeat_interval_s: float = 5.0,
         job_ttl_seconds: int = 7 * 24 * 3600,
@@ -88,16 +82,7 @@ class InProcessTransport:
         self._resources = resources
         self._workers = workers
         self._capacity = workers + backlog
-        persistent = isinstance(records, SqliteRecords)
-        self._limits = Limits(
-            soft_time_limit_s=soft_time_limit_s,
-            progress_interval_s=progress_interval_s,
-            preview_interval_s=preview_interval_s,
-            callback=callback,
-            # Checkpoints only where a next attempt can read them: in memory none comes.
-            checkpoint_steps=checkpoint_steps if persistent else 0,
-            checkpoint_interval_s=checkpoint_interval_s,
-        )
+        self._limits = limits
         self._sweep_interval_s = sweep_interval_s
         self._heartbeat_interval_s = heartbeat_interval_s
         self._ttl = job_ttl_seconds

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+from dataclasses import replace
+
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
@@ -14,7 +16,6 @@ from service.jobs.callbacks import CallbackHosts
 from service.jobs.manager import JobManager
 from service.jobs.sweeper import LeaseSweeper
 from service.settings import Settings
-from workers.callbacks import CallbackPolicy
 from workers.kinds import Resources
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
@@ -37,18 +38,19 @@ def build_jobs(
     # a thread of its own with a deep backlog, so a burst of submissions is not refused by
     # the synchronous path's bound, nor slows feature maps down.
     pool = TorchPool(concurrency=1, backlog=256, cores=cores)
-    resources = Resources(
-        models=registry,
-        datasets=datasets,
-        shard_images=settings.exemplar_shard_images,
-        loader_workers=settings.exemplar_loader_workers,
-        batch_size=settings.exemplar_batch_size,
-        cores=cores,
+    resources = Resources.from_settings(
+        settings,
+        registry,
+        datasets,
+        cores,
         # In-process jobs run on threads of lower priority (below): they yield the cores to
         # the synchronous requests rather than take a fair share from them.
         background=not settings.redis_url and settings.inprocess_job_nice > 0,
         max_job_work=settings.max_job_work,
     )
+    # The API runs what it starts itself (no lease); it enforces the soft limit between steps.
+    limits = Limits.from_settings(settings)
+    inline, callbacks = settings.inline_result_max_bytes, CallbackHosts(settings.callback_host_set)
     if settings.redis_url:
         from service.jobs.celery_client import CeleryTransport
         from workers.records.redis import RedisRecords
@@ -64,17 +66,7 @@ def build_jobs(
         transport = CeleryTransport(
             settings.redis_url, check_interval_s=settings.queue_check_interval
         )
-        manager = JobManager(
-            records,
-            transport,
-            resources,
-            pool,
-            settings.job_ttl_seconds,
-            settings.max_active_jobs_per_owner,
-        )
-        _configure(manager, settings)
-        limits = Limits(callback=callback_policy(settings))
-        manager.sweeper = LeaseSweeper(
+        sweeper = LeaseSweeper(
             records,
             transport.send_again,
             transport.send_shard,
@@ -82,8 +74,18 @@ def build_jobs(
             interval_s=settings.lease_sweep_interval,
             limits=limits,
         )
-        manager.on_ended = lambda task: ended(task, records, limits)
-        return manager
+        return JobManager(
+            records,
+            transport,
+            resources,
+            pool,
+            settings.job_ttl_seconds,
+            settings.max_active_jobs_per_owner,
+            sweeper=sweeper,
+            on_ended=lambda task: ended(task, records, limits),
+            inline_max_bytes=inline,
+            callbacks=callbacks,
+        )
     from service.jobs.inprocess import InProcessTransport
 
     memory = inprocess_records(settings)
@@ -92,26 +94,23 @@ def build_jobs(
         resources,
         workers=settings.inprocess_job_workers,
         backlog=settings.inprocess_job_backlog,
-        soft_time_limit_s=settings.job_soft_time_limit,
-        progress_interval_s=settings.job_progress_interval,
-        preview_interval_s=settings.job_preview_interval,
-        callback=callback_policy(settings),
+        # Checkpoints as on the workers, where the records outlive the process (SQLite); in
+        # memory a checkpoint would have no reader.
+        limits=limits if isinstance(memory, SqliteRecords) else replace(limits, checkpoint_steps=0),
         nice=settings.inprocess_job_nice,
-        checkpoint_steps=settings.job_checkpoint_steps,
-        checkpoint_interval_s=settings.job_checkpoint_interval,
         sweep_interval_s=settings.lease_sweep_interval,
         job_ttl_seconds=settings.job_ttl_seconds,
     )
-    manager = JobManager(
+    return JobManager(
         memory,
         executor,
         resources,
         pool,
         settings.job_ttl_seconds,
         settings.max_active_jobs_per_owner,
+        inline_max_bytes=inline,
+        callbacks=callbacks,
     )
-    _configure(manager, settings)
-    return manager
 
 
 def inprocess_records(settings: Settings) -> MemoryRecords | SqliteRecords:
@@ -139,19 +138,3 @@ def inprocess_records(settings: Settings) -> MemoryRecords | SqliteRecords:
     )
     log.info("in-process job records in %s", records.directory)
     return records
-
-
-def _configure(manager: JobManager, settings: Settings) -> None:
-    manager.inline_max_bytes = settings.inline_result_max_bytes
-    manager.callbacks = CallbackHosts(settings.callback_host_set)
-
-
-def callback_policy(settings: Settings) -> CallbackPolicy | None:
-    """How in-process jobs deliver callbacks (Celery workers have settings of their own)."""
-    if not settings.callback_secret:
-        return None
-    return CallbackPolicy(
-        settings.callback_secret,
-        attempts=settings.callback_attempts,
-        backoff_s=settings.callback_backoff,
-    )

@@ -10,10 +10,10 @@ from service.routers import (
     feature_maps,
     health,
     job_events,
+    job_kinds,
     job_results,
     jobs,
     models,
-    optimizations,
     samples,
     weights,
 )
@@ -22,7 +22,7 @@ api_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 api_router.include_router(models.router)
 api_router.include_router(feature_maps.router)
 api_router.include_router(samples.router)
-api_router.include_router(optimizations.router)
+api_router.include_router(job_kinds.router)  # every job kind's submit route
 api_router.include_router(exemplars.router)
 api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)

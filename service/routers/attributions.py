@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from schemas.attributions import (
-    AttributionJobCreate,
     AttributionsCreate,
     AttributionsOptions,
     AttributionsRead,
 )
 from schemas.errors import Problem
-from schemas.jobs import JobRead
 from service.attributions import check_cost, explain_json, explain_png, read_request
-from service.deps import JobsDep, OwnerDep, PoolDep, RegistryDep, SettingsDep
+from service.deps import PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
 from service.feature_maps import wants_png
-from service.routers.jobs import (
-    SUBMIT_RESPONSES,
-    CacheControl,
-    IdempotencyKey,
-    submit_job,
-)
-from workers.kinds.attribution import Attributions
 
 router = APIRouter(prefix="/models", tags=["attributions"])
 
-AttributionJobRead = JobRead[AttributionsCreate, AttributionsRead]
 
 # Each is run by tests/api/test_attributions.py: the documentation cannot drift from the API.
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -155,39 +145,3 @@ async def create_attributions(
 
 
 # Tested by tests/jobs/test_attribution_jobs.py.
-JOB_EXAMPLES: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {
-        "summary": "Integrated gradients with 1024 steps for three classes",
-        "value": {
-            "sample": "star",
-            "method": "integrated_gradients",
-            "steps": 1024,
-            "target": ["star", "cross", "hexagon"],
-        },
-    },
-    "occlusion": {
-        "summary": "Occlusion with 4-pixel patches at every pixel",
-        "value": {"sample": "square", "method": "occlusion", "window": 4, "stride": 1},
-    },
-}
-
-
-@router.post(
-    "/{model}/attribution-jobs",
-    status_code=202,
-    responses=SUBMIT_RESPONSES,
-    tags=["jobs"],
-)
-async def create_attribution_job(
-    model: str,
-    body: Annotated[AttributionJobCreate, Body(openapi_examples=JOB_EXAMPLES)],
-    jobs: JobsDep,
-    owner: OwnerDep,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-    cache_control: CacheControl = None,
-) -> AttributionJobRead:
-    """Queue an attribution too long to answer at once; poll the job at `Location`."""
-    return await submit_job(
-        jobs, Attributions.name, model, body, response, idempotency_key, cache_control, owner
-    )

@@ -26,6 +26,7 @@ from cnnviz.imaging import preprocess
 from cnnviz.imaging.decode import decode_base64, decode_image
 from cnnviz.models import LoadedModel, ModelSpec
 from schemas.attributions import (
+    JOB_ROUTE,
     AttributionsCreate,
     AttributionsOptions,
     AttributionsRead,
@@ -174,6 +175,7 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
     """Attribution as a job: one shard; progress in images run through the model."""
 
     name = "attribution"
+    route = JOB_ROUTE
     request_type = AttributionsCreate
     result_type = AttributionsRead
     progress_unit = "images"

@@ -15,63 +15,33 @@ the count errs towards evicting early, never late.
 
 from __future__ import annotations
 
+import redis
+
+from workers.records.base import ResultExpired
+from workers.records.redis_keys import KEY_PREFIX
+
 KEPT_KEY = "cnnviz:kept"
 """Finished jobs that keep parts: a sorted set of ids scored by when they finished."""
 KEPT_SIZES_KEY = "cnnviz:kept:sizes"
 """Their kept bytes, by id (a hash)."""
 KEPT_TOTAL_KEY = "cnnviz:kept:total"
 """The sum of the kept bytes."""
-# Lua: the cap's keys, named in the scripts as the idempotency keys are (one Redis, no Cluster).
-CAP_LOCALS = f"local KEPT, SIZES, TOTAL = '{KEPT_KEY}', '{KEPT_SIZES_KEY}', '{KEPT_TOTAL_KEY}'\n"
+CAP_NAMES = {
+    "KEPT_KEY": KEPT_KEY,
+    "KEPT_SIZES_KEY": KEPT_SIZES_KEY,
+    "KEPT_TOTAL_KEY": KEPT_TOTAL_KEY,
+}
+"""The cap's keys, as the Lua scripts name them (``lua/keep.lua``, ``lua/forget.lua``)."""
 
 
-def keep_script(prefix: str, record: str, result: str, preview: str, arrays: str) -> str:
-    """Lua: count a job that just finished and evict past the cap. ``record`` and the parts
-    are Lua expressions of the job's keys; ``CAP`` and ``NOW`` those of the cap (0: none) and
-    the time."""
-    return (
-        CAP_LOCALS
-        + f"""
-local size = redis.call('STRLEN', {result}) + redis.call('STRLEN', {preview})
-  + redis.call('STRLEN', {arrays})
-if size > 0 then
-  local id = redis.call('HGET', {record}, 'id')
-  redis.call('ZADD', KEPT, NOW, id)
-  redis.call('HSET', SIZES, id, size)
-  redis.call('INCRBY', TOTAL, size)
-end
-if CAP > 0 then
-  local total = tonumber(redis.call('GET', TOTAL) or '0')
-  while total > CAP do
-    local oldest = redis.call('ZRANGE', KEPT, 0, 0)[1]
-    if not oldest then break end
-    local kept = tonumber(redis.call('HGET', SIZES, oldest) or '0')
-    redis.call('ZREM', KEPT, oldest)
-    redis.call('HDEL', SIZES, oldest)
-    total = redis.call('DECRBY', TOTAL, kept)
-    local rec = '{prefix}' .. oldest
-    redis.call('DEL', rec .. ':result', rec .. ':preview', rec .. ':arrays')
-    if redis.call('EXISTS', rec) == 1 then
-      redis.call('HSET', rec, 'expired', '1')
-      local idem = redis.call('HGET', rec, 'idem')
-      if idem then redis.call('DEL', idem) end
-    end
-  end
-end
-"""
-    )
-
-
-def forget_script(id_expr: str) -> str:
-    """Lua: a deleted job leaves the count."""
-    return (
-        CAP_LOCALS
-        + f"""
-local kept = redis.call('HGET', SIZES, {id_expr})
-if kept then
-  redis.call('HDEL', SIZES, {id_expr})
-  redis.call('ZREM', KEPT, {id_expr})
-  redis.call('DECRBY', TOTAL, kept)
-end
-"""
-    )
+def read_kept(client: redis.Redis, record: str, part: str) -> bytes | None:
+    """A part of a job (its key ``part``; ``record`` the job's record key); ResultExpired
+    once the cap dropped it."""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(part)
+    pipe.hget(record, "expired")
+    raw, expired = pipe.execute()
+    if raw is None and expired == b"1":
+        raise ResultExpired(record.removeprefix(KEY_PREFIX))
+    data: bytes | None = raw
+    return data
