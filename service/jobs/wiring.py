@@ -5,7 +5,6 @@ with ``CNNVIZ_DATA_DIR=:memory:``)."""
 from __future__ import annotations
 
 import logging
-
 from dataclasses import replace
 
 from cnnviz.data.datasets import DatasetRegistry

@@ -39,4 +39,3 @@ def test_a_memory_probe_counts_what_autograd_saves_and_keeps_none_of_it() -> Non
     gc.collect()
     # A saved output held by the probe would hold its own graph: a cycle gc cannot see.
     assert kept[0]() is None
-

@@ -43,6 +43,7 @@ from workers.records.base import (
     ShardStart,
     lost_error,
 )
+from workers.records.redis_cap import read_kept
 from workers.records.redis_keys import (
     KEY_PREFIX,
     LEASES_KEY,
@@ -60,7 +61,6 @@ from workers.records.redis_keys import (
     reuse_key,
     shards_key,
 )
-from workers.records.redis_cap import read_kept
 from workers.records.redis_scripts import script_names, script_source
 from workers.records.stats import Durations, bucket_labels
 
