@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -9,6 +10,15 @@ from typing import Literal, Self
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from workers.config import JobSettings
+
+MEMORY = ":memory:"
+"""``CNNVIZ_DATA_DIR`` for in-process job records in memory, lost when the process stops."""
+
+
+def default_data_dir() -> str:
+    """``$XDG_DATA_HOME/cnnviz``, else ``~/.local/share/cnnviz`` (the XDG base directories)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "cnnviz")
 
 
 class Settings(JobSettings):
@@ -74,6 +84,13 @@ class Settings(JobSettings):
         "(integrated gradients: steps × targets; occlusion: patches); past it, a 422",
     )
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="job record TTL")
+    data_dir: str = Field(
+        default_factory=default_data_dir,
+        description="where the service keeps its data, created on start: the in-process "
+        "jobs' database (jobs.db) and their large results (results/), so that jobs survive "
+        "a restart. Default $XDG_DATA_HOME/cnnviz, else ~/.local/share/cnnviz; ':memory:' "
+        "keeps in-process jobs in memory, lost when the process stops",
+    )
     inprocess_job_workers: int = Field(default=1, ge=1, le=8)
     inprocess_job_nice: int = Field(
         default=10,
@@ -91,27 +108,30 @@ class Settings(JobSettings):
     inprocess_results_max_bytes: int = Field(
         default=512 * 1024 * 1024,
         ge=0,
-        description="bytes the finished in-process jobs may keep in the API's memory (result "
-        "JSON, last preview, raw tensors); past it the oldest finished jobs' go first, to "
-        "files or nowhere (CNNVIZ_INPROCESS_RESULTS_OVERFLOW). Unfinished jobs are never "
-        "touched",
+        description="with CNNVIZ_DATA_DIR=:memory:, bytes the finished in-process jobs may "
+        "keep in the API's memory (result JSON, last preview, raw tensors); past it the oldest "
+        "finished jobs' go first, to files or nowhere (CNNVIZ_INPROCESS_RESULTS_OVERFLOW). "
+        "Unfinished jobs are never touched. (With a data directory nothing is kept in memory: "
+        "the disk cap bounds the results)",
     )
     inprocess_results_overflow: Literal["spill", "evict"] = Field(
         default="spill",
-        description="'spill': results past the cap move to files in CNNVIZ_INPROCESS_RESULTS_DIR "
-        "and read the same; 'evict': they are dropped and read as 410 result_expired",
+        description="with CNNVIZ_DATA_DIR=:memory:, 'spill': results past the memory cap move "
+        "to files and read the same; 'evict': they are dropped and read as 410 result_expired",
     )
     inprocess_results_disk_max_bytes: int = Field(
         default=4 * 1024 * 1024 * 1024,
         ge=0,
-        description="bytes the spilled results may take in CNNVIZ_INPROCESS_RESULTS_DIR; past "
-        "it the oldest spilled jobs' files are removed (read as 410 result_expired), and a "
-        "result larger than it is dropped instead of spilled",
+        description="bytes finished in-process jobs' results may take on disk: in the data "
+        "directory (database and results/), or the spilled files with :memory:; past it the "
+        "oldest finished jobs' results are removed (read as 410 result_expired), and a result "
+        "larger than it is dropped",
     )
     inprocess_results_dir: Path | None = Field(
         default=None,
-        description="where spilled results go; unset: a temporary directory, removed when the "
-        "process stops (in-process jobs live as long as the process)",
+        description="deprecated: the folder of large results is CNNVIZ_DATA_DIR/results; set, "
+        "it replaces that folder (with :memory:, where spilled results go; unset there: a "
+        "temporary directory removed when the process stops)",
     )
     max_active_jobs_per_owner: int = Field(
         default=32,
@@ -169,6 +189,11 @@ class Settings(JobSettings):
         description="comma-separated origins allowed to call the API from a browser ('*' for "
         "any); empty: no CORS headers",
     )
+
+    @property
+    def data_path(self) -> Path | None:
+        """The data directory; None for ``:memory:``."""
+        return None if self.data_dir.strip() == MEMORY else Path(self.data_dir).expanduser()
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -76,6 +76,15 @@ class JobSettings(BaseSettings):
     )
     job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
     job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
+    redis_results_max_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="bytes finished jobs may keep in Redis (result JSON, last preview, raw "
+        "arrays); past it the oldest finished jobs' are deleted and read as 410 "
+        "result_expired; queued and running jobs are never touched. Unset: no cap but "
+        "Redis's maxmemory (see docs/reliability.md). A job's final write enforces it: set "
+        "it on the API and the workers alike",
+    )
     exemplar_shard_images: int = Field(
         default=2048, ge=1, description="images per shard of an exemplars job"
     )

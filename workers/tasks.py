@@ -69,6 +69,7 @@ def _records(task: JobTask) -> RedisRecords:
         max_attempts=settings.job_max_attempts,
         ttl_seconds=task.ttl_seconds,
         lease_s=settings.job_lease_timeout,
+        results_max_bytes=settings.redis_results_max_bytes,
     )
 
 

@@ -81,9 +81,11 @@ def _expired(job_id: str) -> ApiError:
     return ApiError(
         410,
         "result_expired",
-        f"job {job_id!r} finished, but its result was dropped to keep the service's memory "
-        "under CNNVIZ_INPROCESS_RESULTS_MAX_BYTES (the oldest results go first); submit the "
-        "request again: the same seed and settings give the same result",
+        f"job {job_id!r} finished, but its result was dropped to keep the results under "
+        "their byte cap (CNNVIZ_INPROCESS_RESULTS_MAX_BYTES in memory, "
+        "CNNVIZ_INPROCESS_RESULTS_DISK_MAX_BYTES on disk, CNNVIZ_REDIS_RESULTS_MAX_BYTES in "
+        "Redis; the oldest results go first); "
+        "submit the request again: the same seed and settings give the same result",
     )
 
 
@@ -171,9 +173,12 @@ class JobManager:
         self.sweeper = sweeper
         self.on_ended = on_ended
         self._sweeping: asyncio.Task[None] | None = None
+        self._queue_was_down = False
 
     async def start(self) -> None:
-        """Start what runs beside the requests: the lease sweeper, when there is one."""
+        """Start what runs beside the requests: the transport's (in-process: the jobs it
+        resumes), and the lease sweeper, when there is one."""
+        await self.transport.start()
         if self.sweeper is not None and self.sweeper.interval_s > 0:
             self._sweeping = asyncio.get_running_loop().create_task(self.sweeper.run())
 
@@ -365,8 +370,11 @@ class JobManager:
                     "reason": f"Redis is unreachable: {exc}",
                 }
                 checks["workers"] = {"ok": False, "reason": "the queue is unreachable"}
+                self._queue_was_down = True
                 return checks
-        checks.update(await self.transport.readiness())
+        # Back from an outage: what the workers said before it says nothing now.
+        fresh, self._queue_was_down = self._queue_was_down, False
+        checks.update(await self.transport.readiness(fresh=fresh))
         return checks
 
     async def close(self) -> None:
