@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -10,15 +9,6 @@ from typing import Literal, Self
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from workers.config import JobSettings
-
-MEMORY = ":memory:"
-"""``CNNVIZ_DATA_DIR`` for in-process job records in memory, lost when the process stops."""
-
-
-def default_data_dir() -> str:
-    """``$XDG_DATA_HOME/cnnviz``, else ``~/.local/share/cnnviz`` (the XDG base directories)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return str(Path(base) / "cnnviz")
 
 
 class Settings(JobSettings):
@@ -84,13 +74,6 @@ class Settings(JobSettings):
         "(integrated gradients: steps × targets; occlusion: patches); past it, a 422",
     )
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="job record TTL")
-    data_dir: str = Field(
-        default_factory=default_data_dir,
-        description="where the service keeps its data, created on start: the in-process "
-        "jobs' database (jobs.db) and their large results (results/), so that jobs survive "
-        "a restart. Default $XDG_DATA_HOME/cnnviz, else ~/.local/share/cnnviz; ':memory:' "
-        "keeps in-process jobs in memory, lost when the process stops",
-    )
     inprocess_job_workers: int = Field(default=1, ge=1, le=8)
     inprocess_job_nice: int = Field(
         default=10,
@@ -189,11 +172,6 @@ class Settings(JobSettings):
         description="comma-separated origins allowed to call the API from a browser ('*' for "
         "any); empty: no CORS headers",
     )
-
-    @property
-    def data_path(self) -> Path | None:
-        """The data directory; None for ``:memory:``."""
-        return None if self.data_dir.strip() == MEMORY else Path(self.data_dir).expanduser()
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -7,6 +7,7 @@ and the job records.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -14,7 +15,6 @@ from typing import TYPE_CHECKING, Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cnnviz.models.store import default_model_store
 from workers.callbacks import CallbackPolicy
 
 if TYPE_CHECKING:
@@ -23,7 +23,16 @@ if TYPE_CHECKING:
     from cnnviz.data.datasets import DatasetRegistry
     from cnnviz.models import ModelRegistry
 
-__all__ = ["JobSettings", "WorkerSettings", "get_worker_settings"]
+__all__ = ["MEMORY", "JobSettings", "WorkerSettings", "default_data_dir", "get_worker_settings"]
+
+MEMORY = ":memory:"
+"""``CNNVIZ_DATA_DIR`` for in-process job records in memory, lost when the process stops."""
+
+
+def default_data_dir() -> str:
+    """``$XDG_DATA_HOME/cnnviz``, else ``~/.local/share/cnnviz`` (the XDG base directories)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "cnnviz")
 
 
 class JobSettings(BaseSettings):
@@ -41,11 +50,19 @@ class JobSettings(BaseSettings):
     models_file: Path | None = Field(
         default=None, description="TOML file of extra models; unset: the built-in model only"
     )
-    model_store: Path = Field(
-        default_factory=default_model_store,
+    data_dir: str = Field(
+        default_factory=default_data_dir,
+        description="where the service keeps its data, created on start: the in-process "
+        "jobs' database (jobs.db), their large results (results/) and the models registered "
+        "at run time (models/), so that they survive a restart. Default "
+        "$XDG_DATA_HOME/cnnviz, else ~/.local/share/cnnviz; ':memory:' keeps in-process jobs "
+        "in memory, lost when the process stops",
+    )
+    model_store: Path | None = Field(
+        default=None,
         description="the directory of models registered at run time (PUT /v1/models/{name}), "
         "the same for the API and the workers (one path, or a shared volume); default: "
-        "$XDG_DATA_HOME/cnnviz/models",
+        "models/ under CNNVIZ_DATA_DIR (under the default data directory with ':memory:')",
     )
     models_poll_interval: float = Field(
         default=1.0,
@@ -101,6 +118,19 @@ class JobSettings(BaseSettings):
         default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
     )
 
+    @property
+    def data_path(self) -> Path | None:
+        """The data directory; None for ``:memory:``."""
+        return None if self.data_dir.strip() == MEMORY else Path(self.data_dir).expanduser()
+
+    @property
+    def model_store_path(self) -> Path:
+        """Where registered models are kept: ``model_store``, else ``models/`` in the data
+        directory."""
+        if self.model_store is not None:
+            return self.model_store
+        return (self.data_path or Path(default_data_dir())) / "models"
+
     def model_registry(self, device: str | torch.device) -> ModelRegistry:
         """The models of the models file and the model store, read again as they change."""
         from cnnviz.models import ModelRegistry  # torch: imported by who builds models only
@@ -108,7 +138,7 @@ class JobSettings(BaseSettings):
         return ModelRegistry.from_file(
             self.models_file,
             device=device,
-            store=self.model_store,
+            store=self.model_store_path,
             poll_interval_s=self.models_poll_interval,
         )
 

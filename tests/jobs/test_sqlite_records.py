@@ -14,8 +14,9 @@ import pytest
 
 from schemas.jobs import JobStatus, Progress
 from service.jobs.wiring import inprocess_records
-from service.settings import Settings, default_data_dir
+from service.settings import Settings
 from tests.jobs.test_records import TTL, new_record, result_json
+from workers.config import default_data_dir
 from workers.records import ResultExpired
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
