@@ -277,20 +277,23 @@ def _masks_entry(
 class DatasetRegistry:
     """Data set names to data sets, listed lazily and once; safe to share between threads.
 
-    Always holds the built-in ``shapes``. Entries that cannot be parsed are kept in
-    :attr:`errors`; a folder that cannot be listed raises when opened.
+    Always holds the built-in ``shapes`` (``shapes_images`` images; fewer for quick tests).
+    Entries that cannot be parsed are kept in :attr:`errors`; a folder that cannot be listed
+    raises when opened.
     """
 
     def __init__(
         self,
         specs: Mapping[str, DatasetSpec] | None = None,
         errors: Mapping[str, str] | None = None,
+        shapes_images: int = SHAPES_IMAGES,
     ) -> None:
         builtin = DatasetSpec(
             BUILTIN_DATASET,
             None,
-            f"{SHAPES_IMAGES} generated images of the shapes classes (seed {SHAPES_SEED})",
+            f"{shapes_images} generated images of the shapes classes (seed {SHAPES_SEED})",
         )
+        self._shapes_images = shapes_images
         self._specs = {BUILTIN_DATASET: builtin, **(specs or {})}
         self.errors = dict(errors or {})
         self._open: dict[str, Dataset] = {}
@@ -361,7 +364,11 @@ class DatasetRegistry:
         with self._lock:
             dataset = self._open.get(name)
             if dataset is None:
-                dataset = ShapesDataset(spec) if spec.path is None else FolderDataset(spec)
+                dataset = (
+                    ShapesDataset(spec, self._shapes_images)
+                    if spec.path is None
+                    else FolderDataset(spec)
+                )
                 self._open[name] = dataset
         if len(dataset) == 0:
             raise EmptyDatasetError(
