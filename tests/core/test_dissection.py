@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -27,7 +29,7 @@ def test_thresholds_equal_numpy_quantile_whatever_the_split(n: int, quantile: fl
     m = top_values_needed(n, quantile)
     cuts = sorted({0, n, *torch.randint(0, n + 1, (3,), generator=generator).tolist()})
     parts = []
-    for a, b in zip(cuts, cuts[1:], strict=False):
+    for a, b in itertools.pairwise(cuts):
         part = TopValues(3, m)
         part.update(values[:, a:b].reshape(3, 1, 1, b - a).transpose(0, 1))
         parts.append(TopValues.from_json(part.to_json()))

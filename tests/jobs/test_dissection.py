@@ -130,7 +130,7 @@ def brute_force_masks(
             r[i, hi] += frac
         return r
 
-    n, c, h, w = maps.shape
+    _n, c, h, w = maps.shape
     height, width = dataset_masks.shape[1:]
     ry, rx = weights(height, h), weights(width, w)
     t = np.quantile(
