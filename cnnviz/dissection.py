@@ -335,3 +335,36 @@ def second_pass(
             if on_batch is not None:
                 on_batch(int(image_index.shape[0]))
     return tallies
+
+
+def dissection_tiles(
+    pixels: torch.Tensor,
+    maps: torch.Tensor,
+    threshold: float | None,
+    concept: torch.Tensor | None,
+) -> torch.Tensor:
+    """Tiles ``(N, 3, H, W)`` float32 in [0, 1]: each image with what the unit sees in it.
+
+    ``pixels`` ``(N, C, H, W)`` in [0, 1] (grey is shown as RGB); ``maps`` ``(N, h, w)`` the
+    unit's maps, upsampled bilinearly (``align_corners=False``) and binarised ``> threshold``
+    (None: at half each image's maximum, as the exemplar mask view does). Outside that
+    region the image is darkened, its border drawn white; ``concept`` ``(N, H, W)`` bool,
+    the label's concept mask, is tinted red.
+    """
+    rgb = pixels.float().expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels.float()
+    h, w = rgb.shape[2:]
+    up = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+    if threshold is None:
+        peak = up.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        on = (up >= 0.5 * peak) & (up > 0)
+    else:
+        on = up > float(np.float32(threshold))
+    on_f = on.float()  # (N, 1, H, W)
+    inner = -F.max_pool2d(-on_f, kernel_size=3, stride=1, padding=1)  # eroded
+    border = (on_f - inner).clamp(0, 1)
+    out = rgb * (0.3 + 0.7 * on_f)
+    if concept is not None:
+        red = torch.tensor([1.0, 0.15, 0.15]).view(1, 3, 1, 1)
+        tint = concept[:, None].float() * 0.45
+        out = out * (1 - tint) + red * tint
+    return (out * (1 - border) + border).clamp(0, 1)
