@@ -40,6 +40,8 @@ __all__ = [
     "first_pass",
     "iou",
     "second_pass",
+    "tally_from_json",
+    "tally_to_json",
     "thresholds",
     "top_values_needed",
     "unit_maps",
@@ -297,6 +299,23 @@ class IoUTally:
             self.on += torch.bincount(on_unit, minlength=c).cpu()
             counts = torch.bincount(on_unit * k1 + concept, minlength=c * k1)
             self.intersection += counts.view(c, k1).cpu()
+
+
+def tally_to_json(tally: IoUTally) -> dict[str, list]:
+    return {
+        "intersection": tally.intersection.tolist(),
+        "on": tally.on.tolist(),
+        "area": tally.area.tolist(),
+    }
+
+
+def tally_from_json(data: dict[str, list]) -> IoUTally:
+    intersection = torch.tensor(data["intersection"], dtype=torch.long)
+    tally = IoUTally(intersection.shape[0], intersection.shape[1] - 1)
+    tally.intersection = intersection
+    tally.on = torch.tensor(data["on"], dtype=torch.long)
+    tally.area = torch.tensor(data["area"], dtype=torch.long)
+    return tally
 
 
 def iou(tally: IoUTally) -> torch.Tensor:

@@ -13,10 +13,11 @@ from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.data.shapes import CLASSES
 from cnnviz.models import ModelRegistry
 from cnnviz.models.registry import ModelSpec
-from schemas.dissection import DissectionResult
+from schemas.dissection import DissectionCreate, DissectionResult
+from schemas.jobs import Progress
 from tests.jobs.dissect_data import COLOURS, SIZE, Blob, blobs, write_blobs
 from tests.jobs.dissect_helpers import MODELS, dissect
-from workers.kinds import Resources
+from workers.kinds import JobCancelled, JobContext, Resources, get_kind
 
 COLOUR_IMAGES = 90
 
@@ -242,3 +243,32 @@ def test_bad_masks_are_counted_and_named_and_their_images_still_rank(tmp_path: P
     # Their images still rank among the top images of their colours.
     tops = {e.image for unit in result.layers[0].units for e in unit.top}
     assert set(bad) <= tops
+
+
+def test_a_one_shard_job_counts_in_its_shard_with_progress_and_stops_when_cancelled(
+    colours: tuple[Resources, list[Blob]],
+) -> None:
+    """One shard: the second pass runs in the shard, counted in the progress (2 × images),
+    and a cancel during it stops it; several shards leave it to the merge."""
+    resources, _ = colours
+    kind = get_kind("dissection")
+    request = kind.prepare(
+        DissectionCreate(dataset="blobs", layers=["2"], quantile=0.01), "colours", resources
+    )
+    resources.shard_images = COLOUR_IMAGES
+    assert kind.work(request, "colours", resources) == 2 * COLOUR_IMAGES
+    seen: list[Progress] = []
+
+    def cancelled() -> bool:
+        return bool(seen) and seen[-1].step > COLOUR_IMAGES  # in the second pass
+
+    context = JobContext(
+        on_progress=lambda progress, _: seen.append(progress),
+        should_cancel=cancelled,
+        progress_interval_s=0.0,
+    )
+    with pytest.raises(JobCancelled):
+        kind.run_shard(request, "colours", 0, resources, context)
+    assert seen[-1].total == 2 * COLOUR_IMAGES and seen[-1].step < 2 * COLOUR_IMAGES
+    resources.shard_images = COLOUR_IMAGES // 4 + 1
+    assert kind.work(request, "colours", resources) == COLOUR_IMAGES

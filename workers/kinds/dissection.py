@@ -5,13 +5,16 @@ consecutive images as the exemplars kind cuts it: each shard keeps its units' to
 their exact top activations (enough for the ``1 - quantile`` quantile) and per-label sums;
 all three merge associatively, so the thresholds equal one process's whatever the cut. The
 ``masks`` method then needs those thresholds over the whole data set before it can count a
-pixel: the merge streams the images once more, with their masks, and counts the IoUs.
+pixel: the images are streamed once more, with their masks, to count the IoUs — by the shard
+itself when the job is one shard (with progress and cancellation, as for the first pass),
+else by the merge, once every shard's thresholds are in.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,8 @@ from cnnviz.dissection import (
     first_pass,
     iou,
     second_pass,
+    tally_from_json,
+    tally_to_json,
     thresholds,
     top_values_needed,
 )
@@ -100,8 +105,13 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
         images = len(self._dataset(request, resources))
         return max(1, math.ceil(images / resources.shard_images))
 
+    def _counts_in_shard(self, request: DissectionCreate, model: str, resources: Resources) -> bool:
+        """Whether the shard itself makes the second pass: a ``masks`` job of one shard."""
+        return request.method == "masks" and self.shards(request, model, resources) == 1
+
     def work(self, request: DissectionCreate, model: str, resources: Resources) -> int:
-        return len(self._dataset(request, resources))
+        images = len(self._dataset(request, resources))
+        return 2 * images if self._counts_in_shard(request, model, resources) else images
 
     def run_shard(
         self,
@@ -132,13 +142,15 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
         started_at = time.time()
         done = 0
         skipped: list[int] = []
+        in_shard = self._counts_in_shard(request, model, resources)
+        total = 2 * len(indices) if in_shard else len(indices)
 
         def on_batch(n: int) -> None:
             nonlocal done
             done += n
             context.check()
-            if context.progress_due(done == len(indices)):
-                context.report(Progress(step=done, total=len(indices), unit="images"))
+            if context.progress_due(done == total):
+                context.report(Progress(step=done, total=total, unit="images"))
 
         def counted() -> Any:
             for x, index, ok in batches:
@@ -161,9 +173,25 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             device=loaded.device,
             on_batch=on_batch,
         )
+        counted_here: dict[str, Any] | None = None
+        if in_shard and passes:
+            bad_masks: list[int] = []
+            limits = {
+                name: thresholds(entry.values, request.quantile)
+                for name, entry in passes.items()
+                if entry.values is not None
+            }
+            tallies = self._second_pass(
+                request, model, resources, limits, bad_masks, on_batch=on_batch
+            )
+            counted_here = {
+                "bad_masks": bad_masks,
+                "tallies": {name: tally_to_json(t) for name, t in tallies.items()},
+            }
         return {
             "images": len(indices) - len(skipped),
             "skipped": skipped,
+            "second_pass": counted_here,
             "layers": {
                 name: {
                     "top": entry.top.to_json(),
@@ -194,7 +222,11 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             if entry.values is not None
         }
         tallies: dict[str, IoUTally] = {}
-        if request.method == "masks" and merged:
+        counted = partials[0].get("second_pass") if len(partials) == 1 else None
+        if counted:
+            bad_masks = list(counted["bad_masks"])
+            tallies = {name: tally_from_json(t) for name, t in counted["tallies"].items()}
+        elif request.method == "masks" and merged:
             tallies = self._second_pass(request, model, resources, limits, bad_masks)
         layers = []
         for name in request.layers:
@@ -248,6 +280,7 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
         resources: Resources,
         limits: dict[str, np.ndarray],
         bad_masks: list[int],
+        on_batch: Callable[[int], None] | None = None,
     ) -> dict[str, IoUTally]:
         loaded = resources.model(model)
         dataset = self._dataset(request, resources)
@@ -279,6 +312,7 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             limits,
             len(dataset.concepts),
             device=loaded.device,
+            on_batch=on_batch,
         )
 
 
