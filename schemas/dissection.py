@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.exemplars import MAX_K, MAX_LAYERS, Exemplar
 from schemas.jobs import JobOptions
+from schemas.routes import JobRoute, job_route
 
 Method = Literal["masks", "labels"]
 
@@ -113,3 +114,27 @@ class DissectionGridRead(BaseModel):
         description="base64 PNG: each top image with the unit's binarised mask (its outline "
         "in white, outside darkened) and the label's concept mask (tinted red)"
     )
+
+
+_EXAMPLES: dict[str, dict[str, Any]] = {
+    "masks": {
+        "summary": "NetDissect: each unit's IoU with the shapes' pixel masks",
+        "value": {"dataset": "shapes", "layers": ["block4.relu"], "method": "masks"},
+    },
+    "labels": {
+        "summary": "Precision@k of the image labels among each logit's top images",
+        "value": {"dataset": "shapes", "layers": ["fc"], "method": "labels", "k": 16},
+    },
+}
+
+ROUTE = job_route(
+    JobRoute(
+        kind="dissection",
+        path="dissections",
+        request=DissectionCreate,
+        result=DissectionResult,
+        summary="Queue a job that labels every unit of some layers with a dataset's concepts.",
+        tag="dissection",
+        examples=_EXAMPLES,
+    )
+)

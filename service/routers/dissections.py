@@ -1,58 +1,23 @@
-"""Dissection jobs: queue one (watch it under /v1/jobs), then draw a unit's top images."""
+"""Dissection jobs (queued by the generic submit route of their row): draw a unit's top images."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from cnnviz.errors import InvalidArgumentError
-from schemas.dissection import DissectionCreate, DissectionGridRead, DissectionResult
+from schemas.dissection import DissectionGridRead, DissectionResult
 from schemas.errors import Problem
-from schemas.jobs import JobRead, JobStatus
+from schemas.jobs import JobStatus
 from service.deps import DatasetsDep, JobsDep, OwnerDep, PoolDep, RegistryDep
 from service.dissection import find_unit, render
 from service.errors import ApiError
 from service.feature_maps import wants_png
-from service.routers.jobs import (
-    SUBMIT_RESPONSES,
-    CacheControl,
-    IdempotencyKey,
-    JobId,
-    submit_job,
-)
+from service.routers.jobs import JobId
 from workers.kinds.dissection import Dissection
 
 router = APIRouter(tags=["dissection"])
-
-DissectionRead = JobRead[DissectionCreate, DissectionResult]
-
-_EXAMPLES: dict[str, Any] = {
-    "masks": {
-        "summary": "NetDissect: each unit's IoU with the shapes' pixel masks",
-        "value": {"dataset": "shapes", "layers": ["block4.relu"], "method": "masks"},
-    },
-    "labels": {
-        "summary": "Precision@k of the image labels among each logit's top images",
-        "value": {"dataset": "shapes", "layers": ["fc"], "method": "labels", "k": 16},
-    },
-}
-
-
-@router.post("/models/{model}/dissections", status_code=202, responses=SUBMIT_RESPONSES)
-async def create_dissection(
-    model: str,
-    body: Annotated[DissectionCreate, Body(openapi_examples=_EXAMPLES)],
-    jobs: JobsDep,
-    owner: OwnerDep,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-    cache_control: CacheControl = None,
-) -> DissectionRead:
-    """Queue a job that labels every unit of some layers with a dataset's concepts."""
-    return await submit_job(
-        jobs, Dissection.name, model, body, response, idempotency_key, cache_control, owner
-    )
 
 
 @router.get(

@@ -38,6 +38,7 @@ from cnnviz.dissection import (
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.exemplars import TopK
 from schemas.dissection import (
+    ROUTE,
     Alternative,
     DissectionCreate,
     DissectionLayer,
@@ -71,6 +72,7 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
     images of the first pass."""
 
     name = "dissection"
+    route = ROUTE
     pictures_elsewhere = "GET /v1/jobs/{id}/dissections/{layer}/{channel}"
     request_type = DissectionCreate
     result_type = DissectionResult
@@ -89,12 +91,14 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
         if method == "masks" and not dataset.has_masks:
             raise InvalidArgumentError(
                 f"dataset {dataset.name!r} has no concept masks; use method 'labels' or a "
-                "dataset with `masks` and `concepts` (see GET /v1/datasets)"
+                "dataset with `masks` and `concepts`",
+                listing=("datasets",),
             )
         if method == "labels" and not dataset.labels:
             raise InvalidArgumentError(
                 f"dataset {dataset.name!r} has no labels (an ImageFolder tree root/<label>/x); "
-                "use method 'masks' or a labelled dataset (see GET /v1/datasets)"
+                "use method 'masks' or a labelled dataset",
+                listing=("datasets",),
             )
         return request.model_copy(update={"layers": layers, "method": method})
 
