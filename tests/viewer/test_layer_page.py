@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
@@ -42,7 +44,7 @@ def test_a_layer_page_starts_a_dissection_and_lists_its_units_by_score(
     assert first[1].text == units[0]["label"]
     assert first[2].text == f"{units[0]['score']:.3f}"
     link = first[0].find_element(By.TAG_NAME, "a").get_attribute("href")
-    assert link.endswith(f"/units/shapes/fc/{units[0]['channel']}")
+    assert link.endswith(f"/units/shapes/fc/{units[0]['channel']}?dissection={job_id}")
     strip = rows[0].find_elements(By.CSS_SELECTOR, "img.thumb")
     assert len(strip) == 8
     wait(
@@ -56,6 +58,19 @@ def test_a_layer_page_starts_a_dissection_and_lists_its_units_by_score(
     page.get(page.current_url)
     assert settled(page) == "layer", error_text(page)
     assert len(page.find_elements(By.CSS_SELECTOR, "#units tr")) == 12
+
+    # The unit's page shows its label, score and alternatives, and its dissection picture.
+    page.get(link)
+    body = page.find_element(By.TAG_NAME, "body")
+    wait(page, lambda d: body.get_attribute("data-dissection") == "shown", "no dissection shown")
+    label = page.find_element(By.ID, "unit-dissection-label").text
+    assert label.startswith(f"{units[0]['label']}: precision@k {units[0]['score']:.3f} ({FEW})")
+    image = page.find_element(By.ID, "unit-dissection-image")
+    picture = http_client.get(
+        f"/v1/jobs/{job_id}/dissections/fc/{units[0]['channel']}", headers={"Accept": "image/png"}
+    )
+    width = Image.open(io.BytesIO(picture.content)).size[0]
+    assert page.execute_script("return arguments[0].naturalWidth", image) == width
 
 
 def test_a_layer_page_names_a_job_that_is_not_a_dissection(

@@ -102,7 +102,8 @@ function show(page, job) {
     const row = body.insertRow();
     row.dataset.channel = unit.channel;
     const link = document.createElement("a");
-    link.href = `/units/${encodeURIComponent(page.model)}/${encodeURIComponent(page.layer)}/${unit.channel}`;
+    link.href = `/units/${encodeURIComponent(page.model)}/${encodeURIComponent(page.layer)}/${unit.channel}` +
+      `?dissection=${encodeURIComponent(job.id)}`;
     link.textContent = `unit ${unit.channel}`;
     row.insertCell().append(link);
     row.insertCell().textContent = unit.label ?? "—";
