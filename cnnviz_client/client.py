@@ -14,7 +14,7 @@ import httpx
 from schemas.dissection import DissectionCreate, DissectionResult
 from schemas.feature_maps import FeatureMapsRead
 from schemas.jobs import JobRead, JobStatus
-from schemas.models import LayerList, ModelList
+from schemas.models import LayerList, ModelList, ModelRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -134,6 +134,24 @@ class Client:
     def layers(self, model: str) -> LayerList:
         response = self._request("GET", f"/v1/models/{model}/layers")
         return LayerList.model_validate_json(response.content)
+
+    def register_model(
+        self, name: str, spec: dict[str, Any], weights: bytes | str | Path
+    ) -> ModelRead:
+        """Register (or replace) a model: ``spec`` has the keys of a ``[models.NAME]`` table
+        with ``arch`` or ``timm``; ``weights`` a safetensors file. Needs an admin key."""
+        data = weights if isinstance(weights, bytes) else Path(weights).read_bytes()
+        response = self._request(
+            "PUT",
+            f"/v1/models/{name}",
+            data={"spec": json.dumps(spec)},
+            files={"weights": ("weights.safetensors", data, "application/octet-stream")},
+        )
+        return ModelRead.model_validate_json(response.content)
+
+    def delete_model(self, name: str) -> None:
+        """Remove a registered model. Needs an admin key."""
+        self._request("DELETE", f"/v1/models/{name}")
 
     # ---- feature maps --------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from workers.config import JobSettings
 
@@ -27,6 +27,17 @@ class Settings(JobSettings):
         default=None,
         description="comma-separated API keys; unset: no key needed. Set but empty (or with "
         "an empty key between commas) is refused at start: it would turn auth off silently",
+    )
+    admin_keys: str | None = Field(
+        default=None,
+        description="comma-separated keys that may register and remove models "
+        "(PUT and DELETE /v1/models/{name}); each is also an API key. Unset: those routes "
+        "are off (404)",
+    )
+    model_upload_max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024,
+        description="the largest weights file PUT /v1/models/{name} takes (bytes); larger is a 413",
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     body_read_timeout: float = Field(
@@ -163,15 +174,16 @@ class Settings(JobSettings):
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_keys")
     @classmethod
-    def _no_empty_key(cls, value: str | None) -> str | None:
+    def _no_empty_key(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         keys = [key.strip() for key in value.split(",")]
         if not all(keys):
+            variable = f"CNNVIZ_{(info.field_name or '').upper()}"
             raise ValueError(
-                f"CNNVIZ_API_KEYS is set but has {'no key' if not any(keys) else 'an empty key'} "
+                f"{variable} is set but has {'no key' if not any(keys) else 'an empty key'} "
                 f"({len(keys)} comma-separated entries, {keys.count('')} empty); list the keys "
                 "separated by commas, or unset the variable to run without keys"
             )
@@ -192,7 +204,13 @@ class Settings(JobSettings):
 
     @property
     def api_key_list(self) -> list[str]:
-        return [key.strip() for key in (self.api_keys or "").split(",") if key.strip()]
+        """The keys that may call the API: the API keys, and the admin keys with them."""
+        keys = [key.strip() for key in (self.api_keys or "").split(",") if key.strip()]
+        return [*keys, *(k for k in self.admin_key_list if k not in keys)] if keys else []
+
+    @property
+    def admin_key_list(self) -> list[str]:
+        return [key.strip() for key in (self.admin_keys or "").split(",") if key.strip()]
 
 
 @lru_cache

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cnnviz.models.store import default_model_store
 from workers.callbacks import CallbackPolicy
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnviz.data.datasets import DatasetRegistry
+    from cnnviz.models import ModelRegistry
 
 __all__ = ["JobSettings", "WorkerSettings", "get_worker_settings"]
 
@@ -33,6 +40,18 @@ class JobSettings(BaseSettings):
     )
     models_file: Path | None = Field(
         default=None, description="TOML file of extra models; unset: the built-in model only"
+    )
+    model_store: Path = Field(
+        default_factory=default_model_store,
+        description="the directory of models registered at run time (PUT /v1/models/{name}), "
+        "the same for the API and the workers (one path, or a shared volume); default: "
+        "$XDG_DATA_HOME/cnnviz/models",
+    )
+    models_poll_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="seconds between looks at the models file and the model store for "
+        "changes, which are read without a restart",
     )
     keep_freed_memory: bool = Field(
         default=True,
@@ -72,6 +91,25 @@ class JobSettings(BaseSettings):
     callback_backoff: float = Field(
         default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
     )
+
+    def model_registry(self, device: str | torch.device) -> ModelRegistry:
+        """The models of the models file and the model store, read again as they change."""
+        from cnnviz.models import ModelRegistry  # torch: imported by who builds models only
+
+        return ModelRegistry.from_file(
+            self.models_file,
+            device=device,
+            store=self.model_store,
+            poll_interval_s=self.models_poll_interval,
+        )
+
+    def dataset_registry(self) -> DatasetRegistry:
+        """The data sets of the models file, read again as it changes."""
+        from cnnviz.data.datasets import DatasetRegistry
+
+        return DatasetRegistry.from_file(
+            self.models_file, poll_interval_s=self.models_poll_interval
+        )
 
     def callback_policy(self) -> CallbackPolicy | None:
         """How jobs deliver their callbacks; None without a secret (none are sent)."""

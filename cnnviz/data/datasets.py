@@ -19,6 +19,7 @@ so that a caller can skip and count it.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import tomllib
@@ -34,6 +35,7 @@ from PIL import Image
 from cnnviz.data.masks import MAX_CONCEPTS, InvalidMaskError, decode_mask
 from cnnviz.errors import InvalidArgumentError, InvalidImageError, RegistryConfigError
 from cnnviz.imaging.decode import decode_image
+from cnnviz.reload import DEFAULT_POLL_INTERVAL_S, Watched, file_stamp
 
 __all__ = [
     "BUILTIN_DATASET",
@@ -74,6 +76,9 @@ class EmptyDatasetError(InvalidArgumentError):
     """A data set with no image in it (or none that can be read)."""
 
     code = "empty_dataset"
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,154 @@ class ShapesDataset(Dataset):
         return self.masks[index]
 
 
+class DatasetRegistry:
+    """Data set names to data sets, listed lazily and once; safe to share between threads.
+
+    Always holds the built-in ``shapes`` (``shapes_images`` images; fewer for quick tests).
+    Entries that cannot be parsed are kept in
+    :attr:`errors`; a folder that cannot be listed raises when opened. A registry made
+    :meth:`from_file` reads its file again when it changes (at most every
+    ``poll_interval_s``); a bad edit keeps the last good entries and is reported in
+    :attr:`problems`.
+    """
+
+    def __init__(
+        self,
+        specs: Mapping[str, DatasetSpec] | None = None,
+        errors: Mapping[str, str] | None = None,
+        *,
+        watched: Watched | None = None,
+        shapes_images: int = SHAPES_IMAGES,
+    ) -> None:
+        builtin = DatasetSpec(
+            BUILTIN_DATASET,
+            None,
+            f"{shapes_images} generated images of the shapes classes (seed {SHAPES_SEED})",
+        )
+        self._shapes_images = shapes_images
+        self._builtin = builtin
+        self._specs = {BUILTIN_DATASET: builtin, **(specs or {})}
+        self._errors = dict(errors or {})
+        self.problems: list[str] = []
+        self._watched = watched
+        self._open: dict[str, Dataset] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path | None, poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    ) -> DatasetRegistry:
+        """The built-in set plus the ``[datasets.NAME]`` tables of a TOML file."""
+        if path is None:
+            return cls()
+        path = Path(path)
+        stamp = file_stamp(path)
+        specs, errors = _read_datasets(path)
+        return cls(specs, errors, watched=Watched(path, stamp, poll_interval_s))
+
+    def reload(self) -> None:
+        """Read the file again if it changed; forget the listings of changed data sets."""
+        if self._watched is None or not self._watched.changed():
+            return
+        try:
+            specs, errors = _read_datasets(self._watched.path)
+        except RegistryConfigError as exc:
+            self.problems = [f"{exc}; the last good entries stay in use"]
+            log.warning("%s", self.problems[0])
+            return
+        problems = []
+        for name in list(errors):
+            if name in self._specs and name != BUILTIN_DATASET:  # turned bad: keep the last good
+                problems.append(f"{errors.pop(name)}; its last good entry stays in use")
+                specs[name] = self._specs[name]
+        for problem in problems:
+            log.warning("%s", problem)
+        merged = {BUILTIN_DATASET: self._builtin, **specs}
+        with self._lock:
+            for name in list(self._open):
+                if merged.get(name) != self._specs.get(name):
+                    del self._open[name]
+            self._specs, self._errors, self.problems = merged, errors, problems
+
+    @property
+    def errors(self) -> dict[str, str]:
+        self.reload()
+        return self._errors
+
+    def names(self) -> list[str]:
+        self.reload()
+        return sorted({*self._specs, *self._errors})
+
+    def spec(self, name: str) -> DatasetSpec:
+        self.reload()
+        if name in self._errors:
+            raise RegistryConfigError(self._errors[name])
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownDatasetError(name, self.names()) from None
+
+    def get(self, name: str) -> Dataset:
+        """The data set, listed at first use; EmptyDatasetError when it has no image."""
+        spec = self.spec(name)
+        with self._lock:
+            dataset = self._open.get(name)
+            if dataset is None:
+                dataset = (
+                    ShapesDataset(spec, self._shapes_images)
+                    if spec.path is None
+                    else FolderDataset(spec)
+                )
+                self._open[name] = dataset
+        if len(dataset) == 0:
+            raise EmptyDatasetError(
+                f"dataset {name!r} has no images under {str(spec.path)!r} (looked for "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
+        return dataset
+
+    def refresh(self, name: str) -> None:
+        """Forget the listing of ``name``; it is listed again at next use."""
+        with self._lock:
+            self._open.pop(name, None)
+
+
+def _read_datasets(path: Path) -> tuple[dict[str, DatasetSpec], dict[str, str]]:
+    """The ``[datasets.NAME]`` tables of a TOML file: specs, and the bad entries' errors."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RegistryConfigError(f"cannot read models file {str(path)!r}: {exc}") from exc
+    tables: Any = document.get("datasets", {})
+    if not isinstance(tables, Mapping):
+        raise RegistryConfigError(f"{str(path)!r}: 'datasets' must be a table of tables")
+    specs: dict[str, DatasetSpec] = {}
+    errors: dict[str, str] = {}
+    for name, entry in tables.items():
+        where = f"[datasets.{name}] in {str(path)!r}"
+        if name == BUILTIN_DATASET:
+            continue  # the name is reserved for the built-in data set
+        unknown = (
+            sorted(set(entry) - {"path", "description", "masks", "concepts"})
+            if isinstance(entry, Mapping)
+            else []
+        )
+        folder = entry.get("path") if isinstance(entry, Mapping) else None
+        if unknown or not isinstance(folder, str) or not folder:
+            errors[name] = (
+                f"{where}: needs `path` (a folder) and at most `description`, `masks` and "
+                "`concepts`"
+            )
+            continue
+        root = _folder(path, folder)
+        masks, concepts, problem = _masks_entry(entry, path, root)
+        if problem:
+            errors[name] = f"{where}: {problem}"
+            continue
+        specs[name] = DatasetSpec(name, root, str(entry.get("description", "")), masks, concepts)
+    return specs, errors
+
+
 def _folder(models_file: Path, folder: str) -> Path:
     root = Path(folder).expanduser()
     return root if root.is_absolute() else models_file.parent / root
@@ -272,112 +425,3 @@ def _masks_entry(
     if folder.resolve().is_relative_to(root.resolve()):
         return None, (), "`masks` must be a folder outside `path`, so that no mask is an image"
     return folder, tuple(concepts), ""
-
-
-class DatasetRegistry:
-    """Data set names to data sets, listed lazily and once; safe to share between threads.
-
-    Always holds the built-in ``shapes`` (``shapes_images`` images; fewer for quick tests).
-    Entries that cannot be parsed are kept in :attr:`errors`; a folder that cannot be listed
-    raises when opened.
-    """
-
-    def __init__(
-        self,
-        specs: Mapping[str, DatasetSpec] | None = None,
-        errors: Mapping[str, str] | None = None,
-        shapes_images: int = SHAPES_IMAGES,
-    ) -> None:
-        builtin = DatasetSpec(
-            BUILTIN_DATASET,
-            None,
-            f"{shapes_images} generated images of the shapes classes (seed {SHAPES_SEED})",
-        )
-        self._shapes_images = shapes_images
-        self._specs = {BUILTIN_DATASET: builtin, **(specs or {})}
-        self.errors = dict(errors or {})
-        self._open: dict[str, Dataset] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_file(cls, path: str | Path | None) -> DatasetRegistry:
-        """The built-in set plus the ``[datasets.NAME]`` tables of a TOML file."""
-        if path is None:
-            return cls()
-        path = Path(path)
-        try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise RegistryConfigError(f"cannot read models file {str(path)!r}: {exc}") from exc
-        tables: Any = document.get("datasets", {})
-        if not isinstance(tables, Mapping):
-            raise RegistryConfigError(f"{str(path)!r}: 'datasets' must be a table of tables")
-        specs: dict[str, DatasetSpec] = {}
-        errors: dict[str, str] = {}
-        for name, entry in tables.items():
-            where = f"[datasets.{name}] in {str(path)!r}"
-            if name == BUILTIN_DATASET:
-                errors[name] = f"{where}: the name is reserved for the built-in dataset"
-                continue
-            unknown = (
-                sorted(set(entry) - {"path", "description", "masks", "concepts"})
-                if isinstance(entry, Mapping)
-                else []
-            )
-            folder = entry.get("path") if isinstance(entry, Mapping) else None
-            if unknown or not isinstance(folder, str) or not folder:
-                errors[name] = (
-                    f"{where}: needs `path` (a folder) and at most `description`, `masks` "
-                    "and `concepts`"
-                )
-                continue
-            root = _folder(path, folder)
-            masks, concepts, problem = _masks_entry(entry, path, root)
-            if problem:
-                errors[name] = f"{where}: {problem}"
-                continue
-            specs[name] = DatasetSpec(
-                name,
-                root,
-                str(entry.get("description", "")),
-                masks,
-                concepts,
-            )
-        registry = cls(specs)
-        registry.errors.update({k: v for k, v in errors.items() if k != BUILTIN_DATASET})
-        return registry
-
-    def names(self) -> list[str]:
-        return sorted({*self._specs, *self.errors})
-
-    def spec(self, name: str) -> DatasetSpec:
-        if name in self.errors:
-            raise RegistryConfigError(self.errors[name])
-        try:
-            return self._specs[name]
-        except KeyError:
-            raise UnknownDatasetError(name, self.names()) from None
-
-    def get(self, name: str) -> Dataset:
-        """The data set, listed at first use; EmptyDatasetError when it has no image."""
-        spec = self.spec(name)
-        with self._lock:
-            dataset = self._open.get(name)
-            if dataset is None:
-                dataset = (
-                    ShapesDataset(spec, self._shapes_images)
-                    if spec.path is None
-                    else FolderDataset(spec)
-                )
-                self._open[name] = dataset
-        if len(dataset) == 0:
-            raise EmptyDatasetError(
-                f"dataset {name!r} has no images under {str(spec.path)!r} (looked for "
-                f"{', '.join(sorted(IMAGE_SUFFIXES))})"
-            )
-        return dataset
-
-    def refresh(self, name: str) -> None:
-        """Forget the listing of ``name``; it is listed again at next use."""
-        with self._lock:
-            self._open.pop(name, None)
