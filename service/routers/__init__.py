@@ -6,6 +6,7 @@ from service.deps import require_api_key
 from service.routers import (
     attributions,
     datasets,
+    dissections,
     exemplars,
     feature_maps,
     health,
@@ -24,6 +25,7 @@ api_router.include_router(feature_maps.router)
 api_router.include_router(samples.router)
 api_router.include_router(job_kinds.router)  # every job kind's submit route
 api_router.include_router(exemplars.router)
+api_router.include_router(dissections.router)
 api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
 api_router.include_router(job_results.router)
