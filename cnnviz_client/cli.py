@@ -20,6 +20,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -106,7 +107,7 @@ def cmd_optimize(args: argparse.Namespace) -> None:
 
 
 def cmd_dissect(args: argparse.Namespace) -> None:
-    fields: dict[str, object] = {"dataset": args.dataset, "layers": args.layer, "k": args.k}
+    fields: dict[str, Any] = {"dataset": args.dataset, "layers": args.layer, "k": args.k}
     for name in ("method", "quantile", "iou_threshold"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
