@@ -9,10 +9,13 @@ one table per model::
     input_size = [224, 224]
     mean = [0.485, 0.456, 0.406]
     std = [0.229, 0.224, 0.225]
+    axes = {"blocks.*" = {axes = "tokens", token_grid = [14, 14], prefix_tokens = 1}}
 
-A bad entry is reported with its cause and never takes the other models down: entries that
-cannot be parsed are kept as errors and raise :class:`ModelLoadError` when used, and weights
-are only read at first use. Models are loaded lazily, once per process.
+``axes`` declares the axes of layers by shell-style pattern (see :mod:`cnnviz.axes`); a
+declaration wins over what the graph shows. A bad entry is reported with its cause and never
+takes the other models down: entries that cannot be parsed are kept as errors and raise
+:class:`ModelLoadError` when used, and weights are only read at first use. Models are loaded
+lazily, once per process.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnviz.axes import AxesDecl, parse_axes_table
 from cnnviz.errors import ModelLoadError, RegistryConfigError, UnknownModelError
 from cnnviz.layers import LayerIndex, layer_index
 from cnnviz.models.loading import build_model
@@ -60,6 +64,7 @@ class ModelSpec:
     labels: tuple[str, ...] = ()
     description: str = ""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    axes: Mapping[str, AxesDecl] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -118,6 +123,7 @@ def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
         "labels",
         "description",
         "kwargs",
+        "axes",
     }
     unknown = sorted(set(entry) - known)
     if unknown:
@@ -184,6 +190,7 @@ def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
         labels=tuple(labels),
         description=str(entry.get("description", "")),
         kwargs=dict(kwargs),
+        axes=parse_axes_table(entry.get("axes", {})),
     )
 
 
@@ -284,7 +291,7 @@ class ModelRegistry:
             loaded = self._loaded.get(name)
             if loaded is None:
                 module = build_model(spec).to(self.device).eval().requires_grad_(False)
-                index = layer_index(module, spec.input_shape, name)
+                index = layer_index(module, spec.input_shape, name, spec.axes)
                 loaded = LoadedModel(spec, module, index, self.device)
                 self._loaded[name] = loaded
         return loaded
