@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from cnnviz.errors import LayerShapeError, RegistryConfigError, shown
+from cnnviz.errors import AmbiguousAxesError, LayerShapeError, RegistryConfigError, shown
 
 __all__ = [
     "AXES",
@@ -44,12 +44,6 @@ __all__ = [
 Axes = Literal["CHW", "HWC", "tokens", "vector"]
 AXES: tuple[str, ...] = ("CHW", "HWC", "tokens", "vector")
 MAX_PREFIX_TOKENS = 8
-
-
-class AmbiguousAxesError(LayerShapeError):
-    """A layer whose axes are unknown (ambiguous and not declared): no unit can be read."""
-
-    code = "ambiguous_axes"
 
 
 @dataclass(frozen=True)

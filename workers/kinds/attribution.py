@@ -202,6 +202,8 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
                 f"layer {layer!r} of model {model!r} is a functional op, not a module's "
                 "output; Grad-CAM hooks a module"
             )
+        if layer is not None:
+            loaded.index.usable([layer])  # not batch-first, or ambiguous axes: refused now
         _image(request)  # a bad image is refused before the job is queued
         return request
 
