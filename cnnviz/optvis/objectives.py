@@ -184,8 +184,8 @@ class _Neuron(Term):
         shape = _shape(index, self.layer)
         if index.info(self.layer).axes == "vector":
             raise LayerShapeError(
-                f"a neuron needs a layer with a grid (CHW, HWC or tokens); layer {self.layer!r}"
-                f" of model {index.name!r} is a vector: use a channel objective instead"
+                f"a neuron needs a grid: (C, H, W), (H, W, C) or tokens; {self.layer!r} of "
+                f"model {index.name!r} is a vector: use a channel objective instead"
             )
         _check_range(self.channels, shape[0], "channel", "channels", self.layer, index.name)
         for value, size, axis in ((self.y, shape[1], "y"), (self.x, shape[2], "x")):
