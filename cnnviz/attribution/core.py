@@ -368,6 +368,11 @@ def attribute(
         if layer
         else None
     )
+    if info is not None and info.axes == "vector":
+        raise LayerShapeError(
+            f"layer {layer!r} of model {model_name!r} outputs {info.shape} per image, a vector "
+            "with no grid; Grad-CAM needs a layer with a grid: (C, H, W), (H, W, C) or tokens"
+        )
     param = next(model.parameters(), None)
     if param is not None:
         x = x.to(device=param.device, dtype=param.dtype)

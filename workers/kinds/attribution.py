@@ -202,8 +202,12 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
                 f"layer {layer!r} of model {model!r} is a functional op, not a module's "
                 "output; Grad-CAM hooks a module"
             )
-        if layer is not None:
-            loaded.index.usable([layer])  # not batch-first, or ambiguous axes: refused now
+        # Not batch-first, ambiguous axes, or no grid to map: refused now, not failed later.
+        if layer is not None and loaded.index.usable([layer])[0].axes == "vector":
+            raise LayerShapeError(
+                f"layer {layer!r} of model {model!r} is a vector with no grid; Grad-CAM needs "
+                "a layer with a grid: (C, H, W), (H, W, C) or tokens"
+            )
         _image(request)  # a bad image is refused before the job is queued
         return request
 
