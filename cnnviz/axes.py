@@ -157,8 +157,13 @@ def declared_axes(
     count, features = shape
     if decl.token_grid is not None:
         grid = decl.token_grid
-        prefix = decl.prefix_tokens if decl.prefix_tokens is not None else count - grid[0] * grid[1]
-        if prefix < 0 or prefix + grid[0] * grid[1] != count:
+        inferred = decl.prefix_tokens is None
+        prefix = count - grid[0] * grid[1] if inferred else decl.prefix_tokens
+        if (
+            prefix < 0
+            or prefix + grid[0] * grid[1] != count
+            or (inferred and prefix > MAX_PREFIX_TOKENS)
+        ):
             return LayerAxes(
                 None,
                 why=f"{said} with token_grid {list(grid)} and prefix_tokens {prefix}, but the "

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cnnviz.attribution.base import AttributionTask, get_method
+from cnnviz.axes import AxesDecl
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.layers import layer_index, preserved_state
 from cnnviz.weights import kernel_layers
@@ -325,6 +326,7 @@ def attribute(
     top: int = 5,
     model_name: str = "model",
     on_batch: Callable[[int], None] | None = None,
+    axes: Mapping[str, AxesDecl] | None = None,
 ) -> Attribution:
     """Attribution maps of ``targets`` for one image ``x``, with the model's top predictions.
 
@@ -337,7 +339,9 @@ def attribute(
     mean) is integrated gradients' start and occlusion's patch. ``steps``: integrated
     gradients' steps; ``window``/``stride``: occlusion's square patch in pixels.
     ``on_batch(n)`` is called before each batch of ``n`` images the method runs (see
-    :func:`planned_passes` for the total): progress, and cancellation by raising.
+    :func:`planned_passes` for the total): progress, and cancellation by raising. ``axes``:
+    declared axes by layer pattern (:func:`cnnviz.axes.parse_axes_table`) for a model whose
+    layer index this call builds (a replica).
 
     Raises :class:`InvalidArgumentError`, :class:`UnknownLayerError` or
     :class:`LayerShapeError` with a message naming the bad value and the valid choices.
@@ -361,13 +365,10 @@ def attribute(
         )
     if not chosen.needs_layer:
         layer = None  # the other methods explain the input alone
+    index = layer_index(model, (x.shape[1], x.shape[2], x.shape[3]), model_name, axes)
     module, call = _layer_module(model, layer, model_name) if layer else (None, 0)
     # The layer's axes (AmbiguousAxesError when unknown): Grad-CAM reads its maps unit-first.
-    info = (
-        layer_index(model, (x.shape[1], x.shape[2], x.shape[3]), model_name).usable([layer])[0]
-        if layer
-        else None
-    )
+    info = index.usable([layer])[0] if layer else None
     if info is not None and info.axes == "vector":
         raise LayerShapeError(
             f"layer {layer!r} of model {model_name!r} outputs {info.shape} per image, a vector "

@@ -99,6 +99,7 @@ def explain(
             window=options.window,
             stride=options.stride,
             model_name=spec.name,
+            axes=spec.axes,  # the replica's layers read as the registry declares
             on_batch=on_batch,
         )
     seen = x[0] * torch.tensor(spec.std).view(-1, 1, 1) + torch.tensor(spec.mean).view(-1, 1, 1)
