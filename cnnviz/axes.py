@@ -116,7 +116,8 @@ def parse_axes_table(table: object) -> dict[str, AxesDecl]:
 
 def token_grids(count: int, input_size: tuple[int, int]) -> list[tuple[int, tuple[int, int]]]:
     """Every ``(prefix, (h, w))`` with ``count = prefix + h·w``, ``prefix <= 8`` and the grid
-    the input cut by one integer stride (``h = H / s``, ``w = W / s``)."""
+    the input cut by one integer stride (``h = H / s``, ``w = W / s``), at least 2 × 2 (one
+    token is no grid)."""
     height, width = input_size
     fits = []
     for prefix in range(min(MAX_PREFIX_TOKENS, count - 1) + 1):
@@ -124,7 +125,7 @@ def token_grids(count: int, input_size: tuple[int, int]) -> list[tuple[int, tupl
             if height % stride or width % stride:
                 continue
             h, w = height // stride, width // stride
-            if h * w == count - prefix:
+            if h * w == count - prefix and min(h, w) >= 2:
                 fits.append((prefix, (h, w)))
     return fits
 

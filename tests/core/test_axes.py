@@ -232,6 +232,37 @@ def test_grad_cam_on_a_tokens_layer_points_at_the_planted_patch() -> None:
     assert guided.shape == (IMAGE, IMAGE) and torch.isfinite(guided).all()
 
 
+class Untraceable(nn.Module):
+    """``inner`` behind a branch on the input's values: FX cannot trace it (hooks instead)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.mean()) > -1e9:
+            return self.inner(x)
+        return self.inner(-x)
+
+
+def test_without_a_graph_module_types_and_token_counts_give_the_axes() -> None:
+    tokens = LayerIndex(Untraceable(TokenNet()), SHAPE, "hooks")
+    assert not tokens.traceable
+    found = {info.name: info for info in tokens.layers()}
+    embed = found["inner.embed"]
+    assert (embed.axes, embed.units, embed.token_grid, embed.prefix_tokens) == (
+        "tokens",
+        3,
+        (4, 4),
+        1,
+    )
+    assert found["inner.patch"].axes == "CHW"
+    convnext = {info.name: info for info in LayerIndex(Untraceable(TinyConvNeXt()), SHAPE).layers()}
+    for name in ("inner.norm", "inner.fc1", "inner.act", "inner.fc2"):
+        assert convnext[name].axes == "HWC", name
+    assert (convnext["inner.dwconv"].axes, convnext["inner.head"].axes) == ("CHW", "vector")
+
+
 def test_torchvision_vit_lists_tokens() -> None:
     model = VisionTransformer(
         image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=20, mlp_dim=40
