@@ -159,7 +159,9 @@ def declared_axes(
     if decl.token_grid is not None:
         grid = decl.token_grid
         inferred = decl.prefix_tokens is None
-        prefix = count - grid[0] * grid[1] if inferred else decl.prefix_tokens
+        prefix: int = (
+            count - grid[0] * grid[1] if decl.prefix_tokens is None else decl.prefix_tokens
+        )
         if (
             prefix < 0
             or prefix + grid[0] * grid[1] != count
