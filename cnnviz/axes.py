@@ -208,8 +208,8 @@ def check_axes(layer: HasAxes, name: str, model: str) -> None:
             f"the axes of layer {shown(name)} of model {model!r} are ambiguous ({layer.why}); "
             f"choose another layer, or declare them in the model's registry entry: "
             f'axes = {{"{name}" = "HWC"}} (one of {", ".join(AXES)}; tokens take '
-            "token_grid = [h, w] and prefix_tokens) (see GET /v1/models/"
-            f"{model}/layers)"
+            "token_grid = [h, w] and prefix_tokens)",
+            listing=("layers", model),
         )
 
 
