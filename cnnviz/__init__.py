@@ -17,7 +17,9 @@ Submodules: :mod:`cnnviz.layers`, :mod:`cnnviz.imaging`, :mod:`cnnviz.optvis`,
 :mod:`cnnviz.models`, :mod:`cnnviz.data`.
 """
 
+from cnnviz.axes import unit_maps
 from cnnviz.errors import (
+    AmbiguousAxesError,
     CnnvizError,
     ImageTooLargeError,
     InvalidArgumentError,
@@ -35,6 +37,7 @@ from cnnviz.models import LoadedModel, ModelRegistry, ModelSpec
 from cnnviz.optvis import RenderResult, RenderSettings, objectives, visualize
 
 __all__ = [
+    "AmbiguousAxesError",
     "CnnvizError",
     "ImageTooLargeError",
     "InvalidArgumentError",
@@ -60,5 +63,6 @@ __all__ = [
     "layer_index",
     "objectives",
     "preprocess",
+    "unit_maps",
     "visualize",
 ]

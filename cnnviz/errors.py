@@ -80,6 +80,13 @@ class LayerShapeError(CnnvizError, ValueError):
     code = "unsupported_layer"
 
 
+class AmbiguousAxesError(LayerShapeError):
+    """A layer whose axes are ambiguous and not declared: which axis holds the units (channels
+    or features) and which the grid is unknown, so no unit can be read (see cnnviz.axes)."""
+
+    code = "ambiguous_axes"
+
+
 class ModelLoadError(CnnvizError, RuntimeError):
     """A registered model that cannot be built or whose weights cannot be loaded."""
 

@@ -8,7 +8,9 @@ merged later. Ties are broken by the lower image index, so a merge of shards equ
 
 A channel's score for an image is its activation pooled over space: ``mean`` (the seed's
 rule) or ``max``; a 1-D layer (a linear layer, logits) scores the value itself. The position
-of the spatial maximum is kept for crops.
+of the spatial maximum is kept for crops. Every layer is read unit-first
+(:func:`cnnviz.axes.unit_maps`): a channel is a unit, a feature of a tokens layer pooled over
+its token grid (prefix tokens left out), positions are in that grid.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from cnnviz.axes import unit_maps
 from cnnviz.errors import InvalidArgumentError
 from cnnviz.layers import LayerIndex, preserved_state
 
@@ -142,6 +145,7 @@ def mine(
     Returns ``{layer: LayerTopK}``, everything on ``device``.
     """
     tops: dict[str, LayerTopK] = {}
+    infos = {info.name: info for info in index.usable(layers)}  # AmbiguousAxesError
     with torch.inference_mode():
         for x, image_index, ok in batches:
             keep = ok.bool()
@@ -150,7 +154,7 @@ def mine(
                 kept = image_index[keep].to(device)
                 outputs = index.capture(x, layers)
                 for name in layers:
-                    scores, positions = pool(outputs[name], how)
+                    scores, positions = pool(unit_maps(outputs[name], infos[name]), how)
                     if name not in tops:
                         channels = scores.shape[1]
                         tops[name] = LayerTopK(
@@ -202,8 +206,10 @@ def receptive_field(
     ReLU that is off for one input hides its paths; other inputs open them), gives the field's
     size and where it starts; the layer's spatial size gives the stride. Works for any graph
     (branches, dilations, pooling) without reading module attributes. A 1-D layer's field is
-    the whole input.
+    the whole input. ``layer`` is read unit-first: a tokens layer's field is that of its
+    central grid token.
     """
+    info = index.usable([layer])[0]
     model = index.model
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -211,8 +217,8 @@ def receptive_field(
     generator = torch.Generator().manual_seed(0)
     x = torch.randn((probes, c, h, w), generator=generator).to(device).requires_grad_(True)
     with preserved_state(model), torch.enable_grad():
-        out = index.capture(x, [layer])[layer]
-        if out.dim() != 4:
+        out = unit_maps(index.capture(x, [layer])[layer], info)
+        if info.axes == "vector":
             return ReceptiveField((h, w), (float(h), float(w)), (0.0, 0.0), (h, w))
         lh, lw = out.shape[2:]
         cy, cx = lh // 2, lw // 2
@@ -279,8 +285,9 @@ def exemplar_tiles(
         param = next(index.model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         with torch.inference_mode():
-            out = index.capture(x.to(device), [layer])[layer].float().cpu()
-        if out.dim() != 4:
+            info = index.usable([layer])[0]
+            out = unit_maps(index.capture(x.to(device), [layer])[layer], info).float().cpu()
+        if info.axes == "vector":
             return pixels  # a 1-D layer looks at the whole image
         maps = upsample(out[:, channel], (h, w))
         peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)

@@ -17,9 +17,12 @@ The two halves are public for callers that batch images from several requests:
 :func:`layer_activations` (one forward pass for a batch) and :func:`maps_from_activations`
 (the grids of one image's activations).
 
-A layer of shape ``(C, H, W)`` gives ``C`` tiles of ``H×W``. A vector layer ``(K,)`` (a linear
-layer, the logits) gives ``K`` tiles of 1×1, so top-k and the statistics still mean something;
-any other shape is a :class:`LayerShapeError`.
+A layer gives one tile per unit (channel or feature), each its map over the layer's grid
+(:func:`cnnviz.axes.unit_maps`): ``(C, H, W)`` gives ``C`` tiles of ``H×W``, channels-last
+``(H, W, C)`` the same, a ViT's tokens ``(1 + 14·14, 768)`` 768 tiles of 14×14 (the class
+token left out). A vector layer ``(K,)`` (a linear layer, the logits) gives ``K`` tiles of
+1×1, so top-k and the statistics still mean something. A layer whose axes are ambiguous is a
+:class:`cnnviz.axes.AmbiguousAxesError`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cnnviz.axes import unit_maps
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.imaging.grid import DEFAULT_MAX_GRID_PIXELS, GridLayout, grid_layout, tile_grid, upscale
 from cnnviz.imaging.heatmap import (
@@ -42,7 +46,7 @@ from cnnviz.imaging.heatmap import (
     range_of,
 )
 from cnnviz.imaging.png import DEFAULT_COMPRESS_LEVEL, encode_png
-from cnnviz.layers import layer_index
+from cnnviz.layers import LayerInfo, layer_index
 from cnnviz.precision import resolve_precision
 
 __all__ = [
@@ -60,7 +64,7 @@ __all__ = [
 class LayerMaps:
     """The feature-map grid of one layer for one image.
 
-    ``shape`` is the layer's output for one image, ``(C, H, W)`` or ``(K,)``. ``stats`` is
+    ``shape`` is the layer's maps for one image, ``(units, h, w)`` or ``(K,)``. ``stats`` is
     ``(n, 3) float32``: min, max and mean of the channel in each tile, in tile order
     (``layout.channels``). ``indices`` is the grid ``(H, W) uint8`` as palette indices
     (``PAD_INDEX`` for padding); ``palette`` is ``(256, 3) uint8``. All on the CPU.
@@ -218,14 +222,17 @@ def feature_maps(
 def layer_activations(
     model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, precision: str = "fp32"
 ) -> dict[str, torch.Tensor]:
-    """One forward pass of a batch ``x`` ``(N, C, H, W)``: ``{layer: (N, *shape)}``, fp32.
+    """One forward pass of a batch ``x`` ``(N, C, H, W)``: ``{layer: (N, units, h, w)}``
+    unit-first (:func:`cnnviz.axes.unit_maps`), or ``(N, K)`` for a vector layer; fp32.
 
-    The layers are resolved (UnknownLayerError), without repeats, in the order asked; the
-    forward stops at the deepest, runs under ``torch.inference_mode()`` in ``precision``
-    (``"fp32"``: exact, a contiguous input, no autocast), and leaves the model as found.
+    The layers are resolved (UnknownLayerError; AmbiguousAxesError for a layer whose axes are
+    unknown), without repeats, in the order asked; the forward stops at the deepest, runs under
+    ``torch.inference_mode()`` in ``precision`` (``"fp32"``: exact, a contiguous input, no
+    autocast), and leaves the model as found.
     """
-    index = layer_index(model)
-    names = index.resolve(layers)
+    index = layer_index(model, (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])))
+    infos = {info.name: info for info in index.usable(layers)}
+    names = list(infos)
     param = next(model.parameters(), None)
     if param is not None:
         x = x.to(device=param.device, dtype=param.dtype)
@@ -236,9 +243,14 @@ def layer_activations(
         with numerics.autocast():
             outputs = index.capture(numerics.prepare(x), names)
         return {
-            name: out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+            name: _unit_first(out.float() if out.is_floating_point() else out, infos[name])
             for name, out in outputs.items()
         }
+
+
+def _unit_first(out: torch.Tensor, info: LayerInfo) -> torch.Tensor:
+    """``(N, units, h, w)``; a vector layer stays ``(N, K)`` (drawn as 1×1 tiles)."""
+    return out if info.axes == "vector" else unit_maps(out, info)
 
 
 def maps_from_activations(

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cnnviz.axes import AxesDecl, check_axes, declared_axes
+from cnnviz.axes_hooks import hook_axes
+from cnnviz.axes_inference import Probe, graph_axes
 from cnnviz.errors import LayerShapeError, UnknownLayerError
 from cnnviz.tracing import TracedModel, trace, truncated
 
@@ -38,15 +41,55 @@ Extractor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One addressable layer: its dotted name, what computes it, and its output shape.
+    """One addressable layer: its dotted name, what computes it, its output shape and axes.
 
-    ``shape`` is the output shape of one sample without the batch dimension: ``(C, H, W)``
-    for a convolutional layer, ``(K,)`` for a linear one.
+    ``shape`` is the output shape of one sample without the batch dimension, as computed:
+    ``(C, H, W)`` for a convolutional layer, ``(H, W, C)`` channels-last, ``(N, D)`` tokens,
+    ``(K,)`` for a linear one. ``axes`` says which (see :mod:`cnnviz.axes`): ``"CHW"``,
+    ``"HWC"``, ``"tokens"``, ``"vector"``, or ``None`` when ambiguous (``why`` says why);
+    ``units`` is the number of channels or features, ``token_grid`` ``(h, w)`` and
+    ``prefix_tokens`` the layout of tokens (``N = prefix_tokens + h·w``).
     """
 
     name: str
     kind: str
     shape: tuple[int, ...]
+    axes: str | None = None
+    units: int | None = None
+    token_grid: tuple[int, int] | None = None
+    prefix_tokens: int = 0
+    why: str = ""
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """``(h, w)`` of one unit's map: the spatial grid (``(1, 1)`` for a vector)."""
+        if self.axes == "CHW":
+            return (self.shape[1], self.shape[2])
+        if self.axes == "HWC":
+            return (self.shape[0], self.shape[1])
+        if self.axes == "tokens":
+            return self.token_grid
+        return (1, 1) if self.axes == "vector" else None
+
+    @property
+    def map_shape(self) -> tuple[int, int, int] | None:
+        """``(units, h, w)``: the unit-first shape of :func:`cnnviz.axes.unit_maps`."""
+        grid = self.grid
+        return None if grid is None or self.units is None else (self.units, *grid)
+
+
+def _info(name: str, kind: str, probe: Probe) -> LayerInfo:
+    axes = probe.axes
+    return LayerInfo(
+        name,
+        kind,
+        probe.shape,
+        axes.axes,
+        axes.units,
+        axes.grid if axes.axes == "tokens" else None,
+        axes.prefix_tokens,
+        axes.why,
+    )
 
 
 @contextlib.contextmanager
@@ -95,11 +138,16 @@ class LayerIndex:
     """
 
     def __init__(
-        self, model: nn.Module, input_shape: tuple[int, int, int] | None = None, name: str = "model"
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, int, int] | None = None,
+        name: str = "model",
+        axes: Mapping[str, AxesDecl] | None = None,
     ) -> None:
         self._model = weakref.ref(model)
         self.name = name
         self.input_shape = input_shape
+        self.declared = dict(axes or {})
         self._lock = threading.Lock()
         self._extractors: dict[tuple[str, ...], Extractor] = {}
         self._layers: list[LayerInfo] | None = None
@@ -184,24 +232,39 @@ class LayerIndex:
         return unique
 
     def layers(self) -> list[LayerInfo]:
-        """Every addressable layer with its kind and output shape, computed once.
+        """Every addressable layer with its kind, output shape and axes, computed once.
 
-        Runs one forward pass of zeros of ``input_shape`` through the whole model. Names whose
-        value is not a tensor with a batch dimension (a tuple, a shape) are left out.
+        Runs the whole model on random batches of 2 and 3 images of ``input_shape`` (see
+        :mod:`cnnviz.axes_inference`). Names whose value is not a tensor whose first axis is
+        the batch (a tuple, a shape, a parameter reshaped, a stack of q, k and v), or that do
+        not depend on the input, are left out. Axes declared at construction win.
         """
         if self._layers is not None:
             return self._layers
         if self.input_shape is None:
             raise ValueError("input_shape is needed to compute the layers' output shapes")
         model = self.model
-        x = _zeros(model, self.input_shape)
-        with torch.inference_mode():
-            outputs = self._capture(x, self._order)
-        infos = [
-            LayerInfo(name, self._named[name].kind, tuple(out.shape[1:]))
-            for name, out in outputs.items()
-            if isinstance(out, torch.Tensor) and out.dim() >= 2
-        ]
+        size = (self.input_shape[1], self.input_shape[2])
+        infos: list[LayerInfo] = []
+        with preserved_state(model), torch.inference_mode():
+            if self._traced is not None:
+                by_node = graph_axes(model, self._traced.graph, self.input_shape)
+                nodes = {layer.name: layer.node.name for layer in self._traced.layers}
+                probes = {name: by_node.get(nodes.get(name, "")) for name in self._order}
+            else:
+                by_call = hook_axes(model, self.input_shape)
+                probes = {
+                    name: by_call.get((named.module or name, named.call or 0))
+                    for name, named in self._named.items()
+                }
+        for name in self._order:
+            probe = probes.get(name)
+            if probe is None:
+                continue
+            declared = declared_axes(self.declared, name, probe.shape, size)
+            if declared is not None:
+                probe = Probe(probe.shape, declared)
+            infos.append(_info(name, self._named[name].kind, probe))
         self._layers = infos
         return infos
 
@@ -224,11 +287,23 @@ class LayerIndex:
         found = next((info for info in self.layers() if info.name == name), None)
         if found is None:
             raise LayerShapeError(
-                f"layer {name!r} of model {self.name!r} does not output a single tensor with a "
-                "batch dimension; choose another",
+                f"layer {name!r} of model {self.name!r} does not output a single tensor whose "
+                "first axis is the batch, computed from the input (a parameter, a shape, a "
+                "stack of attention heads); choose another",
                 listing=("layers", self.name),
             )
         return found
+
+    def usable(self, names: Sequence[str]) -> list[LayerInfo]:
+        """The :class:`LayerInfo` of each of ``names``, checked to have known axes.
+
+        UnknownLayerError, LayerShapeError (see :meth:`info`), or
+        :class:`cnnviz.axes.AmbiguousAxesError` naming how to declare the axes.
+        """
+        infos = [self.info(name) for name in self.resolve(names)]
+        for info in infos:
+            check_axes(info, info.name, self.name)
+        return infos
 
     def node(self, name: str) -> str:
         """The key under which :meth:`extractor` returns the layer ``name``.
@@ -390,13 +465,19 @@ _indexes_lock = threading.Lock()
 
 
 def layer_index(
-    model: nn.Module, input_shape: tuple[int, int, int] | None = None, name: str = "model"
+    model: nn.Module,
+    input_shape: tuple[int, int, int] | None = None,
+    name: str = "model",
+    axes: Mapping[str, AxesDecl] | None = None,
 ) -> LayerIndex:
-    """The :class:`LayerIndex` of ``model``, built on first use and kept as long as the model."""
+    """The :class:`LayerIndex` of ``model``, built on first use and kept as long as the model.
+
+    ``axes``: declared axes by layer pattern (:func:`cnnviz.axes.parse_axes_table`).
+    """
     with _indexes_lock:
         index = _indexes.get(model)
         if index is None:
-            index = LayerIndex(model, input_shape, name)
+            index = LayerIndex(model, input_shape, name, axes)
             _indexes[model] = index
         elif index.input_shape is None and input_shape is not None:
             index.input_shape = input_shape

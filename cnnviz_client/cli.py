@@ -57,7 +57,8 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_layers(args: argparse.Namespace) -> None:
     with _client(args) as client:
         for layer in client.layers(args.model).layers:
-            print(f"{layer.name:32} {layer.kind:20} {layer.shape}")
+            axes = layer.axes or "ambiguous"
+            print(f"{layer.name:32} {layer.kind:20} {axes:9} {layer.shape}")
 
 
 def cmd_maps(args: argparse.Namespace) -> None:

@@ -52,7 +52,10 @@ class ExemplarUnit(BaseModel):
 
 class ExemplarLayer(BaseModel):
     name: str
-    shape: list[int] = Field(description="the layer's output shape without the batch")
+    shape: list[int] = Field(
+        description="the layer's maps for one image, unit-first: [units, h, w] (a tokens or "
+        "channels-last layer too; positions are in that grid), or [K] for a vector layer"
+    )
     units: list[ExemplarUnit]
 
 

@@ -135,8 +135,9 @@ class LayerMapRead(BaseModel):
     name: str = Field(examples=["block1.conv"])
     shape: list[int] = Field(
         examples=[[32, 64, 64]],
-        description="The layer's output for one image: [C, H, W], or [K] for a vector layer "
-        "(drawn as K tiles of 1×1).",
+        description="The layer's maps for one image, unit-first: [units, h, w] (a ViT's tokens "
+        "layer: [768, 14, 14], the class token left out; a channels-last layer: [C, H, W]), "
+        "or [K] for a vector layer (drawn as K tiles of 1×1).",
     )
     grid: GridLayout
     stats: list[ChannelStats] = Field(description="One entry per tile, in tile order.")

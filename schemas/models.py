@@ -50,7 +50,38 @@ class LayerRead(BaseModel):
 
     name: str = Field(examples=["block2.relu"])
     kind: str = Field(examples=["ReLU"], description="module class or function name")
-    shape: list[int] = Field(examples=[[64, 32, 32]], description="output [C, H, W] (or [K])")
+    shape: list[int] = Field(
+        examples=[[64, 32, 32]],
+        description="the raw output for one image, as computed: [C, H, W], [H, W, C], "
+        "[N, D] tokens or [K]; `axes` says which",
+    )
+    axes: Literal["CHW", "HWC", "tokens", "vector"] | None = Field(
+        default=None,
+        examples=["CHW"],
+        description="what the output's axes are: channels first, channels last, N = "
+        "prefix_tokens + h·w tokens of D features, or a vector; null when ambiguous (every "
+        "endpoint refuses the layer until the model's registry entry declares its `axes`)",
+    )
+    units: int | None = Field(
+        default=None, ge=1, examples=[64], description="channels or features: the layer's units"
+    )
+    token_grid: list[int] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        examples=[[14, 14]],
+        description="[h, w] of the patch tokens (tokens only)",
+    )
+    prefix_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        examples=[1],
+        description="tokens before the grid, such as a class token (tokens only); left out "
+        "of every map",
+    )
+    axes_note: str | None = Field(
+        default=None, description="why the axes are ambiguous (when `axes` is null)"
+    )
 
 
 class LayerList(BaseModel):

@@ -74,7 +74,8 @@ def _activations(
     """
     loaded = registry.get(model)
     options = request.options
-    names = loaded.index.resolve(options.layers)  # a bad layer name costs no decoding
+    # A bad layer name, or one whose axes are ambiguous, costs no decoding.
+    names = [info.name for info in loaded.index.usable(options.layers)]
     check_options(  # nor a bad option
         channels=options.channels,
         top_k=options.top_k,

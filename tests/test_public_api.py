@@ -6,6 +6,7 @@ import cnnviz
 import cnnviz.optvis
 
 EXPECTED = {
+    "AmbiguousAxesError",
     "CnnvizError",
     "ImageTooLargeError",
     "InvalidArgumentError",
@@ -31,6 +32,7 @@ EXPECTED = {
     "layer_index",
     "objectives",
     "preprocess",
+    "unit_maps",
     "visualize",
 }
 

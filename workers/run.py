@@ -163,7 +163,7 @@ def run_shard(
                 return {SKIPPED: started.value}
             if started != ShardStart.RUN:
                 raise JobCancelled(job_id)
-            total = kind.work(request, task.model, resources)
+            total = 0  # counted under the lease: the shard's lease runs from its start
 
             def report(progress: Progress, preview: bytes | None) -> None:
                 # Previews of one shard would mislead: only the summed count is shown.
@@ -198,6 +198,8 @@ def run_shard(
                     return True
                 return records.should_stop(job_id, attempt)
 
+            if shards > 1:  # loading a data set to count it can take longer than a lease
+                total = kind.work(request, task.model, resources)
             # A job of one shard resumes from its last checkpoint (a shard of several is
             # its own checkpoint: its partial is kept once it is done).
             resumable = shards == 1 and limits.checkpoint_steps > 0

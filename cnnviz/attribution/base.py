@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cnnviz.errors import InvalidArgumentError
+from cnnviz.layers import LayerInfo
 
 __all__ = [
     "AttributionMethod",
@@ -34,7 +35,9 @@ class AttributionTask:
 
     ``scores`` maps a batch ``(N, C, H, W)`` to ``(N, K)`` class scores (the model with its
     output chosen). ``x`` is the image ``(1, C, H, W)``, normalised as the model expects;
-    ``targets`` the ``T`` class indices; ``layer`` the module of a layer method (else None);
+    ``targets`` the ``T`` class indices; ``layer`` the module of a layer method (else None)
+    and ``axes`` that layer's :class:`cnnviz.layers.LayerInfo` (how to read its output
+    unit-first, :func:`cnnviz.axes.unit_maps`);
     ``baseline`` ``(1, C, H, W)``, the input that means "nothing" (integrated gradients,
     occlusion). ``steps``, ``window`` and ``stride`` are per-method settings, already checked.
     """
@@ -43,6 +46,7 @@ class AttributionTask:
     x: torch.Tensor
     targets: Sequence[int]
     layer: nn.Module | None = None
+    axes: LayerInfo | None = None
     baseline: torch.Tensor | None = None
     steps: int = 32
     window: int = 8

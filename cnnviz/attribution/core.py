@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cnnviz.attribution.base import AttributionTask, get_method
+from cnnviz.axes import AxesDecl
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.layers import layer_index, preserved_state
 from cnnviz.weights import kernel_layers
@@ -174,23 +175,29 @@ def _out_of_place(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _counting_calls(
-    module: nn.Module | None, scorer: _Scores, call: int, layer: str | None, model_name: str
+    module: nn.Module | None,
+    scorer: _Scores,
+    call: int,
+    layer: str | None,
+    model_name: str,
+    shape: tuple[int, ...] = (),
 ) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
     """``(forward, output shape)`` of ``module``'s calls during the block (a hook removed
-    after); a ``call`` of the layer that is not ``(N, C, H, W)`` stops the forward at once."""
+    after); a ``call`` of the layer whose per-image shape is not ``shape`` stops the forward
+    at once."""
     seen: list[tuple[int, tuple[int, ...]]] = []
     if module is None:
         yield seen
         return
 
     def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
         index = sum(1 for forward, _ in seen if forward == scorer.forwards)
-        seen.append((scorer.forwards, shape))
-        if index == call and len(shape) != 4:
+        seen.append((scorer.forwards, got))
+        if index == call and got[1:] != shape:
             raise LayerShapeError(
-                f"layer {layer!r} of model {model_name!r} outputs {shape[1:]} per image; "
-                "Grad-CAM needs a layer with (C, H, W) output"
+                f"layer {layer!r} of model {model_name!r} outputs {got[1:]} per image, not "
+                f"the {shape} it lists; Grad-CAM needs the layer's maps"
             )
 
     handle = module.register_forward_hook(hook)
@@ -319,6 +326,7 @@ def attribute(
     top: int = 5,
     model_name: str = "model",
     on_batch: Callable[[int], None] | None = None,
+    axes: Mapping[str, AxesDecl] | None = None,
 ) -> Attribution:
     """Attribution maps of ``targets`` for one image ``x``, with the model's top predictions.
 
@@ -331,7 +339,9 @@ def attribute(
     mean) is integrated gradients' start and occlusion's patch. ``steps``: integrated
     gradients' steps; ``window``/``stride``: occlusion's square patch in pixels.
     ``on_batch(n)`` is called before each batch of ``n`` images the method runs (see
-    :func:`planned_passes` for the total): progress, and cancellation by raising.
+    :func:`planned_passes` for the total): progress, and cancellation by raising. ``axes``:
+    declared axes by layer pattern (:func:`cnnviz.axes.parse_axes_table`) for a model whose
+    layer index this call builds (a replica).
 
     Raises :class:`InvalidArgumentError`, :class:`UnknownLayerError` or
     :class:`LayerShapeError` with a message naming the bad value and the valid choices.
@@ -355,7 +365,15 @@ def attribute(
         )
     if not chosen.needs_layer:
         layer = None  # the other methods explain the input alone
+    index = layer_index(model, (x.shape[1], x.shape[2], x.shape[3]), model_name, axes)
     module, call = _layer_module(model, layer, model_name) if layer else (None, 0)
+    # The layer's axes (AmbiguousAxesError when unknown): Grad-CAM reads its maps unit-first.
+    info = index.usable([layer])[0] if layer else None
+    if info is not None and info.axes == "vector":
+        raise LayerShapeError(
+            f"layer {layer!r} of model {model_name!r} outputs {info.shape} per image, a vector "
+            "with no grid; Grad-CAM needs a layer with a grid: (C, H, W), (H, W, C) or tokens"
+        )
     param = next(model.parameters(), None)
     if param is not None:
         x = x.to(device=param.device, dtype=param.dtype)
@@ -366,7 +384,8 @@ def attribute(
     scorer = _Scores(model, output, on_batch, top=quick)
     # Frozen: gradients of the input only; no .grad left on weights.
     with preserved_state(model, frozen=True), _out_of_place(model):
-        with _counting_calls(module, scorer, call, layer, model_name) as calls:
+        shape = info.shape if info is not None else ()
+        with _counting_calls(module, scorer, call, layer, model_name, shape) as calls:
             if not quick:
                 with torch.no_grad():
                     scorer.first = _choose(model(x), output)[:1].float()  # (1, K)
@@ -376,6 +395,7 @@ def attribute(
                 x=x.detach(),
                 targets=[0] if quick else indices,
                 layer=module,
+                axes=info,
                 baseline=baseline,
                 steps=steps,
                 window=window,

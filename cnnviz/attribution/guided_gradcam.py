@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import warnings
 
+from captum.attr import GuidedBackprop, LayerAttribution
 from captum.attr import GuidedGradCam as CaptumGuidedGradCam
 
 from cnnviz.attribution.base import AttributionMethod, AttributionTask, MethodResult, register
+from cnnviz.attribution.gradcam import layer_cam
 
 
 @register
@@ -15,7 +17,8 @@ class GuidedGradCam(AttributionMethod):
 
     Guided backpropagation overrides the gradient of ``nn.ReLU`` modules only (captum's
     rule): a model that calls ``torch.relu`` or uses other activations gets plain gradients
-    there.
+    there. A layer that is not ``CHW`` (tokens, channels-last) gets the same product, with
+    its Grad-CAM read unit-first (:func:`cnnviz.attribution.gradcam.layer_cam`).
     """
 
     name = "guided_gradcam"
@@ -28,7 +31,16 @@ class GuidedGradCam(AttributionMethod):
         with warnings.catch_warnings():
             # captum announces its ReLU hooks, which it removes before returning.
             warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
-            attributions = CaptumGuidedGradCam(task.scores, task.layer).attribute(
-                task.batch(), target=list(task.targets), interpolate_mode="bilinear"
-            )  # (T, C, H, W)
+            if task.axes is None or task.axes.axes == "CHW":
+                attributions = CaptumGuidedGradCam(task.scores, task.layer).attribute(
+                    task.batch(), target=list(task.targets), interpolate_mode="bilinear"
+                )  # (T, C, H, W)
+            else:  # captum's product, with the layer's Grad-CAM taken unit-first
+                guided = GuidedBackprop(task.scores).attribute(
+                    task.batch(), target=list(task.targets)
+                )
+                cam = LayerAttribution.interpolate(
+                    layer_cam(task), tuple(task.x.shape[2:]), interpolate_mode="bilinear"
+                )
+                attributions = guided * cam
         return MethodResult(attributions.detach().abs().amax(dim=1).float())

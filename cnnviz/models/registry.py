@@ -9,10 +9,13 @@ one table per model::
     input_size = [224, 224]
     mean = [0.485, 0.456, 0.406]
     std = [0.229, 0.224, 0.225]
+    axes = {"blocks.*" = {axes = "tokens", token_grid = [14, 14], prefix_tokens = 1}}
 
-A bad entry is reported with its cause and never takes the other models down: entries that
-cannot be parsed are kept as errors and raise :class:`ModelLoadError` when used, and weights
-are only read at first use. Models are loaded lazily, once per process.
+``axes`` declares the axes of layers by shell-style pattern (see :mod:`cnnviz.axes`); a
+declaration wins over what the graph shows. A bad entry is reported with its cause and never
+takes the other models down: entries that cannot be parsed are kept as errors and raise
+:class:`ModelLoadError` when used, and weights are only read at first use. Models are loaded
+lazily, once per process.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from cnnviz.axes import AxesDecl, parse_axes_table
 from cnnviz.errors import (
     ModelLoadError,
     ModelNameTakenError,
@@ -72,6 +76,7 @@ class ModelSpec:
     labels: tuple[str, ...] = ()
     description: str = ""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    axes: Mapping[str, AxesDecl] = field(default_factory=dict)
     sha256: str | None = None
     origin: Literal["builtin", "config", "store"] = "config"
 
@@ -132,7 +137,7 @@ def _float_tuple(
 _SOURCES = ("arch", "factory", "timm", "hf")
 ENTRY_KEYS = frozenset(
     {*_SOURCES, "weights", "input_size", "channels", "mean", "std", "labels", "description"}
-    | {"kwargs"}
+    | {"kwargs", "axes"}
 )
 """The keys of a ``[models.NAME]`` table."""
 
@@ -238,6 +243,7 @@ def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
         labels=tuple(labels),
         description=str(entry.get("description", "")),
         kwargs=dict(kwargs),
+        axes=parse_axes_table(entry.get("axes", {})),
     )
 
 
@@ -378,7 +384,7 @@ class ModelRegistry:
             loaded = self._loaded.get(name)
             if loaded is None or loaded.spec != spec:
                 module = build_model(spec).to(self.device).eval().requires_grad_(False)
-                index = layer_index(module, spec.input_shape, name)
+                index = layer_index(module, spec.input_shape, name, spec.axes)
                 loaded = LoadedModel(spec, module, index, self.device)
                 with self._lock:
                     if self._specs.get(name) == spec:  # not replaced meanwhile

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from cnnviz.axes import unit_maps
 from cnnviz.errors import InvalidArgumentError
 from cnnviz.layers import LayerIndex, layer_index
 from cnnviz.optvis import objectives as obj
@@ -100,6 +101,8 @@ class _Forward:
         numerics: Numerics,
     ) -> None:
         self._keys = {name: index.node(name) for name in layers}
+        # Terms read every layer unit-first (cnnviz.axes.unit_maps).
+        self._infos = {info.name: info for info in index.usable(list(layers))}
         self._plain = index.extractor(list(layers)) if layers else None
         if isinstance(self._plain, nn.Module):
             self._plain.eval()
@@ -129,7 +132,7 @@ class _Forward:
             run = self._plain
         numerics = self.numerics.exact() if exact else self.numerics
         out = numerics.run(run, x)
-        return {name: out[key] for name, key in self._keys.items()}
+        return {name: unit_maps(out[key], self._infos[name]) for name, key in self._keys.items()}
 
     def check_layout(self, input_shape: tuple[int, int, int]) -> None:
         """Drop channels-last for a model that cannot take it (a ``.view`` of an activation

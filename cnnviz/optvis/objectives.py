@@ -21,7 +21,8 @@ different objectives never push each other around, and a batch can be split into
 (units that optimize the same thing stay in one chunk).
 
 Values are computed per batch row from a :class:`Batch`; a term returns ``(n,)`` values, one
-per row, higher is better.
+per row, higher is better. Terms see layers unit-first, ``(n, units, h, w)``
+(:func:`cnnviz.axes.unit_maps`): a unit is always a channel or feature.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Batch:
 
     - ``images``: ``(n, C, H, W)`` float32 in ``[0, 1]``, the optimized images before the
       random transforms (what penalties apply to);
-    - ``layers``: layer name → activations ``(n, ...)`` of the transformed images;
+    - ``layers``: layer name → unit-first ``(n, units, h, w)`` of the transformed images;
     - ``units``: ``(n,)`` int64, the index in the objective of the unit each row optimizes;
     - ``groups``: ``(n,)`` int64, rows with equal values optimize the same objective.
     """
@@ -90,7 +91,7 @@ class Term(ABC):
         return None
 
     def validate(self, index: LayerIndex) -> None:
-        """Raise if the model has no such layer or a unit is out of the layer's range."""
+        """Raise if the model lacks the layer, its axes are ambiguous or a unit out of range."""
         for name in self.layers:
             _shape(index, name)
 
@@ -99,9 +100,9 @@ class Term(ABC):
         """``(n,)`` float32 values of this term, one per row of ``batch``."""
 
 
-def _shape(index: LayerIndex, name: str) -> tuple[int, ...]:
-    """Output shape of ``name`` without the batch dimension (see :meth:`LayerIndex.info`)."""
-    return index.info(name).shape
+def _shape(index: LayerIndex, name: str) -> tuple[int, int, int]:
+    """Unit-first shape ``(units, h, w)`` of ``name`` (AmbiguousAxesError when unknown)."""
+    return index.usable([name])[0].map_shape  # type: ignore[return-value]  # known axes
 
 
 def _as_tuple(values: int | Sequence[int], what: str) -> tuple[int, ...]:
@@ -181,10 +182,10 @@ class _Neuron(Term):
 
     def validate(self, index: LayerIndex) -> None:
         shape = _shape(index, self.layer)
-        if len(shape) != 3:
+        if index.info(self.layer).axes == "vector":
             raise LayerShapeError(
-                f"a neuron needs a layer with (C, H, W) output; layer {self.layer!r} of model "
-                f"{index.name!r} outputs {shape}: use a channel objective instead"
+                f"a neuron needs a grid: (C, H, W), (H, W, C) or tokens; {self.layer!r} of "
+                f"model {index.name!r} is a vector: use a channel objective instead"
             )
         _check_range(self.channels, shape[0], "channel", "channels", self.layer, index.name)
         for value, size, axis in ((self.y, shape[1], "y"), (self.x, shape[2], "x")):
@@ -264,15 +265,15 @@ class _ClassLogit(Term):
 
     def validate(self, index: LayerIndex) -> None:
         shape = _shape(index, self.layer)
-        if len(shape) != 1:
+        if index.info(self.layer).axes != "vector":
             raise LayerShapeError(
                 f"a class logit needs a layer with (K,) output, such as the classifier; "
-                f"layer {self.layer!r} of model {index.name!r} outputs {shape}"
+                f"layer {self.layer!r} of model {index.name!r} has a grid"
             )
         _check_range(self.classes, shape[0], "class", "classes", self.layer, index.name)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        act = batch.layers[self.layer]
+        act = batch.layers[self.layer].flatten(1)  # (n, K)
         return act[_rows(act), _per_row(self.classes, batch.units)]
 
 
@@ -432,17 +433,15 @@ def _one(term: Term, weight: float = 1.0) -> Objective:
 
 
 def channel(layer: str, channels: int | Sequence[int]) -> Objective:
-    """Mean activation of a channel over all positions; one unit per channel given.
-
-    On a ``(K,)`` layer (a linear one), the channel's value itself.
-    """
+    """Mean activation of a channel (or token feature) over the grid; one unit per channel
+    given. On a ``(K,)`` layer, the value itself."""
     return _one(_Channel(layer, _as_tuple(channels, "channel")))
 
 
 def neuron(
     layer: str, channels: int | Sequence[int], y: int | None = None, x: int | None = None
 ) -> Objective:
-    """Activation of a channel at one position ``(y, x)``, the centre when ``None``."""
+    """Activation of a channel at ``(y, x)`` of the grid (tokens: the token grid); None: centre."""
     return _one(_Neuron(layer, _as_tuple(channels, "channel"), y, x))
 
 

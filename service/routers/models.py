@@ -102,13 +102,22 @@ async def delete_model(model: str, registry: RegistryDep) -> Response:
 
 @router.get("/{model}/layers", responses={404: {"model": Problem}, 503: {"model": Problem}})
 async def list_layers(model: str, registry: RegistryDep, pool: PoolDep) -> LayerList:
-    """Every addressable layer of a model, with its kind and output shape."""
+    """Every addressable layer of a model, with its kind, output shape and axes."""
     spec = registry.spec(model)
 
     def compute() -> list[LayerRead]:
         loaded = registry.get(model)
         return [
-            LayerRead(name=info.name, kind=info.kind, shape=list(info.shape))
+            LayerRead(
+                name=info.name,
+                kind=info.kind,
+                shape=list(info.shape),
+                axes=info.axes,  # type: ignore[arg-type]
+                units=info.units,
+                token_grid=list(info.token_grid) if info.token_grid else None,
+                prefix_tokens=info.prefix_tokens if info.axes == "tokens" else None,
+                axes_note=info.why if info.axes is None else None,
+            )
             for info in loaded.index.layers()
         ]
 

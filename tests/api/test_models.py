@@ -17,13 +17,23 @@ def test_the_registry_lists_the_builtin_and_configured_models(http: httpx.Client
 def test_layers_have_kinds_and_output_shapes(http: httpx.Client) -> None:
     body = http.get("/v1/models/tiny/layers").json()
     assert body["input_shape"] == [1, 8, 8]
-    assert {"name": "conv", "kind": "Conv2d", "shape": [3, 8, 8]} in body["layers"]
+    assert {
+        "name": "conv",
+        "kind": "Conv2d",
+        "shape": [3, 8, 8],
+        "axes": "CHW",
+        "units": 3,
+        "token_grid": None,
+        "prefix_tokens": None,
+        "axes_note": None,
+    } in body["layers"]
     shapes = {
         layer["name"]: layer for layer in http.get("/v1/models/shapes/layers").json()["layers"]
     }
     assert shapes["block1.conv"]["shape"] == [16, 64, 64]
     assert shapes["block4.conv"]["shape"] == [128, 8, 8]
     assert shapes["fc"]["shape"] == [12]
+    assert (shapes["fc"]["axes"], shapes["fc"]["units"]) == ("vector", 12)
 
 
 def test_an_unknown_model_is_a_404_naming_the_known_ones(http: httpx.Client) -> None:

@@ -99,6 +99,7 @@ def explain(
             window=options.window,
             stride=options.stride,
             model_name=spec.name,
+            axes=spec.axes,  # the replica's layers read as the registry declares
             on_batch=on_batch,
         )
     seen = x[0] * torch.tensor(spec.std).view(-1, 1, 1) + torch.tensor(spec.mean).view(-1, 1, 1)
@@ -201,6 +202,12 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
             raise LayerShapeError(
                 f"layer {layer!r} of model {model!r} is a functional op, not a module's "
                 "output; Grad-CAM hooks a module"
+            )
+        # Not batch-first, ambiguous axes, or no grid to map: refused now, not failed later.
+        if layer is not None and loaded.index.usable([layer])[0].axes == "vector":
+            raise LayerShapeError(
+                f"layer {layer!r} of model {model!r} is a vector with no grid; Grad-CAM needs "
+                "a layer with a grid: (C, H, W), (H, W, C) or tokens"
             )
         _image(request)  # a bad image is refused before the job is queued
         return request

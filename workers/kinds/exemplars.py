@@ -15,7 +15,6 @@ from typing import Any
 
 from cnnviz.data.datasets import Dataset
 from cnnviz.data.loader import ModelInputs, model_batches
-from cnnviz.errors import LayerShapeError
 from cnnviz.exemplars import LayerTopK, TopK, mine
 from schemas.exemplars import (
     ROUTE,
@@ -53,11 +52,8 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
         self, request: ExemplarsCreate, model: str, resources: Resources
     ) -> ExemplarsCreate:
         loaded = resources.model(model)
-        layers = loaded.index.resolve(request.layers)
-        for layer in layers:
-            shape = loaded.index.info(layer).shape
-            if len(shape) < 1:
-                raise LayerShapeError(f"layer {layer!r} has no channels to rank images by")
+        # Unknown, not batch-first, or ambiguous axes: refused now, never failed later.
+        layers = [info.name for info in loaded.index.usable(request.layers)]
         resources.datasets.get(request.dataset)  # unknown or empty: refused now
         return request.model_copy(update={"layers": layers})
 
@@ -166,10 +162,11 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
         skipped = sorted(i for p in partials for i in p["skipped"])
         layers = []
         for name in request.layers:
-            shape = list(loaded.index.info(name).shape)
+            info = loaded.index.info(name)
+            shape = list(info.shape if info.axes == "vector" else info.map_shape or ())
             top_k = merged.get(name)
             units = []
-            channels = shape[0]
+            channels = info.units or shape[0]
             for channel in range(channels):
                 units.append(
                     ExemplarUnit(

@@ -58,7 +58,7 @@ def _units(request: OptimizationCreate, loaded: LoadedModel) -> list[int]:
     """The channel (or class) indices of a request, 'all' resolved against the layer."""
     if isinstance(request.channels, list):
         return list(request.channels)
-    count = loaded.index.info(request.layer).shape[0]
+    count = loaded.index.usable([request.layer])[0].units or 0  # AmbiguousAxesError
     if count * request.images_per_unit > MAX_UNITS:
         raise InvalidArgumentError(
             f"layer {request.layer!r} of model {loaded.spec.name!r} has {count} channels, "

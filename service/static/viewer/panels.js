@@ -238,6 +238,7 @@ async function homePanels() {
 // convolution before it with as many output channels (a conv's ReLU, its batch norm).
 function producingConv(layers, layer) {
   const at = layers.findIndex((l) => l.name === layer);
+  if (layers[at].axes !== "CHW") return null; // a filter makes a channel of a CHW layer only
   const channels = layers[at].shape[0];
   for (let i = at; i >= 0; i--) {
     if (isConv(layers[i])) return layers[i].shape[0] === channels ? layers[i] : null;

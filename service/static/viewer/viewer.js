@@ -63,7 +63,13 @@ function parseChannels(text) {
 }
 
 const fmt = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : x.toPrecision(3));
-const spatial = (layer) => layer.shape.length === 3;
+// A layer's units and grid come from its axes (CHW, HWC, tokens): never from its raw shape,
+// which a ViT gives as [tokens, features]. Ambiguous layers (axes null) are not offered.
+const spatial = (layer) => ["CHW", "HWC", "tokens"].includes(layer.axes);
+const units = (layer) => layer.units ?? layer.shape[0];
+const mapHeight = (layer) =>
+  layer.axes === "tokens" ? layer.token_grid[0] : layer.axes === "HWC" ? layer.shape[0]
+    : layer.axes === "CHW" ? layer.shape[1] : 1;
 
 // ---- models, layers, samples -------------------------------------------------------------
 
@@ -311,8 +317,8 @@ async function showUnit(model, layer, channel) {
   document.title = `cnnviz — ${model} ${layer} channel ${channel}`;
   const known = state.layers.find((l) => l.name === layer);
   if (!known) throw new Error(`unknown layer '${layer}' of model '${model}'`);
-  if (spatial(known) && channel >= known.shape[0]) {
-    throw new Error(`channel ${channel} is out of range: ${layer} has ${known.shape[0]} channels`);
+  if (spatial(known) && channel >= units(known)) {
+    throw new Error(`channel ${channel} is out of range: ${layer} has ${units(known)} channels`);
   }
   await Promise.all([
     unitPattern(model, layer, channel),
@@ -347,7 +353,7 @@ async function unitPattern(model, layer, channel) {
 
 async function unitSamples(model, layer, channel, known) {
   const samples = (await getJSON("/v1/samples")).samples;
-  const height = known.shape.length === 3 ? known.shape[1] : 1;
+  const height = mapHeight(known);
   const scale = Math.max(1, Math.min(16, Math.floor(96 / height)));
   const rows = [];
   for (const s of samples) { // one at a time: a page is not a load test
