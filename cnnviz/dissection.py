@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnviz.errors import InvalidArgumentError
+from cnnviz.axes import unit_maps
 from cnnviz.exemplars import TopK, pool
 from cnnviz.layers import LayerIndex
 
@@ -44,30 +44,11 @@ __all__ = [
     "tally_to_json",
     "thresholds",
     "top_values_needed",
-    "unit_maps",
 ]
 
 # Elements of one upsampled chunk of maps (float32): 16 Mi = 64 MiB, whatever the layer's
 # width, batch or mask size, so that the peak stays flat (channels are taken in chunks).
 _UPSAMPLE_ELEMENTS = 1 << 24
-
-
-def unit_maps(activations: torch.Tensor) -> torch.Tensor:
-    """A layer's output as one spatial map per unit: ``(N, C, H, W)``.
-
-    The one place that reads a layer's axes for dissection: ``(N, C, H, W)`` is kept,
-    ``(N, C, L)`` becomes ``(N, C, 1, L)`` and a 1-D layer ``(N, C)`` ``(N, C, 1, 1)``.
-    """
-    if activations.dim() == 4:
-        return activations
-    if activations.dim() == 3:
-        return activations[:, :, None, :]
-    if activations.dim() == 2:
-        return activations[:, :, None, None]
-    raise InvalidArgumentError(
-        f"cannot dissect an output of shape {tuple(activations.shape)}: it needs a batch and a "
-        "channel dimension, and at most two spatial ones"
-    )
 
 
 def top_values_needed(values: int, quantile: float) -> int:
@@ -227,6 +208,7 @@ def first_pass(
       units' mean activations over ``labels`` labels.
     """
     out: dict[str, LayerPass] = {}
+    infos = {info.name: info for info in index.usable(layers)}  # AmbiguousAxesError
     target_t = torch.tensor(list(targets), dtype=torch.long) if targets is not None else None
     with torch.inference_mode():
         for x, image_index, ok in batches:
@@ -235,8 +217,8 @@ def first_pass(
                 kept = image_index[keep]
                 outputs = index.capture(x[keep].to(device, non_blocking=True), layers)
                 for name in layers:
-                    maps = unit_maps(outputs[name])
-                    scores, positions = pool(outputs[name], "mean")
+                    maps = unit_maps(outputs[name], infos[name])
+                    scores, positions = pool(maps, "mean")
                     if name not in out:
                         c = maps.shape[1]
                         out[name] = LayerPass(
@@ -341,13 +323,14 @@ def second_pass(
     their thresholds ``(C,) float64``. Images without a good mask are left out."""
     tallies: dict[str, IoUTally] = {}
     limits = {name: float32_below(t) for name, t in thresholds_by_layer.items()}
+    infos = {info.name: info for info in index.usable(layers)}
     with torch.inference_mode():
         for x, image_index, ok, masks, mask_ok in batches:
             keep = ok.bool() & mask_ok.bool()
             if keep.any():
                 outputs = index.capture(x[keep].to(device, non_blocking=True), layers)
                 for name in layers:
-                    maps = unit_maps(outputs[name])
+                    maps = unit_maps(outputs[name], infos[name])
                     if name not in tallies:
                         tallies[name] = IoUTally(maps.shape[1], concepts)
                     tallies[name].update(maps, masks[keep], limits[name])

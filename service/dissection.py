@@ -6,9 +6,10 @@ import base64
 
 import torch
 
+from cnnviz.axes import unit_maps
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.data.loader import MaskedInputs
-from cnnviz.dissection import dissection_tiles, unit_maps
+from cnnviz.dissection import dissection_tiles
 from cnnviz.errors import InvalidArgumentError, UnknownLayerError
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import ModelRegistry
@@ -59,7 +60,7 @@ def render(
         concept = torch.stack([item[3] == value for item in items])
     with torch.inference_mode():
         out = loaded.index.capture(x.to(loaded.device), [layer])[layer]
-    maps = unit_maps(out)[:, channel].float().cpu()
+    maps = unit_maps(out, loaded.index.info(layer))[:, channel].float().cpu()
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     pixels = (x * std + mean).clamp(0, 1)

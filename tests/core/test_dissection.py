@@ -16,7 +16,6 @@ from cnnviz.dissection import (
     iou,
     thresholds,
     top_values_needed,
-    unit_maps,
 )
 
 
@@ -72,11 +71,3 @@ def test_iou_counts_equal_a_dense_count_of_every_upsampled_pixel() -> None:
     inter = tally.intersection[:, 1:].double()
     expected = inter / (tally.on[:, None] + tally.area[None, 1:] - inter)
     assert torch.allclose(iou(tally), expected)
-
-
-def test_unit_maps_give_every_layer_a_spatial_map() -> None:
-    assert unit_maps(torch.zeros(2, 3, 4, 5)).shape == (2, 3, 4, 5)
-    assert unit_maps(torch.zeros(2, 3, 4)).shape == (2, 3, 1, 4)
-    assert unit_maps(torch.zeros(2, 3)).shape == (2, 3, 1, 1)
-    with pytest.raises(ValueError, match="cannot dissect"):
-        unit_maps(torch.zeros(2))

@@ -35,7 +35,7 @@ from cnnviz.dissection import (
     thresholds,
     top_values_needed,
 )
-from cnnviz.errors import InvalidArgumentError, LayerShapeError
+from cnnviz.errors import InvalidArgumentError
 from cnnviz.exemplars import TopK
 from schemas.dissection import (
     ROUTE,
@@ -82,10 +82,8 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
         self, request: DissectionCreate, model: str, resources: Resources
     ) -> DissectionCreate:
         loaded = resources.model(model)
-        layers = loaded.index.resolve(request.layers)
-        for layer in layers:
-            if len(loaded.index.info(layer).shape) < 1:
-                raise LayerShapeError(f"layer {layer!r} has no units to dissect")
+        # Units are channels or features, maps the spatial grid, whatever the layer's axes.
+        layers = [info.name for info in loaded.index.usable(request.layers)]
         dataset = resources.datasets.get(request.dataset)
         method = request.method or ("masks" if dataset.has_masks else "labels")
         if method == "masks" and not dataset.has_masks:
@@ -234,7 +232,8 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             tallies = self._second_pass(request, model, resources, limits, bad_masks)
         layers = []
         for name in request.layers:
-            shape = list(loaded.index.info(name).shape)
+            info = loaded.index.info(name)  # unit-first, as exemplars give it
+            shape = list(info.shape if info.axes == "vector" else info.map_shape or ())
             entry = merged.get(name)
             if entry is None:  # no image could be read
                 units: list[DissectionUnit] = []
