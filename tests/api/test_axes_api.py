@@ -170,6 +170,8 @@ def test_jobs_naming_a_layer_without_usable_axes_are_refused_at_submit(
     )
     exemplars = {"dataset": "few", "layers": ["permute"], "k": 2}
     refused(http.post("/v1/models/odd/exemplars", json=exemplars), "ambiguous_axes")
+    dissection = {"dataset": "few", "layers": ["permute"], "method": "labels", "k": 2}
+    refused(http.post("/v1/models/odd/dissections", json=dissection), "ambiguous_axes")
     # A declaration that does not fit the layer (3×3 ≠ 16 tokens) leaves it ambiguous.
     cam = {"image": image(), "method": "gradcam", "layer": "embed"}
     refused(
@@ -195,6 +197,15 @@ def test_jobs_on_a_tokens_layer_use_its_features_and_grid(http: httpx.Client) ->
     for mode in ("mask", "crop"):  # in the token grid, through the receptive field
         picture = http.get(f"/v1/jobs/{record['id']}/exemplars/embed/0", params={"mode": mode})
         assert picture.status_code == 200, picture.text
+    dissected = http.post(
+        "/v1/models/tokens/dissections",
+        json={"dataset": "few", "layers": ["embed"], "method": "labels", "k": 2},
+    )
+    assert dissected.status_code == 202, dissected.text
+    record = wait(http, dissected.headers["Location"])
+    assert record["status"] == "succeeded", record
+    (layer,) = record["result"]["layers"]
+    assert layer["shape"] == [3, 4, 4] and len(layer["units"]) == 3  # features, not tokens
     optimized = http.post(
         "/v1/models/vit/optimizations",
         json={"layer": "blocks.0.mlp.fc1", "channels": [3], "steps": 4, "image_size": 16},
