@@ -86,6 +86,30 @@ class AttributionsOptions(BaseModel):
         default="overlay",
         description="Which PNG `Accept: image/png` returns: the map over the input, or alone.",
     )
+    metrics: list[Literal["deletion", "insertion"]] = Field(
+        default_factory=list,
+        max_length=2,
+        examples=[["deletion", "insertion"]],
+        description="Faithfulness scores to compute for each target's map: RISE's deletion "
+        "and insertion curves and their AUCs, with a random-map reference (docs/attribution.md "
+        "states the protocol). Each costs (metric_steps + 1) × (targets + random_maps) images.",
+    )
+    metric_steps: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Points of the deletion/insertion curves, less one: the ranked pixels are "
+        "replaced in this many chunks.",
+    )
+    random_maps: int = Field(
+        default=8,
+        ge=0,
+        le=64,
+        description="Uniform-noise maps whose mean AUCs are the reference a method must beat.",
+    )
+    metric_seed: int = Field(
+        default=0, ge=0, le=2**63 - 1, description="Seed of the random maps' generator."
+    )
     fit: Literal["crop", "stretch"] = Field(
         default="crop",
         description="How the image meets the model's input size: `crop` scales the shorter "
@@ -153,6 +177,35 @@ class CompletenessRead(BaseModel):
     relative_error: float = Field(description="|sum - expected| / |expected|")
 
 
+class RandomReferenceRead(BaseModel):
+    """The mean AUCs of the random maps: what a map must beat to be worth anything."""
+
+    deletion_auc: float | None = Field(description="lower is better; null if not asked for")
+    insertion_auc: float | None = Field(description="higher is better; null if not asked for")
+
+
+class FaithfulnessRead(BaseModel):
+    """RISE's deletion and insertion scores of one target's map (docs/attribution.md)."""
+
+    deletion_auc: float | None = Field(
+        description="Area under the target's probability as the top-ranked pixels are replaced "
+        "by the mean colour; lower: the map found what the model used. Null if not asked for."
+    )
+    insertion_auc: float | None = Field(
+        description="Area under the target's probability as the top-ranked pixels are put back "
+        "into a blurred image; higher is better. Null if not asked for."
+    )
+    random: RandomReferenceRead | None = Field(
+        description="The same AUCs for random maps (null with random_maps 0)."
+    )
+    deletion_curve: list[float] | None = Field(
+        description="The metric_steps + 1 probabilities, from 0 to every pixel replaced."
+    )
+    insertion_curve: list[float] | None = Field(
+        description="The metric_steps + 1 probabilities, from the blurred image to the image."
+    )
+
+
 class TargetAttributionRead(BaseModel):
     """The attribution of one target."""
 
@@ -161,6 +214,9 @@ class TargetAttributionRead(BaseModel):
     overlay: str = Field(description="The map over the input the model saw, a base64 PNG.")
     map: str = Field(description="The map alone, a base64 palette PNG.")
     completeness: CompletenessRead | None = None
+    faithfulness: FaithfulnessRead | None = Field(
+        default=None, description="With `metrics` in the request: how far to trust the map."
+    )
 
 
 class AttributionsRead(BaseModel):

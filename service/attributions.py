@@ -19,7 +19,7 @@ from workers.kinds.attribution import Explained, explain, passes, to_read
 
 AttributionsRequest = ImageRequest[AttributionsOptions]
 
-_LIST_FIELDS = frozenset({"target"})
+_LIST_FIELDS = frozenset({"target", "metrics"})
 _MAX_FORM_FIELDS = 64
 
 
@@ -30,19 +30,23 @@ async def read_request(request: Request) -> AttributionsRequest:
     )
 
 
-def check_cost(model: str, spec: ModelSpec, options: AttributionsOptions, max_passes: int) -> None:
-    """422 before any work when the request would run the model on more than ``max_passes``
-    images: a synchronous answer must stay short; a job may take longer."""
+def check_cost(model: str, spec: ModelSpec, options: AttributionsOptions, max_pixels: int) -> None:
+    """422 before any work when the request would run the model on more than ``max_pixels``
+    image-pixels (images × height × width): a synchronous answer must stay short; a job may
+    take longer."""
     count = passes(options, spec)
-    if count > max_passes:
+    height, width = spec.input_size
+    if count * height * width > max_pixels:
         raise ApiError(
             422,
             "too_long_for_sync",
-            f"this {options.method!r} request would run the model on {count} images "
-            "(integrated gradients: steps × targets; occlusion: one per patch position), over "
-            f"the synchronous limit of {max_passes} (CNNVIZ_ATTRIBUTION_MAX_PASSES); queue it "
-            f"as a job with the same JSON body: POST /v1/models/{model}/attribution-jobs "
-            "(then GET /v1/jobs/{id}), or use fewer steps or targets, or a larger stride",
+            f"this {options.method!r} request would run the model on {count} images of "
+            f"{height}×{width} ({count * height * width} image-pixels; integrated gradients: "
+            "steps × targets; occlusion: one per patch position; metrics: (metric_steps + 1) × "
+            f"(targets + random_maps) per metric), over the synchronous limit of {max_pixels} "
+            "(CNNVIZ_ATTRIBUTION_MAX_PIXELS); queue it as a job with the same JSON body: "
+            f"POST /v1/models/{model}/attribution-jobs (then GET /v1/jobs/{{id}}), or use "
+            "fewer steps, targets, metric_steps or random_maps, or a larger stride",
         )
 
 

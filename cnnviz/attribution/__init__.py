@@ -30,15 +30,23 @@ from cnnviz.attribution.core import (
     default_window,
     planned_passes,
 )
+from cnnviz.attribution.faithfulness import (
+    METRICS,
+    Faithfulness,
+    faithfulness,
+    metric_images,
+)
 from cnnviz.attribution.picture import MapPicture, MapStats, map_picture, map_stats
 from cnnviz.attribution.replica import exclusive_copy
 
 __all__ = [
     "MAX_STEPS",
     "MAX_TARGETS",
+    "METRICS",
     "Attribution",
     "AttributionMethod",
     "AttributionTask",
+    "Faithfulness",
     "MapPicture",
     "MapStats",
     "MethodResult",
@@ -46,10 +54,12 @@ __all__ = [
     "attribute",
     "default_window",
     "exclusive_copy",
+    "faithfulness",
     "get_method",
     "map_picture",
     "map_stats",
     "method_names",
+    "metric_images",
     "planned_passes",
     "register",
 ]

@@ -66,6 +66,15 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "summary": "Occlusion with 8-pixel patches every 4 pixels",
         "value": {"sample": "square", "method": "occlusion", "window": 8, "stride": 4},
     },
+    "faithfulness": {
+        "summary": "Grad-CAM with RISE deletion and insertion scores and their random reference",
+        "value": {
+            "sample": "triangle",
+            "method": "gradcam",
+            "layer": "block4.relu",
+            "metrics": ["deletion", "insertion"],
+        },
+    },
 }
 _OPTIONS = {
     name: schema
@@ -144,7 +153,7 @@ async def create_attributions(
             f"Accept: image/png returns one target's picture, and {targets} targets were asked "
             "for; ask for one target, or for application/json",
         )
-    check_cost(model, spec, options, settings.attribution_max_passes)
+    check_cost(model, spec, options, settings.attribution_max_pixels)
     if png:
         content, headers = await pool.run(
             explain_png, registry, model, body, settings.max_image_pixels
@@ -168,6 +177,16 @@ JOB_EXAMPLES: dict[str, dict[str, Any]] = {
     "occlusion": {
         "summary": "Occlusion with 4-pixel patches at every pixel",
         "value": {"sample": "square", "method": "occlusion", "window": 4, "stride": 1},
+    },
+    "metrics": {
+        "summary": "Grad-CAM of three classes with deletion and insertion scores",
+        "value": {
+            "sample": "star",
+            "method": "gradcam",
+            "layer": "block4.relu",
+            "target": ["star", "cross", "hexagon"],
+            "metrics": ["deletion", "insertion"],
+        },
     },
 }
 

@@ -13,11 +13,14 @@ from PIL import Image
 
 from cnnviz.attribution import (
     Attribution,
+    Faithfulness,
     MapPicture,
     attribute,
     exclusive_copy,
+    faithfulness,
     get_method,
     map_picture,
+    metric_images,
     planned_passes,
 )
 from cnnviz.data.shapes import sample_image
@@ -30,8 +33,10 @@ from schemas.attributions import (
     AttributionsOptions,
     AttributionsRead,
     CompletenessRead,
+    FaithfulnessRead,
     MapStatsRead,
     PredictionRead,
+    RandomReferenceRead,
     TargetAttributionRead,
 )
 from schemas.jobs import Progress
@@ -49,11 +54,13 @@ _JOB_MAX_IMAGE_PIXELS = 40_000_000
 
 @dataclass(frozen=True)
 class Explained:
-    """The attribution of one request and the pictures of each of its targets."""
+    """The attribution of one request, the pictures of each of its targets and, when asked
+    for, their faithfulness scores."""
 
     result: Attribution
     pictures: list[MapPicture]
     input_size: tuple[int, int]
+    scores: list[Faithfulness] | None = None
 
 
 def _baseline(spec: ModelSpec, name: str) -> torch.Tensor:
@@ -100,6 +107,21 @@ def explain(
             model_name=spec.name,
             on_batch=on_batch,
         )
+        scores = None
+        if options.metrics:
+            param = next(replica.parameters(), None)
+            scores = faithfulness(
+                replica,
+                x if param is None else x.to(param.device),
+                result.maps,
+                [target.index for target in result.targets],
+                output=options.output,
+                metrics=options.metrics,
+                steps=options.metric_steps,
+                random_maps=options.random_maps,
+                seed=options.metric_seed,
+                on_batch=on_batch,
+            )
     seen = x[0] * torch.tensor(spec.std).view(-1, 1, 1) + torch.tensor(spec.mean).view(-1, 1, 1)
     pictures = [
         map_picture(
@@ -111,7 +133,7 @@ def explain(
         )
         for attribution in result.maps
     ]
-    return Explained(result, pictures, spec.input_size)
+    return Explained(result, pictures, spec.input_size, scores)
 
 
 def _prediction(p: object) -> PredictionRead:
@@ -129,6 +151,7 @@ def to_read(model: str, explained: Explained) -> AttributionsRead:
             error = abs(total - expected) / abs(expected) if expected else float(total != 0)
             completeness = CompletenessRead(sum=total, expected=expected, relative_error=error)
         stats = picture.stats
+        scores = None if explained.scores is None else _faithfulness(explained.scores[i])
         items.append(
             TargetAttributionRead(
                 target=_prediction(target),
@@ -138,6 +161,7 @@ def to_read(model: str, explained: Explained) -> AttributionsRead:
                 overlay=base64.b64encode(picture.overlay).decode("ascii"),
                 map=base64.b64encode(picture.heatmap).decode("ascii"),
                 completeness=completeness,
+                faithfulness=scores,
             )
         )
     return AttributionsRead(
@@ -151,16 +175,35 @@ def to_read(model: str, explained: Explained) -> AttributionsRead:
     )
 
 
+def _faithfulness(scores: Faithfulness) -> FaithfulnessRead:
+    random = None
+    if scores.random_deletion_auc is not None or scores.random_insertion_auc is not None:
+        random = RandomReferenceRead(
+            deletion_auc=scores.random_deletion_auc, insertion_auc=scores.random_insertion_auc
+        )
+    return FaithfulnessRead(
+        deletion_auc=scores.deletion_auc,
+        insertion_auc=scores.insertion_auc,
+        random=random,
+        deletion_curve=None if scores.deletion_curve is None else list(scores.deletion_curve),
+        insertion_curve=None if scores.insertion_curve is None else list(scores.insertion_curve),
+    )
+
+
 def passes(request: AttributionsOptions, spec: ModelSpec) -> int:
-    """The images a request runs through the model (see :func:`planned_passes`)."""
-    return planned_passes(
+    """The images a request runs through the model: the method's (see
+    :func:`planned_passes`) and the faithfulness metrics' (see :func:`metric_images`)."""
+    targets = max(1, len(set(request.targets or ())))
+    method = planned_passes(
         request.method,
         spec.input_size,
-        targets=max(1, len(set(request.targets or ()))),
+        targets=targets,
         steps=request.steps,
         window=request.window,
         stride=request.stride,
     )
+    metrics = metric_images(request.metrics, request.metric_steps, request.random_maps, targets)
+    return method + metrics
 
 
 def _image(request: AttributionsCreate) -> Image.Image:
