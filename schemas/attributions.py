@@ -110,6 +110,12 @@ class AttributionsOptions(BaseModel):
     metric_seed: int = Field(
         default=0, ge=0, le=2**63 - 1, description="Seed of the random maps' generator."
     )
+    overlay_full: bool = Field(
+        default=False,
+        description="Also return each map over the uploaded image at its own size "
+        "(`overlay_full`); under `fit: crop` the margins the model did not see have no "
+        "overlay.",
+    )
     fit: Literal["crop", "stretch"] = Field(
         default="crop",
         description="How the image meets the model's input size: `crop` scales the shorter "
@@ -213,6 +219,11 @@ class TargetAttributionRead(BaseModel):
     stats: MapStatsRead
     overlay: str = Field(description="The map over the input the model saw, a base64 PNG.")
     map: str = Field(description="The map alone, a base64 palette PNG.")
+    overlay_full: str | None = Field(
+        default=None,
+        description="With `overlay_full` in the request: the map over the uploaded image at "
+        "its own size, a base64 PNG.",
+    )
     completeness: CompletenessRead | None = None
     faithfulness: FaithfulnessRead | None = Field(
         default=None, description="With `metrics` in the request: how far to trust the map."

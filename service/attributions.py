@@ -9,6 +9,7 @@ refused with a pointer to the job route.
 
 from __future__ import annotations
 
+import numpy as np
 from fastapi import Request
 
 from cnnviz.models import ModelRegistry, ModelSpec
@@ -51,11 +52,40 @@ def check_cost(model: str, spec: ModelSpec, options: AttributionsOptions, max_pi
 
 
 def _explained(
-    registry: ModelRegistry, model: str, request: AttributionsRequest, max_pixels: int
+    registry: ModelRegistry,
+    model: str,
+    request: AttributionsRequest,
+    max_pixels: int,
+    draw: bool = True,
 ) -> Explained:
     loaded = registry.get(model)
-    image = request.decoded(max_pixels, loaded.spec.input_size)
-    return explain(loaded, request.options, image)
+    # The full-size overlay is drawn at the upload's own size: no reduced JPEG decoding then.
+    draft = None if request.options.overlay_full else loaded.spec.input_size
+    image = request.decoded(max_pixels, draft)
+    return explain(loaded, request.options, image, draw=draw)
+
+
+def explain_raw(
+    registry: ModelRegistry, model: str, request: AttributionsRequest, max_pixels: int
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The maps as float32 arrays, ``maps`` ``(T, H, W)`` at the model's input size (the
+    very maps the metrics rank), with ``targets`` ``(T,)`` int64; and headers that name
+    the targets: blocking, for the torch pool."""
+    result = _explained(registry, model, request, max_pixels, draw=False).result
+    indices = [target.index for target in result.targets]
+    arrays = {
+        "maps": result.maps.float().numpy(),
+        "targets": np.asarray(indices, dtype=np.int64),
+    }
+    headers = {
+        "X-Attribution-Method": result.method,
+        "X-Targets": ",".join(map(str, indices)),
+        "X-Target-Labels": ",".join(_header_text(t.label) for t in result.targets),
+        "X-Signed": str(result.signed).lower(),
+    }
+    if result.layer is not None:
+        headers["X-Layer"] = result.layer
+    return arrays, headers
 
 
 def explain_json(

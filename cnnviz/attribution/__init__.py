@@ -36,7 +36,7 @@ from cnnviz.attribution.faithfulness import (
     faithfulness,
     metric_images,
 )
-from cnnviz.attribution.picture import MapPicture, MapStats, map_picture, map_stats
+from cnnviz.attribution.picture import MapPicture, MapStats, map_picture, map_stats, overlay_full
 from cnnviz.attribution.replica import exclusive_copy
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "map_stats",
     "method_names",
     "metric_images",
+    "overlay_full",
     "planned_passes",
     "register",
 ]

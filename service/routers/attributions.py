@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import dataclasses
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 
 from schemas.attributions import (
     AttributionJobCreate,
@@ -14,10 +15,17 @@ from schemas.attributions import (
 )
 from schemas.errors import Problem
 from schemas.jobs import JobRead
-from service.attributions import check_cost, explain_json, explain_png, read_request
+from service.attributions import (
+    check_cost,
+    explain_json,
+    explain_png,
+    explain_raw,
+    read_request,
+)
 from service.deps import JobsDep, OwnerDep, PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
 from service.feature_maps import wants_png
+from service.raw import MEDIA_TYPE, encode, wanted_raw
 from service.routers.jobs import (
     SUBMIT_RESPONSES,
     CacheControl,
@@ -115,8 +123,16 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "JSON: the top-5 predictions and, per target, the map over the input, "
         "the map alone and its stats; or with `Accept: image/png` and one target, the overlay "
-        "(or `picture: map`), its numbers in `X-*` headers.",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "(or `picture: map`), its numbers in `X-*` headers; or the raw maps, float32, at the "
+        "model's input size (the maps the metrics rank): `?format=npy` (`(targets, H, W)`) or "
+        "`?format=safetensors` (`maps` and `targets`), or the same as "
+        "`Accept: application/x-npy` / `application/vnd.safetensors`; the targets in "
+        "`X-Targets`. A raw answer computes no pictures and no metrics.",
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+            "application/vnd.safetensors": {"schema": {"type": "string", "format": "binary"}},
+        },
     },
     404: {"model": Problem, "description": "Unknown model"},
     406: {"model": Problem, "description": "`Accept: image/png` with several targets"},
@@ -138,10 +154,32 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
 async def create_attributions(
-    model: str, request: Request, registry: RegistryDep, pool: PoolDep, settings: SettingsDep
+    model: str,
+    request: Request,
+    registry: RegistryDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+    format: Annotated[
+        Literal["npy", "safetensors"] | None,
+        Query(description="the raw maps, float32, instead of pictures"),
+    ] = None,
 ) -> Response:
     """Which pixels made the prediction: attribution maps of one image for its targets."""
     spec = registry.spec(model)
+    raw = wanted_raw(request, others=())
+    if raw is not None:
+        # The maps alone: the metrics' images are not run, so they are not charged.
+        read = await read_request(request)
+        body = dataclasses.replace(read, options=read.options.model_copy(update={"metrics": []}))
+        check_cost(model, spec, body.options, settings.attribution_max_pixels)
+        arrays, headers = await pool.run(
+            explain_raw, registry, model, body, settings.max_image_pixels
+        )
+        if raw == "npy":
+            arrays = {"maps": arrays["maps"]}
+        return Response(
+            encode(arrays, raw, "this request"), media_type=MEDIA_TYPE[raw], headers=headers
+        )
     png = wants_png(request.headers.get("accept"))
     body = await read_request(request)
     options: AttributionsOptions = body.options

@@ -8,7 +8,9 @@ import base64
 import io
 
 import httpx
+import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 from PIL import Image
 
@@ -49,8 +51,16 @@ def test_served_aucs_equal_the_documented_protocol(
     assert response.status_code == 200, response.text
     [item] = response.json()["attributions"]
     scores = item["faithfulness"]
+    # The map the metrics ranked, as numbers: the same request with ?format=npy.
+    raw = http.post(URL, json=body, params={"format": "npy"})
+    assert raw.status_code == 200 and raw.headers["content-type"] == "application/x-npy"
+    assert raw.headers["x-targets"] == "0"
+    found = torch.from_numpy(np.load(io.BytesIO(raw.content)))
+    assert found.dtype == torch.float32 and found.shape == (1, 16, 16)
     model = Quadrant()
-    found = attribute(model, x, method, targets=[0], layer=layer, steps=64).maps[0]
+    same = attribute(model, x, method, targets=[0], layer=layer, steps=64).maps
+    assert torch.allclose(found, same, atol=1e-6)
+    found = found[0]
     curves = reference_curves(model, x, found, 0, 16)
     assert scores["deletion_curve"] == pytest.approx(curves["deletion"], abs=1e-5)
     assert scores["insertion_curve"] == pytest.approx(curves["insertion"], abs=1e-5)
@@ -113,3 +123,54 @@ def test_default_metrics_fit_the_synchronous_limit_on_64_px_and_more_go_to_jobs(
         http.post("/v1/models/shapes/attributions", json=two), 422, "too_long_for_sync"
     )["detail"]
     assert "attribution-jobs" in detail and "image-pixels" in detail
+
+
+def test_raw_maps_as_npy_and_safetensors(http: httpx.Client) -> None:
+    image, _ = planted_png()
+    body = {"image": image, "method": "saliency", "target": ["quadrant", "constant"]}
+    npy = http.post(URL, json=body, headers={"Accept": "application/x-npy"})
+    assert npy.status_code == 200, npy.text
+    maps = np.load(io.BytesIO(npy.content))
+    # Saliency of the planted model: |d score / d pixel| is 1/4 on the quadrant, else 0; the
+    # constant class has no gradient at all.
+    expected = np.zeros((2, 16, 16), dtype=np.float32)
+    expected[0, :8, :8] = 0.25
+    assert maps.dtype == np.float32 and np.array_equal(maps, expected)
+    assert npy.headers["x-targets"] == "0,1"
+    assert npy.headers["x-target-labels"] == "quadrant,constant"
+    stored = http.post(URL, json=body, params={"format": "safetensors"})
+    assert stored.headers["content-type"] == "application/vnd.safetensors"
+    arrays = safetensors.numpy.load(stored.content)
+    assert np.array_equal(arrays["maps"], expected) and arrays["targets"].tolist() == [0, 1]
+    refused = problem(http.post(URL, json=body, params={"format": "tiff"}), 422, "invalid_request")
+    assert "format" in str(refused)
+
+
+def upload(width: int, height: int) -> tuple[bytes, np.ndarray]:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue(), pixels
+
+
+@pytest.mark.parametrize("fit", ["crop", "stretch"])
+def test_overlay_full_is_drawn_on_the_upload_at_its_own_size(http: httpx.Client, fit: str) -> None:
+    png, pixels = upload(40, 16)  # the model sees a centred 16×16 under crop
+    fields = {"method": "saliency", "overlay_full": "true", "fit": fit, "opacity": "1"}
+    response = http.post(URL, files={"image": ("wide.png", png, "image/png")}, data=fields)
+    assert response.status_code == 200, response.text
+    [item] = response.json()["attributions"]
+    full = np.array(Image.open(io.BytesIO(base64.b64decode(item["overlay_full"]))))
+    assert full.shape == (16, 40, 3)
+    changed = (full != pixels).any(axis=2)
+    if fit == "crop":
+        # The margins the model did not see (12 px each side) are the image alone.
+        assert not changed[:, :12].any() and not changed[:, 28:].any()
+        assert changed[:, 12:28].all()  # opacity 1: the map's colours everywhere it saw
+    else:
+        assert changed.all()
+    # Without the option the answer carries no full-size picture.
+    plain = http.post(
+        URL, files={"image": ("wide.png", png, "image/png")}, data={"method": "saliency"}
+    )
+    assert plain.json()["attributions"][0]["overlay_full"] is None

@@ -21,12 +21,14 @@ from cnnviz.attribution import (
     get_method,
     map_picture,
     metric_images,
+    overlay_full,
     planned_passes,
 )
 from cnnviz.data.shapes import sample_image
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.imaging import preprocess
 from cnnviz.imaging.decode import decode_base64, decode_image
+from cnnviz.imaging.preprocess import fit_box, to_tensor
 from cnnviz.models import LoadedModel, ModelSpec
 from schemas.attributions import (
     AttributionsCreate,
@@ -61,6 +63,7 @@ class Explained:
     pictures: list[MapPicture]
     input_size: tuple[int, int]
     scores: list[Faithfulness] | None = None
+    full: list[bytes] | None = None
 
 
 def _baseline(spec: ModelSpec, name: str) -> torch.Tensor:
@@ -76,8 +79,10 @@ def explain(
     options: AttributionsOptions,
     image: Image.Image,
     on_batch: Callable[[int], None] | None = None,
+    draw: bool = True,
 ) -> Explained:
-    """Preprocess ``image``, attribute it, draw each target's map (blocking).
+    """Preprocess ``image``, attribute it, draw each target's map (blocking); without
+    ``draw``, only the maps (and no metrics: a raw answer holds the maps alone).
 
     Runs on a private copy of the model (:func:`cnnviz.attribution.exclusive_copy`): the
     shared model keeps serving other requests untouched.
@@ -108,7 +113,7 @@ def explain(
             on_batch=on_batch,
         )
         scores = None
-        if options.metrics:
+        if options.metrics and draw:
             param = next(replica.parameters(), None)
             scores = faithfulness(
                 replica,
@@ -122,6 +127,8 @@ def explain(
                 seed=options.metric_seed,
                 on_batch=on_batch,
             )
+    if not draw:
+        return Explained(result, [], spec.input_size)
     seen = x[0] * torch.tensor(spec.std).view(-1, 1, 1) + torch.tensor(spec.mean).view(-1, 1, 1)
     pictures = [
         map_picture(
@@ -133,7 +140,22 @@ def explain(
         )
         for attribution in result.maps
     ]
-    return Explained(result, pictures, spec.input_size, scores)
+    full = None
+    if options.overlay_full:
+        box = fit_box(image.size, spec.input_size, options.fit)
+        uploaded = to_tensor(image, 3)
+        full = [
+            overlay_full(
+                attribution,
+                uploaded,
+                box,
+                signed=result.signed,
+                colormap=options.colormap,
+                opacity=options.opacity,
+            )
+            for attribution in result.maps
+        ]
+    return Explained(result, pictures, spec.input_size, scores, full)
 
 
 def _prediction(p: object) -> PredictionRead:
@@ -160,6 +182,9 @@ def to_read(model: str, explained: Explained) -> AttributionsRead:
                 ),
                 overlay=base64.b64encode(picture.overlay).decode("ascii"),
                 map=base64.b64encode(picture.heatmap).decode("ascii"),
+                overlay_full=None
+                if explained.full is None
+                else base64.b64encode(explained.full[i]).decode("ascii"),
                 completeness=completeness,
                 faithfulness=scores,
             )
