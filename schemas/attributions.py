@@ -12,6 +12,29 @@ from schemas.jobs import JobOptions
 Target = Annotated[int, Field(ge=0, le=1_000_000)] | Annotated[str, Field(max_length=256)]
 
 
+class SmoothOptions(BaseModel):
+    """A noise tunnel around a gradient method (captum's NoiseTunnel)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["smoothgrad", "smoothgrad_sq", "vargrad"] = Field(
+        default="smoothgrad",
+        description="Average the maps of the noisy copies (SmoothGrad), their squares, or "
+        "take their variance (VarGrad).",
+    )
+    noise_samples: int = Field(
+        default=16, ge=1, le=256, description="Noisy copies; each costs the method's images."
+    )
+    noise_level: float = Field(
+        default=0.15,
+        gt=0.0,
+        le=1.0,
+        description="σ of the Gaussian noise as a fraction of the input's value range "
+        "(max - min), as in the SmoothGrad paper.",
+    )
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed of the noise.")
+
+
 class AttributionsOptions(BaseModel):
     """What to explain and how; the same fields in JSON and as multipart form fields."""
 
@@ -20,9 +43,9 @@ class AttributionsOptions(BaseModel):
     method: str = Field(
         min_length=1,
         max_length=64,
-        examples=["gradcam", "saliency", "integrated_gradients", "guided_gradcam", "occlusion"],
-        description="`gradcam` and `guided_gradcam` (need `layer`), `saliency`, "
-        "`integrated_gradients`, `occlusion`.",
+        examples=["gradcam"],
+        description="An attribution method: GET /v1/attribution-methods lists them, with the "
+        "options each reads and its cost.",
     )
     layer: str | None = Field(
         default=None,
@@ -85,6 +108,11 @@ class AttributionsOptions(BaseModel):
     picture: Literal["overlay", "map"] = Field(
         default="overlay",
         description="Which PNG `Accept: image/png` returns: the map over the input, or alone.",
+    )
+    smooth: SmoothOptions | None = Field(
+        default=None,
+        description="Average the map over noisy copies of the input (SmoothGrad and kin); "
+        "gradient methods only (GET /v1/attribution-methods: `smoothable`).",
     )
     metrics: list[Literal["deletion", "insertion"]] = Field(
         default_factory=list,
@@ -242,6 +270,48 @@ class AttributionsRead(BaseModel):
     input_size: tuple[int, int] = Field(examples=[[64, 64]], description="[height, width]")
     predictions: list[PredictionRead] = Field(description="The top 5, best first.")
     attributions: list[TargetAttributionRead]
+
+
+class CostRead(BaseModel):
+    """What a method costs: images run through the model."""
+
+    formula: str = Field(
+        examples=["targets × steps"],
+        description="Images as a formula of targets, steps, patches (occlusion), channels "
+        "(the layer's) and noise_samples (with `smooth`, for a smoothable method).",
+    )
+    default_images: int | None = Field(
+        default=None,
+        description="For the model named: images for one target with the default options "
+        "(null where it depends on the layer chosen).",
+    )
+
+
+class AttributionMethodRead(BaseModel):
+    """One attribution method, as the service runs it."""
+
+    name: str = Field(examples=["gradcam"])
+    title: str = Field(examples=["Grad-CAM"])
+    summary: str
+    needs_layer: bool = Field(description="whether the request must name a `layer`")
+    signed: bool = Field(description="whether maps have a sign (negative: against the target)")
+    smoothable: bool = Field(description="whether `smooth` (a noise tunnel) applies")
+    options: list[str] = Field(description="the request fields the method reads")
+    cost: CostRead
+    sanity: Literal["passed", "failed", "unknown"] = Field(
+        default="unknown",
+        description="Adebayo's cascading randomization check for the model named: unknown "
+        "until a check has run.",
+    )
+
+
+class AttributionMethodList(BaseModel):
+    """Every attribution method and every faithfulness metric."""
+
+    model: str | None = Field(description="the model the costs are for, if one was named")
+    methods: list[AttributionMethodRead]
+    metrics: list[str] = Field(examples=[["deletion", "insertion"]])
+    smooth_types: list[str] = Field(examples=[["smoothgrad", "smoothgrad_sq", "vargrad"]])
 
 
 class AttributionJobCreate(AttributionsCreate, JobOptions):

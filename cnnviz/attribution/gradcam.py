@@ -12,13 +12,16 @@ class GradCam(AttributionMethod):
     """``relu(sum_c mean(dS/dA_c) A_c)`` at the layer, upsampled bilinearly to the input."""
 
     name = "gradcam"
+    title = "Grad-CAM"
+    options = ("layer",)
+    smoothable = True
     needs_layer = True
     local = True
     summary = "Grad-CAM at a layer (coarse: the layer's resolution, upsampled)"
 
     def attribute(self, task: AttributionTask) -> MethodResult:
         assert task.layer is not None  # checked by the caller (needs_layer)
-        cam = LayerGradCam(task.scores, task.layer).attribute(
+        cam = task.smoothed(LayerGradCam(task.scores, task.layer)).attribute(
             task.batch(), target=list(task.targets), relu_attributions=True
         )  # (T, 1, h, w)
         size = tuple(task.x.shape[2:])

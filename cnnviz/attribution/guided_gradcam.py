@@ -19,6 +19,9 @@ class GuidedGradCam(AttributionMethod):
     """
 
     name = "guided_gradcam"
+    title = "guided Grad-CAM"
+    options = ("layer",)
+    smoothable = True
     needs_layer = True
     local = True
     summary = "guided backpropagation times Grad-CAM (needs a layer)"
@@ -28,7 +31,8 @@ class GuidedGradCam(AttributionMethod):
         with warnings.catch_warnings():
             # captum announces its ReLU hooks, which it removes before returning.
             warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
-            attributions = CaptumGuidedGradCam(task.scores, task.layer).attribute(
+            explainer = task.smoothed(CaptumGuidedGradCam(task.scores, task.layer))
+            attributions = explainer.attribute(
                 task.batch(), target=list(task.targets), interpolate_mode="bilinear"
             )  # (T, C, H, W)
         return MethodResult(attributions.detach().abs().amax(dim=1).float())

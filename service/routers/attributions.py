@@ -167,13 +167,14 @@ async def create_attributions(
     """Which pixels made the prediction: attribution maps of one image for its targets."""
     spec = registry.spec(model)
     raw = wanted_raw(request, others=())
+    limit = settings.attribution_max_pixels
     if raw is not None:
         # The maps alone: the metrics' images are not run, so they are not charged.
         read = await read_request(request)
         body = dataclasses.replace(read, options=read.options.model_copy(update={"metrics": []}))
         check_cost(model, spec, body.options, settings.attribution_max_pixels)
         arrays, headers = await pool.run(
-            explain_raw, registry, model, body, settings.max_image_pixels
+            explain_raw, registry, model, body, settings.max_image_pixels, limit
         )
         if raw == "npy":
             arrays = {"maps": arrays["maps"]}
@@ -194,10 +195,10 @@ async def create_attributions(
     check_cost(model, spec, options, settings.attribution_max_pixels)
     if png:
         content, headers = await pool.run(
-            explain_png, registry, model, body, settings.max_image_pixels
+            explain_png, registry, model, body, settings.max_image_pixels, limit
         )
         return Response(content, media_type="image/png", headers=headers)
-    content = await pool.run(explain_json, registry, model, body, settings.max_image_pixels)
+    content = await pool.run(explain_json, registry, model, body, settings.max_image_pixels, limit)
     return Response(content, media_type="application/json")
 
 

@@ -15,6 +15,7 @@ from cnnviz.attribution import (
     Attribution,
     Faithfulness,
     MapPicture,
+    Smooth,
     attribute,
     exclusive_copy,
     faithfulness,
@@ -39,13 +40,22 @@ from schemas.attributions import (
     MapStatsRead,
     PredictionRead,
     RandomReferenceRead,
+    SmoothOptions,
     TargetAttributionRead,
 )
 from schemas.jobs import Progress
 from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
 from workers.kinds.registry import register_kind
 
-__all__ = ["MAX_JOB_PASSES", "Attributions", "Explained", "explain", "to_read"]
+__all__ = [
+    "MAX_JOB_PASSES",
+    "Attributions",
+    "Explained",
+    "explain",
+    "layer_channels",
+    "passes",
+    "to_read",
+]
 
 # A job may run the model on this many images (1024 steps × 16 targets of integrated
 # gradients; occlusion with stride 1 on inputs up to 256×256); the time limit bounds the rest.
@@ -72,6 +82,12 @@ def _baseline(spec: ModelSpec, name: str) -> torch.Tensor:
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     return torch.zeros_like(mean) if level is None else (level - mean) / std
+
+
+def _smooth(options: SmoothOptions | None) -> Smooth | None:
+    if options is None:
+        return None
+    return Smooth(options.type, options.noise_samples, options.noise_level, options.seed)
 
 
 def explain(
@@ -111,6 +127,7 @@ def explain(
             stride=options.stride,
             model_name=spec.name,
             on_batch=on_batch,
+            smooth=_smooth(options.smooth),
         )
         scores = None
         if options.metrics and draw:
@@ -215,9 +232,17 @@ def _faithfulness(scores: Faithfulness) -> FaithfulnessRead:
     )
 
 
-def passes(request: AttributionsOptions, spec: ModelSpec) -> int:
+def layer_channels(loaded: LoadedModel, request: AttributionsOptions) -> int:
+    """The channels of the request's layer (what Score-CAM's cost counts); 0 without one."""
+    if request.layer is None or not get_method(request.method).needs_layer:
+        return 0
+    return int(loaded.index.info(request.layer).shape[0])  # UnknownLayerError: a 422
+
+
+def passes(request: AttributionsOptions, spec: ModelSpec, channels: int = 0) -> int:
     """The images a request runs through the model: the method's (see
-    :func:`planned_passes`) and the faithfulness metrics' (see :func:`metric_images`)."""
+    :func:`planned_passes`; ``channels``: the layer's) and the faithfulness metrics' (see
+    :func:`metric_images`)."""
     targets = max(1, len(set(request.targets or ())))
     method = planned_passes(
         request.method,
@@ -226,6 +251,8 @@ def passes(request: AttributionsOptions, spec: ModelSpec) -> int:
         steps=request.steps,
         window=request.window,
         stride=request.stride,
+        channels=channels,
+        samples=request.smooth.noise_samples if request.smooth else 1,
     )
     metrics = metric_images(request.metrics, request.metric_steps, request.random_maps, targets)
     return method + metrics
@@ -251,7 +278,7 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
     ) -> AttributionsCreate:
         loaded = resources.model(model)
         method = get_method(request.method)
-        count = passes(request, loaded.spec)
+        count = passes(request, loaded.spec, layer_channels(loaded, request))
         if count > MAX_JOB_PASSES:
             raise InvalidArgumentError(
                 f"this {request.method!r} job would run the model on {count} images, over the "
@@ -272,7 +299,8 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
         return request
 
     def work(self, request: AttributionsCreate, model: str, resources: Resources) -> int:
-        return passes(request, resources.model(model).spec)
+        loaded = resources.model(model)
+        return passes(request, loaded.spec, layer_channels(loaded, request))
 
     def run_shard(
         self,
@@ -283,7 +311,7 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
         context: JobContext,
     ) -> Partial:
         loaded = resources.model(model)
-        total = passes(request, loaded.spec)
+        total = passes(request, loaded.spec, layer_channels(loaded, request))
         done = 0
 
         def on_batch(images: int) -> None:
