@@ -46,6 +46,7 @@ from cnnviz.attribution.faithfulness import (
 )
 from cnnviz.attribution.picture import MapPicture, MapStats, map_picture, map_stats, overlay_full
 from cnnviz.attribution.replica import exclusive_copy
+from cnnviz.attribution.sanity import SanityResult, cascading_randomization
 
 __all__ = [
     "MAX_NOISE_SAMPLES",
@@ -63,8 +64,10 @@ __all__ = [
     "MapStats",
     "MethodResult",
     "Prediction",
+    "SanityResult",
     "Smooth",
     "attribute",
+    "cascading_randomization",
     "default_window",
     "exclusive_copy",
     "faithfulness",
