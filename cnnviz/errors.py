@@ -27,9 +27,20 @@ def shown(value: object, limit: int = SHOWN_CHARACTERS) -> str:
 
 
 class CnnvizError(Exception):
-    """Root of every error raised by cnnviz."""
+    """Root of every error raised by cnnviz.
+
+    ``listing`` says where the valid choices are listed, for whoever shows the message to
+    point at (the service adds its route): ``("models",)``, ``("layers", model)``,
+    ``("datasets",)``, or nothing. The core itself knows no routes.
+    """
 
     code = "cnnviz_error"
+    listing: tuple[str, ...] = ()
+
+    def __init__(self, *args: object, listing: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        if listing:
+            self.listing = listing
 
 
 class UnknownModelError(CnnvizError, LookupError):
@@ -41,8 +52,8 @@ class UnknownModelError(CnnvizError, LookupError):
         self.name = name
         self.known = sorted(known)
         super().__init__(
-            f"unknown model {shown(name)}; known models: {', '.join(self.known) or '(none)'} "
-            "(see GET /v1/models)"
+            f"unknown model {shown(name)}; known models: {', '.join(self.known) or '(none)'}",
+            listing=("models",),
         )
 
 
@@ -59,8 +70,7 @@ class UnknownLayerError(CnnvizError, LookupError):
             f"; did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
         )
         super().__init__(
-            f"unknown layer {shown(name)} of model {model!r}{hint} "
-            f"(see GET /v1/models/{model}/layers)"
+            f"unknown layer {shown(name)} of model {model!r}{hint}", listing=("layers", model)
         )
 
 

@@ -225,7 +225,8 @@ class LayerIndex:
         if found is None:
             raise LayerShapeError(
                 f"layer {name!r} of model {self.name!r} does not output a single tensor with a "
-                f"batch dimension; choose another (see GET /v1/models/{self.name}/layers)"
+                "batch dimension; choose another",
+                listing=("layers", self.name),
             )
         return found
 
@@ -278,7 +279,8 @@ class LayerIndex:
             if not isinstance(out, torch.Tensor):
                 raise LayerShapeError(
                     f"layer {name!r} of model {self.name!r} does not output a single tensor; "
-                    f"choose another (see GET /v1/models/{self.name}/layers)"
+                    "choose another",
+                    listing=("layers", self.name),
                 )
             tensors[name] = out
         return tensors

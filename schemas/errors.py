@@ -24,3 +24,19 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Per-field problems of a request that failed validation."
     )
+
+
+# Where the valid choices of a core error are listed (its ``listing``: a kind, then the
+# route's arguments), so that every message that reaches a client can point at the route.
+LISTINGS = {
+    "models": "GET /v1/models",
+    "layers": "GET /v1/models/{}/layers",
+    "datasets": "GET /v1/datasets",
+}
+
+
+def with_listing(message: str, listing: tuple[str, ...]) -> str:
+    """``message`` with the route that lists the valid choices, where it names one."""
+    if not listing or listing[0] not in LISTINGS:
+        return message
+    return f"{message} (see {LISTINGS[listing[0]].format(*listing[1:])})"

@@ -27,7 +27,7 @@ from cnnviz.errors import (
     UnknownModelError,
     shown,
 )
-from schemas.errors import Problem
+from schemas.errors import Problem, with_listing
 from service.concurrency import ServiceBusy
 from service.observability import count_busy
 
@@ -138,7 +138,7 @@ def install_error_handlers(app: FastAPI) -> None:
         status = next((s for cls, s in _CORE_STATUS if isinstance(exc, cls)), 400)
         if status >= 500:
             log.warning("%s", exc)
-        return problem(status, exc.code, str(exc))
+        return problem(status, exc.code, with_listing(str(exc), exc.listing))
 
     @app.exception_handler(ApiError)
     async def _api(_request: Request, exc: ApiError) -> JSONResponse:

@@ -121,7 +121,8 @@ def raw_activations(
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             raise LayerShapeError(
                 f"layer {name!r} of model {model!r} gives {type(out).__name__}, not a float "
-                "tensor; ask for a layer that outputs one (GET /v1/models/{model}/layers)"
+                "tensor; ask for a layer that outputs one",
+                listing=("layers", model),
             )
         tensor = out[0]
         if channels is not None and tensor.dim() >= 1:

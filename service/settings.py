@@ -7,22 +7,21 @@ from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.config import JobSettings
 
 
-class Settings(BaseSettings):
-    """One instance per process (:func:`get_settings`); tests build their own."""
+class Settings(JobSettings):
+    """One instance per process (:func:`get_settings`); tests build their own. The job
+    settings it shares with the workers are declared once, in :class:`JobSettings`."""
 
-    model_config = SettingsConfigDict(env_prefix="CNNVIZ_", env_file=None, extra="ignore")
-
-    models_file: Path | None = Field(
-        default=None, description="TOML file of extra models; unset: the built-in model only"
+    # In-process exemplar jobs decode in the job's own thread: DataLoader processes would be
+    # forked from the API process, which runs threads (uvicorn's, torch's), and a fork of a
+    # threaded process may inherit a lock held by a thread that does not exist in the child.
+    exemplar_loader_workers: int = Field(
+        default=0, ge=0, le=32, description="DataLoader processes of in-process exemplar jobs"
     )
-    redis_url: str | None = Field(
-        default=None,
-        description="Redis for the job queue (Celery broker and results) and job records; "
-        "unset: jobs run in-process",
-    )
+
     device: str = Field(default="cpu", description="torch device of the synchronous path")
     api_keys: str | None = Field(
         default=None,
@@ -44,12 +43,6 @@ class Settings(BaseSettings):
         description="cores the torch work of the API process shares (synchronous requests and "
         "in-process jobs): each running call gets cores ÷ running calls threads, so one alone "
         "uses them all; default: every core the process may run on",
-    )
-    keep_freed_memory: bool = Field(
-        default=True,
-        description="serve CPU tensors from one heap and keep freed memory for the next step "
-        "or request rather than map and fault it in again (glibc; see cnnviz.allocator); the "
-        "free memory goes back to the system when a job ends",
     )
     sync_batch_max: int = Field(
         default=8, ge=1, le=64, description="most images of one batched forward pass (1: off)"
@@ -113,9 +106,6 @@ class Settings(BaseSettings):
         description="where spilled results go; unset: a temporary directory, removed when the "
         "process stops (in-process jobs live as long as the process)",
     )
-    job_soft_time_limit: float = Field(
-        default=1800, gt=0, description="seconds; in-process jobs fail with a timeout error"
-    )
     max_active_jobs_per_owner: int = Field(
         default=32,
         ge=1,
@@ -128,15 +118,6 @@ class Settings(BaseSettings):
         description="steps × images × image pixels one job may ask for; more is a 422 before "
         "anything is queued (the default lets 512 images of 224 px run 256 steps)",
     )
-    job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
-    job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
-    exemplar_shard_images: int = Field(
-        default=2048, ge=1, description="images per shard of an exemplars job"
-    )
-    exemplar_loader_workers: int = Field(
-        default=0, ge=0, le=32, description="DataLoader processes of in-process exemplar jobs"
-    )
-    exemplar_batch_size: int = Field(default=64, ge=1, le=4096)
     inline_result_max_bytes: int = Field(
         default=256 * 1024,
         ge=0,
@@ -160,14 +141,6 @@ class Settings(BaseSettings):
         default="",
         description="comma-separated host names a job's callback_url may name (any port); "
         "empty: callbacks are refused",
-    )
-    callback_secret: str = Field(
-        default="",
-        description="the HMAC-SHA256 key of callback signatures (needed with callback_hosts)",
-    )
-    callback_attempts: int = Field(default=4, ge=1, le=10, description="tries per callback")
-    callback_backoff: float = Field(
-        default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
     )
     lease_sweep_interval: float = Field(
         default=10,

@@ -76,6 +76,7 @@ def test_the_service_distribution_has_the_rest(wheels: dict[str, zipfile.ZipFile
     assert top_level(service) == {"schemas", "service", "workers", "cnnviz_client"}
     names = service.namelist()
     assert "service/static/viewer/index.html" in names
+    assert "workers/records/lua/finish.lua" in names  # the Redis records' scripts
     [entry_points] = [n for n in names if n.endswith("entry_points.txt")]
     assert "cnnviz = cnnviz_client.cli:main" in service.read(entry_points).decode()
     server_extra = [r for r in requires(service) if 'extra == "server"' in r]

@@ -1,4 +1,5 @@
-"""The settings of a worker process, read from ``CNNVIZ_*`` environment variables.
+"""Settings read from ``CNNVIZ_*`` environment variables: what the API and the workers both
+read (:class:`JobSettings`), and a worker process's own (:class:`WorkerSettings`).
 
 The same ``CNNVIZ_REDIS_URL`` as the API's points a worker at the broker, the result backend
 and the job records.
@@ -13,17 +14,82 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.callbacks import CallbackPolicy
 
-class WorkerSettings(BaseSettings):
-    """One instance per worker process (:func:`get_worker_settings`)."""
+__all__ = ["JobSettings", "WorkerSettings", "get_worker_settings"]
+
+
+class JobSettings(BaseSettings):
+    """What the API (which runs in-process jobs and admits queued ones) and the workers both
+    read: one declaration, one ``CNNVIZ_*`` variable, one default. A real difference between
+    the two is an explicit override in the subclass, with its reason."""
 
     model_config = SettingsConfigDict(env_prefix="CNNVIZ_", env_file=None, extra="ignore")
 
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis: Celery broker, result backend and job records; unset: jobs run "
+        "in the API process",
+    )
+    models_file: Path | None = Field(
+        default=None, description="TOML file of extra models; unset: the built-in model only"
+    )
+    keep_freed_memory: bool = Field(
+        default=True,
+        description="serve CPU tensors from one heap and keep freed memory for the next step "
+        "or request rather than map and fault it in again (glibc; see cnnviz.allocator); the "
+        "free memory goes back to the system when a job ends",
+    )
+    job_soft_time_limit: float = Field(
+        default=1800, gt=0, description="seconds; the job fails with a timeout error"
+    )
+    job_checkpoint_steps: int = Field(
+        default=25,
+        ge=0,
+        description="optimization steps between checkpoints, which a job's next attempt "
+        "resumes from (0: none)",
+    )
+    job_checkpoint_interval: float = Field(
+        default=10,
+        ge=0,
+        description="the least seconds between two checkpoints (a whole layer's state is tens "
+        "of MiB to serialize and store)",
+    )
+    job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
+    job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
+    exemplar_shard_images: int = Field(
+        default=2048, ge=1, description="images per shard of an exemplars job"
+    )
+    exemplar_loader_workers: int = Field(
+        default=2, ge=0, le=32, description="DataLoader processes that decode images per job"
+    )
+    exemplar_batch_size: int = Field(default=64, ge=1, le=4096)
+    callback_secret: str = Field(
+        default="",
+        description="the HMAC-SHA256 key of callback signatures (the same on API and workers)",
+    )
+    callback_attempts: int = Field(default=4, ge=1, le=10, description="tries per callback")
+    callback_backoff: float = Field(
+        default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
+    )
+
+    def callback_policy(self) -> CallbackPolicy | None:
+        """How jobs deliver their callbacks; None without a secret (none are sent)."""
+        if not self.callback_secret:
+            return None
+        return CallbackPolicy(
+            self.callback_secret, attempts=self.callback_attempts, backoff_s=self.callback_backoff
+        )
+
+
+class WorkerSettings(JobSettings):
+    """One instance per worker process (:func:`get_worker_settings`)."""
+
+    # A worker has no in-process fallback: it always needs the broker (compose's by default).
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         description="Redis: Celery broker, result backend and job records",
     )
-    models_file: Path | None = Field(default=None, description="TOML file of extra models")
     worker_device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$",
@@ -35,15 +101,6 @@ class WorkerSettings(BaseSettings):
         ge=1,
         description="cores the pool children share: each child running a job gets cores ÷ "
         "children running jobs torch threads (all of them alone); unset: every core",
-    )
-    keep_freed_memory: bool = Field(
-        default=True,
-        description="serve CPU tensors from one heap and keep freed memory for the next step "
-        "rather than map and fault it in again (glibc; see cnnviz.allocator); the free memory "
-        "goes back to the system after each task",
-    )
-    job_soft_time_limit: float = Field(
-        default=1800, gt=0, description="seconds; the job fails with a timeout error"
     )
     job_time_limit: float = Field(
         default=1860, gt=0, description="seconds; the child is killed (a job stuck in C code)"
@@ -63,18 +120,6 @@ class WorkerSettings(BaseSettings):
         description="seconds a lease lasts from its last renewal; then the job's worker counts "
         "as lost and the API's sweeper sends the job again",
     )
-    job_checkpoint_steps: int = Field(
-        default=25,
-        ge=0,
-        description="optimization steps between checkpoints, which a job's next attempt "
-        "resumes from (0: none)",
-    )
-    job_checkpoint_interval: float = Field(
-        default=10,
-        ge=0,
-        description="the least seconds between two checkpoints (a whole layer's state is tens "
-        "of MiB to serialize and store)",
-    )
     job_max_attempts: int = Field(
         default=3, ge=1, description="deliveries of one job before it fails as worker_lost"
     )
@@ -87,22 +132,6 @@ class WorkerSettings(BaseSettings):
     result_expires: int = Field(
         default=24 * 3600, ge=60, description="seconds Celery keeps a task's small summary"
     )
-    exemplar_shard_images: int = Field(
-        default=2048, ge=1, description="images per shard of an exemplars job"
-    )
-    exemplar_loader_workers: int = Field(
-        default=2, ge=0, le=32, description="DataLoader processes that decode images per job"
-    )
-    exemplar_batch_size: int = Field(default=64, ge=1, le=4096)
-    callback_secret: str = Field(
-        default="", description="HMAC-SHA256 key of callback signatures (the API's)"
-    )
-    callback_attempts: int = Field(default=4, ge=1, le=10, description="tries per callback")
-    callback_backoff: float = Field(
-        default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
-    )
-    job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
-    job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
 
     @model_validator(mode="after")
     def _limits_in_order(self) -> Self:

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnviz.errors import CnnvizError
+from schemas.errors import with_listing
 from schemas.jobs import JobError, JobStatus, JobTask, Progress
 from workers.callbacks import CallbackPolicy, deliver
+from workers.config import JobSettings
 from workers.kinds import (
     JobCancelled,
     JobContext,
@@ -78,6 +80,21 @@ class Limits:
     lease_interval_s: float | None = None
     checkpoint_steps: int = 0
     checkpoint_interval_s: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: JobSettings, **carrier: Any) -> Limits:
+        """The limits ``settings`` give, for the API and the workers alike; ``carrier``: what
+        the carrier sets itself (its timeout errors, whether it enforces the deadline, its
+        leases and deliveries)."""
+        values: dict[str, Any] = {
+            "soft_time_limit_s": settings.job_soft_time_limit,
+            "progress_interval_s": settings.job_progress_interval,
+            "preview_interval_s": settings.job_preview_interval,
+            "checkpoint_steps": settings.job_checkpoint_steps,
+            "checkpoint_interval_s": settings.job_checkpoint_interval,
+            "callback": settings.callback_policy(),
+        }
+        return cls(**(values | carrier))
 
     def deadline(self) -> float | None:
         if self.soft_time_limit_s is None or not self.enforce_deadline:
@@ -299,7 +316,9 @@ def _outcome(
             "units or images, a smaller image_size)",
         )
     if isinstance(exc, CnnvizError):
-        return JobStatus.FAILED, JobError(code=exc.code, message=str(exc))
+        return JobStatus.FAILED, JobError(
+            code=exc.code, message=with_listing(str(exc), exc.listing)
+        )
     log.error("job %s failed", task.job_id, exc_info=exc)
     return JobStatus.FAILED, JobError(
         code="internal_error", message="the job failed; see the worker's log"

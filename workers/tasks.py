@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from typing import Any
@@ -30,7 +31,6 @@ from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from schemas.jobs import JOB_TASK, SHARD_TASK, JobError, JobTask
 from workers.app import CORES, app, settings
-from workers.callbacks import CallbackPolicy
 from workers.device import child_index, choose_device
 from workers.kinds import Partial, Resources
 from workers.leases import LeaseKeeper
@@ -50,13 +50,11 @@ def _child_resources() -> Resources:
     if _resources is None:
         device = choose_device(settings.worker_device, child_index())
         log.info("pool child %d uses %s", child_index(), device)
-        _resources = Resources(
-            models=ModelRegistry.from_file(settings.models_file, device=device),
-            datasets=DatasetRegistry.from_file(settings.models_file),
-            shard_images=settings.exemplar_shard_images,
-            loader_workers=settings.exemplar_loader_workers,
-            batch_size=settings.exemplar_batch_size,
-            cores=CORES,
+        _resources = Resources.from_settings(
+            settings,
+            ModelRegistry.from_file(settings.models_file, device=device),
+            DatasetRegistry.from_file(settings.models_file),
+            CORES,
         )
     return _resources
 
@@ -79,24 +77,15 @@ def _records(task: JobTask) -> RedisRecords:
     )
 
 
+@functools.cache
 def _limits() -> Limits:
-    return Limits(
+    """The limits of every task of this process, from its settings."""
+    return Limits.from_settings(
+        settings,
         timeout_errors=(SoftTimeLimitExceeded,),
-        soft_time_limit_s=settings.job_soft_time_limit,
         enforce_deadline=False,  # Celery's soft limit raises in the task
-        progress_interval_s=settings.job_progress_interval,
-        preview_interval_s=settings.job_preview_interval,
         max_deliveries=settings.job_max_attempts,
         lease_interval_s=settings.job_lease_interval,
-        checkpoint_steps=settings.job_checkpoint_steps,
-        checkpoint_interval_s=settings.job_checkpoint_interval,
-        callback=CallbackPolicy(
-            settings.callback_secret,
-            attempts=settings.callback_attempts,
-            backoff_s=settings.callback_backoff,
-        )
-        if settings.callback_secret
-        else None,
     )
 
 

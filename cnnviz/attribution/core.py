@@ -252,7 +252,8 @@ def _resolve_targets(
             hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
             raise InvalidArgumentError(
                 f"unknown target {target!r}; {hint}a target is a class index 0..{count - 1} "
-                "or a label (see GET /v1/models)"
+                "or a label",
+                listing=("models",),
             )
         else:
             index = int(target)
@@ -386,7 +387,8 @@ def attribute(
         convs = ", ".join(map(repr, kernel_layers(model)[-3:]))
         raise InvalidArgumentError(
             f"method {chosen.name!r} needs a layer, e.g. one of the last convolutions: "
-            f"{convs or '(none)'} (see GET /v1/models/{model_name}/layers)"
+            f"{convs or '(none)'}",
+            listing=("layers", model_name),
         )
     if not chosen.needs_layer:
         layer = None  # the other methods explain the input alone

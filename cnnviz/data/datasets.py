@@ -54,7 +54,7 @@ class UnknownDatasetError(InvalidArgumentError, LookupError):
 
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(
-            f"unknown dataset {name!r}; known datasets: {', '.join(known)} (see GET /v1/datasets)"
+            f"unknown dataset {name!r}; known datasets: {', '.join(known)}", listing=("datasets",)
         )
 
 

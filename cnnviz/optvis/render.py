@@ -33,9 +33,8 @@ from cnnviz.layers import LayerIndex, layer_index, preserved_state
 from cnnviz.optvis import objectives as obj
 from cnnviz.optvis.checkpoint import RenderCheckpoint
 from cnnviz.optvis.chunking import MemoryEstimate, estimate_memory, plan_chunks
-from cnnviz.optvis.fold import fold_batch_norms
 from cnnviz.optvis.param import ImageParam, make_param
-from cnnviz.optvis.redirect import redirect_relus
+from cnnviz.optvis.stepgraph import step_graphs
 from cnnviz.optvis.transform import Compose, Resize, Transform, standard_transforms
 from cnnviz.precision import PRECISIONS, Numerics, Precision, resolve_precision
 
@@ -283,12 +282,10 @@ class _Forward:
         # What the optimization steps run: the graph with batch norms folded (exact
         # evaluations keep the plain graph, see cnnviz.optvis.fold).
         self._steps = self._plain
-        if isinstance(self._plain, fx.GraphModule):
-            self._steps = fold_batch_norms(self._plain)[0]
         self._redirected = None
-        if redirect and isinstance(self._steps, fx.GraphModule):
-            redirected, count = redirect_relus(self._steps)
-            self._redirected = redirected if count else None
+        if isinstance(self._plain, fx.GraphModule):
+            graphs = step_graphs(self._plain, redirect)
+            self._steps, self._redirected = graphs.folded, graphs.redirected
         param = next(index.model.parameters(), None)
         self._dtype = param.dtype if param is not None else torch.float32
         self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)

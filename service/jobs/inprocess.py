@@ -18,7 +18,6 @@ from typing import Any
 from cnnviz.allocator import release_freed_memory
 from schemas.jobs import JobTask
 from service.jobs.transport import QUEUE_RETRY_AFTER_S, QueueFull
-from workers.callbacks import CallbackPolicy
 from workers.kinds import Resources
 from workers.records.memory import MemoryRecords
 from workers.run import Limits, execute
@@ -56,22 +55,14 @@ class InProcessTransport:
         *,
         workers: int,
         backlog: int,
-        soft_time_limit_s: float,
-        progress_interval_s: float = 0.5,
-        preview_interval_s: float = 2.0,
-        callback: CallbackPolicy | None = None,
+        limits: Limits,
         nice: int = 0,
     ) -> None:
         self._records = records
         self._resources = resources
         self._workers = workers
         self._capacity = workers + backlog
-        self._limits = Limits(
-            soft_time_limit_s=soft_time_limit_s,
-            progress_interval_s=progress_interval_s,
-            preview_interval_s=preview_interval_s,
-            callback=callback,
-        )
+        self._limits = limits
         self._executor = ThreadPoolExecutor(
             max_workers=workers,
             thread_name_prefix="cnnviz-job",

@@ -104,11 +104,6 @@ def _persistence(appendonly: bool | None) -> dict[str, Any]:
 class JobManager:
     """Submits jobs of every kind through a transport and keeps their records."""
 
-    inline_max_bytes = 256 * 1024
-    """Base64 characters of pictures a job's JSON carries inline by default (settings)."""
-    callbacks = CallbackHosts(frozenset())
-    """The hosts a job's callback_url may name (settings)."""
-
     def __init__(
         self,
         records: JobRecords,
@@ -117,17 +112,27 @@ class JobManager:
         pool: TorchPool,
         ttl_seconds: int,
         max_active: int | None = None,
+        *,
+        inline_max_bytes: int = 256 * 1024,
+        callbacks: CallbackHosts = CallbackHosts(frozenset()),  # noqa: B008 (frozen)
+        sweeper: LeaseSweeper | None = None,
+        on_ended: Callable[[JobTask], None] | None = None,
     ) -> None:
+        """``inline_max_bytes``: base64 characters of pictures a job's JSON carries inline by
+        default; ``callbacks``: the hosts a job's callback_url may name; ``sweeper``: sends
+        again the jobs whose worker was lost (queued transports); ``on_ended``: runs after a
+        cancel ended a running job at once (its worker was lost)."""
         self.records = records
         self.transport = transport
         self.resources = resources
         self._pool = pool
         self._ttl = ttl_seconds
         self._max_active = max_active
-        self.sweeper: LeaseSweeper | None = None
+        self.inline_max_bytes = inline_max_bytes
+        self.callbacks = callbacks
+        self.sweeper = sweeper
+        self.on_ended = on_ended
         self._sweeping: asyncio.Task[None] | None = None
-        self.on_ended: Callable[[JobTask], None] | None = None
-        """Runs after a cancel ended a running job at once (its worker was lost)."""
 
     async def start(self) -> None:
         """Start what runs beside the requests: the lease sweeper, when there is one."""

@@ -3,6 +3,8 @@ else the in-process executor with records in memory."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
@@ -11,7 +13,6 @@ from service.jobs.callbacks import CallbackHosts
 from service.jobs.manager import JobManager
 from service.jobs.sweeper import LeaseSweeper
 from service.settings import Settings
-from workers.callbacks import CallbackPolicy
 from workers.kinds import Resources
 from workers.run import Limits, ended
 
@@ -30,18 +31,19 @@ def build_jobs(
     # a thread of its own with a deep backlog, so a burst of submissions is not refused by
     # the synchronous path's bound, nor slows feature maps down.
     pool = TorchPool(concurrency=1, backlog=256, cores=cores)
-    resources = Resources(
-        models=registry,
-        datasets=datasets,
-        shard_images=settings.exemplar_shard_images,
-        loader_workers=settings.exemplar_loader_workers,
-        batch_size=settings.exemplar_batch_size,
-        cores=cores,
+    resources = Resources.from_settings(
+        settings,
+        registry,
+        datasets,
+        cores,
         # In-process jobs run on threads of lower priority (below): they yield the cores to
         # the synchronous requests rather than take a fair share from them.
         background=not settings.redis_url and settings.inprocess_job_nice > 0,
         max_job_work=settings.max_job_work,
     )
+    # The API runs what it starts itself (no lease); it enforces the soft limit between steps.
+    limits = Limits.from_settings(settings)
+    inline, callbacks = settings.inline_result_max_bytes, CallbackHosts(settings.callback_host_set)
     if settings.redis_url:
         from service.jobs.celery_client import CeleryTransport
         from workers.records.redis import RedisRecords
@@ -56,17 +58,7 @@ def build_jobs(
         transport = CeleryTransport(
             settings.redis_url, check_interval_s=settings.queue_check_interval
         )
-        manager = JobManager(
-            records,
-            transport,
-            resources,
-            pool,
-            settings.job_ttl_seconds,
-            settings.max_active_jobs_per_owner,
-        )
-        _configure(manager, settings)
-        limits = Limits(callback=callback_policy(settings))
-        manager.sweeper = LeaseSweeper(
+        sweeper = LeaseSweeper(
             records,
             transport.send_again,
             transport.send_shard,
@@ -74,8 +66,18 @@ def build_jobs(
             interval_s=settings.lease_sweep_interval,
             limits=limits,
         )
-        manager.on_ended = lambda task: ended(task, records, limits)
-        return manager
+        return JobManager(
+            records,
+            transport,
+            resources,
+            pool,
+            settings.job_ttl_seconds,
+            settings.max_active_jobs_per_owner,
+            sweeper=sweeper,
+            on_ended=lambda task: ended(task, records, limits),
+            inline_max_bytes=inline,
+            callbacks=callbacks,
+        )
     from service.jobs.inprocess import InProcessTransport
     from workers.records.memory import MemoryRecords
 
@@ -91,35 +93,17 @@ def build_jobs(
         resources,
         workers=settings.inprocess_job_workers,
         backlog=settings.inprocess_job_backlog,
-        soft_time_limit_s=settings.job_soft_time_limit,
-        progress_interval_s=settings.job_progress_interval,
-        preview_interval_s=settings.job_preview_interval,
-        callback=callback_policy(settings),
+        # Records in memory do not outlive the process: a checkpoint would have no reader.
+        limits=replace(limits, checkpoint_steps=0),
         nice=settings.inprocess_job_nice,
     )
-    manager = JobManager(
+    return JobManager(
         memory,
         executor,
         resources,
         pool,
         settings.job_ttl_seconds,
         settings.max_active_jobs_per_owner,
-    )
-    _configure(manager, settings)
-    return manager
-
-
-def _configure(manager: JobManager, settings: Settings) -> None:
-    manager.inline_max_bytes = settings.inline_result_max_bytes
-    manager.callbacks = CallbackHosts(settings.callback_host_set)
-
-
-def callback_policy(settings: Settings) -> CallbackPolicy | None:
-    """How in-process jobs deliver callbacks (Celery workers have settings of their own)."""
-    if not settings.callback_secret:
-        return None
-    return CallbackPolicy(
-        settings.callback_secret,
-        attempts=settings.callback_attempts,
-        backoff_s=settings.callback_backoff,
+        inline_max_bytes=inline,
+        callbacks=callbacks,
     )

@@ -10,6 +10,7 @@ from torch import fx, nn
 
 from cnnviz.optvis import RenderSettings, objectives, visualize
 from cnnviz.optvis.fold import fold_batch_norms
+from cnnviz.optvis.stepgraph import step_graphs
 
 
 def _net() -> nn.Module:
@@ -123,3 +124,22 @@ def test_fp32_optimization_steps_run_the_folded_graph() -> None:
 
     batch_norm_calls(1)  # the first render also indexes the model's layers (one forward)
     assert batch_norm_calls(2) == batch_norm_calls(6) > 0
+
+
+def test_step_graphs_are_built_once_and_again_when_the_weights_change() -> None:
+    traced = fx.symbolic_trace(_net()).eval()
+    first = step_graphs(traced, redirect=True)
+    assert step_graphs(traced, redirect=True) is first  # no second copy, no second source
+    assert first.redirected is not None  # the net has a ReLU
+    x = torch.randn(2, 3, 8, 8)
+    conv1 = traced.get_submodule("conv1")
+    assert isinstance(conv1, nn.Conv2d)
+    with torch.no_grad():
+        conv1.weight.mul_(-1.5)  # in place: the same tensor, a new version
+    again = step_graphs(traced, redirect=True)
+    assert again is not first
+    torch.testing.assert_close(again.folded(x), traced(x), rtol=1e-5, atol=1e-5)
+    # A graph asked for without redirection first gets it built when it is asked for.
+    other = fx.symbolic_trace(_net()).eval()
+    assert step_graphs(other, redirect=False).redirected is None
+    assert step_graphs(other, redirect=True).redirected is not None

@@ -12,6 +12,7 @@ import pytest
 from service.jobs import inprocess
 from service.jobs.inprocess import InProcessTransport
 from workers.records.memory import MemoryRecords
+from workers.run import Limits
 
 
 def _priority() -> int:
@@ -33,7 +34,7 @@ def _run_one_job(monkeypatch: pytest.MonkeyPatch, nice: int) -> int:
         None,  # type: ignore[arg-type]  # the stand-in runner needs no resources
         workers=1,
         backlog=0,
-        soft_time_limit_s=60,
+        limits=Limits(soft_time_limit_s=60),
         nice=nice,
     )
     try:

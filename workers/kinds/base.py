@@ -32,6 +32,7 @@ from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
 from schemas.jobs import Progress
+from workers.config import JobSettings
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -74,6 +75,27 @@ class Resources:
     loader_workers: int = 0
     batch_size: int = 64
     max_job_work: int | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: JobSettings,
+        models: ModelRegistry,
+        datasets: DatasetRegistry,
+        cores: CoreShare | None,
+        **process: Any,
+    ) -> Resources:
+        """The resources ``settings`` describe, for the API and the workers alike;
+        ``process``: what only one side sets (``background``, ``max_job_work``)."""
+        return cls(
+            models=models,
+            datasets=datasets,
+            shard_images=settings.exemplar_shard_images,
+            loader_workers=settings.exemplar_loader_workers,
+            batch_size=settings.exemplar_batch_size,
+            cores=cores,
+            **process,
+        )
 
     def model(self, name: str) -> LoadedModel:
         return self.models.get(name)

@@ -43,409 +43,27 @@ from workers.records.base import (
     ShardStart,
     lost_error,
 )
+from workers.records.redis_keys import (
+    KEY_PREFIX,
+    LEASES_KEY,
+    STATS_KEY,
+    arrays_key,
+    checkpoint_key,
+    idempotency_key,
+    job_keys,
+    lease_member,
+    owner_key,
+    partials_key,
+    preview_key,
+    record_key,
+    result_key,
+    reuse_key,
+    shards_key,
+)
+from workers.records.redis_scripts import script_names, script_source
 from workers.records.stats import Durations, bucket_labels
 
 log = logging.getLogger(__name__)
-
-KEY_PREFIX = "cnnviz:job:"
-# The job duration histograms of every worker (a hash; no TTL: a few fields per kind).
-STATS_KEY = "cnnviz:stats:job_duration"
-
-
-def record_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}{job_id}"
-
-
-def result_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}{job_id}:result"
-
-
-def preview_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}{job_id}:preview"
-
-
-def shards_key(job_id: str) -> str:
-    """Per shard of the current attempt: ``done:<i>`` work done, ``n:<i>`` deliveries."""
-    return f"{KEY_PREFIX}{job_id}:shards"
-
-
-def idempotency_key(digest: str) -> str:
-    return f"cnnviz:idem:{digest}"
-
-
-def reuse_key(digest: str) -> str:
-    """The latest job of a request (its fingerprint's digest), for serving repeats from it."""
-    return f"cnnviz:reuse:{digest}"
-
-
-def arrays_key(job_id: str) -> str:
-    """The raw float tensors a job attached (safetensors bytes)."""
-    return f"{KEY_PREFIX}{job_id}:arrays"
-
-
-def checkpoint_key(job_id: str) -> str:
-    """The latest checkpoint of a running job (bytes its kind wrote), for the next attempt."""
-    return f"{KEY_PREFIX}{job_id}:checkpoint"
-
-
-def partials_key(job_id: str) -> str:
-    """Per shard of a job of several shards: its partial (JSON), kept across attempts."""
-    return f"{KEY_PREFIX}{job_id}:partials"
-
-
-LEASES_KEY = "cnnviz:leases"
-"""The leases of running jobs and shards: a sorted set of ``<id>`` (a job's own lease) and
-``<id>#<shard>`` (a shard's), scored by when they lapse (Redis time, in milliseconds)."""
-
-
-def lease_member(job_id: str, shard: int | None = None) -> str:
-    return job_id if shard is None else f"{job_id}#{shard}"
-
-
-def owner_key(owner: str) -> str:
-    """The ids of an owner's jobs that may be unfinished (finished ones are pruned lazily)."""
-    return f"cnnviz:owner:{owner}:active"
-
-
-def _keys(job_id: str) -> list[str]:
-    """Every key of one job, the record first."""
-    return [
-        record_key(job_id),
-        result_key(job_id),
-        preview_key(job_id),
-        shards_key(job_id),
-        arrays_key(job_id),
-        checkpoint_key(job_id),
-        partials_key(job_id),
-    ]
-
-
-# A Lua condition on a record's status ``st``: the job has finished.
-_FINISHED = " or ".join(f"st == '{s.value}'" for s in JobStatus if s.finished)
-# A Lua guard: return 0 unless the record is running under attempt ARGV[1].
-_CURRENT = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running'
-   or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
-"""
-
-# Lua: Redis's own clock in milliseconds, so that leases written by workers and read by the
-# sweeper compare on one clock whatever the machines' clocks say.
-_NOW_MS = """
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-"""
-
-# ---- the API's side ----
-
-# KEYS: record, idempotency key or '', the owner's active set. ARGV: ttl, fingerprint, job id,
-# most active jobs of the owner (0: no limit), then field/value pairs.
-# With a live idempotency key: {'exists', job id, fingerprint}; over the owner's quota:
-# {'quota', active count, ''}; else the record is written.
-_CREATE = f"""
-if KEYS[2] ~= '' then
-  local known = redis.call('HMGET', KEYS[2], 'job', 'fingerprint')
-  if known[1] and redis.call('EXISTS', '{KEY_PREFIX}' .. known[1]) == 1 then
-    return {{'exists', known[1], known[2]}}
-  end
-end
-local quota = tonumber(ARGV[4])
-if quota > 0 then
-  local active = 0
-  for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-    local st = redis.call('HGET', '{KEY_PREFIX}' .. id, 'status')
-    if st == 'queued' or st == 'running' then
-      active = active + 1
-    else
-      redis.call('SREM', KEYS[3], id)
-    end
-  end
-  if active >= quota then return {{'quota', tostring(active), ''}} end
-end
-if KEYS[2] ~= '' then
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], 'job', ARGV[3], 'fingerprint', ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-return {{'created', ARGV[3], ARGV[2]}}
-"""
-
-# KEYS: record, leases. ARGV: now, ttl. A queued job is cancelled here, and so is a running
-# one whose lease lapsed (nothing runs it to see the flag); a running one at its next check.
-# 1: done; 2: the job ended here (its callback is due); 0: unknown.
-_CANCEL = f"""{_NOW_MS}
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 0 end
-if {_FINISHED} then return 1 end
-redis.call('HSET', KEYS[1], 'cancel', '1')
-local lapsed = false
-if st == 'running' then
-  local due = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '')
-  lapsed = due ~= nil and due <= now_ms
-end
-if st == 'queued' or lapsed then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  if st == 'running' then
-    redis.call('EXPIRE', KEYS[1], ARGV[2])
-    return 2
-  end
-end
-return 1
-"""
-
-# KEYS: every key of the job. Returns 0 unknown, 1 deleted, 2 not finished.
-_DELETE = f"""
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 0 end
-if not ({_FINISHED}) then return 2 end
-local idem = redis.call('HGET', KEYS[1], 'idem')
-if idem then redis.call('DEL', idem) end
-redis.call('DEL', unpack(KEYS))
-return 1
-"""
-
-# KEYS: every key of the job. Unconditional: for a job that never reached the queue.
-_DISCARD = """
-local idem = redis.call('HGET', KEYS[1], 'idem')
-if idem then redis.call('DEL', idem) end
-redis.call('DEL', unpack(KEYS))
-return 1
-"""
-
-# ---- the runner's side ----
-
-# KEYS: record, shards, leases. ARGV: now, max attempts, error JSON for too many attempts,
-# ttl, holder (the delivery's task id), lease ms, lease member.
-# A delivery takes the job over from a running attempt only when that attempt's lease lapsed
-# or it is the same delivery again (Celery gives a killed pool child's message back at once):
-# a second message of a job that runs under a live lease (a restored original after the
-# sweeper sent the job again) does not stop it.
-_START = f"""{_NOW_MS}
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {{'gone', 0}} end
-if {_FINISHED} then return {{'finished', 0}} end
-local function close(status)
-  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  redis.call('ZREM', KEYS[3], ARGV[7])
-end
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then
-  close('cancelled')
-  return {{'cancelled', 0}}
-end
-if st == 'running' and redis.call('HGET', KEYS[1], 'holder') ~= ARGV[5] then
-  local due = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-  if due > now_ms then return {{'leased', 0}} end
-end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if attempt > tonumber(ARGV[2]) then
-  close('failed')
-  redis.call('HSET', KEYS[1], 'error', ARGV[3])
-  return {{'exhausted', attempt}}
-end
-local deadline = now_ms + tonumber(ARGV[6])
-redis.call('HSET', KEYS[1], 'status', 'running', 'holder', ARGV[5], 'lease_until', deadline)
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
-redis.call('ZADD', KEYS[3], deadline, ARGV[7])
--- Progress stays: the attempt resumes from the last checkpoint and reports from there.
--- Delivery counts are per attempt; the work done by shards whose partials are kept stays.
-for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if string.sub(field, 1, 2) == 'n:' or string.sub(field, 1, 7) == 'holder:' then
-    redis.call('HDEL', KEYS[2], field)
-  end
-end
-return {{'run', attempt}}
-"""
-
-# KEYS: record, leases. ARGV: attempt, lease member, lease ms, shard or '', holder or ''.
-# 1: renewed; 0: the attempt (or this delivery of the shard) must stop.
-_RENEW = f"""{_CURRENT}{_NOW_MS}
-local deadline = now_ms + tonumber(ARGV[3])
-if ARGV[4] == '' then
-  redis.call('HSET', KEYS[1], 'lease_until', deadline)
-else
-  local shards = KEYS[1] .. ':shards'
-  if redis.call('HGET', shards, 'holder:' .. ARGV[4]) ~= ARGV[5] then return 0 end
-  -- The job's lease is the latest of its shards': cancel ends it at once only when all lapsed.
-  local due = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-  if deadline > due then redis.call('HSET', KEYS[1], 'lease_until', deadline) end
-end
-redis.call('ZADD', KEYS[2], deadline, ARGV[2])
-return 1
-"""
-
-# KEYS: record, leases. ARGV: attempt, lease member.
-_RELEASE = f"""{_CURRENT}
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
-"""
-
-# KEYS: record, checkpoint. ARGV: attempt, the bytes. Only the current attempt checkpoints.
-_SAVE_CHECKPOINT = f"""{_CURRENT}
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
-else redis.call('SET', KEYS[2], ARGV[2]) end
-return 1
-"""
-
-# KEYS: leases. ARGV: most claims, ttl of a record that ends here, lease ms.
-# Every lapsed lease, claimed once (whoever runs the sweep: one API or many). A job's own
-# lease puts the job back to queued for its next attempt; a shard's frees the shard; a job
-# asked to stop is cancelled. A claim to send something again keeps its member, due a lease
-# from now times the sends so far (at most 10): if what was sent has not started by then
-# (the send was lost, or waits behind a long queue), it is claimed and sent again, less and
-# less often; copies are harmless (a start under a live lease is refused), only wasteful.
-# Returns {id, action, shard, shards, attempt, delivery} per claim, where delivery numbers
-# the sends of this job (for a fresh task id).
-_SWEEP = f"""{_NOW_MS}
-local claims = {{}}
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0,
-                                   tonumber(ARGV[1]))) do
-  local sep = string.find(member, '#', 1, true)
-  local id = sep and string.sub(member, 1, sep - 1) or member
-  local shard = sep and string.sub(member, sep + 1) or ''
-  local rec = '{KEY_PREFIX}' .. id
-  local st = redis.call('HGET', rec, 'status')
-  local attempt = redis.call('HGET', rec, 'attempts') or '0'
-  local shards = redis.call('HGET', rec, 'shards') or '1'
-  if st == 'running' and redis.call('HGET', rec, 'cancel') == '1' then
-    redis.call('ZREM', KEYS[1], member)
-    redis.call('HSET', rec, 'status', 'cancelled', 'finished_at', now_ms / 1000)
-    redis.call('EXPIRE', rec, ARGV[2])
-    table.insert(claims, {{id, 'cancelled', '0', shards, attempt, '0'}})
-  elseif (st == 'running' or st == 'queued') and shard == '' then
-    if st == 'running' then
-      redis.call('HSET', rec, 'status', 'queued')
-      redis.call('HDEL', rec, 'holder', 'lease_until')
-    end
-    local delivery = redis.call('HINCRBY', rec, 'resent', 1)
-    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]) * math.min(delivery, 10), member)
-    table.insert(claims, {{id, 'job', '0', shards, attempt, tostring(delivery)}})
-  elseif st == 'running' then
-    redis.call('HDEL', rec .. ':shards', 'holder:' .. shard)
-    local delivery = redis.call('HINCRBY', rec, 'resent', 1)
-    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]) * math.min(delivery, 10), member)
-    table.insert(claims, {{id, 'shard', shard, shards, attempt, tostring(delivery)}})
-  else
-    redis.call('ZREM', KEYS[1], member)
-  end
-end
-return claims
-"""
-
-# KEYS: record, preview. ARGV: attempt, progress JSON, preview PNG or ''.
-_PROGRESS = f"""{_CURRENT}
-redis.call('HSET', KEYS[1], 'progress', ARGV[2])
-if ARGV[3] ~= '' then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', ttl)
-  else redis.call('SET', KEYS[2], ARGV[3]) end
-end
-return 1
-"""
-
-# KEYS: record, arrays. ARGV: attempt, the bytes, ttl. Only the current attempt attaches.
-_ATTACH = f"""{_CURRENT}
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-
-# KEYS: record, shards. ARGV: attempt, shard, done, total.
-# The job's progress is the sum of its shards' work: a shard delivered again starts from 0.
-_SHARD_PROGRESS = f"""{_CURRENT}
-redis.call('HSET', KEYS[2], 'done:' .. ARGV[2], ARGV[3])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-local sum = 0
-local fields = redis.call('HGETALL', KEYS[2])
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 5) == 'done:' then sum = sum + tonumber(fields[i + 1]) end
-end
-local total = tonumber(ARGV[4])
-if sum > total then sum = total end
-redis.call('HSET', KEYS[1], 'progress',
-  string.format('{{"step":%d,"total":%d,"unit":"images"}}', sum, total))
-return 1
-"""
-
-# KEYS: record, shards, partials, leases. ARGV: attempt, shard, max deliveries, now, error
-# JSON, ttl, holder, lease ms, lease member.
-# 'run', 'done' (its partial is kept), 'leased' (another delivery runs it) or 'stop' (not
-# current, cancelled, or delivered too often: the job fails).
-_START_SHARD = f"""
-if redis.call('HGET', KEYS[1], 'status') ~= 'running'
-   or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 'stop' end
-{_NOW_MS}
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'stop' end
-if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 'done' end
-local holder = redis.call('HGET', KEYS[2], 'holder:' .. ARGV[2])
-if holder and holder ~= ARGV[7] then
-  local due = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[9]) or '0')
-  if due > now_ms then return 'leased' end
-end
-local n = redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[2], 1)
-redis.call('HSET', KEYS[2], 'done:' .. ARGV[2], 0, 'holder:' .. ARGV[2], ARGV[7])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-if n > tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[4], 'error', ARGV[5])
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
-  redis.call('ZREM', KEYS[4], ARGV[9])
-  return 'stop'
-end
-local deadline = now_ms + tonumber(ARGV[8])
-redis.call('ZADD', KEYS[4], deadline, ARGV[9])
-local due = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-if deadline > due then redis.call('HSET', KEYS[1], 'lease_until', deadline) end
-return 'run'
-"""
-
-# KEYS: record, partials, leases. ARGV: attempt, shard, partial JSON, shards, the shard's
-# lease member, lease ms, the job's lease member.
-# 0: not current (dropped); 1: kept, more to come; 2: kept, and it was the last: merge now;
-# 3: another delivery had kept it already.
-_STORE_PARTIAL = f"""{_CURRENT}{_NOW_MS}
-redis.call('ZREM', KEYS[3], ARGV[5])
-if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then return 3 end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
-  -- The merge holds the job's own lease: lost mid-merge, the job is sent again and its next
-  -- attempt, finding every partial kept, only merges.
-  local deadline = now_ms + tonumber(ARGV[6])
-  redis.call('ZADD', KEYS[3], deadline, ARGV[7])
-  redis.call('HSET', KEYS[1], 'lease_until', deadline)
-  return 2
-end
-return 1
-"""
-
-# KEYS: record. ARGV: attempt, shards. The number of shards, for the sweeper.
-_PLAN = f"""{_CURRENT}
-redis.call('HSET', KEYS[1], 'shards', ARGV[2])
-return 1
-"""
-
-# KEYS: every key of the job (record, result, preview, shards, arrays, checkpoint, partials),
-# then the leases. ARGV: attempt, status, now, error JSON or '', result JSON or '', ttl.
-_FINISH = f"""{_CURRENT}
-if ARGV[2] == 'succeeded' then
-  if not redis.call('SET', KEYS[2], ARGV[5], 'NX', 'EX', ARGV[6]) then return 0 end
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ARGV[6]) end
-redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
-redis.call('ZREM', KEYS[8], redis.call('HGET', KEYS[1], 'id'))
-local idem = redis.call('HGET', KEYS[1], 'idem')
-if idem then redis.call('EXPIRE', idem, ARGV[6]) end
-return 1
-"""
 
 
 class RedisRecords:
@@ -489,23 +107,10 @@ class RedisRecords:
         self._lease_ms = int(lease_s * 1000)
         # Per (job, shard): the task id of the delivery this process runs, for its renewals.
         self._holders: dict[tuple[str, int], str] = {}
-        script = self._client.register_script
-        self._create = script(_CREATE)
-        self._cancel = script(_CANCEL)
-        self._delete = script(_DELETE)
-        self._discard = script(_DISCARD)
-        self._start = script(_START)
-        self._progress = script(_PROGRESS)
-        self._shard_progress = script(_SHARD_PROGRESS)
-        self._start_shard = script(_START_SHARD)
-        self._finish = script(_FINISH)
-        self._attach = script(_ATTACH)
-        self._renew = script(_RENEW)
-        self._release = script(_RELEASE)
-        self._save_checkpoint = script(_SAVE_CHECKPOINT)
-        self._sweep = script(_SWEEP)
-        self._store_partial = script(_STORE_PARTIAL)
-        self._plan = script(_PLAN)
+        # Each transition, by its script's name (a file in lua/).
+        self._scripts = {
+            name: self._client.register_script(script_source(name)) for name in script_names()
+        }
         # Per (job, attempt): when the flag was last read, and whether the attempt must stop.
         self._checked: dict[tuple[str, int], float] = {}
         self._stopped: set[tuple[str, int]] = set()
@@ -530,7 +135,7 @@ class RedisRecords:
             record = record.model_copy(update={"idem": idem})
         pairs = [item for field in record.to_fields().items() for item in field]
         outcome, job_id, fingerprint = self._call(
-            self._create,
+            self._scripts["create"],
             keys=[record_key(record.id), idem or "", owner_key(record.owner)],
             args=[
                 ttl_seconds,
@@ -568,7 +173,7 @@ class RedisRecords:
 
     def cancel(self, job_id: str) -> JobRecord:
         outcome = self._call(
-            self._cancel,
+            self._scripts["cancel"],
             keys=[record_key(job_id), LEASES_KEY],
             args=[time.time(), self._ttl, lease_member(job_id)],
         )
@@ -579,7 +184,9 @@ class RedisRecords:
     def sweep(self, limit: int = 100) -> list[Lapsed]:
         """Claim the leases that lapsed (at most ``limit``): what to send again, and the jobs
         that ended cancelled here. A claim is made once, whoever else sweeps."""
-        claims = self._call(self._sweep, keys=[LEASES_KEY], args=[limit, self._ttl, self._lease_ms])
+        claims = self._call(
+            self._scripts["sweep"], keys=[LEASES_KEY], args=[limit, self._ttl, self._lease_ms]
+        )
         return [
             Lapsed(
                 job_id=job_id.decode(),
@@ -598,14 +205,14 @@ class RedisRecords:
         return {member.decode(): score / 1000 for member, score in raw}
 
     def delete(self, job_id: str) -> None:
-        outcome = self._call(self._delete, keys=_keys(job_id))
+        outcome = self._call(self._scripts["delete"], keys=job_keys(job_id))
         if outcome == 0:
             raise JobNotFound(job_id)
         if outcome == 2:
             raise JobNotFinished(self.get(job_id))
 
     def discard(self, job_id: str) -> None:
-        self._call(self._discard, keys=_keys(job_id))
+        self._call(self._scripts["discard"], keys=job_keys(job_id))
 
     def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
         self._call(self._client.set, reuse_key(digest), job_id, ex=ttl_seconds)
@@ -683,7 +290,7 @@ class RedisRecords:
 
     def start(self, job_id: str, holder: str = "") -> int | None:
         outcome, attempt = self._call(
-            self._start,
+            self._scripts["start"],
             keys=[record_key(job_id), shards_key(job_id), LEASES_KEY],
             args=[
                 time.time(),
@@ -703,7 +310,7 @@ class RedisRecords:
     def renew(self, job_id: str, attempt: int, shard: int | None = None) -> bool:
         holder = "" if shard is None else self._holders.get((job_id, shard), "")
         try:
-            renewed = self._renew(
+            renewed = self._scripts["renew"](
                 keys=[record_key(job_id), LEASES_KEY],
                 args=[
                     attempt,
@@ -722,17 +329,19 @@ class RedisRecords:
         return bool(renewed)
 
     def release(self, job_id: str, attempt: int) -> None:
-        self._call(self._release, keys=[record_key(job_id), LEASES_KEY], args=[attempt, job_id])
+        self._call(
+            self._scripts["release"], keys=[record_key(job_id), LEASES_KEY], args=[attempt, job_id]
+        )
 
     def plan(self, job_id: str, attempt: int, shards: int) -> None:
         """Note how many shards the attempt has (the sweeper sends a lapsed one again)."""
-        self._call(self._plan, keys=[record_key(job_id)], args=[attempt, shards])
+        self._call(self._scripts["plan"], keys=[record_key(job_id)], args=[attempt, shards])
 
     def save_checkpoint(self, job_id: str, attempt: int, data: bytes) -> None:
         self._best_effort(
             job_id,
             attempt,
-            self._save_checkpoint,
+            self._scripts["save_checkpoint"],
             keys=[record_key(job_id), checkpoint_key(job_id)],
             args=[attempt, data],
         )
@@ -747,7 +356,7 @@ class RedisRecords:
         """Keep a shard's partial; True when it was the last one missing: merge now, under
         the job's own lease, which the caller then holds."""
         outcome = self._call(
-            self._store_partial,
+            self._scripts["store_partial"],
             keys=[record_key(job_id), partials_key(job_id), LEASES_KEY],
             args=[
                 attempt,
@@ -773,7 +382,7 @@ class RedisRecords:
         self._best_effort(
             job_id,
             attempt,
-            self._progress,
+            self._scripts["progress"],
             keys=[record_key(job_id), preview_key(job_id)],
             args=[attempt, progress.model_dump_json(), preview or b""],
         )
@@ -782,7 +391,7 @@ class RedisRecords:
         self._best_effort(
             job_id,
             attempt,
-            self._attach,
+            self._scripts["attach"],
             keys=[record_key(job_id), arrays_key(job_id)],
             args=[attempt, data, ttl_seconds],
         )
@@ -791,7 +400,7 @@ class RedisRecords:
         self._best_effort(
             job_id,
             attempt,
-            self._shard_progress,
+            self._scripts["shard_progress"],
             keys=[record_key(job_id), shards_key(job_id)],
             args=[attempt, shard, done, total],
         )
@@ -810,7 +419,7 @@ class RedisRecords:
         self, job_id: str, attempt: int, shard: int, max_deliveries: int, holder: str = ""
     ) -> ShardStart:
         outcome = self._call(
-            self._start_shard,
+            self._scripts["start_shard"],
             keys=[record_key(job_id), shards_key(job_id), partials_key(job_id), LEASES_KEY],
             args=[
                 attempt,
@@ -870,7 +479,9 @@ class RedisRecords:
         delay = 0.2
         while True:
             try:
-                return bool(self._finish(keys=[*_keys(job_id), LEASES_KEY], args=args))
+                return bool(
+                    self._scripts["finish"](keys=[*job_keys(job_id), LEASES_KEY], args=args)
+                )
             except (redis.ConnectionError, redis.TimeoutError):
                 # The script is idempotent: retrying after a lost reply cannot write twice.
                 if time.monotonic() > deadline:

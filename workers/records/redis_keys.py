@@ -1,0 +1,80 @@
+"""The Redis keys of job records: one record hash per job, and the keys beside it.
+
+Every key of a job starts with :data:`KEY_PREFIX` and its id; the Lua scripts
+(:mod:`workers.records.redis_scripts`) receive them as ``KEYS`` and never build them, except
+a record's key from an id they read (``KEY_PREFIX .. id``).
+"""
+
+from __future__ import annotations
+
+KEY_PREFIX = "cnnviz:job:"
+# The job duration histograms of every worker (a hash; no TTL: a few fields per kind).
+STATS_KEY = "cnnviz:stats:job_duration"
+
+
+def record_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}{job_id}"
+
+
+def result_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}{job_id}:result"
+
+
+def preview_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}{job_id}:preview"
+
+
+def shards_key(job_id: str) -> str:
+    """Per shard of the current attempt: ``done:<i>`` work done, ``n:<i>`` deliveries."""
+    return f"{KEY_PREFIX}{job_id}:shards"
+
+
+def idempotency_key(digest: str) -> str:
+    return f"cnnviz:idem:{digest}"
+
+
+def reuse_key(digest: str) -> str:
+    """The latest job of a request (its fingerprint's digest), for serving repeats from it."""
+    return f"cnnviz:reuse:{digest}"
+
+
+def arrays_key(job_id: str) -> str:
+    """The raw float tensors a job attached (safetensors bytes)."""
+    return f"{KEY_PREFIX}{job_id}:arrays"
+
+
+def checkpoint_key(job_id: str) -> str:
+    """The latest checkpoint of a running job (bytes its kind wrote), for the next attempt."""
+    return f"{KEY_PREFIX}{job_id}:checkpoint"
+
+
+def partials_key(job_id: str) -> str:
+    """Per shard of a job of several shards: its partial (JSON), kept across attempts."""
+    return f"{KEY_PREFIX}{job_id}:partials"
+
+
+LEASES_KEY = "cnnviz:leases"
+"""The leases of running jobs and shards: a sorted set of ``<id>`` (a job's own lease) and
+``<id>#<shard>`` (a shard's), scored by when they lapse (Redis time, in milliseconds)."""
+
+
+def lease_member(job_id: str, shard: int | None = None) -> str:
+    return job_id if shard is None else f"{job_id}#{shard}"
+
+
+def owner_key(owner: str) -> str:
+    """The ids of an owner's jobs that may be unfinished (finished ones are pruned lazily)."""
+    return f"cnnviz:owner:{owner}:active"
+
+
+def job_keys(job_id: str) -> list[str]:
+    """Every key of one job, the record first."""
+    return [
+        record_key(job_id),
+        result_key(job_id),
+        preview_key(job_id),
+        shards_key(job_id),
+        arrays_key(job_id),
+        checkpoint_key(job_id),
+        partials_key(job_id),
+    ]
