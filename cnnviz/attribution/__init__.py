@@ -46,13 +46,19 @@ from cnnviz.attribution.faithfulness import (
 )
 from cnnviz.attribution.picture import MapPicture, MapStats, map_picture, map_stats, overlay_full
 from cnnviz.attribution.replica import exclusive_copy
-from cnnviz.attribution.sanity import SanityResult, cascading_randomization
+from cnnviz.attribution.sanity import (
+    PASS_BELOW,
+    SanityResult,
+    cascading_randomization,
+    randomizable,
+)
 
 __all__ = [
     "MAX_NOISE_SAMPLES",
     "MAX_STEPS",
     "MAX_TARGETS",
     "METRICS",
+    "PASS_BELOW",
     "SMOOTH_TYPES",
     "Attribution",
     "AttributionMethod",
@@ -79,6 +85,7 @@ __all__ = [
     "metric_images",
     "overlay_full",
     "planned_passes",
+    "randomizable",
     "register",
 ]
 

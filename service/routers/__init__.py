@@ -16,6 +16,7 @@ from service.routers import (
     models,
     optimizations,
     samples,
+    sanity_checks,
     weights,
 )
 
@@ -32,5 +33,6 @@ api_router.include_router(job_events.router)
 api_router.include_router(weights.router)
 api_router.include_router(attributions.router)
 api_router.include_router(attribution_methods.router)
+api_router.include_router(sanity_checks.router)
 
 __all__ = ["api_router", "health"]

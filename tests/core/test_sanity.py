@@ -42,7 +42,9 @@ def images() -> torch.Tensor:
 
 
 def test_spearman_with_ties_and_constants() -> None:
-    assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([10.0, 20, 30, 40])) == pytest.approx(1.0)
+    assert spearman(
+        torch.tensor([1.0, 2, 3, 4]), torch.tensor([10.0, 20, 30, 40])
+    ) == pytest.approx(1.0)
     assert spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1])) == pytest.approx(-1.0)
     # Ties at their average rank: ranks (1.5, 1.5, 3) and (1, 2, 3) correlate by 0.866.
     found = spearman(torch.tensor([5.0, 5, 9]), torch.tensor([1.0, 2, 3]))

@@ -5,7 +5,7 @@ below, its schema in ``schemas/`` and its route in ``service/routers/``.
 """
 
 # The kinds: importing a module registers it.
-from workers.kinds import attribution, exemplars, optimization  # noqa: F401
+from workers.kinds import attribution, exemplars, optimization, sanity  # noqa: F401
 from workers.kinds.base import (
     JobCancelled,
     JobContext,
