@@ -172,7 +172,7 @@ async def create_attributions(
         # The maps alone: the metrics' images are not run, so they are not charged.
         read = await read_request(request)
         body = dataclasses.replace(read, options=read.options.model_copy(update={"metrics": []}))
-        check_cost(model, spec, body.options, settings.attribution_max_pixels)
+        check_cost(model, spec, body.options, limit)
         arrays, headers = await pool.run(
             explain_raw, registry, model, body, settings.max_image_pixels, limit
         )
@@ -192,7 +192,7 @@ async def create_attributions(
             f"Accept: image/png returns one target's picture, and {targets} targets were asked "
             "for; ask for one target, or for application/json",
         )
-    check_cost(model, spec, options, settings.attribution_max_pixels)
+    check_cost(model, spec, options, limit)
     if png:
         content, headers = await pool.run(
             explain_png, registry, model, body, settings.max_image_pixels, limit
