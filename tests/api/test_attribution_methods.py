@@ -63,3 +63,11 @@ def test_smoothing_over_http(http: httpx.Client) -> None:
     many = {**body, "method": "integrated_gradients", "smooth": {"noise_samples": 64}}
     detail = problem(http.post(URL, json=many), 422, "too_long_for_sync")["detail"]
     assert "noise_samples" in detail and "attribution-jobs" in detail
+
+
+def test_scorecam_is_charged_for_its_layers_channels(http: httpx.Client) -> None:
+    # 1 + 128 channels of block4.relu + 594 metric images = 723 images of 64×64, over 2.5 M.
+    body = {"sample": "star", "method": "scorecam", "layer": "block4.relu"}
+    body["metrics"] = ["deletion", "insertion"]
+    detail = problem(http.post(URL, json=body), 422, "too_long_for_sync")["detail"]
+    assert "723 images" in detail and "1 + channels" in detail
