@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.constraints import exactly_one
 from schemas.jobs import JobOptions
+from schemas.routes import JobRoute, job_route
 
 Target = Annotated[int, Field(ge=0, le=1_000_000)] | Annotated[str, Field(max_length=256)]
 
@@ -316,3 +317,42 @@ class AttributionMethodList(BaseModel):
 
 class AttributionJobCreate(AttributionsCreate, JobOptions):
     """An attribution job: the same request as the synchronous one, and job options."""
+
+
+# Attributions too long to answer at once (tests run each one).
+JOB_EXAMPLES: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {
+        "summary": "Integrated gradients with 1024 steps for three classes",
+        "value": {
+            "sample": "star",
+            "method": "integrated_gradients",
+            "steps": 1024,
+            "target": ["star", "cross", "hexagon"],
+        },
+    },
+    "occlusion": {
+        "summary": "Occlusion with 4-pixel patches at every pixel",
+        "value": {"sample": "square", "method": "occlusion", "window": 4, "stride": 1},
+    },
+    "metrics": {
+        "summary": "Grad-CAM of three classes with deletion and insertion scores",
+        "value": {
+            "sample": "star",
+            "method": "gradcam",
+            "layer": "block4.relu",
+            "target": ["star", "cross", "hexagon"],
+            "metrics": ["deletion", "insertion"],
+        },
+    },
+}
+
+JOB_ROUTE = job_route(
+    JobRoute(
+        kind="attribution",
+        path="attribution-jobs",
+        request=AttributionJobCreate,
+        result=AttributionsRead,
+        summary="Queue an attribution too long to answer at once; poll the job at `Location`.",
+        examples=JOB_EXAMPLES,
+    )
+)

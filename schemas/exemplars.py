@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.jobs import JobOptions
+from schemas.routes import JobRoute, job_route
 
 MAX_K = 100
 MAX_LAYERS = 16
@@ -94,3 +95,27 @@ class ExemplarGridRead(BaseModel):
     columns: int
     tile_size: list[int] = Field(description="(height, width) of a tile")
     png: str = Field(description="base64 PNG of the grid")
+
+
+_EXAMPLES: dict[str, dict[str, Any]] = {
+    "classes": {
+        "summary": "The images each class logit ranks highest",
+        "value": {"dataset": "shapes", "layers": ["fc"], "k": 16},
+    },
+    "conv": {
+        "summary": "Top and bottom images of a conv layer's channels, by their maximum",
+        "value": {"dataset": "shapes", "layers": ["block3.relu"], "pool": "max", "bottom": True},
+    },
+}
+
+ROUTE = job_route(
+    JobRoute(
+        kind="exemplars",
+        path="exemplars",
+        request=ExemplarsCreate,
+        result=ExemplarsResult,
+        summary="Queue a job that ranks a data set's images for every channel of some layers.",
+        tag="exemplars",
+        examples=_EXAMPLES,
+    )
+)

@@ -10,6 +10,7 @@ from pydantic.json_schema import JsonDict
 
 from schemas.constraints import given, present, when
 from schemas.jobs import JobOptions
+from schemas.routes import JobRoute, job_route
 
 # A whole layer is one job (resnet18 layer4 has 512 channels); render chunks it to fit memory.
 MAX_UNITS = 512
@@ -220,3 +221,48 @@ class OptimizationResult(BaseModel):
         default="fp32", description="the precision the job ran in (`precision` resolved)"
     )
     elapsed_s: float
+
+
+# Examples for /docs, each a request that works on the built-in model as it is.
+_EXAMPLES: dict[str, dict[str, Any]] = {
+    "channels": {
+        "summary": "Four channels of a layer, one image each",
+        "value": {"layer": "block3.relu", "channels": [0, 1, 2, 3], "steps": 256, "seed": 0},
+    },
+    "whole layer": {
+        "summary": "Every channel of a layer in one job",
+        "value": {"layer": "block2.relu", "channels": "all", "steps": 128},
+    },
+    "neuron": {
+        "summary": "One neuron: a channel at a position",
+        "value": {"layer": "block3.relu", "neuron": {"channel": 5, "y": 8, "x": 8}},
+    },
+    "class": {
+        "summary": "What the model calls a triangle (class 2)",
+        "value": {"layer": "fc", "objective": "class_logit", "channels": [2]},
+    },
+    "diversity": {
+        "summary": "Three different images of one channel",
+        "value": {
+            "layer": "block2.relu",
+            "channels": [4],
+            "images_per_unit": 3,
+            "diversity": 1.0,
+        },
+    },
+    "deepdream": {
+        "summary": "DeepDream: the whole layer's energy",
+        "value": {"layer": "block3.relu", "objective": "layer", "steps": 128},
+    },
+}
+
+ROUTE = job_route(
+    JobRoute(
+        kind="optimization",
+        path="optimizations",
+        request=OptimizationCreate,
+        result=OptimizationResult,
+        summary="Queue an activation-maximization job; poll the job at `Location`.",
+        examples=_EXAMPLES,
+    )
+)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.constraints import exactly_one
 from schemas.jobs import JobOptions
+from schemas.routes import JobRoute, job_route
 
 
 class SanityCheckCreate(BaseModel):
@@ -78,3 +79,30 @@ class SanityCheckResult(BaseModel):
 
 class SanityCheckJobCreate(SanityCheckCreate, JobOptions):
     """A sanity-check job: the request and job options."""
+
+
+# Checks that run on the built-in model as it is (tests run each one).
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "shapes": {
+        "summary": "Grad-CAM, saliency and guided Grad-CAM on 8 images of the shapes set",
+        "value": {
+            "methods": ["gradcam", "saliency", "guided_gradcam"],
+            "layer": "block4.relu",
+            "dataset": "shapes",
+            "max_images": 8,
+        },
+    },
+}
+
+JOB_ROUTE = job_route(
+    JobRoute(
+        kind="sanity_check",
+        path="sanity-checks",
+        request=SanityCheckJobCreate,
+        result=SanityCheckResult,
+        summary="Queue Adebayo's cascading randomization of attribution methods; poll the job "
+        "at `Location`.",
+        tag="attributions",
+        examples=EXAMPLES,
+    )
+)

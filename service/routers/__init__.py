@@ -11,12 +11,11 @@ from service.routers import (
     feature_maps,
     health,
     job_events,
+    job_kinds,
     job_results,
     jobs,
     models,
-    optimizations,
     samples,
-    sanity_checks,
     weights,
 )
 
@@ -24,7 +23,7 @@ api_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 api_router.include_router(models.router)
 api_router.include_router(feature_maps.router)
 api_router.include_router(samples.router)
-api_router.include_router(optimizations.router)
+api_router.include_router(job_kinds.router)  # every job kind's submit route
 api_router.include_router(exemplars.router)
 api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
@@ -33,6 +32,5 @@ api_router.include_router(job_events.router)
 api_router.include_router(weights.router)
 api_router.include_router(attributions.router)
 api_router.include_router(attribution_methods.router)
-api_router.include_router(sanity_checks.router)
 
 __all__ = ["api_router", "health"]

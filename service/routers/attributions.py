@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from schemas.attributions import (
-    AttributionJobCreate,
     AttributionsCreate,
     AttributionsOptions,
     AttributionsRead,
 )
 from schemas.errors import Problem
-from schemas.jobs import JobRead
 from service.attributions import (
     check_cost,
     explain_json,
@@ -22,21 +20,13 @@ from service.attributions import (
     explain_raw,
     read_request,
 )
-from service.deps import JobsDep, OwnerDep, PoolDep, RegistryDep, SettingsDep
+from service.deps import PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
 from service.feature_maps import wants_png
 from service.raw import MEDIA_TYPE, encode, wanted_raw
-from service.routers.jobs import (
-    SUBMIT_RESPONSES,
-    CacheControl,
-    IdempotencyKey,
-    submit_job,
-)
-from workers.kinds.attribution import Attributions
 
 router = APIRouter(prefix="/models", tags=["attributions"])
 
-AttributionJobRead = JobRead[AttributionsCreate, AttributionsRead]
 
 # Each is run by tests/api/test_attributions.py: the documentation cannot drift from the API.
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -200,52 +190,3 @@ async def create_attributions(
         return Response(content, media_type="image/png", headers=headers)
     content = await pool.run(explain_json, registry, model, body, settings.max_image_pixels, limit)
     return Response(content, media_type="application/json")
-
-
-# Tested by tests/jobs/test_attribution_jobs.py.
-JOB_EXAMPLES: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {
-        "summary": "Integrated gradients with 1024 steps for three classes",
-        "value": {
-            "sample": "star",
-            "method": "integrated_gradients",
-            "steps": 1024,
-            "target": ["star", "cross", "hexagon"],
-        },
-    },
-    "occlusion": {
-        "summary": "Occlusion with 4-pixel patches at every pixel",
-        "value": {"sample": "square", "method": "occlusion", "window": 4, "stride": 1},
-    },
-    "metrics": {
-        "summary": "Grad-CAM of three classes with deletion and insertion scores",
-        "value": {
-            "sample": "star",
-            "method": "gradcam",
-            "layer": "block4.relu",
-            "target": ["star", "cross", "hexagon"],
-            "metrics": ["deletion", "insertion"],
-        },
-    },
-}
-
-
-@router.post(
-    "/{model}/attribution-jobs",
-    status_code=202,
-    responses=SUBMIT_RESPONSES,
-    tags=["jobs"],
-)
-async def create_attribution_job(
-    model: str,
-    body: Annotated[AttributionJobCreate, Body(openapi_examples=JOB_EXAMPLES)],
-    jobs: JobsDep,
-    owner: OwnerDep,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-    cache_control: CacheControl = None,
-) -> AttributionJobRead:
-    """Queue an attribution too long to answer at once; poll the job at `Location`."""
-    return await submit_job(
-        jobs, Attributions.name, model, body, response, idempotency_key, cache_control, owner
-    )

@@ -2,57 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from cnnviz.errors import InvalidArgumentError
 from schemas.errors import Problem
-from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsCreate, ExemplarsResult
-from schemas.jobs import JobRead, JobStatus
+from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsResult
+from schemas.jobs import JobStatus
 from service.deps import DatasetsDep, JobsDep, OwnerDep, PoolDep, RegistryDep
 from service.errors import ApiError
 from service.exemplars import render
 from service.feature_maps import wants_png
 from service.routers.jobs import (
-    SUBMIT_RESPONSES,
-    CacheControl,
-    IdempotencyKey,
     JobId,
-    submit_job,
 )
 from workers.kinds.exemplars import Exemplars
 
 router = APIRouter(tags=["exemplars"])
-
-ExemplarsRead = JobRead[ExemplarsCreate, ExemplarsResult]
-
-_EXAMPLES: dict[str, Any] = {
-    "classes": {
-        "summary": "The images each class logit ranks highest",
-        "value": {"dataset": "shapes", "layers": ["fc"], "k": 16},
-    },
-    "conv": {
-        "summary": "Top and bottom images of a conv layer's channels, by their maximum",
-        "value": {"dataset": "shapes", "layers": ["block3.relu"], "pool": "max", "bottom": True},
-    },
-}
-
-
-@router.post("/models/{model}/exemplars", status_code=202, responses=SUBMIT_RESPONSES)
-async def create_exemplars(
-    model: str,
-    body: Annotated[ExemplarsCreate, Body(openapi_examples=_EXAMPLES)],
-    jobs: JobsDep,
-    owner: OwnerDep,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-    cache_control: CacheControl = None,
-) -> ExemplarsRead:
-    """Queue a job that ranks a data set's images for every channel of some layers."""
-    return await submit_job(
-        jobs, Exemplars.name, model, body, response, idempotency_key, cache_control, owner
-    )
 
 
 @router.get(

@@ -1,6 +1,6 @@
 """Jobs of every kind: watch one, cancel it, fetch its preview, forget it.
 
-Each kind queues its jobs with a route of its own (``service/routers/optimizations.py``, ...)
+Each kind queues its jobs with a route made from its row (``service/routers/job_kinds.py``)
 through :func:`submit_job`, so submission behaves the same for all: 202 and ``Location``,
 idempotency keys, reuse of an identical succeeded job.
 """

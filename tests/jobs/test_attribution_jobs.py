@@ -9,8 +9,7 @@ import httpx
 import pytest
 
 from cnnviz.models import ModelRegistry
-from schemas.attributions import AttributionsCreate
-from service.routers.attributions import JOB_EXAMPLES
+from schemas.attributions import JOB_EXAMPLES, AttributionsCreate
 from tests.jobs.client import FINISHED, MODEL, decode_png, wait_job
 from workers.kinds import JobContext, Resources
 from workers.kinds.attribution import Attributions

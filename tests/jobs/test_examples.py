@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 
 from cnnviz.models import ModelRegistry
-from schemas.optimization import OptimizationCreate
-from service.routers.optimizations import _EXAMPLES
+from schemas.optimization import ROUTE, OptimizationCreate
 from workers.kinds.optimization import optimize
 
 
-@pytest.mark.parametrize("name", sorted(_EXAMPLES))
+@pytest.mark.parametrize("name", sorted(ROUTE.examples))
 def test_the_docs_example_runs(name: str) -> None:
-    body = {**_EXAMPLES[name]["value"], "steps": 2, "image_size": 32}
+    body = {**ROUTE.examples[name]["value"], "steps": 2, "image_size": 32}
     request = OptimizationCreate.model_validate(body)
     loaded = ModelRegistry.from_file(None).get("shapes")
     result = optimize(request, loaded)

@@ -11,8 +11,7 @@ import pytest
 from cnnviz.attribution import randomizable
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
-from schemas.sanity import SanityCheckCreate
-from service.routers.sanity_checks import EXAMPLES
+from schemas.sanity import EXAMPLES, SanityCheckCreate
 from tests.jobs.client import MODEL, wait_job
 from workers.kinds import JobContext, Resources
 from workers.kinds.sanity import SanityChecks

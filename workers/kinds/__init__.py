@@ -1,7 +1,8 @@
 """Job kinds, each one module that registers itself (see :mod:`workers.kinds.base`).
 
 Adding a kind: a module here with a registered :class:`JobKind` subclass, one import line
-below, its schema in ``schemas/`` and its route in ``service/routers/``.
+below, and its schema in ``schemas/`` with its route's row (:class:`schemas.routes.JobRoute`);
+the service makes its submit route from the row.
 """
 
 # The kinds: importing a module registers it.

@@ -32,6 +32,7 @@ from cnnviz.imaging.decode import decode_base64, decode_image
 from cnnviz.imaging.preprocess import fit_box, to_tensor
 from cnnviz.models import LoadedModel, ModelSpec
 from schemas.attributions import (
+    JOB_ROUTE,
     AttributionsCreate,
     AttributionsOptions,
     AttributionsRead,
@@ -269,6 +270,7 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
     """Attribution as a job: one shard; progress in images run through the model."""
 
     name = "attribution"
+    route = JOB_ROUTE
     request_type = AttributionsCreate
     result_type = AttributionsRead
     progress_unit = "images"

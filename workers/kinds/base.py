@@ -32,6 +32,7 @@ from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
 from schemas.jobs import Progress
+from schemas.routes import JobRoute
 from workers.config import JobSettings
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -233,6 +234,8 @@ class JobKind(ABC, Generic[RequestT, ResultT]):
 
     name: ClassVar[str]
     """The kind's name in records, messages and ``JobRead.kind``."""
+    route: ClassVar[JobRoute]
+    """How it is asked for over HTTP (declared beside its schema)."""
     request_type: type[RequestT]
     result_type: type[ResultT]
     progress_unit: ClassVar[str] = "steps"

@@ -18,6 +18,7 @@ from cnnviz.data.loader import ModelInputs, model_batches
 from cnnviz.errors import LayerShapeError
 from cnnviz.exemplars import LayerTopK, TopK, mine
 from schemas.exemplars import (
+    ROUTE,
     Exemplar,
     ExemplarLayer,
     ExemplarsCreate,
@@ -42,6 +43,7 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
     """Top-k (and bottom-k) images per channel, mined in shards; progress in images."""
 
     name = "exemplars"
+    route = ROUTE
     pictures_elsewhere = "GET /v1/jobs/{id}/exemplars/{layer}/{channel}"
     request_type = ExemplarsCreate
     result_type = ExemplarsResult

@@ -28,6 +28,7 @@ from schemas.jobs import Progress, result_png_path, unit_png_path
 from schemas.optimization import (
     MAX_UNITS,
     MIN_IMAGE_SIZE,
+    ROUTE,
     ObjectiveKind,
     OptimizationCreate,
     OptimizationResult,
@@ -305,6 +306,7 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
     """Activation maximization: one shard, progress in optimizer steps."""
 
     name = "optimization"
+    route = ROUTE
     request_type = OptimizationCreate
     result_type = OptimizationResult
 

@@ -17,7 +17,11 @@ def register_kind(cls: K) -> K:
     """Class decorator: register one instance of a kind under its ``name``."""
     if cls.name in _KINDS:
         raise ValueError(f"job kind {cls.name!r} is registered twice")
-    _KINDS[cls.name] = cls()
+    kind = cls()
+    # The route's body may add the job options (callback, priority) to the kind's request.
+    if kind.route.kind != kind.name or not issubclass(kind.route.request, kind.request_type):
+        raise ValueError(f"job kind {kind.name!r} names the route of {kind.route.kind!r}")
+    _KINDS[cls.name] = kind
     return cls
 
 

@@ -11,6 +11,7 @@ from cnnviz.imaging import preprocess
 from cnnviz.imaging.decode import decode_base64, decode_image
 from schemas.jobs import Progress
 from schemas.sanity import (
+    JOB_ROUTE,
     SanityCheckCreate,
     SanityCheckResult,
     SanityMethodRead,
@@ -53,6 +54,7 @@ class SanityChecks(JobKind[SanityCheckCreate, SanityCheckResult]):
     """Sanity checks as a job; progress in stages (modules re-initialised)."""
 
     name = "sanity_check"
+    route = JOB_ROUTE
     request_type = SanityCheckCreate
     result_type = SanityCheckResult
     progress_unit = "stages"

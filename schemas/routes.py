@@ -1,0 +1,54 @@
+"""Each job kind's submit route, declared once beside its schema.
+
+A row says how a kind is asked for over HTTP: ``POST /v1/models/{model}/<path>`` with a body of
+its ``request`` type, answering a job whose result is of its ``result`` type, with the
+examples ``/docs`` shows. The service makes one route per row (one generic handler), a kind
+of the job domain names its row, and the client can list them without the job domain (which
+imports torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+__all__ = ["JobRoute", "job_route", "job_routes"]
+
+
+@dataclass(frozen=True)
+class JobRoute:
+    """``kind``: the job kind's name (records, ``JobRead.kind``); ``path``: the last segment
+    of its submit route; ``summary``: one line for ``/docs``; ``examples``: requests that
+    work on the built-in model as it is (tests run each one)."""
+
+    kind: str
+    path: str
+    request: type[BaseModel]
+    result: type[BaseModel]
+    summary: str
+    tag: str = "jobs"
+    examples: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"/v1/models/{{model}}/{self.path}"
+
+
+_ROUTES: dict[str, JobRoute] = {}
+
+
+def job_route(route: JobRoute) -> JobRoute:
+    """Register ``route``; ValueError for a kind or a path that another row has."""
+    for known in _ROUTES.values():
+        if route.kind == known.kind or route.path == known.path:
+            raise ValueError(f"job route {route.kind!r} ({route.path}) is declared twice")
+    _ROUTES[route.kind] = route
+    return route
+
+
+def job_routes() -> list[JobRoute]:
+    """Every declared row, in the order of declaration (the schema modules' import order)."""
+    return list(_ROUTES.values())
