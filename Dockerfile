@@ -14,8 +14,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Celery refuses to be comfortable as root, and nothing here needs it.
 RUN useradd --create-home --home-dir /home/cnnviz --uid 10001 cnnviz \
-    && mkdir -p /var/cache/cnnviz/matplotlib /var/cache/cnnviz/torch \
-    && chown -R cnnviz:cnnviz /var/cache/cnnviz
+    && mkdir -p /var/cache/cnnviz/matplotlib /var/cache/cnnviz/torch /var/lib/cnnviz/models \
+    && chown -R cnnviz:cnnviz /var/cache/cnnviz /var/lib/cnnviz
 
 WORKDIR /app
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1

@@ -15,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -100,7 +101,11 @@ def api_server(
         "warning",
         *uvicorn_args,
     ]
-    process = subprocess.Popen(command, cwd=root, env={**os.environ, **(env or {})})
+    # A data directory of its own (the default is the user's): no job of an earlier run is
+    # resumed, none of this one is kept.
+    scratch = tempfile.TemporaryDirectory(prefix="cnnviz-bench-")
+    env = {"CNNVIZ_DATA_DIR": scratch.name, **(env or {})}
+    process = subprocess.Popen(command, cwd=root, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -121,6 +126,7 @@ def api_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        scratch.cleanup()
 
 
 def _stat(pid: int) -> list[str]:

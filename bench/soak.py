@@ -150,8 +150,9 @@ def main() -> None:
         redis = RedisServer(work).start()
         # A recycled child would hide growth: this one lives for the whole soak.
         recycle = {"CNNVIZ_WORKER_MAX_TASKS_PER_CHILD": str(args.rounds * args.jobs + 1)}
-        worker = CeleryWorker(redis.url, work, {**env, **recycle}).start()
+        worker = CeleryWorker(redis.url, work, {**env, **recycle})
         try:
+            worker.start()
             with api_server({**env, "CNNVIZ_REDIS_URL": redis.url}) as server:
                 children: list[list[float]] = []
 

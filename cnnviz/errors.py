@@ -91,6 +91,34 @@ class ModelLoadError(CnnvizError, RuntimeError):
         super().__init__(f"model {shown(name)} cannot be loaded: {cause}")
 
 
+class ModelNameTakenError(CnnvizError, ValueError):
+    """A model name that a registration may not take: the built-in model's, or the models
+    file's."""
+
+    code = "model_name_taken"
+
+    def __init__(self, name: str, holder: str) -> None:
+        self.name = name
+        self.holder = holder
+        super().__init__(
+            f"model name {shown(name)} is held by {holder}; register under another name"
+        )
+
+
+class ModelChangedError(CnnvizError, RuntimeError):
+    """A job's model whose weights are no longer the ones it was submitted for."""
+
+    code = "model_changed"
+
+    def __init__(self, name: str, expected: str, found: str | None) -> None:
+        self.name = name
+        now = f"has weights {found[:12]}…" if found else "is gone"
+        super().__init__(
+            f"model {shown(name)} {now}, not the {expected[:12]}… this job was submitted for "
+            "(it was registered again or removed meanwhile); submit the job again"
+        )
+
+
 class RegistryConfigError(CnnvizError, ValueError):
     """A models file that cannot be read or has an invalid entry."""
 

@@ -24,6 +24,7 @@ import copy
 import inspect
 import math
 import operator
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,15 @@ class _NamingTracer(fx.Tracer):
         self._calls: dict[str, int] = {}
         self.layers: list[TracedLayer] = []  # in the order the forward produced them
         self._taken: set[str] = set()
+        # FX patches nn.Module.__call__ and __getattr__ for the whole process while it
+        # traces: a model that another thread runs meanwhile (an in-process job) must run as
+        # if nothing were traced.
+        self._thread = threading.get_ident()
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, self._leaf_types) or super().is_leaf_module(m, module_qualified_name)
@@ -150,6 +160,8 @@ class _NamingTracer(fx.Tracer):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
         qualname = self.path_of_module(m)
         outer = self._scope
         self._scope = qualname

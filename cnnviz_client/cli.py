@@ -2,6 +2,7 @@
 
     cnnviz maps photo.jpg -m shapes -l block1.conv -o maps.png
     cnnviz optimize -m shapes -l block3.relu -c 0-7 --wait -o patterns.png
+    cnnviz dissect -m shapes -d shapes -l block4.relu --wait -o dissection/
     cnnviz serve                      # the API (service.main:app under uvicorn)
     cnnviz worker --concurrency 2     # a Celery worker on the gpu queue
 
@@ -144,6 +145,28 @@ def cmd_optimize(args: argparse.Namespace) -> None:
             print(f"{path}: {len(job.result.units)} image(s) of {job.result.layer}")
 
 
+def cmd_dissect(args: argparse.Namespace) -> None:
+    fields: dict[str, object] = {"dataset": args.dataset, "layers": args.layer, "k": args.k}
+    for name in ("method", "quantile", "iou_threshold"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    with _client(args) as client:
+        job = client.dissect(args.model, **fields)
+        print(f"job {job.id} {job.status.value}: {args.url}/v1/jobs/{job.id}", file=sys.stderr)
+        if not args.wait:
+            print(job.id)
+            return
+        job = client.wait(job.id, progress=not args.quiet)
+        written = client.save_dissection(job, args.output, units=args.units)
+        assert job.result is not None
+        for layer in job.result.layers:
+            print(
+                f"{layer.name}: {layer.detectors} detector(s) of {len(layer.units)} units, "
+                f"{layer.unique_concepts} concept(s)"
+            )
+        print(f"{written[0]} and {len(written) - 1} PNG(s) in {args.output}")
+
+
 def cmd_wait(args: argparse.Namespace) -> None:
     with _client(args) as client:
         job = client.wait(args.job, progress=not args.quiet)
@@ -234,6 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", help="with --wait: write the result grid PNG here")
     p.set_defaults(run=cmd_optimize)
+
+    p = sub.add_parser("dissect", help="label every unit of some layers from a dataset")
+    p.add_argument("-m", "--model", required=True)
+    p.add_argument("-d", "--dataset", required=True, help="see GET /v1/datasets")
+    p.add_argument("-l", "--layer", action="append", required=True, help="repeat for more")
+    p.add_argument("--method", choices=["masks", "labels"], help="default: masks if it has some")
+    p.add_argument("--quantile", type=float, help="masks: on above the 1 - quantile (0.005)")
+    p.add_argument("--iou-threshold", type=float, help="masks: detector above (0.04)")
+    p.add_argument("-k", type=int, default=16, help="top images per unit")
+    p.add_argument("--wait", action="store_true", help="wait with a progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-o", "--output", default="dissection", help="with --wait: a folder")
+    p.add_argument("--units", type=int, default=8, help="PNGs of the best units per layer")
+    p.set_defaults(run=cmd_dissect)
 
     p = sub.add_parser("wait", help="wait for a job with a progress bar")
     p.add_argument("job")

@@ -12,16 +12,21 @@ from typing import Any, Self
 import httpx
 
 from schemas.attributions import AttributionMethodList, AttributionsRead
+from schemas.dissection import DissectionCreate, DissectionResult
 from schemas.feature_maps import FeatureMapsRead
 from schemas.jobs import JobRead, JobStatus
-from schemas.models import LayerList, ModelList
+from schemas.models import LayerList, ModelList, ModelRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 OptimizationJob = JobRead[OptimizationCreate, OptimizationResult]
+DissectionJob = JobRead[DissectionCreate, DissectionResult]
 # The typed view of each kind of job; a kind not listed is read with plain dicts.
-_JOB_TYPES: dict[str, type[JobRead[Any, Any]]] = {"optimization": OptimizationJob}
+_JOB_TYPES: dict[str, type[JobRead[Any, Any]]] = {
+    "optimization": OptimizationJob,
+    "dissection": DissectionJob,
+}
 _AnyJob = JobRead[dict[str, Any], dict[str, Any]]
 
 
@@ -131,6 +136,24 @@ class Client:
         response = self._request("GET", f"/v1/models/{model}/layers")
         return LayerList.model_validate_json(response.content)
 
+    def register_model(
+        self, name: str, spec: dict[str, Any], weights: bytes | str | Path
+    ) -> ModelRead:
+        """Register (or replace) a model: ``spec`` has the keys of a ``[models.NAME]`` table
+        with ``arch`` or ``timm``; ``weights`` a safetensors file. Needs an admin key."""
+        data = weights if isinstance(weights, bytes) else Path(weights).read_bytes()
+        response = self._request(
+            "PUT",
+            f"/v1/models/{name}",
+            data={"spec": json.dumps(spec)},
+            files={"weights": ("weights.safetensors", data, "application/octet-stream")},
+        )
+        return ModelRead.model_validate_json(response.content)
+
+    def delete_model(self, name: str) -> None:
+        """Remove a registered model. Needs an admin key."""
+        self._request("DELETE", f"/v1/models/{name}")
+
     # ---- feature maps --------------------------------------------------------------------
 
     def feature_maps(
@@ -226,8 +249,62 @@ class Client:
         )
         return OptimizationJob.model_validate_json(response.content)
 
+    # ---- dissection jobs -----------------------------------------------------------------
+
+    def dissect(
+        self,
+        model: str,
+        request: DissectionCreate | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> JobRead[DissectionCreate, DissectionResult]:
+        """Queue a dissection (a request, or its fields: ``dataset``, ``layers``, ``method``,
+        ``quantile``, ``iou_threshold``, ``k``); :meth:`wait` for its result."""
+        body = request or DissectionCreate(**fields)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = self._request(
+            "POST",
+            f"/v1/models/{model}/dissections",
+            content=body.model_dump_json(exclude_unset=True),
+            headers={"Content-Type": "application/json", **headers},
+        )
+        return DissectionJob.model_validate_json(response.content)
+
+    def dissection_png(self, job_id: str, layer: str, channel: int) -> bytes:
+        """A unit's top images with its mask and its label's concept mask, as PNG."""
+        return self._request(
+            "GET",
+            f"/v1/jobs/{job_id}/dissections/{layer}/{channel}",
+            headers={"Accept": "image/png"},
+        ).content
+
+    def save_dissection(
+        self, job: JobRead[Any, Any], folder: str | Path, units: int = 8
+    ) -> list[Path]:
+        """Write a succeeded dissection to ``folder``: ``dissection.json`` (the result) and,
+        per layer, the PNGs of its ``units`` best-scoring units
+        (``<layer>/<rank>-unit<channel>-<label>.png``). The paths written, JSON first."""
+        if job.result is None:
+            raise JobFailed(job)
+        result = DissectionResult.model_validate(job.result)
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        written = [out / "dissection.json"]
+        written[0].write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        for layer in result.layers:
+            best = sorted(layer.units, key=lambda u: (-u.score, u.channel))[:units]
+            for rank, unit in enumerate(best):
+                if not unit.top:
+                    continue
+                label = "".join(c if c.isalnum() or c in "-_" else "_" for c in unit.label or "")
+                path = out / layer.name / f"{rank:03d}-unit{unit.channel}-{label}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(self.dissection_png(job.id, layer.name, unit.channel))
+                written.append(path)
+        return written
+
     def job(self, job_id: str) -> JobRead[Any, Any]:
-        """A job of any kind; optimization jobs typed as :data:`OptimizationJob`."""
+        """A job of any kind; optimization and dissection jobs typed."""
         return _job(self._request("GET", f"/v1/jobs/{job_id}").content)
 
     def cancel(self, job_id: str) -> JobRead[Any, Any]:

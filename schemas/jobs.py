@@ -83,6 +83,11 @@ class JobRead(BaseModel, Generic[RequestT, ResultT]):
     finished_at: datetime | None = None
     error: JobError | None = None
     result: ResultT | None = None
+    weights_sha256: str | None = Field(
+        default=None,
+        description="the sha256 of the model's weights file the job runs on (null for random "
+        "or torchvision's named weights); a job never runs on other weights",
+    )
 
 
 class JobTask(BaseModel):
@@ -93,6 +98,9 @@ class JobTask(BaseModel):
     model: str
     request: dict[str, Any] = Field(description="the kind's request, resolved")
     ttl_seconds: int = Field(ge=1, description="how long the record lives after it finishes")
+    weights_sha256: str | None = Field(
+        default=None, description="the weights the job was submitted for; checked before it runs"
+    )
 
 
 class JobOptions(BaseModel):
@@ -150,6 +158,7 @@ class JobRecord(BaseModel):
     cancel: bool = False
     idem: str | None = None
     callback_url: str | None = None
+    weights_sha256: str | None = None
     owner: str = Field(
         default="anonymous",
         description="who may see the job: a hash of the caller's API key, or 'anonymous' "
@@ -194,6 +203,7 @@ class JobRecord(BaseModel):
             model=self.model,
             request=self.request,
             ttl_seconds=ttl_seconds,
+            weights_sha256=self.weights_sha256,
         )
 
     def read(self, result: BaseModel | None = None) -> JobRead[Any, Any]:
@@ -212,6 +222,7 @@ class JobRecord(BaseModel):
             finished_at=_when(self.finished_at) if self.finished_at is not None else None,
             error=self.error,
             result=result,
+            weights_sha256=self.weights_sha256,
         )
 
 

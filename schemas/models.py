@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -10,8 +12,21 @@ class ModelRead(BaseModel):
 
     name: str = Field(examples=["shapes"])
     description: str = ""
-    source: str = Field(description="builtin, a torchvision arch, or a factory path")
-    weights: str | None = Field(description="builtin, a file path, a torchvision name or random")
+    source: str = Field(
+        description="builtin, a torchvision arch, timm:NAME, hf:DIRECTORY or a factory path"
+    )
+    origin: Literal["builtin", "config", "store"] = Field(
+        default="config",
+        description="where the entry comes from: the built-in model, the models file, or a "
+        "registration (PUT /v1/models/{name})",
+    )
+    weights: str | None = Field(
+        description="builtin, a file path, a torchvision name or random; null for an hf "
+        "model whose directory holds them"
+    )
+    sha256: str | None = Field(
+        default=None, description="the digest of a registered model's weights file"
+    )
     input_size: tuple[int, int] = Field(examples=[[64, 64]], description="[height, width]")
     channels: int = Field(examples=[3])
     mean: list[float]
@@ -23,6 +38,11 @@ class ModelRead(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelRead]
+    problems: list[str] = Field(
+        default_factory=list,
+        description="what went wrong when the models file or the model store was last read "
+        "again; the last good entries stay in use until an edit fixes it",
+    )
 
 
 class LayerRead(BaseModel):

@@ -108,3 +108,21 @@ async def caller_is_trusted(settings: SettingsDep, x_api_key: ApiKeyHeader = Non
 
 
 TrustedDep = Annotated[bool, Depends(caller_is_trusted)]
+
+
+async def require_admin_key(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
+    """Let an admin key through; 403 for any other caller, 404 when the service has no admin
+    keys (the routes that need one are off)."""
+    keys = settings.admin_key_list
+    if not keys:
+        raise ApiError(
+            404,
+            "not_found",
+            "registering models is off: the service has no admin keys (CNNVIZ_ADMIN_KEYS)",
+        )
+    raw = (x_api_key or "").encode()
+    matched = False
+    for key in keys:  # every key compared, in constant time: the time tells nothing
+        matched |= hmac.compare_digest(raw, key.encode())
+    if not matched:
+        raise ApiError(403, "forbidden", "registering models needs an admin key (X-API-Key)")

@@ -3,6 +3,9 @@ included) and a time limit on reading them (a client that trickles bytes, slowlo
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,23 +52,41 @@ class BodyLimits:
     drain_factor = 4
     drain_seconds = 5.0
 
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        read_timeout_s: float,
+        uploads: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
+        # (method, path pattern) -> a cap of its own: a model's weights are far larger than
+        # any image, and only admins may send them.
+        self.uploads = [
+            (method, re.compile(pattern), cap) for (method, pattern), cap in (uploads or {}).items()
+        ]
+
+    def _cap(self, scope: Scope) -> int:
+        for method, pattern, cap in self.uploads:
+            if scope.get("method") == method and pattern.fullmatch(scope.get("path", "")):
+                return cap
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self._cap(scope)
         headers = dict(scope.get("headers", []))
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             # A client that asked "Expect: 100-continue" sends nothing until told to: answer
             # at once. Any other is sending the body now.
             if b"100-continue" not in headers.get(b"expect", b"").lower():
-                await self._drain(receive, more_body=True)
-            await self._refuse(scope, receive, send)
+                await self._drain(receive, True, max_bytes)
+            await self._refuse(scope, receive, send, max_bytes)
             return
         received = 0
         started = False
@@ -81,9 +102,9 @@ class BodyLimits:
                 if message["type"] == "http.request":
                     body_done = not message.get("more_body", False)
                     received += len(message.get("body", b""))
-                    if received > self.max_bytes:
-                        await self._drain(receive, message.get("more_body", False))
-                        raise BodyTooLarge(self.max_bytes)
+                    if received > max_bytes:
+                        await self._drain(receive, message.get("more_body", False), max_bytes)
+                        raise BodyTooLarge(max_bytes)
                 return message
             raise BodyTimedOut(self.read_timeout_s)
 
@@ -97,13 +118,13 @@ class BodyLimits:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, max_bytes)
         except BodyTimedOut as exc:
             if not started:
                 response = problem(408, exc.code, exc.detail, exc.headers)
                 await response(scope, receive, send)
 
-    async def _drain(self, receive: Receive, more_body: bool) -> None:
+    async def _drain(self, receive: Receive, more_body: bool, max_bytes: int) -> None:
         """Read and drop what the client is still sending, within bounds.
 
         A server that answers and closes with bytes unread makes the client's kernel reset the
@@ -112,16 +133,16 @@ class BodyLimits:
         """
         drained = 0
         with anyio.move_on_after(self.drain_seconds):
-            while more_body and drained <= self.max_bytes * self.drain_factor:
+            while more_body and drained <= max_bytes * self.drain_factor:
                 message = await receive()
                 if message["type"] != "http.request":
                     return
                 drained += len(message.get("body", b""))
                 more_body = message.get("more_body", False)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         # The same problem+json as when the app itself sees the cap exceeded.
         response = problem(
-            413, BodyTooLarge.code, BodyTooLarge(self.max_bytes).detail, {"Connection": "close"}
+            413, BodyTooLarge.code, BodyTooLarge(max_bytes).detail, {"Connection": "close"}
         )
         await response(scope, receive, send)

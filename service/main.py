@@ -11,8 +11,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 
 from cnnviz.allocator import keep_freed_memory
-from cnnviz.data.datasets import DatasetRegistry
-from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
 from service.batching import MicroBatcher
 from service.compression import SelectiveGZip
@@ -57,14 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     if settings.keep_freed_memory:  # before threads allocate: see cnnviz.allocator
         keep_freed_memory()
-    app.state.registry = ModelRegistry.from_file(settings.models_file, device=settings.device)
+    app.state.registry = settings.model_registry(settings.device)
     # One share of the cores for every torch call of the process: requests and jobs.
     cores = CoreShare(settings.torch_threads)
     batcher = MicroBatcher(
         cores, settings.sync_batch_max, max_delay_s=settings.sync_batch_delay_ms / 1000
     )
     app.state.pool = TorchPool(settings.sync_concurrency, settings.sync_backlog, cores, batcher)
-    app.state.datasets = DatasetRegistry.from_file(settings.models_file)
+    app.state.datasets = settings.dataset_registry()
     app.state.jobs = build_jobs(settings, app.state.registry, app.state.datasets, cores)
     app.state.models_ready = ModelReadiness(app.state.registry)
     install_error_handlers(app)
@@ -78,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimits,
         max_bytes=settings.max_body_bytes,
         read_timeout_s=settings.body_read_timeout,
+        uploads={("PUT", r"/v1/models/[^/]+"): settings.model_upload_max_bytes},
     )
     # JSON (a job's) shrinks; PNGs and event streams not, raw arrays are sent as they are
     # (floats gain little, and their ETags stay exact), and neither are feature-map and

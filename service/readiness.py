@@ -47,4 +47,6 @@ class ModelReadiness:
         registry = self._registry
         check["loaded"] = [spec.name for spec in registry if registry.is_loaded(spec.name)]
         check["errors"] = self._registry.errors
+        # A models file that could not be read again: the last good entries serve meanwhile.
+        check["problems"] = self._registry.problems
         return check

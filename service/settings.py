@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from workers.config import JobSettings
 
@@ -27,6 +27,17 @@ class Settings(JobSettings):
         default=None,
         description="comma-separated API keys; unset: no key needed. Set but empty (or with "
         "an empty key between commas) is refused at start: it would turn auth off silently",
+    )
+    admin_keys: str | None = Field(
+        default=None,
+        description="comma-separated keys that may register and remove models "
+        "(PUT and DELETE /v1/models/{name}); each is also an API key. Unset: those routes "
+        "are off (404)",
+    )
+    model_upload_max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024,
+        description="the largest weights file PUT /v1/models/{name} takes (bytes); larger is a 413",
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     body_read_timeout: float = Field(
@@ -84,27 +95,30 @@ class Settings(JobSettings):
     inprocess_results_max_bytes: int = Field(
         default=512 * 1024 * 1024,
         ge=0,
-        description="bytes the finished in-process jobs may keep in the API's memory (result "
-        "JSON, last preview, raw tensors); past it the oldest finished jobs' go first, to "
-        "files or nowhere (CNNVIZ_INPROCESS_RESULTS_OVERFLOW). Unfinished jobs are never "
-        "touched",
+        description="with CNNVIZ_DATA_DIR=:memory:, bytes the finished in-process jobs may "
+        "keep in the API's memory (result JSON, last preview, raw tensors); past it the oldest "
+        "finished jobs' go first, to files or nowhere (CNNVIZ_INPROCESS_RESULTS_OVERFLOW). "
+        "Unfinished jobs are never touched. (With a data directory nothing is kept in memory: "
+        "the disk cap bounds the results)",
     )
     inprocess_results_overflow: Literal["spill", "evict"] = Field(
         default="spill",
-        description="'spill': results past the cap move to files in CNNVIZ_INPROCESS_RESULTS_DIR "
-        "and read the same; 'evict': they are dropped and read as 410 result_expired",
+        description="with CNNVIZ_DATA_DIR=:memory:, 'spill': results past the memory cap move "
+        "to files and read the same; 'evict': they are dropped and read as 410 result_expired",
     )
     inprocess_results_disk_max_bytes: int = Field(
         default=4 * 1024 * 1024 * 1024,
         ge=0,
-        description="bytes the spilled results may take in CNNVIZ_INPROCESS_RESULTS_DIR; past "
-        "it the oldest spilled jobs' files are removed (read as 410 result_expired), and a "
-        "result larger than it is dropped instead of spilled",
+        description="bytes finished in-process jobs' results may take on disk: in the data "
+        "directory (database and results/), or the spilled files with :memory:; past it the "
+        "oldest finished jobs' results are removed (read as 410 result_expired), and a result "
+        "larger than it is dropped",
     )
     inprocess_results_dir: Path | None = Field(
         default=None,
-        description="where spilled results go; unset: a temporary directory, removed when the "
-        "process stops (in-process jobs live as long as the process)",
+        description="deprecated: the folder of large results is CNNVIZ_DATA_DIR/results; set, "
+        "it replaces that folder (with :memory:, where spilled results go; unset there: a "
+        "temporary directory removed when the process stops)",
     )
     max_active_jobs_per_owner: int = Field(
         default=32,
@@ -167,15 +181,16 @@ class Settings(JobSettings):
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_keys")
     @classmethod
-    def _no_empty_key(cls, value: str | None) -> str | None:
+    def _no_empty_key(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         keys = [key.strip() for key in value.split(",")]
         if not all(keys):
+            variable = f"CNNVIZ_{(info.field_name or '').upper()}"
             raise ValueError(
-                f"CNNVIZ_API_KEYS is set but has {'no key' if not any(keys) else 'an empty key'} "
+                f"{variable} is set but has {'no key' if not any(keys) else 'an empty key'} "
                 f"({len(keys)} comma-separated entries, {keys.count('')} empty); list the keys "
                 "separated by commas, or unset the variable to run without keys"
             )
@@ -196,7 +211,13 @@ class Settings(JobSettings):
 
     @property
     def api_key_list(self) -> list[str]:
-        return [key.strip() for key in (self.api_keys or "").split(",") if key.strip()]
+        """The keys that may call the API: the API keys, and the admin keys with them."""
+        keys = [key.strip() for key in (self.api_keys or "").split(",") if key.strip()]
+        return [*keys, *(k for k in self.admin_key_list if k not in keys)] if keys else []
+
+    @property
+    def admin_key_list(self) -> list[str]:
+        return [key.strip() for key in (self.admin_keys or "").split(",") if key.strip()]
 
 
 @lru_cache

@@ -97,3 +97,13 @@ def test_mounts_caches_models_datasets_and_cors(compose: dict) -> None:  # type:
     assert api["environment"]["CNNVIZ_MODELS_FILE"] == "/etc/cnnviz/models.toml"
     assert api["environment"]["CNNVIZ_CORS_ORIGINS"] == "https://app.example"
     assert (ROOT / "deploy" / "models.toml").is_file()
+
+
+def test_the_api_and_the_workers_share_the_model_store(compose: dict) -> None:  # type: ignore[type-arg]
+    services = compose["services"]
+    for name in ("api", "worker", "worker-cpu"):
+        service = services[name]
+        store = service["environment"]["CNNVIZ_MODEL_STORE"]
+        targets = {v["target"]: v for v in service["volumes"]}
+        assert targets[store]["type"] == "volume" and targets[store]["source"] == "cnnviz-models"
+        assert not targets[store].get("read_only")

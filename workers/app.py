@@ -11,6 +11,7 @@ each child picks its device and loads models at its first job (:mod:`workers.tas
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from celery import Celery
@@ -20,6 +21,7 @@ from celery.signals import (
     task_postrun,
     worker_process_init,
 )
+from celery.worker.consumer import Consumer
 
 from cnnviz.allocator import keep_freed_memory, release_freed_memory
 from cnnviz.threads import CoreShare, SharedCounter
@@ -31,6 +33,26 @@ from workers.logs import JobIdFilter
 settings = get_worker_settings()
 if settings.keep_freed_memory:  # in the parent, so every pool child inherits it
     keep_freed_memory()
+
+# After losing the broker, kombu retries the connection 2 s later, then 4, 6, ... up to every
+# 30 s: a worker would come back up to 30 s after Redis did, and /readyz (which asks the
+# workers) would stay 503 that long while jobs are accepted again. Retried every second
+# instead: a retry is one TCP connect.
+RECONNECT_INTERVAL_S = 1.0
+
+
+class QuickReconnectConsumer(Consumer):
+    """Celery's consumer, retrying a lost broker connection every second."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection,
+            interval_start=RECONNECT_INTERVAL_S,
+            interval_step=0,
+            interval_max=RECONNECT_INTERVAL_S,
+        )
+        return super().ensure_connected(conn)
+
 
 app = Celery(
     "cnnviz",
@@ -89,6 +111,7 @@ app.conf.update(
     # rather than leave it to the visibility timeout.
     worker_soft_shutdown_timeout=settings.worker_soft_shutdown_timeout,
     broker_connection_retry_on_startup=True,
+    worker_consumer="workers.app:QuickReconnectConsumer",
     # The job id in every line about a job (JobIdFilter, on the handlers below).
     worker_log_format="[%(asctime)s: %(levelname)s/%(processName)s]%(job_tag)s %(message)s",
     worker_task_log_format="[%(asctime)s: %(levelname)s/%(processName)s]%(job_tag)s "

@@ -7,16 +7,32 @@ and the job records.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.callbacks import CallbackPolicy
 
-__all__ = ["JobSettings", "WorkerSettings", "get_worker_settings"]
+if TYPE_CHECKING:
+    import torch
+
+    from cnnviz.data.datasets import DatasetRegistry
+    from cnnviz.models import ModelRegistry
+
+__all__ = ["MEMORY", "JobSettings", "WorkerSettings", "default_data_dir", "get_worker_settings"]
+
+MEMORY = ":memory:"
+"""``CNNVIZ_DATA_DIR`` for in-process job records in memory, lost when the process stops."""
+
+
+def default_data_dir() -> str:
+    """``$XDG_DATA_HOME/cnnviz``, else ``~/.local/share/cnnviz`` (the XDG base directories)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "cnnviz")
 
 
 class JobSettings(BaseSettings):
@@ -33,6 +49,26 @@ class JobSettings(BaseSettings):
     )
     models_file: Path | None = Field(
         default=None, description="TOML file of extra models; unset: the built-in model only"
+    )
+    data_dir: str = Field(
+        default_factory=default_data_dir,
+        description="where the service keeps its data, created on start: the in-process "
+        "jobs' database (jobs.db), their large results (results/) and the models registered "
+        "at run time (models/), so that they survive a restart. Default "
+        "$XDG_DATA_HOME/cnnviz, else ~/.local/share/cnnviz; ':memory:' keeps in-process jobs "
+        "in memory, lost when the process stops",
+    )
+    model_store: Path | None = Field(
+        default=None,
+        description="the directory of models registered at run time (PUT /v1/models/{name}), "
+        "the same for the API and the workers (one path, or a shared volume); default: "
+        "models/ under CNNVIZ_DATA_DIR (under the default data directory with ':memory:')",
+    )
+    models_poll_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="seconds between looks at the models file and the model store for "
+        "changes, which are read without a restart",
     )
     keep_freed_memory: bool = Field(
         default=True,
@@ -57,6 +93,15 @@ class JobSettings(BaseSettings):
     )
     job_progress_interval: float = Field(default=0.5, gt=0, description="seconds")
     job_preview_interval: float = Field(default=2.0, gt=0, description="seconds")
+    redis_results_max_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="bytes finished jobs may keep in Redis (result JSON, last preview, raw "
+        "arrays); past it the oldest finished jobs' are deleted and read as 410 "
+        "result_expired; queued and running jobs are never touched. Unset: no cap but "
+        "Redis's maxmemory (see docs/reliability.md). A job's final write enforces it: set "
+        "it on the API and the workers alike",
+    )
     exemplar_shard_images: int = Field(
         default=2048, ge=1, description="images per shard of an exemplars job"
     )
@@ -72,6 +117,38 @@ class JobSettings(BaseSettings):
     callback_backoff: float = Field(
         default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
     )
+
+    @property
+    def data_path(self) -> Path | None:
+        """The data directory; None for ``:memory:``."""
+        return None if self.data_dir.strip() == MEMORY else Path(self.data_dir).expanduser()
+
+    @property
+    def model_store_path(self) -> Path:
+        """Where registered models are kept: ``model_store``, else ``models/`` in the data
+        directory."""
+        if self.model_store is not None:
+            return self.model_store
+        return (self.data_path or Path(default_data_dir())) / "models"
+
+    def model_registry(self, device: str | torch.device) -> ModelRegistry:
+        """The models of the models file and the model store, read again as they change."""
+        from cnnviz.models import ModelRegistry  # torch: imported by who builds models only
+
+        return ModelRegistry.from_file(
+            self.models_file,
+            device=device,
+            store=self.model_store_path,
+            poll_interval_s=self.models_poll_interval,
+        )
+
+    def dataset_registry(self) -> DatasetRegistry:
+        """The data sets of the models file, read again as it changes."""
+        from cnnviz.data.datasets import DatasetRegistry
+
+        return DatasetRegistry.from_file(
+            self.models_file, poll_interval_s=self.models_poll_interval
+        )
 
     def callback_policy(self) -> CallbackPolicy | None:
         """How jobs deliver their callbacks; None without a secret (none are sent)."""

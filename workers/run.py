@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cnnviz.errors import CnnvizError
+from cnnviz.errors import CnnvizError, ModelChangedError, UnknownModelError
 from schemas.errors import with_listing
 from schemas.jobs import JobError, JobStatus, JobTask, Progress
 from workers.callbacks import CallbackPolicy, deliver
@@ -220,6 +220,7 @@ def run_shard(
                 checkpoint_interval_s=limits.checkpoint_interval_s,
                 resume=records.checkpoint(job_id) if resumable else None,
             )
+            _check_weights(task, resources)
             return kind.run_shard(request, task.model, shard, resources, context)
     except Exception as exc:
         status, error = _outcome(task, exc, limits)
@@ -300,6 +301,19 @@ def execute(
             if FAILED in partial:
                 break
         return conclude(task, attempt, partials, resources, records, limits)
+
+
+def _check_weights(task: JobTask, resources: Resources) -> None:
+    """Raise ModelChangedError unless the model's weights are the ones the job was
+    submitted for (a registered model replaced or removed meanwhile)."""
+    if task.weights_sha256 is None:
+        return
+    try:
+        current = resources.models.weights_digest(task.model)
+    except UnknownModelError:
+        current = None
+    if current != task.weights_sha256:
+        raise ModelChangedError(task.model, task.weights_sha256, current)
 
 
 def _outcome(

@@ -27,8 +27,6 @@ import redis
 from celery import Task, group
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from cnnviz.data.datasets import DatasetRegistry
-from cnnviz.models import ModelRegistry
 from schemas.jobs import JOB_TASK, SHARD_TASK, JobError, JobTask
 from workers.app import CORES, app, settings
 from workers.device import child_index, choose_device
@@ -51,10 +49,7 @@ def _child_resources() -> Resources:
         device = choose_device(settings.worker_device, child_index())
         log.info("pool child %d uses %s", child_index(), device)
         _resources = Resources.from_settings(
-            settings,
-            ModelRegistry.from_file(settings.models_file, device=device),
-            DatasetRegistry.from_file(settings.models_file),
-            CORES,
+            settings, settings.model_registry(device), settings.dataset_registry(), CORES
         )
     return _resources
 
@@ -74,6 +69,7 @@ def _records(task: JobTask) -> RedisRecords:
         max_attempts=settings.job_max_attempts,
         ttl_seconds=task.ttl_seconds,
         lease_s=settings.job_lease_timeout,
+        results_max_bytes=settings.redis_results_max_bytes,
     )
 
 

@@ -8,6 +8,8 @@ Operators declare data sets in the same TOML file as models::
     [datasets.photos]
     path = "/srv/photos"          # found recursively; root/<label>/x.png gives labels
     description = "what it holds"
+    masks = "/srv/photo-masks"    # optional: root/a/b.jpg's mask is masks/a/b.png
+    concepts = ["sky", "tree"]    # with masks: pixel value i is concepts[i - 1], 0 none
 
 Files are only listed when a data set is opened; pixels are decoded when an image is read,
 and an unreadable or corrupt file is then reported (:class:`~cnnviz.errors.InvalidImageError`)
@@ -17,6 +19,7 @@ so that a caller can skip and count it.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import tomllib
@@ -25,10 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image
 
+from cnnviz.data.masks import MAX_CONCEPTS, InvalidMaskError, decode_mask
 from cnnviz.errors import InvalidArgumentError, InvalidImageError, RegistryConfigError
 from cnnviz.imaging.decode import decode_image
+from cnnviz.reload import DEFAULT_POLL_INTERVAL_S, Watched, file_stamp
 
 __all__ = [
     "BUILTIN_DATASET",
@@ -36,6 +43,7 @@ __all__ = [
     "DatasetRegistry",
     "DatasetSpec",
     "EmptyDatasetError",
+    "InvalidMaskError",
     "UnknownDatasetError",
     "UnknownImageError",
 ]
@@ -70,28 +78,50 @@ class EmptyDatasetError(InvalidArgumentError):
     code = "empty_dataset"
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One data set: a folder (``path``) or the built-in generated set (``path`` None)."""
+    """One data set: a folder (``path``) or the built-in generated set (``path`` None).
+
+    ``masks``: a folder outside ``path`` mirroring its tree with one PNG mask per image, whose
+    pixel values index ``concepts`` (see :mod:`cnnviz.data.masks`).
+    """
 
     name: str
     path: Path | None
     description: str = ""
+    masks: Path | None = None
+    concepts: tuple[str, ...] = ()
 
 
 class Dataset:
     """The images of one data set, listed once: ids in a stable order, labels, pixels.
 
     ``ids[i]`` is the id of image ``i``; ``targets[i]`` its label index into ``labels`` (or
-    -1 without labels).
+    -1 without labels). ``concepts`` are the pixel-level concepts of its masks (empty without
+    masks).
     """
 
-    def __init__(self, spec: DatasetSpec, ids: list[str], labels: list[str], targets: list[int]):
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        ids: list[str],
+        labels: list[str],
+        targets: list[int],
+        concepts: list[str] | None = None,
+    ):
         self.spec = spec
         self.ids = ids
         self.labels = labels
         self.targets = targets
+        self.concepts = list(concepts if concepts is not None else spec.concepts)
         self._index = {image_id: i for i, image_id in enumerate(ids)}
+
+    @property
+    def has_masks(self) -> bool:
+        return bool(self.concepts)
 
     @property
     def name(self) -> str:
@@ -113,6 +143,11 @@ class Dataset:
     def image(self, index: int) -> Image.Image:
         """Image ``index``, decoded (RGB, L, ... as stored); InvalidImageError if unreadable."""
         raise NotImplementedError
+
+    def mask(self, index: int) -> np.ndarray:
+        """Image ``index``'s concept mask ``(H, W) uint8`` at the image's own size (0: none,
+        ``i``: ``concepts[i - 1]``); InvalidMaskError when it is missing or bad."""
+        raise InvalidMaskError(f"dataset {self.name!r} has no masks")
 
     def encoded(self, index: int) -> tuple[bytes, str]:
         """Image ``index`` as PNG bytes (or the file's own bytes): ``(data, media type)``."""
@@ -169,84 +204,129 @@ class FolderDataset(Dataset):
             return self._path(index).read_bytes(), media
         return super().encoded(index)
 
+    def mask(self, index: int) -> np.ndarray:
+        if self.spec.masks is None:
+            return super().mask(index)
+        root = self.spec.masks.resolve()
+        path = (root / self.ids[index]).with_suffix(".png")
+        # The id is a listed file, but a link in the mask tree could still lead out of it.
+        real = path.resolve()
+        if not real.is_relative_to(root) or not real.is_file():
+            raise InvalidMaskError(f"mask of {self.ids[index]!r} is missing")
+        try:
+            data = real.read_bytes()
+        except OSError as exc:
+            raise InvalidMaskError(f"mask of {self.ids[index]!r} cannot be read: {exc}") from exc
+        return decode_mask(data, len(self.concepts), max_pixels=MAX_PIXELS)
+
 
 class ShapesDataset(Dataset):
-    """The built-in set: ``n`` generated ``shapes`` images from a seed, ids ``<class>/<i>.png``."""
+    """The built-in set: ``n`` generated ``shapes`` images from a seed, ids ``<class>/<i>.png``.
+
+    Its concepts are the 12 classes, at pixel level too: a pixel of an image of class ``c``
+    is concept ``c`` where the shape (or the texture's foreground) covers at least half of it.
+    """
 
     def __init__(self, spec: DatasetSpec, n: int = SHAPES_IMAGES, seed: int = SHAPES_SEED):
-        from cnnviz.data.shapes import CLASSES, generate
+        from cnnviz.data.shapes import CLASSES, generate_with_masks
 
-        images, targets = generate(n, seed)
+        images, targets, coverage = generate_with_masks(n, seed)
         self.pixels = images  # (n, 3, 64, 64) uint8
+        # (n, 64, 64) uint8: 1 + class where covered at least half, 0 elsewhere.
+        covered = (coverage >= 0.5).to(torch.uint8)
+        self.masks = (covered * (targets.to(torch.uint8) + 1)[:, None, None]).numpy()
         ids = [f"{CLASSES[int(t)]}/{i:05d}.png" for i, t in enumerate(targets)]
-        super().__init__(spec, ids, list(CLASSES), [int(t) for t in targets])
+        super().__init__(spec, ids, list(CLASSES), [int(t) for t in targets], list(CLASSES))
 
     def image(self, index: int) -> Image.Image:
         return Image.fromarray(self.pixels[index].permute(1, 2, 0).contiguous().numpy())
+
+    def mask(self, index: int) -> np.ndarray:
+        return self.masks[index]
 
 
 class DatasetRegistry:
     """Data set names to data sets, listed lazily and once; safe to share between threads.
 
-    Always holds the built-in ``shapes``. Entries that cannot be parsed are kept in
-    :attr:`errors`; a folder that cannot be listed raises when opened.
+    Always holds the built-in ``shapes`` (``shapes_images`` images; fewer for quick tests).
+    Entries that cannot be parsed are kept in
+    :attr:`errors`; a folder that cannot be listed raises when opened. A registry made
+    :meth:`from_file` reads its file again when it changes (at most every
+    ``poll_interval_s``); a bad edit keeps the last good entries and is reported in
+    :attr:`problems`.
     """
 
     def __init__(
         self,
         specs: Mapping[str, DatasetSpec] | None = None,
         errors: Mapping[str, str] | None = None,
+        *,
+        watched: Watched | None = None,
+        shapes_images: int = SHAPES_IMAGES,
     ) -> None:
         builtin = DatasetSpec(
             BUILTIN_DATASET,
             None,
-            f"{SHAPES_IMAGES} generated images of the shapes classes (seed {SHAPES_SEED})",
+            f"{shapes_images} generated images of the shapes classes (seed {SHAPES_SEED})",
         )
+        self._shapes_images = shapes_images
+        self._builtin = builtin
         self._specs = {BUILTIN_DATASET: builtin, **(specs or {})}
-        self.errors = dict(errors or {})
+        self._errors = dict(errors or {})
+        self.problems: list[str] = []
+        self._watched = watched
         self._open: dict[str, Dataset] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | Path | None) -> DatasetRegistry:
+    def from_file(
+        cls, path: str | Path | None, poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    ) -> DatasetRegistry:
         """The built-in set plus the ``[datasets.NAME]`` tables of a TOML file."""
         if path is None:
             return cls()
         path = Path(path)
+        stamp = file_stamp(path)
+        specs, errors = _read_datasets(path)
+        return cls(specs, errors, watched=Watched(path, stamp, poll_interval_s))
+
+    def reload(self) -> None:
+        """Read the file again if it changed; forget the listings of changed data sets."""
+        if self._watched is None or not self._watched.changed():
+            return
         try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise RegistryConfigError(f"cannot read models file {str(path)!r}: {exc}") from exc
-        tables: Any = document.get("datasets", {})
-        if not isinstance(tables, Mapping):
-            raise RegistryConfigError(f"{str(path)!r}: 'datasets' must be a table of tables")
-        specs: dict[str, DatasetSpec] = {}
-        errors: dict[str, str] = {}
-        for name, entry in tables.items():
-            where = f"[datasets.{name}] in {str(path)!r}"
-            if name == BUILTIN_DATASET:
-                errors[name] = f"{where}: the name is reserved for the built-in dataset"
-                continue
-            unknown = (
-                sorted(set(entry) - {"path", "description"}) if isinstance(entry, Mapping) else []
-            )
-            folder = entry.get("path") if isinstance(entry, Mapping) else None
-            if unknown or not isinstance(folder, str) or not folder:
-                errors[name] = f"{where}: needs `path` (a folder) and at most `description`"
-                continue
-            root = Path(folder).expanduser()
-            root = root if root.is_absolute() else path.parent / root
-            specs[name] = DatasetSpec(name, root, str(entry.get("description", "")))
-        registry = cls(specs)
-        registry.errors.update({k: v for k, v in errors.items() if k != BUILTIN_DATASET})
-        return registry
+            specs, errors = _read_datasets(self._watched.path)
+        except RegistryConfigError as exc:
+            self.problems = [f"{exc}; the last good entries stay in use"]
+            log.warning("%s", self.problems[0])
+            return
+        problems = []
+        for name in list(errors):
+            if name in self._specs and name != BUILTIN_DATASET:  # turned bad: keep the last good
+                problems.append(f"{errors.pop(name)}; its last good entry stays in use")
+                specs[name] = self._specs[name]
+        for problem in problems:
+            log.warning("%s", problem)
+        merged = {BUILTIN_DATASET: self._builtin, **specs}
+        with self._lock:
+            for name in list(self._open):
+                if merged.get(name) != self._specs.get(name):
+                    del self._open[name]
+            self._specs, self._errors, self.problems = merged, errors, problems
+
+    @property
+    def errors(self) -> dict[str, str]:
+        self.reload()
+        return self._errors
 
     def names(self) -> list[str]:
-        return sorted({*self._specs, *self.errors})
+        self.reload()
+        return sorted({*self._specs, *self._errors})
 
     def spec(self, name: str) -> DatasetSpec:
-        if name in self.errors:
-            raise RegistryConfigError(self.errors[name])
+        self.reload()
+        if name in self._errors:
+            raise RegistryConfigError(self._errors[name])
         try:
             return self._specs[name]
         except KeyError:
@@ -258,7 +338,11 @@ class DatasetRegistry:
         with self._lock:
             dataset = self._open.get(name)
             if dataset is None:
-                dataset = ShapesDataset(spec) if spec.path is None else FolderDataset(spec)
+                dataset = (
+                    ShapesDataset(spec, self._shapes_images)
+                    if spec.path is None
+                    else FolderDataset(spec)
+                )
                 self._open[name] = dataset
         if len(dataset) == 0:
             raise EmptyDatasetError(
@@ -271,3 +355,73 @@ class DatasetRegistry:
         """Forget the listing of ``name``; it is listed again at next use."""
         with self._lock:
             self._open.pop(name, None)
+
+
+def _read_datasets(path: Path) -> tuple[dict[str, DatasetSpec], dict[str, str]]:
+    """The ``[datasets.NAME]`` tables of a TOML file: specs, and the bad entries' errors."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RegistryConfigError(f"cannot read models file {str(path)!r}: {exc}") from exc
+    tables: Any = document.get("datasets", {})
+    if not isinstance(tables, Mapping):
+        raise RegistryConfigError(f"{str(path)!r}: 'datasets' must be a table of tables")
+    specs: dict[str, DatasetSpec] = {}
+    errors: dict[str, str] = {}
+    for name, entry in tables.items():
+        where = f"[datasets.{name}] in {str(path)!r}"
+        if name == BUILTIN_DATASET:
+            continue  # the name is reserved for the built-in data set
+        unknown = (
+            sorted(set(entry) - {"path", "description", "masks", "concepts"})
+            if isinstance(entry, Mapping)
+            else []
+        )
+        folder = entry.get("path") if isinstance(entry, Mapping) else None
+        if unknown or not isinstance(folder, str) or not folder:
+            errors[name] = (
+                f"{where}: needs `path` (a folder) and at most `description`, `masks` and "
+                "`concepts`"
+            )
+            continue
+        root = _folder(path, folder)
+        masks, concepts, problem = _masks_entry(entry, path, root)
+        if problem:
+            errors[name] = f"{where}: {problem}"
+            continue
+        specs[name] = DatasetSpec(name, root, str(entry.get("description", "")), masks, concepts)
+    return specs, errors
+
+
+def _folder(models_file: Path, folder: str) -> Path:
+    root = Path(folder).expanduser()
+    return root if root.is_absolute() else models_file.parent / root
+
+
+def _masks_entry(
+    entry: Mapping[str, Any], models_file: Path, root: Path
+) -> tuple[Path | None, tuple[str, ...], str]:
+    """``(masks, concepts, problem)`` of a ``[datasets.NAME]`` table; ``problem`` "" if fine."""
+    masks, concepts = entry.get("masks"), entry.get("concepts")
+    if masks is None and concepts is None:
+        return None, (), ""
+    if not isinstance(masks, str) or not masks:
+        return None, (), "`concepts` needs `masks`, a folder of PNG masks mirroring `path`"
+    if (
+        not isinstance(concepts, list)
+        or not 1 <= len(concepts) <= MAX_CONCEPTS
+        or not all(isinstance(c, str) and c for c in concepts)
+        or len(set(concepts)) != len(concepts)
+    ):
+        return (
+            None,
+            (),
+            (
+                f"`masks` needs `concepts`, a list of 1 to {MAX_CONCEPTS} distinct names (pixel "
+                "value i of a mask is concepts[i - 1])"
+            ),
+        )
+    folder = _folder(models_file, masks)
+    if folder.resolve().is_relative_to(root.resolve()):
+        return None, (), "`masks` must be a folder outside `path`, so that no mask is an image"
+    return folder, tuple(concepts), ""

@@ -14,10 +14,11 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from cnnviz.data.datasets import Dataset
+from cnnviz.data.masks import InvalidMaskError, fit_mask
 from cnnviz.errors import InvalidImageError
 from cnnviz.imaging.preprocess import preprocess
 
-__all__ = ["ModelInputs", "model_batches"]
+__all__ = ["MaskedInputs", "ModelInputs", "model_batches"]
 
 
 class ModelInputs(TorchDataset[tuple[torch.Tensor, int, bool]]):
@@ -53,6 +54,34 @@ class ModelInputs(TorchDataset[tuple[torch.Tensor, int, bool]]):
             return x, index, True
         except (InvalidImageError, OSError, ValueError):
             return torch.zeros((self.channels, *self.size)), index, False
+
+
+class MaskedInputs(ModelInputs):
+    """:class:`ModelInputs` with each image's concept mask, fitted as the image is:
+    ``(x, index, ok, mask (H, W) uint8, mask_ok)`` at the model's input size ``(H, W)``.
+
+    A missing or bad mask (:class:`~cnnviz.data.masks.InvalidMaskError`, or one of another
+    size than its image) gives an all-zero mask with ``mask_ok`` False; the image is still
+    ``ok``. An unreadable image has neither.
+    """
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int, bool, torch.Tensor, bool]:  # type: ignore[override]
+        index = self.indices[item]
+        empty = torch.zeros(self.size, dtype=torch.uint8)
+        try:
+            image = self.dataset.image(index)
+            x = preprocess(
+                image, size=self.size, channels=self.channels, mean=self.mean, std=self.std
+            )[0]
+        except (InvalidImageError, OSError, ValueError):
+            return torch.zeros((self.channels, *self.size)), index, False, empty, False
+        try:
+            mask = self.dataset.mask(index)
+        except (InvalidMaskError, OSError):
+            return x, index, True, empty, False
+        if mask.shape != (image.height, image.width):
+            return x, index, True, empty, False
+        return x, index, True, fit_mask(mask, self.size), True
 
 
 def model_batches(

@@ -8,6 +8,7 @@ names the model and the cause.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import pickle
 import warnings
@@ -19,11 +20,12 @@ import torch
 from torch import nn
 
 from cnnviz.errors import ModelLoadError
+from cnnviz.models.sources import HfLogits, build_hf, build_timm
 
 if TYPE_CHECKING:
     from cnnviz.models.registry import ModelSpec
 
-__all__ = ["build_model", "read_state_dict"]
+__all__ = ["build_model", "check_digest", "file_digest", "read_state_dict"]
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -70,7 +72,11 @@ def _build(spec: ModelSpec) -> nn.Module:
         from cnnviz.models.shapes import load_shapes_net
 
         return load_shapes_net()
-    if spec.factory is not None:
+    if spec.timm is not None:
+        model = build_timm(spec.timm, spec.kwargs)
+    elif spec.hf is not None:
+        model = build_hf(Path(spec.hf), spec.weights, spec.kwargs)
+    elif spec.factory is not None:
         model = _import_factory(spec.factory)(**spec.kwargs)
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -99,9 +105,32 @@ def _build(spec: ModelSpec) -> nn.Module:
                 ) from exc
         model = get_model(spec.arch, weights=None, **spec.kwargs)
     if spec.weights and spec.weights != "random":
+        if spec.sha256 is not None:
+            check_digest(spec.weights, spec.sha256)
         state = read_state_dict(spec.weights)
-        model.load_state_dict(state, strict=True)
+        # A weights file of an hf model holds the classifier's own names, as saved.
+        target = model.model if isinstance(model, HfLogits) else model
+        target.load_state_dict(state, strict=True)
     return model
+
+
+def file_digest(path: str | Path) -> str:
+    """The sha256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_digest(path: str | Path, sha256: str) -> None:
+    """Raise ValueError unless the file at ``path`` has this sha256."""
+    found = file_digest(path)
+    if found != sha256:
+        raise ValueError(
+            f"weights file {str(path)!r} has sha256 {found[:16]}…, not the {sha256[:16]}… it "
+            "was registered with: the file changed or is damaged; register the model again"
+        )
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -114,11 +143,22 @@ def build_model(spec: ModelSpec) -> nn.Module:
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, RuntimeError) and "size mismatch" in str(exc):
             cause = "weights do not match the architecture: " + _first_mismatch(str(exc))
-        elif isinstance(exc, RuntimeError) and "Missing key" in str(exc):
-            cause = "weights do not match the architecture: " + cause
+        elif isinstance(exc, RuntimeError) and (
+            "Missing key" in str(exc) or "Unexpected key" in str(exc)
+        ):
+            cause = "weights do not match the architecture: " + _first_key_error(str(exc))
         raise ModelLoadError(spec.name, cause) from exc
 
 
 def _first_mismatch(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if "size mismatch" in line]
     return lines[0] if lines else message.splitlines()[0]
+
+
+def _first_key_error(message: str) -> str:
+    """The line of load_state_dict's message that names missing or unexpected keys, cut."""
+    for line in message.splitlines():
+        line = line.strip()
+        if line.startswith(("Missing key", "Unexpected key")):
+            return line if len(line) <= 300 else line[:300] + "…"
+    return message.splitlines()[0]

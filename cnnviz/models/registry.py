@@ -18,22 +18,29 @@ are only read at first use. Models are loaded lazily, once per process.
 from __future__ import annotations
 
 import threading
-import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from cnnviz.errors import ModelLoadError, RegistryConfigError, UnknownModelError
+from cnnviz.errors import (
+    ModelLoadError,
+    ModelNameTakenError,
+    RegistryConfigError,
+    UnknownModelError,
+)
 from cnnviz.layers import LayerIndex, layer_index
+from cnnviz.models.catalog import BUILTIN_MODEL, Catalog, DigestCache, ModelsFile
 from cnnviz.models.loading import build_model
+from cnnviz.models.sources import hf_defaults, require_extra
+from cnnviz.models.store import ModelStore
+from cnnviz.reload import DEFAULT_POLL_INTERVAL_S
 
 __all__ = ["BUILTIN_MODEL", "LoadedModel", "ModelRegistry", "ModelSpec"]
 
-BUILTIN_MODEL = "shapes"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -43,14 +50,19 @@ class ModelSpec:
     """How to build one model and feed it.
 
     Exactly one of ``arch`` (a torchvision architecture name), ``factory``
-    (``"package.module:callable"``) or ``builtin`` says what to build. ``weights`` is a file
-    path (safetensors, or a state dict readable with ``torch.load(weights_only=True)``),
-    ``"DEFAULT"`` or another torchvision weights name, or ``"random"``.
+    (``"package.module:callable"``), ``timm`` (a timm model name), ``hf`` (a Hugging Face
+    model directory) or ``builtin`` says what to build. ``weights`` is a file path
+    (safetensors, or a state dict readable with ``torch.load(weights_only=True)``),
+    ``"DEFAULT"`` or another torchvision weights name, or ``"random"``; None for an ``hf``
+    model whose directory holds them. ``sha256`` is the digest of the weights file of a
+    model registered at run time (checked before its weights are used).
     """
 
     name: str
     arch: str | None = None
     factory: str | None = None
+    timm: str | None = None
+    hf: str | None = None
     builtin: bool = False
     weights: str | None = None
     input_size: tuple[int, int] = (224, 224)
@@ -60,6 +72,19 @@ class ModelSpec:
     labels: tuple[str, ...] = ()
     description: str = ""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+    origin: Literal["builtin", "config", "store"] = "config"
+
+    @property
+    def source(self) -> str:
+        """What builds it: ``builtin``, the arch, ``timm:NAME``, ``hf:DIR`` or the factory."""
+        if self.builtin:
+            return "builtin"
+        if self.timm is not None:
+            return f"timm:{self.timm}"
+        if self.hf is not None:
+            return f"hf:{self.hf}"
+        return self.arch or self.factory or "unknown"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -85,6 +110,7 @@ def _builtin_spec() -> ModelSpec:
         name=BUILTIN_MODEL,
         builtin=True,
         weights="builtin",
+        origin="builtin",
         input_size=INPUT_SIZE,
         channels=3,
         mean=MEAN,
@@ -103,28 +129,33 @@ def _float_tuple(
     return tuple(float(v) for v in value)
 
 
+_SOURCES = ("arch", "factory", "timm", "hf")
+ENTRY_KEYS = frozenset(
+    {*_SOURCES, "weights", "input_size", "channels", "mean", "std", "labels", "description"}
+    | {"kwargs"}
+)
+"""The keys of a ``[models.NAME]`` table."""
+
+
 def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
     """One ``[models.NAME]`` table to a spec; raises RegistryConfigError naming the cause."""
     if not isinstance(entry, Mapping):
         raise RegistryConfigError(f"[models.{name}] must be a table")
-    known = {
-        "arch",
-        "factory",
-        "weights",
-        "input_size",
-        "channels",
-        "mean",
-        "std",
-        "labels",
-        "description",
-        "kwargs",
-    }
+    known = ENTRY_KEYS
     unknown = sorted(set(entry) - known)
     if unknown:
         raise RegistryConfigError(f"unknown keys {unknown}; valid keys: {sorted(known)}")
+    given = [key for key in _SOURCES if entry.get(key) is not None]
+    if len(given) != 1:
+        raise RegistryConfigError(
+            f"give exactly one of {', '.join(map(repr, _SOURCES))}"
+            + (f"; got {', '.join(map(repr, given))}" if given else "")
+        )
+    source = given[0]
+    if not isinstance(entry[source], str) or not entry[source]:
+        raise RegistryConfigError(f"{source!r} must be a non-empty string")
     arch, factory = entry.get("arch"), entry.get("factory")
-    if (arch is None) == (factory is None):
-        raise RegistryConfigError("give exactly one of 'arch' or 'factory'")
+    timm_name, hf = entry.get("timm"), entry.get("hf")
     if arch is not None:
         from torchvision.models import list_models
 
@@ -133,16 +164,37 @@ def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
                 f"unknown arch {arch!r}; torchvision architectures include "
                 f"{', '.join(sorted(m for m in list_models() if '_' not in m)[:20])}, ..."
             )
-    if factory is not None and (not isinstance(factory, str) or ":" not in factory):
+    if factory is not None and ":" not in factory:
         raise RegistryConfigError(f"factory must be 'package.module:callable', got {factory!r}")
+    if source in ("timm", "hf"):
+        require_extra(source)
+    defaults: dict[str, Any] = {}
+    if hf is not None:
+        directory = Path(hf).expanduser()
+        directory = directory if directory.is_absolute() else base / directory
+        hf = str(directory)
+        # What the directory says fills what the entry leaves out ("absent" is not given).
+        defaults = hf_defaults(directory)
+        for key in ("input_size", "mean", "std"):
+            if key not in entry and key not in defaults:
+                raise RegistryConfigError(
+                    f"{key!r} is not given, and {hf!r} has no preprocessor_config.json that "
+                    "says it; give it in the entry"
+                )
+        entry = {**defaults, **entry}
     weights = entry.get("weights")
-    if not isinstance(weights, str) or not weights:
+    if hf is not None and weights is None:
+        pass  # the directory holds them
+    elif not isinstance(weights, str) or not weights:
         raise RegistryConfigError(
             "'weights' is required: a file path, 'DEFAULT' (torchvision's weights) or 'random'"
         )
-    if factory is not None and weights != "random" and not _looks_like_path(weights):
-        raise RegistryConfigError("a factory model needs a weights file path (or 'random')")
-    if _looks_like_path(weights):
+    elif arch is None and weights != "random" and not _looks_like_path(weights):
+        raise RegistryConfigError(
+            f"a {source} model needs a weights file path (or 'random'); named weights are "
+            "torchvision's"
+        )
+    if weights is not None and _looks_like_path(weights):
         path = Path(weights).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.is_file():
@@ -176,6 +228,8 @@ def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
         name=name,
         arch=arch,
         factory=factory,
+        timm=timm_name,
+        hf=hf,
         weights=weights,
         input_size=(size[0], size[1]),
         channels=channels,
@@ -197,6 +251,12 @@ class ModelRegistry:
     ``device`` is where loaded models live. Entries that could not be parsed are kept in
     :attr:`errors` and raise :class:`ModelLoadError` on use, so one bad table leaves the
     others working.
+
+    A registry made :meth:`from_file` re-reads its TOML file when it changes (polled at most
+    every ``poll_interval_s``), and the specs of its :class:`~cnnviz.models.store.ModelStore`
+    when they change. A bad edit keeps the last good entries and is reported in
+    :attr:`problems`. A model whose spec changed is built again at its next use; a caller
+    that holds the old :class:`LoadedModel` (a running job) goes on with it.
     """
 
     def __init__(
@@ -204,67 +264,101 @@ class ModelRegistry:
         specs: Mapping[str, ModelSpec] | None = None,
         errors: Mapping[str, str] | None = None,
         device: torch.device | str = "cpu",
+        *,
+        models_file: ModelsFile | None = None,
+        store: ModelStore | None = None,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> None:
-        builtin = _builtin_spec()
-        self._specs: dict[str, ModelSpec] = {builtin.name: builtin, **(specs or {})}
-        self.errors: dict[str, str] = dict(errors or {})
-        self.warnings: list[str] = []
+        self._fixed = (
+            {BUILTIN_MODEL: _builtin_spec(), **(specs or {})},
+            dict(errors or {}),
+        )
         self.device = torch.device(device)
+        self._catalog = Catalog(models_file, store, ModelRegistry._parse_stored, poll_interval_s)
+        self._specs, self._errors = self._catalog.merged(*self._fixed)
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._digests = DigestCache()
 
     @classmethod
     def from_file(
-        cls, path: str | Path | None, device: torch.device | str = "cpu"
+        cls,
+        path: str | Path | None,
+        device: torch.device | str = "cpu",
+        *,
+        store: str | Path | ModelStore | None = None,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> ModelRegistry:
-        """The built-in model plus the models of a TOML file (``None``: the built-in only).
+        """The built-in model plus the models of a TOML file (``None``: the built-in only)
+        and of a model store directory (``None``: none).
 
-        A file that cannot be read or parsed raises :class:`RegistryConfigError`; a bad entry
-        is kept as an error of that model only.
+        A file that cannot be read or parsed at start raises :class:`RegistryConfigError`;
+        a bad entry is kept as an error of that model only.
         """
-        if path is None:
-            return cls(device=device)
-        path = Path(path)
-        try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise RegistryConfigError(f"cannot read models file {str(path)!r}: {exc}") from exc
-        tables = document.get("models", {})
-        if not isinstance(tables, Mapping):
-            raise RegistryConfigError(f"{str(path)!r}: 'models' must be a table of tables")
-        specs: dict[str, ModelSpec] = {}
-        errors: dict[str, str] = {}
-        warnings: list[str] = []
-        for name, entry in tables.items():
-            if name == BUILTIN_MODEL:
-                # The built-in model keeps its name whatever the file says.
-                warnings.append(
-                    f"[models.{name}] in {str(path)!r} is ignored: the name is reserved for "
-                    "the built-in model"
-                )
-                continue
-            try:
-                specs[name] = _parse_entry(name, entry, path.parent)
-            except RegistryConfigError as exc:
-                errors[name] = f"[models.{name}] in {str(path)!r}: {exc}"
-        registry = cls(specs, errors, device)
-        registry.warnings = warnings
-        return registry
+        models_file = ModelsFile.read(Path(path), _parse_entry) if path is not None else None
+        if store is not None and not isinstance(store, ModelStore):
+            store = ModelStore(store)
+        return cls(
+            device=device, models_file=models_file, store=store, poll_interval_s=poll_interval_s
+        )
+
+    @staticmethod
+    def _parse_stored(name: str, table: Mapping[str, Any], sha256: str) -> ModelSpec:
+        # The stored table's weights path is absolute: no base directory applies.
+        return replace(_parse_entry(name, table, Path(".")), sha256=sha256, origin="store")
+
+    def refresh(self, force: bool = False) -> None:
+        """Read the models file and the store again if they changed (at most every poll
+        interval, unless ``force``); forget the loaded models whose spec changed."""
+        if not self._catalog.refresh(force):
+            return
+        with self._lock:
+            specs, errors = self._catalog.merged(*self._fixed)
+            for name, loaded in list(self._loaded.items()):
+                if specs.get(name) != loaded.spec:
+                    del self._loaded[name]
+            self._specs, self._errors = specs, errors
+
+    @property
+    def warnings(self) -> list[str]:
+        """Entries of the models file that are ignored, with why."""
+        return self._catalog.warnings
+
+    @property
+    def problems(self) -> list[str]:
+        """What went wrong when the models file or the store was last read again (the last
+        good entries stay in use meanwhile); empty when all is well."""
+        self.refresh()
+        return self._catalog.problems
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """The models that cannot be used, with why."""
+        self.refresh()
+        return self._errors
+
+    @property
+    def store(self) -> ModelStore | None:
+        return self._catalog.store
 
     def __iter__(self) -> Iterator[ModelSpec]:
-        return iter(self._specs.values())
+        self.refresh()
+        return iter(list(self._specs.values()))
 
     def names(self) -> list[str]:
         """Every model name, usable or not."""
-        return sorted({*self._specs, *self.errors})
+        self.refresh()
+        return sorted({*self._specs, *self._errors})
 
     def spec(self, name: str) -> ModelSpec:
         """The spec of ``name``; UnknownModelError or ModelLoadError (a bad entry) otherwise."""
-        if name in self.errors:
-            raise ModelLoadError(name, self.errors[name])
+        self.refresh()
+        errors, specs = self._errors, self._specs
+        if name in errors:
+            raise ModelLoadError(name, errors[name])
         try:
-            return self._specs[name]
+            return specs[name]
         except KeyError:
             raise UnknownModelError(name, self.names()) from None
 
@@ -274,17 +368,59 @@ class ModelRegistry:
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model ``name``, built and its weights read on first use."""
-        loaded = self._loaded.get(name)
-        if loaded is not None:
-            return loaded
         spec = self.spec(name)
+        loaded = self._loaded.get(name)
+        if loaded is not None and loaded.spec == spec:
+            return loaded
         with self._lock:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
             loaded = self._loaded.get(name)
-            if loaded is None:
+            if loaded is None or loaded.spec != spec:
                 module = build_model(spec).to(self.device).eval().requires_grad_(False)
                 index = layer_index(module, spec.input_shape, name)
                 loaded = LoadedModel(spec, module, index, self.device)
-                self._loaded[name] = loaded
+                with self._lock:
+                    if self._specs.get(name) == spec:  # not replaced meanwhile
+                        self._loaded[name] = loaded
         return loaded
+
+    def weights_digest(self, name: str) -> str | None:
+        """The sha256 of the weights ``name`` runs: of its weights file, or its registered
+        digest; None where there is no file (``random``, torchvision's named weights)."""
+        spec = self.spec(name)
+        return spec.sha256 or self._digests.of(spec)
+
+    def register(self, name: str, table: Mapping[str, Any], data: bytes) -> ModelSpec:
+        """Keep a model in the store (see :meth:`ModelStore.register`): its spec.
+
+        Raises :class:`ModelNameTakenError` for the name of the built-in model or of the
+        models file, InvalidUploadError for a spec or weights refused.
+        """
+        store = self._require_store()
+        self._check_free(name)
+        store.register(name, table, data, self._parse_upload)
+        self.refresh(force=True)
+        return self.spec(name)
+
+    def unregister(self, name: str) -> None:
+        """Remove a model of the store; UnknownModelError if the store has none of that name."""
+        store = self._require_store()
+        self._check_free(name)
+        if not store.delete(name):
+            raise UnknownModelError(name, [s.name for s in self if s.origin == "store"])
+        self.refresh(force=True)
+
+    def _parse_upload(self, name: str, table: Mapping[str, Any]) -> ModelSpec:
+        return _parse_entry(name, table, Path("."))
+
+    def _require_store(self) -> ModelStore:
+        if self._catalog.store is None:
+            raise RegistryConfigError("no model store is configured")
+        return self._catalog.store
+
+    def _check_free(self, name: str) -> None:
+        self.refresh(force=True)
+        holder = self._catalog.holder(name, self._fixed)
+        if holder is not None:
+            raise ModelNameTakenError(name, holder)

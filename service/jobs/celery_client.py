@@ -18,9 +18,14 @@ import anyio
 import anyio.to_thread
 from celery import Celery
 from kombu.exceptions import OperationalError
+from redis import RedisError
 
 from schemas.jobs import JOB_QUEUE, JOB_TASK, SHARD_TASK, JobTask
 from service.jobs.transport import QueueUnavailable
+
+# What a call through kombu raises when Redis is away: kombu's own error, a socket's, or (a
+# pooled connection that Redis closed when it restarted) redis-py's.
+_BROKER_ERRORS = (OperationalError, OSError, RedisError)
 
 
 def redact(url: str) -> str:
@@ -96,7 +101,7 @@ class CeleryTransport:
     def _send_task(self, name: str, args: list[Any], task_id: str) -> None:
         try:
             self._client.send_task(name, args=args, task_id=task_id, queue=JOB_QUEUE)
-        except (OperationalError, OSError) as exc:
+        except _BROKER_ERRORS as exc:
             raise QueueUnavailable(f"cannot send the job to Redis at {self._url}: {exc}") from exc
 
     def _consumers(self) -> int:
@@ -107,26 +112,38 @@ class CeleryTransport:
             1 for queues in replies.values() if any(q.get("name") == JOB_QUEUE for q in queues)
         )
 
-    async def readiness(self) -> dict[str, dict[str, Any]]:
-        # Asking the workers takes the whole inspect timeout. The first call waits for the
-        # answer; later ones get the latest answer at once and, when it is older than the
-        # check interval, start one refresh in the background.
-        if not self._checks:
+    async def start(self) -> None:
+        return None  # the lease sweeper (service.jobs.sweeper) is the API's part here
+
+    def _max_age(self) -> float:
+        """How long an answer is reused: a failing one at most a second, so that /readyz
+        sees a recovery (Redis back, a worker reconnected) within about a second of it, not
+        at the next background refresh."""
+        healthy = all(check.get("ok", False) for check in self._checks.values())
+        return self._check_interval_s if healthy else min(1.0, self._check_interval_s)
+
+    async def readiness(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        # Asking the workers takes up to the inspect timeout. The first call waits for the
+        # answer, and so does a call while the last answer failed (or with ``fresh``: the
+        # queue was unreachable since, so that answer says nothing now); otherwise the
+        # latest answer comes at once and, when it is older than the check interval, one
+        # refresh starts in the background.
+        if fresh:
+            self._checked_at = -float("inf")
+        stale = time.monotonic() - self._checked_at >= self._max_age()
+        if not self._checks or fresh or (stale and self._max_age() < self._check_interval_s):
             await self._refresh()
-        elif (
-            time.monotonic() - self._checked_at >= self._check_interval_s
-            and not self._check_lock.locked()
-        ):
+        elif stale and not self._check_lock.locked():
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
         return self._checks
 
     async def _refresh(self) -> None:
         async with self._check_lock:
-            if self._checks and time.monotonic() - self._checked_at < self._check_interval_s:
+            if self._checks and time.monotonic() - self._checked_at < self._max_age():
                 return
             try:
                 consumers = await anyio.to_thread.run_sync(self._consumers)
-            except (OperationalError, OSError) as exc:
+            except _BROKER_ERRORS as exc:
                 self._checks = {
                     "workers": {
                         "ok": False,
@@ -153,7 +170,7 @@ class CeleryTransport:
             with self._client.connection_for_read() as connection:
                 client = connection.default_channel.client
                 return int(sum(client.llen(name) for name in names))
-        except (OperationalError, OSError) as exc:
+        except _BROKER_ERRORS as exc:
             raise QueueUnavailable(str(exc)) from exc
 
     def workers_seen(self) -> int:
@@ -162,7 +179,7 @@ class CeleryTransport:
             if time.monotonic() - self._seen_at >= self._check_interval_s:
                 try:
                     self._seen = self._consumers()
-                except (OperationalError, OSError) as exc:
+                except _BROKER_ERRORS as exc:
                     raise QueueUnavailable(str(exc)) from exc
                 self._seen_at = time.monotonic()
             return self._seen

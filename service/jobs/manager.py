@@ -81,10 +81,50 @@ def _expired(job_id: str) -> ApiError:
     return ApiError(
         410,
         "result_expired",
-        f"job {job_id!r} finished, but its result was dropped to keep the service's memory "
-        "under CNNVIZ_INPROCESS_RESULTS_MAX_BYTES (the oldest results go first); submit the "
-        "request again: the same seed and settings give the same result",
+        f"job {job_id!r} finished, but its result was dropped to keep the results under "
+        "their byte cap (CNNVIZ_INPROCESS_RESULTS_MAX_BYTES in memory, "
+        "CNNVIZ_INPROCESS_RESULTS_DISK_MAX_BYTES on disk, CNNVIZ_REDIS_RESULTS_MAX_BYTES in "
+        "Redis; the oldest results go first); "
+        "submit the request again: the same seed and settings give the same result",
     )
+
+
+def _not_finished(exc: JobNotFinished, job_id: str) -> ApiError:
+    return ApiError(
+        409,
+        "job_not_finished",
+        f"job {job_id!r} is {exc.record.status.value}; cancel it "
+        f"(POST /v1/jobs/{job_id}/cancel) and delete it once it has stopped",
+    )
+
+
+def _quota(exc: QuotaExceeded, _: str) -> ApiError:
+    return ApiError(
+        429,
+        "quota_exceeded",
+        f"you have {exc.active} jobs queued or running, the most one caller may have "
+        "(CNNVIZ_MAX_ACTIVE_JOBS_PER_OWNER); wait for one to finish, or cancel one",
+        {"Retry-After": str(QUOTA_RETRY_AFTER_S)},
+    )
+
+
+def _reused_key(_: IdempotencyConflict, __: str) -> ApiError:
+    return ApiError(
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with a different request; use a new key for a new request",
+    )
+
+
+# The records' errors as the API answers them, in one place: (error, its answer for a job id).
+_RECORDS_ERRORS: list[tuple[type[Exception], Callable[[Any, str], ApiError]]] = [
+    (JobNotFound, lambda _, job_id: _not_found(job_id)),
+    (ResultExpired, lambda _, job_id: _expired(job_id)),
+    (StoreUnavailable, lambda exc, _: _unavailable(str(exc))),
+    (JobNotFinished, _not_finished),
+    (QuotaExceeded, _quota),
+    (IdempotencyConflict, _reused_key),
+]
 
 
 def _persistence(appendonly: bool | None) -> dict[str, Any]:
@@ -133,17 +173,29 @@ class JobManager:
         self.sweeper = sweeper
         self.on_ended = on_ended
         self._sweeping: asyncio.Task[None] | None = None
+        self._queue_was_down = False
 
     async def start(self) -> None:
-        """Start what runs beside the requests: the lease sweeper, when there is one."""
+        """Start what runs beside the requests: the transport's (in-process: the jobs it
+        resumes), and the lease sweeper, when there is one."""
+        await self.transport.start()
         if self.sweeper is not None and self.sweeper.interval_s > 0:
             self._sweeping = asyncio.get_running_loop().create_task(self.sweeper.run())
 
-    async def _io(self, call: Callable[..., T], *args: Any) -> T:
+    async def _raw(self, call: Callable[..., T], *args: Any) -> T:
         """Call the records: in a thread when they do I/O (Redis), else right here."""
         if self.records.blocking:
             return await anyio.to_thread.run_sync(functools.partial(call, *args))
         return call(*args)
+
+    async def _io(self, call: Callable[..., T], *args: Any, job: str = "") -> T:
+        """Call the records; their errors leave as the API's answers (``job``: the id the
+        call is about)."""
+        try:
+            return await self._raw(call, *args)
+        except tuple(error for error, _ in _RECORDS_ERRORS) as exc:
+            answer = next(answer for error, answer in _RECORDS_ERRORS if isinstance(exc, error))
+            raise answer(exc, job) from exc
 
     async def submit(
         self,
@@ -172,13 +224,14 @@ class JobManager:
             self.callbacks.check(callback_url)
         request = kind.request_type.model_validate(request.model_dump(exclude={"callback_url"}))
 
-        def validate() -> BaseModel:
-            return kind.prepare(request, model, self.resources)
+        def validate() -> tuple[BaseModel, str | None]:
+            # The digest of the weights file is read once per version of the file.
+            prepared = kind.prepare(request, model, self.resources)
+            return prepared, self.resources.models.weights_digest(model)
 
-        resolved = await self._pool.run(validate)
-        request_digest = hashlib.sha256(
-            f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}".encode()
-        ).hexdigest()
+        resolved, weights_sha256 = await self._pool.run(validate)
+        identity = f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}"
+        request_digest = hashlib.sha256(f"{identity}\0{weights_sha256}".encode()).hexdigest()
         # An Idempotency-Key asks for that key's job: reuse answers only requests without one.
         if reuse and idempotency_key is None:
             earlier = await self._succeeded(request_digest, owner)
@@ -197,29 +250,11 @@ class JobManager:
             created_at=time.time(),
             callback_url=callback_url,
             owner=owner,
+            weights_sha256=weights_sha256,
         )
-        try:
-            record, created = await self._io(
-                self.records.create, record, self._ttl, idempotency, self._max_active
-            )
-        except StoreUnavailable as exc:
-            raise _unavailable(str(exc)) from exc
-        except QuotaExceeded as exc:
-            raise ApiError(
-                429,
-                "quota_exceeded",
-                f"you have {exc.active} jobs queued or running, the most one caller may have "
-                f"(CNNVIZ_MAX_ACTIVE_JOBS_PER_OWNER={self._max_active}); wait for one to "
-                "finish, or cancel one",
-                {"Retry-After": str(QUOTA_RETRY_AFTER_S)},
-            ) from None
-        except IdempotencyConflict:
-            raise ApiError(
-                422,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request; use a new key for "
-                "a new request",
-            ) from None
+        record, created = await self._io(
+            self.records.create, record, self._ttl, idempotency, self._max_active
+        )
         if not created:
             return await self.read(record.id, owner), Submitted.REPLAYED
         task = record.task(self._ttl)
@@ -227,21 +262,18 @@ class JobManager:
             await self.transport.submit(task)
         except (QueueUnavailable, QueueFull) as exc:
             # Without Redis the record cannot be removed; it expires with its TTL.
-            with contextlib.suppress(StoreUnavailable):
+            with contextlib.suppress(ApiError):  # without Redis, nothing to discard
                 await self._io(self.records.discard, record.id)
             if isinstance(exc, QueueFull):
                 raise  # a ServiceBusy: 503 busy with Retry-After, as on the sync path
             raise _unavailable(str(exc)) from exc
-        with contextlib.suppress(StoreUnavailable):  # only reuse is lost
+        with contextlib.suppress(ApiError):  # Redis gone: only reuse is lost
             await self._io(self.records.remember, request_digest, record.id, self._ttl)
         return record.read(), Submitted.CREATED
 
     async def _succeeded(self, request_digest: str, owner: str) -> JobRead[Any, Any] | None:
         """The latest job of this request, if it succeeded and is still kept."""
-        try:
-            job_id = await self._io(self.records.recall, request_digest)
-        except StoreUnavailable as exc:
-            raise _unavailable(str(exc)) from exc
+        job_id = await self._io(self.records.recall, request_digest)
         if job_id is None:
             return None
         try:
@@ -255,12 +287,7 @@ class JobManager:
     async def _record(self, job_id: str, owner: str) -> JobRecord:
         """The record, for its owner only: to anyone else a job is unknown (404, never 403,
         which would confirm that the id exists)."""
-        try:
-            record = await self._io(self.records.get, job_id)
-        except JobNotFound:
-            raise _not_found(job_id) from None
-        except StoreUnavailable as exc:
-            raise _unavailable(str(exc)) from exc
+        record = await self._io(self.records.get, job_id, job=job_id)
         if not hmac.compare_digest(record.owner, owner):
             raise _not_found(job_id)
         return record
@@ -274,12 +301,7 @@ class JobManager:
         record = await self._record(job_id, owner)
         if record.status != JobStatus.SUCCEEDED:
             return record, None
-        try:
-            raw = await self._io(self.records.result, job_id)
-        except ResultExpired:
-            raise _expired(job_id) from None
-        except StoreUnavailable as exc:
-            raise _unavailable(str(exc)) from exc
+        raw = await self._io(self.records.result, job_id, job=job_id)
         if raw is None:
             return record, None
         parse = get_kind(record.kind).result_type.model_validate_json
@@ -291,12 +313,7 @@ class JobManager:
 
     async def cancel(self, job_id: str, owner: str) -> JobRead[Any, Any]:
         before = await self._record(job_id, owner)  # the owner never changes: no race here
-        try:
-            record = await self._io(self.records.cancel, job_id)
-        except JobNotFound:
-            raise _not_found(job_id) from None
-        except StoreUnavailable as exc:
-            raise _unavailable(str(exc)) from exc
+        record = await self._io(self.records.cancel, job_id, job=job_id)
         if record.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
             raise ApiError(
                 409,
@@ -314,19 +331,7 @@ class JobManager:
 
     async def delete(self, job_id: str, owner: str) -> None:
         await self._record(job_id, owner)
-        try:
-            await self._io(self.records.delete, job_id)
-        except JobNotFound:
-            raise _not_found(job_id) from None
-        except JobNotFinished as exc:
-            raise ApiError(
-                409,
-                "job_not_finished",
-                f"job {job_id!r} is {exc.record.status.value}; cancel it "
-                f"(POST /v1/jobs/{job_id}/cancel) and delete it once it has stopped",
-            ) from None
-        except StoreUnavailable as exc:
-            raise _unavailable(str(exc)) from exc
+        await self._io(self.records.delete, job_id, job=job_id)
 
     async def preview(self, job_id: str, owner: str) -> bytes:
         """The latest preview; a succeeded job's preview is its result grid."""
@@ -336,12 +341,7 @@ class JobManager:
             pictures = get_kind(record.kind).pictures(result) if result is not None else None
             if pictures is not None:
                 return pictures.grid_png()
-        try:
-            png = await self._io(self.records.preview, job_id)
-        except ResultExpired:
-            raise _expired(job_id) from None
-        except StoreUnavailable as exc:
-            raise _unavailable(str(exc)) from exc
+        png = await self._io(self.records.preview, job_id, job=job_id)
         if png is None:
             raise ApiError(
                 404,
@@ -354,22 +354,15 @@ class JobManager:
 
     async def arrays(self, job_id: str) -> bytes | None:
         """The raw tensors a job attached (read the job first: that checks who may)."""
-        try:
-            return await self._io(self.records.arrays, job_id)
-        except JobNotFound:
-            raise _not_found(job_id) from None
-        except ResultExpired:
-            raise _expired(job_id) from None
-        except StoreUnavailable as exc:
-            raise _unavailable(str(exc)) from exc
+        return await self._io(self.records.arrays, job_id, job=job_id)
 
     async def readiness(self) -> dict[str, dict[str, Any]]:
         checks: dict[str, dict[str, Any]] = {}
         if self.transport.name != "in-process":
             try:
-                await self._io(self.records.ping)
+                await self._raw(self.records.ping)
                 checks["queue"] = {"ok": True, "transport": self.transport.name}
-                checks["queue"].update(_persistence(await self._io(self.records.appendonly)))
+                checks["queue"].update(_persistence(await self._raw(self.records.appendonly)))
             except StoreUnavailable as exc:
                 checks["queue"] = {
                     "ok": False,
@@ -377,8 +370,11 @@ class JobManager:
                     "reason": f"Redis is unreachable: {exc}",
                 }
                 checks["workers"] = {"ok": False, "reason": "the queue is unreachable"}
+                self._queue_was_down = True
                 return checks
-        checks.update(await self.transport.readiness())
+        # Back from an outage: what the workers said before it says nothing now.
+        fresh, self._queue_was_down = self._queue_was_down, False
+        checks.update(await self.transport.readiness(fresh=fresh))
         return checks
 
     async def close(self) -> None:

@@ -33,6 +33,7 @@ from service.jobs.transport import QueueUnavailable
 from workers.kinds import kind_names
 from workers.records import RecordsUnavailable
 from workers.records.memory import MemoryRecords
+from workers.records.sqlite import SqliteRecords
 from workers.records.stats import bucket_labels
 
 log = logging.getLogger(__name__)
@@ -89,16 +90,18 @@ class JobCollector(Collector):
         )
         workers.add_metric([], transport.workers_seen())
         yield workers
-        if isinstance(records, MemoryRecords):
+        if isinstance(records, MemoryRecords | SqliteRecords):
             kept = GaugeMetricFamily(
                 "cnnviz_job_results_kept_bytes",
-                "bytes finished in-process jobs keep in memory (results, previews, raw tensors)",
+                "bytes finished in-process jobs keep (results, previews, raw tensors): in "
+                "memory, or in the data directory's store",
             )
             kept.add_metric([], records.kept_bytes)
             yield kept
             on_disk = GaugeMetricFamily(
                 "cnnviz_job_results_disk_bytes",
-                "bytes of finished in-process jobs' results moved to files",
+                "bytes of in-process jobs' parts in files: spilled from memory, or the large "
+                "parts in the data directory (checkpoints included)",
             )
             on_disk.add_metric([], records.disk_bytes)
             yield on_disk

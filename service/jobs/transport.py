@@ -31,11 +31,15 @@ class QueueFull(ServiceBusy):
 class JobTransport(Protocol):
     name: str
 
+    async def start(self) -> None:
+        """Start what runs beside the requests (the in-process transport resumes its jobs)."""
+
     async def submit(self, task: JobTask) -> None:
         """Hand the job over; QueueUnavailable or QueueFull when it cannot be taken."""
 
-    async def readiness(self) -> dict[str, dict[str, Any]]:
-        """Named checks for /readyz, each with ``ok`` and details."""
+    async def readiness(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        """Named checks for /readyz, each with ``ok`` and details; ``fresh``: no answer from
+        before now (the queue was unreachable since)."""
 
     def queue_depth(self) -> int:
         """Jobs waiting for a worker now (may block: called from /metrics, in a thread)."""

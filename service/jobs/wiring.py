@@ -1,8 +1,10 @@
 """The job manager for the settings: Celery and Redis when ``CNNVIZ_REDIS_URL`` is set,
-else the in-process executor with records in memory."""
+else the in-process executor with records in SQLite under ``CNNVIZ_DATA_DIR`` (in memory
+with ``CNNVIZ_DATA_DIR=:memory:``)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from cnnviz.data.datasets import DatasetRegistry
@@ -14,7 +16,11 @@ from service.jobs.manager import JobManager
 from service.jobs.sweeper import LeaseSweeper
 from service.settings import Settings
 from workers.kinds import Resources
+from workers.records.memory import MemoryRecords
+from workers.records.sqlite import SqliteRecords
 from workers.run import Limits, ended
+
+log = logging.getLogger(__name__)
 
 
 def build_jobs(
@@ -54,6 +60,7 @@ def build_jobs(
             ttl_seconds=settings.job_ttl_seconds,
             connect_timeout_s=2.0,
             timeout_s=5.0,
+            results_max_bytes=settings.redis_results_max_bytes,
         )
         transport = CeleryTransport(
             settings.redis_url, check_interval_s=settings.queue_check_interval
@@ -79,23 +86,19 @@ def build_jobs(
             callbacks=callbacks,
         )
     from service.jobs.inprocess import InProcessTransport
-    from workers.records.memory import MemoryRecords
 
-    memory = MemoryRecords(
-        settings.job_ttl_seconds,
-        max_result_bytes=settings.inprocess_results_max_bytes,
-        overflow=settings.inprocess_results_overflow,
-        results_dir=settings.inprocess_results_dir,
-        max_disk_bytes=settings.inprocess_results_disk_max_bytes,
-    )
+    memory = inprocess_records(settings)
     executor = InProcessTransport(
         memory,
         resources,
         workers=settings.inprocess_job_workers,
         backlog=settings.inprocess_job_backlog,
-        # Records in memory do not outlive the process: a checkpoint would have no reader.
-        limits=replace(limits, checkpoint_steps=0),
+        # Checkpoints as on the workers, where the records outlive the process (SQLite); in
+        # memory a checkpoint would have no reader.
+        limits=limits if isinstance(memory, SqliteRecords) else replace(limits, checkpoint_steps=0),
         nice=settings.inprocess_job_nice,
+        sweep_interval_s=settings.lease_sweep_interval,
+        job_ttl_seconds=settings.job_ttl_seconds,
     )
     return JobManager(
         memory,
@@ -107,3 +110,30 @@ def build_jobs(
         inline_max_bytes=inline,
         callbacks=callbacks,
     )
+
+
+def inprocess_records(settings: Settings) -> MemoryRecords | SqliteRecords:
+    """The in-process jobs' records: in SQLite under the data directory (created here), or
+    in memory with ``CNNVIZ_DATA_DIR=:memory:``."""
+    if settings.inprocess_results_dir is not None:
+        log.warning(
+            "CNNVIZ_INPROCESS_RESULTS_DIR is deprecated: large results go to "
+            "CNNVIZ_DATA_DIR/results; unset it to use that folder"
+        )
+    data_dir = settings.data_path
+    if data_dir is None:
+        return MemoryRecords(
+            settings.job_ttl_seconds,
+            max_result_bytes=settings.inprocess_results_max_bytes,
+            overflow=settings.inprocess_results_overflow,
+            results_dir=settings.inprocess_results_dir,
+            max_disk_bytes=settings.inprocess_results_disk_max_bytes,
+        )
+    records = SqliteRecords(
+        data_dir,
+        settings.job_ttl_seconds,
+        max_result_bytes=settings.inprocess_results_disk_max_bytes,
+        blobs_dir=settings.inprocess_results_dir,
+    )
+    log.info("in-process job records in %s", records.directory)
+    return records

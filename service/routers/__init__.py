@@ -7,6 +7,7 @@ from service.routers import (
     attribution_methods,
     attributions,
     datasets,
+    dissections,
     exemplars,
     feature_maps,
     health,
@@ -25,6 +26,7 @@ api_router.include_router(feature_maps.router)
 api_router.include_router(samples.router)
 api_router.include_router(job_kinds.router)  # every job kind's submit route
 api_router.include_router(exemplars.router)
+api_router.include_router(dissections.router)
 api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
 api_router.include_router(job_results.router)

@@ -30,6 +30,8 @@ async def list_datasets(datasets: DatasetsDep, pool: PoolDep) -> DatasetsRead:
                         description=spec.description,
                         images=len(dataset),
                         labels=dataset.labels,
+                        concepts=dataset.concepts,
+                        has_masks=dataset.has_masks,
                         builtin=spec.path is None,
                     )
                 )

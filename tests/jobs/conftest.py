@@ -18,7 +18,8 @@ from tests.jobs.client import settle
 from tests.jobs.datasets import write_image_folder, write_models_file
 from tests.jobs.procs import CALLBACK_SECRET, CeleryWorker, RedisServer, serve
 
-TRANSPORTS = ["in-process", "celery"]
+# In-process with records in memory and in SQLite (a data directory of the test's own).
+TRANSPORTS = ["in-process", "in-process-sqlite", "celery"]
 
 
 def api_settings(redis_url: str | None, **overrides: object) -> Settings:
@@ -80,6 +81,9 @@ def api(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
     if request.param == "celery":
         worker: CeleryWorker = request.getfixturevalue("shared_worker")
         settings = api_settings(worker.redis_url)
+    elif request.param == "in-process-sqlite":
+        data_dir = request.getfixturevalue("tmp_path") / "data"
+        settings = api_settings(None, exemplar_shard_images=100, data_dir=str(data_dir))
     else:
         settings = api_settings(None, exemplar_shard_images=100)
     settings.models_file = request.getfixturevalue("models_file")

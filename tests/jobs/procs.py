@@ -246,3 +246,77 @@ def serve(app: FastAPI) -> Iterator[httpx.Client]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+class ApiProcess:
+    """``uvicorn service.main:app`` as a process of its own (its own session, so a signal
+    reaches every worker process), on a free port of 127.0.0.1, logging to a file; it can be
+    killed or stopped and started again on the same port and data directory."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"api-{self.port}.log"
+        self.workers = workers
+        self.env = {
+            **os.environ,
+            "CNNVIZ_TORCH_THREADS": "1",
+            "CNNVIZ_JOB_PROGRESS_INTERVAL": "0.1",
+            "CNNVIZ_JOB_PREVIEW_INTERVAL": "0.2",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> ApiProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (closed below)
+        command = [sys.executable, "-m", "uvicorn", "service.main:app"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--workers", str(self.workers), "--log-level", "info"]
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+        def answers() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"the API exited at start:\n{self.log()}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, timeout, f"the API on port {self.port}", interval=0.1)
+        return self
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def log(self, tail: int | None = 6000) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
+
+    def send(self, signum: int, timeout: float = 30) -> int:
+        """Send ``signum`` to the whole process group; the exit status."""
+        assert self.process is not None
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                self.process.wait(30)
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None

@@ -1,13 +1,14 @@
 """A job record moves once: fenced attempts, one final state, one result.
 
-The same specification for the records in Redis and in memory: one backend object each,
-which the API and the runner share.
+The same specification for the records in Redis, in SQLite and in memory: one backend object
+each, which the API and the runner share.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from tests.jobs.procs import RedisServer
 from workers.records import Idempotency, IdempotencyConflict, JobNotFinished, JobNotFound
 from workers.records.memory import MemoryRecords
 from workers.records.redis import RedisRecords
+from workers.records.sqlite import SqliteRecords
 
 TTL = 600
 
@@ -34,10 +36,15 @@ class Records:
         return getattr(self._backend, method)(*args)
 
 
-@pytest.fixture(params=["redis", "memory"])
-def records(request: pytest.FixtureRequest) -> Iterator[Records]:
+@pytest.fixture(params=["redis", "sqlite", "memory"])
+def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Records]:
     if request.param == "memory":
         yield Records(MemoryRecords(TTL))
+        return
+    if request.param == "sqlite":
+        backend = SqliteRecords(tmp_path / "data", TTL, stop_check_interval_s=0)
+        yield Records(backend)
+        backend.close()
         return
     server: RedisServer = request.getfixturevalue("shared_redis")
     backend = RedisRecords(

@@ -43,6 +43,7 @@ from workers.records.base import (
     ShardStart,
     lost_error,
 )
+from workers.records.redis_cap import read_kept
 from workers.records.redis_keys import (
     KEY_PREFIX,
     LEASES_KEY,
@@ -90,6 +91,7 @@ class RedisRecords:
         connect_timeout_s: float = 2.0,
         timeout_s: float = 10.0,
         lease_s: float = 30.0,
+        results_max_bytes: int | None = None,
     ) -> None:
         if isinstance(url_or_client, str):
             url_or_client = redis.Redis.from_url(
@@ -105,6 +107,7 @@ class RedisRecords:
         self._stop_interval = stop_check_interval_s
         self._finish_retry_s = finish_retry_s
         self._lease_ms = int(lease_s * 1000)
+        self._results_max_bytes = results_max_bytes  # see redis_cap
         # Per (job, shard): the task id of the delivery this process runs, for its renewals.
         self._holders: dict[tuple[str, int], str] = {}
         # Each transition, by its script's name (a file in lua/).
@@ -160,16 +163,14 @@ class RedisRecords:
         return JobRecord.from_fields(fields)
 
     def result(self, job_id: str) -> str | None:
-        raw: bytes | None = self._call(self._client.get, result_key(job_id))
+        raw = self._call(read_kept, self._client, record_key(job_id), result_key(job_id))
         return raw.decode() if raw else None
 
     def preview(self, job_id: str) -> bytes | None:
-        raw: bytes | None = self._call(self._client.get, preview_key(job_id))
-        return raw
+        return self._call(read_kept, self._client, record_key(job_id), preview_key(job_id))
 
     def arrays(self, job_id: str) -> bytes | None:
-        raw: bytes | None = self._call(self._client.get, arrays_key(job_id))
-        return raw
+        return self._call(read_kept, self._client, record_key(job_id), arrays_key(job_id))
 
     def cancel(self, job_id: str) -> JobRecord:
         outcome = self._call(
@@ -474,6 +475,7 @@ class RedisRecords:
             error.model_dump_json() if error else "",
             result or "",
             ttl_seconds,
+            self._results_max_bytes or 0,
         ]
         deadline = time.monotonic() + self._finish_retry_s
         delay = 0.2

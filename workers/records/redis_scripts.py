@@ -4,7 +4,8 @@ A script's file says, in its opening comment, what its ``KEYS`` and ``ARGV`` are
 returns. Scripts share a few fragments, named with ``$``: ``$NOW_MS`` (Redis's own clock in
 milliseconds, so that leases written by workers and read by the sweeper compare on one clock),
 ``$CURRENT`` (return 0 unless the record runs under attempt ``ARGV[1]``), ``$FINISHED`` (a
-condition on a status ``st``: the job has finished) and ``$KEY_PREFIX``.
+condition on a status ``st``: the job has finished), ``$KEEP`` and ``$FORGET`` (the byte cap
+of :mod:`.redis_cap`), and ``$KEY_PREFIX``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from importlib import resources
 from string import Template
 
 from schemas.jobs import JobStatus
+from workers.records.redis_cap import CAP_NAMES
 from workers.records.redis_keys import KEY_PREFIX
 
 __all__ = ["script_names", "script_source"]
 
-_FRAGMENTS = ("now_ms", "current")
+_FRAGMENTS = ("now_ms", "current", "keep", "forget")
 
 
 def _read(name: str) -> str:
@@ -41,6 +43,9 @@ def script_source(name: str) -> str:
     except FileNotFoundError:
         raise KeyError(f"no Lua script {name!r} in workers/records/lua") from None
     finished = " or ".join(f"st == '{s.value}'" for s in JobStatus if s.finished)
-    values = {"FINISHED": finished, "KEY_PREFIX": KEY_PREFIX}
-    values |= {fragment.upper(): "\n" + _read(fragment) for fragment in _FRAGMENTS}
+    values = {"FINISHED": finished, "KEY_PREFIX": KEY_PREFIX, **CAP_NAMES}
+    values |= {
+        fragment.upper(): "\n" + Template(_read(fragment)).substitute(values)
+        for fragment in _FRAGMENTS
+    }
     return Template(text).substitute(values)

@@ -405,3 +405,28 @@ async function unitPanels(model, layer, channel) {
   if (params.get("dataset")) work.push(mineExemplars());
   await Promise.all(work);
 }
+
+// ---- a unit's dissection (?dissection={job}, as the layer page links it) ------------------
+
+async function unitDissection(model, layer, channel) {
+  const jobId = new URLSearchParams(location.search).get("dissection");
+  if (!jobId) return;
+  const job = await getJSON(`/v1/jobs/${encodeURIComponent(jobId)}`);
+  if (job.kind !== "dissection" || job.status !== "succeeded") {
+    throw new Error(`job ${jobId} is not a succeeded dissection (${job.kind}, ${job.status})`);
+  }
+  const found = job.result.layers.find((l) => l.name === layer);
+  const unit = found && found.units[channel];
+  if (!unit) throw new Error(`dissection ${jobId} has no unit ${channel} of ${layer}`);
+  const score = job.result.method === "masks" ? "IoU" : "precision@k";
+  const others = unit.alternatives.map((a) => `${a.label} ${a.score.toFixed(3)}`).join(", ");
+  $("unit-dissection-label").textContent =
+    `${unit.label ?? "—"}: ${score} ${unit.score.toFixed(3)} (${job.result.dataset}); then ${others}`;
+  $("unit-dissection-layer").href =
+    `/layers/${encodeURIComponent(model)}/${encodeURIComponent(layer)}?job=${encodeURIComponent(jobId)}`;
+  const path = `/v1/jobs/${encodeURIComponent(jobId)}/dissections/${encodeURIComponent(layer)}/${channel}`;
+  const blob = await (await api(path, { headers: { Accept: "image/png" } })).blob();
+  $("unit-dissection-image").src = URL.createObjectURL(blob);
+  $("unit-dissection").hidden = false;
+  document.body.dataset.dissection = "shown";
+}

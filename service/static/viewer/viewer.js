@@ -318,6 +318,7 @@ async function showUnit(model, layer, channel) {
     unitPattern(model, layer, channel),
     unitSamples(model, layer, channel, known),
     unitPanels(model, layer, channel), // panels.js: exemplars and the filter
+    unitDissection(model, layer, channel), // panels.js: with ?dissection={job}
   ]);
 }
 

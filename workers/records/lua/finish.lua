@@ -1,5 +1,6 @@
 -- KEYS: every key of the job (record, result, preview, shards, arrays, checkpoint, partials),
--- then the leases. ARGV: attempt, status, now, error JSON or '', result JSON or '', ttl.
+-- then the leases. ARGV: attempt, status, now, error JSON or '', result JSON or '', ttl, the
+-- byte cap of what finished jobs keep (0: none; see workers/records/redis_cap.py).
 $CURRENT
 if ARGV[2] == 'succeeded' then
   if not redis.call('SET', KEYS[2], ARGV[5], 'NX', 'EX', ARGV[6]) then return 0 end
@@ -12,4 +13,5 @@ redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
 redis.call('ZREM', KEYS[8], redis.call('HGET', KEYS[1], 'id'))
 local idem = redis.call('HGET', KEYS[1], 'idem')
 if idem then redis.call('EXPIRE', idem, ARGV[6]) end
+$KEEP
 return 1

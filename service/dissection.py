@@ -1,0 +1,79 @@
+"""Renders of a finished dissection job: one unit's top images with its mask and its label's."""
+
+from __future__ import annotations
+
+import base64
+
+import torch
+
+from cnnviz.data.datasets import DatasetRegistry
+from cnnviz.data.loader import MaskedInputs
+from cnnviz.dissection import dissection_tiles, unit_maps
+from cnnviz.errors import InvalidArgumentError, UnknownLayerError
+from cnnviz.imaging import encode_png, image_grid
+from cnnviz.models import ModelRegistry
+from schemas.dissection import DissectionGridRead, DissectionResult, DissectionUnit
+
+
+def find_unit(result: DissectionResult, layer: str, channel: int) -> DissectionUnit:
+    """The unit of the result; the core's errors (4xx) for a layer or channel it lacks."""
+    found = next((entry for entry in result.layers if entry.name == layer), None)
+    if found is None:
+        raise UnknownLayerError(layer, result.model, [entry.name for entry in result.layers])
+    if not 0 <= channel < len(found.units):
+        raise InvalidArgumentError(
+            f"channel {channel} is out of range for layer {layer!r}: it has "
+            f"{len(found.units)} units (0..{len(found.units) - 1})"
+        )
+    return found.units[channel]
+
+
+def render(
+    models: ModelRegistry,
+    datasets: DatasetRegistry,
+    result: DissectionResult,
+    layer: str,
+    channel: int,
+) -> tuple[bytes, DissectionGridRead]:
+    """The PNG grid of the unit's top images: its binarised mask (at T for ``masks``) and the
+    concept mask of its label, where the data set has masks."""
+    unit = find_unit(result, layer, channel)
+    if not unit.top:
+        raise InvalidArgumentError(f"unit {channel} of layer {layer!r} has no top images")
+    loaded = models.get(result.model)
+    dataset = datasets.get(result.dataset)
+    spec = loaded.spec
+    inputs = MaskedInputs(
+        dataset,
+        [dataset.position(e.image) for e in unit.top],
+        size=spec.input_size,
+        channels=spec.channels,
+        mean=spec.mean,
+        std=spec.std,
+    )
+    items = [inputs[i] for i in range(len(inputs))]
+    x = torch.stack([item[0] for item in items])
+    concept = None
+    if dataset.has_masks and unit.label in dataset.concepts:
+        value = dataset.concepts.index(unit.label) + 1
+        concept = torch.stack([item[3] == value for item in items])
+    with torch.inference_mode():
+        out = loaded.index.capture(x.to(loaded.device), [layer])[layer]
+    maps = unit_maps(out)[:, channel].float().cpu()
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    pixels = (x * std + mean).clamp(0, 1)
+    tiles = dissection_tiles(pixels, maps, unit.activation_threshold, concept)
+    grid, layout = image_grid(tiles, columns=min(8, len(unit.top)))
+    png = encode_png(grid)
+    read = DissectionGridRead(
+        layer=layer,
+        channel=channel,
+        label=unit.label,
+        score=unit.score,
+        images=[e.image for e in unit.top],
+        columns=layout.columns,
+        tile_size=[int(tiles.shape[2]), int(tiles.shape[3])],
+        png=base64.b64encode(png).decode("ascii"),
+    )
+    return png, read

@@ -1,0 +1,143 @@
+// A dissected layer on one page: its units sorted by score, each with its label and a strip of
+// its top dataset images. /layers/{model}/{layer}?job={id}; without a job, a form starts one.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const STRIP = 8;
+
+function headers(extra) {
+  const h = Object.assign({}, extra || {});
+  const key = localStorage.getItem("cnnviz-api-key");
+  if (key) h["X-API-Key"] = key;
+  return h;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function api(path, options) {
+  const opts = Object.assign({}, options || {});
+  opts.headers = headers(opts.headers);
+  const response = await fetch(path, opts);
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      const problem = await response.json();
+      message = `${problem.code || response.status}: ${problem.detail || problem.title}`;
+    } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+// Images go through fetch, so that an API key is sent with them too.
+async function loadImage(img, path) {
+  const blob = await (await api(path)).blob();
+  img.src = URL.createObjectURL(blob);
+}
+
+function where() {
+  const parts = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  return { model: parts[1], layer: parts.slice(2).join("/"), job: new URLSearchParams(location.search).get("job") };
+}
+
+async function offerStart(page) {
+  $("start").hidden = false;
+  const datasets = (await (await api("/v1/datasets")).json()).datasets.filter((d) => !d.error);
+  for (const d of datasets) {
+    const option = new Option(`${d.name} (${d.images} images${d.has_masks ? ", masks" : ""})`, d.name);
+    $("dataset").add(option);
+  }
+  $("dissect").onclick = async () => {
+    showError("");
+    try {
+      const body = { dataset: $("dataset").value, layers: [page.layer] };
+      if ($("method").value) body.method = $("method").value;
+      const response = await api(`/v1/models/${encodeURIComponent(page.model)}/dissections`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      const job = await response.json();
+      history.pushState(null, "", `${location.pathname}?job=${encodeURIComponent(job.id)}`);
+      $("start").hidden = true;
+      await follow(page, job.id);
+    } catch (error) { showError(error.message); }
+  };
+  document.body.dataset.ready = "start";
+}
+
+async function follow(page, jobId) {
+  $("progress-section").hidden = false;
+  for (;;) {
+    const job = await (await api(`/v1/jobs/${encodeURIComponent(jobId)}`)).json();
+    $("job-status").textContent = `job ${job.id.slice(0, 8)}: ${job.status}`;
+    if (job.progress) {
+      $("job-progress").max = job.progress.total;
+      $("job-progress").value = job.progress.step;
+      $("job-count").textContent = `${job.progress.step} / ${job.progress.total} ${job.progress.unit}`;
+    }
+    if (job.status === "succeeded") { show(page, job); return; }
+    if (["failed", "cancelled"].includes(job.status)) {
+      showError(`the dissection ${job.status}${job.error ? ": " + job.error.message : ""}`);
+      document.body.dataset.ready = "failed";
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 700));
+  }
+}
+
+function show(page, job) {
+  if (job.kind !== "dissection") throw new Error(`job ${job.id} is a ${job.kind} job, not a dissection`);
+  const result = job.result;
+  const layer = result.layers.find((l) => l.name === page.layer);
+  if (!layer) throw new Error(`job ${job.id} did not dissect layer ${page.layer}; it has ${result.layers.map((l) => l.name).join(", ")}`);
+  const scoreName = result.method === "masks" ? "IoU" : "precision@k";
+  $("summary").textContent = `${layer.name}: ${layer.detectors} detectors of ${layer.units.length} units, ` +
+    `${layer.unique_concepts} concepts (${result.method}, ${scoreName}; ${result.dataset}, ${result.images} images)`;
+  const units = [...layer.units].sort((a, b) => b.score - a.score || a.channel - b.channel);
+  const body = $("units");
+  body.replaceChildren();
+  for (const unit of units) {
+    const row = body.insertRow();
+    row.dataset.channel = unit.channel;
+    const link = document.createElement("a");
+    link.href = `/units/${encodeURIComponent(page.model)}/${encodeURIComponent(page.layer)}/${unit.channel}` +
+      `?dissection=${encodeURIComponent(job.id)}`;
+    link.textContent = `unit ${unit.channel}`;
+    row.insertCell().append(link);
+    row.insertCell().textContent = unit.label ?? "—";
+    row.insertCell().textContent = unit.score.toFixed(3);
+    row.insertCell().textContent = unit.alternatives.map((a) => `${a.label} ${a.score.toFixed(3)}`).join(", ");
+    const strip = row.insertCell();
+    strip.className = "strip";
+    for (const exemplar of unit.top.slice(0, STRIP)) {
+      const img = document.createElement("img");
+      img.className = "thumb";
+      img.alt = exemplar.image;
+      img.title = `${exemplar.image}: ${exemplar.score.toFixed(3)}`;
+      strip.append(img);
+      loadImage(img, `/v1/datasets/${encodeURIComponent(result.dataset)}/images/${exemplar.image.split("/").map(encodeURIComponent).join("/")}`)
+        .catch((error) => showError(error.message));
+    }
+  }
+  $("units-section").hidden = false;
+  document.body.dataset.ready = "layer";
+}
+
+async function main() {
+  $("api-key").value = localStorage.getItem("cnnviz-api-key") || "";
+  $("api-key").onchange = () => { localStorage.setItem("cnnviz-api-key", $("api-key").value); location.reload(); };
+  const page = where();
+  $("title").textContent = `${page.model} / ${page.layer}`;
+  document.title = `cnnviz — ${page.model} ${page.layer}`;
+  try {
+    if (page.job) await follow(page, page.job);
+    else await offerStart(page);
+  } catch (error) {
+    showError(error.message);
+    document.body.dataset.ready = "failed";
+  }
+}
+
+main();

@@ -1,0 +1,427 @@
+"""The dissection kind: a label and a score for every unit of some layers, from a data set.
+
+Two passes (see ``docs/dissection.md``). The first is the exemplar pass, cut into shards of
+consecutive images as the exemplars kind cuts it: each shard keeps its units' top-k images,
+their exact top activations (enough for the ``1 - quantile`` quantile) and per-label sums;
+all three merge associatively, so the thresholds equal one process's whatever the cut. The
+``masks`` method then needs those thresholds over the whole data set before it can count a
+pixel: the images are streamed once more, with their masks, to count the IoUs — by the shard
+itself when the job is one shard (with progress and cancellation, as for the first pass),
+else by the merge, once every shard's thresholds are in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnviz.data.datasets import Dataset
+from cnnviz.data.loader import MaskedInputs, ModelInputs, model_batches
+from cnnviz.dissection import (
+    IoUTally,
+    LabelSums,
+    LayerPass,
+    TopValues,
+    first_pass,
+    iou,
+    second_pass,
+    tally_from_json,
+    tally_to_json,
+    thresholds,
+    top_values_needed,
+)
+from cnnviz.errors import InvalidArgumentError, LayerShapeError
+from cnnviz.exemplars import TopK
+from schemas.dissection import (
+    ROUTE,
+    Alternative,
+    DissectionCreate,
+    DissectionLayer,
+    DissectionResult,
+    DissectionUnit,
+)
+from schemas.exemplars import Exemplar
+from schemas.jobs import Progress
+from workers.kinds.base import JobContext, JobKind, Partial, Resources
+from workers.kinds.registry import register_kind
+
+__all__ = ["Dissection"]
+
+_LISTED = 100
+_ALTERNATIVES = 3
+_PRECISION_BAR = 0.5  # labels: a unit whose top-k is at least half one label detects it
+
+
+def _shard_range(shard: int, size: int, total: int) -> range:
+    return range(shard * size, min((shard + 1) * size, total))
+
+
+def _map_size(shape: tuple[int, ...]) -> int:
+    """Positions of a unit's map for a layer shape without the batch (see ``unit_maps``)."""
+    return math.prod(shape[1:]) if len(shape) > 1 else 1
+
+
+@register_kind
+class Dissection(JobKind[DissectionCreate, DissectionResult]):
+    """Units labelled by IoU with concept masks or by precision@k of labels; progress in
+    images of the first pass."""
+
+    name = "dissection"
+    route = ROUTE
+    pictures_elsewhere = "GET /v1/jobs/{id}/dissections/{layer}/{channel}"
+    request_type = DissectionCreate
+    result_type = DissectionResult
+    progress_unit = "images"
+
+    def prepare(
+        self, request: DissectionCreate, model: str, resources: Resources
+    ) -> DissectionCreate:
+        loaded = resources.model(model)
+        layers = loaded.index.resolve(request.layers)
+        for layer in layers:
+            if len(loaded.index.info(layer).shape) < 1:
+                raise LayerShapeError(f"layer {layer!r} has no units to dissect")
+        dataset = resources.datasets.get(request.dataset)
+        method = request.method or ("masks" if dataset.has_masks else "labels")
+        if method == "masks" and not dataset.has_masks:
+            raise InvalidArgumentError(
+                f"dataset {dataset.name!r} has no concept masks; use method 'labels' or a "
+                "dataset with `masks` and `concepts`",
+                listing=("datasets",),
+            )
+        if method == "labels" and not dataset.labels:
+            raise InvalidArgumentError(
+                f"dataset {dataset.name!r} has no labels (an ImageFolder tree root/<label>/x); "
+                "use method 'masks' or a labelled dataset",
+                listing=("datasets",),
+            )
+        return request.model_copy(update={"layers": layers, "method": method})
+
+    def _dataset(self, request: DissectionCreate, resources: Resources) -> Dataset:
+        return resources.datasets.get(request.dataset)
+
+    def shards(self, request: DissectionCreate, model: str, resources: Resources) -> int:
+        images = len(self._dataset(request, resources))
+        return max(1, math.ceil(images / resources.shard_images))
+
+    def _counts_in_shard(self, request: DissectionCreate, model: str, resources: Resources) -> bool:
+        """Whether the shard itself makes the second pass: a ``masks`` job of one shard."""
+        return request.method == "masks" and self.shards(request, model, resources) == 1
+
+    def work(self, request: DissectionCreate, model: str, resources: Resources) -> int:
+        images = len(self._dataset(request, resources))
+        return 2 * images if self._counts_in_shard(request, model, resources) else images
+
+    def run_shard(
+        self,
+        request: DissectionCreate,
+        model: str,
+        shard: int,
+        resources: Resources,
+        context: JobContext,
+    ) -> Partial:
+        loaded = resources.model(model)
+        dataset = self._dataset(request, resources)
+        indices = _shard_range(shard, resources.shard_images, len(dataset))
+        spec = loaded.spec
+        inputs = ModelInputs(
+            dataset,
+            indices,
+            size=spec.input_size,
+            channels=spec.channels,
+            mean=spec.mean,
+            std=spec.std,
+        )
+        batches = model_batches(
+            inputs,
+            batch_size=resources.batch_size,
+            workers=resources.loader_workers,
+            device=loaded.device,
+        )
+        started_at = time.time()
+        done = 0
+        skipped: list[int] = []
+        in_shard = self._counts_in_shard(request, model, resources)
+        total = 2 * len(indices) if in_shard else len(indices)
+
+        def on_batch(n: int) -> None:
+            nonlocal done
+            done += n
+            context.check()
+            if context.progress_due(done == total):
+                context.report(Progress(step=done, total=total, unit="images"))
+
+        def counted() -> Any:
+            for x, index, ok in batches:
+                skipped.extend(int(i) for i in index[~ok.bool()])
+                yield x, index, ok
+
+        def top_m(layer: str, shape: tuple[int, ...]) -> int:
+            # Sized for the whole data set, so that any shard keeps all it may contribute.
+            return top_values_needed(len(dataset) * _map_size(shape), request.quantile)
+
+        context.check()
+        passes = first_pass(
+            loaded.index,
+            counted(),
+            request.layers,
+            k=request.k,
+            top_m=top_m if request.method == "masks" else None,
+            targets=dataset.targets if request.method == "labels" else None,
+            labels=len(dataset.labels),
+            device=loaded.device,
+            on_batch=on_batch,
+        )
+        counted_here: dict[str, Any] | None = None
+        if in_shard and passes:
+            bad_masks: list[int] = []
+            limits = {
+                name: thresholds(entry.values, request.quantile)
+                for name, entry in passes.items()
+                if entry.values is not None
+            }
+            tallies = self._second_pass(
+                request, model, resources, limits, bad_masks, on_batch=on_batch
+            )
+            counted_here = {
+                "bad_masks": bad_masks,
+                "tallies": {name: tally_to_json(t) for name, t in tallies.items()},
+            }
+        return {
+            "images": len(indices) - len(skipped),
+            "skipped": skipped,
+            "second_pass": counted_here,
+            "layers": {
+                name: {
+                    "top": entry.top.to_json(),
+                    "values": entry.values.to_json() if entry.values is not None else None,
+                    "labels": entry.labels.to_json() if entry.labels is not None else None,
+                }
+                for name, entry in passes.items()
+            },
+            "device": str(loaded.device),
+            "started_at": started_at,
+        }
+
+    def merge(
+        self,
+        request: DissectionCreate,
+        model: str,
+        partials: list[Partial],
+        resources: Resources,
+    ) -> DissectionResult:
+        loaded = resources.model(model)
+        dataset = self._dataset(request, resources)
+        merged = _merge_passes(request, partials)
+        skipped = sorted(i for p in partials for i in p["skipped"])
+        bad_masks: list[int] = []
+        limits = {
+            name: thresholds(entry.values, request.quantile)
+            for name, entry in merged.items()
+            if entry.values is not None
+        }
+        tallies: dict[str, IoUTally] = {}
+        counted = partials[0].get("second_pass") if len(partials) == 1 else None
+        if counted:
+            bad_masks = list(counted["bad_masks"])
+            tallies = {name: tally_from_json(t) for name, t in counted["tallies"].items()}
+        elif request.method == "masks" and merged:
+            tallies = self._second_pass(request, model, resources, limits, bad_masks)
+        layers = []
+        for name in request.layers:
+            shape = list(loaded.index.info(name).shape)
+            entry = merged.get(name)
+            if entry is None:  # no image could be read
+                units: list[DissectionUnit] = []
+            elif request.method == "masks":
+                units = _mask_units(entry, tallies.get(name), limits[name], dataset)
+            else:
+                units = _label_units(entry, dataset)
+            bar = (
+                (lambda s: s > request.iou_threshold)
+                if request.method == "masks"
+                else (lambda s: s >= _PRECISION_BAR)
+            )
+            detecting = [u for u in units if u.label is not None and bar(u.score)]
+            layers.append(
+                DissectionLayer(
+                    name=name,
+                    shape=shape,
+                    detectors=len(detecting),
+                    unique_concepts=len({u.label for u in detecting}),
+                    units=units,
+                )
+            )
+        return DissectionResult(
+            model=model,
+            dataset=request.dataset,
+            method=request.method or "labels",
+            images=sum(int(p["images"]) for p in partials),
+            skipped=len(skipped),
+            skipped_masks=len(bad_masks),
+            skipped_images=[dataset.ids[i] for i in skipped[:_LISTED]],
+            skipped_mask_images=[dataset.ids[i] for i in sorted(bad_masks)[:_LISTED]],
+            quantile=request.quantile,
+            iou_threshold=request.iou_threshold,
+            k=request.k,
+            layers=layers,
+            shards=len(partials),
+            device=str(partials[0]["device"]) if partials else "",
+            elapsed_s=round(time.time() - min(float(p["started_at"]) for p in partials), 4)
+            if partials
+            else 0.0,
+        )
+
+    def _second_pass(
+        self,
+        request: DissectionCreate,
+        model: str,
+        resources: Resources,
+        limits: dict[str, np.ndarray],
+        bad_masks: list[int],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> dict[str, IoUTally]:
+        loaded = resources.model(model)
+        dataset = self._dataset(request, resources)
+        spec = loaded.spec
+        inputs = MaskedInputs(
+            dataset,
+            range(len(dataset)),
+            size=spec.input_size,
+            channels=spec.channels,
+            mean=spec.mean,
+            std=spec.std,
+        )
+        batches = model_batches(
+            inputs,
+            batch_size=resources.batch_size,
+            workers=resources.loader_workers,
+            device=loaded.device,
+        )
+
+        def counted() -> Any:
+            for x, index, ok, mask, mask_ok in batches:
+                bad_masks.extend(int(i) for i in index[ok.bool() & ~mask_ok.bool()])
+                yield x, index, ok, mask, mask_ok
+
+        return second_pass(
+            loaded.index,
+            counted(),
+            request.layers,
+            limits,
+            len(dataset.concepts),
+            device=loaded.device,
+            on_batch=on_batch,
+        )
+
+
+def _merge_passes(request: DissectionCreate, partials: list[Partial]) -> dict[str, LayerPass]:
+    """The shards' first passes as one, in shard order (each merge is exact)."""
+    merged: dict[str, LayerPass] = {}
+    for partial in partials:
+        for name, lists in partial["layers"].items():
+            top = TopK.from_json(lists["top"], request.k, True)
+            values = lists["values"]
+            labels = lists["labels"]
+            entry = LayerPass(
+                top,
+                TopValues.from_json(values) if values else None,
+                LabelSums.from_json(labels) if labels else None,
+            )
+            if name not in merged:
+                merged[name] = entry
+                continue
+            into = merged[name]
+            into.top.merge(entry.top)
+            if into.values is not None and entry.values is not None:
+                into.values.merge(entry.values)
+            if into.labels is not None and entry.labels is not None:
+                into.labels.merge(entry.labels)
+    return merged
+
+
+def _top(top: TopK, channel: int, dataset: Dataset) -> list[Exemplar]:
+    return [
+        Exemplar(image=dataset.ids[int(i)], score=float(s), position=[int(v) for v in p])
+        for s, i, p in zip(
+            top.scores[channel].tolist(),
+            top.index[channel].tolist(),
+            top.position[channel].tolist(),
+            strict=True,
+        )
+        if i >= 0
+    ]
+
+
+def _ranked(scores: list[float], names: list[str]) -> list[Alternative]:
+    """Names by score, high to low; ties to the lower index."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return [Alternative(label=names[i], score=scores[i]) for i in order[: 1 + _ALTERNATIVES]]
+
+
+def _mask_units(
+    entry: LayerPass, tally: IoUTally | None, limit: np.ndarray, dataset: Dataset
+) -> list[DissectionUnit]:
+    channels = entry.top.scores.shape[0]
+    scores = iou(tally) if tally is not None else torch.zeros((channels, len(dataset.concepts)))
+    units = []
+    for c in range(channels):
+        ranked = _ranked(scores[c].tolist(), dataset.concepts)
+        threshold = float(limit[c])
+        units.append(
+            DissectionUnit(
+                channel=c,
+                label=ranked[0].label,
+                score=ranked[0].score,
+                activation_threshold=threshold if math.isfinite(threshold) else None,
+                selectivity=None,
+                alternatives=ranked[1:],
+                top=_top(entry.top, c, dataset),
+            )
+        )
+    return units
+
+
+def _selectivity(means: torch.Tensor) -> float | None:
+    """Morcos et al.'s class selectivity of one unit's per-label means ``(L,)`` (NaN: a label
+    with no image): ``(μ_max − μ_rest) / (μ_max + μ_rest)`` over ReLU'd means, where μ_max is
+    the highest label mean and μ_rest the mean of the others; None where that is 0 / 0."""
+    present = means[~means.isnan()].clamp_min(0.0)
+    if present.numel() < 2:
+        return None
+    best_at = int(present.argmax())
+    best = float(present[best_at])
+    rest = float(torch.cat([present[:best_at], present[best_at + 1 :]]).mean())
+    return (best - rest) / (best + rest) if best + rest > 0 else None
+
+
+def _label_units(entry: LayerPass, dataset: Dataset) -> list[DissectionUnit]:
+    channels = entry.top.scores.shape[0]
+    means = entry.labels.means() if entry.labels is not None else None
+    units = []
+    for c in range(channels):
+        top = _top(entry.top, c, dataset)
+        counts = [0] * len(dataset.labels)
+        for e in top:
+            target = dataset.targets[dataset.position(e.image)]
+            if target >= 0:
+                counts[target] += 1
+        precision = [n / len(top) if top else 0.0 for n in counts]
+        ranked = _ranked(precision, dataset.labels)
+        units.append(
+            DissectionUnit(
+                channel=c,
+                label=ranked[0].label if top else None,
+                score=ranked[0].score,
+                activation_threshold=None,
+                selectivity=_selectivity(means[c]) if means is not None else None,
+                alternatives=ranked[1:],
+                top=top,
+            )
+        )
+    return units
