@@ -89,6 +89,46 @@ def cmd_maps(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_methods(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        listed = client.attribution_methods(args.model)
+    for method in listed.methods:
+        images = method.cost.default_images
+        cost = method.cost.formula + (f" = {images}" if images is not None else "")
+        layer = " (needs --layer)" if method.needs_layer else ""
+        print(f"{method.name:22} {cost:24} {method.summary}{layer}")
+
+
+def cmd_attribute(args: argparse.Namespace) -> None:
+    if (args.image is None) == (args.sample is None):
+        raise SystemExit("cnnviz attribute: give an image file or --sample NAME (one of them)")
+    options = {
+        k: v
+        for k, v in {"layer": args.layer, "target": args.target, "colormap": args.colormap}.items()
+        if v is not None
+    }
+    if args.metrics:
+        options["metrics"] = ["deletion", "insertion"]
+    with _client(args) as client:
+        answer = client.attributions(
+            args.model, args.method, image=args.image, sample=args.sample, **options
+        )
+    out = Path(args.output)
+    for item in answer.attributions:
+        many = len(answer.attributions) > 1
+        path = out.with_stem(f"{out.stem}-{item.target.index}") if many else out
+        path.write_bytes(base64.b64decode(item.overlay))
+        line = f"{path}: {answer.method} for {item.target.label!r} ({item.target.index})"
+        scores = item.faithfulness
+        if scores is not None and scores.random is not None:
+            line += (
+                f"; deletion AUC {scores.deletion_auc:.3f} (random "
+                f"{scores.random.deletion_auc:.3f}), insertion AUC {scores.insertion_auc:.3f} "
+                f"(random {scores.random.insertion_auc:.3f})"
+            )
+        print(line)
+
+
 def cmd_optimize(args: argparse.Namespace) -> None:
     fields = {"layer": args.layer, "channels": args.channels, "steps": args.steps}
     fields["seed"] = args.seed
@@ -191,6 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int)
     p.add_argument("-o", "--output", default="maps.png", help="PNG file (one per layer)")
     p.set_defaults(run=cmd_maps)
+
+    p = sub.add_parser("methods", help="the attribution methods of the service")
+    p.add_argument("-m", "--model", help="costs in images for this model")
+    p.set_defaults(run=cmd_methods)
+
+    p = sub.add_parser("attribute", help="attribution maps over an image, as PNG files")
+    p.add_argument("image", nargs="?", help="an image file (or --sample)")
+    p.add_argument("--sample", help="a built-in sample image instead, e.g. triangle")
+    p.add_argument("-m", "--model", required=True)
+    p.add_argument("--method", required=True, help="one of: cnnviz methods")
+    p.add_argument("-l", "--layer", help="for the CAM methods")
+    p.add_argument("-t", "--target", action="append", help="a class index or label; repeat")
+    p.add_argument("--metrics", action="store_true", help="deletion and insertion scores")
+    p.add_argument("--colormap")
+    p.add_argument("-o", "--output", default="attribution.png", help="PNG (one per target)")
+    p.set_defaults(run=cmd_attribute)
 
     p = sub.add_parser("optimize", help="queue an optimization job; --wait for its images")
     p.add_argument("-m", "--model", required=True)

@@ -11,6 +11,7 @@ from typing import Any, Self
 
 import httpx
 
+from schemas.attributions import AttributionMethodList, AttributionsRead
 from schemas.dissection import DissectionCreate, DissectionResult
 from schemas.feature_maps import FeatureMapsRead
 from schemas.jobs import JobRead, JobStatus
@@ -176,6 +177,57 @@ class Client:
             body["sample"] = sample
         response = self._request("POST", f"/v1/models/{model}/feature-maps", json=body)
         return FeatureMapsRead.model_validate_json(response.content)
+
+    # ---- attributions --------------------------------------------------------------------
+
+    def attribution_methods(self, model: str | None = None) -> AttributionMethodList:
+        """The service's attribution methods, their options and costs (for ``model``)."""
+        params = {"model": model} if model is not None else {}
+        response = self._request("GET", "/v1/attribution-methods", params=params)
+        return AttributionMethodList.model_validate_json(response.content)
+
+    def _attribution_body(
+        self, method: str, image: bytes | str | Path | None, sample: str | None, options: Any
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"method": method, **options}
+        if image is not None:
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            body["image"] = base64.b64encode(data).decode("ascii")
+        if sample is not None:
+            body["sample"] = sample
+        return body
+
+    def attributions(
+        self,
+        model: str,
+        method: str,
+        image: bytes | str | Path | None = None,
+        sample: str | None = None,
+        **options: Any,
+    ) -> AttributionsRead:
+        """Attribution maps of an image (bytes or a path) or a built-in ``sample``.
+
+        ``method`` is one of :meth:`attribution_methods`; ``options``: ``layer``, ``target``,
+        ``metrics``, ``smooth``, ``steps``, ... (see the API docs).
+        """
+        body = self._attribution_body(method, image, sample, options)
+        response = self._request("POST", f"/v1/models/{model}/attributions", json=body)
+        return AttributionsRead.model_validate_json(response.content)
+
+    def attribution_maps(
+        self,
+        model: str,
+        method: str,
+        image: bytes | str | Path | None = None,
+        sample: str | None = None,
+        **options: Any,
+    ) -> bytes:
+        """The raw maps as a float32 ``.npy`` file, ``(targets, H, W)`` (``numpy.load``)."""
+        body = self._attribution_body(method, image, sample, options)
+        response = self._request(
+            "POST", f"/v1/models/{model}/attributions", params={"format": "npy"}, json=body
+        )
+        return response.content
 
     # ---- optimization jobs ---------------------------------------------------------------
 

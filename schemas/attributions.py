@@ -13,6 +13,29 @@ from schemas.routes import JobRoute, job_route
 Target = Annotated[int, Field(ge=0, le=1_000_000)] | Annotated[str, Field(max_length=256)]
 
 
+class SmoothOptions(BaseModel):
+    """A noise tunnel around a gradient method (captum's NoiseTunnel)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["smoothgrad", "smoothgrad_sq", "vargrad"] = Field(
+        default="smoothgrad",
+        description="Average the maps of the noisy copies (SmoothGrad), their squares, or "
+        "take their variance (VarGrad).",
+    )
+    noise_samples: int = Field(
+        default=16, ge=1, le=256, description="Noisy copies; each costs the method's images."
+    )
+    noise_level: float = Field(
+        default=0.15,
+        gt=0.0,
+        le=1.0,
+        description="σ of the Gaussian noise as a fraction of the input's value range "
+        "(max - min), as in the SmoothGrad paper.",
+    )
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed of the noise.")
+
+
 class AttributionsOptions(BaseModel):
     """What to explain and how; the same fields in JSON and as multipart form fields."""
 
@@ -21,9 +44,9 @@ class AttributionsOptions(BaseModel):
     method: str = Field(
         min_length=1,
         max_length=64,
-        examples=["gradcam", "saliency", "integrated_gradients", "guided_gradcam", "occlusion"],
-        description="`gradcam` and `guided_gradcam` (need `layer`), `saliency`, "
-        "`integrated_gradients`, `occlusion`.",
+        examples=["gradcam"],
+        description="An attribution method: GET /v1/attribution-methods lists them, with the "
+        "options each reads and its cost.",
     )
     layer: str | None = Field(
         default=None,
@@ -86,6 +109,41 @@ class AttributionsOptions(BaseModel):
     picture: Literal["overlay", "map"] = Field(
         default="overlay",
         description="Which PNG `Accept: image/png` returns: the map over the input, or alone.",
+    )
+    smooth: SmoothOptions | None = Field(
+        default=None,
+        description="Average the map over noisy copies of the input (SmoothGrad and kin); "
+        "gradient methods only (GET /v1/attribution-methods: `smoothable`).",
+    )
+    metrics: list[Literal["deletion", "insertion"]] = Field(
+        default_factory=list,
+        max_length=2,
+        examples=[["deletion", "insertion"]],
+        description="Faithfulness scores to compute for each target's map: RISE's deletion "
+        "and insertion curves and their AUCs, with a random-map reference (docs/attribution.md "
+        "states the protocol). Each costs (metric_steps + 1) × (targets + random_maps) images.",
+    )
+    metric_steps: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Points of the deletion/insertion curves, less one: the ranked pixels are "
+        "replaced in this many chunks.",
+    )
+    random_maps: int = Field(
+        default=8,
+        ge=0,
+        le=64,
+        description="Uniform-noise maps whose mean AUCs are the reference a method must beat.",
+    )
+    metric_seed: int = Field(
+        default=0, ge=0, le=2**63 - 1, description="Seed of the random maps' generator."
+    )
+    overlay_full: bool = Field(
+        default=False,
+        description="Also return each map over the uploaded image at its own size "
+        "(`overlay_full`); under `fit: crop` the margins the model did not see have no "
+        "overlay.",
     )
     fit: Literal["crop", "stretch"] = Field(
         default="crop",
@@ -154,6 +212,35 @@ class CompletenessRead(BaseModel):
     relative_error: float = Field(description="|sum - expected| / |expected|")
 
 
+class RandomReferenceRead(BaseModel):
+    """The mean AUCs of the random maps: what a map must beat to be worth anything."""
+
+    deletion_auc: float | None = Field(description="lower is better; null if not asked for")
+    insertion_auc: float | None = Field(description="higher is better; null if not asked for")
+
+
+class FaithfulnessRead(BaseModel):
+    """RISE's deletion and insertion scores of one target's map (docs/attribution.md)."""
+
+    deletion_auc: float | None = Field(
+        description="Area under the target's probability as the top-ranked pixels are replaced "
+        "by the mean colour; lower: the map found what the model used. Null if not asked for."
+    )
+    insertion_auc: float | None = Field(
+        description="Area under the target's probability as the top-ranked pixels are put back "
+        "into a blurred image; higher is better. Null if not asked for."
+    )
+    random: RandomReferenceRead | None = Field(
+        description="The same AUCs for random maps (null with random_maps 0)."
+    )
+    deletion_curve: list[float] | None = Field(
+        description="The metric_steps + 1 probabilities, from 0 to every pixel replaced."
+    )
+    insertion_curve: list[float] | None = Field(
+        description="The metric_steps + 1 probabilities, from the blurred image to the image."
+    )
+
+
 class TargetAttributionRead(BaseModel):
     """The attribution of one target."""
 
@@ -161,7 +248,15 @@ class TargetAttributionRead(BaseModel):
     stats: MapStatsRead
     overlay: str = Field(description="The map over the input the model saw, a base64 PNG.")
     map: str = Field(description="The map alone, a base64 palette PNG.")
+    overlay_full: str | None = Field(
+        default=None,
+        description="With `overlay_full` in the request: the map over the uploaded image at "
+        "its own size, a base64 PNG.",
+    )
     completeness: CompletenessRead | None = None
+    faithfulness: FaithfulnessRead | None = Field(
+        default=None, description="With `metrics` in the request: how far to trust the map."
+    )
 
 
 class AttributionsRead(BaseModel):
@@ -176,6 +271,48 @@ class AttributionsRead(BaseModel):
     input_size: tuple[int, int] = Field(examples=[[64, 64]], description="[height, width]")
     predictions: list[PredictionRead] = Field(description="The top 5, best first.")
     attributions: list[TargetAttributionRead]
+
+
+class CostRead(BaseModel):
+    """What a method costs: images run through the model."""
+
+    formula: str = Field(
+        examples=["targets × steps"],
+        description="Images as a formula of targets, steps, patches (occlusion), channels "
+        "(the layer's) and noise_samples (with `smooth`, for a smoothable method).",
+    )
+    default_images: int | None = Field(
+        default=None,
+        description="For the model named: images for one target with the default options "
+        "(null where it depends on the layer chosen).",
+    )
+
+
+class AttributionMethodRead(BaseModel):
+    """One attribution method, as the service runs it."""
+
+    name: str = Field(examples=["gradcam"])
+    title: str = Field(examples=["Grad-CAM"])
+    summary: str
+    needs_layer: bool = Field(description="whether the request must name a `layer`")
+    signed: bool = Field(description="whether maps have a sign (negative: against the target)")
+    smoothable: bool = Field(description="whether `smooth` (a noise tunnel) applies")
+    options: list[str] = Field(description="the request fields the method reads")
+    cost: CostRead
+    sanity: Literal["passed", "failed", "unknown"] = Field(
+        default="unknown",
+        description="Adebayo's cascading randomization check for the model named: unknown "
+        "until a check has run.",
+    )
+
+
+class AttributionMethodList(BaseModel):
+    """Every attribution method and every faithfulness metric."""
+
+    model: str | None = Field(description="the model the costs are for, if one was named")
+    methods: list[AttributionMethodRead]
+    metrics: list[str] = Field(examples=[["deletion", "insertion"]])
+    smooth_types: list[str] = Field(examples=[["smoothgrad", "smoothgrad_sq", "vargrad"]])
 
 
 class AttributionJobCreate(AttributionsCreate, JobOptions):
@@ -196,6 +333,16 @@ JOB_EXAMPLES: dict[str, dict[str, Any]] = {
     "occlusion": {
         "summary": "Occlusion with 4-pixel patches at every pixel",
         "value": {"sample": "square", "method": "occlusion", "window": 4, "stride": 1},
+    },
+    "metrics": {
+        "summary": "Grad-CAM of three classes with deletion and insertion scores",
+        "value": {
+            "sample": "star",
+            "method": "gradcam",
+            "layer": "block4.relu",
+            "target": ["star", "cross", "hexagon"],
+            "metrics": ["deletion", "insertion"],
+        },
     },
 }
 

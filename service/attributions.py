@@ -9,17 +9,25 @@ refused with a pointer to the job route.
 
 from __future__ import annotations
 
+import numpy as np
 from fastapi import Request
 
+from cnnviz.attribution import METRICS, SMOOTH_TYPES, get_method, methods
 from cnnviz.models import ModelRegistry, ModelSpec
-from schemas.attributions import AttributionsCreate, AttributionsOptions
+from schemas.attributions import (
+    AttributionMethodList,
+    AttributionMethodRead,
+    AttributionsCreate,
+    AttributionsOptions,
+    CostRead,
+)
 from service.errors import ApiError
 from service.image_request import ImageRequest, read_image_request
-from workers.kinds.attribution import Explained, explain, passes, to_read
+from workers.kinds.attribution import Explained, explain, layer_channels, passes, to_read
 
 AttributionsRequest = ImageRequest[AttributionsOptions]
 
-_LIST_FIELDS = frozenset({"target"})
+_LIST_FIELDS = frozenset({"target", "metrics"})
 _MAX_FORM_FIELDS = 64
 
 
@@ -30,36 +38,89 @@ async def read_request(request: Request) -> AttributionsRequest:
     )
 
 
-def check_cost(model: str, spec: ModelSpec, options: AttributionsOptions, max_passes: int) -> None:
-    """422 before any work when the request would run the model on more than ``max_passes``
-    images: a synchronous answer must stay short; a job may take longer."""
-    count = passes(options, spec)
-    if count > max_passes:
+def check_cost(
+    model: str,
+    spec: ModelSpec,
+    options: AttributionsOptions,
+    max_pixels: int,
+    channels: int = 0,
+) -> None:
+    """422 before any work when the request would run the model on more than ``max_pixels``
+    image-pixels (images × height × width): a synchronous answer must stay short; a job may
+    take longer. ``channels`` (the layer's, for Score-CAM) is 0 where not known yet: the
+    route checks what it can before the torch pool, and the pool again with the model."""
+    count = passes(options, spec, channels)
+    height, width = spec.input_size
+    if count * height * width > max_pixels:
+        formula = get_method(options.method).cost.formula
         raise ApiError(
             422,
             "too_long_for_sync",
-            f"this {options.method!r} request would run the model on {count} images "
-            "(integrated gradients: steps × targets; occlusion: one per patch position), over "
-            f"the synchronous limit of {max_passes} (CNNVIZ_ATTRIBUTION_MAX_PASSES); queue it "
-            f"as a job with the same JSON body: POST /v1/models/{model}/attribution-jobs "
-            "(then GET /v1/jobs/{id}), or use fewer steps or targets, or a larger stride",
+            f"this {options.method!r} request would run the model on {count} images of "
+            f"{height}×{width} ({count * height * width} image-pixels; the method: {formula}; "
+            "with smooth, × noise_samples; metrics: (metric_steps + 1) × (targets + "
+            f"random_maps) per metric), over the synchronous limit of {max_pixels} "
+            "(CNNVIZ_ATTRIBUTION_MAX_PIXELS); queue it as a job with the same JSON body: "
+            f"POST /v1/models/{model}/attribution-jobs (then GET /v1/jobs/{{id}}), or use "
+            "fewer steps, targets, metric_steps or random_maps, or a larger stride",
         )
 
 
 def _explained(
-    registry: ModelRegistry, model: str, request: AttributionsRequest, max_pixels: int
+    registry: ModelRegistry,
+    model: str,
+    request: AttributionsRequest,
+    max_pixels: int,
+    draw: bool = True,
+    limit: int | None = None,
 ) -> Explained:
     loaded = registry.get(model)
-    image = request.decoded(max_pixels, loaded.spec.input_size)
-    return explain(loaded, request.options, image)
+    if limit is not None:  # again, now that the layer's channels are known (Score-CAM)
+        channels = layer_channels(loaded, request.options)
+        check_cost(model, loaded.spec, request.options, limit, channels)
+    # The full-size overlay is drawn at the upload's own size: no reduced JPEG decoding then.
+    draft = None if request.options.overlay_full else loaded.spec.input_size
+    image = request.decoded(max_pixels, draft)
+    return explain(loaded, request.options, image, draw=draw)
+
+
+def explain_raw(
+    registry: ModelRegistry,
+    model: str,
+    request: AttributionsRequest,
+    max_pixels: int,
+    limit: int | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The maps as float32 arrays, ``maps`` ``(T, H, W)`` at the model's input size (the
+    very maps the metrics rank), with ``targets`` ``(T,)`` int64; and headers that name
+    the targets: blocking, for the torch pool."""
+    result = _explained(registry, model, request, max_pixels, draw=False, limit=limit).result
+    indices = [target.index for target in result.targets]
+    arrays = {
+        "maps": result.maps.float().numpy(),
+        "targets": np.asarray(indices, dtype=np.int64),
+    }
+    headers = {
+        "X-Attribution-Method": result.method,
+        "X-Targets": ",".join(map(str, indices)),
+        "X-Target-Labels": ",".join(_header_text(t.label) for t in result.targets),
+        "X-Signed": str(result.signed).lower(),
+    }
+    if result.layer is not None:
+        headers["X-Layer"] = result.layer
+    return arrays, headers
 
 
 def explain_json(
-    registry: ModelRegistry, model: str, request: AttributionsRequest, max_pixels: int
+    registry: ModelRegistry,
+    model: str,
+    request: AttributionsRequest,
+    max_pixels: int,
+    limit: int | None = None,
 ) -> bytes:
     """Decode, attribute, draw, then the ``AttributionsRead`` answer serialized: blocking,
     for the torch pool."""
-    explained = _explained(registry, model, request, max_pixels)
+    explained = _explained(registry, model, request, max_pixels, limit=limit)
     return to_read(model, explained).model_dump_json().encode()
 
 
@@ -69,10 +130,14 @@ def _header_text(text: str) -> str:
 
 
 def explain_png(
-    registry: ModelRegistry, model: str, request: AttributionsRequest, max_pixels: int
+    registry: ModelRegistry,
+    model: str,
+    request: AttributionsRequest,
+    max_pixels: int,
+    limit: int | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The one target's overlay (or map) PNG and headers with its numbers."""
-    explained = _explained(registry, model, request, max_pixels)
+    explained = _explained(registry, model, request, max_pixels, limit=limit)
     result = explained.result
     picture = explained.pictures[0]
     target = result.targets[0]
@@ -91,3 +156,30 @@ def explain_png(
         headers["X-Layer"] = result.layer
     png = picture.overlay if request.options.picture == "overlay" else picture.heatmap
     return png, headers
+
+
+def method_list(model: str | None, spec: ModelSpec | None) -> AttributionMethodList:
+    """The registered methods as the API lists them; with ``spec``, each one's images for
+    one target with the request's default options on that model."""
+    found = []
+    for method in methods():
+        images = None
+        if spec is not None and "channels" not in method.cost.formula:
+            layer = "layer" if method.needs_layer else None
+            defaults = AttributionsOptions(method=method.name, layer=layer)
+            images = passes(defaults, spec)
+        found.append(
+            AttributionMethodRead(
+                name=method.name,
+                title=method.title or method.name,
+                summary=method.summary,
+                needs_layer=method.needs_layer,
+                signed=method.signed,
+                smoothable=method.smoothable,
+                options=list(method.options),
+                cost=CostRead(formula=method.cost.formula, default_images=images),
+            )
+        )
+    return AttributionMethodList(
+        model=model, methods=found, metrics=list(METRICS), smooth_types=list(SMOOTH_TYPES)
+    )

@@ -46,7 +46,7 @@ class ImageRequest(Generic[Options]):
             return self.image_bytes
         return decode_base64(self.image_base64 or "")
 
-    def decoded(self, max_pixels: int, draft_size: tuple[int, int]) -> Image.Image:
+    def decoded(self, max_pixels: int, draft_size: tuple[int, int] | None) -> Image.Image:
         """The sample, or the image decoded under the pixel cap (blocking: the torch pool)."""
         if self.sample is not None:
             return sample_image(self.sample)

@@ -67,11 +67,15 @@ class Settings(JobSettings):
     sync_backlog: int = Field(
         default=16, ge=0, description="requests that may wait for a torch slot before 503"
     )
-    attribution_max_passes: int = Field(
-        default=512,
+    # 2.5 M admits one target of a one-pass method (Grad-CAM, saliency) with the default
+    # metrics on a 64×64 model: (1 + 2 × 33 × 9) × 64 × 64 = 2.44 M image-pixels.
+    attribution_max_pixels: int = Field(
+        default=2_500_000,
         ge=1,
-        description="images an attribution request may run through the model synchronously "
-        "(integrated gradients: steps × targets; occlusion: patches); past it, a 422",
+        description="image-pixels (images × height × width) an attribution request may run "
+        "through the model synchronously (integrated gradients: steps × targets; occlusion: "
+        "patches; metrics: (metric_steps + 1) × (targets + random_maps) per metric); past "
+        "it, a 422 pointing to the job route",
     )
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, description="job record TTL")
     inprocess_job_workers: int = Field(default=1, ge=1, le=8)

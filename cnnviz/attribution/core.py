@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnviz.attribution.base import AttributionTask, get_method
+from cnnviz.attribution.base import (
+    SMOOTH_TYPES,
+    AttributionMethod,
+    AttributionTask,
+    CostInputs,
+    Smooth,
+    get_method,
+    methods,
+)
 from cnnviz.axes import AxesDecl
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.layers import layer_index, preserved_state
@@ -43,6 +51,7 @@ __all__ = [
 
 MAX_TARGETS = 16
 MAX_STEPS = 1024
+MAX_NOISE_SAMPLES = 256
 OutputChoice = int | str | None
 
 
@@ -287,16 +296,41 @@ def planned_passes(
     steps: int = 32,
     window: int | None = None,
     stride: int | None = None,
+    channels: int = 0,
+    samples: int = 1,
 ) -> int:
     """How many images the model will run on for these settings, before running anything.
 
     The figure a caller bounds (a synchronous request, say); ``size`` is the input's
-    ``(H, W)``. InvalidArgumentError for an unknown method.
+    ``(H, W)``, ``channels`` the layer's (Score-CAM), ``samples`` a noise tunnel's (1: none).
+    InvalidArgumentError for an unknown method.
     """
     auto_window, auto_stride = default_window(size)
     window = window or auto_window
     stride = stride or min(auto_stride, window)
-    return get_method(method).passes(targets, steps, patches(size, max(window, 1), max(stride, 1)))
+    count = patches(size, max(window, 1), max(stride, 1))
+    inputs = CostInputs(targets, steps, count, channels, samples)
+    return get_method(method).images(inputs)
+
+
+def _check_smooth(smooth: Smooth | None, method: AttributionMethod) -> None:
+    if smooth is None:
+        return
+    if not method.smoothable:
+        names = ", ".join(m.name for m in methods() if m.smoothable)
+        raise InvalidArgumentError(
+            f"method {method.name!r} is not a gradient method: 'smooth' works with {names}"
+        )
+    if smooth.type not in SMOOTH_TYPES:
+        raise InvalidArgumentError(
+            f"unknown smoothing {smooth.type!r}; choose one of: {', '.join(SMOOTH_TYPES)}"
+        )
+    if not 1 <= smooth.samples <= MAX_NOISE_SAMPLES:
+        raise InvalidArgumentError(
+            f"noise_samples must be 1..{MAX_NOISE_SAMPLES}, got {smooth.samples}"
+        )
+    if not 0.0 < smooth.level <= 1.0:
+        raise InvalidArgumentError(f"noise_level must be in (0, 1], got {smooth.level}")
 
 
 def _check_settings(steps: int, window: int, stride: int, size: tuple[int, int]) -> None:
@@ -327,6 +361,7 @@ def attribute(
     model_name: str = "model",
     on_batch: Callable[[int], None] | None = None,
     axes: Mapping[str, AxesDecl] | None = None,
+    smooth: Smooth | None = None,
 ) -> Attribution:
     """Attribution maps of ``targets`` for one image ``x``, with the model's top predictions.
 
@@ -341,7 +376,8 @@ def attribute(
     ``on_batch(n)`` is called before each batch of ``n`` images the method runs (see
     :func:`planned_passes` for the total): progress, and cancellation by raising. ``axes``:
     declared axes by layer pattern (:func:`cnnviz.axes.parse_axes_table`) for a model whose
-    layer index this call builds (a replica).
+    layer index this call builds (a replica). ``smooth`` runs a gradient method in a noise
+    tunnel (:class:`cnnviz.attribution.Smooth`).
 
     Raises :class:`InvalidArgumentError`, :class:`UnknownLayerError` or
     :class:`LayerShapeError` with a message naming the bad value and the valid choices.
@@ -356,6 +392,7 @@ def attribute(
     window = window or auto_window
     stride = stride or min(auto_stride, window)
     _check_settings(steps, window, stride, size)
+    _check_smooth(smooth, chosen)
     if chosen.needs_layer and layer is None:
         convs = ", ".join(map(repr, kernel_layers(model)[-3:]))
         raise InvalidArgumentError(
@@ -400,6 +437,7 @@ def attribute(
                 steps=steps,
                 window=window,
                 stride=stride,
+                smooth=smooth,
             )
             # Gradients even when the caller runs under no_grad or inference_mode.
             with torch.inference_mode(False), torch.enable_grad():

@@ -7,6 +7,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 
 from cnnviz.attribution.base import AttributionMethod, AttributionTask, MethodResult, register
 from cnnviz.axes import unit_maps
+from cnnviz.errors import InvalidArgumentError
 
 __all__ = ["GradCam", "layer_cam"]
 
@@ -22,8 +23,13 @@ def layer_cam(task: AttributionTask) -> torch.Tensor:
     assert task.layer is not None  # checked by the caller (needs_layer)
     axes = task.axes
     if axes is None or axes.axes == "CHW":
-        return LayerGradCam(task.scores, task.layer).attribute(
+        return task.smoothed(LayerGradCam(task.scores, task.layer)).attribute(
             task.batch(), target=list(task.targets), relu_attributions=True
+        )
+    if task.smooth is not None:
+        raise InvalidArgumentError(
+            f"smoothing is not available for Grad-CAM on a {axes.axes} layer; ask without "
+            "`smooth`, or at a convolutional (CHW) layer"
         )
     kept: list[torch.Tensor] = []
 
@@ -51,6 +57,9 @@ class GradCam(AttributionMethod):
     """``relu(sum_c mean(dS/dA_c) A_c)`` at the layer, upsampled bilinearly to the input."""
 
     name = "gradcam"
+    title = "Grad-CAM"
+    options = ("layer",)
+    smoothable = True
     needs_layer = True
     local = True
     summary = "Grad-CAM at a layer (coarse: the layer's resolution, upsampled)"

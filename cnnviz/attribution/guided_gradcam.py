@@ -22,6 +22,9 @@ class GuidedGradCam(AttributionMethod):
     """
 
     name = "guided_gradcam"
+    title = "guided Grad-CAM"
+    options = ("layer",)
+    smoothable = True
     needs_layer = True
     local = True
     summary = "guided backpropagation times Grad-CAM (needs a layer)"
@@ -32,7 +35,8 @@ class GuidedGradCam(AttributionMethod):
             # captum announces its ReLU hooks, which it removes before returning.
             warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
             if task.axes is None or task.axes.axes == "CHW":
-                attributions = CaptumGuidedGradCam(task.scores, task.layer).attribute(
+                explainer = task.smoothed(CaptumGuidedGradCam(task.scores, task.layer))
+                attributions = explainer.attribute(
                     task.batch(), target=list(task.targets), interpolate_mode="bilinear"
                 )  # (T, C, H, W)
             else:  # captum's product, with the layer's Grad-CAM taken unit-first

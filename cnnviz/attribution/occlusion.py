@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
 
-from cnnviz.attribution.base import AttributionMethod, AttributionTask, MethodResult, register
+from cnnviz.attribution.base import (
+    AttributionMethod,
+    AttributionTask,
+    Cost,
+    MethodResult,
+    register,
+)
 
 # Input values per patched batch (16 Mi floats: 64 MiB): most of a sweep's cost is per
 # forward call, so batches are as large as this bound allows (256 images of 64×64 RGB).
@@ -22,11 +28,12 @@ class Occlusion(AttributionMethod):
     """
 
     name = "occlusion"
+    title = "occlusion"
+    options = ("window", "stride", "baseline")
+    # Shared by every target; +1: the unoccluded image.
+    cost = Cost("patches + 1", lambda c: c.patches + 1)
     signed = True
     summary = "score drop when a square patch is covered by the baseline (signed)"
-
-    def passes(self, targets: int, steps: int, patches: int) -> int:
-        return patches + 1  # shared by every target; +1: the unoccluded image
 
     def attribute(self, task: AttributionTask) -> MethodResult:
         targets = list(task.targets)

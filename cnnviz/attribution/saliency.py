@@ -12,11 +12,13 @@ class Saliency(AttributionMethod):
     """``max_c |dS/dx_c|`` per pixel."""
 
     name = "saliency"
+    title = "saliency"
+    smoothable = True
     local = True
     summary = "|gradient| of the target's score, max over colour channels"
 
     def attribute(self, task: AttributionTask) -> MethodResult:
-        grads = CaptumSaliency(task.scores).attribute(
+        grads = task.smoothed(CaptumSaliency(task.scores)).attribute(
             task.batch(), target=list(task.targets), abs=True
         )  # (T, C, H, W)
         return MethodResult(grads.detach().amax(dim=1).float())

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from cnnviz.errors import InvalidArgumentError
 
-__all__ = ["Fit", "preprocess", "to_tensor"]
+__all__ = ["Fit", "fit_box", "preprocess", "to_tensor"]
 
 Fit = Literal["crop", "stretch"]
 
@@ -47,6 +47,25 @@ def _resize(image: Image.Image, size: tuple[int, int], fit: Fit) -> Image.Image:
     if fit == "crop":
         return ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
     return image.resize((width, height), Image.Resampling.BILINEAR)
+
+
+def fit_box(
+    image_size: tuple[int, int], size: tuple[int, int], fit: Fit
+) -> tuple[float, float, float, float]:
+    """The part of an image of ``image_size`` ``(width, height)`` that :func:`preprocess`
+    scales to ``size`` ``(height, width)``: ``(left, top, right, bottom)`` in the image's
+    pixels, fractional. ``stretch`` takes all of it; ``crop`` the centred box of the model's
+    aspect ratio (the box ``ImageOps.fit`` cuts)."""
+    width, height = image_size
+    if fit == "stretch" or (width, height) == (size[1], size[0]):
+        return (0.0, 0.0, float(width), float(height))
+    ratio = size[1] / size[0]
+    if width / height >= ratio:
+        box_width, box_height = ratio * height, float(height)
+    else:
+        box_width, box_height = float(width), width / ratio
+    left, top = (width - box_width) / 2, (height - box_height) / 2
+    return (left, top, left + box_width, top + box_height)
 
 
 def to_tensor(image: Image.Image, channels: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends
 
 from service.deps import require_api_key
 from service.routers import (
+    attribution_methods,
     attributions,
     datasets,
     dissections,
@@ -32,5 +33,6 @@ api_router.include_router(job_results.router)
 api_router.include_router(job_events.router)
 api_router.include_router(weights.router)
 api_router.include_router(attributions.router)
+api_router.include_router(attribution_methods.router)
 
 __all__ = ["api_router", "health"]

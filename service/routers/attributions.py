@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from schemas.attributions import (
     AttributionsCreate,
@@ -12,10 +13,17 @@ from schemas.attributions import (
     AttributionsRead,
 )
 from schemas.errors import Problem
-from service.attributions import check_cost, explain_json, explain_png, read_request
+from service.attributions import (
+    check_cost,
+    explain_json,
+    explain_png,
+    explain_raw,
+    read_request,
+)
 from service.deps import PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
 from service.feature_maps import wants_png
+from service.raw import MEDIA_TYPE, encode, wanted_raw
 
 router = APIRouter(prefix="/models", tags=["attributions"])
 
@@ -55,6 +63,15 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "occlusion": {
         "summary": "Occlusion with 8-pixel patches every 4 pixels",
         "value": {"sample": "square", "method": "occlusion", "window": 8, "stride": 4},
+    },
+    "faithfulness": {
+        "summary": "Grad-CAM with RISE deletion and insertion scores and their random reference",
+        "value": {
+            "sample": "triangle",
+            "method": "gradcam",
+            "layer": "block4.relu",
+            "metrics": ["deletion", "insertion"],
+        },
     },
 }
 _OPTIONS = {
@@ -96,8 +113,16 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "JSON: the top-5 predictions and, per target, the map over the input, "
         "the map alone and its stats; or with `Accept: image/png` and one target, the overlay "
-        "(or `picture: map`), its numbers in `X-*` headers.",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "(or `picture: map`), its numbers in `X-*` headers; or the raw maps, float32, at the "
+        "model's input size (the maps the metrics rank): `?format=npy` (`(targets, H, W)`) or "
+        "`?format=safetensors` (`maps` and `targets`), or the same as "
+        "`Accept: application/x-npy` / `application/vnd.safetensors`; the targets in "
+        "`X-Targets`. A raw answer computes no pictures and no metrics.",
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+            "application/vnd.safetensors": {"schema": {"type": "string", "format": "binary"}},
+        },
     },
     404: {"model": Problem, "description": "Unknown model"},
     406: {"model": Problem, "description": "`Accept: image/png` with several targets"},
@@ -119,10 +144,33 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
 async def create_attributions(
-    model: str, request: Request, registry: RegistryDep, pool: PoolDep, settings: SettingsDep
+    model: str,
+    request: Request,
+    registry: RegistryDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+    format: Annotated[
+        Literal["npy", "safetensors"] | None,
+        Query(description="the raw maps, float32, instead of pictures"),
+    ] = None,
 ) -> Response:
     """Which pixels made the prediction: attribution maps of one image for its targets."""
     spec = registry.spec(model)
+    raw = wanted_raw(request, others=())
+    limit = settings.attribution_max_pixels
+    if raw is not None:
+        # The maps alone: the metrics' images are not run, so they are not charged.
+        read = await read_request(request)
+        body = dataclasses.replace(read, options=read.options.model_copy(update={"metrics": []}))
+        check_cost(model, spec, body.options, limit)
+        arrays, headers = await pool.run(
+            explain_raw, registry, model, body, settings.max_image_pixels, limit
+        )
+        if raw == "npy":
+            arrays = {"maps": arrays["maps"]}
+        return Response(
+            encode(arrays, raw, "this request"), media_type=MEDIA_TYPE[raw], headers=headers
+        )
     png = wants_png(request.headers.get("accept"))
     body = await read_request(request)
     options: AttributionsOptions = body.options
@@ -134,14 +182,11 @@ async def create_attributions(
             f"Accept: image/png returns one target's picture, and {targets} targets were asked "
             "for; ask for one target, or for application/json",
         )
-    check_cost(model, spec, options, settings.attribution_max_passes)
+    check_cost(model, spec, options, limit)
     if png:
         content, headers = await pool.run(
-            explain_png, registry, model, body, settings.max_image_pixels
+            explain_png, registry, model, body, settings.max_image_pixels, limit
         )
         return Response(content, media_type="image/png", headers=headers)
-    content = await pool.run(explain_json, registry, model, body, settings.max_image_pixels)
+    content = await pool.run(explain_json, registry, model, body, settings.max_image_pixels, limit)
     return Response(content, media_type="application/json")
-
-
-# Tested by tests/jobs/test_attribution_jobs.py.

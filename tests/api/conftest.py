@@ -56,6 +56,15 @@ channels = 1
 mean = [0.5]
 std = [0.25]
 
+[models.quadrant]
+factory = "tests.api.nets:quadrant"
+weights = "random"
+input_size = [16, 16]
+channels = 1
+mean = [0.0]
+std = [1.0]
+labels = ["quadrant", "constant"]
+
 [models.gated]
 factory = "tests.api.nets:gated"
 weights = "random"

@@ -98,3 +98,28 @@ class Heads(nn.Module):
 
 def heads() -> nn.Module:
     return Heads()
+
+
+class Quadrant(nn.Module):
+    """Two logits with a known answer: the first is the sum of the image's top-left quadrant
+    over 4 (through a 2×2 average pool, a layer Grad-CAM can read), the second a constant.
+
+    The ideal attribution of class 0 is that quadrant: no other pixel changes its score.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(2)
+        mask = torch.zeros(1, 1, size // 2, size // 2)
+        mask[..., : size // 4, : size // 4] = 1.0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Each pooled value is the mean of 2×2 pixels: their sum is the quadrant's sum / 4.
+        first = (self.pool(x) * self.mask).sum(dim=(1, 2, 3))
+        # 7/8 of a white quadrant: a white one is 88 % sure (sigmoid(2)), a blurred one 18 %.
+        return torch.stack([first, torch.full_like(first, float(self.mask.sum()) * 0.875)], dim=1)
+
+
+def quadrant() -> nn.Module:
+    return Quadrant()

@@ -175,7 +175,7 @@ def test_concurrent_requests_agree_and_leave_the_served_model_alone(
             {"sample": "triangle", "method": "integrated_gradients", "steps": 1000},
             422,
             "too_long_for_sync",
-            "512",
+            "2500000",
         ),
         (
             {"sample": "triangle", "method": "integrated_gradients", "steps": 5000},

@@ -116,3 +116,19 @@ def test_serve_refuses_several_processes_with_in_process_jobs() -> None:
     done = run_cli("serve", "--workers", "2")
     assert done.returncode == 1
     assert "--workers > 1 needs CNNVIZ_REDIS_URL" in done.stderr
+
+
+def test_methods_and_attribute(
+    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--url", service_url, "methods", "-m", "shapes"]) == 0
+    listed = capsys.readouterr().out
+    assert "scorecam" in listed and "1 + channels" in listed and "targets × steps = 64" in listed
+    out = tmp_path / "a.png"
+    args = ["--url", service_url, "attribute", "--sample", "star", "-m", "shapes"]
+    args += ["--method", "gradcam", "-l", "block4.relu", "--metrics", "-o", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "gradcam for 'star'" in printed and "deletion AUC" in printed
+    with Image.open(out) as picture:
+        assert picture.size == (64, 64)

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -57,3 +58,20 @@ def test_wait_raises_for_a_cancelled_job(service_url: str) -> None:
         with pytest.raises(JobFailed) as caught:
             client.wait(job.id, timeout=120, poll_s=0.05)
     assert caught.value.job.status == JobStatus.CANCELLED
+
+
+def test_attribution_methods_and_maps(service_url: str) -> None:
+    with Client(service_url) as client:
+        listed = client.attribution_methods("shapes")
+        names = [m.name for m in listed.methods]
+        assert "gradcam" in names and "scorecam" in names
+        answer = client.attributions(
+            "shapes", "gradcam", sample="star", layer="block4.relu", metrics=["deletion"]
+        )
+        [item] = answer.attributions
+        assert item.target.label == "star"
+        assert item.faithfulness is not None and item.faithfulness.deletion_auc is not None
+        raw = client.attribution_maps("shapes", "gradcam", sample="star", layer="block4.relu")
+        maps = np.load(io.BytesIO(raw))
+        assert maps.shape == (1, 64, 64) and maps.dtype == np.float32
+        assert float(maps.max()) == pytest.approx(item.stats.max, rel=1e-6)

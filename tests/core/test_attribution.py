@@ -15,7 +15,16 @@ from cnnviz.data.shapes import CLASSES, generate_with_masks
 from cnnviz.errors import InvalidArgumentError, LayerShapeError, UnknownLayerError
 from cnnviz.models import ModelRegistry
 
-METHODS = ["gradcam", "guided_gradcam", "integrated_gradients", "occlusion", "saliency"]
+METHODS = [
+    "gradcam",
+    "gradcam_plus_plus",
+    "guided_gradcam",
+    "integrated_gradients",
+    "layercam",
+    "occlusion",
+    "saliency",
+    "scorecam",
+]
 
 
 @pytest.fixture(scope="module")

@@ -284,3 +284,17 @@ def test_torchvision_swin_stages_are_channels_last() -> None:
 
 def infos_of(model: nn.Module, shape: tuple[int, int, int]) -> dict:  # type: ignore[type-arg]
     return {info.name: info for info in LayerIndex(model, shape, "tv").layers()}
+
+
+@pytest.mark.parametrize("method", ["gradcam_plus_plus", "layercam", "scorecam"])
+def test_the_cam_family_on_a_tokens_layer_equals_it_on_the_conv_grid_it_carries(
+    method: str,
+) -> None:
+    # `embed` is the identity on `patch`'s tokens (the class token apart, which the head never
+    # reads): the same activations and gradients, laid out as 16 tokens rather than a 4×4 grid.
+    model = TokenNet()
+    x = torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(3))
+    on_tokens = attribute(model, x, method, layer="embed", targets=[0, 1]).maps
+    on_grid = attribute(model, x, method, layer="patch", targets=[0, 1]).maps
+    assert on_tokens.shape == (2, IMAGE, IMAGE) and on_tokens.abs().sum() > 0
+    torch.testing.assert_close(on_tokens, on_grid, rtol=1e-4, atol=1e-6)

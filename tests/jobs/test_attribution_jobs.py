@@ -15,8 +15,9 @@ from workers.kinds import JobContext, Resources
 from workers.kinds.attribution import Attributions
 
 URL = f"/v1/models/{MODEL}/attribution-jobs"
-# Over the synchronous limit of 512 images, and a few seconds of work.
-OVER_SYNC = {"sample": "circle", "method": "integrated_gradients", "steps": 520}
+# Over the synchronous limit of 2.5 M image-pixels (610 images of 64×64), and a few seconds
+# of work.
+OVER_SYNC = {"sample": "circle", "method": "integrated_gradients", "steps": 620}
 # Minutes of work if nobody stops it: 12 targets × 1024 steps.
 LONG = {
     "sample": "star",
@@ -44,7 +45,7 @@ def test_a_request_too_long_to_answer_at_once_runs_as_a_job(api: httpx.Client) -
 
     assert done["status"] == "succeeded", done["error"]
     assert done["progress"]["unit"] == "images"
-    assert done["progress"]["step"] == done["progress"]["total"] == 520
+    assert done["progress"]["step"] == done["progress"]["total"] == 620
     result = done["result"]
     assert result["method"] == "integrated_gradients"
     assert result["predictions"][0]["label"] == "circle"
@@ -95,8 +96,15 @@ def test_the_docs_job_example_is_accepted_and_runs(name: str) -> None:
     request = kind.prepare(
         AttributionsCreate.model_validate(JOB_EXAMPLES[name]["value"]), MODEL, resources
     )
-    assert kind.work(request, MODEL, resources) > 512  # it is a job because it is long
-    quick = request.model_copy(update={"steps": 4, "stride": request.window})
+    # It is a job because it is long: over the synchronous limit of image-pixels.
+    assert kind.work(request, MODEL, resources) * 64 * 64 > 2_500_000
+    update = {"steps": 4, "stride": request.window, "metric_steps": 4, "random_maps": 1}
+    quick = request.model_copy(update=update)
     partial = kind.run_shard(quick, MODEL, 0, resources, JobContext())
     result = kind.merge(quick, MODEL, [partial], resources)
     assert result.attributions and all(item.overlay for item in result.attributions)
+    for item in result.attributions:
+        scores = item.faithfulness
+        assert (scores is not None) == bool(request.metrics)
+        if scores is not None:
+            assert scores.deletion_curve is not None and len(scores.deletion_curve) == 5

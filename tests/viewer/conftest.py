@@ -56,7 +56,7 @@ def _viewer_settings(models_file: Path, **overrides: object) -> Settings:
     """Previews often, so a short job shows one; a low synchronous limit on attributions
     (integrated gradients' default 64 steps are over it), so the page's fallback to a job runs."""
     return make_settings(
-        models_file, job_preview_interval=0.2, attribution_max_passes=32, **overrides
+        models_file, job_preview_interval=0.2, attribution_max_pixels=32 * 64 * 64, **overrides
     )
 
 

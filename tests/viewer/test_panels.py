@@ -315,3 +315,29 @@ def test_unit_pages_of_models_with_odd_inputs_and_names(page: WebDriver, viewer_
         "filter 2 of conv1_2 (Conv2d [3, 2, "
     )
     assert not error_text(page)
+
+
+def test_the_method_menu_is_the_services_list_and_scores_are_shown(
+    page: WebDriver, viewer_url: str, http_client: httpx.Client
+) -> None:
+    open_home(page, viewer_url)
+    listed = http_client.get("/v1/attribution-methods").json()["methods"]
+    menu = Select(page.find_element(By.ID, "a-method"))
+    assert [o.get_attribute("value") for o in menu.options] == [m["name"] for m in listed]
+    assert [o.text for o in menu.options] == [m["title"] for m in listed]
+    menu.select_by_value("layercam")
+    assert page.find_element(By.ID, "a-layer").is_displayed()  # needs_layer, from the list
+    menu.select_by_value("saliency")
+    assert not page.find_element(By.ID, "a-layer").is_displayed()
+    page.find_element(By.ID, "a-metrics").click()
+    page.find_element(By.ID, "a-explain").click()
+    caption = wait(
+        page,
+        lambda d: (
+            "deletion AUC" in d.find_element(By.ID, "a-caption").text
+            and d.find_element(By.ID, "a-caption").text
+        ),
+        "no faithfulness scores were shown",
+    )
+    assert "insertion AUC" in caption and "(random " in caption
+    assert not error_text(page)

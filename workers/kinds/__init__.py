@@ -6,7 +6,7 @@ the service makes its submit route from the row.
 """
 
 # The kinds: importing a module registers it.
-from workers.kinds import attribution, dissection, exemplars, optimization  # noqa: F401
+from workers.kinds import attribution, dissection, exemplars, optimization, sanity  # noqa: F401
 from workers.kinds.base import (
     JobCancelled,
     JobContext,

@@ -13,17 +13,23 @@ from PIL import Image
 
 from cnnviz.attribution import (
     Attribution,
+    Faithfulness,
     MapPicture,
+    Smooth,
     attribute,
     exclusive_copy,
+    faithfulness,
     get_method,
     map_picture,
+    metric_images,
+    overlay_full,
     planned_passes,
 )
 from cnnviz.data.shapes import sample_image
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.imaging import preprocess
 from cnnviz.imaging.decode import decode_base64, decode_image
+from cnnviz.imaging.preprocess import fit_box, to_tensor
 from cnnviz.models import LoadedModel, ModelSpec
 from schemas.attributions import (
     JOB_ROUTE,
@@ -31,15 +37,26 @@ from schemas.attributions import (
     AttributionsOptions,
     AttributionsRead,
     CompletenessRead,
+    FaithfulnessRead,
     MapStatsRead,
     PredictionRead,
+    RandomReferenceRead,
+    SmoothOptions,
     TargetAttributionRead,
 )
 from schemas.jobs import Progress
 from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
 from workers.kinds.registry import register_kind
 
-__all__ = ["MAX_JOB_PASSES", "Attributions", "Explained", "explain", "to_read"]
+__all__ = [
+    "MAX_JOB_PASSES",
+    "Attributions",
+    "Explained",
+    "explain",
+    "layer_channels",
+    "passes",
+    "to_read",
+]
 
 # A job may run the model on this many images (1024 steps × 16 targets of integrated
 # gradients; occlusion with stride 1 on inputs up to 256×256); the time limit bounds the rest.
@@ -50,11 +67,14 @@ _JOB_MAX_IMAGE_PIXELS = 40_000_000
 
 @dataclass(frozen=True)
 class Explained:
-    """The attribution of one request and the pictures of each of its targets."""
+    """The attribution of one request, the pictures of each of its targets and, when asked
+    for, their faithfulness scores."""
 
     result: Attribution
     pictures: list[MapPicture]
     input_size: tuple[int, int]
+    scores: list[Faithfulness] | None = None
+    full: list[bytes] | None = None
 
 
 def _baseline(spec: ModelSpec, name: str) -> torch.Tensor:
@@ -65,13 +85,21 @@ def _baseline(spec: ModelSpec, name: str) -> torch.Tensor:
     return torch.zeros_like(mean) if level is None else (level - mean) / std
 
 
+def _smooth(options: SmoothOptions | None) -> Smooth | None:
+    if options is None:
+        return None
+    return Smooth(options.type, options.noise_samples, options.noise_level, options.seed)
+
+
 def explain(
     loaded: LoadedModel,
     options: AttributionsOptions,
     image: Image.Image,
     on_batch: Callable[[int], None] | None = None,
+    draw: bool = True,
 ) -> Explained:
-    """Preprocess ``image``, attribute it, draw each target's map (blocking).
+    """Preprocess ``image``, attribute it, draw each target's map (blocking); without
+    ``draw``, only the maps (and no metrics: a raw answer holds the maps alone).
 
     Runs on a private copy of the model (:func:`cnnviz.attribution.exclusive_copy`): the
     shared model keeps serving other requests untouched.
@@ -101,7 +129,25 @@ def explain(
             model_name=spec.name,
             axes=spec.axes,  # the replica's layers read as the registry declares
             on_batch=on_batch,
+            smooth=_smooth(options.smooth),
         )
+        scores = None
+        if options.metrics and draw:
+            param = next(replica.parameters(), None)
+            scores = faithfulness(
+                replica,
+                x if param is None else x.to(param.device),
+                result.maps,
+                [target.index for target in result.targets],
+                output=options.output,
+                metrics=options.metrics,
+                steps=options.metric_steps,
+                random_maps=options.random_maps,
+                seed=options.metric_seed,
+                on_batch=on_batch,
+            )
+    if not draw:
+        return Explained(result, [], spec.input_size)
     seen = x[0] * torch.tensor(spec.std).view(-1, 1, 1) + torch.tensor(spec.mean).view(-1, 1, 1)
     pictures = [
         map_picture(
@@ -113,7 +159,22 @@ def explain(
         )
         for attribution in result.maps
     ]
-    return Explained(result, pictures, spec.input_size)
+    full = None
+    if options.overlay_full:
+        box = fit_box(image.size, spec.input_size, options.fit)
+        uploaded = to_tensor(image, 3)
+        full = [
+            overlay_full(
+                attribution,
+                uploaded,
+                box,
+                signed=result.signed,
+                colormap=options.colormap,
+                opacity=options.opacity,
+            )
+            for attribution in result.maps
+        ]
+    return Explained(result, pictures, spec.input_size, scores, full)
 
 
 def _prediction(p: object) -> PredictionRead:
@@ -131,6 +192,7 @@ def to_read(model: str, explained: Explained) -> AttributionsRead:
             error = abs(total - expected) / abs(expected) if expected else float(total != 0)
             completeness = CompletenessRead(sum=total, expected=expected, relative_error=error)
         stats = picture.stats
+        scores = None if explained.scores is None else _faithfulness(explained.scores[i])
         items.append(
             TargetAttributionRead(
                 target=_prediction(target),
@@ -139,7 +201,11 @@ def to_read(model: str, explained: Explained) -> AttributionsRead:
                 ),
                 overlay=base64.b64encode(picture.overlay).decode("ascii"),
                 map=base64.b64encode(picture.heatmap).decode("ascii"),
+                overlay_full=None
+                if explained.full is None
+                else base64.b64encode(explained.full[i]).decode("ascii"),
                 completeness=completeness,
+                faithfulness=scores,
             )
         )
     return AttributionsRead(
@@ -153,16 +219,48 @@ def to_read(model: str, explained: Explained) -> AttributionsRead:
     )
 
 
-def passes(request: AttributionsOptions, spec: ModelSpec) -> int:
-    """The images a request runs through the model (see :func:`planned_passes`)."""
-    return planned_passes(
+def _faithfulness(scores: Faithfulness) -> FaithfulnessRead:
+    random = None
+    if scores.random_deletion_auc is not None or scores.random_insertion_auc is not None:
+        random = RandomReferenceRead(
+            deletion_auc=scores.random_deletion_auc, insertion_auc=scores.random_insertion_auc
+        )
+    return FaithfulnessRead(
+        deletion_auc=scores.deletion_auc,
+        insertion_auc=scores.insertion_auc,
+        random=random,
+        deletion_curve=None if scores.deletion_curve is None else list(scores.deletion_curve),
+        insertion_curve=None if scores.insertion_curve is None else list(scores.insertion_curve),
+    )
+
+
+def layer_channels(loaded: LoadedModel, request: AttributionsOptions) -> int:
+    """The channels of the request's layer (what Score-CAM's cost counts); 0 without one."""
+    if request.layer is None or not get_method(request.method).needs_layer:
+        return 0
+    info = loaded.index.info(request.layer)  # UnknownLayerError: a 422
+    # Units, whatever the axes (a ViT's features, not its tokens); unknown axes: its first
+    # axis, and the method refuses the layer before it runs.
+    return int(info.units if info.units is not None else info.shape[0])
+
+
+def passes(request: AttributionsOptions, spec: ModelSpec, channels: int = 0) -> int:
+    """The images a request runs through the model: the method's (see
+    :func:`planned_passes`; ``channels``: the layer's) and the faithfulness metrics' (see
+    :func:`metric_images`)."""
+    targets = max(1, len(set(request.targets or ())))
+    method = planned_passes(
         request.method,
         spec.input_size,
-        targets=max(1, len(set(request.targets or ()))),
+        targets=targets,
         steps=request.steps,
         window=request.window,
         stride=request.stride,
+        channels=channels,
+        samples=request.smooth.noise_samples if request.smooth else 1,
     )
+    metrics = metric_images(request.metrics, request.metric_steps, request.random_maps, targets)
+    return method + metrics
 
 
 def _image(request: AttributionsCreate) -> Image.Image:
@@ -186,7 +284,7 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
     ) -> AttributionsCreate:
         loaded = resources.model(model)
         method = get_method(request.method)
-        count = passes(request, loaded.spec)
+        count = passes(request, loaded.spec, layer_channels(loaded, request))
         if count > MAX_JOB_PASSES:
             raise InvalidArgumentError(
                 f"this {request.method!r} job would run the model on {count} images, over the "
@@ -213,7 +311,8 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
         return request
 
     def work(self, request: AttributionsCreate, model: str, resources: Resources) -> int:
-        return passes(request, resources.model(model).spec)
+        loaded = resources.model(model)
+        return passes(request, loaded.spec, layer_channels(loaded, request))
 
     def run_shard(
         self,
@@ -224,7 +323,7 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
         context: JobContext,
     ) -> Partial:
         loaded = resources.model(model)
-        total = passes(request, loaded.spec)
+        total = passes(request, loaded.spec, layer_channels(loaded, request))
         done = 0
 
         def on_batch(images: int) -> None:

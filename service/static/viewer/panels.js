@@ -101,7 +101,25 @@ async function showWeights() {
 
 // ---- home: attributions ------------------------------------------------------------------
 
-const LAYER_METHODS = ["gradcam", "guided_gradcam"];
+// The methods come from the service's one list (GET /v1/attribution-methods), never from here.
+async function loadAttributionMethods() {
+  const { methods } = await getJSON("/v1/attribution-methods");
+  const select = $("a-method");
+  select.innerHTML = "";
+  for (const m of methods) {
+    const option = new Option(m.title, m.name);
+    option.title = m.summary;
+    option.dataset.layer = m.needs_layer ? "1" : "";
+    select.add(option);
+  }
+  select.value = methods.some((m) => m.name === "gradcam") ? "gradcam" : methods[0].name;
+  updateMethod();
+}
+
+function needsLayer() {
+  const chosen = $("a-method").selectedOptions[0];
+  return Boolean(chosen && chosen.dataset.layer);
+}
 
 function fillAttributionChoices(layers, info) {
   const layerSelect = $("a-layer");
@@ -119,7 +137,7 @@ function fillAttributionChoices(layers, info) {
 }
 
 function updateMethod() {
-  $("a-layer-label").hidden = !LAYER_METHODS.includes($("a-method").value);
+  $("a-layer-label").hidden = !needsLayer();
 }
 
 // Index or label; a target chosen from the predictions table may not be in the select.
@@ -155,7 +173,8 @@ async function attribute(body) {
 async function explain() {
   const method = $("a-method").value;
   const body = { method };
-  if (LAYER_METHODS.includes(method)) body.layer = $("a-layer").value;
+  if (needsLayer()) body.layer = $("a-layer").value;
+  if ($("a-metrics").checked) body.metrics = ["deletion", "insertion"];
   const target = $("a-target").value;
   if (target !== "") body.target = parseInt(target, 10);
   const source = document.querySelector("input[name=source]:checked").value;
@@ -189,6 +208,11 @@ async function explain() {
     `min ${fmt(a.stats.min)}, max ${fmt(a.stats.max)}, peak at (y ${a.stats.peak[0]}, x ${a.stats.peak[1]})` +
     `${answer.signed ? "; signed: blue is evidence against" : ""}`;
   if (a.completeness) caption += `; completeness error ${(100 * a.completeness.relative_error).toFixed(2)}%`;
+  const f = a.faithfulness;
+  if (f) {
+    caption += `; deletion AUC ${fmt(f.deletion_auc)} (random ${fmt(f.random.deletion_auc)}, lower is better), ` +
+      `insertion AUC ${fmt(f.insertion_auc)} (random ${fmt(f.random.insertion_auc)}, higher is better)`;
+  }
   if (asJob) caption += " (run as a job: over the service's synchronous limit)";
   $("a-caption").textContent = caption;
   $("a-result").hidden = false;
@@ -214,6 +238,7 @@ async function homePanels() {
   $("w-show").addEventListener("click", guard(showWeights));
   $("a-explain").addEventListener("click", guard(explain));
   $("a-method").addEventListener("change", updateMethod);
+  await loadAttributionMethods();
   const params = pageParams();
   if (params.get("weights")) {
     setIfOption($("w-layer"), params.get("weights"));

@@ -1,0 +1,135 @@
+"""The sanity-check kind: cascading randomization of attribution methods (Adebayo et al.
+2018), one shard: every stage re-runs each method on every image."""
+
+from __future__ import annotations
+
+import torch
+
+from cnnviz.attribution import PASS_BELOW, cascading_randomization, get_method, randomizable
+from cnnviz.errors import InvalidArgumentError
+from cnnviz.imaging import preprocess
+from cnnviz.imaging.decode import decode_base64, decode_image
+from schemas.jobs import Progress
+from schemas.sanity import (
+    JOB_ROUTE,
+    SanityCheckCreate,
+    SanityCheckResult,
+    SanityMethodRead,
+    SanityStageRead,
+)
+from workers.kinds.base import JobContext, JobKind, Partial, Resources
+from workers.kinds.registry import register_kind
+
+__all__ = ["SanityChecks"]
+
+_MAX_IMAGE_PIXELS = 40_000_000
+
+
+def _images(request: SanityCheckCreate, model: str, resources: Resources) -> torch.Tensor:
+    """The request's images as the model's inputs ``(N, C, H, W)``."""
+    spec = resources.model(model).spec
+    if request.dataset is not None:
+        dataset = resources.datasets.get(request.dataset)
+        pictures = [dataset.image(i) for i in range(min(request.max_images, len(dataset)))]
+    else:
+        pictures = [
+            decode_image(decode_base64(data), max_pixels=_MAX_IMAGE_PIXELS)
+            for data in request.images or []
+        ]
+    inputs = [
+        preprocess(
+            picture,
+            size=spec.input_size,
+            channels=spec.channels,
+            mean=spec.mean,
+            std=spec.std,
+        )
+        for picture in pictures
+    ]
+    return torch.cat(inputs)
+
+
+@register_kind
+class SanityChecks(JobKind[SanityCheckCreate, SanityCheckResult]):
+    """Sanity checks as a job; progress in stages (modules re-initialised)."""
+
+    name = "sanity_check"
+    route = JOB_ROUTE
+    request_type = SanityCheckCreate
+    result_type = SanityCheckResult
+    progress_unit = "stages"
+
+    def prepare(
+        self, request: SanityCheckCreate, model: str, resources: Resources
+    ) -> SanityCheckCreate:
+        loaded = resources.model(model)
+        chosen = [get_method(name) for name in request.methods]  # unknown: a 422
+        if len(set(request.methods)) != len(request.methods):
+            raise InvalidArgumentError(f"methods repeat a name: {request.methods}")
+        needing = [m.name for m in chosen if m.needs_layer]
+        if needing and request.layer is None:
+            raise InvalidArgumentError(f"methods {', '.join(needing)} need a layer")
+        if request.layer is not None:
+            loaded.index.info(request.layer)  # UnknownLayerError for a name the model lacks
+        if request.dataset is not None:
+            resources.datasets.get(request.dataset)  # UnknownDatasetError
+        else:
+            _images(request, model, resources)  # a bad image is refused before queueing
+        return request
+
+    def work(self, request: SanityCheckCreate, model: str, resources: Resources) -> int:
+        return len(randomizable(resources.model(model).module))
+
+    def run_shard(
+        self,
+        request: SanityCheckCreate,
+        model: str,
+        shard: int,
+        resources: Resources,
+        context: JobContext,
+    ) -> Partial:
+        loaded = resources.model(model)
+        images = _images(request, model, resources).to(loaded.device)
+
+        def on_stage(done: int, total: int) -> None:
+            context.check()
+            if context.progress_due(done == total):
+                context.report(Progress(step=done, total=total, unit=self.progress_unit))
+
+        context.check()
+        results = cascading_randomization(
+            loaded.module,
+            images,
+            request.methods,
+            layer=request.layer,
+            seed=request.seed,
+            model_name=model,
+            on_stage=on_stage,
+        )
+        return SanityCheckResult(
+            model=model,
+            layer=request.layer,
+            images=int(images.shape[0]),
+            threshold=PASS_BELOW,
+            methods=[
+                SanityMethodRead(
+                    method=result.method,
+                    passes=result.passes,
+                    correlations=[
+                        SanityStageRead(layer=name, spearman=value)
+                        for name, value in result.correlations
+                    ],
+                )
+                for result in results
+            ],
+        ).model_dump(mode="json")
+
+    def merge(
+        self,
+        request: SanityCheckCreate,
+        model: str,
+        partials: list[Partial],
+        resources: Resources,
+    ) -> SanityCheckResult:
+        (only,) = partials
+        return SanityCheckResult.model_validate(only)
