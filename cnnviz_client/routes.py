@@ -54,7 +54,7 @@ ROUTES: dict[str, Route] = {
 _PATH_LIKE = frozenset({"image_id"})
 
 
-def path(name: str, **params: object) -> str:
+def path(name: str, /, **params: object) -> str:
     """The path of route ``name`` with its parameters filled in, each percent-encoded."""
     template = ROUTES[name].path
     return template.format(
