@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnviz_client.client import Client
-from cnnviz_client.kinds import ExemplarsJob
+from schemas.exemplars import ExemplarsResult
 
 
 def connect(args: argparse.Namespace) -> Client:
@@ -127,8 +127,8 @@ def cmd_exemplars(args: argparse.Namespace) -> None:
             print(job.id)
             return
         done = client.wait(job.id, progress=not args.quiet)
-        assert isinstance(done, ExemplarsJob) and done.result is not None
         result = done.result
+        assert isinstance(result, ExemplarsResult), done.kind
         print(
             f"{result.images} images of {result.dataset} ranked for "
             f"{sum(len(layer.units) for layer in result.layers)} channels of "
