@@ -14,8 +14,14 @@ from pydantic import BaseModel
 
 from cnnviz_client import waiting
 from cnnviz_client.errors import JobFailed, raise_for_problem
-from cnnviz_client.kinds import AttributionJob, ExemplarsJob, OptimizationJob, parse_job
-from cnnviz_client.routes import ROUTES, path
+from cnnviz_client.kinds import (
+    JOB_ROUTES,
+    AttributionJob,
+    ExemplarsJob,
+    OptimizationJob,
+    parse_job,
+)
+from cnnviz_client.routes import ROUTES, fill, path
 from schemas.attributions import AttributionJobCreate, AttributionsCreate, AttributionsRead
 from schemas.datasets import DatasetsRead
 from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsCreate
@@ -97,21 +103,6 @@ class Client:
         response = self._http.request(ROUTES[route].method, path(route, **where), **kwargs)
         raise_for_problem(response)
         return response
-
-    def _submit(
-        self,
-        route: str,
-        model: str,
-        request: BaseModel,
-        idempotency_key: str | None,
-        reuse: bool,
-    ) -> JobRead[Any, Any]:
-        body = _json_body(request)
-        if idempotency_key:
-            body["headers"]["Idempotency-Key"] = idempotency_key
-        if not reuse:  # run it again even where an identical request has succeeded
-            body["headers"]["Cache-Control"] = "no-cache"
-        return parse_job(self._send(route, {"model": model}, **body).content)
 
     # ---- health --------------------------------------------------------------------------
 
@@ -287,6 +278,32 @@ class Client:
 
     # ---- jobs: submit --------------------------------------------------------------------
 
+    def submit(
+        self,
+        kind: str,
+        model: str,
+        request: BaseModel | None = None,
+        idempotency_key: str | None = None,
+        reuse: bool = True,
+        **fields: Any,
+    ) -> JobRead[Any, Any]:
+        """Queue a job of ``kind`` (a request of its type, or its fields) at the kind's own
+        route (:mod:`schemas.routes`); the job as queued, typed by its kind.
+
+        ``idempotency_key``: the same key and body give back the same job. ``reuse=False``:
+        run it again even where an identical request has succeeded before."""
+        if kind not in JOB_ROUTES:
+            raise ValueError(f"unknown job kind {kind!r}; known: {', '.join(sorted(JOB_ROUTES))}")
+        route = JOB_ROUTES[kind]
+        body = _json_body(request or route.request.model_validate(fields))
+        if idempotency_key:
+            body["headers"]["Idempotency-Key"] = idempotency_key
+        if not reuse:
+            body["headers"]["Cache-Control"] = "no-cache"
+        response = self._http.request("POST", fill(route.url, model=model), **body)
+        raise_for_problem(response)
+        return parse_job(response.content)
+
     def optimize(
         self,
         model: str,
@@ -299,7 +316,7 @@ class Client:
 
         ``reuse=False`` runs it again where an identical request has succeeded before."""
         body = request or OptimizationCreate(**fields)
-        return self._submit("optimize", model, body, idempotency_key, reuse)
+        return self.submit("optimization", model, body, idempotency_key, reuse)
 
     def exemplars(
         self,
@@ -311,7 +328,7 @@ class Client:
     ) -> ExemplarsJob:
         """Queue an exemplar-mining job (``dataset``, ``layers``, ``k``, ``pool``, ``bottom``)."""
         body = request or ExemplarsCreate(**fields)
-        return self._submit("exemplars", model, body, idempotency_key, reuse)
+        return self.submit("exemplars", model, body, idempotency_key, reuse)
 
     def attribute_job(
         self,
@@ -325,7 +342,7 @@ class Client:
     ) -> AttributionJob:
         """Queue an attribution too long to answer at once (the fields of :meth:`attribute`)."""
         body = self._attribution(AttributionJobCreate, image, sample, request, fields)
-        return self._submit("attribute_job", model, body, idempotency_key, reuse)
+        return self.submit("attribution", model, body, idempotency_key, reuse)
 
     # ---- jobs of every kind --------------------------------------------------------------
 

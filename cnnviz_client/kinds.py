@@ -1,28 +1,29 @@
-"""The typed view of each kind of job, read from its ``kind``; another kind is read with dicts.
-
-``tests/client/test_routes.py`` checks this table against the service's registered kinds, so
-a kind added there without its row here fails a test.
-"""
+"""Each kind of job as the client sees it, from the contract's rows (:mod:`schemas.routes`):
+its submit route and the typed view of its jobs. A kind whose schema the client has not
+imported is read with dicts."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from schemas.attributions import AttributionsCreate, AttributionsRead
+# Importing a kind's schema module declares its row (schemas.routes.job_route): these three.
+from schemas.attributions import AttributionJobCreate, AttributionsRead
 from schemas.exemplars import ExemplarsCreate, ExemplarsResult
 from schemas.jobs import JobRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
+from schemas.routes import JobRoute, job_routes
 
+# The typed views of the kinds the client has methods for (the service answers these types).
 OptimizationJob = JobRead[OptimizationCreate, OptimizationResult]
 ExemplarsJob = JobRead[ExemplarsCreate, ExemplarsResult]
-AttributionJob = JobRead[AttributionsCreate, AttributionsRead]
+AttributionJob = JobRead[AttributionJobCreate, AttributionsRead]
 AnyJob = JobRead[dict[str, Any], dict[str, Any]]
 
+JOB_ROUTES: dict[str, JobRoute] = {route.kind: route for route in job_routes()}
 JOB_TYPES: dict[str, type[JobRead[Any, Any]]] = {
-    "optimization": OptimizationJob,
-    "exemplars": ExemplarsJob,
-    "attribution": AttributionJob,
+    kind: JobRead[route.request, route.result]  # type: ignore[name-defined]
+    for kind, route in JOB_ROUTES.items()
 }
 
 

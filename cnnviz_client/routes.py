@@ -1,8 +1,10 @@
 """Every route of the service, by the name of the client method that calls it.
 
 A row is ``method name: (HTTP method, path template)``; the client formats its paths from
-here, and ``tests/client/test_routes.py`` checks the table against the app's OpenAPI both
-ways (a route without a method, or a row without a route, fails).
+here. The job kinds' submit routes are not rows here: each kind declares its own in the
+contract (:mod:`schemas.routes`), and :meth:`Client.submit` calls any of them.
+``tests/client/test_routes.py`` checks both against the app's OpenAPI, both ways (a route
+without a method, or a row without a route, fails).
 """
 
 from __future__ import annotations
@@ -33,10 +35,6 @@ ROUTES: dict[str, Route] = {
     "sample": Route("GET", "/v1/samples/{name}"),
     "datasets": Route("GET", "/v1/datasets"),
     "dataset_image": Route("GET", "/v1/datasets/{dataset}/images/{image_id}"),
-    # jobs: one submit route per kind
-    "optimize": Route("POST", "/v1/models/{model}/optimizations"),
-    "exemplars": Route("POST", "/v1/models/{model}/exemplars"),
-    "attribute_job": Route("POST", "/v1/models/{model}/attribution-jobs"),
     # jobs of every kind
     "job": Route("GET", "/v1/jobs/{job_id}"),
     "cancel": Route("POST", "/v1/jobs/{job_id}/cancel"),
@@ -56,7 +54,11 @@ _PATH_LIKE = frozenset({"image_id"})
 
 def path(name: str, /, **params: object) -> str:
     """The path of route ``name`` with its parameters filled in, each percent-encoded."""
-    template = ROUTES[name].path
+    return fill(ROUTES[name].path, **params)
+
+
+def fill(template: str, /, **params: object) -> str:
+    """``template`` with its parameters filled in, each percent-encoded."""
     return template.format(
         **{k: quote(str(v), safe="/" if k in _PATH_LIKE else "") for k, v in params.items()}
     )
