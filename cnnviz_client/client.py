@@ -13,7 +13,7 @@ import httpx
 from pydantic import BaseModel
 
 from cnnviz_client import waiting
-from cnnviz_client.errors import JobFailed, raise_for_problem
+from cnnviz_client.errors import ApiError, JobFailed, raise_for_problem
 from cnnviz_client.kinds import (
     JOB_ROUTES,
     AttributionJob,
@@ -32,6 +32,8 @@ from schemas.models import LayerList, ModelList, ModelRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
 from schemas.samples import SampleList
 from schemas.weights import WeightsQuery, WeightsRead
+
+__all__ = ["DEFAULT_URL", "ApiError", "Client", "JobFailed"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PNG = {"Accept": "image/png"}
@@ -132,7 +134,7 @@ class Client:
         data = weights if isinstance(weights, bytes) else Path(weights).read_bytes()
         response = self._send(
             "register_model",
-            {"name": name},
+            {"model": name},
             data={"spec": json.dumps(spec)},
             files={"weights": ("weights.safetensors", data, "application/octet-stream")},
         )
@@ -140,7 +142,7 @@ class Client:
 
     def delete_model(self, name: str) -> None:
         """Remove a registered model. Needs an admin key."""
-        self._send("delete_model", {"name": name})
+        self._send("delete_model", {"model": name})
 
     def _feature_maps(
         self, model: str, layers: Sequence[str], image: Image | None, sample: str | None, **kw: Any

@@ -25,8 +25,8 @@ ROUTES: dict[str, Route] = {
     # models and what they see, synchronously
     "models": Route("GET", "/v1/models"),
     "layers": Route("GET", "/v1/models/{model}/layers"),
-    "register_model": Route("PUT", "/v1/models/{name}"),
-    "delete_model": Route("DELETE", "/v1/models/{name}"),
+    "register_model": Route("PUT", "/v1/models/{model}"),
+    "delete_model": Route("DELETE", "/v1/models/{model}"),
     "feature_maps": Route("POST", "/v1/models/{model}/feature-maps"),
     "weights": Route("GET", "/v1/models/{model}/layers/{layer}/weights"),
     "attribute": Route("POST", "/v1/models/{model}/attributions"),
