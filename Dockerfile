@@ -20,14 +20,16 @@ RUN useradd --create-home --home-dir /home/cnnviz --uid 10001 cnnviz \
 WORKDIR /app
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml ./
+COPY client/pyproject.toml client/
 COPY server/pyproject.toml server/
 COPY cnnviz cnnviz
 COPY cnnviz_client cnnviz_client
 COPY schemas schemas
 COPY service service
 COPY workers workers
-# The core, then the service with its workers, client and `cnnviz` command.
-RUN pip install --no-cache-dir . './server[server]'
+# The core, the client with the contract and the `cnnviz` command, then the service and its
+# workers (which depend on both: all three named here, so none is looked for on an index).
+RUN pip install --no-cache-dir . ./client './server[server]'
 
 USER 10001
 VOLUME ["/var/cache/cnnviz"]

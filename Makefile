@@ -6,12 +6,13 @@ PORT ?= 8000
 
 .PHONY: install serve test lint worker redis chromium
 
-$(VENV)/.installed: pyproject.toml server/pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml server/pyproject.toml
 	python3 -m venv $(VENV)
 	# torch and torchvision first, pinned: on these machines pip takes them from local disk.
 	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	# The core (.), then the service, its workers, the client and the `cnnviz` command.
-	$(VENV)/bin/pip install --quiet -e '.[dev]' -e './server[server]'
+	# The core (.), the client with the contract and the `cnnviz` command (./client), then the
+	# service and its workers (./server), all three from this checkout.
+	$(VENV)/bin/pip install --quiet -e '.[dev]' -e ./client -e './server[server]'
 	touch $@
 
 install: $(VENV)/.installed

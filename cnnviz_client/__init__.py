@@ -8,10 +8,13 @@
         job = client.wait(job.id, progress=True)
         client.save_result(job, "patterns.png")
 
-It speaks HTTP with httpx and parses answers into the service's own schemas; an error answer
-raises :class:`ApiError` with the problem+json's ``code`` and ``detail``.
+One method per route of the service (:mod:`cnnviz_client.routes`). It speaks HTTP with httpx
+and parses answers into the service's own contract (:mod:`schemas`, shipped with it); an
+error answer raises :class:`ApiError` with the problem+json's ``code`` and ``detail``.
 """
 
-from cnnviz_client.client import ApiError, Client, JobFailed
+from cnnviz_client.client import Client
+from cnnviz_client.errors import ApiError, JobFailed
+from cnnviz_client.waiting import JobEvent
 
-__all__ = ["ApiError", "Client", "JobFailed"]
+__all__ = ["ApiError", "Client", "JobEvent", "JobFailed"]

@@ -2,12 +2,17 @@
 
     cnnviz maps photo.jpg -m shapes -l block1.conv -o maps.png
     cnnviz optimize -m shapes -l block3.relu -c 0-7 --wait -o patterns.png
-    cnnviz dissect -m shapes -d shapes -l block4.relu --wait -o dissection/
+    cnnviz attribute --sample star -m shapes --method gradcam -l block4.relu -o why.png
+    cnnviz weights -m shapes -l block1.conv -o kernels.png
+    cnnviz datasets
+    cnnviz exemplars -m shapes -d shapes -l block3.relu --wait --channel 5 -o top.png
     cnnviz serve                      # the API (service.main:app under uvicorn)
     cnnviz worker --concurrency 2     # a Celery worker on the gpu queue
 
 An error answer is printed from its problem+json (status, code, detail) and the command
-exits 1; a service that cannot be reached exits 2. No traceback either way.
+exits 1; a service that cannot be reached exits 2. No traceback either way. ``serve`` and
+``worker`` need the server installed (the ``cnnviz-service`` distribution); where it is not,
+they say so and exit 1.
 """
 
 from __future__ import annotations
@@ -16,49 +21,34 @@ import argparse
 import base64
 import importlib.util
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
-from cnnviz_client.client import DEFAULT_URL, ApiError, Client, JobFailed
+from cnnviz_client.client import DEFAULT_URL
+from cnnviz_client.commands import add_commands, connect, parse_channels
+from cnnviz_client.errors import ApiError, JobFailed
 
-
-def parse_channels(text: str) -> list[int] | str:
-    """``0-7``, ``3,5,9``, ``0-3,8`` or ``all``."""
-    if text.strip().lower() == "all":
-        return "all"
-    channels: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            channels.extend(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"cannot read channels {text!r}; write e.g. 0-7, 3,5,9 or all"
-        ) from None
-    return channels
-
-
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.url, api_key=args.api_key)
+SERVER_MISSING = (
+    "cnnviz {command} needs the server, which is not installed here (this is the client "
+    "alone): from the repository, pip install -e . -e ./client -e './server[server]'"
+)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    with _client(args) as client:
+    with connect(args) as client:
         for model in client.models().models:
             size = "×".join(map(str, model.input_size))
             print(f"{model.name:16} {size:>9} {model.error or model.description}")
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
-    with _client(args) as client:
+    with connect(args) as client:
         for layer in client.layers(args.model).layers:
-            axes = layer.axes or "ambiguous"
-            print(f"{layer.name:32} {layer.kind:20} {axes:9} {layer.shape}")
+            print(f"{layer.name:32} {layer.kind:20} {layer.shape}")
 
 
 def cmd_maps(args: argparse.Namespace) -> None:
@@ -74,7 +64,7 @@ def cmd_maps(args: argparse.Namespace) -> None:
         }.items()
         if v is not None
     }
-    with _client(args) as client:
+    with connect(args) as client:
         answer = client.feature_maps(
             args.model, args.layer, image=args.image, sample=args.sample, **options
         )
@@ -89,52 +79,12 @@ def cmd_maps(args: argparse.Namespace) -> None:
         )
 
 
-def cmd_methods(args: argparse.Namespace) -> None:
-    with _client(args) as client:
-        listed = client.attribution_methods(args.model)
-    for method in listed.methods:
-        images = method.cost.default_images
-        cost = method.cost.formula + (f" = {images}" if images is not None else "")
-        layer = " (needs --layer)" if method.needs_layer else ""
-        print(f"{method.name:22} {cost:24} {method.summary}{layer}")
-
-
-def cmd_attribute(args: argparse.Namespace) -> None:
-    if (args.image is None) == (args.sample is None):
-        raise SystemExit("cnnviz attribute: give an image file or --sample NAME (one of them)")
-    options = {
-        k: v
-        for k, v in {"layer": args.layer, "target": args.target, "colormap": args.colormap}.items()
-        if v is not None
-    }
-    if args.metrics:
-        options["metrics"] = ["deletion", "insertion"]
-    with _client(args) as client:
-        answer = client.attributions(
-            args.model, args.method, image=args.image, sample=args.sample, **options
-        )
-    out = Path(args.output)
-    for item in answer.attributions:
-        many = len(answer.attributions) > 1
-        path = out.with_stem(f"{out.stem}-{item.target.index}") if many else out
-        path.write_bytes(base64.b64decode(item.overlay))
-        line = f"{path}: {answer.method} for {item.target.label!r} ({item.target.index})"
-        scores = item.faithfulness
-        if scores is not None and scores.random is not None:
-            line += (
-                f"; deletion AUC {scores.deletion_auc:.3f} (random "
-                f"{scores.random.deletion_auc:.3f}), insertion AUC {scores.insertion_auc:.3f} "
-                f"(random {scores.random.insertion_auc:.3f})"
-            )
-        print(line)
-
-
 def cmd_optimize(args: argparse.Namespace) -> None:
     fields = {"layer": args.layer, "channels": args.channels, "steps": args.steps}
     fields["seed"] = args.seed
     if args.image_size:
         fields["image_size"] = args.image_size
-    with _client(args) as client:
+    with connect(args) as client:
         job = client.optimize(args.model, **fields)
         print(f"job {job.id} {job.status.value}: {args.url}/v1/jobs/{job.id}", file=sys.stderr)
         if not args.wait:
@@ -147,60 +97,39 @@ def cmd_optimize(args: argparse.Namespace) -> None:
             print(f"{path}: {len(job.result.units)} image(s) of {job.result.layer}")
 
 
-def cmd_dissect(args: argparse.Namespace) -> None:
-    fields: dict[str, Any] = {"dataset": args.dataset, "layers": args.layer, "k": args.k}
-    for name in ("method", "quantile", "iou_threshold"):
-        if getattr(args, name) is not None:
-            fields[name] = getattr(args, name)
-    with _client(args) as client:
-        job = client.dissect(args.model, **fields)
-        print(f"job {job.id} {job.status.value}: {args.url}/v1/jobs/{job.id}", file=sys.stderr)
-        if not args.wait:
-            print(job.id)
-            return
-        job = client.wait(job.id, progress=not args.quiet)
-        written = client.save_dissection(job, args.output, units=args.units)
-        assert job.result is not None
-        for layer in job.result.layers:
-            print(
-                f"{layer.name}: {layer.detectors} detector(s) of {len(layer.units)} units, "
-                f"{layer.unique_concepts} concept(s)"
-            )
-        print(f"{written[0]} and {len(written) - 1} PNG(s) in {args.output}")
-
-
 def cmd_wait(args: argparse.Namespace) -> None:
-    with _client(args) as client:
+    with connect(args) as client:
         job = client.wait(args.job, progress=not args.quiet)
         if args.output:
             print(client.save_result(job, args.output))
 
 
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in modules)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
-    if importlib.util.find_spec("service") is None or importlib.util.find_spec("uvicorn") is None:
-        raise SystemExit(
-            "cnnviz serve needs the server: install it from the repository with "
-            "pip install -e './server[server]' (or run it from a checkout)"
-        )
+    if not _installed("service", "uvicorn"):
+        raise SystemExit(SERVER_MISSING.format(command="serve"))
     if args.workers > 1 and not os.environ.get("CNNVIZ_REDIS_URL"):
         raise SystemExit(
             "cnnviz serve: --workers > 1 needs CNNVIZ_REDIS_URL: in-process jobs live in one "
             "process's memory, and another process would answer 404 for them"
         )
-    import uvicorn
-
-    uvicorn.run("service.main:app", host=args.host, port=args.port, workers=args.workers)
+    # The server's own command in this interpreter: the client imports nothing of the server.
+    argv = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", args.host]
+    argv += ["--port", str(args.port), "--workers", str(args.workers)]
+    os.execv(sys.executable, argv)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    celery = shutil.which("celery")
-    if celery is None or importlib.util.find_spec("workers") is None:
-        raise SystemExit(
-            "cnnviz worker needs the server: pip install -e './server[server]' from the repository"
-        )
-    argv = [celery, "-A", "workers.app", "worker", "-Q", "gpu", "--pool", "prefork"]
-    argv += ["--concurrency", str(args.concurrency), "--loglevel", args.loglevel]
-    os.execv(celery, argv)
+    if not _installed("workers", "celery"):
+        raise SystemExit(SERVER_MISSING.format(command="worker"))
+    # This interpreter's Celery, whether or not its scripts' folder is on PATH.
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "gpu"]
+    argv += ["--pool", "prefork", "--concurrency", str(args.concurrency)]
+    argv += ["--loglevel", args.loglevel]
+    os.execv(sys.executable, argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,22 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="maps.png", help="PNG file (one per layer)")
     p.set_defaults(run=cmd_maps)
 
-    p = sub.add_parser("methods", help="the attribution methods of the service")
-    p.add_argument("-m", "--model", help="costs in images for this model")
-    p.set_defaults(run=cmd_methods)
-
-    p = sub.add_parser("attribute", help="attribution maps over an image, as PNG files")
-    p.add_argument("image", nargs="?", help="an image file (or --sample)")
-    p.add_argument("--sample", help="a built-in sample image instead, e.g. triangle")
-    p.add_argument("-m", "--model", required=True)
-    p.add_argument("--method", required=True, help="one of: cnnviz methods")
-    p.add_argument("-l", "--layer", help="for the CAM methods")
-    p.add_argument("-t", "--target", action="append", help="a class index or label; repeat")
-    p.add_argument("--metrics", action="store_true", help="deletion and insertion scores")
-    p.add_argument("--colormap")
-    p.add_argument("-o", "--output", default="attribution.png", help="PNG (one per target)")
-    p.set_defaults(run=cmd_attribute)
-
     p = sub.add_parser("optimize", help="queue an optimization job; --wait for its images")
     p.add_argument("-m", "--model", required=True)
     p.add_argument("-l", "--layer", required=True)
@@ -260,25 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="with --wait: write the result grid PNG here")
     p.set_defaults(run=cmd_optimize)
 
-    p = sub.add_parser("dissect", help="label every unit of some layers from a dataset")
-    p.add_argument("-m", "--model", required=True)
-    p.add_argument("-d", "--dataset", required=True, help="see GET /v1/datasets")
-    p.add_argument("-l", "--layer", action="append", required=True, help="repeat for more")
-    p.add_argument("--method", choices=["masks", "labels"], help="default: masks if it has some")
-    p.add_argument("--quantile", type=float, help="masks: on above the 1 - quantile (0.005)")
-    p.add_argument("--iou-threshold", type=float, help="masks: detector above (0.04)")
-    p.add_argument("-k", type=int, default=16, help="top images per unit")
-    p.add_argument("--wait", action="store_true", help="wait with a progress bar")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-o", "--output", default="dissection", help="with --wait: a folder")
-    p.add_argument("--units", type=int, default=8, help="PNGs of the best units per layer")
-    p.set_defaults(run=cmd_dissect)
-
     p = sub.add_parser("wait", help="wait for a job with a progress bar")
     p.add_argument("job")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("-o", "--output", help="write the result grid PNG here")
     p.set_defaults(run=cmd_wait)
+
+    add_commands(sub)
 
     p = sub.add_parser("serve", help="run the API (uvicorn service.main:app)")
     p.add_argument("--host", default="127.0.0.1")
@@ -302,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except JobFailed as exc:
         print(f"cnnviz: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:  # refused here, before it was sent
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"cnnviz: invalid request: {problems}", file=sys.stderr)
         return 1
     except (httpx.ConnectError, httpx.TimeoutException) as exc:
         print(

@@ -1,98 +1,73 @@
-"""The client: one method per use of the API, answers parsed into :mod:`schemas`."""
+"""The client: one typed method per route (:mod:`cnnviz_client.routes`), answers parsed into
+:mod:`schemas`, the contract the service itself speaks."""
 
 from __future__ import annotations
 
 import base64
 import json
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import httpx
+from pydantic import BaseModel
 
-from schemas.attributions import AttributionMethodList, AttributionsRead
-from schemas.dissection import DissectionCreate, DissectionResult
-from schemas.feature_maps import FeatureMapsRead
-from schemas.jobs import JobRead, JobStatus
+from cnnviz_client import waiting
+from cnnviz_client.analysis import Analysis
+from cnnviz_client.errors import ApiError, JobFailed, raise_for_problem
+from cnnviz_client.kinds import (
+    JOB_ROUTES,
+    AttributionJob,
+    ExemplarsJob,
+    OptimizationJob,
+    parse_job,
+)
+from cnnviz_client.routes import ROUTES, fill, path
+from schemas.attributions import AttributionJobCreate, AttributionsCreate, AttributionsRead
+from schemas.datasets import DatasetsRead
+from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsCreate
+from schemas.feature_maps import FeatureMapsCreate, FeatureMapsRead
+from schemas.health import Health, Readiness
+from schemas.jobs import JobRead
 from schemas.models import LayerList, ModelList, ModelRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
+from schemas.samples import SampleList
+from schemas.weights import WeightsQuery, WeightsRead
+
+__all__ = ["DEFAULT_URL", "ApiError", "Client", "JobFailed"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+PNG = {"Accept": "image/png"}
 
-OptimizationJob = JobRead[OptimizationCreate, OptimizationResult]
-DissectionJob = JobRead[DissectionCreate, DissectionResult]
-# The typed view of each kind of job; a kind not listed is read with plain dicts.
-_JOB_TYPES: dict[str, type[JobRead[Any, Any]]] = {
-    "optimization": OptimizationJob,
-    "dissection": DissectionJob,
-}
-_AnyJob = JobRead[dict[str, Any], dict[str, Any]]
+Image = bytes | str | Path
+"""An image: its bytes, or the path of its file."""
 
 
-def _job(content: bytes) -> JobRead[Any, Any]:
-    kind = json.loads(content).get("kind", "")
-    return _JOB_TYPES.get(kind, _AnyJob).model_validate_json(content)
+def _image_source(image: Image | None, sample: str | None) -> dict[str, str]:
+    """The ``image`` (base64) or ``sample`` field of a request."""
+    fields = {}
+    if image is not None:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        fields["image"] = base64.b64encode(data).decode("ascii")
+    if sample is not None:
+        fields["sample"] = sample
+    return fields
 
 
-class ApiError(Exception):
-    """The service answered with an error (problem+json): its status, code and detail."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        self.status = status
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{status} {code}: {detail}")
+def _json_body(request: BaseModel) -> dict[str, Any]:
+    """The request as sent: only the fields given, so the service fills in its defaults."""
+    return {
+        "content": request.model_dump_json(exclude_unset=True),
+        "headers": {"Content-Type": "application/json"},
+    }
 
 
-class JobFailed(Exception):
-    """A waited-for job ended without a result (failed or cancelled)."""
+class Client(Analysis):
+    """A cnnviz service at ``base_url``; ``api_key`` when the service has keys.
 
-    def __init__(self, job: JobRead[Any, Any]) -> None:
-        self.job = job
-        error = f": {job.error.code}: {job.error.message}" if job.error else ""
-        super().__init__(f"job {job.id} {job.status.value}{error}")
-
-
-def _raise_for_problem(response: httpx.Response) -> None:
-    if response.is_success:
-        return
-    try:
-        body = response.json()
-        code, detail = str(body.get("code", "error")), str(body.get("detail", response.text))
-    except ValueError:
-        code, detail = "error", response.text.strip() or response.reason_phrase
-    raise ApiError(response.status_code, code, detail)
-
-
-def _check_deadline(job_id: str, deadline: float | None, state: str) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise TimeoutError(f"job {job_id} is still {state}")
-
-
-def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    """``(event, data)`` of each event of a ``text/event-stream``; ``("", "")`` for each
-    comment (a heartbeat), so that the reader gets a turn on a quiet stream."""
-    name = ""
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data or name:
-                yield name or "message", "\n".join(data)
-            name, data = "", []
-        elif line.startswith(":"):
-            yield "", ""
-        else:
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "event":
-                name = value
-            elif field == "data":
-                data.append(value)
-
-
-class Client:
-    """A cnnviz service at ``base_url``; ``api_key`` when the service has keys."""
+    ``http``: an httpx client of your own (its base URL, headers and transport are used as
+    they are, and it is not closed with this one).
+    """
 
     def __init__(
         self,
@@ -100,18 +75,21 @@ class Client:
         api_key: str | None = None,
         timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
-        headers = {"X-API-Key": api_key} if api_key else {}
-        # Idle connections are dropped well before uvicorn closes them (after 5 s, httpx's
-        # own default too), so a request is not sent on a connection the server is closing.
-        limits = httpx.Limits(keepalive_expiry=2.0)
-        self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-            limits=limits,
-        )
+        self._owned = http is None
+        if http is None:
+            headers = {"X-API-Key": api_key} if api_key else {}
+            # Idle connections are dropped well before uvicorn closes them (after 5 s, httpx's
+            # own default too), so a request is not sent on a connection the server is closing.
+            http = httpx.Client(
+                base_url=base_url.rstrip("/"),
+                headers=headers,
+                timeout=timeout,
+                transport=transport,
+                limits=httpx.Limits(keepalive_expiry=2.0),
+            )
+        self._http = http
 
     def __enter__(self) -> Self:
         return self
@@ -120,21 +98,34 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        if self._owned:
+            self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self._http.request(method, path, **kwargs)
-        _raise_for_problem(response)
+    def _send(self, route: str, where: dict[str, object], **kwargs: Any) -> httpx.Response:
+        """Call route ``route`` with its path parameters ``where``; ``ApiError`` on an error."""
+        response = self._http.request(ROUTES[route].method, path(route, **where), **kwargs)
+        raise_for_problem(response)
         return response
 
-    # ---- models --------------------------------------------------------------------------
+    # ---- health --------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        return Health.model_validate_json(self._send("health", {}).content)
+
+    def ready(self) -> Readiness:
+        """Ready or not (a service that is not ready answers 503 with its checks)."""
+        response = self._http.request("GET", path("ready"))
+        if response.status_code != 503:
+            raise_for_problem(response)
+        return Readiness.model_validate_json(response.content)
+
+    # ---- models and what they see --------------------------------------------------------
 
     def models(self) -> ModelList:
-        return ModelList.model_validate_json(self._request("GET", "/v1/models").content)
+        return ModelList.model_validate_json(self._send("models", {}).content)
 
     def layers(self, model: str) -> LayerList:
-        response = self._request("GET", f"/v1/models/{model}/layers")
-        return LayerList.model_validate_json(response.content)
+        return LayerList.model_validate_json(self._send("layers", {"model": model}).content)
 
     def register_model(
         self, name: str, spec: dict[str, Any], weights: bytes | str | Path
@@ -142,9 +133,9 @@ class Client:
         """Register (or replace) a model: ``spec`` has the keys of a ``[models.NAME]`` table
         with ``arch`` or ``timm``; ``weights`` a safetensors file. Needs an admin key."""
         data = weights if isinstance(weights, bytes) else Path(weights).read_bytes()
-        response = self._request(
-            "PUT",
-            f"/v1/models/{name}",
+        response = self._send(
+            "register_model",
+            {"model": name},
             data={"spec": json.dumps(spec)},
             files={"weights": ("weights.safetensors", data, "application/octet-stream")},
         )
@@ -152,276 +143,306 @@ class Client:
 
     def delete_model(self, name: str) -> None:
         """Remove a registered model. Needs an admin key."""
-        self._request("DELETE", f"/v1/models/{name}")
+        self._send("delete_model", {"model": name})
 
-    # ---- feature maps --------------------------------------------------------------------
+    def _feature_maps(
+        self, model: str, layers: Sequence[str], image: Image | None, sample: str | None, **kw: Any
+    ) -> FeatureMapsCreate:
+        options = {k: v for k, v in kw.items() if v is not None}
+        source = _image_source(image, sample)
+        return FeatureMapsCreate.model_validate({"layers": list(layers), **source, **options})
 
     def feature_maps(
         self,
         model: str,
         layers: Sequence[str],
-        image: bytes | str | Path | None = None,
+        image: Image | None = None,
         sample: str | None = None,
         **options: Any,
     ) -> FeatureMapsRead:
         """Grids of ``layers`` for an image (bytes or a file path) or a built-in ``sample``.
 
         ``options``: ``channels``, ``top_k``, ``normalize``, ``colormap``, ``columns``,
-        ``padding``, ``scale``, ``fit`` (see the API docs).
+        ``padding``, ``scale``, ``fit``, ``precision`` (:class:`FeatureMapsCreate`).
         """
-        body: dict[str, Any] = {"layers": list(layers), **options}
-        if image is not None:
-            data = image if isinstance(image, bytes) else Path(image).read_bytes()
-            body["image"] = base64.b64encode(data).decode("ascii")
-        if sample is not None:
-            body["sample"] = sample
-        response = self._request("POST", f"/v1/models/{model}/feature-maps", json=body)
+        body = _json_body(self._feature_maps(model, layers, image, sample, **options))
+        response = self._send("feature_maps", {"model": model}, **body)
         return FeatureMapsRead.model_validate_json(response.content)
 
-    # ---- attributions --------------------------------------------------------------------
-
-    def attribution_methods(self, model: str | None = None) -> AttributionMethodList:
-        """The service's attribution methods, their options and costs (for ``model``)."""
-        params = {"model": model} if model is not None else {}
-        response = self._request("GET", "/v1/attribution-methods", params=params)
-        return AttributionMethodList.model_validate_json(response.content)
-
-    def _attribution_body(
-        self, method: str, image: bytes | str | Path | None, sample: str | None, options: Any
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"method": method, **options}
-        if image is not None:
-            data = image if isinstance(image, bytes) else Path(image).read_bytes()
-            body["image"] = base64.b64encode(data).decode("ascii")
-        if sample is not None:
-            body["sample"] = sample
-        return body
-
-    def attributions(
+    def feature_maps_png(
         self,
         model: str,
-        method: str,
-        image: bytes | str | Path | None = None,
-        sample: str | None = None,
-        **options: Any,
-    ) -> AttributionsRead:
-        """Attribution maps of an image (bytes or a path) or a built-in ``sample``.
-
-        ``method`` is one of :meth:`attribution_methods`; ``options``: ``layer``, ``target``,
-        ``metrics``, ``smooth``, ``steps``, ... (see the API docs).
-        """
-        body = self._attribution_body(method, image, sample, options)
-        response = self._request("POST", f"/v1/models/{model}/attributions", json=body)
-        return AttributionsRead.model_validate_json(response.content)
-
-    def attribution_maps(
-        self,
-        model: str,
-        method: str,
-        image: bytes | str | Path | None = None,
+        layer: str,
+        image: Image | None = None,
         sample: str | None = None,
         **options: Any,
     ) -> bytes:
-        """The raw maps as a float32 ``.npy`` file, ``(targets, H, W)`` (``numpy.load``)."""
-        body = self._attribution_body(method, image, sample, options)
-        response = self._request(
-            "POST", f"/v1/models/{model}/attributions", params={"format": "npy"}, json=body
+        """The grid PNG of one layer (its layout in the answer's ``X-Grid-*`` headers)."""
+        body = _json_body(self._feature_maps(model, [layer], image, sample, **options))
+        body["headers"].update(PNG)
+        return self._send("feature_maps", {"model": model}, **body).content
+
+    def feature_maps_raw(
+        self,
+        model: str,
+        layers: Sequence[str],
+        image: Image | None = None,
+        sample: str | None = None,
+        format: Literal["npy", "safetensors"] = "safetensors",
+        channels: Sequence[int] | None = None,
+    ) -> bytes:
+        """The activations themselves, float32: ``.npy`` (one layer) or safetensors (by
+        layer name)."""
+        chosen = list(channels) if channels is not None else None
+        request = self._feature_maps(model, layers, image, sample, channels=chosen)
+        response = self._send(
+            "feature_maps", {"model": model}, params={"format": format}, **_json_body(request)
         )
         return response.content
 
-    # ---- optimization jobs ---------------------------------------------------------------
+    def weights(
+        self, model: str, layer: str, query: WeightsQuery | None = None, **options: Any
+    ) -> WeightsRead:
+        """The kernels of a convolution as a grid, with their numbers (:class:`WeightsQuery`:
+        ``mode``, ``k``, ``filters``, ``top_k``, ``normalize``, ``colormap``, ...)."""
+        params = self._weights_params(query, options)
+        response = self._send("weights", {"model": model, "layer": layer}, params=params)
+        return WeightsRead.model_validate_json(response.content)
+
+    def weights_png(
+        self, model: str, layer: str, query: WeightsQuery | None = None, **options: Any
+    ) -> bytes:
+        """The kernels' grid as a PNG."""
+        params = self._weights_params(query, options)
+        return self._send(
+            "weights", {"model": model, "layer": layer}, params=params, headers=PNG
+        ).content
+
+    @staticmethod
+    def _weights_params(query: WeightsQuery | None, options: dict[str, Any]) -> dict[str, Any]:
+        chosen = query or WeightsQuery.model_validate(options)
+        return chosen.model_dump(mode="json", exclude_unset=True)
+
+    def _attribution(
+        self,
+        cls: type[AttributionsCreate],
+        image: Image | None,
+        sample: str | None,
+        request: AttributionsCreate | None,
+        fields: dict[str, Any],
+    ) -> AttributionsCreate:
+        if request is not None:
+            return request
+        options = {k: v for k, v in fields.items() if v is not None}
+        return cls.model_validate({**_image_source(image, sample), **options})
+
+    def attribute(
+        self,
+        model: str,
+        image: Image | None = None,
+        sample: str | None = None,
+        request: AttributionsCreate | None = None,
+        **fields: Any,
+    ) -> AttributionsRead:
+        """Attribution maps of one image (``method``, ``target``, ``layer``, ...:
+        :class:`AttributionsCreate`), with the top predictions and each map's numbers."""
+        body = _json_body(self._attribution(AttributionsCreate, image, sample, request, fields))
+        response = self._send("attribute", {"model": model}, **body)
+        return AttributionsRead.model_validate_json(response.content)
+
+    def attribute_png(
+        self,
+        model: str,
+        image: Image | None = None,
+        sample: str | None = None,
+        request: AttributionsCreate | None = None,
+        **fields: Any,
+    ) -> bytes:
+        """One target's picture as a PNG (``picture``: ``overlay`` or ``map``)."""
+        body = _json_body(self._attribution(AttributionsCreate, image, sample, request, fields))
+        body["headers"].update(PNG)
+        return self._send("attribute", {"model": model}, **body).content
+
+    # ---- images to feed them -------------------------------------------------------------
+
+    def samples(self) -> SampleList:
+        return SampleList.model_validate_json(self._send("samples", {}).content)
+
+    def sample(self, name: str) -> bytes:
+        """A built-in sample image, as PNG."""
+        return self._send("sample", {"name": name}).content
+
+    def datasets(self) -> DatasetsRead:
+        return DatasetsRead.model_validate_json(self._send("datasets", {}).content)
+
+    def dataset_image(self, dataset: str, image_id: str) -> bytes:
+        """One image of a data set, as stored (PNG for the generated set)."""
+        return self._send("dataset_image", {"dataset": dataset, "image_id": image_id}).content
+
+    # ---- jobs: submit --------------------------------------------------------------------
+
+    def submit(
+        self,
+        kind: str,
+        model: str,
+        request: BaseModel | None = None,
+        idempotency_key: str | None = None,
+        reuse: bool = True,
+        **fields: Any,
+    ) -> JobRead[Any, Any]:
+        """Queue a job of ``kind`` (a request of its type, or its fields) at the kind's own
+        route (:mod:`schemas.routes`); the job as queued, typed by its kind.
+
+        ``idempotency_key``: the same key and body give back the same job. ``reuse=False``:
+        run it again even where an identical request has succeeded before."""
+        if kind not in JOB_ROUTES:
+            raise ValueError(f"unknown job kind {kind!r}; known: {', '.join(sorted(JOB_ROUTES))}")
+        route = JOB_ROUTES[kind]
+        body = _json_body(request or route.request.model_validate(fields))
+        if idempotency_key:
+            body["headers"]["Idempotency-Key"] = idempotency_key
+        if not reuse:
+            body["headers"]["Cache-Control"] = "no-cache"
+        response = self._http.request("POST", fill(route.url, model=model), **body)
+        raise_for_problem(response)
+        return parse_job(response.content)
 
     def optimize(
         self,
         model: str,
         request: OptimizationCreate | None = None,
         idempotency_key: str | None = None,
+        reuse: bool = True,
         **fields: Any,
-    ) -> JobRead[OptimizationCreate, OptimizationResult]:
-        """Queue an optimization (a request, or its fields: ``layer``, ``channels``, ...)."""
+    ) -> OptimizationJob:
+        """Queue an optimization (a request, or its fields: ``layer``, ``channels``, ...).
+
+        ``reuse=False`` runs it again where an identical request has succeeded before."""
         body = request or OptimizationCreate(**fields)
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = self._request(
-            "POST",
-            f"/v1/models/{model}/optimizations",
-            content=body.model_dump_json(exclude_unset=True),
-            headers={"Content-Type": "application/json", **headers},
-        )
-        return OptimizationJob.model_validate_json(response.content)
+        return self.submit("optimization", model, body, idempotency_key, reuse)
 
-    # ---- dissection jobs -----------------------------------------------------------------
-
-    def dissect(
+    def exemplars(
         self,
         model: str,
-        request: DissectionCreate | None = None,
+        request: ExemplarsCreate | None = None,
         idempotency_key: str | None = None,
+        reuse: bool = True,
         **fields: Any,
-    ) -> JobRead[DissectionCreate, DissectionResult]:
-        """Queue a dissection (a request, or its fields: ``dataset``, ``layers``, ``method``,
-        ``quantile``, ``iou_threshold``, ``k``); :meth:`wait` for its result."""
-        body = request or DissectionCreate(**fields)
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = self._request(
-            "POST",
-            f"/v1/models/{model}/dissections",
-            content=body.model_dump_json(exclude_unset=True),
-            headers={"Content-Type": "application/json", **headers},
-        )
-        return DissectionJob.model_validate_json(response.content)
+    ) -> ExemplarsJob:
+        """Queue an exemplar-mining job (``dataset``, ``layers``, ``k``, ``pool``, ``bottom``)."""
+        body = request or ExemplarsCreate(**fields)
+        return self.submit("exemplars", model, body, idempotency_key, reuse)
 
-    def dissection_png(self, job_id: str, layer: str, channel: int) -> bytes:
-        """A unit's top images with its mask and its label's concept mask, as PNG."""
-        return self._request(
-            "GET",
-            f"/v1/jobs/{job_id}/dissections/{layer}/{channel}",
-            headers={"Accept": "image/png"},
-        ).content
+    def attribute_job(
+        self,
+        model: str,
+        image: Image | None = None,
+        sample: str | None = None,
+        request: AttributionJobCreate | None = None,
+        idempotency_key: str | None = None,
+        reuse: bool = True,
+        **fields: Any,
+    ) -> AttributionJob:
+        """Queue an attribution too long to answer at once (the fields of :meth:`attribute`)."""
+        body = self._attribution(AttributionJobCreate, image, sample, request, fields)
+        return self.submit("attribution", model, body, idempotency_key, reuse)
 
-    def save_dissection(
-        self, job: JobRead[Any, Any], folder: str | Path, units: int = 8
-    ) -> list[Path]:
-        """Write a succeeded dissection to ``folder``: ``dissection.json`` (the result) and,
-        per layer, the PNGs of its ``units`` best-scoring units
-        (``<layer>/<rank>-unit<channel>-<label>.png``). The paths written, JSON first."""
-        if job.result is None:
-            raise JobFailed(job)
-        result = DissectionResult.model_validate(job.result)
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        written = [out / "dissection.json"]
-        written[0].write_text(result.model_dump_json(indent=2), encoding="utf-8")
-        for layer in result.layers:
-            best = sorted(layer.units, key=lambda u: (-u.score, u.channel))[:units]
-            for rank, unit in enumerate(best):
-                if not unit.top:
-                    continue
-                label = "".join(c if c.isalnum() or c in "-_" else "_" for c in unit.label or "")
-                path = out / layer.name / f"{rank:03d}-unit{unit.channel}-{label}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(self.dissection_png(job.id, layer.name, unit.channel))
-                written.append(path)
-        return written
+    # ---- jobs of every kind --------------------------------------------------------------
 
-    def job(self, job_id: str) -> JobRead[Any, Any]:
-        """A job of any kind; optimization and dissection jobs typed."""
-        return _job(self._request("GET", f"/v1/jobs/{job_id}").content)
+    def job(self, job_id: str, inline: bool | None = None) -> JobRead[Any, Any]:
+        """A job, typed by its kind (:mod:`cnnviz_client.kinds`). ``inline``: the result's
+        pictures as base64 (true) or URLs only (false); default: inline when small."""
+        params = {} if inline is None else {"inline": str(inline).lower()}
+        return parse_job(self._send("job", {"job_id": job_id}, params=params).content)
 
     def cancel(self, job_id: str) -> JobRead[Any, Any]:
-        return _job(self._request("POST", f"/v1/jobs/{job_id}/cancel").content)
+        """Stop a job: a queued one never starts, a running one stops within a few steps."""
+        return parse_job(self._send("cancel", {"job_id": job_id}).content)
+
+    def delete(self, job_id: str) -> None:
+        """Forget a finished job and its images."""
+        self._send("delete", {"job_id": job_id})
+
+    def events(self, job_id: str, read_timeout: float | None = None) -> Iterator[waiting.JobEvent]:
+        """The job's event stream, as it comes (``read_timeout``: at most this long between
+        two lines, less than the client's timeout). ``ApiError`` if it cannot be had."""
+        base = self._http.timeout
+        read_s = base.read
+        if read_timeout is not None:
+            read_s = read_timeout if read_s is None else min(read_s, read_timeout)
+        timeout = httpx.Timeout(connect=base.connect, read=read_s, write=base.write, pool=base.pool)
+        route = ROUTES["events"]
+        with self._http.stream(route.method, path("events", job_id=job_id), timeout=timeout) as r:
+            if not r.is_success:
+                r.read()
+                raise_for_problem(r)
+            for name, data in waiting.server_sent_events(r.iter_lines()):
+                job = parse_job(data) if name in ("progress", "end") else None
+                yield waiting.JobEvent(name, data, job)
 
     def wait(
         self,
         job_id: str,
-        progress: bool | Callable[[JobRead[Any, Any]], None] = False,
+        progress: bool | waiting.Show = False,
         timeout: float | None = None,
         poll_s: float = 0.5,
         stream: bool = True,
+        until: waiting.Until = waiting.succeeded,
     ) -> JobRead[Any, Any]:
-        """Wait for a job to end; the finished job. ``JobFailed`` unless it succeeded.
+        """Wait for a job to succeed (or for ``until``); see :func:`cnnviz_client.waiting.wait`.
 
-        Follows the job's event stream (``GET /v1/jobs/{id}/events``): each change as the
-        service sees it, no polling. Where the stream cannot be had or breaks off (a proxy
-        that does not pass it, a service restarting), and with ``stream=False``, it polls
-        every ``poll_s`` seconds instead. ``progress``: ``True`` draws a progress bar on
-        stderr (tqdm); a callable is called with the job at each change (each poll when
-        polling). ``TimeoutError`` after ``timeout`` seconds.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        bar = None
-        if progress is True:
-            from tqdm import tqdm
+        ``JobFailed`` if it ends otherwise, ``TimeoutError`` after ``timeout`` seconds."""
+        return waiting.wait(
+            self,
+            job_id,
+            until=until,
+            progress=progress,
+            timeout=timeout,
+            poll_s=poll_s,
+            stream=stream,
+        )
 
-            bar = tqdm(total=1, unit="step", desc=f"job {job_id[:8]}", leave=True)
+    def preview_png(self, job_id: str) -> bytes:
+        """The latest image grid of a running job (a succeeded job's: its result grid)."""
+        return self._send("preview_png", {"job_id": job_id}).content
 
-        def show(job: JobRead[Any, Any]) -> None:
-            if callable(progress):
-                progress(job)
-            if bar is not None and job.progress is not None:
-                bar.total = job.progress.total
-                bar.n = job.progress.step
-                bar.set_postfix_str(job.status.value, refresh=False)
-                bar.refresh()
+    def result_png(self, job: str | JobRead[Any, Any]) -> bytes:
+        """The grid PNG of a succeeded job: inline when the job read carries it, else fetched."""
+        if not isinstance(job, str):
+            if job.result is None:
+                raise JobFailed(job)
+            if isinstance(job.result, OptimizationResult) and job.result.grid is not None:
+                return base64.b64decode(job.result.grid)
+            job = job.id
+        return self._send("result_png", {"job_id": job}).content
 
-        try:
-            job = self._follow(job_id, show, deadline) if stream else None
-            if job is None:
-                job = self._poll(job_id, show, deadline, poll_s)
-        finally:
-            if bar is not None:
-                bar.close()
-        if job.status != JobStatus.SUCCEEDED:
-            raise JobFailed(job)
-        return job
+    def unit_png(self, job_id: str, index: int) -> bytes:
+        """Picture ``index`` of a succeeded job (``result.units[index]``), as PNG."""
+        return self._send("unit_png", {"job_id": job_id, "index": index}).content
 
-    def _poll(
+    def result_npy(self, job_id: str) -> bytes:
+        """A succeeded job's raw tensor as .npy (an optimization's: ``(N, C, S, S)`` float32)."""
+        return self._send("result_npy", {"job_id": job_id}).content
+
+    def result_safetensors(self, job_id: str) -> bytes:
+        """A succeeded job's raw tensors as safetensors."""
+        return self._send("result_safetensors", {"job_id": job_id}).content
+
+    def exemplar_grid(
         self,
         job_id: str,
-        show: Callable[[JobRead[Any, Any]], None],
-        deadline: float | None,
-        poll_s: float,
-    ) -> JobRead[Any, Any]:
-        """Read the job every ``poll_s`` seconds until it ends."""
-        while True:
-            job = self.job(job_id)
-            show(job)
-            if job.status.finished:
-                return job
-            _check_deadline(job_id, deadline, job.status.value)
-            time.sleep(poll_s)
-
-    def _follow(
-        self, job_id: str, show: Callable[[JobRead[Any, Any]], None], deadline: float | None
-    ) -> JobRead[Any, Any] | None:
-        """The finished job, read once its stream's ``end`` event came; None where the
-        stream could not be followed to its end (the caller polls instead). A stream that
-        lasted its longest (``expired``) is opened again."""
-        while True:
-            _check_deadline(job_id, deadline, "not finished")
-            base = self._http.timeout
-            read_s = base.read
-            if deadline is not None:  # wake up in time to stop, even on a quiet stream
-                left = max(0.1, deadline - time.monotonic())
-                read_s = left if read_s is None else min(read_s, left)
-            try:
-                with self._http.stream(
-                    "GET",
-                    f"/v1/jobs/{job_id}/events",
-                    timeout=httpx.Timeout(
-                        connect=base.connect, read=read_s, write=base.write, pool=base.pool
-                    ),
-                ) as response:
-                    if not response.is_success:  # no such job, or no streams here: a
-                        return None  # read tells which (and raises for the first)
-                    for name, data in server_sent_events(response.iter_lines()):
-                        if name == "progress":
-                            show(_job(data.encode()))
-                        elif name == "end":
-                            job = self.job(job_id)  # with its result, as a read gives it
-                            show(job)
-                            return job
-                        elif name == "expired":
-                            break  # open it again
-                        elif name == "error":
-                            return None  # gone or unreadable now: a read tells how
-                        _check_deadline(job_id, deadline, "not finished")
-                    else:
-                        return None  # ended without its end event
-            except httpx.ReadTimeout:
-                _check_deadline(job_id, deadline, "not finished")
-                return None
-            except httpx.TransportError:
-                return None
-
-    def result_png(self, job: JobRead[Any, Any]) -> bytes:
-        """The grid PNG of a succeeded job: inline when the job carries it, else fetched from
-        ``/v1/jobs/{id}/result.png``."""
-        if job.result is None:
-            raise JobFailed(job)
-        grid = OptimizationResult.model_validate(job.result).grid
-        if grid is not None:
-            return base64.b64decode(grid)
-        return self._request("GET", f"/v1/jobs/{job.id}/result.png").content
+        layer: str,
+        channel: int,
+        mode: Literal["full", "crop", "mask"] = "full",
+        which: Literal["top", "bottom"] = "top",
+    ) -> ExemplarGridRead:
+        """A channel's top (or bottom) images of a succeeded exemplars job, as one grid
+        (``png``, base64) with the image ids and scores in tile order."""
+        query = ExemplarGridQuery(mode=mode, which=which).model_dump()
+        where = {"job_id": job_id, "layer": layer, "channel": channel}
+        return ExemplarGridRead.model_validate_json(
+            self._send("exemplar_grid", where, params=query).content
+        )
 
     def save_result(self, job: JobRead[Any, Any], path: str | Path) -> Path:
         """Write a succeeded job's grid PNG to ``path``."""

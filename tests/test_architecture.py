@@ -2,8 +2,11 @@
 
 ``cnnviz`` and ``schemas`` import nothing of ours; ``workers`` imports ``cnnviz`` and
 ``schemas``; ``service`` imports ``cnnviz`` and ``schemas`` and, of ``workers``, the job
-domain (kinds, records, the runner), never the Celery app or its tasks. Checked by parsing
-every import statement of every file (those inside functions too) with ``ast``.
+domain (kinds, records, the runner), never the Celery app or its tasks; ``cnnviz_client``
+imports ``schemas`` only. ``schemas`` ships in the client's distribution (client/), so it
+imports pydantic and the standard library alone, and the client nothing the client's
+distribution does not declare (httpx, pydantic, tqdm). Checked by parsing every import
+statement of every file (those inside functions too) with ``ast``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ MAY_IMPORT = {
     "schemas": {"schemas"},
     "workers": {"workers", "cnnviz", "schemas"},
     "service": {"service", "cnnviz", "schemas", "workers"},  # workers: not CELERY_MODULES
-    "cnnviz_client": {"cnnviz_client", "schemas"},  # the client speaks HTTP: no torch
+    # The client speaks HTTP: no torch, no server; serve and worker find the server by name.
+    "cnnviz_client": {"cnnviz_client", "schemas"},
 }
 WEB_AND_QUEUE = {
     "fastapi",
@@ -42,6 +46,8 @@ WEB_AND_QUEUE = {
     "redis",
 }
 SCHEMAS_THIRD_PARTY = {"pydantic"}
+# What the client's distribution declares (client/pyproject.toml), by import name.
+CLIENT_THIRD_PARTY = {"httpx", "pydantic", "tqdm"}
 
 
 def module_name(path: Path) -> str:
@@ -129,14 +135,27 @@ def test_the_job_domain_pulls_in_no_celery() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_client_needs_no_torch_and_no_server() -> None:
+def test_the_client_imports_only_what_its_distribution_declares() -> None:
+    """No torch, no numpy, no server library: httpx, pydantic, tqdm and the standard library."""
     wrong = [
         f"{path.relative_to(ROOT)} imports {name}"
         for path in files_of("cnnviz_client")
         for name in imported_names(path)
-        if name.split(".")[0] in {"torch", "torchvision", "fastapi", "celery", "redis", "numpy"}
+        if (top := name.split(".")[0]) not in sys.stdlib_module_names
+        and top not in CLIENT_THIRD_PARTY
+        and top not in ("__future__", "cnnviz_client", "schemas")
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_client_loads_without_torch_or_the_server() -> None:
+    code = (
+        "import sys, cnnviz_client, cnnviz_client.cli\n"
+        "heavy = {'torch', 'numpy', 'cnnviz', 'service', 'workers', 'fastapi', 'celery'}\n"
+        "loaded = sorted(heavy & set(sys.modules))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
 def test_the_core_loads_as_a_library_without_the_service() -> None:

@@ -1,5 +1,6 @@
-"""The two distributions: the core brings no web or queue library and no generic top-level
-package; the service distribution carries the service, workers, client, viewer and command."""
+"""The three distributions: the core brings no web or queue library and no generic top-level
+package; the client carries the contract, the client and the command, on httpx, pydantic and
+tqdm alone; the service carries the service, workers and viewer, and depends on both."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zipfile.ZipFil
             "-w",
             str(out),
             str(ROOT),
+            str(ROOT / "client"),
             str(ROOT / "server"),
         ],
         check=True,
@@ -37,7 +39,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zipfile.ZipFil
         cwd=out,
     )
     found = {p.name.split("-")[0]: zipfile.ZipFile(p) for p in out.glob("*.whl")}
-    assert set(found) == {"cnnviz", "cnnviz_service"}
+    assert set(found) == {"cnnviz", "cnnviz_client", "cnnviz_service"}
     return found
 
 
@@ -50,15 +52,25 @@ def requires(wheel: zipfile.ZipFile) -> list[str]:
     return Parser().parsestr(wheel.read(meta).decode()).get_all("Requires-Dist") or []
 
 
+def names(requirements: list[str]) -> set[str]:
+    """The distributions required outside any extra, without their versions."""
+    return {
+        r.split(";")[0].split(">")[0].split("=")[0].split("[")[0].strip()
+        for r in requirements
+        if "extra ==" not in r
+    }
+
+
+def entry_points(wheel: zipfile.ZipFile) -> str:
+    found = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    return wheel.read(found[0]).decode() if found else ""
+
+
 def test_the_core_is_cnnviz_alone(wheels: dict[str, zipfile.ZipFile]) -> None:
     core = wheels["cnnviz"]
     assert top_level(core) == {"cnnviz"}
     assert "cnnviz/models/weights/shapes.safetensors" in core.namelist()
-    needed = {
-        r.split(";")[0].split(">")[0].split("=")[0].split("[")[0].strip()
-        for r in requires(core)
-        if "extra ==" not in r
-    }
+    needed = names(requires(core))
     assert needed == {
         "torch",
         "torchvision",
@@ -71,14 +83,24 @@ def test_the_core_is_cnnviz_alone(wheels: dict[str, zipfile.ZipFile]) -> None:
     assert not needed & SERVER_ONLY
 
 
+def test_the_client_is_light_and_carries_the_contract_and_the_command(
+    wheels: dict[str, zipfile.ZipFile],
+) -> None:
+    client = wheels["cnnviz_client"]
+    assert top_level(client) == {"schemas", "cnnviz_client"}
+    assert "schemas/jobs.py" in client.namelist()
+    assert names(requires(client)) == {"httpx", "pydantic", "tqdm"}
+    assert "cnnviz = cnnviz_client.cli:main" in entry_points(client)
+
+
 def test_the_service_distribution_has_the_rest(wheels: dict[str, zipfile.ZipFile]) -> None:
     service = wheels["cnnviz_service"]
-    assert top_level(service) == {"schemas", "service", "workers", "cnnviz_client"}
-    names = service.namelist()
-    assert "service/static/viewer/index.html" in names
-    assert "workers/records/lua/finish.lua" in names  # the Redis records' scripts
-    [entry_points] = [n for n in names if n.endswith("entry_points.txt")]
-    assert "cnnviz = cnnviz_client.cli:main" in service.read(entry_points).decode()
+    assert top_level(service) == {"service", "workers"}  # the contract ships with the client
+    files = service.namelist()
+    assert "service/static/viewer/index.html" in files
+    assert "workers/records/lua/finish.lua" in files  # the Redis records' scripts
+    assert "cnnviz" not in entry_points(service)  # the command is the client's
+    assert {"cnnviz", "cnnviz-client"} <= names(requires(service))
     server_extra = [r for r in requires(service) if 'extra == "server"' in r]
     assert any(r.startswith("fastapi") for r in server_extra)
     assert any(r.startswith("celery") for r in server_extra)

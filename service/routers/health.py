@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
+from schemas.health import Health, Readiness
 from service.deps import JobsDep, TrustedDep
 from service.readiness import ModelReadiness
 
 router = APIRouter(tags=["health"])
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-
-
-class Readiness(BaseModel):
-    """Ready or not; the checks only for a caller with a valid key (or when keys are off)."""
-
-    status: Literal["ready", "not_ready"]
-    checks: dict[str, dict[str, Any]] | None = Field(
-        default=None, description="each check with `ok` and details; callers with a key only"
-    )
 
 
 @router.get("/healthz")

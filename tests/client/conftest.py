@@ -1,18 +1,37 @@
-"""The client and the CLI against a real uvicorn serving the app (jobs in-process)."""
+"""The client and the CLI against a real uvicorn serving the app (jobs in-process), with a
+small on-disk data set (``small``) beside the built-in ones.
+
+The server is imported in the fixtures only, so that the tests that need none
+(``test_offline.py``) run where only the client's distribution is installed.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from service.main import create_app
-from service.settings import Settings
-from tests.api.conftest import serve
+SMALL_IMAGES = 24
 
 
 @pytest.fixture(scope="session")
-def service_url() -> Iterator[str]:
-    settings = Settings(redis_url=None, models_file=None, api_keys=None, job_progress_interval=0.1)
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.jobs.datasets import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("client") / "images", n=SMALL_IMAGES)
+
+
+@pytest.fixture(scope="session")
+def service_url(dataset_root: Path) -> Iterator[str]:
+    from service.main import create_app
+    from service.settings import Settings
+    from tests.api.conftest import serve
+    from tests.jobs.datasets import write_models_file
+
+    models_file = write_models_file(dataset_root.parent / "models.toml", dataset_root)
+    settings = Settings(
+        redis_url=None, models_file=models_file, api_keys=None, job_progress_interval=0.1
+    )
     with serve(create_app(settings)) as url:
         yield url

@@ -65,13 +65,13 @@ def test_attribution_methods_and_maps(service_url: str) -> None:
         listed = client.attribution_methods("shapes")
         names = [m.name for m in listed.methods]
         assert "gradcam" in names and "scorecam" in names
-        answer = client.attributions(
-            "shapes", "gradcam", sample="star", layer="block4.relu", metrics=["deletion"]
+        answer = client.attribute(
+            "shapes", sample="star", method="gradcam", layer="block4.relu", metrics=["deletion"]
         )
         [item] = answer.attributions
         assert item.target.label == "star"
         assert item.faithfulness is not None and item.faithfulness.deletion_auc is not None
-        raw = client.attribution_maps("shapes", "gradcam", sample="star", layer="block4.relu")
+        raw = client.attribute_raw("shapes", sample="star", method="gradcam", layer="block4.relu")
         maps = np.load(io.BytesIO(raw))
         assert maps.shape == (1, 64, 64) and maps.dtype == np.float32
         assert float(maps.max()) == pytest.approx(item.stats.max, rel=1e-6)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from cnnviz_client import ApiError, Client
-from cnnviz_client.client import server_sent_events
+from cnnviz_client.waiting import server_sent_events
 from schemas.jobs import JobRead, JobStatus
 from service.main import create_app
 from service.settings import Settings

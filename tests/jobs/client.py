@@ -1,15 +1,19 @@
-"""Plain helpers that drive the job API the way a client does: submit, poll, decode."""
+"""Helpers that drive the job API the way a client does: submit (checking the 202 and its
+Location), read, wait and settle with the real client's :meth:`Client.wait`, decode. They
+answer plain dicts, the JSON as the service sent it, which the tests' assertions read."""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from PIL import Image
 
-from tests.jobs.procs import wait_for
+from cnnviz_client import ApiError, Client, JobFailed
+from schemas.jobs import JobRead
 
 MODEL = "shapes"
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -48,20 +52,37 @@ def wait_job(
     statuses: set[str] = FINISHED,
     timeout: float = 60,
     step: int = 0,
+    seen: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Poll until the job's status is one of ``statuses`` (and it is past ``step``)."""
+    """Wait until the job's status is one of ``statuses`` (and it is past ``step``): the
+    client's wait, polling as these tests always have; ``seen`` gets each reading.
+    AssertionError if it ends otherwise, at the deadline, or on an error answer."""
 
-    def reached() -> dict[str, Any] | None:
-        record = job(api, job_id)
-        progress = record.get("progress") or {}
-        if record["status"] in statuses and progress.get("step", 0) >= step:
-            return record
-        if record["status"] in FINISHED and record["status"] not in statuses:
-            raise AssertionError(f"job {job_id} ended {record['status']}: {record.get('error')}")
-        return None
+    def reached(record: JobRead[Any, Any]) -> bool:
+        done = record.progress.step if record.progress is not None else 0
+        return record.status.value in statuses and done >= step
 
-    result: dict[str, Any] = wait_for(reached, timeout, f"job {job_id} to be {statuses}")
-    return result
+    def show(record: JobRead[Any, Any]) -> None:
+        if seen is not None:
+            seen(as_sent(record))
+
+    try:
+        found = Client(http=api).wait(
+            job_id, until=reached, progress=show, timeout=timeout, poll_s=0.05, stream=False
+        )
+    except JobFailed as exc:
+        ended = exc.job
+        raise AssertionError(f"job {job_id} ended {ended.status.value}: {ended.error}") from None
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout} s waiting for job {job_id}") from None
+    except ApiError as exc:
+        raise AssertionError(f"reading job {job_id}: {exc}") from None
+    return as_sent(found)
+
+
+def as_sent(record: JobRead[Any, Any]) -> dict[str, Any]:
+    """A job read as the JSON the service sent (the fields it sent, nothing added)."""
+    return record.model_dump(mode="json", exclude_unset=True)
 
 
 def decode_png(data: str) -> Image.Image:
@@ -73,8 +94,11 @@ def decode_png(data: str) -> Image.Image:
 
 def settle(api: httpx.Client, timeout: float = 60) -> None:
     """Cancel this client's unfinished jobs and wait until they have stopped."""
+    client = Client(http=api)
     for job_id in _submitted.pop(id(api), []):
-        record = api.get(f"/v1/jobs/{job_id}")
-        if record.status_code == 200 and record.json()["status"] not in FINISHED:
-            api.post(f"/v1/jobs/{job_id}/cancel")
-            wait_job(api, job_id, timeout=timeout)
+        try:
+            if not client.job(job_id).status.finished:
+                client.cancel(job_id)
+                wait_job(api, job_id, timeout=timeout)
+        except ApiError:  # forgotten already, or cancelled by its test meanwhile (409)
+            continue

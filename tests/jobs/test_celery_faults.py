@@ -97,14 +97,12 @@ def test_a_lost_worker_machine_is_recovered_within_90_s_from_its_checkpoint(
             assert saved.step >= 3 * CHECKPOINT_STEPS
 
             second.start()
-            steps_seen = []
+            steps_seen: list[int] = []
 
-            def resumed() -> dict[str, Any] | None:
-                record = job(api, job_id)
-                steps_seen.append((record["progress"] or {}).get("step", 0))
-                return record if record["status"] in {"succeeded", "failed"} else None
+            def seen(record: dict[str, Any]) -> None:
+                steps_seen.append((record.get("progress") or {}).get("step", 0))
 
-            done = wait_for(resumed, 90, f"job {job_id} to finish after its worker was lost")
+            done = wait_job(api, job_id, {"succeeded", "failed"}, timeout=90, seen=seen)
             recovered_s = time.monotonic() - killed_at
             assert done["status"] == "succeeded", done["error"]
             assert done["attempts"] == 2

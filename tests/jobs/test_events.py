@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cnnviz_client.client import server_sent_events
+from cnnviz_client.waiting import server_sent_events
 from service.main import create_app
 from tests.jobs.client import LONG, QUICK, settle, submit
 from tests.jobs.conftest import TRANSPORTS, api_settings

@@ -281,7 +281,7 @@ def test_an_in_process_job_yields_the_cores_to_feature_maps() -> None:
     cores = app.state.pool.cores
     with serve(app) as client:
         running = submit(client, LONG)
-        wait_for(lambda: job(client, running["id"])["status"] == "running", 60, "job running")
+        wait_job(client, running["id"], {"running"})
         # The job's claim is background work in the one share of the API process: a
         # feature-map request beside it has every core, and the job one thread meanwhile.
         wait_for(lambda: cores.running_background == 1, 30, "the job's claim")
