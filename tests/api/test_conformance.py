@@ -217,11 +217,33 @@ def verdict(what: str, response: httpx.Response) -> str | None:
     return f"{what}: {response.status_code} {body.get('code')}: {body.get('detail')}"
 
 
-def run_job(http: httpx.Client, what: str, url: str, body: dict[str, Any]) -> str | None:
-    """None when the job is refused at submit with a named 4xx, or succeeds."""
+def unit_first(layer: dict[str, Any]) -> list[int] | None:
+    """The shape the layer's axes imply for its maps: ``[units, h, w]`` (``[K]`` for a
+    vector); None for a layer without usable axes (every endpoint refuses it)."""
+    shape, axes, units = layer["shape"], layer["axes"], layer["units"]
+    grids = {"CHW": shape[1:], "HWC": shape[:2], "tokens": layer["token_grid"]}
+    if axes == "vector":
+        return [units]
+    return [units, *grids[axes]] if axes in grids else None
+
+
+def shape_problem(what: str, got: list[int], layer: dict[str, Any]) -> str | None:
+    """A unit that is really a token (or a channels-last row) shows as a shape the axes do
+    not imply."""
+    expected = unit_first(layer)
+    if got != expected:
+        return f"{what}: shape {got}, but the layer's axes ({layer['axes']}) imply {expected}"
+    return None
+
+
+def run_job(
+    http: httpx.Client, what: str, url: str, body: dict[str, Any]
+) -> tuple[str | None, dict[str, Any] | None]:
+    """``(None, result)`` when the job succeeds, ``(None, None)`` when it is refused at submit
+    with a named 4xx; else what is wrong."""
     submitted = http.post(url, json=body, headers={"Cache-Control": "no-cache"})
     if submitted.status_code != 202:
-        return verdict(what, submitted)
+        return verdict(what, submitted), None
     job_id = submitted.json()["id"]
 
     def ended() -> dict[str, Any] | None:
@@ -230,8 +252,8 @@ def run_job(http: httpx.Client, what: str, url: str, body: dict[str, Any]) -> st
 
     record = wait_for(ended, 600, f"{what} to end", interval=0.2)
     if record["status"] != "succeeded":
-        return f"{what}: accepted, then {record['status']}: {record.get('error')}"
-    return None
+        return f"{what}: accepted, then {record['status']}: {record.get('error')}", None
+    return None, record["result"]
 
 
 @pytest.mark.parametrize(
@@ -240,7 +262,8 @@ def run_job(http: httpx.Client, what: str, url: str, body: dict[str, Any]) -> st
 def test_every_endpoint_answers_or_names_why(http: httpx.Client, model: str) -> None:
     listed = http.get(f"/v1/models/{model}/layers")
     assert listed.status_code == 200, listed.text
-    layers = [layer["name"] for layer in listed.json()["layers"]]
+    info = {layer["name"]: layer for layer in listed.json()["layers"]}
+    layers = list(info)
     assert layers, "a model with no addressable layer"
     sample = spread(layers, LAYERS_PER_MODEL)
     problems: list[str] = []
@@ -256,6 +279,10 @@ def test_every_endpoint_answers_or_names_why(http: httpx.Client, model: str) -> 
             ),
         }
         problems += [p for what, r in calls.items() if (p := verdict(f"{what} {layer}", r))]
+        if calls["feature-maps"].is_success:
+            (answered,) = calls["feature-maps"].json()["layers"]
+            problem = shape_problem(f"feature-maps {layer}", answered["shape"], info[layer])
+            problems += [problem] if problem else []
     saliency = http.post(
         f"/v1/models/{model}/attributions", json={"sample": "circle", "method": "saliency"}
     )
@@ -263,8 +290,17 @@ def test_every_endpoint_answers_or_names_why(http: httpx.Client, model: str) -> 
     for layer in spread(sample[1:], JOB_LAYERS):
         optimization = {"layer": layer, "channels": [0], "steps": 3, "image_size": 32}
         exemplars = {"dataset": "few", "layers": [layer], "k": 2}
-        for kind, body in (("optimizations", optimization), ("exemplars", exemplars)):
+        dissection = {"dataset": "few", "layers": [layer], "method": "labels", "k": 2}
+        jobs = ("optimizations", optimization), ("exemplars", exemplars)
+        for kind, body in (*jobs, ("dissections", dissection)):
             url = f"/v1/models/{model}/{kind}"
-            problem = run_job(http, f"{kind} {layer}", url, body)
+            problem, result = run_job(http, f"{kind} {layer}", url, body)
             problems += [problem] if problem else []
+            if result is not None and kind != "optimizations":
+                (mined,) = result["layers"]
+                problem = shape_problem(f"{kind} {layer}", mined["shape"], info[layer])
+                units = len(mined["units"])
+                if problem is None and units != info[layer]["units"]:
+                    problem = f"{kind} {layer}: {units} units, the layer has {info[layer]['units']}"
+                problems += [problem] if problem else []
     assert not problems, f"{model}:\n" + "\n".join(problems)
