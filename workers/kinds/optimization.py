@@ -218,9 +218,20 @@ def optimize(
     request = prepare(request, loaded)
     preview_step: int | None = None
     preview_images: int | None = None
+    latest: StepReport | None = None
+
+    def progress_of(report: StepReport) -> Progress:
+        return Progress(
+            step=report.step,
+            total=report.total,
+            objectives=[float(v) for v in report.objectives],
+            preview_step=preview_step,
+            preview_images=preview_images,
+        )
 
     def on_step(report: StepReport) -> None:
-        nonlocal preview_step, preview_images
+        nonlocal preview_step, preview_images, latest
+        latest = report
         context.check()
         last = report.step == report.total
         if not context.progress_due(last):
@@ -229,14 +240,14 @@ def optimize(
         if not last and context.preview_due():
             preview, preview_images = preview_png(report, request.images_per_unit)
             preview_step = report.step
-        progress = Progress(
-            step=report.step,
-            total=report.total,
-            objectives=[float(v) for v in report.objectives],
-            preview_step=preview_step,
-            preview_images=preview_images,
-        )
-        context.report(progress, preview)
+        context.report(progress_of(report), preview)
+
+    def on_checkpoint(state: RenderCheckpoint) -> None:
+        context.save_checkpoint(state.to_bytes())
+        # The record's progress never lags its checkpoint: a restart resumes from here, and a
+        # client polling across it must not see the job go back.
+        if latest is not None:
+            context.report(progress_of(latest))
 
     objective = build_objective(request)
     assert request.image_size is not None
@@ -261,7 +272,7 @@ def optimize(
             model_name=loaded.spec.name,
             reserve_bytes=reserve,
             resume=resume,
-            on_checkpoint=lambda state: context.save_checkpoint(state.to_bytes()),
+            on_checkpoint=on_checkpoint,
             checkpoint_every=context.checkpoint_steps,
             # Made only when due: a whole layer's state is tens of MiB to copy and serialize.
             checkpoint_due=context.checkpoint_due,
