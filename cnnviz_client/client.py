@@ -124,6 +124,10 @@ class Client(Analysis):
     def models(self) -> ModelList:
         return ModelList.model_validate_json(self._send("models", {}).content)
 
+    def model(self, name: str) -> ModelRead:
+        """One model: its source, input, labels and weights' digest."""
+        return ModelRead.model_validate_json(self._send("model", {"model": name}).content)
+
     def layers(self, model: str) -> LayerList:
         return LayerList.model_validate_json(self._send("layers", {"model": model}).content)
 

@@ -24,6 +24,7 @@ ROUTES: dict[str, Route] = {
     "ready": Route("GET", "/readyz"),
     # models and what they see, synchronously
     "models": Route("GET", "/v1/models"),
+    "model": Route("GET", "/v1/models/{model}"),
     "layers": Route("GET", "/v1/models/{model}/layers"),
     "register_model": Route("PUT", "/v1/models/{model}"),
     "delete_model": Route("DELETE", "/v1/models/{model}"),

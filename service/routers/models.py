@@ -63,6 +63,13 @@ async def list_models(registry: RegistryDep) -> ModelList:
     return ModelList(models=sorted(models, key=lambda m: m.name), problems=registry.problems)
 
 
+@router.get("/{model}", responses={404: {"model": Problem}})
+async def read_model(model: str, registry: RegistryDep) -> ModelRead:
+    """One model, as the list gives it; 404 naming the known models."""
+    spec = registry.spec(model)  # UnknownModelError: a 404 naming the models
+    return _model_read(spec, registry.is_loaded(spec.name))
+
+
 @router.put("/{model}", dependencies=[Depends(require_admin_key)], responses=_ADMIN)
 async def register_model(
     model: str,
