@@ -28,7 +28,7 @@ from schemas.datasets import DatasetsRead
 from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsCreate
 from schemas.feature_maps import FeatureMapsCreate, FeatureMapsRead
 from schemas.health import Health, Readiness
-from schemas.jobs import JobRead
+from schemas.jobs import JobList, JobRead
 from schemas.models import LayerList, ModelList, ModelRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
 from schemas.samples import SampleList
@@ -352,6 +352,20 @@ class Client(Analysis):
         return self.submit("attribution", model, body, idempotency_key, reuse)
 
     # ---- jobs of every kind --------------------------------------------------------------
+
+    def jobs(
+        self,
+        kind: str | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        page_size: int = 20,
+        page_token: str | None = None,
+    ) -> JobList:
+        """A page of your jobs, newest first, without their results; pass the answer's
+        ``next_page_token`` for the next page."""
+        given = {"kind": kind, "model": model, "status": status, "page_token": page_token}
+        params = {k: v for k, v in given.items() if v is not None} | {"page_size": page_size}
+        return JobList.model_validate_json(self._send("jobs", {}, params=params).content)
 
     def job(self, job_id: str, inline: bool | None = None) -> JobRead[Any, Any]:
         """A job, typed by its kind (:mod:`cnnviz_client.kinds`). ``inline``: the result's

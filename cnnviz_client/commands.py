@@ -124,6 +124,19 @@ def cmd_attribute(args: argparse.Namespace) -> None:
         print(line)
 
 
+def cmd_jobs(args: argparse.Namespace) -> None:
+    with connect(args) as client:
+        page = client.jobs(args.kind, args.model, args.status, args.limit)
+    for job in page.jobs:
+        progress = f"{job.progress.step}/{job.progress.total}" if job.progress else ""
+        created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{job.id}  {job.kind:12} {job.model:12} {job.status.value:9} {progress:>11}  {created}"
+        )
+    if page.next_page_token:
+        print(f"(more: --limit {args.limit * 2}, or the API's page_token)", file=sys.stderr)
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     with connect(args) as client:
         listed = client.attribution_methods(args.model)
@@ -263,3 +276,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", default="dissection", help="with --wait: a folder")
     p.add_argument("--units", type=int, default=8, help="PNGs of the best units per layer")
     p.set_defaults(run=cmd_dissect)
+
+    p = sub.add_parser("jobs", help="your recent jobs, newest first")
+    p.add_argument("--kind", help="only this kind (optimization, exemplars, dissection, ...)")
+    p.add_argument("-m", "--model", help="only this model")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("-n", "--limit", type=int, default=20, help="at most this many (1-100)")
+    p.set_defaults(run=cmd_jobs)

@@ -38,6 +38,7 @@ ROUTES: dict[str, Route] = {
     "datasets": Route("GET", "/v1/datasets"),
     "dataset_image": Route("GET", "/v1/datasets/{dataset}/images/{image_id}"),
     # jobs of every kind
+    "jobs": Route("GET", "/v1/jobs"),
     "job": Route("GET", "/v1/jobs/{job_id}"),
     "cancel": Route("POST", "/v1/jobs/{job_id}/cancel"),
     "delete": Route("DELETE", "/v1/jobs/{job_id}"),

@@ -90,6 +90,16 @@ class JobRead(BaseModel, Generic[RequestT, ResultT]):
     )
 
 
+class JobList(BaseModel):
+    """A page of the caller's jobs, newest first, without their results (read a job for
+    its result); ``next_page_token`` asks for the next page (null: this is the last)."""
+
+    jobs: list[JobRead[dict[str, Any], dict[str, Any]]]
+    next_page_token: str | None = Field(
+        default=None, description="opaque; pass it as page_token for the next page"
+    )
+
+
 class JobTask(BaseModel):
     """The task message: small JSON, the job's id and resolved request, never tensors."""
 

@@ -8,10 +8,12 @@ one mapping in :mod:`service.errors`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import hashlib
 import hmac
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel
 
-from schemas.jobs import JobRead, JobRecord, JobStatus, JobTask, fingerprint
+from schemas.jobs import JobList, JobRead, JobRecord, JobStatus, JobTask, fingerprint
 from service.concurrency import TorchPool
 from service.errors import ApiError
 from service.jobs.callbacks import CallbackHosts
@@ -34,8 +36,10 @@ from service.jobs.transport import (
 )
 from workers.kinds import Resources, get_kind
 from workers.records import (
+    Cursor,
     Idempotency,
     IdempotencyConflict,
+    JobFilter,
     JobNotFinished,
     JobNotFound,
     JobRecords,
@@ -125,6 +129,25 @@ _RECORDS_ERRORS: list[tuple[type[Exception], Callable[[Any, str], ApiError]]] = 
     (QuotaExceeded, _quota),
     (IdempotencyConflict, _reused_key),
 ]
+
+
+def _token(cursor: Cursor) -> str:
+    """An opaque page token: where a page ended."""
+    raw = json.dumps([cursor[0], cursor[1]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor(token: str) -> Cursor:
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return float(created_at), str(job_id)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(
+            422,
+            "invalid_page_token",
+            f"page_token {token[:40]!r} is not one this service gave; pass the "
+            "next_page_token of the previous page, or leave it out for the first",
+        ) from exc
 
 
 def _persistence(appendonly: bool | None) -> dict[str, Any]:
@@ -291,6 +314,16 @@ class JobManager:
         if not hmac.compare_digest(record.owner, owner):
             raise _not_found(job_id)
         return record
+
+    async def owned(
+        self, owner: str, chosen: JobFilter, page_size: int, page_token: str | None
+    ) -> JobList:
+        """A page of ``owner``'s jobs, newest first; 422 for a page token not of ours."""
+        before = _cursor(page_token) if page_token else None
+        records = await self._io(self.records.owned, owner, chosen, before, page_size + 1)
+        page = records[:page_size]
+        token = _token((page[-1].created_at, page[-1].id)) if len(records) > page_size else None
+        return JobList(jobs=[record.read(None) for record in page], next_page_token=token)
 
     async def read(self, job_id: str, owner: str) -> JobRead[Any, Any]:
         record, result = await self.result(job_id, owner)

@@ -14,11 +14,12 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from schemas.errors import Problem
-from schemas.jobs import JobRead
+from schemas.jobs import JobList, JobRead, JobStatus
 from service.deps import JobsDep, OwnerDep
 from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
 from service.jobs.results import finished_job_headers, present
 from workers.logs import set_job_id
+from workers.records import JobFilter
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -87,6 +88,24 @@ async def submit_job(
         response.headers["Cnnviz-Reused"] = "true"
     _job_headers(response, job)
     return present(job, None, jobs.inline_max_bytes)
+
+
+@router.get("/jobs", responses={422: {"model": Problem}, 503: {"model": Problem}})
+async def list_jobs(
+    jobs: JobsDep,
+    owner: OwnerDep,
+    kind: Annotated[str | None, Query(max_length=100, description="only this kind")] = None,
+    model: Annotated[str | None, Query(max_length=200, description="only this model")] = None,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
+    page_size: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
+    page_token: Annotated[
+        str | None, Query(max_length=400, description="next_page_token of the last page")
+    ] = None,
+) -> JobList:
+    """The caller's jobs (its API key's; everyone's without keys), newest first, in pages,
+    without their results."""
+    chosen = JobFilter(kind=kind, model=model, status=status)
+    return await jobs.owned(owner, chosen, page_size, page_token)
 
 
 @router.get(

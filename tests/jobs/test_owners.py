@@ -100,3 +100,28 @@ def test_an_owner_at_its_quota_gets_429_and_others_do_not(keyed: httpx.Client) -
     for job_id in (held[1]["id"], again.json()["id"]):
         wait_job(alice, job_id, timeout=120)
     assert wait_job(_as(keyed, BOB), bob.json()["id"], timeout=120)["status"] == "succeeded"
+
+
+def test_each_key_lists_its_own_jobs_newest_first_in_pages(keyed: httpx.Client) -> None:
+    alice = []
+    for i in range(3):  # one at a time: the quota is 2 active jobs
+        alice.append(submit(keyed, {**QUICK, "seed": 600 + i}, ALICE)["id"])
+        wait_job(_as(keyed, ALICE), alice[-1])
+    bobs = submit(keyed, {**QUICK, "seed": 650}, BOB)["id"]
+    first = keyed.get("/v1/jobs", params={"page_size": 2}, headers=ALICE).json()
+    assert [j["id"] for j in first["jobs"]] == alice[::-1][:2]  # newest first
+    assert all(j["result"] is None for j in first["jobs"])  # results are read one by one
+    token = first["next_page_token"]
+    assert token
+    second = keyed.get("/v1/jobs", params={"page_size": 2, "page_token": token}, headers=ALICE)
+    listed = second.json()
+    # Alice's earlier jobs of this run (other tests) may follow; Bob's never do.
+    assert listed["jobs"][0]["id"] == alice[0]
+    seen = keyed.get("/v1/jobs", params={"page_size": 100}, headers=ALICE).json()["jobs"]
+    assert bobs not in [j["id"] for j in seen]
+    assert keyed.get("/v1/jobs", headers=BOB).json()["jobs"][0]["id"] == bobs
+    done = keyed.get("/v1/jobs", params={"status": "succeeded", "kind": "optimization"})
+    assert done.status_code == 200 and all(j["status"] == "succeeded" for j in done.json()["jobs"])
+    bad = keyed.get("/v1/jobs", params={"page_token": "not-a-token"}, headers=ALICE)
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_page_token"
+    assert keyed.get("/v1/jobs", params={"status": "lost"}, headers=ALICE).status_code == 422

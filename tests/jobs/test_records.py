@@ -16,7 +16,13 @@ import pytest
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from schemas.optimization import ObjectiveKind, OptimizationCreate, OptimizationResult
 from tests.jobs.procs import RedisServer
-from workers.records import Idempotency, IdempotencyConflict, JobNotFinished, JobNotFound
+from workers.records import (
+    Idempotency,
+    IdempotencyConflict,
+    JobFilter,
+    JobNotFinished,
+    JobNotFound,
+)
 from workers.records.memory import MemoryRecords
 from workers.records.redis import RedisRecords
 from workers.records.sqlite import SqliteRecords
@@ -183,3 +189,38 @@ def test_a_job_whose_workers_keep_dying_fails_after_the_last_attempt(
     failed = recorder.get(record.id)
     assert failed.status == JobStatus.FAILED
     assert failed.error is not None and failed.error.code == "worker_lost"
+
+
+def test_an_owners_jobs_are_listed_newest_first_in_pages_with_filters(records: Records) -> None:
+    base = time.time()
+    made = []
+    for i in range(7):
+        record = new_record(f"list-{i}").model_copy(
+            update={
+                "owner": "alice",
+                "created_at": base + (i // 2),  # pairs share a time: ties go by id
+                "kind": "exemplars" if i % 3 == 0 else "optimization",
+            }
+        )
+        made.append(records.api("create", record, TTL, None)[0])
+    records.api("create", new_record("list-bob").model_copy(update={"owner": "bob"}), TTL, None)
+    records.api("cancel", made[6].id)  # queued: cancelled at once, still listed
+    expected = sorted(made, key=lambda r: (r.created_at, r.id), reverse=True)
+    pages, cursor = [], None
+    while True:
+        page = records.api("owned", "alice", JobFilter(), cursor, 3)
+        pages.append([r.id for r in page])
+        if len(page) < 3:
+            break
+        cursor = (page[-1].created_at, page[-1].id)
+    assert [i for p in pages for i in p] == [r.id for r in expected]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    kinds = records.api("owned", "alice", JobFilter(kind="exemplars"), None, 10)
+    assert [r.id for r in kinds] == [r.id for r in expected if r.kind == "exemplars"]
+    cancelled = records.api("owned", "alice", JobFilter(status=JobStatus.CANCELLED), None, 10)
+    assert [r.id for r in cancelled] == [made[6].id]
+    assert records.api("owned", "alice", JobFilter(model="other"), None, 10) == []
+    assert [r.id for r in records.api("owned", "bob", JobFilter(), None, 10)] == ["list-bob"]
+    # A deleted job leaves the list.
+    records.api("delete", made[6].id)
+    assert made[6].id not in [r.id for r in records.api("owned", "alice", JobFilter(), None, 10)]

@@ -1,13 +1,16 @@
 """Job records: one state machine per backend, shared by the API and whatever runs jobs.
 
 :class:`~workers.records.memory.MemoryRecords` for the in-process transport,
-:class:`~workers.records.redis.RedisRecords` for Celery; both are
+:class:`~workers.records.sqlite.SqliteRecords` for it on a data directory,
+:class:`~workers.records.redis.RedisRecords` for Celery; all are
 :class:`~workers.records.base.JobRecords`.
 """
 
 from workers.records.base import (
+    Cursor,
     Idempotency,
     IdempotencyConflict,
+    JobFilter,
     JobNotFinished,
     JobNotFound,
     JobRecords,
@@ -19,8 +22,10 @@ from workers.records.base import (
 )
 
 __all__ = [
+    "Cursor",
     "Idempotency",
     "IdempotencyConflict",
+    "JobFilter",
     "JobNotFinished",
     "JobNotFound",
     "JobRecords",

@@ -13,6 +13,7 @@ Methods block (the Redis backend does I/O): the API calls them off its event loo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -102,6 +103,36 @@ class Lapsed:
     delivery: int = 0
 
 
+Cursor = tuple[float, str]
+"""Where a page of an owner's jobs ended: the last job's ``(created_at, id)``."""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which of an owner's jobs a listing shows (None: any)."""
+
+    kind: str | None = None
+    model: str | None = None
+    status: JobStatus | None = None
+
+    def __call__(self, record: JobRecord) -> bool:
+        return (
+            (self.kind is None or record.kind == self.kind)
+            and (self.model is None or record.model == self.model)
+            and (self.status is None or record.status == self.status)
+        )
+
+
+def newest_first(
+    records: Iterable[JobRecord], chosen: JobFilter, before: Cursor | None, limit: int
+) -> list[JobRecord]:
+    """The first ``limit`` of ``records`` that ``chosen`` keeps, newest first (ties by id),
+    after ``before``: the page every backend answers."""
+    kept = [r for r in records if chosen(r) and (before is None or (r.created_at, r.id) < before)]
+    kept.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+    return kept[:limit]
+
+
 class JobRecords(Protocol):
     """Job records in one backend: the API's operations and the runner's transitions."""
 
@@ -161,6 +192,12 @@ class JobRecords(Protocol):
         """Whether the backend persists every write (Redis ``appendonly``); None: unknown."""
 
     def close(self) -> None: ...
+
+    def owned(
+        self, owner: str, chosen: JobFilter, before: Cursor | None, limit: int
+    ) -> list[JobRecord]:
+        """``owner``'s live jobs that ``chosen`` keeps, newest first, after ``before``, at
+        most ``limit`` (:func:`newest_first`)."""
 
     # ---- metrics (GET /metrics) ----
 

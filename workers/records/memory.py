@@ -23,13 +23,16 @@ from pathlib import Path
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
+    Cursor,
     Idempotency,
     IdempotencyConflict,
+    JobFilter,
     JobNotFinished,
     JobNotFound,
     QuotaExceeded,
     ShardStart,
     lost_error,
+    newest_first,
 )
 from workers.records.memory_cap import CappedResults, Overflow, _Entry
 from workers.records.stats import Durations
@@ -133,6 +136,18 @@ class MemoryRecords(CappedResults):
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
             return self._entry(job_id).record
+
+    def owned(
+        self, owner: str, chosen: JobFilter, before: Cursor | None, limit: int
+    ) -> list[JobRecord]:
+        now = time.time()
+        with self._lock:
+            mine = [
+                e.record
+                for e in self._entries.values()
+                if e.record.owner == owner and e.expires_at > now
+            ]
+        return newest_first(mine, chosen, before, limit)
 
     def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
         # Forgotten with the job's record (see _forget).

@@ -33,8 +33,10 @@ from redis.retry import Retry
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
+    Cursor,
     Idempotency,
     IdempotencyConflict,
+    JobFilter,
     JobNotFinished,
     JobNotFound,
     Lapsed,
@@ -45,7 +47,6 @@ from workers.records.base import (
 )
 from workers.records.redis_cap import read_kept
 from workers.records.redis_keys import (
-    KEY_PREFIX,
     LEASES_KEY,
     STATS_KEY,
     arrays_key,
@@ -53,6 +54,7 @@ from workers.records.redis_keys import (
     idempotency_key,
     job_keys,
     lease_member,
+    owner_jobs_key,
     owner_key,
     partials_key,
     preview_key,
@@ -61,6 +63,7 @@ from workers.records.redis_keys import (
     reuse_key,
     shards_key,
 )
+from workers.records.redis_reads import count_jobs, owned_jobs, read_durations
 from workers.records.redis_scripts import script_names, script_source
 from workers.records.stats import Durations, bucket_labels
 
@@ -139,12 +142,18 @@ class RedisRecords:
         pairs = [item for field in record.to_fields().items() for item in field]
         outcome, job_id, fingerprint = self._call(
             self._scripts["create"],
-            keys=[record_key(record.id), idem or "", owner_key(record.owner)],
+            keys=[
+                record_key(record.id),
+                idem or "",
+                owner_key(record.owner),
+                owner_jobs_key(record.owner),
+            ],
             args=[
                 ttl_seconds,
                 idempotency.fingerprint if idempotency else "",
                 record.id,
                 max_active or 0,
+                repr(record.created_at),
                 *pairs,
             ],
         )
@@ -237,28 +246,16 @@ class RedisRecords:
     def close(self) -> None:
         self._client.close()
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        # A scan of the records (each job's own key: the prefix and an id, no suffix), then
-        # their kind and status in one round trip: fine at a scrape every few seconds.
-        def scan() -> dict[tuple[str, str], int]:
-            keys = [
-                key
-                for key in self._client.scan_iter(match=f"{KEY_PREFIX}*", count=1000)
-                if b":" not in key[len(KEY_PREFIX) :]
-            ]
-            pipe = self._client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hmget(key, "kind", "status")
-            counts: dict[tuple[str, str], int] = {}
-            for kind, status in pipe.execute():
-                if kind is None or status is None:  # expired between the scan and the read
-                    continue
-                label = (kind.decode(), status.decode())
-                counts[label] = counts.get(label, 0) + 1
-            return counts
+    def owned(
+        self, owner: str, chosen: JobFilter, before: Cursor | None, limit: int
+    ) -> list[JobRecord]:
+        return self._call(owned_jobs, self._client, owner, chosen, before, limit)
 
-        result: dict[tuple[str, str], int] = self._call(scan)
-        return result
+    def counts(self) -> dict[tuple[str, str], int]:
+        return self._call(count_jobs, self._client)
+
+    def durations(self) -> dict[tuple[str, str], Durations]:
+        return read_durations(self._call(self._client.hgetall, STATS_KEY))
 
     def observe_duration(self, kind: str, status: JobStatus, seconds: float) -> None:
         prefix = f"{kind}|{status.value}|"
@@ -273,19 +270,6 @@ class RedisRecords:
             self._call(pipe.execute)
         except RecordsUnavailable as exc:
             log.warning("job duration not counted: %s", exc)
-
-    def durations(self) -> dict[tuple[str, str], Durations]:
-        raw: dict[bytes, bytes] = self._call(self._client.hgetall, STATS_KEY)
-        labels = bucket_labels()
-        found: dict[tuple[str, str], Durations] = {}
-        for name, value in raw.items():
-            kind, status, label = name.decode().rsplit("|", 2)
-            durations = found.setdefault((kind, status), Durations())
-            if label == "sum":
-                durations.sum = float(value)
-            elif label in labels:
-                durations.counts[labels.index(label)] = int(value)
-        return found
 
     # ---- the runner's side ----
 

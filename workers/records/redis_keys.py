@@ -62,6 +62,12 @@ def lease_member(job_id: str, shard: int | None = None) -> str:
     return job_id if shard is None else f"{job_id}#{shard}"
 
 
+def owner_jobs_key(owner: str) -> str:
+    """An owner's jobs by creation time (a sorted set; deleted and expired ones pruned when
+    read)."""
+    return f"cnnviz:owner:{owner}:jobs"
+
+
 def owner_key(owner: str) -> str:
     """The ids of an owner's jobs that may be unfinished (finished ones are pruned lazily)."""
     return f"cnnviz:owner:{owner}:active"

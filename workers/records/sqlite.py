@@ -35,13 +35,16 @@ from pathlib import Path
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
+    Cursor,
     Idempotency,
     IdempotencyConflict,
+    JobFilter,
     JobNotFinished,
     JobNotFound,
     QuotaExceeded,
     ShardStart,
     lost_error,
+    newest_first,
 )
 from workers.records.sqlite_store import SqliteStore
 from workers.records.stats import Durations
@@ -202,6 +205,15 @@ class SqliteRecords(SqliteStore):
 
     def close(self) -> None:
         self._db.close()
+
+    def owned(
+        self, owner: str, chosen: JobFilter, before: Cursor | None, limit: int
+    ) -> list[JobRecord]:
+        rows = self._db.read(
+            "SELECT record FROM jobs WHERE owner = ? AND expires_at > ?", (owner, time.time())
+        )
+        mine = [JobRecord.model_validate_json(row["record"]) for row in rows]
+        return newest_first(mine, chosen, before, limit)
 
     def counts(self) -> dict[tuple[str, str], int]:
         rows = self._db.read(

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     yielded INTEGER NOT NULL DEFAULT 0  -- attempts given back by a process that stopped
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_seq);
 CREATE TABLE IF NOT EXISTS parts (
     job_id TEXT NOT NULL,

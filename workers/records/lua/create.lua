@@ -1,5 +1,6 @@
--- KEYS: record, idempotency key or '', the owner's active set. ARGV: ttl, fingerprint, job id,
--- most active jobs of the owner (0: no limit), then field/value pairs.
+-- KEYS: record, idempotency key or '', the owner's active set, the owner's jobs (a sorted set
+-- by creation time, for listing). ARGV: ttl, fingerprint, job id, most active jobs of the owner
+-- (0: no limit), created at (epoch seconds), then field/value pairs.
 -- With a live idempotency key: {'exists', job id, fingerprint}; over the owner's quota:
 -- {'quota', active count, ''}; else the record is written.
 if KEYS[2] ~= '' then
@@ -26,8 +27,10 @@ if KEYS[2] ~= '' then
   redis.call('HSET', KEYS[2], 'job', ARGV[3], 'fingerprint', ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
+redis.call('EXPIRE', KEYS[4], ARGV[1])
 return {'created', ARGV[3], ARGV[2]}
