@@ -259,3 +259,20 @@ def test_the_pages_and_their_own_assets_name_no_other_host(http_client: httpx.Cl
         assert not hosts, (path, hosts)
         if path.startswith(("/", "/docs", "/redoc")) and "html" in response.headers["content-type"]:
             assert "default-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_the_home_page_lists_my_recent_jobs(page: WebDriver, viewer_url: str) -> None:
+    body = {"layer": "block2.relu", "channels": [1], "steps": 2, "seed": 4242}
+    with httpx.Client(base_url=viewer_url, timeout=30) as client:
+        created = client.post("/v1/models/shapes/optimizations", json=body).json()
+    open_home(page, viewer_url)
+    rows = wait(
+        page,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr"),
+        "no recent jobs listed",
+    )
+    first = rows[0].find_elements(By.TAG_NAME, "td")
+    assert first[0].text == created["id"][:8] and first[1].text == "optimization"
+    link = first[0].find_element(By.TAG_NAME, "a").get_attribute("href")
+    assert urlsplit(link).path == f"/v1/jobs/{created['id']}"
+    assert not error_text(page)

@@ -389,6 +389,35 @@ function guard(fn) {
   };
 }
 
+// Where a job's pictures are read: a dissection's layer page, else the job's JSON.
+function jobHref(job) {
+  if (job.kind === "dissection" && job.request.layers && job.request.layers.length) {
+    const layer = encodeURIComponent(job.request.layers[0]);
+    return `/layers/${encodeURIComponent(job.model)}/${layer}?job=${job.id}`;
+  }
+  return `/v1/jobs/${job.id}`;
+}
+
+async function recentJobs() {
+  const page = await getJSON("/v1/jobs?page_size=10");
+  const body = $("jobs-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const job of page.jobs) {
+    const row = document.createElement("tr");
+    const link = document.createElement("a");
+    link.href = jobHref(job);
+    link.textContent = job.id.slice(0, 8);
+    const progress = job.progress ? `${job.progress.step}/${job.progress.total}` : "";
+    const cells = [link, job.kind, job.model, job.status, progress, job.created_at.replace("T", " ").slice(0, 19)];
+    for (const value of cells) {
+      const cell = document.createElement("td");
+      if (value instanceof Node) cell.append(value); else cell.textContent = value;
+      row.append(cell);
+    }
+    body.append(row);
+  }
+}
+
 async function main() {
   $("api-key").value = localStorage.getItem("cnnviz-api-key") || "";
   $("api-key").addEventListener("change", () => {
@@ -421,6 +450,8 @@ async function main() {
   $("show").addEventListener("click", guard(showFeatureMaps));
   $("optimize").addEventListener("click", guard(startOptimization));
   await homePanels(); // panels.js
+  $("jobs-refresh").addEventListener("click", guard(recentJobs));
+  await recentJobs();
   document.body.dataset.ready = "home";
 }
 
