@@ -129,6 +129,6 @@ def test_methods_and_attribute(
     args += ["--method", "gradcam", "-l", "block4.relu", "--metrics", "-o", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "gradcam for 'star'" in printed and "deletion AUC" in printed
+    assert "gradcam for star" in printed and "deletion AUC" in printed
     with Image.open(out) as picture:
         assert picture.size == (64, 64)
