@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
 
-from schemas.constraints import given, present, when
 from schemas.jobs import JobOptions
+from schemas.objectives import ObjectiveKind, check_objective, default_objective, objective_rules
 from schemas.routes import JobRoute, job_route
 
 # A whole layer is one job (resnet18 layer4 has 512 channels); render chunks it to fit memory.
@@ -17,16 +16,6 @@ MAX_UNITS = 512
 MAX_STEPS = 4096
 MAX_IMAGE_SIZE = 1024
 MIN_IMAGE_SIZE = 16
-
-
-class ObjectiveKind(StrEnum):
-    """What is maximised: a channel's mean, one neuron, a whole layer, a direction, a logit."""
-
-    CHANNEL = "channel"
-    NEURON = "neuron"
-    LAYER = "layer"
-    DIRECTION = "direction"
-    CLASS_LOGIT = "class_logit"
 
 
 class NeuronSpec(BaseModel):
@@ -47,14 +36,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # The validator's rules between fields, in the schema too (see _consistent below).
 _OPTIMIZATION_RULES: JsonDict = {
     "allOf": [
-        when("objective", ["neuron"], present("neuron")),
-        given("neuron", {"properties": {"objective": {"enum": [None, "neuron"]}}}),
-        when("objective", ["direction"], present("direction")),
-        given(
-            "direction",
-            {"required": ["objective"], "properties": {"objective": {"const": "direction"}}},
-        ),
-        when("objective", ["layer"], {"properties": {"images_per_unit": {"const": 1}}}),
+        *objective_rules(),
         {
             "if": {"required": ["diversity"], "properties": {"diversity": {"exclusiveMinimum": 0}}},
             "then": {
@@ -154,17 +136,10 @@ class OptimizationCreate(JobOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        values = dict(self)
         if self.objective is None:
-            self.objective = ObjectiveKind.NEURON if self.neuron else ObjectiveKind.CHANNEL
-        kind = self.objective
-        if kind == ObjectiveKind.NEURON and self.neuron is None:
-            raise ValueError("objective 'neuron' needs `neuron`: {channel, y, x}")
-        if kind != ObjectiveKind.NEURON and self.neuron is not None:
-            raise ValueError(f"`neuron` is only for objective 'neuron', not {kind.value!r}")
-        if kind == ObjectiveKind.DIRECTION and self.direction is None:
-            raise ValueError("objective 'direction' needs `direction`: a list of numbers")
-        if kind != ObjectiveKind.DIRECTION and self.direction is not None:
-            raise ValueError(f"`direction` is only for objective 'direction', not {kind.value!r}")
+            self.objective = default_objective(values)
+        check_objective(self.objective, values, self.images_per_unit)
         if isinstance(self.channels, list):
             if not 1 <= len(self.channels) * self.images_per_unit <= MAX_UNITS:
                 raise ValueError(
@@ -177,8 +152,6 @@ class OptimizationCreate(JobOptions):
             raise ValueError(
                 "`diversity` compares the images of one unit: set images_per_unit >= 2"
             )
-        if kind == ObjectiveKind.LAYER and self.images_per_unit > 1:
-            raise ValueError("objective 'layer' optimizes one image; images_per_unit must be 1")
         return self
 
 

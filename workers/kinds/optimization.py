@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -25,6 +26,7 @@ from cnnviz.optvis import (
 )
 from cnnviz.optvis.objectives import Objective
 from schemas.jobs import Progress, result_png_path, unit_png_path
+from schemas.objectives import OBJECTIVES
 from schemas.optimization import (
     MAX_UNITS,
     MIN_IMAGE_SIZE,
@@ -69,26 +71,37 @@ def _units(request: OptimizationCreate, loaded: LoadedModel) -> list[int]:
     return list(range(count))
 
 
+def _neuron(request: OptimizationCreate, rows: list[int], copies: int) -> Objective:
+    assert request.neuron is not None  # the schema enforces it
+    n = request.neuron
+    return objectives.neuron(request.layer, [n.channel] * copies, y=n.y, x=n.x)
+
+
+def _direction(request: OptimizationCreate, rows: list[int], copies: int) -> Objective:
+    assert request.direction is not None  # the schema enforces it
+    return objectives.direction(request.layer, torch.tensor([request.direction] * copies))
+
+
+# Each objective's terms from a resolved request: ``rows`` are the channels, each repeated
+# ``copies`` (images_per_unit) times, for the objectives whose units are channels.
+_BUILDERS: dict[ObjectiveKind, Callable[[OptimizationCreate, list[int], int], Objective]] = {
+    ObjectiveKind.CHANNEL: lambda request, rows, _: objectives.channel(request.layer, rows),
+    ObjectiveKind.CLASS_LOGIT: lambda request, rows, _: objectives.class_logit(request.layer, rows),
+    ObjectiveKind.NEURON: _neuron,
+    ObjectiveKind.DIRECTION: _direction,
+    ObjectiveKind.LAYER: lambda request, _, __: objectives.layer(request.layer),
+}
+
+
 def build_objective(request: OptimizationCreate) -> Objective:
     """The optvis objective of a resolved request (``channels`` a list)."""
-    kind = request.objective
+    kind = request.objective or ObjectiveKind.CHANNEL
     copies = request.images_per_unit
     # Each unit repeated images_per_unit times, next to each other: unit u, image k is row
     # u * copies + k, which is how _unit_results reads them back.
     channels = request.channels if isinstance(request.channels, list) else []
-    channels = [c for c in channels for _ in range(copies)]
-    if kind == ObjectiveKind.CHANNEL:
-        return objectives.channel(request.layer, channels)
-    if kind == ObjectiveKind.CLASS_LOGIT:
-        return objectives.class_logit(request.layer, channels)
-    if kind == ObjectiveKind.NEURON:
-        assert request.neuron is not None  # the schema enforces it
-        n = request.neuron
-        return objectives.neuron(request.layer, [n.channel] * copies, y=n.y, x=n.x)
-    if kind == ObjectiveKind.DIRECTION:
-        assert request.direction is not None  # the schema enforces it
-        return objectives.direction(request.layer, torch.tensor([request.direction] * copies))
-    return objectives.layer(request.layer)
+    rows = [c for c in channels for _ in range(copies)]
+    return _BUILDERS[kind](request, rows, copies)
 
 
 def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCreate:
@@ -98,7 +111,7 @@ def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCre
     refused before it is queued. Cheap: no optimization step runs.
     """
     channels: list[int] | None = None
-    if request.objective in (ObjectiveKind.CHANNEL, ObjectiveKind.CLASS_LOGIT):
+    if OBJECTIVES[request.objective or ObjectiveKind.CHANNEL].per_channel:
         channels = _units(request, loaded)
     else:
         loaded.index.resolve([request.layer])
@@ -148,13 +161,13 @@ def _unit_results(
     request: OptimizationCreate, pngs: list[bytes], final: list[float], initial: list[float]
 ) -> list[UnitResult]:
     """One entry per image, from the PNGs of its tiles (:func:`_encode`)."""
-    kind = request.objective
+    kind = request.objective or ObjectiveKind.CHANNEL
     units: list[UnitResult] = []
     for i in range(len(pngs)):
         unit, sample = divmod(i, request.images_per_unit)
         channel: int | None = None
         y = x = None
-        if kind in (ObjectiveKind.CHANNEL, ObjectiveKind.CLASS_LOGIT):
+        if OBJECTIVES[kind].per_channel:
             assert isinstance(request.channels, list)
             channel = request.channels[unit]
         elif kind == ObjectiveKind.NEURON and request.neuron is not None:
