@@ -60,6 +60,7 @@ class LayerAxes:
     grid: tuple[int, int] | None = None
     prefix_tokens: int = 0
     why: str = ""
+    features_first: bool = False  # tokens laid out ``(D, N)`` (declared only)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class AxesDecl:
     axes: Axes
     token_grid: tuple[int, int] | None = None
     prefix_tokens: int | None = None
+    features_first: bool = False
 
 
 def parse_axes_table(table: object) -> dict[str, AxesDecl]:
@@ -88,18 +90,22 @@ def parse_axes_table(table: object) -> dict[str, AxesDecl]:
         entry: Mapping[str, Any] = {"axes": value} if isinstance(value, str) else value
         if not isinstance(entry, Mapping):
             raise RegistryConfigError(f"{where} must be one of {list(AXES)} or a table")
-        unknown = sorted(set(entry) - {"axes", "token_grid", "prefix_tokens"})
+        valid = {"axes", "token_grid", "prefix_tokens", "features_first"}
+        unknown = sorted(set(entry) - valid)
         if unknown:
-            raise RegistryConfigError(
-                f"{where}: unknown keys {unknown}; valid: axes, token_grid, prefix_tokens"
-            )
+            raise RegistryConfigError(f"{where}: unknown keys {unknown}; valid: {sorted(valid)}")
         axes = entry.get("axes")
         if axes not in AXES:
             raise RegistryConfigError(f"{where}: axes must be one of {list(AXES)}, got {axes!r}")
         grid = entry.get("token_grid")
         prefix = entry.get("prefix_tokens")
-        if axes != "tokens" and (grid is not None or prefix is not None):
-            raise RegistryConfigError(f"{where}: token_grid and prefix_tokens are for tokens")
+        first = entry.get("features_first", False)
+        if not isinstance(first, bool):
+            raise RegistryConfigError(f"{where}: features_first must be true or false")
+        if axes != "tokens" and (grid is not None or prefix is not None or first):
+            raise RegistryConfigError(
+                f"{where}: token_grid, prefix_tokens and features_first are for tokens"
+            )
         if grid is not None and (
             not isinstance(grid, list)
             or len(grid) != 2
@@ -110,7 +116,8 @@ def parse_axes_table(table: object) -> dict[str, AxesDecl]:
             not isinstance(prefix, int) or isinstance(prefix, bool) or prefix < 0
         ):
             raise RegistryConfigError(f"{where}: prefix_tokens must be an integer >= 0")
-        out[str(pattern)] = AxesDecl(axes, (grid[0], grid[1]) if grid is not None else None, prefix)
+        size = (grid[0], grid[1]) if grid is not None else None
+        out[str(pattern)] = AxesDecl(axes, size, prefix, first)
     return out
 
 
@@ -153,9 +160,11 @@ def declared_axes(
             return LayerAxes(None, why=f"{said}, but the output {shape} has not 3 axes")
         c, h, w = shape if decl.axes == "CHW" else (shape[2], shape[0], shape[1])
         return LayerAxes(decl.axes, c, (h, w), why=said)
+    layout = "(D, N)" if decl.features_first else "(N, D)"
     if len(shape) != 2:
-        return LayerAxes(None, why=f"{said}, but the output {shape} is not (N, D)")
-    count, features = shape
+        return LayerAxes(None, why=f"{said}, but the output {shape} is not {layout}")
+    count, features = shape[::-1] if decl.features_first else shape
+    first = decl.features_first
     if decl.token_grid is not None:
         grid = decl.token_grid
         inferred = decl.prefix_tokens is None
@@ -172,7 +181,7 @@ def declared_axes(
                 why=f"{said} with token_grid {list(grid)} and prefix_tokens {prefix}, but the "
                 f"layer has {count} tokens",
             )
-        return LayerAxes("tokens", features, grid, prefix, why=said)
+        return LayerAxes("tokens", features, grid, prefix, why=said, features_first=first)
     fits = [
         fit
         for fit in token_grids(count, input_size)
@@ -183,7 +192,7 @@ def declared_axes(
             None, why=f"{said}, but {count} tokens fit {len(fits)} grids: declare token_grid"
         )
     prefix, grid = fits[0]
-    return LayerAxes("tokens", features, grid, prefix, why=said)
+    return LayerAxes("tokens", features, grid, prefix, why=said, features_first=first)
 
 
 class HasAxes(Protocol):
@@ -199,6 +208,8 @@ class HasAxes(Protocol):
     def prefix_tokens(self) -> int: ...
     @property
     def why(self) -> str: ...
+    @property
+    def features_first(self) -> bool: ...
 
 
 def check_axes(layer: HasAxes, name: str, model: str) -> None:
@@ -229,7 +240,11 @@ def unit_maps(activations: torch.Tensor, layer: HasAxes) -> torch.Tensor:
     expected = {
         "CHW": (layer.units, h, w),
         "HWC": (h, w, layer.units),
-        "tokens": (layer.prefix_tokens + h * w, layer.units),
+        "tokens": (
+            (layer.units, layer.prefix_tokens + h * w)
+            if layer.features_first
+            else (layer.prefix_tokens + h * w, layer.units)
+        ),
         "vector": (layer.units,),
     }[layer.axes]
     if tuple(activations.shape[1:]) != expected:
@@ -241,6 +256,8 @@ def unit_maps(activations: torch.Tensor, layer: HasAxes) -> torch.Tensor:
         return activations
     if layer.axes == "HWC":
         return activations.permute(0, 3, 1, 2)
+    if layer.axes == "tokens" and layer.features_first:  # (B, D, N): declared
+        return activations[:, :, layer.prefix_tokens :].reshape(b, layer.units, h, w)
     if layer.axes == "tokens":
         grid = activations[:, layer.prefix_tokens :, :]
         return grid.transpose(1, 2).reshape(b, layer.units, h, w)

@@ -68,7 +68,9 @@ def hook_axes(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[tuple
         else:
             axes = to_axes(fact, shape, "the module's type does not say which axis holds units")
             if axes.axes is not None:
-                axes = LayerAxes(axes.axes, axes.units, axes.grid, axes.prefix_tokens, "")
+                axes = LayerAxes(
+                    axes.axes, axes.units, axes.grid, axes.prefix_tokens, "", axes.features_first
+                )
         probes[key] = Probe(shape, axes)
     return probes
 

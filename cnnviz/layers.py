@@ -59,6 +59,7 @@ class LayerInfo:
     token_grid: tuple[int, int] | None = None
     prefix_tokens: int = 0
     why: str = ""
+    features_first: bool = False
 
     @property
     def grid(self) -> tuple[int, int] | None:
@@ -89,6 +90,7 @@ def _info(name: str, kind: str, probe: Probe) -> LayerInfo:
         axes.grid if axes.axes == "tokens" else None,
         axes.prefix_tokens,
         axes.why,
+        axes.features_first,
     )
 
 

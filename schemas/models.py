@@ -79,6 +79,11 @@ class LayerRead(BaseModel):
         description="tokens before the grid, such as a class token (tokens only); left out "
         "of every map",
     )
+    features_first: bool = Field(
+        default=False,
+        description="tokens laid out [D, N] (features, then tokens) rather than [N, D]: "
+        "declared in the registry only",
+    )
     axes_note: str | None = Field(
         default=None, description="why the axes are ambiguous (when `axes` is null)"
     )

@@ -123,6 +123,7 @@ async def list_layers(model: str, registry: RegistryDep, pool: PoolDep) -> Layer
                 units=info.units,
                 token_grid=list(info.token_grid) if info.token_grid else None,
                 prefix_tokens=info.prefix_tokens if info.axes == "tokens" else None,
+                features_first=info.features_first,
                 axes_note=info.why if info.axes is None else None,
             )
             for info in loaded.index.layers()

@@ -117,6 +117,7 @@ def test_the_layer_list_gives_axes_units_grid_and_prefix(http: httpx.Client) -> 
         "units": 10,
         "token_grid": [4, 4],
         "prefix_tokens": 1,
+        "features_first": False,
         "axes_note": None,
     }
     assert "blocks.0.attn.permute" not in vit  # (3, B, heads, N, d)

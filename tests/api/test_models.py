@@ -25,6 +25,7 @@ def test_layers_have_kinds_and_output_shapes(http: httpx.Client) -> None:
         "units": 3,
         "token_grid": None,
         "prefix_tokens": None,
+        "features_first": False,
         "axes_note": None,
     } in body["layers"]
     shapes = {

@@ -298,3 +298,45 @@ def test_the_cam_family_on_a_tokens_layer_equals_it_on_the_conv_grid_it_carries(
     on_grid = attribute(model, x, method, layer="patch", targets=[0, 1]).maps
     assert on_tokens.shape == (2, IMAGE, IMAGE) and on_tokens.abs().sum() > 0
     torch.testing.assert_close(on_tokens, on_grid, rtol=1e-4, atol=1e-6)
+
+
+class FeaturesFirstTokens(nn.Module):
+    """Tokens laid out ``(D, N)``: a patch conv's ``flatten(2)`` with a class token
+    concatenated last-axis first, never transposed to ``(N, D)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.patch = nn.Conv2d(3, 5, PATCH, stride=PATCH)
+        self.cls_token = nn.Parameter(torch.randn(1, 5, 1))
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2)  # (B, 5, 16)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=2)
+        return self.head(tokens.mean(dim=2))
+
+
+def test_a_features_first_token_layout_is_refused_until_declared_then_read_unit_first() -> None:
+    model = FeaturesFirstTokens()
+    assert infos(model)["cat"].axes is None  # type: ignore[attr-defined]  # (5, 17): ambiguous
+    declared = parse_axes_table(
+        {
+            "cat": {
+                "axes": "tokens",
+                "token_grid": [4, 4],
+                "prefix_tokens": 1,
+                "features_first": True,
+            }
+        }
+    )
+    index = LayerIndex(model, SHAPE, "first", declared)
+    (info,) = index.usable(["cat"])
+    assert (info.axes, info.features_first, info.map_shape) == ("tokens", True, (5, GRID, GRID))
+    x = torch.rand(2, *SHAPE)
+    with torch.no_grad():
+        out = index.capture(x, ["cat", "patch"])
+    # The features on the token grid are the patch conv's channels: the same numbers.
+    torch.testing.assert_close(unit_maps(out["cat"], info), out["patch"])
+    with pytest.raises(RegistryConfigError, match="features_first"):
+        parse_axes_table({"cat": {"axes": "HWC", "features_first": True}})
