@@ -27,7 +27,11 @@ class ModelRead(BaseModel):
     sha256: str | None = Field(
         default=None, description="the digest of a registered model's weights file"
     )
-    input_size: tuple[int, int] = Field(examples=[[64, 64]], description="[height, width]")
+    # A list of two, not a tuple: schemathesis (tests/jobs/test_contract.py) reported the
+    # tuple's schema as an invalid Schema Object in GET /v1/models/{model}'s response.
+    input_size: list[int] = Field(
+        min_length=2, max_length=2, examples=[[64, 64]], description="[height, width]"
+    )
     channels: int = Field(examples=[3])
     mean: list[float]
     std: list[float]
