@@ -18,7 +18,7 @@ import io
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel
+from torch.utils.data import DataLoader
 
-from cnnviz.data.datasets import DatasetRegistry
+from cnnviz.data.datasets import Dataset, DatasetRegistry
+from cnnviz.data.loader import ModelInputs, model_batches
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
@@ -100,6 +102,32 @@ class Resources:
 
     def model(self, name: str) -> LoadedModel:
         return self.models.get(name)
+
+    def shard_indices(self, shard: int, total: int) -> range:
+        """The images of ``shard`` of a data set of ``total``: ``shard_images`` each."""
+        return range(shard * self.shard_images, min((shard + 1) * self.shard_images, total))
+
+    def batches(
+        self,
+        loaded: LoadedModel,
+        dataset: Dataset,
+        indices: Sequence[int],
+        inputs: type[ModelInputs] = ModelInputs,
+    ) -> DataLoader[Any]:
+        """Batches of ``dataset``'s images ``indices`` prepared for ``loaded`` (its input size,
+        colour mode and normalisation), decoded by the loader processes, on its device."""
+        spec = loaded.spec
+        prepared = inputs(
+            dataset,
+            indices,
+            size=spec.input_size,
+            channels=spec.channels,
+            mean=spec.mean,
+            std=spec.std,
+        )
+        return model_batches(
+            prepared, batch_size=self.batch_size, workers=self.loader_workers, device=loaded.device
+        )
 
 
 ProgressCallback = Callable[[Progress, bytes | None], None]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cnnviz.data.datasets import Dataset
-from cnnviz.data.loader import MaskedInputs, ModelInputs, model_batches
+from cnnviz.data.loader import MaskedInputs
 from cnnviz.dissection import (
     IoUTally,
     LabelSums,
@@ -55,10 +55,6 @@ __all__ = ["Dissection"]
 _LISTED = 100
 _ALTERNATIVES = 3
 _PRECISION_BAR = 0.5  # labels: a unit whose top-k is at least half one label detects it
-
-
-def _shard_range(shard: int, size: int, total: int) -> range:
-    return range(shard * size, min((shard + 1) * size, total))
 
 
 def _map_size(shape: tuple[int, ...]) -> int:
@@ -125,22 +121,8 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
     ) -> Partial:
         loaded = resources.model(model)
         dataset = self._dataset(request, resources)
-        indices = _shard_range(shard, resources.shard_images, len(dataset))
-        spec = loaded.spec
-        inputs = ModelInputs(
-            dataset,
-            indices,
-            size=spec.input_size,
-            channels=spec.channels,
-            mean=spec.mean,
-            std=spec.std,
-        )
-        batches = model_batches(
-            inputs,
-            batch_size=resources.batch_size,
-            workers=resources.loader_workers,
-            device=loaded.device,
-        )
+        indices = resources.shard_indices(shard, len(dataset))
+        batches = resources.batches(loaded, dataset, indices)
         started_at = time.time()
         done = 0
         skipped: list[int] = []
@@ -287,21 +269,7 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
     ) -> dict[str, IoUTally]:
         loaded = resources.model(model)
         dataset = self._dataset(request, resources)
-        spec = loaded.spec
-        inputs = MaskedInputs(
-            dataset,
-            range(len(dataset)),
-            size=spec.input_size,
-            channels=spec.channels,
-            mean=spec.mean,
-            std=spec.std,
-        )
-        batches = model_batches(
-            inputs,
-            batch_size=resources.batch_size,
-            workers=resources.loader_workers,
-            device=loaded.device,
-        )
+        batches = resources.batches(loaded, dataset, range(len(dataset)), MaskedInputs)
 
         def counted() -> Any:
             for x, index, ok, mask, mask_ok in batches:

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from cnnviz.data.datasets import Dataset
-from cnnviz.data.loader import ModelInputs, model_batches
 from cnnviz.exemplars import LayerTopK, TopK, mine
 from schemas.exemplars import (
     ROUTE,
@@ -31,10 +30,6 @@ from workers.kinds.registry import register_kind
 __all__ = ["Exemplars"]
 
 _SKIPPED_LISTED = 100
-
-
-def _shard_range(shard: int, size: int, total: int) -> range:
-    return range(shard * size, min((shard + 1) * size, total))
 
 
 @register_kind
@@ -77,22 +72,8 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
     ) -> Partial:
         loaded = resources.model(model)
         dataset = self._dataset(request, resources)
-        indices = _shard_range(shard, resources.shard_images, len(dataset))
-        spec = loaded.spec
-        inputs = ModelInputs(
-            dataset,
-            indices,
-            size=spec.input_size,
-            channels=spec.channels,
-            mean=spec.mean,
-            std=spec.std,
-        )
-        batches = model_batches(
-            inputs,
-            batch_size=resources.batch_size,
-            workers=resources.loader_workers,
-            device=loaded.device,
-        )
+        indices = resources.shard_indices(shard, len(dataset))
+        batches = resources.batches(loaded, dataset, indices)
         started_at = time.time()  # wall clock: shards may run on different machines
         done = 0
         skipped: list[int] = []
