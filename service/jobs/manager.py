@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from pydantic import BaseModel
 
+from cnnviz.errors import InvalidArgumentError
 from schemas.jobs import JobList, JobRead, JobRecord, JobStatus, JobTask, fingerprint
 from service.concurrency import TorchPool
 from service.errors import ApiError
@@ -328,6 +329,26 @@ class JobManager:
     async def read(self, job_id: str, owner: str) -> JobRead[Any, Any]:
         record, result = await self.result(job_id, owner)
         return record.read(result)
+
+    async def succeeded(self, job_id: str, owner: str, kind: str, pictures: str) -> BaseModel:
+        """The result of ``owner``'s succeeded job of ``kind``, whose ``pictures`` a route
+        draws: 422 for a job of another kind, 409 (with Retry-After while it may still
+        succeed) for one that has not succeeded."""
+        record, result = await self.result(job_id, owner)
+        if record.kind != kind:
+            raise InvalidArgumentError(
+                f"job {job_id!r} is a {record.kind} job; {pictures} are for {kind} jobs"
+            )
+        if result is None:
+            waiting = record.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+            raise ApiError(
+                409,
+                "job_not_succeeded",
+                f"job {job_id!r} is {record.status.value}; its {pictures} are drawn once it "
+                "has succeeded",
+                {"Retry-After": "1"} if waiting else None,
+            )
+        return result
 
     async def result(self, job_id: str, owner: str) -> tuple[JobRecord, BaseModel | None]:
         """The record and, once it has succeeded, its result as its kind's model."""

@@ -6,13 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from cnnviz.errors import InvalidArgumentError
 from schemas.dissection import DissectionGridRead, DissectionResult
 from schemas.errors import Problem
-from schemas.jobs import JobStatus
 from service.deps import DatasetsDep, JobsDep, OwnerDep, PoolDep, RegistryDep
 from service.dissection import find_unit, render
-from service.errors import ApiError
 from service.feature_maps import wants_png
 from service.routers.jobs import JobId
 from workers.kinds.dissection import Dissection
@@ -43,21 +40,8 @@ async def read_dissection(
 ) -> Response:
     """A unit's top images with its binarised mask and its label's concept mask drawn over
     them. PNG with `Accept: image/png`, else JSON (the unit's label and score with it)."""
-    record, result = await jobs.result(job_id, owner)
-    if not isinstance(result, DissectionResult):
-        if record.kind != Dissection.name:
-            raise InvalidArgumentError(
-                f"job {job_id!r} is a {record.kind} job; dissection pictures are for "
-                "dissection jobs"
-            )
-        raise ApiError(
-            409,
-            "job_not_succeeded",
-            f"job {job_id!r} is {record.status.value}; its units are drawn once it has succeeded",
-            {"Retry-After": "1"}
-            if record.status in (JobStatus.QUEUED, JobStatus.RUNNING)
-            else None,
-        )
+    result = await jobs.succeeded(job_id, owner, Dissection.name, "dissection pictures")
+    assert isinstance(result, DissectionResult)
     find_unit(result, layer, channel)  # a bad address is a 4xx before any drawing
     png, read = await pool.run(render, registry, datasets, result, layer, channel)
     if wants_png(request.headers.get("accept")):

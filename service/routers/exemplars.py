@@ -6,12 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from cnnviz.errors import InvalidArgumentError
 from schemas.errors import Problem
 from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsResult
-from schemas.jobs import JobStatus
 from service.deps import DatasetsDep, JobsDep, OwnerDep, PoolDep, RegistryDep
-from service.errors import ApiError
 from service.exemplars import render
 from service.feature_maps import wants_png
 from service.routers.jobs import (
@@ -46,21 +43,8 @@ async def read_exemplars(
 ) -> Response:
     """A grid of a channel's top (or bottom) images: whole, cropped to the receptive field
     of the maximum, or masked by the activation. PNG with `Accept: image/png`, else JSON."""
-    record, result = await jobs.result(job_id, owner)
-    if not isinstance(result, ExemplarsResult):
-        if record.kind != Exemplars.name:
-            raise InvalidArgumentError(
-                f"job {job_id!r} is a {record.kind} job; exemplar grids are for exemplars jobs"
-            )
-        raise ApiError(
-            409,
-            "job_not_succeeded",
-            f"job {job_id!r} is {record.status.value}; its exemplars are drawn once it has "
-            "succeeded",
-            {"Retry-After": "1"}
-            if record.status in (JobStatus.QUEUED, JobStatus.RUNNING)
-            else None,
-        )
+    result = await jobs.succeeded(job_id, owner, Exemplars.name, "exemplar grids")
+    assert isinstance(result, ExemplarsResult)
     png, read = await pool.run(
         render, registry, datasets, result, layer, channel, query.mode, query.which
     )
