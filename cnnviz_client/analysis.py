@@ -25,29 +25,28 @@ PNG = {"Accept": "image/png"}
 class Analysis:
     """Dissection and attribution methods, on the client's ``_send`` and ``submit``."""
 
-    def _send(self, route: str, where: dict[str, object], **kwargs: Any) -> httpx.Response:
-        raise NotImplementedError  # the client's
+    if TYPE_CHECKING:  # the client's own methods, which these call
 
-    def submit(
-        self,
-        kind: str,
-        model: str,
-        request: BaseModel | None = None,
-        idempotency_key: str | None = None,
-        reuse: bool = True,
-        **fields: Any,
-    ) -> JobRead[Any, Any]:
-        raise NotImplementedError  # the client's
+        def _send(self, route: str, where: dict[str, object], **kwargs: Any) -> httpx.Response: ...
 
-    def _attribution(
-        self,
-        cls: type[AttributionsCreate],
-        image: bytes | str | Path | None,
-        sample: str | None,
-        request: AttributionsCreate | None,
-        fields: dict[str, Any],
-    ) -> AttributionsCreate:
-        raise NotImplementedError  # the client's
+        def submit(
+            self,
+            kind: str,
+            model: str,
+            request: BaseModel | None = None,
+            idempotency_key: str | None = None,
+            reuse: bool = True,
+            **fields: Any,
+        ) -> JobRead[Any, Any]: ...
+
+        def _attribution(
+            self,
+            cls: type[AttributionsCreate],
+            image: bytes | str | Path | None,
+            sample: str | None,
+            request: AttributionsCreate | None,
+            fields: dict[str, Any],
+        ) -> AttributionsCreate: ...
 
     # ---- attribution methods --------------------------------------------------------------
 
