@@ -271,6 +271,12 @@ class AttributionsRead(BaseModel):
     input_size: tuple[int, int] = Field(examples=[[64, 64]], description="[height, width]")
     predictions: list[PredictionRead] = Field(description="The top 5, best first.")
     attributions: list[TargetAttributionRead]
+    sanity: Literal["passed", "failed", "unknown"] = Field(
+        default="unknown",
+        description="The method's sanity check (Adebayo's cascading randomization, "
+        "POST /v1/models/{model}/sanity-checks) on this model's weights, at this layer: "
+        "unknown until a check has run for them.",
+    )
 
 
 class CostRead(BaseModel):
@@ -301,8 +307,9 @@ class AttributionMethodRead(BaseModel):
     cost: CostRead
     sanity: Literal["passed", "failed", "unknown"] = Field(
         default="unknown",
-        description="Adebayo's cascading randomization check for the model named: unknown "
-        "until a check has run.",
+        description="Adebayo's cascading randomization check on the weights of the model "
+        "named, over every layer checked: failed where any check failed, passed where all "
+        "passed, unknown until a check has run for these weights (or without `model`).",
     )
 
 

@@ -24,6 +24,7 @@ from schemas.attributions import (
 from service.errors import ApiError
 from service.image_request import ImageRequest, read_image_request
 from workers.kinds.attribution import Explained, explain, layer_channels, passes, to_read
+from workers.records.verdicts import SanityStatus, VerdictTable, sanity_status
 
 AttributionsRequest = ImageRequest[AttributionsOptions]
 
@@ -117,11 +118,13 @@ def explain_json(
     request: AttributionsRequest,
     max_pixels: int,
     limit: int | None = None,
+    sanity: SanityStatus = "unknown",
 ) -> bytes:
-    """Decode, attribute, draw, then the ``AttributionsRead`` answer serialized: blocking,
-    for the torch pool."""
+    """Decode, attribute, draw, then the ``AttributionsRead`` answer with the method's
+    ``sanity`` status, serialized: blocking, for the torch pool."""
     explained = _explained(registry, model, request, max_pixels, limit=limit)
-    return to_read(model, explained).model_dump_json().encode()
+    read = to_read(model, explained).model_copy(update={"sanity": sanity})
+    return read.model_dump_json().encode()
 
 
 def _header_text(text: str) -> str:
@@ -158,9 +161,12 @@ def explain_png(
     return png, headers
 
 
-def method_list(model: str | None, spec: ModelSpec | None) -> AttributionMethodList:
+def method_list(
+    model: str | None, spec: ModelSpec | None, verdicts: VerdictTable
+) -> AttributionMethodList:
     """The registered methods as the API lists them; with ``spec``, each one's images for
-    one target with the request's default options on that model."""
+    one target with the request's default options on that model, and each one's sanity
+    status from ``verdicts`` (that model's, over every layer checked)."""
     found = []
     for method in methods():
         images = None
@@ -178,6 +184,7 @@ def method_list(model: str | None, spec: ModelSpec | None) -> AttributionMethodL
                 smoothable=method.smoothable,
                 options=list(method.options),
                 cost=CostRead(formula=method.cost.formula, default_images=images),
+                sanity=sanity_status(verdicts, method.name, None),
             )
         )
     return AttributionMethodList(

@@ -250,7 +250,9 @@ def conclude(
     else:
         kind: JobKind[Any, Any] = get_kind(task.kind)
         try:
-            merged = kind.merge(kind.parse(task.request), task.model, partials, resources)
+            request = kind.parse(task.request)
+            merged = kind.merge(request, task.model, partials, resources)
+            merged = kind.finalize(merged, request, task.model, task.weights_sha256, records)
             result = merged.model_dump_json()
             status = JobStatus.SUCCEEDED
         except Exception as exc:

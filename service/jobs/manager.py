@@ -14,6 +14,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -48,8 +49,10 @@ from workers.records import (
     ResultExpired,
 )
 from workers.records import RecordsUnavailable as StoreUnavailable
+from workers.records.verdicts import VerdictTable
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1  # polling an unfinished job
 QUOTA_RETRY_AFTER_S = 10  # an owner at its quota: about when one of its jobs may be done
@@ -294,6 +297,19 @@ class JobManager:
         with contextlib.suppress(ApiError):  # Redis gone: only reuse is lost
             await self._io(self.records.remember, request_digest, record.id, self._ttl)
         return record.read(), Submitted.CREATED
+
+    async def verdicts(self, model: str) -> VerdictTable:
+        """The sanity-check verdicts kept for the weights ``model`` runs now: none where they
+        have no digest, or while the records cannot be reached (an attribution is answered
+        all the same, its status unknown)."""
+        weights = await anyio.to_thread.run_sync(self.resources.models.weights_digest, model)
+        if weights is None:
+            return {}
+        try:
+            return await self._raw(self.records.verdicts, model, weights)
+        except StoreUnavailable as exc:
+            log.warning("sanity verdicts of %s unread: %s", model, exc)
+            return {}
 
     async def _succeeded(self, request_digest: str, owner: str) -> JobRead[Any, Any] | None:
         """The latest job of this request, if it succeeded and is still kept."""

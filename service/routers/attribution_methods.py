@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from schemas.attributions import AttributionMethodList
 from schemas.errors import Problem
 from service.attributions import method_list
-from service.deps import RegistryDep
+from service.deps import JobsDep, RegistryDep
 
 router = APIRouter(prefix="/attribution-methods", tags=["attributions"])
 
@@ -17,10 +17,18 @@ router = APIRouter(prefix="/attribution-methods", tags=["attributions"])
 @router.get("", responses={404: {"model": Problem, "description": "Unknown model"}})
 async def list_attribution_methods(
     registry: RegistryDep,
+    jobs: JobsDep,
     model: Annotated[
         str | None,
-        Query(max_length=256, description="a model: the costs in images for its input size"),
+        Query(
+            max_length=256,
+            description="a model: the costs in images for its input size, and each method's "
+            "sanity status on its weights",
+        ),
     ] = None,
 ) -> AttributionMethodList:
     """Every attribution method with its options and cost, and the faithfulness metrics."""
-    return method_list(model, None if model is None else registry.spec(model))
+    if model is None:
+        return method_list(None, None, {})
+    spec = registry.spec(model)
+    return method_list(model, spec, await jobs.verdicts(model))

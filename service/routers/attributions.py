@@ -20,10 +20,13 @@ from service.attributions import (
     explain_raw,
     read_request,
 )
-from service.deps import PoolDep, RegistryDep, SettingsDep
+from service.deps import JobsDep, PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
 from service.feature_maps import wants_png
+from service.jobs.manager import JobManager
 from service.raw import MEDIA_TYPE, encode, wanted_raw
+from workers.kinds.sanity import answer_status
+from workers.records.verdicts import SanityStatus
 
 router = APIRouter(prefix="/models", tags=["attributions"])
 
@@ -137,6 +140,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _sanity(jobs: JobManager, model: str, options: AttributionsOptions) -> SanityStatus:
+    """The method's sanity status on the model's weights, at the layer asked for."""
+    return answer_status(await jobs.verdicts(model), options.method, options.layer)
+
+
 @router.post(
     "/{model}/attributions",
     response_model=AttributionsRead,
@@ -149,6 +157,7 @@ async def create_attributions(
     registry: RegistryDep,
     pool: PoolDep,
     settings: SettingsDep,
+    jobs: JobsDep,
     format: Annotated[
         Literal["npy", "safetensors"] | None,
         Query(description="the raw maps, float32, instead of pictures"),
@@ -163,9 +172,11 @@ async def create_attributions(
         read = await read_request(request)
         body = dataclasses.replace(read, options=read.options.model_copy(update={"metrics": []}))
         check_cost(model, spec, body.options, limit)
+        sanity = await _sanity(jobs, model, body.options)
         arrays, headers = await pool.run(
             explain_raw, registry, model, body, settings.max_image_pixels, limit
         )
+        headers["X-Sanity"] = sanity
         if raw == "npy":
             arrays = {"maps": arrays["maps"]}
         return Response(
@@ -183,10 +194,14 @@ async def create_attributions(
             "for; ask for one target, or for application/json",
         )
     check_cost(model, spec, options, limit)
+    sanity = await _sanity(jobs, model, options)
     if png:
         content, headers = await pool.run(
             explain_png, registry, model, body, settings.max_image_pixels, limit
         )
+        headers["X-Sanity"] = sanity
         return Response(content, media_type="image/png", headers=headers)
-    content = await pool.run(explain_json, registry, model, body, settings.max_image_pixels, limit)
+    content = await pool.run(
+        explain_json, registry, model, body, settings.max_image_pixels, limit, sanity
+    )
     return Response(content, media_type="application/json")

@@ -17,6 +17,7 @@ from service.settings import Settings
 from tests.jobs.client import settle
 from tests.jobs.datasets import write_image_folder, write_models_file
 from tests.jobs.procs import CALLBACK_SECRET, CeleryWorker, RedisServer, serve
+from tests.jobs.sanity_nets import planted_models
 
 # In-process with records in memory and in SQLite (a data directory of the test's own).
 TRANSPORTS = ["in-process", "in-process-sqlite", "celery"]
@@ -44,10 +45,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def models_file(workdir: Path) -> Path:
-    """A models file that declares the small on-disk data set ``small`` (the API and the
-    shared worker read the same file, as in production)."""
+    """A models file that declares the small on-disk data set ``small`` and the planted
+    nets of the sanity checks (the API and the shared worker read the same file, as in
+    production)."""
     root = write_image_folder(workdir / "images")
-    return write_models_file(workdir / "models.toml", root)
+    path = write_models_file(workdir / "models.toml", root)
+    with path.open("a", encoding="utf-8") as file:
+        file.write("\n" + planted_models(workdir / "planted"))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from workers.records import (
 from workers.records.memory import MemoryRecords
 from workers.records.redis import RedisRecords
 from workers.records.sqlite import SqliteRecords
+from workers.records.verdicts import Verdict, sanity_status
 
 TTL = 600
 
@@ -224,3 +225,39 @@ def test_an_owners_jobs_are_listed_newest_first_in_pages_with_filters(records: R
     # A deleted job leaves the list.
     records.api("delete", made[6].id)
     assert made[6].id not in [r.id for r in records.api("owned", "alice", JobFilter(), None, 10)]
+
+
+def test_sanity_verdicts_are_kept_by_model_weights_method_and_layer(records: Records) -> None:
+    model, weights = f"net-{time.monotonic_ns()}", "a" * 64
+    assert records.api("verdicts", model, weights) == {}
+    records.api(
+        "keep_verdicts",
+        model,
+        weights,
+        [Verdict("gradcam", "block4.relu", True), Verdict("saliency", "", False)],
+    )
+    # The latest check of a key wins; other layers, weights and models are apart.
+    records.api(
+        "keep_verdicts",
+        model,
+        weights,
+        [Verdict("saliency", "", True), Verdict("gradcam", "block3.relu", False)],
+    )
+    table = records.api("verdicts", model, weights)
+    assert table == {
+        ("gradcam", "block4.relu"): True,
+        ("gradcam", "block3.relu"): False,
+        ("saliency", ""): True,
+    }
+    assert records.api("verdicts", model, "b" * 64) == {}
+    assert records.api("verdicts", f"{model}-other", weights) == {}
+    # They outlive every job: a finished job deleted leaves them.
+    job = records.api("create", new_record(), TTL, None)[0]
+    attempt = records.recorder.start(job.id)
+    records.recorder.finish(job.id, attempt, JobStatus.SUCCEEDED, "{}", None, TTL)
+    records.api("delete", job.id)
+    assert records.api("verdicts", model, weights) == table
+    assert sanity_status(table, "gradcam", "block4.relu") == "passed"
+    assert sanity_status(table, "gradcam", None) == "failed"  # one layer failed
+    assert sanity_status(table, "saliency", "") == "passed"
+    assert sanity_status(table, "occlusion", None) == "unknown"

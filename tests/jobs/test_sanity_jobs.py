@@ -75,3 +75,47 @@ def test_the_docs_example_runs() -> None:
     )
     [gradcam] = result.methods
     assert result.images == 1 and len(gradcam.correlations) == kind.work(quick, MODEL, resources)
+
+
+def _status(api: httpx.Client, model: str, method: str, **extra: object) -> str:
+    body = {"sample": "star", "method": method, **extra}
+    response = api.post(f"/v1/models/{model}/attributions", json=body)
+    assert response.status_code == 200, response.text
+    status: str = response.json()["sanity"]
+    return status
+
+
+def _listed(api: httpx.Client, model: str) -> dict[str, str]:
+    listed = api.get("/v1/attribution-methods", params={"model": model}).json()["methods"]
+    return {m["name"]: m["sanity"] for m in listed}
+
+
+def test_verdicts_outlive_the_check_and_travel_with_attributions(api: httpx.Client) -> None:
+    """Planted: ``blind``'s saliency ignores its weights (fails), ``linear``'s is its weights
+    (passes); what the check found is what every attribution answer then says."""
+    assert _status(api, "blind", "saliency") == "unknown"
+    assert _listed(api, "blind")["saliency"] == "unknown"
+    image = base64.b64encode(api.get("/v1/samples/star").content).decode()
+    for model, passes in (("blind", False), ("linear", True)):
+        body = {"methods": ["saliency"], "images": [image]}
+        created = api.post(f"/v1/models/{model}/sanity-checks", json=body).json()
+        done = wait_job(api, created["id"], timeout=120)
+        assert done["result"]["methods"][0]["passes"] is passes, done
+        # The job is gone; its verdict stays, kept apart from the job's record.
+        assert api.delete(f"/v1/jobs/{created['id']}").status_code == 204
+    assert _status(api, "blind", "saliency") == "failed"
+    assert _status(api, "linear", "saliency") == "passed"
+    assert _status(api, "blind", "integrated_gradients", steps=8) == "unknown"
+    blind, linear = _listed(api, "blind"), _listed(api, "linear")
+    assert (blind["saliency"], linear["saliency"]) == ("failed", "passed")
+    assert {blind[m] for m in blind if m != "saliency"} == {"unknown"}
+    png = api.post(
+        "/v1/models/blind/attributions",
+        json={"sample": "star", "method": "saliency"},
+        headers={"Accept": "image/png"},
+    )
+    assert png.headers["X-Sanity"] == "failed"
+    job = api.post(
+        "/v1/models/blind/attribution-jobs", json={"sample": "star", "method": "saliency"}
+    ).json()
+    assert wait_job(api, job["id"])["result"]["sanity"] == "failed"

@@ -47,6 +47,8 @@ from schemas.attributions import (
 from schemas.jobs import Progress
 from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
 from workers.kinds.registry import register_kind
+from workers.kinds.sanity import answer_status
+from workers.records.verdicts import Verdicts
 
 __all__ = [
     "MAX_JOB_PASSES",
@@ -346,6 +348,19 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
     ) -> AttributionsRead:
         (only,) = partials
         return AttributionsRead.model_validate(only)
+
+    def finalize(
+        self,
+        result: AttributionsRead,
+        request: AttributionsCreate,
+        model: str,
+        weights: str | None,
+        kept: Verdicts,
+    ) -> AttributionsRead:
+        """The method's sanity status for the weights the job ran."""
+        table = {} if weights is None else kept.verdicts(model, weights)
+        status = answer_status(table, result.method, result.layer)
+        return result.model_copy(update={"sanity": status})
 
     def pictures(self, result: AttributionsRead) -> ResultPictures | None:
         # One overlay per target (small: the model's input size); the API tiles them.

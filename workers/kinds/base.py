@@ -36,6 +36,7 @@ from cnnviz.threads import CoreShare
 from schemas.jobs import Progress
 from schemas.routes import JobRoute
 from workers.config import JobSettings
+from workers.records.verdicts import Verdicts
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -300,6 +301,14 @@ class JobKind(ABC, Generic[RequestT, ResultT]):
         self, request: RequestT, model: str, partials: list[Partial], resources: Resources
     ) -> ResultT:
         """The job's result from its shards' partials, in shard order."""
+
+    def finalize(
+        self, result: ResultT, request: RequestT, model: str, weights: str | None, kept: Verdicts
+    ) -> ResultT:
+        """The merged result as it is written: where a kind keeps what outlives its job, or
+        reads it (sanity-check verdicts, under ``model`` and ``weights``: the sha256 of the
+        weights the job ran, None where they have none)."""
+        return result
 
     # ---- a succeeded job's files (GET /v1/jobs/{id}/result.png, units/{i}.png) ----
 

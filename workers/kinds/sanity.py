@@ -19,10 +19,28 @@ from schemas.sanity import (
 )
 from workers.kinds.base import JobContext, JobKind, Partial, Resources
 from workers.kinds.registry import register_kind
+from workers.records.verdicts import (
+    SanityStatus,
+    Verdict,
+    Verdicts,
+    VerdictTable,
+    sanity_status,
+)
 
-__all__ = ["SanityChecks"]
+__all__ = ["SanityChecks", "answer_status", "verdict_layer"]
 
 _MAX_IMAGE_PIXELS = 40_000_000
+
+
+def verdict_layer(method: str, layer: str | None) -> str:
+    """The layer a verdict is kept under: ``layer`` for a method that reads one, else ``""``
+    (a check of saliency says the same whatever layer the request named)."""
+    return (layer or "") if get_method(method).needs_layer else ""
+
+
+def answer_status(table: VerdictTable, method: str, layer: str | None) -> SanityStatus:
+    """The sanity status an attribution answer of ``method`` at ``layer`` carries."""
+    return sanity_status(table, method, verdict_layer(method, layer))
 
 
 def _images(request: SanityCheckCreate, model: str, resources: Resources) -> torch.Tensor:
@@ -133,3 +151,21 @@ class SanityChecks(JobKind[SanityCheckCreate, SanityCheckResult]):
     ) -> SanityCheckResult:
         (only,) = partials
         return SanityCheckResult.model_validate(only)
+
+    def finalize(
+        self,
+        result: SanityCheckResult,
+        request: SanityCheckCreate,
+        model: str,
+        weights: str | None,
+        kept: Verdicts,
+    ) -> SanityCheckResult:
+        """Keep each method's verdict under the weights checked (the layer only for a method
+        that reads one), for the attribution answers; weights without a digest: nothing."""
+        if weights is not None:
+            verdicts = [
+                Verdict(m.method, verdict_layer(m.method, request.layer), m.passes)
+                for m in result.methods
+            ]
+            kept.keep_verdicts(model, weights, verdicts)
+        return result

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.stats import Durations
+from workers.records.verdicts import Verdicts
 
 __all__ = [
     "Idempotency",
@@ -133,8 +134,9 @@ def newest_first(
     return kept[:limit]
 
 
-class JobRecords(Protocol):
-    """Job records in one backend: the API's operations and the runner's transitions."""
+class JobRecords(Verdicts, Protocol):
+    """Job records in one backend: the API's operations and the runner's transitions; and
+    the sanity-check verdicts, which outlive the jobs (:mod:`workers.records.verdicts`)."""
 
     blocking: bool
     """Whether calls do I/O (the API then runs them in a thread)."""

@@ -36,6 +36,7 @@ from workers.records.base import (
 )
 from workers.records.memory_cap import CappedResults, Overflow, _Entry
 from workers.records.stats import Durations
+from workers.records.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class MemoryRecords(CappedResults):
         self._latest: dict[str, str] = {}  # request digest -> its latest job id
         self._digest_of: dict[str, str] = {}  # job id -> its request digest
         self._durations: dict[tuple[str, str], Durations] = {}
+        # (model, weights) -> (method, layer) -> passed: kept for the process's life.
+        self._verdicts: dict[tuple[str, str], dict[tuple[str, str], bool]] = {}
         self._lock = threading.Lock()
 
     # ---- helpers (call with the lock held) ----
@@ -200,6 +203,15 @@ class MemoryRecords(CappedResults):
     def discard(self, job_id: str) -> None:
         with self._lock:
             self._forget(job_id)
+
+    def keep_verdicts(self, model: str, weights: str, verdicts: list[Verdict]) -> None:
+        with self._lock:
+            table = self._verdicts.setdefault((model, weights), {})
+            table.update({(v.method, v.layer): v.passed for v in verdicts})
+
+    def verdicts(self, model: str, weights: str) -> dict[tuple[str, str], bool]:
+        with self._lock:
+            return dict(self._verdicts.get((model, weights), {}))
 
     def ping(self) -> None:
         return None

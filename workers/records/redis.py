@@ -66,6 +66,7 @@ from workers.records.redis_keys import (
 from workers.records.redis_reads import count_jobs, owned_jobs, read_durations
 from workers.records.redis_scripts import script_names, script_source
 from workers.records.stats import Durations, bucket_labels
+from workers.records.verdicts import Verdict, from_redis, redis_fields, redis_key
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,12 @@ class RedisRecords:
     def recall(self, digest: str) -> str | None:
         raw: bytes | None = self._call(self._client.get, reuse_key(digest))
         return raw.decode() if raw else None
+
+    def keep_verdicts(self, model: str, weights: str, verdicts: list[Verdict]) -> None:
+        self._call(self._client.hset, redis_key(model, weights), mapping=redis_fields(verdicts))
+
+    def verdicts(self, model: str, weights: str) -> dict[tuple[str, str], bool]:
+        return from_redis(self._call(self._client.hgetall, redis_key(model, weights)))
 
     def ping(self) -> None:
         self._call(self._client.ping)

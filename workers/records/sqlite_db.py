@@ -81,6 +81,14 @@ CREATE TABLE IF NOT EXISTS durations (
     sum REAL NOT NULL,
     PRIMARY KEY (kind, status)
 );
+CREATE TABLE IF NOT EXISTS sanity (   -- verdicts of sanity checks, kept beyond jobs
+    model TEXT NOT NULL,
+    weights TEXT NOT NULL,         -- sha256 of the weights checked
+    method TEXT NOT NULL,
+    layer TEXT NOT NULL,           -- '' for a method that reads no layer
+    passed INTEGER NOT NULL,
+    PRIMARY KEY (model, weights, method, layer)
+);
 CREATE TABLE IF NOT EXISTS processes (
     holder TEXT PRIMARY KEY,       -- host/pid/token of a process that runs jobs
     seen_at REAL NOT NULL          -- its last heartbeat (epoch seconds)

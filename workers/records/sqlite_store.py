@@ -18,6 +18,7 @@ from typing import Any
 from schemas.jobs import JobError, JobRecord, JobStatus
 from workers.records.base import JobNotFound, ResultExpired
 from workers.records.sqlite_db import INLINE_MAX, BlobFiles, Database, Holder
+from workers.records.verdicts import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -325,3 +326,20 @@ class SqliteStore:
             "ON CONFLICT (holder) DO UPDATE SET seen_at = excluded.seen_at",
             (self.holder.name, time.time()),
         )
+
+    # ---- sanity-check verdicts (workers.records.verdicts), kept beyond any job ----
+
+    def keep_verdicts(self, model: str, weights: str, verdicts: list[Verdict]) -> None:
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO sanity (model, weights, method, layer, passed) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(model, weights, v.method, v.layer, int(v.passed)) for v in verdicts],
+            )
+
+    def verdicts(self, model: str, weights: str) -> dict[tuple[str, str], bool]:
+        rows = self._db.read(
+            "SELECT method, layer, passed FROM sanity WHERE model = ? AND weights = ?",
+            (model, weights),
+        )
+        return {(row["method"], row["layer"]): bool(row["passed"]) for row in rows}
