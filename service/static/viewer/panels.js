@@ -215,11 +215,23 @@ async function explain() {
   }
   if (asJob) caption += " (run as a job: over the service's synchronous limit)";
   $("a-caption").textContent = caption;
+  showSanity(answer);
   $("a-result").hidden = false;
   rememberInAddress({
     model: state.model, sample: body.sample || null, attr: method,
     alayer: body.layer || null, target: target || null,
   }, body.sample ? $("a-link") : null, "attr-section");
+}
+
+// A method that failed its sanity check on this model's weights (POST .../sanity-checks): its
+// map barely depends on what the model learned, and the page says so above all else.
+function showSanity(answer) {
+  const warning = $("a-sanity");
+  warning.hidden = answer.sanity !== "failed";
+  const where = answer.layer ? ` at ${answer.layer}` : "";
+  warning.textContent = warning.hidden ? "" : `⚠ ${answer.method}${where} failed its sanity check on ` +
+    `this model's weights: its map barely changes when the learned weights are randomized, so it ` +
+    `does not show what the model used. Prefer a method that passed (GET /v1/attribution-methods?model=${answer.model}).`;
 }
 
 // ---- home: wiring, and a shared address opened again --------------------------------------
