@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from cnnviz_client.client import DEFAULT_URL
 from cnnviz_client.commands import add_commands, connect, parse_channels
 from cnnviz_client.errors import ApiError, JobFailed
+from schemas.optimization import VsDataset
 
 SERVER_MISSING = (
     "cnnviz {command} needs the server, which is not installed here (this is the client "
@@ -84,6 +85,8 @@ def cmd_optimize(args: argparse.Namespace) -> None:
     fields["seed"] = args.seed
     if args.image_size:
         fields["image_size"] = args.image_size
+    if args.exemplars_job:
+        fields["exemplars_job"] = args.exemplars_job
     with connect(args) as client:
         job = client.optimize(args.model, **fields)
         print(f"job {job.id} {job.status.value}: {args.url}/v1/jobs/{job.id}", file=sys.stderr)
@@ -95,6 +98,21 @@ def cmd_optimize(args: argparse.Namespace) -> None:
             path = client.save_result(job, args.output)
             assert job.result is not None
             print(f"{path}: {len(job.result.units)} image(s) of {job.result.layer}")
+        assert job.result is not None
+        for unit in job.result.units:
+            if unit.vs_dataset is not None:
+                print(versus_line(unit.channel, unit.vs_dataset))
+
+
+def versus_line(channel: int | None, seen: VsDataset) -> str:
+    """One pattern against the data set, as a person reads it."""
+    rank = f"rank {seen.rank}" if seen.rank is not None else f"rank > {seen.top_k}"
+    ratio = f"{seen.ratio:.2f}× the top image" if seen.ratio is not None else "top score <= 0"
+    weaker = "  (weaker than real data)" if seen.activation < seen.top_score else ""
+    return (
+        f"channel {channel}: activation {seen.activation:.4g}, {ratio}, {rank} of "
+        f"{seen.images} images of {seen.dataset}{weaker}"
+    )
 
 
 def cmd_wait(args: argparse.Namespace) -> None:
@@ -168,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int)
+    p.add_argument(
+        "--exemplars-job",
+        help="an exemplars or dissection job of the same layer: each pattern's activation "
+        "next to the data set's (ratio to the top image, rank)",
+    )
     p.add_argument("--wait", action="store_true", help="wait with a progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", help="with --wait: write the result grid PNG here")

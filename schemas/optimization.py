@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
 
+from schemas.exemplars import MAX_K
 from schemas.jobs import JobOptions
 from schemas.objectives import ObjectiveKind, check_objective, default_objective, objective_rules
 from schemas.routes import JobRoute, job_route
@@ -16,6 +17,53 @@ MAX_UNITS = 512
 MAX_STEPS = 4096
 MAX_IMAGE_SIZE = 1024
 MIN_IMAGE_SIZE = 16
+
+
+class StoredTop(BaseModel):
+    """One unit's best images in a data set, as an exemplars or dissection job kept them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    channel: int = Field(ge=0)
+    top_image: str | None = Field(description="the id of the unit's top image")
+    scores: list[float] = Field(max_length=MAX_K, description="the stored top-k, best first")
+
+
+class DatasetScores(BaseModel):
+    """What an optimization's patterns are compared with, copied from its `exemplars_job` when
+    it is queued, so the job never reads another job (nor the data set) when it runs."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    job: str
+    dataset: str
+    pool: Literal["mean", "max"]
+    images: int = Field(ge=0, description="images the job scored")
+    units: list[StoredTop] = Field(max_length=MAX_UNITS)
+
+
+class VsDataset(BaseModel):
+    """A pattern next to the data set's images, for the same unit and pooling."""
+
+    exemplars_job: str
+    dataset: str
+    pool: Literal["mean", "max"] = Field(description="the exemplars job's pooling")
+    activation: float = Field(
+        description="the unit's pooled activation for the pattern, at the model's input size, "
+        "without transforms"
+    )
+    top_score: float = Field(description="the unit's score for its top data set image")
+    top_image: str | None = Field(description="that image's id")
+    ratio: float | None = Field(
+        description="activation / top_score; below 1 the unit responds more to real data "
+        "than to its pattern; null where top_score <= 0"
+    )
+    rank: int | None = Field(
+        description="where the pattern would rank among the data set's images (1: above "
+        "all); exact within the job's stored top `top_k`, null below it (rank > top_k)"
+    )
+    top_k: int = Field(description="the data set's scores the exemplars job kept per unit")
+    images: int = Field(description="images in the data set the job scored")
 
 
 class NeuronSpec(BaseModel):
@@ -134,6 +182,22 @@ class OptimizationCreate(JobOptions):
         "the one used",
     )
 
+    exemplars_job: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="an exemplars or dissection job of the caller, on the same model and "
+        "layer, that has succeeded: each pattern gets `vs_dataset`, its activation next to "
+        "that job's top images (no data set is read for it). Objectives whose units are "
+        "channels, and 'neuron'",
+    )
+    dataset_scores: DatasetScores | None = Field(
+        default=None,
+        json_schema_extra={"readOnly": True},
+        description="set by the service when the job is queued: the scores of "
+        "`exemplars_job` that `vs_dataset` compares with (a value sent is replaced)",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         values = dict(self)
@@ -170,6 +234,11 @@ class UnitResult(BaseModel):
     image_url: str | None = Field(default=None, description="the same PNG as a file")
     objective: float = Field(description="final objective value")
     initial_objective: float = Field(description="objective value of the starting noise")
+    vs_dataset: VsDataset | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="with `exemplars_job` only: the pattern against the data set's images",
+    )
 
 
 class OptimizationResult(BaseModel):

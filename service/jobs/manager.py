@@ -36,7 +36,7 @@ from service.jobs.transport import (
     QueueFull,
     QueueUnavailable,
 )
-from workers.kinds import Resources, get_kind
+from workers.kinds import JobKind, Resources, get_kind
 from workers.records import (
     Cursor,
     Idempotency,
@@ -94,6 +94,18 @@ def _expired(job_id: str) -> ApiError:
         "CNNVIZ_INPROCESS_RESULTS_DISK_MAX_BYTES on disk, CNNVIZ_REDIS_RESULTS_MAX_BYTES in "
         "Redis; the oldest results go first); "
         "submit the request again: the same seed and settings give the same result",
+    )
+
+
+def _not_succeeded(job_id: str, status: JobStatus, then: str) -> ApiError:
+    """409 for a job read before it has succeeded (``then``: what happens once it has), with
+    Retry-After while it may still succeed."""
+    waiting = status in (JobStatus.QUEUED, JobStatus.RUNNING)
+    return ApiError(
+        409,
+        "job_not_succeeded",
+        f"job {job_id!r} is {status.value}; {then}",
+        {"Retry-After": "1"} if waiting else None,
     )
 
 
@@ -250,13 +262,23 @@ class JobManager:
         if callback_url is not None:
             self.callbacks.check(callback_url)
         request = kind.request_type.model_validate(request.model_dump(exclude={"callback_url"}))
+        referenced = await self._referenced(kind, request, owner)
 
         def validate() -> tuple[BaseModel, str | None]:
-            # The digest of the weights file is read once per version of the file.
             prepared = kind.prepare(request, model, self.resources)
+            prepared = kind.link(prepared, model, referenced, self.resources)
+            # The digest of the weights file is read once per version of the file.
             return prepared, self.resources.models.weights_digest(model)
 
         resolved, weights_sha256 = await self._pool.run(validate)
+        for job in referenced.values():
+            if job.weights_sha256 != weights_sha256:
+                raise ApiError(
+                    409,
+                    "weights_changed",
+                    f"job {job.id!r} ran on other weights of model {model!r} than it has "
+                    "now; run it again on these weights",
+                )
         identity = f"{owner}\0{fingerprint(kind.name, model, resolved)}\0{spec!r}"
         request_digest = hashlib.sha256(f"{identity}\0{weights_sha256}".encode()).hexdigest()
         # An Idempotency-Key asks for that key's job: reuse answers only requests without one.
@@ -356,15 +378,31 @@ class JobManager:
                 f"job {job_id!r} is a {record.kind} job; {pictures} are for {kind} jobs"
             )
         if result is None:
-            waiting = record.status in (JobStatus.QUEUED, JobStatus.RUNNING)
-            raise ApiError(
-                409,
-                "job_not_succeeded",
-                f"job {job_id!r} is {record.status.value}; its {pictures} are drawn once it "
-                "has succeeded",
-                {"Retry-After": "1"} if waiting else None,
+            raise _not_succeeded(
+                job_id, record.status, f"its {pictures} are drawn once it has succeeded"
             )
         return result
+
+    async def _referenced(
+        self, kind: JobKind[Any, Any], request: BaseModel, owner: str
+    ) -> dict[str, JobRead[Any, Any]]:
+        """The earlier jobs of ``owner`` that ``request`` reads (``kind.references``), with
+        their results: 404 for an unknown id or another owner's (as everywhere), 422 for a job
+        of a kind the field does not take, 409 for one that has not succeeded."""
+        found: dict[str, JobRead[Any, Any]] = {}
+        for job_id, reference in kind.references(request).items():
+            job = await self.read(job_id, owner)
+            if job.kind not in reference.kinds:
+                raise InvalidArgumentError(
+                    f"`{reference.field}` names job {job_id!r}, a {job.kind} job; it takes "
+                    f"{' or '.join(reference.kinds)} jobs (see GET /v1/jobs?kind=...)"
+                )
+            if job.result is None:
+                raise _not_succeeded(
+                    job_id, job.status, f"`{reference.field}` reads it once it has succeeded"
+                )
+            found[job_id] = job
+        return found
 
     async def result(self, job_id: str, owner: str) -> tuple[JobRecord, BaseModel | None]:
         """The record and, once it has succeeded, its result as its kind's model."""

@@ -51,6 +51,10 @@ Inline = Annotated[
 
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem},
+    409: {
+        "model": Problem,
+        "description": "a job the request names has not succeeded, or ran on other weights",
+    },
     422: {"model": Problem},
     429: {"model": Problem, "description": "the caller has its most jobs queued or running"},
     503: {"model": Problem, "description": "the queue is unavailable or full"},

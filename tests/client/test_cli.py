@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnviz_client.cli import main, parse_channels
+from cnnviz_client import Client
+from cnnviz_client.cli import main, parse_channels, versus_line
+from schemas.optimization import OptimizationResult
 
 ROOT = Path(__file__).resolve().parents[2]
+SMALL = "small"  # the data set of the service_url fixture (tests.jobs.datasets.SMALL)
 
 
 def test_channel_ranges() -> None:
@@ -132,3 +135,24 @@ def test_methods_and_attribute(
     assert "gradcam for star" in printed and "deletion AUC" in printed
     with Image.open(out) as picture:
         assert picture.size == (64, 64)
+
+
+def test_optimize_against_an_exemplars_job_prints_each_patterns_figures(
+    service_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(service_url) as client:
+        mined = client.exemplars("shapes", dataset=SMALL, layers=["block3.relu"], k=4)
+        mined_id = client.wait(mined.id).id
+        typed = client.wait(
+            client.optimize(
+                "shapes", layer="block3.relu", channels=[2], steps=8, exemplars_job=mined_id
+            ).id
+        )
+    assert isinstance(typed.result, OptimizationResult)
+    seen = typed.result.units[0].vs_dataset
+    assert seen is not None and seen.exemplars_job == mined_id and seen.top_k == 4
+    argv = ["--url", service_url, "optimize", "-m", "shapes", "-l", "block3.relu", "-c", "2"]
+    code = main([*argv, "--steps", "8", "--exemplars-job", mined_id, "--wait", "-q"])
+    assert code == 0
+    # The same request, reused: the same figures, printed as the CLI's one line.
+    assert versus_line(2, seen) in capsys.readouterr().out

@@ -13,6 +13,7 @@ from workers.kinds.base import (
     JobKind,
     JobTimedOut,
     Partial,
+    Reference,
     Resources,
     ResultPictures,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "JobKind",
     "JobTimedOut",
     "Partial",
+    "Reference",
     "Resources",
     "ResultPictures",
     "get_kind",

@@ -18,7 +18,7 @@ import io
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -33,7 +33,7 @@ from cnnviz.data.loader import ModelInputs, model_batches
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
-from schemas.jobs import Progress
+from schemas.jobs import JobRead, Progress
 from schemas.routes import JobRoute
 from workers.config import JobSettings
 from workers.records.verdicts import Verdicts
@@ -129,6 +129,14 @@ class Resources:
         return model_batches(
             prepared, batch_size=self.batch_size, workers=self.loader_workers, device=loaded.device
         )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An earlier job a request names: in which field, and the kinds it may be."""
+
+    field: str
+    kinds: tuple[str, ...]
 
 
 ProgressCallback = Callable[[Progress, bytes | None], None]
@@ -276,6 +284,24 @@ class JobKind(ABC, Generic[RequestT, ResultT]):
         Raises the core's errors (unknown layer, a channel out of range, ...) so a bad
         request is refused before it is queued; cheap, runs in the API too.
         """
+
+    def references(self, request: RequestT) -> dict[str, Reference]:
+        """The caller's earlier jobs that ``request`` reads, by id (none by default). The
+        service checks each before :meth:`prepare`: the caller's, of one of its kinds,
+        succeeded, on the same weights; then :meth:`link` copies what it needs of them."""
+        return {}
+
+    def link(
+        self,
+        request: RequestT,
+        model: str,
+        jobs: Mapping[str, JobRead[Any, Any]],
+        resources: Resources,
+    ) -> RequestT:
+        """The prepared request with what it needs of its :meth:`references` (``jobs``, each
+        succeeded, with its result) copied in, so that a job never reads another when it runs.
+        Raises InvalidArgumentError for a job that does not fit (another model or layer)."""
+        return request
 
     def shards(self, request: RequestT, model: str, resources: Resources) -> int:
         """How many shards the job runs as (at least 1)."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -25,7 +26,7 @@ from cnnviz.optvis import (
     visualize,
 )
 from cnnviz.optvis.objectives import Objective
-from schemas.jobs import Progress, result_png_path, unit_png_path
+from schemas.jobs import JobRead, Progress, result_png_path, unit_png_path
 from schemas.objectives import OBJECTIVES
 from schemas.optimization import (
     MAX_UNITS,
@@ -35,8 +36,16 @@ from schemas.optimization import (
     OptimizationCreate,
     OptimizationResult,
     UnitResult,
+    VsDataset,
 )
-from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
+from workers.kinds.base import (
+    JobContext,
+    JobKind,
+    Partial,
+    Reference,
+    Resources,
+    ResultPictures,
+)
 from workers.kinds.optimization_limits import admit
 from workers.kinds.optimization_pictures import (
     RAW_MAX_BYTES,
@@ -46,6 +55,7 @@ from workers.kinds.optimization_pictures import (
     preview_png,
     preview_reserve,
 )
+from workers.kinds.optimization_versus import FIELD, KINDS, dataset_scores, versus
 from workers.kinds.registry import register_kind
 
 __all__ = ["RAW_IMAGES", "Optimization", "build_objective", "optimize", "prepare"]
@@ -158,9 +168,14 @@ def _encode(tiles: torch.Tensor, columns: int | None) -> tuple[bytes, int, list[
 
 
 def _unit_results(
-    request: OptimizationCreate, pngs: list[bytes], final: list[float], initial: list[float]
+    request: OptimizationCreate,
+    pngs: list[bytes],
+    final: list[float],
+    initial: list[float],
+    compared: list[VsDataset | None],
 ) -> list[UnitResult]:
-    """One entry per image, from the PNGs of its tiles (:func:`_encode`)."""
+    """One entry per image, from the PNGs of its tiles (:func:`_encode`) and, with
+    ``exemplars_job``, its comparison with the data set (else ``compared`` is empty)."""
     kind = request.objective or ObjectiveKind.CHANNEL
     units: list[UnitResult] = []
     for i in range(len(pngs)):
@@ -181,6 +196,7 @@ def _unit_results(
                 image=b64(pngs[i]),
                 objective=final[i],
                 initial_objective=initial[i],
+                vs_dataset=compared[i] if compared else None,
             )
         )
     return units
@@ -302,6 +318,7 @@ def optimize(
         log.warning("job %s: checkpoint not usable; starting from step 0", context.job_id)
         rendered = render(None)
     _attach_images(rendered.images, context)
+    compared = versus(request, rendered.images, loaded) if request.dataset_scores else []
     tiles = pixels(rendered.images)
     settings, precision = asdict(rendered.settings), rendered.precision
     final, initial = rendered.objectives, rendered.initial_objectives
@@ -313,7 +330,7 @@ def optimize(
         model=loaded.spec.name,
         layer=request.layer,
         objective=request.objective or ObjectiveKind.CHANNEL,  # set by the validator; for mypy
-        units=_unit_results(request, pngs, final, initial),
+        units=_unit_results(request, pngs, final, initial, compared),
         grid=b64(grid),
         grid_columns=columns,
         image_size=request.image_size,
@@ -344,6 +361,24 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
             objective = build_objective(resolved)
             admit(resolved, loaded, objective, settings, resources.max_job_work)
         return resolved
+
+    def references(self, request: OptimizationCreate) -> dict[str, Reference]:
+        if request.exemplars_job is None:
+            return {}
+        return {request.exemplars_job: Reference(FIELD, KINDS)}
+
+    def link(
+        self,
+        request: OptimizationCreate,
+        model: str,
+        jobs: Mapping[str, JobRead[Any, Any]],
+        resources: Resources,
+    ) -> OptimizationCreate:
+        scores = None
+        if request.exemplars_job is not None:
+            job = jobs[request.exemplars_job]
+            scores = dataset_scores(request, model, job, resources.model(model))
+        return request.model_copy(update={"dataset_scores": scores})
 
     def run_shard(
         self,

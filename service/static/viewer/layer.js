@@ -1,5 +1,6 @@
 // A dissected layer on one page: its units sorted by score, each with its label and a strip of
-// its top dataset images. /layers/{model}/{layer}?job={id}; without a job, a form starts one.
+// its top dataset images. /layers/{model}/{layer}?job={id}; without a job, the caller's
+// dissections of the layer, and a form that starts one.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -43,7 +44,45 @@ function where() {
   return { model: parts[1], layer: parts.slice(2).join("/"), job: new URLSearchParams(location.search).get("job") };
 }
 
+// The caller's dissections of this layer, newest first (GET /v1/jobs lists a model's dissections
+// without their results; each job's request names its layers). At most PAGES pages are read.
+const PAGES = 5;
+
+async function earlierDissections(page) {
+  const found = [];
+  let token = null;
+  for (let i = 0; i < PAGES; i++) {
+    const query = new URLSearchParams({ kind: "dissection", model: page.model, page_size: "100" });
+    if (token) query.set("page_token", token);
+    const listed = await (await api(`/v1/jobs?${query}`)).json();
+    found.push(...listed.jobs.filter((job) => (job.request.layers || []).includes(page.layer)));
+    token = listed.next_page_token;
+    if (!token) break;
+  }
+  return found;
+}
+
+async function offerEarlier(page) {
+  const jobs = await earlierDissections(page);
+  const list = $("dissections");
+  list.replaceChildren();
+  for (const job of jobs) {
+    const item = document.createElement("li");
+    item.dataset.job = job.id;
+    const link = document.createElement("a");
+    link.href = `${location.pathname}?job=${encodeURIComponent(job.id)}`;
+    link.textContent = `${job.request.dataset}, ${job.request.method || "default"}`;
+    const when = job.created_at.replace("T", " ").slice(0, 19);
+    const others = job.request.layers.length > 1 ? `, with ${job.request.layers.length - 1} other layer(s)` : "";
+    item.append(link, ` — ${job.status}, ${when} UTC, job ${job.id.slice(0, 8)}${others}`);
+    list.append(item);
+  }
+  $("earlier-none").hidden = jobs.length > 0;
+  $("earlier").hidden = false;
+}
+
 async function offerStart(page) {
+  await offerEarlier(page);
   $("start").hidden = false;
   const datasets = (await (await api("/v1/datasets")).json()).datasets.filter((d) => !d.error);
   for (const d of datasets) {
@@ -61,6 +100,7 @@ async function offerStart(page) {
       const job = await response.json();
       history.pushState(null, "", `${location.pathname}?job=${encodeURIComponent(job.id)}`);
       $("start").hidden = true;
+      $("earlier").hidden = true;
       await follow(page, job.id);
     } catch (error) { showError(error.message); }
   };

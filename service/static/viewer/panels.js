@@ -365,6 +365,7 @@ async function mineExemplars() {
   status.textContent = `${r.images} images of ${r.dataset} scored by their ${r.pool} activation${took}${skipped}`;
   await drawExemplars();
   document.body.dataset.exemplars = "succeeded";
+  await compareWithData(state.model, layer, channel, job.id); // versus.js
 }
 
 async function drawExemplars() {

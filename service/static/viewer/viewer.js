@@ -321,35 +321,14 @@ async function showUnit(model, layer, channel) {
     throw new Error(`channel ${channel} is out of range: ${layer} has ${units(known)} channels`);
   }
   await Promise.all([
-    unitPattern(model, layer, channel),
+    unitPattern(model, layer, channel), // versus.js: beside the data set's top image
     unitSamples(model, layer, channel, known),
     unitPanels(model, layer, channel), // panels.js: exemplars and the filter
     unitDissection(model, layer, channel), // panels.js: with ?dissection={job}
   ]);
 }
 
-async function unitPattern(model, layer, channel) {
-  const status = $("unit-pattern-status");
-  status.textContent = "optimizing…";
-  const response = await postJSON(`/v1/models/${encodeURIComponent(model)}/optimizations`, {
-    layer, channels: [channel], steps: 256, seed: 0,
-  });
-  let job = await response.json();
-  if (!["succeeded", "failed", "cancelled"].includes(job.status)) {
-    job = await followJob(job.id, (j) => {
-      if (j.progress) status.textContent = `${j.status}: step ${j.progress.step} / ${j.progress.total}`;
-    });
-  }
-  const caption = document.createElement("span");
-  showResult(job, $("unit-pattern"), caption);
-  if (job.status === "succeeded") {
-    const u = job.result.units[0];
-    const img = $("unit-pattern");
-    if (u.image) img.src = `data:image/png;base64,${u.image}`; // the unit alone, not its grid
-    else await loadImage(img, `/v1/jobs/${job.id}/units/0.png`);
-    status.textContent = `objective ${fmt(u.initial_objective)} → ${fmt(u.objective)} in ${job.request.steps} steps (seed ${job.result.seed})`;
-  } else status.textContent = caption.textContent;
-}
+// unitPattern: versus.js (the pattern beside the data set)
 
 async function unitSamples(model, layer, channel, known) {
   const samples = (await getJSON("/v1/samples")).samples;
