@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,9 @@ __all__ = [
     "IoUTally",
     "LabelSums",
     "LayerPass",
+    "MapCache",
     "TopValues",
+    "count_ious",
     "first_pass",
     "iou",
     "second_pass",
@@ -198,6 +201,7 @@ def first_pass(
     labels: int = 0,
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    on_maps: Callable[[dict[str, torch.Tensor], torch.Tensor], None] | None = None,
 ) -> dict[str, LayerPass]:
     """One forward over ``batches`` (as :func:`cnnviz.exemplars.mine` takes them), truncated
     at the deepest of ``layers``: per layer the top ``k`` images by mean activation, and
@@ -206,6 +210,9 @@ def first_pass(
       activations over all images and positions;
     * with ``targets`` (image index → label index, -1 for none): per-label sums of the
       units' mean activations over ``labels`` labels.
+
+    ``on_maps(maps, keep)`` sees each batch's unit maps ``{layer: (n, C, h, w)}`` of the
+    images ``keep (N,) bool`` of the batch (a :class:`MapCache` keeps them for the counts).
     """
     out: dict[str, LayerPass] = {}
     infos = {info.name: info for info in index.usable(layers)}  # AmbiguousAxesError
@@ -216,8 +223,10 @@ def first_pass(
             if keep.any():
                 kept = image_index[keep]
                 outputs = index.capture(x[keep].to(device, non_blocking=True), layers)
-                for name in layers:
-                    maps = unit_maps(outputs[name], infos[name])
+                by_layer = {name: unit_maps(outputs[name], infos[name]) for name in layers}
+                if on_maps is not None:
+                    on_maps(by_layer, keep)
+                for name, maps in by_layer.items():
                     scores, positions = pool(maps, "mean")
                     if name not in out:
                         c = maps.shape[1]
@@ -282,6 +291,13 @@ class IoUTally:
             counts = torch.bincount(on_unit * k1 + concept, minlength=c * k1)
             self.intersection += counts.view(c, k1).cpu()
 
+    def merge(self, other: IoUTally) -> None:
+        """Add ``other``'s counts: integers, so shards merge exactly, in any order. (Not in
+        place: either may have been counted under ``inference_mode``.)"""
+        self.intersection = self.intersection + other.intersection
+        self.on = self.on + other.on
+        self.area = self.area + other.area
+
 
 def tally_to_json(tally: IoUTally) -> dict[str, list]:
     return {
@@ -308,6 +324,29 @@ def iou(tally: IoUTally) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
 
 
+def count_ious(
+    items: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor, int]],
+    thresholds_by_layer: dict[str, np.ndarray],
+    concepts: int,
+    *,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, IoUTally]:
+    """Per layer, the IoU counts of its units at their thresholds ``(C,) float64`` from
+    ``(maps {layer: (n, C, h, w)}, masks (n, H, W), images of the batch)`` items."""
+    tallies: dict[str, IoUTally] = {}
+    limits = {name: float32_below(t) for name, t in thresholds_by_layer.items()}
+    for by_layer, masks, images in items:
+        for name, maps in by_layer.items():
+            if name not in tallies:
+                tallies[name] = IoUTally(maps.shape[1], concepts)
+            if maps.shape[0]:
+                tallies[name].update(maps.to(device), masks, limits[name])
+        if on_batch is not None:
+            on_batch(images)
+    return tallies
+
+
 def second_pass(
     index: LayerIndex,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -321,22 +360,62 @@ def second_pass(
     """One forward over ``(x, index, ok, mask, mask_ok)`` batches (see
     :class:`cnnviz.data.loader.MaskedInputs`): per layer, the IoU counts of its units at
     their thresholds ``(C,) float64``. Images without a good mask are left out."""
-    tallies: dict[str, IoUTally] = {}
-    limits = {name: float32_below(t) for name, t in thresholds_by_layer.items()}
     infos = {info.name: info for info in index.usable(layers)}
-    with torch.inference_mode():
+
+    def items() -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int]]:
         for x, image_index, ok, masks, mask_ok in batches:
             keep = ok.bool() & mask_ok.bool()
+            by_layer: dict[str, torch.Tensor] = {}
             if keep.any():
                 outputs = index.capture(x[keep].to(device, non_blocking=True), layers)
-                for name in layers:
-                    maps = unit_maps(outputs[name], infos[name])
-                    if name not in tallies:
-                        tallies[name] = IoUTally(maps.shape[1], concepts)
-                    tallies[name].update(maps, masks[keep], limits[name])
-            if on_batch is not None:
-                on_batch(int(image_index.shape[0]))
-    return tallies
+                by_layer = {name: unit_maps(outputs[name], infos[name]) for name in layers}
+            yield by_layer, masks[keep], int(image_index.shape[0])
+
+    with torch.inference_mode():
+        return count_ious(items(), thresholds_by_layer, concepts, device=device, on_batch=on_batch)
+
+
+class MapCache:
+    """The first pass's unit maps and concept masks on a temporary file, read back batch by
+    batch for the counts: the second pass then neither decodes an image nor runs the model
+    again. Memory holds one batch; the file is gone when the cache is closed.
+
+    Maps are kept as float32, the very values the thresholds were taken from.
+    """
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        # Per batch: its images, and per array (a layer's maps, then the masks) its shape.
+        self._entries: list[tuple[int, list[tuple[str, tuple[int, ...], np.dtype]]]] = []
+
+    def add(self, maps: dict[str, torch.Tensor], masks: torch.Tensor, images: int) -> None:
+        """``maps {layer: (n, C, h, w)}`` and ``masks (n, H, W)`` of one batch of ``images``."""
+        arrays = [(name, m.detach().float().cpu().numpy()) for name, m in maps.items()]
+        arrays.append(("", masks.cpu().numpy()))
+        for _, array in arrays:
+            self._file.write(np.ascontiguousarray(array).tobytes())
+        self._entries.append((images, [(n, a.shape, a.dtype) for n, a in arrays]))
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int]]:
+        self._file.seek(0)
+        for images, arrays in self._entries:
+            read = {
+                name: torch.from_numpy(
+                    np.fromfile(self._file, dtype, math.prod(shape)).reshape(shape)
+                )
+                for name, shape, dtype in arrays
+            }
+            masks = read.pop("")
+            yield read, masks, images
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> MapCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def dissection_tiles(

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from cnnviz.dissection import (
     IoUTally,
+    MapCache,
     TopValues,
+    count_ious,
     float32_below,
     iou,
     thresholds,
@@ -71,3 +73,30 @@ def test_iou_counts_equal_a_dense_count_of_every_upsampled_pixel() -> None:
     inter = tally.intersection[:, 1:].double()
     expected = inter / (tally.on[:, None] + tally.area[None, 1:] - inter)
     assert torch.allclose(iou(tally), expected)
+
+
+def test_counts_from_cached_maps_and_merged_halves_equal_one_count() -> None:
+    """Maps and masks read back from a MapCache count exactly as the tensors themselves, and
+    two tallies merged equal one tally of both halves (integers: any cut, any order)."""
+    generator = torch.Generator().manual_seed(1)
+    maps = torch.randn((8, 4, 5, 6), generator=generator).relu()
+    masks = torch.randint(0, 3, (8, 20, 24), generator=generator, dtype=torch.uint8)
+    t = np.quantile(maps.transpose(0, 1).reshape(4, -1).double().numpy(), 0.8, axis=1)
+    whole = IoUTally(4, 2)
+    whole.update(maps, masks, float32_below(t))
+    with MapCache() as cache:
+        cache.add({"a": maps[:3]}, masks[:3], 3)
+        cache.add({}, masks[:0], 2)  # a batch of unreadable images
+        cache.add({"a": maps[3:]}, masks[3:], 5)
+        images: list[int] = []
+        cached = count_ious(cache, {"a": t}, 2, on_batch=images.append)["a"]
+    assert images == [3, 2, 5]
+    halves = [IoUTally(4, 2), IoUTally(4, 2)]
+    halves[1].update(maps[5:], masks[5:], float32_below(t))
+    halves[0].update(maps[:5], masks[:5], float32_below(t))
+    halves[1].merge(halves[0])
+    for tally in (cached, halves[1]):
+        assert torch.equal(tally.intersection, whole.intersection)
+        assert torch.equal(tally.on, whole.on)
+        assert torch.equal(tally.area, whole.area)
+    assert whole.on.sum() > 0

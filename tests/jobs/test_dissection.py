@@ -272,3 +272,47 @@ def test_a_one_shard_job_counts_in_its_shard_with_progress_and_stops_when_cancel
     assert seen[-1].total == 2 * COLOUR_IMAGES and seen[-1].step < 2 * COLOUR_IMAGES
     resources.shard_images = COLOUR_IMAGES // 4 + 1
     assert kind.work(request, "colours", resources) == COLOUR_IMAGES
+
+
+def test_a_one_shard_job_decodes_each_image_once(
+    colours: tuple[Resources, list[Blob]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts of a one-shard job read the first pass's maps back from disk: no image is
+    decoded again and the model runs once per batch, and the result is the one the merge
+    counts by running the model again (four shards)."""
+    resources, _ = colours
+    dataset = resources.datasets.get("blobs")
+    index = resources.model("colours").index
+    decoded: list[int] = []
+    forwards: list[int] = []
+    image, capture = type(dataset).image, type(index).capture
+    monkeypatch.setattr(type(dataset), "image", lambda d, i: decoded.append(i) or image(d, i))
+    monkeypatch.setattr(
+        type(index), "capture", lambda s, x, names: forwards.append(len(x)) or capture(s, x, names)
+    )
+    resources.shard_images = COLOUR_IMAGES
+    one = dissect(resources, "colours", dataset="blobs", layers=["2"], quantile=0.01)
+    assert sorted(decoded) == list(range(COLOUR_IMAGES))
+    assert sum(forwards) == COLOUR_IMAGES
+    resources.shard_images = COLOUR_IMAGES // 4 + 1
+    four = dissect(resources, "colours", dataset="blobs", layers=["2"], quantile=0.01)
+    ignored = {"shards", "elapsed_s"}
+    assert one.model_dump(exclude=ignored) == four.model_dump(exclude=ignored)
+
+
+def test_sharded_counts_on_the_builtin_dataset_equal_one_shard_exactly() -> None:
+    """Real float activations: one shard (counted from its cached maps) and four (counted
+    shard by shard in the merge, a forward again) give identical labels and IoUs, not
+    approximately — the batches are the same, and counts are integers."""
+    results = []
+    for shard_images in (240, 60):
+        datasets = DatasetRegistry(shapes_images=240)
+        resources = Resources(
+            models=MODELS, datasets=datasets, shard_images=shard_images, batch_size=30
+        )
+        results.append(dissect(resources, dataset="shapes", layers=["block2.relu"], k=4))
+    one, four = results
+    assert (one.shards, four.shards) == (1, 4)
+    units = [(u.label, u.score, u.alternatives) for u in one.layers[0].units]
+    assert units == [(u.label, u.score, u.alternatives) for u in four.layers[0].units]
+    assert sum(u.score > 0 for u in one.layers[0].units) > 0

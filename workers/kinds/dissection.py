@@ -5,13 +5,16 @@ consecutive images as the exemplars kind cuts it: each shard keeps its units' to
 their exact top activations (enough for the ``1 - quantile`` quantile) and per-label sums;
 all three merge associatively, so the thresholds equal one process's whatever the cut. The
 ``masks`` method then needs those thresholds over the whole data set before it can count a
-pixel: the images are streamed once more, with their masks, to count the IoUs — by the shard
-itself when the job is one shard (with progress and cancellation, as for the first pass),
-else by the merge, once every shard's thresholds are in.
+pixel. A job of one shard keeps its first pass's maps and masks on a temporary file
+(:class:`~cnnviz.dissection.MapCache`) and counts from it, with progress and cancellation:
+no image is decoded twice, no forward runs twice. A job of several shards counts in the
+merge, once every shard's thresholds are in, shard by shard over the same cut, the counts
+added exactly (integers), so that any cut gives the same labels and IoUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -21,12 +24,14 @@ import numpy as np
 import torch
 
 from cnnviz.data.datasets import Dataset
-from cnnviz.data.loader import MaskedInputs
+from cnnviz.data.loader import MaskedInputs, ModelInputs
 from cnnviz.dissection import (
     IoUTally,
     LabelSums,
     LayerPass,
+    MapCache,
     TopValues,
+    count_ious,
     first_pass,
     iou,
     second_pass,
@@ -55,6 +60,9 @@ __all__ = ["Dissection"]
 _LISTED = 100
 _ALTERNATIVES = 3
 _PRECISION_BAR = 0.5  # labels: a unit whose top-k is at least half one label detects it
+# A one-shard job's maps are cached on disk up to this size, else computed again: 2,048
+# images of ResNet18's layer4 at 224 px and their masks take 0.3 GiB.
+_CACHE_BYTES = 4 << 30
 
 
 def _map_size(shape: tuple[int, ...]) -> int:
@@ -122,11 +130,14 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
         loaded = resources.model(model)
         dataset = self._dataset(request, resources)
         indices = resources.shard_indices(shard, len(dataset))
-        batches = resources.batches(loaded, dataset, indices)
+        in_shard = self._counts_in_shard(request, model, resources)
+        cached = in_shard and self._cache_bytes(request, loaded, len(indices)) <= _CACHE_BYTES
+        inputs = MaskedInputs if cached else ModelInputs
+        batches = resources.batches(loaded, dataset, indices, inputs)
         started_at = time.time()
         done = 0
         skipped: list[int] = []
-        in_shard = self._counts_in_shard(request, model, resources)
+        bad_masks: list[int] = []
         total = 2 * len(indices) if in_shard else len(indices)
 
         def on_batch(n: int) -> None:
@@ -136,42 +147,60 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             if context.progress_due(done == total):
                 context.report(Progress(step=done, total=total, unit="images"))
 
-        def counted() -> Any:
-            for x, index, ok in batches:
-                skipped.extend(int(i) for i in index[~ok.bool()])
-                yield x, index, ok
+        with MapCache() if cached else contextlib.nullcontext() as cache:
+            current: list[Any] = []
 
-        def top_m(layer: str, shape: tuple[int, ...]) -> int:
-            # Sized for the whole data set, so that any shard keeps all it may contribute.
-            return top_values_needed(len(dataset) * _map_size(shape), request.quantile)
+            def counted() -> Any:
+                for batch in batches:
+                    x, index, ok = batch[:3]
+                    skipped.extend(int(i) for i in index[~ok.bool()])
+                    if cache is not None:
+                        current[:] = batch
+                        bad_masks.extend(int(i) for i in index[ok.bool() & ~batch[4].bool()])
+                        if not ok.any():  # first_pass sees no map of this batch
+                            cache.add({}, batch[3][:0], len(index))
+                    yield x, index, ok
 
-        context.check()
-        passes = first_pass(
-            loaded.index,
-            counted(),
-            request.layers,
-            k=request.k,
-            top_m=top_m if request.method == "masks" else None,
-            targets=dataset.targets if request.method == "labels" else None,
-            labels=len(dataset.labels),
-            device=loaded.device,
-            on_batch=on_batch,
-        )
-        counted_here: dict[str, Any] | None = None
-        if in_shard and passes:
-            bad_masks: list[int] = []
-            limits = {
-                name: thresholds(entry.values, request.quantile)
-                for name, entry in passes.items()
-                if entry.values is not None
-            }
-            tallies = self._second_pass(
-                request, model, resources, limits, bad_masks, on_batch=on_batch
+            def keep_maps(maps: dict[str, torch.Tensor], keep: torch.Tensor) -> None:
+                assert cache is not None
+                _, index, _, masks, mask_ok = current
+                good = mask_ok.bool()[keep]
+                kept = {name: m[good.to(m.device)] for name, m in maps.items()}
+                cache.add(kept, masks[keep][good], len(index))
+
+            def top_m(layer: str, shape: tuple[int, ...]) -> int:
+                # Sized for the whole data set, so that any shard keeps all it may contribute.
+                return top_values_needed(len(dataset) * _map_size(shape), request.quantile)
+
+            context.check()
+            passes = first_pass(
+                loaded.index,
+                counted(),
+                request.layers,
+                k=request.k,
+                top_m=top_m if request.method == "masks" else None,
+                targets=dataset.targets if request.method == "labels" else None,
+                labels=len(dataset.labels),
+                device=loaded.device,
+                on_batch=on_batch,
+                on_maps=keep_maps if cache is not None else None,
             )
-            counted_here = {
-                "bad_masks": bad_masks,
-                "tallies": {name: tally_to_json(t) for name, t in tallies.items()},
-            }
+            counted_here: dict[str, Any] | None = None
+            if in_shard and passes:
+                limits = _limits(request, passes)
+                if cache is not None:
+                    concepts = len(dataset.concepts)
+                    tallies = count_ious(
+                        cache, limits, concepts, device=loaded.device, on_batch=on_batch
+                    )
+                else:
+                    tallies = self._second_pass(
+                        request, model, resources, limits, bad_masks, indices, on_batch
+                    )
+                counted_here = {
+                    "bad_masks": bad_masks,
+                    "tallies": {name: tally_to_json(t) for name, t in tallies.items()},
+                }
         return {
             "images": len(indices) - len(skipped),
             "skipped": skipped,
@@ -188,6 +217,15 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             "started_at": started_at,
         }
 
+    @staticmethod
+    def _cache_bytes(request: DissectionCreate, loaded: Any, images: int) -> int:
+        """Disk that ``images`` images' maps (float32) and masks (uint8) take."""
+        per_image = math.prod(loaded.spec.input_size)
+        for name in request.layers:
+            info = loaded.index.info(name)
+            per_image += 4 * math.prod(info.map_shape or info.shape)
+        return images * per_image
+
     def merge(
         self,
         request: DissectionCreate,
@@ -200,18 +238,21 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
         merged = _merge_passes(request, partials)
         skipped = sorted(i for p in partials for i in p["skipped"])
         bad_masks: list[int] = []
-        limits = {
-            name: thresholds(entry.values, request.quantile)
-            for name, entry in merged.items()
-            if entry.values is not None
-        }
+        limits = _limits(request, merged)
         tallies: dict[str, IoUTally] = {}
         counted = partials[0].get("second_pass") if len(partials) == 1 else None
         if counted:
             bad_masks = list(counted["bad_masks"])
             tallies = {name: tally_from_json(t) for name, t in counted["tallies"].items()}
         elif request.method == "masks" and merged:
-            tallies = self._second_pass(request, model, resources, limits, bad_masks)
+            for shard in range(len(partials)):  # the first pass's cut, counts added exactly
+                indices = resources.shard_indices(shard, len(dataset))
+                part = self._second_pass(request, model, resources, limits, bad_masks, indices)
+                for name, tally in part.items():
+                    if name in tallies:
+                        tallies[name].merge(tally)
+                    else:
+                        tallies[name] = tally
         layers = []
         for name in request.layers:
             info = loaded.index.info(name)  # unit-first, as exemplars give it
@@ -265,11 +306,14 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
         resources: Resources,
         limits: dict[str, np.ndarray],
         bad_masks: list[int],
+        indices: range,
         on_batch: Callable[[int], None] | None = None,
     ) -> dict[str, IoUTally]:
+        """The counts over images ``indices``, a forward again (bad masks added to
+        ``bad_masks``)."""
         loaded = resources.model(model)
         dataset = self._dataset(request, resources)
-        batches = resources.batches(loaded, dataset, range(len(dataset)), MaskedInputs)
+        batches = resources.batches(loaded, dataset, indices, MaskedInputs)
 
         def counted() -> Any:
             for x, index, ok, mask, mask_ok in batches:
@@ -285,6 +329,15 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             device=loaded.device,
             on_batch=on_batch,
         )
+
+
+def _limits(request: DissectionCreate, passes: dict[str, LayerPass]) -> dict[str, np.ndarray]:
+    """Each ``masks`` layer's thresholds T ``(C,) float64``."""
+    return {
+        name: thresholds(entry.values, request.quantile)
+        for name, entry in passes.items()
+        if entry.values is not None
+    }
 
 
 def _merge_passes(request: DissectionCreate, partials: list[Partial]) -> dict[str, LayerPass]:
