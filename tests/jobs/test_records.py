@@ -224,3 +224,14 @@ def test_an_owners_jobs_are_listed_newest_first_in_pages_with_filters(records: R
     # A deleted job leaves the list.
     records.api("delete", made[6].id)
     assert made[6].id not in [r.id for r in records.api("owned", "alice", JobFilter(), None, 10)]
+
+
+def test_kept_bytes_are_read_back_by_their_digest_until_they_expire(records: Records) -> None:
+    data = bytes(range(256)) * 4  # binary, with NULs: stored as bytes, not text
+    records.api("put_blob", "a" * 64, data, TTL)
+    records.api("put_blob", "b" * 64, b"short-lived", 1)
+    assert records.recorder.blob("a" * 64) == data
+    assert records.recorder.blob("c" * 64) is None
+    time.sleep(1.1)
+    assert records.recorder.blob("b" * 64) is None
+    assert records.recorder.blob("a" * 64) == data

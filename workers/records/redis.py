@@ -50,6 +50,7 @@ from workers.records.redis_keys import (
     LEASES_KEY,
     STATS_KEY,
     arrays_key,
+    blob_key,
     checkpoint_key,
     idempotency_key,
     job_keys,
@@ -230,6 +231,13 @@ class RedisRecords:
     def recall(self, digest: str) -> str | None:
         raw: bytes | None = self._call(self._client.get, reuse_key(digest))
         return raw.decode() if raw else None
+
+    def put_blob(self, digest: str, data: bytes, ttl_seconds: int) -> None:
+        self._call(self._client.set, blob_key(digest), data, ex=ttl_seconds)
+
+    def blob(self, digest: str) -> bytes | None:
+        data: bytes | None = self._call(self._client.get, blob_key(digest))
+        return data
 
     def ping(self) -> None:
         self._call(self._client.ping)
