@@ -8,7 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
 
 from schemas.jobs import JobOptions
-from schemas.objectives import ObjectiveKind, check_objective, default_objective, objective_rules
+from schemas.objectives import (
+    CaricatureSpec,
+    ObjectiveKind,
+    check_objective,
+    default_objective,
+    objective_rules,
+)
 from schemas.routes import JobRoute, job_route
 
 # A whole layer is one job (resnet18 layer4 has 512 channels); render chunks it to fit memory.
@@ -83,6 +89,9 @@ class OptimizationCreate(JobOptions):
         min_length=1,
         max_length=8192,
         description="a vector in the layer's channel space (objective 'direction' only)",
+    )
+    caricature: CaricatureSpec | None = Field(
+        default=None, description="objective 'caricature' only: the image to climb towards"
     )
     steps: int = Field(default=256, ge=1, le=MAX_STEPS, description="optimizer steps")
     image_size: int | None = Field(
@@ -222,6 +231,10 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
             "images_per_unit": 3,
             "diversity": 1.0,
         },
+    },
+    "caricature": {
+        "summary": "Caricature: what a layer sees in an image, exaggerated",
+        "value": {"layer": "block2.relu", "caricature": {"sample": "triangle"}, "steps": 128},
     },
     "deepdream": {
         "summary": "DeepDream: the whole layer's energy",
