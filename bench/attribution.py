@@ -29,7 +29,6 @@ from PIL import Image
 from bench.common import api_server, machine, models_file, ms
 from cnnviz.attribution import attribute, map_picture
 from cnnviz.data.shapes import sample_image
-from cnnviz.imaging import preprocess
 from cnnviz.models import ModelRegistry
 
 CASES = {"shapes": "block4.relu", "resnet18": "layer4"}
@@ -77,13 +76,7 @@ def main() -> None:
                 spec = loaded.spec
                 model = loaded.module
                 layer = dict(model.named_modules())[layer_name]
-                x = preprocess(
-                    sample_image("star"),
-                    size=spec.input_size,
-                    channels=3,
-                    mean=spec.mean,
-                    std=spec.std,
-                )
+                x = spec.preprocess(sample_image("star"))
                 body = {"sample": "star", "method": "gradcam", "layer": layer_name}
                 floor: list[float] = []
                 core: list[float] = []

@@ -33,7 +33,6 @@ from bench.common import machine, models_file, ms
 from cnnviz.attribution import Faithfulness, attribute, faithfulness
 from cnnviz.attribution.faithfulness import _BATCH_VALUES, _MAX_BATCH
 from cnnviz.data.shapes import sample_image
-from cnnviz.imaging import preprocess
 from cnnviz.models import ModelRegistry
 
 CASES = {"shapes": "block4.relu", "resnet18": "layer4"}
@@ -119,9 +118,7 @@ def main() -> None:
             loaded = registry.get(name)
             spec = loaded.spec
             model = loaded.module.to(device)
-            x = preprocess(
-                sample_image("star"), size=spec.input_size, channels=3, mean=spec.mean, std=spec.std
-            ).to(device)
+            x = spec.preprocess(sample_image("star")).to(device)
             top = model(x).argsort(dim=1, descending=True)[0, : args.targets].tolist()
             maps = attribute(model, x, "gradcam", targets=top, layer=CASES[name]).maps
             batch = max(1, min(_MAX_BATCH, _BATCH_VALUES // x.numel()))

@@ -33,7 +33,6 @@ from starlette.types import ASGIApp, Message
 from bench.common import api_server, machine, models_file, ms, png_bytes
 from cnnviz.data.shapes import sample_image
 from cnnviz.featuremaps import feature_maps
-from cnnviz.imaging import preprocess
 from cnnviz.models import LoadedModel, ModelRegistry
 from schemas.feature_maps import FeatureMapsOptions
 from service.concurrency import TorchPool
@@ -127,7 +126,7 @@ def measure(
     image = sample_image("star").resize((size, size))
     upload = png_bytes(image)
     encoded = base64.b64encode(upload).decode()
-    x = preprocess(image, size=spec.input_size, channels=3, mean=spec.mean, std=spec.std)
+    x = spec.preprocess(image)
     url = f"/v1/models/{spec.name}/feature-maps"
 
     def in_process() -> bytes:

@@ -2,14 +2,12 @@
 
 The torch core of the cnnviz service, usable as a plain library::
 
-    from cnnviz import ModelRegistry, decode_image, feature_maps, preprocess
+    from cnnviz import ModelRegistry, decode_image, feature_maps
 
     loaded = ModelRegistry.from_file(None).get("shapes")
     spec = loaded.spec
     image = decode_image(png_bytes, max_pixels=40_000_000)
-    x = preprocess(
-        image, size=spec.input_size, channels=spec.channels, mean=spec.mean, std=spec.std
-    )
+    x = spec.preprocess(image)
     [maps] = feature_maps(loaded.module, x, ["block2.relu"])
     maps.png()  # the grid, PNG bytes
 

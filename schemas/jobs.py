@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from types import UnionType
-from typing import Any, Generic, TypeVar, Union, get_args, get_origin
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -149,9 +148,9 @@ def fingerprint(kind: str, model: str, request: BaseModel) -> str:
 class JobRecord(BaseModel):
     """The job record both the service and the workers read and write.
 
-    Stored as flat string fields (a Redis hash): :meth:`to_fields` and :meth:`from_fields`
-    follow the model's fields, so a field added here is stored and read back with no other
-    change (numbers as text, models and containers as JSON, absent values left out).
+    Each records backend stores it its own way (Redis: a hash, see
+    :mod:`workers.records.redis_fields`), following the model's fields: a field added here
+    is stored and read back with no other change.
     """
 
     id: str
@@ -174,36 +173,6 @@ class JobRecord(BaseModel):
         description="who may see the job: a hash of the caller's API key, or 'anonymous' "
         "when the service has no keys",
     )
-
-    def to_fields(self) -> dict[str, str]:
-        """The Redis hash fields; absent values are left out."""
-        fields: dict[str, str] = {}
-        for name, value in self.model_dump(mode="json", exclude_none=True).items():
-            if isinstance(value, bool):
-                fields[name] = "1" if value else "0"
-            elif isinstance(value, float):
-                fields[name] = repr(value)
-            elif isinstance(value, dict | list):
-                fields[name] = json.dumps(value, separators=(",", ":"))
-            else:
-                fields[name] = str(value)
-        return fields
-
-    @classmethod
-    def from_fields(cls, raw: dict[Any, Any]) -> JobRecord:
-        """Parse a hash as redis-py returns it (bytes or str keys and values).
-
-        Fields the record does not know (a backend's own bookkeeping) are ignored.
-        """
-        text = {_text(k): _text(v) for k, v in raw.items()}
-        values: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            value = text.get(name)
-            if value is None or value == "":
-                continue
-            # Scalars as text: pydantic's lax mode reads "3", "1.5", "1"/"0" and enum values.
-            values[name] = json.loads(value) if _is_json(field.annotation) else value
-        return cls.model_validate(values)
 
     def task(self, ttl_seconds: int) -> JobTask:
         """The task message that runs this job (sent again when its worker was lost)."""
@@ -234,22 +203,6 @@ class JobRecord(BaseModel):
             result=result,
             weights_sha256=self.weights_sha256,
         )
-
-
-def _is_json(annotation: Any) -> bool:
-    """Whether a field of this type is stored as JSON text: a model or a container."""
-    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
-    for option in options or (annotation,):
-        if option is type(None):
-            continue
-        origin = get_origin(option) or option
-        if isinstance(origin, type) and issubclass(origin, BaseModel | dict | list):
-            return True
-    return False
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _when(epoch: float) -> datetime:

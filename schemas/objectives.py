@@ -3,22 +3,25 @@ needs of the request. The request's Python check and its JSON-Schema rules are b
 these rows (:func:`check_objective`, :func:`objective_rules`), and the job kind builds each
 objective from a table keyed by the same names.
 
-Adding an objective: its name in :class:`ObjectiveKind`, its row here, its builder in the job
-kind's table (and, if it takes a field of its own, that field in the request).
+Adding an objective: its name in :class:`ObjectiveKind`, its row here, its term in
+:mod:`cnnviz.optvis.objectives`, its builder in the job kind's table (and, if it takes a field
+of its own, that field in the request): caricature took those four places and its field.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
 
-from schemas.constraints import given, present, when
+from schemas.constraints import exactly_one, given, present, when
 
 __all__ = [
     "OBJECTIVES",
+    "CaricatureSpec",
     "ObjectiveKind",
     "ObjectiveRow",
     "check_objective",
@@ -35,6 +38,51 @@ class ObjectiveKind(StrEnum):
     LAYER = "layer"
     DIRECTION = "direction"
     CLASS_LOGIT = "class_logit"
+    CARICATURE = "caricature"
+
+
+class CaricatureSpec(BaseModel):
+    """The image whose activations a caricature climbs towards: exactly one of ``image``,
+    ``sample`` or ``image_sha256``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra=exactly_one("image", "sample", "image_sha256"),
+    )
+
+    image: str | None = Field(
+        default=None,
+        description="the image file (PNG, JPEG, WebP, BMP, GIF), base64; a `data:` URL works. "
+        "Kept by the service under its sha256 for the job's life: the job names it by that",
+    )
+    sample: str | None = Field(
+        default=None, max_length=64, examples=["triangle"], description="a built-in sample image"
+    )
+    image_sha256: str | None = Field(
+        default=None,
+        pattern="^[0-9a-f]{64}$",
+        description="an image the service keeps already (the job's own request shows it)",
+    )
+    layer: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="the layer whose activations are compared; default: the request's layer",
+    )
+    cossim_pow: float = Field(
+        default=1.0,
+        ge=0,
+        le=16,
+        strict=False,  # 1 as well as 1.0
+        description="weight of the direction over the magnitude: dot · max(0.1, cossim)^p",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if sum(v is not None for v in (self.image, self.sample, self.image_sha256)) != 1:
+            raise ValueError("give exactly one of image (base64), sample or image_sha256")
+        return self
 
 
 @dataclass(frozen=True)
@@ -72,6 +120,14 @@ OBJECTIVES: dict[ObjectiveKind, ObjectiveRow] = {
             hint="a list of numbers",
         ),
         ObjectiveRow(ObjectiveKind.CLASS_LOGIT, "a class's logit", per_channel=True),
+        ObjectiveRow(
+            ObjectiveKind.CARICATURE,
+            "an image's activations at a layer (Lucid's caricature, feature inversion)",
+            field="caricature",
+            hint="{image (base64) or sample, layer, cossim_pow}",
+            implied=True,
+            one_image=True,
+        ),
     )
 }
 

@@ -9,7 +9,13 @@ from pydantic.json_schema import JsonDict
 
 from schemas.exemplars import MAX_K
 from schemas.jobs import JobOptions
-from schemas.objectives import ObjectiveKind, check_objective, default_objective, objective_rules
+from schemas.objectives import (
+    CaricatureSpec,
+    ObjectiveKind,
+    check_objective,
+    default_objective,
+    objective_rules,
+)
 from schemas.routes import JobRoute, job_route
 
 # A whole layer is one job (resnet18 layer4 has 512 channels); render chunks it to fit memory.
@@ -131,6 +137,9 @@ class OptimizationCreate(JobOptions):
         min_length=1,
         max_length=8192,
         description="a vector in the layer's channel space (objective 'direction' only)",
+    )
+    caricature: CaricatureSpec | None = Field(
+        default=None, description="objective 'caricature' only: the image to climb towards"
     )
     steps: int = Field(default=256, ge=1, le=MAX_STEPS, description="optimizer steps")
     image_size: int | None = Field(
@@ -291,6 +300,10 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
             "images_per_unit": 3,
             "diversity": 1.0,
         },
+    },
+    "caricature": {
+        "summary": "Caricature: what a layer sees in an image, exaggerated",
+        "value": {"layer": "block2.relu", "caricature": {"sample": "triangle"}, "steps": 128},
     },
     "deepdream": {
         "summary": "DeepDream: the whole layer's energy",

@@ -15,10 +15,9 @@ import argparse
 import io
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw
 
-from cnnviz import ModelRegistry, preprocess
+from cnnviz import ModelRegistry
 from cnnviz.attribution import attribute, map_picture, method_names
 from cnnviz.data.shapes import CLASSES, generate, sample_image
 from cnnviz.weights import filter_weights
@@ -40,8 +39,6 @@ def main() -> None:
 
     loaded = ModelRegistry.from_file(None).get("shapes")
     spec = loaded.spec
-    mean = torch.tensor(spec.mean).view(3, 1, 1)
-    std = torch.tensor(spec.std).view(3, 1, 1)
     generated, labels = generate(12, seed=5)
     shapes = [i for i in range(12) if CLASSES[labels[i]] in ("triangle", "cross", "hexagon")]
     pictures = [sample_image("star")] + [
@@ -57,8 +54,8 @@ def main() -> None:
     for c, name in enumerate(columns):
         draw.text((c * (size + 4) + 4, 2), name, fill="black")
     for r, picture in enumerate(pictures):
-        x = preprocess(picture, size=spec.input_size, channels=3, mean=spec.mean, std=spec.std)
-        seen = x[0] * std + mean
+        x = spec.preprocess(picture)
+        seen = spec.denormalize(x[0])
         y0 = _LABEL + r * (size + 4)
         sheet.paste(picture.resize((size, size), Image.Resampling.NEAREST), (0, y0))
         for c, method in enumerate(methods, start=1):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.exemplars import exemplar_tiles
-from cnnviz.imaging import encode_png, image_grid, preprocess
+from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import ModelRegistry
 from schemas.exemplars import ExemplarsCreate
 from schemas.optimization import OptimizationCreate
@@ -50,12 +50,7 @@ def main() -> None:
     for i, channel in enumerate(CHANNELS):
         unit = result.layers[0].units[channel]
         images = [dataset.image(dataset.position(e.image)) for e in unit.top]
-        x = torch.cat(
-            [
-                preprocess(im, size=spec.input_size, channels=3, mean=spec.mean, std=spec.std)
-                for im in images
-            ]
-        )
+        x = torch.cat([spec.preprocess(im) for im in images])
         positions = [(e.position[0], e.position[1]) for e in unit.top]
         full = exemplar_tiles(
             loaded.index, x, positions, LAYER, channel, "full", mean=spec.mean, std=spec.std

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from cnnviz import ModelRegistry, preprocess
+from cnnviz import ModelRegistry
 from cnnviz.attribution import attribute, faithfulness, get_method, map_picture, method_names
 from cnnviz.data.shapes import generate, sample_image
 
@@ -35,8 +35,6 @@ def main() -> None:
 
     loaded = ModelRegistry.from_file(None).get("shapes")
     spec = loaded.spec
-    mean = torch.tensor(spec.mean).view(3, 1, 1)
-    std = torch.tensor(spec.std).view(3, 1, 1)
     generated, _ = generate(args.images - 1, seed=11)
     pictures = [sample_image("star")] + [
         Image.fromarray(image.permute(1, 2, 0).numpy()) for image in generated
@@ -47,7 +45,7 @@ def main() -> None:
     draw = ImageDraw.Draw(sheet)
     totals = {name: torch.zeros(4) for name in methods}
     for r, picture in enumerate(pictures):
-        x = preprocess(picture, size=spec.input_size, channels=3, mean=spec.mean, std=spec.std)
+        x = spec.preprocess(picture)
         if r == 0:
             sheet.paste(picture.resize((size, size), Image.Resampling.NEAREST), (0, _TEXT))
             draw.text((4, 4), "input", fill="black")
@@ -62,7 +60,7 @@ def main() -> None:
             ]
             totals[method] += torch.tensor(values, dtype=torch.float64).float()
             if r == 0:
-                seen = x[0] * std + mean
+                seen = spec.denormalize(x[0])
                 drawn = map_picture(result.maps[0], seen, signed=result.signed)
                 tile = Image.open(io.BytesIO(drawn.overlay)).convert("RGB")
                 tile = tile.resize((size, size), Image.Resampling.NEAREST)

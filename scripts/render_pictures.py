@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnviz import ModelRegistry, RenderSettings, feature_maps, objectives, preprocess, visualize
+from cnnviz import ModelRegistry, RenderSettings, feature_maps, objectives, visualize
 from cnnviz.data.shapes import sample_image
 from cnnviz.imaging import encode_png, image_grid
 
@@ -26,13 +26,7 @@ def main() -> None:
 
     loaded = ModelRegistry.from_file(None).get("shapes")
     spec = loaded.spec
-    x = preprocess(
-        sample_image("triangle"),
-        size=spec.input_size,
-        channels=spec.channels,
-        mean=spec.mean,
-        std=spec.std,
-    )
+    x = spec.preprocess(sample_image("triangle"))
     for maps in feature_maps(loaded.module, x, ["block1.conv", "block2.relu"], scale=2):
         path = args.out / f"triangle_{maps.name.replace('.', '_')}.png"
         path.write_bytes(maps.png())

@@ -61,9 +61,7 @@ def render(
     with torch.inference_mode():
         out = loaded.index.capture(x.to(loaded.device), [layer])[layer]
     maps = unit_maps(out, loaded.index.info(layer))[:, channel].float().cpu()
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    pixels = (x * std + mean).clamp(0, 1)
+    pixels = spec.denormalize(x)
     tiles = dissection_tiles(pixels, maps, unit.activation_threshold, concept)
     grid, layout = image_grid(tiles, columns=min(8, len(unit.top)))
     png = encode_png(grid)

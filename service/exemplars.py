@@ -9,7 +9,7 @@ import torch
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.errors import InvalidArgumentError, UnknownLayerError
 from cnnviz.exemplars import Mode, exemplar_tiles
-from cnnviz.imaging import encode_png, image_grid, preprocess
+from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import ModelRegistry
 from schemas.exemplars import ExemplarGridRead, ExemplarsResult
 
@@ -44,14 +44,7 @@ def render(
     dataset = datasets.get(result.dataset)
     spec = loaded.spec
     images = [dataset.image(dataset.position(e.image)) for e in exemplars]
-    x = torch.cat(
-        [
-            preprocess(
-                i, size=spec.input_size, channels=spec.channels, mean=spec.mean, std=spec.std
-            )
-            for i in images
-        ]
-    )
+    x = torch.cat([spec.preprocess(i) for i in images])
     positions = [(e.position[0], e.position[1]) for e in exemplars]
     tiles = exemplar_tiles(
         loaded.index, x, positions, layer, channel, mode, mean=spec.mean, std=spec.std

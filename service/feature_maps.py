@@ -25,7 +25,6 @@ from cnnviz.featuremaps import (
     layer_activations,
     maps_from_activations,
 )
-from cnnviz.imaging import preprocess
 from cnnviz.models import ModelRegistry
 from cnnviz.precision import resolve_precision
 from schemas.feature_maps import (
@@ -87,14 +86,7 @@ def _activations(
     spec = loaded.spec
     with pool.batcher.arriving():
         image = request.decoded(max_pixels, spec.input_size)
-        x = preprocess(
-            image,
-            size=spec.input_size,
-            channels=spec.channels,
-            mean=spec.mean,
-            std=spec.std,
-            fit=options.fit,
-        )
+        x = spec.preprocess(image, options.fit)
     key = (model, frozenset(names), options.precision, tuple(x.shape))
     outputs = pool.batcher.forward(
         key,

@@ -49,7 +49,11 @@ def _child_resources() -> Resources:
         device = choose_device(settings.worker_device, child_index())
         log.info("pool child %d uses %s", child_index(), device)
         _resources = Resources.from_settings(
-            settings, settings.model_registry(device), settings.dataset_registry(), CORES
+            settings,
+            settings.model_registry(device),
+            settings.dataset_registry(),
+            CORES,
+            blobs=RedisRecords(_client()),  # where the API kept a request's images
         )
     return _resources
 

@@ -19,21 +19,19 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cnnviz.errors import RegistryConfigError
+from cnnviz.models.spec import ModelSpec
+from cnnviz.models.store import ModelStore
 from cnnviz.reload import Watched, file_stamp
-
-if TYPE_CHECKING:
-    from cnnviz.models.registry import ModelSpec
-    from cnnviz.models.store import ModelStore
 
 __all__ = ["BUILTIN_MODEL", "Catalog", "DigestCache", "ModelsFile"]
 
 log = logging.getLogger(__name__)
 
-ParseEntry = Callable[[str, Mapping[str, Any], Path], "ModelSpec"]
-ParseStored = Callable[[str, Mapping[str, Any], str], "ModelSpec"]
+ParseEntry = Callable[[str, Mapping[str, Any], Path], ModelSpec]
+ParseStored = Callable[[str, Mapping[str, Any], str], ModelSpec]
 BUILTIN_MODEL = "shapes"
 _BUILTIN = BUILTIN_MODEL
 

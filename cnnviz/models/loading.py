@@ -14,16 +14,14 @@ import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from cnnviz.errors import ModelLoadError
 from cnnviz.models.sources import HfLogits, build_hf, build_timm
-
-if TYPE_CHECKING:
-    from cnnviz.models.registry import ModelSpec
+from cnnviz.models.spec import ModelSpec
 
 __all__ = ["build_model", "check_digest", "file_digest", "read_state_dict"]
 

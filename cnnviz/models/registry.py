@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from cnnviz.axes import AxesDecl, parse_axes_table
+from cnnviz.axes import parse_axes_table
 from cnnviz.errors import (
     ModelLoadError,
     ModelNameTakenError,
@@ -40,61 +40,11 @@ from cnnviz.layers import LayerIndex, layer_index
 from cnnviz.models.catalog import BUILTIN_MODEL, Catalog, DigestCache, ModelsFile
 from cnnviz.models.loading import build_model
 from cnnviz.models.sources import hf_defaults, require_extra
+from cnnviz.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from cnnviz.models.store import ModelStore
 from cnnviz.reload import DEFAULT_POLL_INTERVAL_S
 
 __all__ = ["BUILTIN_MODEL", "LoadedModel", "ModelRegistry", "ModelSpec"]
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build one model and feed it.
-
-    Exactly one of ``arch`` (a torchvision architecture name), ``factory``
-    (``"package.module:callable"``), ``timm`` (a timm model name), ``hf`` (a Hugging Face
-    model directory) or ``builtin`` says what to build. ``weights`` is a file path
-    (safetensors, or a state dict readable with ``torch.load(weights_only=True)``),
-    ``"DEFAULT"`` or another torchvision weights name, or ``"random"``; None for an ``hf``
-    model whose directory holds them. ``sha256`` is the digest of the weights file of a
-    model registered at run time (checked before its weights are used).
-    """
-
-    name: str
-    arch: str | None = None
-    factory: str | None = None
-    timm: str | None = None
-    hf: str | None = None
-    builtin: bool = False
-    weights: str | None = None
-    input_size: tuple[int, int] = (224, 224)
-    channels: int = 3
-    mean: tuple[float, ...] = _IMAGENET_MEAN
-    std: tuple[float, ...] = _IMAGENET_STD
-    labels: tuple[str, ...] = ()
-    description: str = ""
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    axes: Mapping[str, AxesDecl] = field(default_factory=dict)
-    sha256: str | None = None
-    origin: Literal["builtin", "config", "store"] = "config"
-
-    @property
-    def source(self) -> str:
-        """What builds it: ``builtin``, the arch, ``timm:NAME``, ``hf:DIR`` or the factory."""
-        if self.builtin:
-            return "builtin"
-        if self.timm is not None:
-            return f"timm:{self.timm}"
-        if self.hf is not None:
-            return f"hf:{self.hf}"
-        return self.arch or self.factory or "unknown"
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one input image."""
-        return (self.channels, *self.input_size)
 
 
 @dataclass(frozen=True)
@@ -215,8 +165,8 @@ def _parse_entry(name: str, entry: Mapping[str, Any], base: Path) -> ModelSpec:
     channels = entry.get("channels", 3)
     if channels not in (1, 3):
         raise RegistryConfigError(f"channels must be 1 or 3, got {channels!r}")
-    default_mean = _IMAGENET_MEAN if channels == 3 else (0.5,)
-    default_std = _IMAGENET_STD if channels == 3 else (0.5,)
+    default_mean = IMAGENET_MEAN if channels == 3 else (0.5,)
+    default_std = IMAGENET_STD if channels == 3 else (0.5,)
     mean = _float_tuple(entry, "mean", default_mean)
     std = _float_tuple(entry, "std", default_std)
     if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):

@@ -30,14 +30,12 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from cnnviz.errors import InvalidArgumentError, ModelLoadError, RegistryConfigError
-
-if TYPE_CHECKING:
-    from cnnviz.models.registry import ModelSpec
+from cnnviz.models.spec import ModelSpec
 
 __all__ = ["NAME_PATTERN", "InvalidUploadError", "ModelStore", "default_model_store"]
 

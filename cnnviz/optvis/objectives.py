@@ -28,19 +28,20 @@ per row, higher is better. Terms see layers unit-first, ``(n, units, h, w)``
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.layers import LayerIndex
+from cnnviz.optvis.terms import Batch, Objective, Term, one, unit_shape
 
 __all__ = [
     "Batch",
     "Objective",
     "Term",
+    "caricature",
     "channel",
     "class_logit",
     "direction",
@@ -51,58 +52,6 @@ __all__ = [
     "neuron",
     "total_variation",
 ]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What the terms see for one batch (or chunk) of units.
-
-    - ``images``: ``(n, C, H, W)`` float32 in ``[0, 1]``, the optimized images before the
-      random transforms (what penalties apply to);
-    - ``layers``: layer name → unit-first ``(n, units, h, w)`` of the transformed images;
-    - ``units``: ``(n,)`` int64, the index in the objective of the unit each row optimizes;
-    - ``groups``: ``(n,)`` int64, rows with equal values optimize the same objective.
-    """
-
-    images: torch.Tensor
-    layers: Mapping[str, torch.Tensor]
-    units: torch.Tensor
-    groups: torch.Tensor
-
-
-class Term(ABC):
-    """One summand of an objective: a value per batch row, higher is better."""
-
-    #: Penalties and diversity: excluded from the reported unit objectives.
-    regularizer: bool = False
-
-    @property
-    @abstractmethod
-    def layers(self) -> tuple[str, ...]:
-        """The layers this term reads (empty for a penalty on the image)."""
-
-    @property
-    def n_units(self) -> int | None:
-        """Units this term distinguishes; ``None`` or 1: it applies alike to every unit."""
-        return None
-
-    def unit_key(self, unit: int) -> Hashable:
-        """What unit ``unit`` of this term optimizes; equal keys make a diversity group."""
-        return None
-
-    def validate(self, index: LayerIndex) -> None:
-        """Raise if the model lacks the layer, its axes are ambiguous or a unit out of range."""
-        for name in self.layers:
-            _shape(index, name)
-
-    @abstractmethod
-    def __call__(self, batch: Batch) -> torch.Tensor:
-        """``(n,)`` float32 values of this term, one per row of ``batch``."""
-
-
-def _shape(index: LayerIndex, name: str) -> tuple[int, int, int]:
-    """Unit-first shape ``(units, h, w)`` of ``name`` (AmbiguousAxesError when unknown)."""
-    return index.usable([name])[0].map_shape  # type: ignore[return-value]  # known axes
 
 
 def _as_tuple(values: int | Sequence[int], what: str) -> tuple[int, ...]:
@@ -153,7 +102,7 @@ class _Channel(Term):
         return self.channels[unit if len(self.channels) > 1 else 0]
 
     def validate(self, index: LayerIndex) -> None:
-        shape = _shape(index, self.layer)
+        shape = unit_shape(index, self.layer)
         _check_range(self.channels, shape[0], "channel", "channels", self.layer, index.name)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
@@ -181,7 +130,7 @@ class _Neuron(Term):
         return (self.channels[unit if len(self.channels) > 1 else 0], self.y, self.x)
 
     def validate(self, index: LayerIndex) -> None:
-        shape = _shape(index, self.layer)
+        shape = unit_shape(index, self.layer)
         if index.info(self.layer).axes == "vector":
             raise LayerShapeError(
                 f"a neuron needs a grid: (C, H, W), (H, W, C) or tokens; {self.layer!r} of "
@@ -232,7 +181,7 @@ class _Direction(Term):
         return self.keys[unit if len(self.keys) > 1 else 0]
 
     def validate(self, index: LayerIndex) -> None:
-        shape = _shape(index, self.layer)
+        shape = unit_shape(index, self.layer)
         if self.vectors.shape[1] != shape[0]:
             raise InvalidArgumentError(
                 f"a direction in layer {self.layer!r} of model {index.name!r} needs "
@@ -264,7 +213,7 @@ class _ClassLogit(Term):
         return self.classes[unit if len(self.classes) > 1 else 0]
 
     def validate(self, index: LayerIndex) -> None:
-        shape = _shape(index, self.layer)
+        shape = unit_shape(index, self.layer)
         if index.info(self.layer).axes != "vector":
             raise LayerShapeError(
                 f"a class logit needs a layer with (K,) output, such as the classifier; "
@@ -277,10 +226,38 @@ class _ClassLogit(Term):
         return act[_rows(act), _per_row(self.classes, batch.units)]
 
 
+@dataclass(frozen=True, eq=False)
+class _Caricature(Term):
+    layer: str
+    target: torch.Tensor  # (units, h, w) float32: the image's activations
+    cossim_pow: float
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.layer,)
+
+    def validate(self, index: LayerIndex) -> None:
+        shape = unit_shape(index, self.layer)
+        if tuple(self.target.shape) != shape:
+            raise InvalidArgumentError(
+                f"a caricature of layer {self.layer!r} of model {index.name!r} needs its "
+                f"activations {shape}, got {tuple(self.target.shape)}"
+            )
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        act = batch.layers[self.layer].flatten(1)  # (n, units·h·w)
+        target = self.target.to(device=act.device, dtype=act.dtype).flatten()
+        dot = act @ target
+        cossim = dot / (act.norm(dim=1) * target.norm()).clamp_min(1e-6)
+        # Lucid's floor: a row pointing away from the image still climbs towards it.
+        return dot * cossim.clamp_min(0.1).pow(self.cossim_pow)
+
+
 @dataclass(frozen=True)
 class _Diversity(Term):
     layer: str
     regularizer = True
+    couples_rows = True
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -324,130 +301,22 @@ class _Penalty(Term):
         return -(dx + dy)
 
 
-@dataclass(frozen=True)
-class Objective:
-    """A weighted sum of terms over a batch of units. Build it with the functions below.
-
-    ``n_units`` — how many images a render of it yields — and ``layers`` are known without a
-    model. :meth:`validate` checks it against one; rendering calls it before step 1.
-    """
-
-    terms: tuple[tuple[float, Term], ...]
-
-    def __post_init__(self) -> None:
-        counts = {t.n_units for _, t in self.terms if t.n_units not in (None, 1)}
-        if len(counts) > 1:
-            raise InvalidArgumentError(
-                f"objectives with {' and '.join(map(str, sorted(counts)))} units cannot be "
-                "added: every term must have the same number of units, or one"
-            )
-        for weight, term in self.terms:
-            if not math.isfinite(weight):
-                raise InvalidArgumentError(f"objective weights must be finite, got {weight}")
-            if term.regularizer and weight < 0:
-                raise InvalidArgumentError(
-                    f"{term!r} is a penalty already signed to lower the objective: add it "
-                    "with a positive weight (objective + l1(0.01)), do not subtract it"
-                )
-
-    @property
-    def n_units(self) -> int:
-        """Number of units, hence of images a render yields."""
-        counts = [t.n_units for _, t in self.terms if t.n_units is not None]
-        return max(counts, default=1)
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        """The layers the objective reads, without duplicates, in the order of its terms."""
-        return tuple(dict.fromkeys(name for _, t in self.terms for name in t.layers))
-
-    @property
-    def couples_units(self) -> bool:
-        """Whether some term compares rows with each other (diversity)."""
-        return any(isinstance(t, _Diversity) for _, t in self.terms)
-
-    def validate(self, index: LayerIndex) -> None:
-        """Check every layer and unit against the model of ``index``; raises the core errors.
-
-        ``UnknownLayerError`` for a layer the model lacks, ``InvalidArgumentError`` for a unit
-        out of range (the message gives the valid range), ``LayerShapeError`` for a layer of
-        the wrong kind. Runs at most one forward pass of zeros (to learn the shapes), cached.
-        """
-        for _, term in self.terms:
-            term.validate(index)
-
-    def groups(self) -> list[int]:
-        """For each unit, the id of the set of units with the same objective (0, 1, ...)."""
-        ids: dict[Hashable, int] = {}
-        own = [t for _, t in self.terms if not t.regularizer]
-        return [
-            ids.setdefault(tuple(t.unit_key(u) for t in own), len(ids)) for u in range(self.n_units)
-        ]
-
-    def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(objective, total)``, each ``(n,)``: the units' own objective without
-        regularizers, and the full weighted sum that is maximised."""
-        n = batch.units.shape[0]
-        device = batch.units.device
-        own = torch.zeros(n, device=device)
-        total = torch.zeros(n, device=device)
-        for weight, term in self.terms:
-            value = weight * term(batch)
-            total = total + value
-            if not term.regularizer:
-                own = own + value
-        return own, total
-
-    def __add__(self, other: object) -> Objective:
-        if isinstance(other, Objective):
-            return Objective(self.terms + other.terms)
-        if isinstance(other, int | float) and other == 0:
-            return self  # so that sum() of objectives works
-        return NotImplemented
-
-    __radd__ = __add__
-
-    def __mul__(self, weight: object) -> Objective:
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            return NotImplemented
-        return Objective(tuple((w * float(weight), t) for w, t in self.terms))
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, divisor: object) -> Objective:
-        if isinstance(divisor, bool) or not isinstance(divisor, int | float):
-            return NotImplemented
-        return self * (1.0 / float(divisor))
-
-    def __neg__(self) -> Objective:
-        return self * -1.0
-
-    def __sub__(self, other: object) -> Objective:
-        if isinstance(other, Objective):
-            return self + (-other)
-        return NotImplemented
-
-
-def _one(term: Term, weight: float = 1.0) -> Objective:
-    return Objective(((weight, term),))
-
-
 def channel(layer: str, channels: int | Sequence[int]) -> Objective:
     """Mean activation of a channel (or token feature) over the grid; one unit per channel
     given. On a ``(K,)`` layer, the value itself."""
-    return _one(_Channel(layer, _as_tuple(channels, "channel")))
+    return one(_Channel(layer, _as_tuple(channels, "channel")))
 
 
 def neuron(
     layer: str, channels: int | Sequence[int], y: int | None = None, x: int | None = None
 ) -> Objective:
     """Activation of a channel at ``(y, x)`` of the grid (tokens: the token grid); None: centre."""
-    return _one(_Neuron(layer, _as_tuple(channels, "channel"), y, x))
+    return one(_Neuron(layer, _as_tuple(channels, "channel"), y, x))
 
 
 def layer(layer: str) -> Objective:
     """DeepDream: mean squared activation of the whole layer; one unit."""
-    return _one(_LayerEnergy(layer))
+    return one(_LayerEnergy(layer))
 
 
 def direction(layer: str, vectors: torch.Tensor | Sequence[float]) -> Objective:
@@ -463,32 +332,49 @@ def direction(layer: str, vectors: torch.Tensor | Sequence[float]) -> Objective:
             f"a direction is a finite vector (C,) or vectors (k, C), got shape {tuple(table.shape)}"
         )
     keys = tuple(tuple(row) for row in table.tolist())
-    return _one(_Direction(layer, table, keys))
+    return one(_Direction(layer, table, keys))
 
 
 def class_logit(layer: str, classes: int | Sequence[int]) -> Objective:
     """The logit (pre-softmax output) of a class at a ``(K,)`` layer; one unit per class."""
-    return _one(_ClassLogit(layer, _as_tuple(classes, "class")))
+    return one(_ClassLogit(layer, _as_tuple(classes, "class")))
+
+
+def caricature(layer: str, activations: torch.Tensor, cossim_pow: float = 1.0) -> Objective:
+    """Feature inversion, Lucid's caricature: ``dot(acts_img, acts) · max(0.1, cossim)^p``
+    against an image's unit-first activations ``(units, h, w)`` (or ``(1, units, h, w)``) at
+    ``layer``; one unit. A larger ``cossim_pow`` weighs the direction over the magnitude."""
+    target = torch.as_tensor(activations, dtype=torch.float32).detach().cpu()
+    if target.dim() == 4 and target.shape[0] == 1:
+        target = target[0]
+    if target.dim() != 3 or not torch.isfinite(target).all() or not target.any():
+        raise InvalidArgumentError(
+            "a caricature needs an image's finite, non-zero activations (units, h, w), got "
+            f"shape {tuple(target.shape)}"
+        )
+    if not math.isfinite(cossim_pow) or cossim_pow < 0:
+        raise InvalidArgumentError(f"cossim_pow must be finite and >= 0, got {cossim_pow}")
+    return one(_Caricature(layer, target, float(cossim_pow)))
 
 
 def diversity(layer: str, weight: float = 100.0) -> Objective:
     """Penalise similar Gram matrices at ``layer`` among images of the same unit (Lucid)."""
-    return _one(_Diversity(layer), _weight(weight))
+    return one(_Diversity(layer), _weight(weight))
 
 
 def l1(weight: float = 1.0, *, layer: str | None = None, constant: float = 0.0) -> Objective:
     """Penalty: mean ``|x - constant|`` of the image (or of ``layer``'s activations)."""
-    return _one(_Penalty("l1", layer, constant), _weight(weight))
+    return one(_Penalty("l1", layer, constant), _weight(weight))
 
 
 def l2(weight: float = 1.0, *, layer: str | None = None, constant: float = 0.0) -> Objective:
     """Penalty: root mean square of ``x - constant``, image or ``layer``."""
-    return _one(_Penalty("l2", layer, constant), _weight(weight))
+    return one(_Penalty("l2", layer, constant), _weight(weight))
 
 
 def total_variation(weight: float = 1.0, *, layer: str | None = None) -> Objective:
     """Penalty: mean absolute difference between neighbouring pixels, image or ``layer``."""
-    return _one(_Penalty("tv", layer), _weight(weight))
+    return one(_Penalty("tv", layer), _weight(weight))
 
 
 def _weight(weight: float) -> float:

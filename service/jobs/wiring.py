@@ -16,6 +16,7 @@ from service.jobs.manager import JobManager
 from service.jobs.sweeper import LeaseSweeper
 from service.settings import Settings
 from workers.kinds import Resources
+from workers.kinds.base import Blobs
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
 from workers.run import Limits, ended
@@ -37,16 +38,6 @@ def build_jobs(
     # a thread of its own with a deep backlog, so a burst of submissions is not refused by
     # the synchronous path's bound, nor slows feature maps down.
     pool = TorchPool(concurrency=1, backlog=256, cores=cores)
-    resources = Resources.from_settings(
-        settings,
-        registry,
-        datasets,
-        cores,
-        # In-process jobs run on threads of lower priority (below): they yield the cores to
-        # the synchronous requests rather than take a fair share from them.
-        background=not settings.redis_url and settings.inprocess_job_nice > 0,
-        max_job_work=settings.max_job_work,
-    )
     # The API runs what it starts itself (no lease); it enforces the soft limit between steps.
     limits = Limits.from_settings(settings)
     inline, callbacks = settings.inline_result_max_bytes, CallbackHosts(settings.callback_host_set)
@@ -62,6 +53,7 @@ def build_jobs(
             timeout_s=5.0,
             results_max_bytes=settings.redis_results_max_bytes,
         )
+        resources = _resources(settings, registry, datasets, cores, records)
         transport = CeleryTransport(
             settings.redis_url, check_interval_s=settings.queue_check_interval
         )
@@ -88,6 +80,7 @@ def build_jobs(
     from service.jobs.inprocess import InProcessTransport
 
     memory = inprocess_records(settings)
+    resources = _resources(settings, registry, datasets, cores, memory)
     executor = InProcessTransport(
         memory,
         resources,
@@ -109,6 +102,30 @@ def build_jobs(
         settings.max_active_jobs_per_owner,
         inline_max_bytes=inline,
         callbacks=callbacks,
+    )
+
+
+def _resources(
+    settings: Settings,
+    registry: ModelRegistry,
+    datasets: DatasetRegistry,
+    cores: CoreShare | None,
+    records: Blobs,
+) -> Resources:
+    """What the API's jobs use: they are checked here, and in-process jobs run here too."""
+    return Resources.from_settings(
+        settings,
+        registry,
+        datasets,
+        cores,
+        # In-process jobs run on threads of lower priority (below): they yield the cores to
+        # the synchronous requests rather than take a fair share from them.
+        background=not settings.redis_url and settings.inprocess_job_nice > 0,
+        max_job_work=settings.max_job_work,
+        # A caricature's image is kept in the records for the job's life, not in its task.
+        blobs=records,
+        blob_ttl_seconds=settings.job_ttl_seconds,
+        max_image_pixels=settings.max_image_pixels,
     )
 
 

@@ -13,7 +13,11 @@ from schemas.objectives import OBJECTIVES, ObjectiveKind
 from schemas.optimization import OptimizationCreate
 
 SCHEMA = OptimizationCreate.model_json_schema()
-FIELD_VALUES = {"neuron": {"channel": 1}, "direction": [1.0, 0.0]}
+FIELD_VALUES = {
+    "neuron": {"channel": 1},
+    "direction": [1.0, 0.0],
+    "caricature": {"sample": "triangle"},
+}
 
 
 def _verdicts(body: dict[str, Any]) -> tuple[bool, bool]:

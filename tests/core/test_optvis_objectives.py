@@ -138,3 +138,20 @@ def test_validation_names_the_bad_value_and_the_valid_range(index: LayerIndex) -
         o.neuron("fc", 0).validate(index)
     with pytest.raises(InvalidArgumentError, match="at least one channel"):
         o.channel("conv", [])
+
+
+def test_caricature_is_the_dot_product_times_the_floored_cosine_to_a_power() -> None:
+    target = torch.tensor([1.0, 0.0]).view(2, 1, 1)  # an image's activations: (units, h, w)
+    acts = torch.tensor([[3.0, 4.0], [-1.0, 0.0]]).view(2, 2, 1, 1)
+    objective = o.caricature("conv", target, cossim_pow=2.0)
+    assert objective.n_units == 1 and objective.layers == ("conv",)
+    own, _ = objective(_batch({"conv": acts}, units=[0, 0]))
+    # row 0: dot 3, cosine 3/5 → 3 · 0.6²; row 1: dot -1, cosine -1, floored to 0.1 → -1 · 0.1²
+    assert own.tolist() == pytest.approx([3 * 0.36, -0.01])
+
+
+def test_caricature_refuses_activations_of_another_shape(index: LayerIndex) -> None:
+    with pytest.raises(InvalidArgumentError, match="needs its activations"):
+        o.caricature("conv", torch.ones(5, 1, 1)).validate(index)
+    with pytest.raises(InvalidArgumentError, match="non-zero"):
+        o.caricature("conv", torch.zeros(2, 1, 1))

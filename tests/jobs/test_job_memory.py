@@ -105,11 +105,11 @@ def test_a_result_too_large_to_encode_in_the_budget_is_refused() -> None:
         render_settings(request, loaded.device), memory_budget_mb=int(encoding * 0.9) // MIB
     )
     with pytest.raises(InvalidArgumentError, match="while they are encoded") as error:
-        admit(request, loaded, build_objective(request), settings, 2**40)
+        admit(request, loaded, build_objective(request, loaded), settings, 2**40)
     assert f"{settings.memory_budget_mb} MiB" in str(error.value)
     # With room for the encoding, the same job is admitted.
     roomy = replace(settings, memory_budget_mb=encoding // MIB + 64)
-    admit(request, loaded, build_objective(request), roomy, 2**40)
+    admit(request, loaded, build_objective(request, loaded), roomy, 2**40)
 
 
 def test_a_job_renders_with_its_devices_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -261,3 +261,14 @@ def test_sanity_verdicts_are_kept_by_model_weights_method_and_layer(records: Rec
     assert sanity_status(table, "gradcam", None) == "failed"  # one layer failed
     assert sanity_status(table, "saliency", "") == "passed"
     assert sanity_status(table, "occlusion", None) == "unknown"
+
+
+def test_kept_bytes_are_read_back_by_their_digest_until_they_expire(records: Records) -> None:
+    data = bytes(range(256)) * 4  # binary, with NULs: stored as bytes, not text
+    records.api("put_blob", "a" * 64, data, TTL)
+    records.api("put_blob", "b" * 64, b"short-lived", 1)
+    assert records.recorder.blob("a" * 64) == data
+    assert records.recorder.blob("c" * 64) is None
+    time.sleep(1.1)
+    assert records.recorder.blob("b" * 64) is None
+    assert records.recorder.blob("a" * 64) == data

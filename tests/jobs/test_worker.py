@@ -19,6 +19,7 @@ from tests.jobs.procs import ROOT, RedisServer
 from workers.config import WorkerSettings
 from workers.device import choose_device
 from workers.records.redis import RedisRecords, record_key
+from workers.records.redis_fields import from_fields, to_fields
 
 
 def test_the_celery_settings_long_gpu_jobs_need() -> None:
@@ -93,7 +94,7 @@ def test_a_job_killed_at_the_hard_limit_is_recorded_as_a_timeout(
         attempts=1,
     )
     client = shared_redis.client()
-    fields: dict[Any, Any] = dict(record.to_fields())
+    fields: dict[Any, Any] = dict(to_fields(record))
     client.hset(record_key(job_id), mapping=fields)
     payload = JobTask(
         job_id=job_id, kind="optimization", model="shapes", request=record.request, ttl_seconds=120
@@ -102,7 +103,7 @@ def test_a_job_killed_at_the_hard_limit_is_recorded_as_a_timeout(
     # What Celery calls in the worker's parent when it kills a child at the hard limit.
     tasks.run_job.on_failure(TimeLimitExceeded(9), job_id, (payload,), {}, None)
 
-    failed = JobRecord.from_fields(client.hgetall(record_key(job_id)))
+    failed = from_fields(client.hgetall(record_key(job_id)))
     assert failed.status == JobStatus.FAILED
     assert failed.error is not None and failed.error.code == "timeout"
     assert "hard time limit" in failed.error.message

@@ -27,7 +27,6 @@ from cnnviz.attribution import (
 )
 from cnnviz.data.shapes import sample_image
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
-from cnnviz.imaging import preprocess
 from cnnviz.imaging.decode import decode_base64, decode_image
 from cnnviz.imaging.preprocess import fit_box, to_tensor
 from cnnviz.models import LoadedModel, ModelSpec
@@ -107,14 +106,7 @@ def explain(
     shared model keeps serving other requests untouched.
     """
     spec = loaded.spec
-    x = preprocess(
-        image,
-        size=spec.input_size,
-        channels=spec.channels,
-        mean=spec.mean,
-        std=spec.std,
-        fit=options.fit,
-    )
+    x = spec.preprocess(image, options.fit)
     with exclusive_copy(loaded.module) as replica:
         result = attribute(
             replica,

@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from workers.records.verdicts import Verdicts
 RequestT = TypeVar("RequestT", bound=BaseModel)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
+MAX_IMAGE_PIXELS = 40_000_000
+"""The most pixels a request's image decodes to, unless the deployment says otherwise."""
+
 Partial = dict[str, Any]
 """A shard's output: small JSON (it travels through the Celery result backend)."""
 
@@ -51,6 +54,15 @@ class JobCancelled(Exception):
 
 class JobTimedOut(Exception):
     """Raised between steps when the job ran past its soft time limit."""
+
+
+class Blobs(Protocol):
+    """Where a request's large inputs are kept by their sha256 (the job records), so that
+    the task message names them instead of carrying them."""
+
+    def put_blob(self, digest: str, data: bytes, ttl_seconds: int) -> None: ...
+
+    def blob(self, digest: str) -> bytes | None: ...
 
 
 @dataclass
@@ -68,7 +80,9 @@ class Resources:
     ``batch_size``: the images of one forward pass;
     ``max_job_work`` caps what one job may ask for (steps × images × pixels for an
     optimization), checked when the API prepares a job (None: no cap, as in the workers,
-    which run what the API admitted).
+    which run what the API admitted). ``blobs``: where a request's images are kept by
+    reference, for ``blob_ttl_seconds`` (None: nowhere, they stay in the request);
+    ``max_image_pixels``: the most pixels a request's image may decode to.
     """
 
     models: ModelRegistry
@@ -79,6 +93,9 @@ class Resources:
     loader_workers: int = 0
     batch_size: int = 64
     max_job_work: int | None = None
+    blobs: Blobs | None = None
+    blob_ttl_seconds: int = 7 * 24 * 3600
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
     @classmethod
     def from_settings(
@@ -90,7 +107,7 @@ class Resources:
         **process: Any,
     ) -> Resources:
         """The resources ``settings`` describe, for the API and the workers alike;
-        ``process``: what only one side sets (``background``, ``max_job_work``)."""
+        ``process``: what only one side sets (``background``, ``max_job_work``, ``blobs``)."""
         return cls(
             models=models,
             datasets=datasets,

@@ -46,6 +46,7 @@ from workers.kinds.base import (
     Resources,
     ResultPictures,
 )
+from workers.kinds.caricature import caricature_objective, fetched, kept
 from workers.kinds.optimization_limits import admit
 from workers.kinds.optimization_pictures import (
     RAW_MAX_BYTES,
@@ -81,37 +82,45 @@ def _units(request: OptimizationCreate, loaded: LoadedModel) -> list[int]:
     return list(range(count))
 
 
-def _neuron(request: OptimizationCreate, rows: list[int], copies: int) -> Objective:
+Builder = Callable[[OptimizationCreate, list[int], int, LoadedModel], Objective]
+
+
+def _neuron(request: OptimizationCreate, rows: list[int], copies: int, _: LoadedModel) -> Objective:
     assert request.neuron is not None  # the schema enforces it
     n = request.neuron
     return objectives.neuron(request.layer, [n.channel] * copies, y=n.y, x=n.x)
 
 
-def _direction(request: OptimizationCreate, rows: list[int], copies: int) -> Objective:
+def _direction(
+    request: OptimizationCreate, rows: list[int], copies: int, _: LoadedModel
+) -> Objective:
     assert request.direction is not None  # the schema enforces it
     return objectives.direction(request.layer, torch.tensor([request.direction] * copies))
 
 
 # Each objective's terms from a resolved request: ``rows`` are the channels, each repeated
 # ``copies`` (images_per_unit) times, for the objectives whose units are channels.
-_BUILDERS: dict[ObjectiveKind, Callable[[OptimizationCreate, list[int], int], Objective]] = {
-    ObjectiveKind.CHANNEL: lambda request, rows, _: objectives.channel(request.layer, rows),
-    ObjectiveKind.CLASS_LOGIT: lambda request, rows, _: objectives.class_logit(request.layer, rows),
+_BUILDERS: dict[ObjectiveKind, Builder] = {
+    ObjectiveKind.CHANNEL: lambda request, rows, *_: objectives.channel(request.layer, rows),
+    ObjectiveKind.CLASS_LOGIT: lambda request, rows, *_: objectives.class_logit(
+        request.layer, rows
+    ),
     ObjectiveKind.NEURON: _neuron,
     ObjectiveKind.DIRECTION: _direction,
-    ObjectiveKind.LAYER: lambda request, _, __: objectives.layer(request.layer),
+    ObjectiveKind.LAYER: lambda request, *_: objectives.layer(request.layer),
+    ObjectiveKind.CARICATURE: lambda request, _, __, loaded: caricature_objective(request, loaded),
 }
 
 
-def build_objective(request: OptimizationCreate) -> Objective:
-    """The optvis objective of a resolved request (``channels`` a list)."""
+def build_objective(request: OptimizationCreate, loaded: LoadedModel) -> Objective:
+    """The optvis objective of a resolved request (``channels`` a list) on ``loaded``."""
     kind = request.objective or ObjectiveKind.CHANNEL
     copies = request.images_per_unit
     # Each unit repeated images_per_unit times, next to each other: unit u, image k is row
     # u * copies + k, which is how _unit_results reads them back.
     channels = request.channels if isinstance(request.channels, list) else []
     rows = [c for c in channels for _ in range(copies)]
-    return _BUILDERS[kind](request, rows, copies)
+    return _BUILDERS[kind](request, rows, copies, loaded)
 
 
 def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCreate:
@@ -131,7 +140,7 @@ def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCre
         update={"channels": channels if channels is not None else "all", "image_size": size}
     )
     check_objective(
-        loaded.module, build_objective(resolved), loaded.spec.input_shape, loaded.spec.name
+        loaded.module, build_objective(resolved, loaded), loaded.spec.input_shape, loaded.spec.name
     )
     return resolved
 
@@ -278,7 +287,7 @@ def optimize(
         if latest is not None:
             context.report(progress_of(latest))
 
-    objective = build_objective(request)
+    objective = build_objective(request, loaded)
     assert request.image_size is not None
     reserve = preview_reserve(
         objective.n_units, request.images_per_unit, loaded.spec.channels, request.image_size
@@ -355,12 +364,12 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
         self, request: OptimizationCreate, model: str, resources: Resources
     ) -> OptimizationCreate:
         loaded = resources.model(model)
-        resolved = prepare(request, loaded)
+        resolved = prepare(fetched(request, resources), loaded)
         if resources.max_job_work is not None:  # too large: a 422 now, not a failure later
             settings = render_settings(resolved, loaded.device)
-            objective = build_objective(resolved)
+            objective = build_objective(resolved, loaded)
             admit(resolved, loaded, objective, settings, resources.max_job_work)
-        return resolved
+        return kept(resolved, resources)  # the task names a caricature's image, not carries it
 
     def references(self, request: OptimizationCreate) -> dict[str, Reference]:
         if request.exemplars_job is None:
@@ -388,7 +397,8 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
         resources: Resources,
         context: JobContext,
     ) -> Partial:
-        return optimize(request, resources.model(model), context).model_dump(mode="json")
+        loaded = resources.model(model)
+        return optimize(fetched(request, resources), loaded, context).model_dump(mode="json")
 
     def merge(
         self,

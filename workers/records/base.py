@@ -187,6 +187,13 @@ class JobRecords(Verdicts, Protocol):
     def recall(self, digest: str) -> str | None:
         """The latest job noted for this request digest, if any."""
 
+    def put_blob(self, digest: str, data: bytes, ttl_seconds: int) -> None:
+        """Keep ``data`` under its sha256 ``digest`` for ``ttl_seconds`` (longer if kept
+        again): what a request names by reference, so that no task message carries it."""
+
+    def blob(self, digest: str) -> bytes | None:
+        """The bytes kept under ``digest``; None once expired or never kept."""
+
     def ping(self) -> None:
         """Raise RecordsUnavailable when the backend cannot be reached."""
 

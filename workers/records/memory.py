@@ -65,6 +65,7 @@ class MemoryRecords(CappedResults):
         self._idempotency: dict[str, tuple[str, str]] = {}  # digest -> (job id, fingerprint)
         self._latest: dict[str, str] = {}  # request digest -> its latest job id
         self._digest_of: dict[str, str] = {}  # job id -> its request digest
+        self._blobs: dict[str, tuple[float, bytes]] = {}  # sha256 -> (expires at, bytes)
         self._durations: dict[tuple[str, str], Durations] = {}
         # (model, weights) -> (method, layer) -> passed: kept for the process's life.
         self._verdicts: dict[tuple[str, str], dict[tuple[str, str], bool]] = {}
@@ -162,6 +163,17 @@ class MemoryRecords(CappedResults):
         with self._lock:
             self._purge()
             return self._latest.get(digest)
+
+    def put_blob(self, digest: str, data: bytes, ttl_seconds: int) -> None:
+        now = time.time()
+        with self._lock:
+            self._blobs = {d: kept for d, kept in self._blobs.items() if kept[0] > now}
+            self._blobs[digest] = (now + ttl_seconds, data)
+
+    def blob(self, digest: str) -> bytes | None:
+        with self._lock:
+            expires_at, data = self._blobs.get(digest, (0.0, None))
+        return data if expires_at > time.time() else None
 
     def result(self, job_id: str) -> str | None:
         data = self._part(job_id, "result")

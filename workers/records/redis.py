@@ -46,10 +46,12 @@ from workers.records.base import (
     lost_error,
 )
 from workers.records.redis_cap import read_kept
+from workers.records.redis_fields import from_fields, to_fields
 from workers.records.redis_keys import (
     LEASES_KEY,
     STATS_KEY,
     arrays_key,
+    blob_key,
     checkpoint_key,
     idempotency_key,
     job_keys,
@@ -140,7 +142,7 @@ class RedisRecords:
         idem = idempotency_key(idempotency.digest) if idempotency else None
         if idem is not None:
             record = record.model_copy(update={"idem": idem})
-        pairs = [item for field in record.to_fields().items() for item in field]
+        pairs = [item for field in to_fields(record).items() for item in field]
         outcome, job_id, fingerprint = self._call(
             self._scripts["create"],
             keys=[
@@ -170,7 +172,7 @@ class RedisRecords:
         fields = self._call(self._client.hgetall, record_key(job_id))
         if not fields:
             raise JobNotFound(job_id)
-        return JobRecord.from_fields(fields)
+        return from_fields(fields)
 
     def result(self, job_id: str) -> str | None:
         raw = self._call(read_kept, self._client, record_key(job_id), result_key(job_id))
@@ -237,6 +239,13 @@ class RedisRecords:
 
     def verdicts(self, model: str, weights: str) -> dict[tuple[str, str], bool]:
         return from_redis(self._call(self._client.hgetall, redis_key(model, weights)))
+
+    def put_blob(self, digest: str, data: bytes, ttl_seconds: int) -> None:
+        self._call(self._client.set, blob_key(digest), data, ex=ttl_seconds)
+
+    def blob(self, digest: str) -> bytes | None:
+        data: bytes | None = self._call(self._client.get, blob_key(digest))
+        return data
 
     def ping(self) -> None:
         self._call(self._client.ping)

@@ -38,6 +38,11 @@ def reuse_key(digest: str) -> str:
     return f"cnnviz:reuse:{digest}"
 
 
+def blob_key(digest: str) -> str:
+    """Bytes a request names by their sha256 (a caricature's image), kept for the job TTL."""
+    return f"cnnviz:blob:{digest}"
+
+
 def arrays_key(job_id: str) -> str:
     """The raw float tensors a job attached (safetensors bytes)."""
     return f"{KEY_PREFIX}{job_id}:arrays"

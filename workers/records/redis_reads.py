@@ -10,6 +10,7 @@ import redis
 
 from schemas.jobs import JobRecord
 from workers.records.base import Cursor, JobFilter, newest_first
+from workers.records.redis_fields import from_fields
 from workers.records.redis_keys import KEY_PREFIX, owner_jobs_key, record_key
 from workers.records.stats import Durations, bucket_labels
 
@@ -43,7 +44,7 @@ def owned_jobs(
         if gone:
             client.zrem(key, *gone)
             offset -= len(gone)
-        records = [JobRecord.from_fields(fields) for fields in rows if fields]
+        records = [from_fields(fields) for fields in rows if fields]
         found += newest_first(records, chosen, before, limit - len(found))
     return found
 

@@ -184,19 +184,6 @@ class SqliteRecords(SqliteStore):
             removed = self._forget_tx(conn, job_id)
         self._remove(removed)
 
-    def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO reuse (digest, job_id, expires_at) VALUES (?, ?, ?)",
-                (digest, job_id, time.time() + ttl_seconds),
-            )
-
-    def recall(self, digest: str) -> str | None:
-        rows = self._db.read(
-            "SELECT job_id FROM reuse WHERE digest = ? AND expires_at > ?", (digest, time.time())
-        )
-        return str(rows[0]["job_id"]) if rows else None
-
     def ping(self) -> None:
         return None
 

@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS reuse (
     job_id TEXT NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS durations (
     kind TEXT NOT NULL,
     status TEXT NOT NULL,

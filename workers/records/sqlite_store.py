@@ -215,6 +215,34 @@ class SqliteStore:
         conn.execute("DELETE FROM idempotency WHERE job_id = ?", (job_id,))
         conn.execute("DELETE FROM reuse WHERE job_id = ?", (job_id,))
 
+    # ---- what requests name by digest: the latest job of a request, kept bytes ----
+
+    def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO reuse (digest, job_id, expires_at) VALUES (?, ?, ?)",
+                (digest, job_id, time.time() + ttl_seconds),
+            )
+
+    def recall(self, digest: str) -> str | None:
+        rows = self._db.read(
+            "SELECT job_id FROM reuse WHERE digest = ? AND expires_at > ?", (digest, time.time())
+        )
+        return str(rows[0]["job_id"]) if rows else None
+
+    def put_blob(self, digest: str, data: bytes, ttl_seconds: int) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO blobs (digest, data, expires_at) VALUES (?, ?, ?)",
+                (digest, data, time.time() + ttl_seconds),
+            )
+
+    def blob(self, digest: str) -> bytes | None:
+        rows = self._db.read(
+            "SELECT data FROM blobs WHERE digest = ? AND expires_at > ?", (digest, time.time())
+        )
+        return bytes(rows[0]["data"]) if rows else None
+
     def purge(self, force: bool = False) -> int:
         """Forget the jobs past their TTL (at most every half minute unless ``force``); how
         many. Processes not heard of for a day are forgotten too."""
@@ -231,6 +259,7 @@ class SqliteStore:
             for job_id in expired:
                 removed += self._forget_tx(conn, job_id)
             conn.execute("DELETE FROM reuse WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM blobs WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM processes WHERE seen_at < ?", (now - 24 * 3600,))
         self._remove(removed)
         return len(expired)
