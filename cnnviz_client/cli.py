@@ -110,7 +110,7 @@ def versus_line(channel: int | None, seen: VsDataset) -> str:
     ratio = f"{seen.ratio:.2f}× the top image" if seen.ratio is not None else "top score <= 0"
     weaker = "  (weaker than real data)" if seen.activation < seen.top_score else ""
     return (
-        f"channel {channel}: activation {seen.activation:.4g}, {ratio}, {rank} of "
+        f"channel {channel}: activation {seen.activation:.3g}, {ratio}, {rank} of "
         f"{seen.images} images of {seen.dataset}{weaker}"
     )
 

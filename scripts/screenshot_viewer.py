@@ -6,7 +6,10 @@ Serves the app (built-in model, jobs in-process) on a free local port. viewer.pn
 layers' feature maps of the sample triangle, a 128-step optimization of 8 channels, a hovered
 tile. viewer_panels.png: block1.conv's filters and Grad-CAM of the sample star.
 viewer_unit.png: the page of block3.relu channel 5, with its exemplars in the built-in shapes
-data set, cropped to the receptive field. Needs Debian's chromium and chromium-driver.
+data set, cropped to the receptive field, and its pattern beside its top image.
+viewer_layer.png: block3.relu's layer page without a job: the dissections of the layer and the
+form that starts one. ``--pages`` takes the last two alone. Needs Debian's chromium and
+chromium-driver.
 """
 
 from __future__ import annotations
@@ -69,16 +72,47 @@ def main() -> None:
             driver.save_screenshot(str(out))
             print(out)
 
-            # A unit's page, its exemplars mined from the built-in data set.
-            driver.set_window_size(1280, 1000)
-            driver.get(url + "/units/shapes/block3.relu/5?dataset=shapes&mode=crop")
-            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
-            out = ROOT / "docs" / "img" / "viewer_unit.png"
-            driver.save_screenshot(str(out))
-            print(out)
+            unit_and_layer_pages(driver, wait, url)
+    finally:
+        driver.quit()
+
+
+def unit_and_layer_pages(driver: webdriver.Chrome, wait: WebDriverWait, url: str) -> None:
+    """viewer_unit.png: a unit's page, its exemplars mined from the built-in data set and its
+    pattern beside its top image; viewer_layer.png: a layer page without a job, listing the
+    dissections of the layer and offering to start one."""
+    driver.set_window_size(1280, 1000)
+    driver.get(url + "/units/shapes/block3.relu/5?dataset=shapes&mode=crop")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    out = ROOT / "docs" / "img" / "viewer_unit.png"
+    driver.save_screenshot(str(out))
+    print(out)
+
+    driver.get(url + "/layers/shapes/block3.relu")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    driver.find_element(By.ID, "dissect").click()  # the built-in data set, by its masks
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "layer")
+    driver.get(url + "/layers/shapes/block3.relu")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    driver.set_window_size(1280, 560)
+    out = ROOT / "docs" / "img" / "viewer_layer.png"
+    driver.save_screenshot(str(out))
+    print(out)
+
+
+def only_unit_and_layer_pages() -> None:
+    """The last two pictures alone (``--pages``)."""
+    app = create_app(Settings(redis_url=None, models_file=None, job_preview_interval=0.5))
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        with serve(app) as url:
+            unit_and_layer_pages(driver, WebDriverWait(driver, 300), url)
     finally:
         driver.quit()
 
 
 if __name__ == "__main__":
-    main()
+    only_unit_and_layer_pages() if sys.argv[1:] == ["--pages"] else main()

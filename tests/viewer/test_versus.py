@@ -93,13 +93,15 @@ def test_a_unit_page_sets_its_pattern_beside_the_top_image_and_warns(
     assert (seen["top_image"], seen["top_score"], seen["rank"]) == ("light/255.png", 1.0, 2)
     assert 204 / 255 < seen["ratio"] < 1  # above the next level, below white
     figures = _figures(page)
-    assert figures["ratio"].endswith(f"= {seen['ratio']:.2f}× the top image's 1.00"), figures
-    assert figures["rank"] == "rank 2 of 6 images"
+    assert figures["ratio"].startswith(f"{seen['ratio']:.2f}× (0.") and figures["ratio"].endswith(
+        " ÷ 1.00)"
+    ), figures
+    assert figures["rank"] == "2 of 6 images"
     warning = page.find_element(By.ID, "versus-warning")
     assert warning.is_displayed() and "1 real image(s)" in warning.text
     top = page.find_element(By.ID, "versus-top")
     wait(page, lambda d: d.execute_script("return arguments[0].naturalWidth", top) == 16, "top")
-    assert "light/255.png" in page.find_element(By.ID, "versus-top-caption").text
+    assert top.get_attribute("title") == "light/255.png"
     assert page.find_element(By.ID, "unit-pattern").is_displayed()
 
 
@@ -111,7 +113,7 @@ def test_a_pattern_stronger_than_the_data_has_no_warning(
     _open(page, served, f"/units/tiny/relu/0?exemplars={mined['id']}")
     assert page.find_element(By.TAG_NAME, "body").get_attribute("data-versus") == "stronger"
     assert not page.find_element(By.ID, "versus-warning").is_displayed()
-    assert _figures(page)["rank"] == "rank 1 of 5 images"
+    assert _figures(page)["rank"] == "1 of 5 images"
     # A job of another layer is said in the panel; the pattern is made without it.
     other = _finished(
         http, http.post("/v1/models/tiny/exemplars", json={**body, "layers": ["conv"]})

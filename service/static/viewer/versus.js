@@ -54,11 +54,11 @@ function showVersusNote(text) {
 
 // The figures in words, and the warning when real images excite the unit more than its pattern.
 async function showVersus(v) {
-  const rank = v.rank === null ? `below the top ${v.top_k}` : `rank ${v.rank}`;
-  const ratio = v.ratio === null ? "the top image scores ≤ 0" : `${v.ratio.toFixed(2)}× the top image's ${fmt(v.top_score)}`;
-  $("versus-ratio").textContent = `${fmt(v.activation)} = ${ratio}`;
+  const rank = v.rank === null ? `> ${v.top_k}` : `${v.rank}`;
+  const ratio = v.ratio === null ? "— (top ≤ 0)" : `${v.ratio.toFixed(2)}×`;
+  $("versus-ratio").textContent = `${ratio} (${fmt(v.activation)} ÷ ${fmt(v.top_score)})`;
   $("versus-rank").textContent = `${rank} of ${v.images} images`;
-  $("versus-source").textContent = `${v.dataset}, ${v.pool} activation, job ${v.exemplars_job.slice(0, 8)}`;
+  $("versus-source").textContent = `${v.dataset}, ${v.pool}, job ${v.exemplars_job.slice(0, 8)}`;
   $("versus-figures").hidden = false;
   const weaker = v.ratio === null ? v.activation < v.top_score : v.ratio < 1;
   $("versus-warning").hidden = !weaker;
@@ -70,7 +70,8 @@ async function showVersus(v) {
   if (v.top_image) {
     const path = `/v1/datasets/${encodeURIComponent(v.dataset)}/images/${v.top_image.split("/").map(encodeURIComponent).join("/")}`;
     await loadImage($("versus-top"), path);
-    $("versus-top-caption").textContent = `top image: ${v.top_image} (${fmt(v.top_score)})`;
+    $("versus-top").title = v.top_image;
+    $("versus-top-caption").textContent = `its top image in ${v.dataset}`;
     $("versus-top-figure").hidden = false;
   }
   document.body.dataset.versus = weaker ? "weaker" : "stronger";
