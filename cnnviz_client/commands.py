@@ -144,7 +144,8 @@ def cmd_methods(args: argparse.Namespace) -> None:
         images = method.cost.default_images
         cost = method.cost.formula + (f" = {images}" if images is not None else "")
         layer = " (needs --layer)" if method.needs_layer else ""
-        print(f"{method.name:22} {cost:24} {method.summary}{layer}")
+        sanity = f" [sanity: {method.sanity}]" if listed.model else ""
+        print(f"{method.name:22} {cost:24} {method.summary}{layer}{sanity}")
 
 
 def cmd_dissect(args: argparse.Namespace) -> None:

@@ -127,6 +127,7 @@ def test_methods_and_attribute(
     assert main(["--url", service_url, "methods", "-m", "shapes"]) == 0
     listed = capsys.readouterr().out
     assert "scorecam" in listed and "1 + channels" in listed and "targets × steps = 64" in listed
+    assert "[sanity: unknown]" in listed  # no check has run on this service
     out = tmp_path / "a.png"
     args = ["--url", service_url, "attribute", "--sample", "star", "-m", "shapes"]
     args += ["--method", "gradcam", "-l", "block4.relu", "--metrics", "-o", str(out)]
