@@ -14,11 +14,11 @@ from service.feature_maps import wants_png
 from service.routers.jobs import JobId
 from workers.kinds.dissection import Dissection
 
-router = APIRouter(tags=["dissection"])
+router = APIRouter(prefix="/jobs", tags=["dissection"])
 
 
 @router.get(
-    "/jobs/{job_id}/dissections/{layer}/{channel}",
+    "/{job_id}/dissections/{layer}/{channel}",
     response_model=DissectionGridRead,
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},

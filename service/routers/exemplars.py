@@ -16,11 +16,11 @@ from service.routers.jobs import (
 )
 from workers.kinds.exemplars import Exemplars
 
-router = APIRouter(tags=["exemplars"])
+router = APIRouter(prefix="/jobs", tags=["exemplars"])
 
 
 @router.get(
-    "/jobs/{job_id}/exemplars/{layer}/{channel}",
+    "/{job_id}/exemplars/{layer}/{channel}",
     response_model=ExemplarGridRead,
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},

@@ -21,7 +21,7 @@ from service.jobs.results import finished_job_headers, present
 from workers.logs import set_job_id
 from workers.records import JobFilter
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
 
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="the job's id")]
@@ -90,7 +90,7 @@ async def submit_job(
     return present(job, None, jobs.inline_max_bytes)
 
 
-@router.get("/jobs", responses={422: {"model": Problem}, 503: {"model": Problem}})
+@router.get("", responses={422: {"model": Problem}, 503: {"model": Problem}})
 async def list_jobs(
     jobs: JobsDep,
     owner: OwnerDep,
@@ -109,7 +109,7 @@ async def list_jobs(
 
 
 @router.get(
-    "/jobs/{job_id}",
+    "/{job_id}",
     response_model=JobRead[Any, Any],
     responses={
         304: {"description": "a finished job the client has (If-None-Match)"},
@@ -134,7 +134,7 @@ async def read_job(
 
 
 @router.post(
-    "/jobs/{job_id}/cancel",
+    "/{job_id}/cancel",
     responses={
         202: {"description": "cancel asked; the job stops within a few steps"},
         404: {"model": Problem},
@@ -153,7 +153,7 @@ async def cancel_job(
 
 
 @router.delete(
-    "/jobs/{job_id}", status_code=204, responses={404: {"model": Problem}, 409: {"model": Problem}}
+    "/{job_id}", status_code=204, responses={404: {"model": Problem}, 409: {"model": Problem}}
 )
 async def delete_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
     """Forget a finished job and its images."""
@@ -162,7 +162,7 @@ async def delete_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
 
 
 @router.get(
-    "/jobs/{job_id}/preview",
+    "/{job_id}/preview",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, 404: {"model": Problem}},
 )
