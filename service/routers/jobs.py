@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from schemas.errors import Problem
 from schemas.jobs import JobList, JobRead, JobStatus
 from service.deps import JobsDep, OwnerDep
+from service.feature_maps import wants_png
 from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
 from service.jobs.results import finished_job_headers, present
 from workers.logs import set_job_id
@@ -25,6 +26,23 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
 
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="the job's id")]
+UnitIndex = Annotated[int, Path(ge=0, le=1_000_000)]
+
+# The picture of a unit of a succeeded job (exemplars, dissection): PNG or JSON.
+PICTURE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+    404: {"model": Problem},
+    409: {"model": Problem, "description": "the job has not succeeded (yet)"},
+    422: {"model": Problem},
+}
+
+
+def picture_or_json(request: Request, png: bytes, read: BaseModel) -> Response:
+    """``png`` when the request's ``Accept`` prefers it, else ``read`` as JSON."""
+    if wants_png(request.headers.get("accept")):
+        return Response(png, media_type="image/png")
+    return Response(read.model_dump_json(), media_type="application/json")
+
 
 IdempotencyKey = Annotated[
     str | None,
