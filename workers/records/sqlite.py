@@ -154,10 +154,7 @@ class SqliteRecords(SqliteStore):
     def cancel(self, job_id: str) -> JobRecord:
         removed: list[str] = []
         with self._db.transaction() as conn:
-            row = self._row_tx(conn, job_id)
-            if row is None:
-                raise JobNotFound(job_id)
-            record = JobRecord.model_validate_json(row["record"])
+            record = self._record_tx(conn, job_id)
             if not record.status.finished:
                 record = record.model_copy(update={"cancel": True})
                 if record.status == JobStatus.QUEUED:
@@ -169,10 +166,7 @@ class SqliteRecords(SqliteStore):
 
     def delete(self, job_id: str) -> None:
         with self._db.transaction() as conn:
-            row = self._row_tx(conn, job_id)
-            if row is None:
-                raise JobNotFound(job_id)
-            record = JobRecord.model_validate_json(row["record"])
+            record = self._record_tx(conn, job_id)
             if not record.status.finished:
                 raise JobNotFinished(record)
             removed = self._forget_tx(conn, job_id)
