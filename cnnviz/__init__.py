@@ -28,7 +28,7 @@ from cnnviz.errors import (
     UnknownLayerError,
     UnknownModelError,
 )
-from cnnviz.featuremaps import LayerMaps, feature_map_grid, feature_maps
+from cnnviz.featuremaps import GridOptions, LayerMaps, feature_map_grid, feature_maps
 from cnnviz.imaging import decode_image, encode_png, preprocess
 from cnnviz.layers import LayerIndex, LayerInfo, capture_activations, layer_index
 from cnnviz.models import LoadedModel, ModelRegistry, ModelSpec
@@ -37,6 +37,7 @@ from cnnviz.optvis import RenderResult, RenderSettings, objectives, visualize
 __all__ = [
     "AmbiguousAxesError",
     "CnnvizError",
+    "GridOptions",
     "ImageTooLargeError",
     "InvalidArgumentError",
     "InvalidImageError",

@@ -2,8 +2,8 @@
 
 The notebook entry point::
 
-    from cnnviz.featuremaps import feature_maps
-    maps = feature_maps(model, x, ["layer1", "layer2"], top_k=16, colormap="magma")
+    from cnnviz.featuremaps import GridOptions, feature_maps
+    maps = feature_maps(model, x, ["layer1", "layer2"], GridOptions(top_k=16, colormap="magma"))
     maps[0].png()          # PNG bytes of the grid of layer1
     maps[0].layout         # rows, columns, tile size, padding, channel of each tile
     maps[0].stats          # (16, 3): min, max, mean of each drawn channel
@@ -50,8 +50,8 @@ from cnnviz.layers import LayerInfo, layer_index
 from cnnviz.precision import resolve_precision
 
 __all__ = [
+    "GridOptions",
     "LayerMaps",
-    "check_options",
     "feature_map_grid",
     "feature_maps",
     "layer_activations",
@@ -137,86 +137,69 @@ def _as_maps(name: str, model_name: str, output: object) -> torch.Tensor:
     return maps
 
 
-def check_options(
-    *,
-    channels: Sequence[int] | None = None,
-    top_k: int | None = None,
-    normalize: str = "channel",
-    colormap: str = DEFAULT_COLORMAP,
-    padding: int = 1,
-    scale: int = 1,
-) -> None:
-    """Check the grid options of :func:`feature_maps` (InvalidArgumentError), no forward."""
-    if channels is not None and top_k is not None:
-        raise InvalidArgumentError("give channels or top_k, not both")
-    if channels is not None and len(channels) == 0:
-        raise InvalidArgumentError("channels is empty; omit it to draw every channel")
-    if top_k is not None and top_k < 1:
-        raise InvalidArgumentError(f"top_k must be >= 1, got {top_k}")
-    if scale < 1:
-        raise InvalidArgumentError(f"scale must be >= 1, got {scale}")
-    if padding < 0:
-        raise InvalidArgumentError(f"padding must be >= 0, got {padding}")
-    if normalize not in ("channel", "layer"):
-        raise InvalidArgumentError(f"normalize must be 'channel' or 'layer', got {normalize!r}")
-    palette(colormap)
+@dataclass(frozen=True)
+class GridOptions:
+    """How a layer's maps become a grid, checked once when made (InvalidArgumentError).
+
+    ``channels``/``top_k`` pick the channels (:func:`select_channels`); ``normalize`` maps
+    each channel's own range (``"channel"``) or the whole layer's range (``"layer"``) onto
+    ``colormap`` (a matplotlib colormap name); ``columns``, ``padding`` and integer ``scale``
+    (nearest-neighbour upscaling) shape the grid, which may not exceed ``max_grid_pixels``.
+    """
+
+    channels: tuple[int, ...] | None = None
+    top_k: int | None = None
+    normalize: Normalize = "channel"
+    colormap: str = DEFAULT_COLORMAP
+    columns: int | None = None
+    padding: int = 1
+    scale: int = 1
+    max_grid_pixels: int = DEFAULT_MAX_GRID_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.channels is not None:
+            object.__setattr__(self, "channels", tuple(self.channels))
+        if self.channels is not None and self.top_k is not None:
+            raise InvalidArgumentError("give channels or top_k, not both")
+        if self.channels is not None and len(self.channels) == 0:
+            raise InvalidArgumentError("channels is empty; omit it to draw every channel")
+        if self.top_k is not None and self.top_k < 1:
+            raise InvalidArgumentError(f"top_k must be >= 1, got {self.top_k}")
+        if self.scale < 1:
+            raise InvalidArgumentError(f"scale must be >= 1, got {self.scale}")
+        if self.padding < 0:
+            raise InvalidArgumentError(f"padding must be >= 0, got {self.padding}")
+        if self.normalize not in ("channel", "layer"):
+            raise InvalidArgumentError(
+                f"normalize must be 'channel' or 'layer', got {self.normalize!r}"
+            )
+        palette(self.colormap)
 
 
 def feature_maps(
     model: nn.Module,
     x: torch.Tensor,
     layers: Sequence[str],
+    grid: GridOptions = GridOptions(),
     *,
-    channels: Sequence[int] | None = None,
-    top_k: int | None = None,
-    normalize: Normalize = "channel",
-    colormap: str = DEFAULT_COLORMAP,
-    columns: int | None = None,
-    padding: int = 1,
-    scale: int = 1,
-    max_grid_pixels: int = DEFAULT_MAX_GRID_PIXELS,
     precision: str = "fp32",
 ) -> list[LayerMaps]:
     """The feature-map grid of each of ``layers`` for one preprocessed image ``x``.
 
     ``x`` is ``(C, H, W)`` or ``(1, C, H, W)`` float, normalised as the model expects (see
-    :func:`cnnviz.imaging.preprocess.preprocess`); it is moved to the model's device and dtype.
-    Options apply to every layer: ``channels``/``top_k`` pick the channels
-    (:func:`select_channels`); ``normalize`` maps each channel's own range (``"channel"``) or
-    the whole layer's range (``"layer"``) onto ``colormap`` (a matplotlib colormap name);
-    ``columns``, ``padding`` and integer ``scale`` (nearest-neighbour upscaling) shape the grid,
-    which may not exceed ``max_grid_pixels``. ``precision``: the forward's, ``"fp32"`` (exact,
-    the default), ``"auto"``, ``"bf16"`` or ``"fp16"`` (:mod:`cnnviz.precision`).
+    :meth:`cnnviz.models.ModelSpec.preprocess`); it is moved to the model's device and dtype.
+    ``grid`` applies to every layer. ``precision``: the forward's, ``"fp32"`` (exact, the
+    default), ``"auto"``, ``"bf16"`` or ``"fp16"`` (:mod:`cnnviz.precision`).
 
     Returns one :class:`LayerMaps` per distinct layer, in the order asked. Raises
     :class:`UnknownLayerError`, :class:`LayerShapeError` or :class:`InvalidArgumentError`.
     """
-    check_options(  # before the forward pass
-        channels=channels,
-        top_k=top_k,
-        normalize=normalize,
-        colormap=colormap,
-        padding=padding,
-        scale=scale,
-    )
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[0] != 1:
         raise InvalidArgumentError(f"x must be (C, H, W) or (1, C, H, W), got {tuple(x.shape)}")
     outputs = layer_activations(model, x, layers, precision=precision)
-    return maps_from_activations(
-        outputs,
-        list(outputs),
-        model_name=layer_index(model).name,
-        channels=channels,
-        top_k=top_k,
-        normalize=normalize,
-        colormap=colormap,
-        columns=columns,
-        padding=padding,
-        scale=scale,
-        max_grid_pixels=max_grid_pixels,
-    )
+    return maps_from_activations(outputs, list(outputs), grid, model_name=layer_index(model).name)
 
 
 def layer_activations(
@@ -256,123 +239,62 @@ def _unit_first(out: torch.Tensor, info: LayerInfo) -> torch.Tensor:
 def maps_from_activations(
     outputs: Mapping[str, object],
     layers: Sequence[str],
+    grid: GridOptions = GridOptions(),
     *,
     model_name: str = "model",
-    channels: Sequence[int] | None = None,
-    top_k: int | None = None,
-    normalize: Normalize = "channel",
-    colormap: str = DEFAULT_COLORMAP,
-    columns: int | None = None,
-    padding: int = 1,
-    scale: int = 1,
-    max_grid_pixels: int = DEFAULT_MAX_GRID_PIXELS,
 ) -> list[LayerMaps]:
     """The grids of one image: ``outputs[layer]`` is ``(1, *shape)`` (as from
     :func:`layer_activations` for a batch of one, or one row of a batch), for each of
-    ``layers``. The options are those of :func:`feature_maps`."""
-    check_options(
-        channels=channels,
-        top_k=top_k,
-        normalize=normalize,
-        colormap=colormap,
-        padding=padding,
-        scale=scale,
-    )
-    colours = palette(colormap)
+    ``layers``."""
+    colours = palette(grid.colormap)
     with torch.inference_mode():
-        return [
-            _layer_maps(
-                name,
-                model_name,
-                outputs[name],
-                channels=channels,
-                top_k=top_k,
-                normalize=normalize,
-                colours=colours,
-                columns=columns,
-                padding=padding,
-                scale=scale,
-                max_grid_pixels=max_grid_pixels,
-            )
-            for name in layers
-        ]
+        return [_layer_maps(name, model_name, outputs[name], grid, colours) for name in layers]
 
 
 def feature_map_grid(
     activations: torch.Tensor,
     name: str = "activations",
-    *,
-    channels: Sequence[int] | None = None,
-    top_k: int | None = None,
-    normalize: Normalize = "channel",
-    colormap: str = DEFAULT_COLORMAP,
-    columns: int | None = None,
-    padding: int = 1,
-    scale: int = 1,
-    max_grid_pixels: int = DEFAULT_MAX_GRID_PIXELS,
+    grid: GridOptions = GridOptions(),
 ) -> LayerMaps:
-    """The grid of activations already at hand: ``(C, H, W)``, or ``(K,)`` as ``K`` 1×1 tiles.
-
-    The options are those of :func:`feature_maps`; ``name`` labels the result and errors.
-    """
+    """The grid of activations already at hand: ``(C, H, W)``, or ``(K,)`` as ``K`` 1×1 tiles;
+    ``name`` labels the result and errors."""
     (maps,) = maps_from_activations(
-        {name: activations.unsqueeze(0)},
-        [name],
-        model_name="activations",
-        channels=channels,
-        top_k=top_k,
-        normalize=normalize,
-        colormap=colormap,
-        columns=columns,
-        padding=padding,
-        scale=scale,
-        max_grid_pixels=max_grid_pixels,
+        {name: activations.unsqueeze(0)}, [name], grid, model_name="activations"
     )
     return maps
 
 
 def _layer_maps(
-    name: str,
-    model_name: str,
-    output: object,
-    *,
-    channels: Sequence[int] | None,
-    top_k: int | None,
-    normalize: Normalize,
-    colours: torch.Tensor,
-    columns: int | None,
-    padding: int,
-    scale: int,
-    max_grid_pixels: int,
+    name: str, model_name: str, output: object, grid: GridOptions, colours: torch.Tensor
 ) -> LayerMaps:
     """The grid of one layer's ``output`` ``(1, *shape)``; options already checked."""
     maps = _as_maps(name, model_name, output)
     shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
     flat = maps.flatten(1)
     stats = torch.stack([flat.amin(dim=1), flat.amax(dim=1), flat.mean(dim=1)], dim=1)
-    chosen = select_channels(stats[:, 2], channels=channels, top_k=top_k, layer=name)
+    chosen = select_channels(stats[:, 2], channels=grid.channels, top_k=grid.top_k, layer=name)
     _, height, width = maps.shape
     layout = grid_layout(
         len(chosen),
-        (height * scale, width * scale),
-        columns=columns,
-        padding=padding,
+        (height * grid.scale, width * grid.scale),
+        columns=grid.columns,
+        padding=grid.padding,
         channels=chosen,
-        max_pixels=max_grid_pixels,
+        max_pixels=grid.max_grid_pixels,
     )
     # Over every channel, drawn or not: a layer range must not depend on the selection.
-    lo, hi = range_of(stats[:, 0], stats[:, 1], normalize)
+    lo, hi = range_of(stats[:, 0], stats[:, 1], grid.normalize)
     if chosen == list(range(len(stats))):  # every channel in order (the default): no copies
         indices, tile_stats = quantize(maps, lo, hi), stats
     else:
         picked = torch.tensor(chosen, device=maps.device)
         indices, tile_stats = quantize(maps[picked], lo[picked], hi[picked]), stats[picked]
-    grid = tile_grid(upscale(indices, scale), layout, fill=PAD_INDEX)
+    tiles = tile_grid(upscale(indices, grid.scale), layout, fill=PAD_INDEX)
     return LayerMaps(
         name=name,
         shape=shape,
         layout=layout,
         stats=tile_stats.cpu(),
-        indices=grid.cpu(),
+        indices=tiles.cpu(),
         palette=colours,
     )

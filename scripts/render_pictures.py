@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnviz import ModelRegistry, RenderSettings, feature_maps, objectives, visualize
+from cnnviz import GridOptions, ModelRegistry, RenderSettings, feature_maps, objectives, visualize
 from cnnviz.data.shapes import sample_image
 from cnnviz.imaging import encode_png, image_grid
 
@@ -27,7 +27,8 @@ def main() -> None:
     loaded = ModelRegistry.from_file(None).get("shapes")
     spec = loaded.spec
     x = spec.preprocess(sample_image("triangle"))
-    for maps in feature_maps(loaded.module, x, ["block1.conv", "block2.relu"], scale=2):
+    layers = ["block1.conv", "block2.relu"]
+    for maps in feature_maps(loaded.module, x, layers, GridOptions(scale=2)):
         path = args.out / f"triangle_{maps.name.replace('.', '_')}.png"
         path.write_bytes(maps.png())
         print(f"{path}: {maps.name} {list(maps.shape)}")

@@ -20,8 +20,8 @@ from fastapi import Request
 
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.featuremaps import (
+    GridOptions,
     LayerMaps,
-    check_options,
     layer_activations,
     maps_from_activations,
 )
@@ -65,8 +65,9 @@ def _activations(
     request: FeatureMapsRequest,
     max_pixels: int,
     pool: TorchPool,
-) -> tuple[dict[str, Any], list[str]]:
-    """Decode, preprocess, one forward pass: ``{layer: (1, *shape)}`` and the layer names.
+) -> tuple[dict[str, Any], list[str], GridOptions]:
+    """Decode, preprocess, one forward pass: ``{layer: (1, *shape)}``, the layer names, and
+    the grid options (checked before any decoding).
 
     The forward pass goes through the pool's micro-batcher: requests for the same model,
     layers and precision that are due together share one, with the same numbers as alone.
@@ -75,11 +76,12 @@ def _activations(
     options = request.options
     # A bad layer name, or one whose axes are ambiguous, costs no decoding.
     names = [info.name for info in loaded.index.usable(options.layers)]
-    check_options(  # nor a bad option
-        channels=options.channels,
+    grid = GridOptions(  # nor a bad option: checked once, here
+        channels=None if options.channels is None else tuple(options.channels),
         top_k=options.top_k,
         normalize=options.normalize,
         colormap=options.colormap,
+        columns=options.columns,
         padding=options.padding,
         scale=options.scale,
     )
@@ -93,7 +95,7 @@ def _activations(
         x,
         lambda batch: layer_activations(loaded.module, batch, names, precision=options.precision),
     )
-    return outputs, names
+    return outputs, names, grid
 
 
 def raw_activations(
@@ -106,7 +108,7 @@ def raw_activations(
     """The layers' activations of the image as float32 arrays ``(C, H, W)`` (or the layer's
     own shape), keyed by layer name: blocking, for the torch pool. ``channels``, when given,
     picks channels (in that order); the grid options do not apply."""
-    outputs, names = _activations(registry, model, request, max_pixels, pool)
+    outputs, names, _ = _activations(registry, model, request, max_pixels, pool)
     channels = request.options.channels
     arrays: dict[str, np.ndarray] = {}
     for name in names:
@@ -138,21 +140,9 @@ def render(
     pool: TorchPool,
 ) -> list[Rendered]:
     """Decode, preprocess, one forward pass, grids and PNGs: blocking, for the torch pool."""
-    outputs, names = _activations(registry, model, request, max_pixels, pool)
+    outputs, names, grid = _activations(registry, model, request, max_pixels, pool)
     options = request.options
-    spec = registry.spec(model)
-    maps = maps_from_activations(
-        outputs,
-        names,
-        model_name=spec.name,
-        channels=options.channels,
-        top_k=options.top_k,
-        normalize=options.normalize,
-        colormap=options.colormap,
-        columns=options.columns,
-        padding=options.padding,
-        scale=options.scale,
-    )
+    maps = maps_from_activations(outputs, names, grid, model_name=registry.spec(model).name)
     used = resolve_precision(options.precision, registry.get(model).device).precision
     return [Rendered(m, m.png(), used) for m in maps]
 

@@ -27,6 +27,7 @@ EXPECTED = {
     "capture_activations",
     "decode_image",
     "encode_png",
+    "GridOptions",
     "feature_map_grid",
     "feature_maps",
     "layer_index",

@@ -28,6 +28,7 @@ per row, higher is better. Terms see layers unit-first, ``(n, units, h, w)``
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -86,20 +87,41 @@ def _rows(act: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Channel(Term):
+class _OnLayer(Term):
+    """A term that reads one layer."""
+
     layer: str
-    channels: tuple[int, ...]
 
     @property
     def layers(self) -> tuple[str, ...]:
         return (self.layer,)
 
+
+@dataclass(frozen=True)
+class _Indexed(_OnLayer):
+    """A term with one unit per index it was given (a channel or a class); a single index
+    applies to every unit of the sum."""
+
+    @property
+    @abstractmethod
+    def indices(self) -> tuple[int, ...]:
+        """The index of each unit."""
+
     @property
     def n_units(self) -> int:
-        return len(self.channels)
+        return len(self.indices)
 
     def unit_key(self, unit: int) -> Hashable:
-        return self.channels[unit if len(self.channels) > 1 else 0]
+        return self.indices[unit if len(self.indices) > 1 else 0]
+
+
+@dataclass(frozen=True)
+class _Channel(_Indexed):
+    channels: tuple[int, ...]
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return self.channels
 
     def validate(self, index: LayerIndex) -> None:
         shape = unit_shape(index, self.layer)
@@ -112,22 +134,12 @@ class _Channel(Term):
 
 
 @dataclass(frozen=True)
-class _Neuron(Term):
-    layer: str
-    channels: tuple[int, ...]
+class _Neuron(_Channel):
     y: int | None
     x: int | None
 
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return (self.layer,)
-
-    @property
-    def n_units(self) -> int:
-        return len(self.channels)
-
     def unit_key(self, unit: int) -> Hashable:
-        return (self.channels[unit if len(self.channels) > 1 else 0], self.y, self.x)
+        return (super().unit_key(unit), self.y, self.x)
 
     def validate(self, index: LayerIndex) -> None:
         shape = unit_shape(index, self.layer)
@@ -152,26 +164,15 @@ class _Neuron(Term):
 
 
 @dataclass(frozen=True)
-class _LayerEnergy(Term):
-    layer: str
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return (self.layer,)
-
+class _LayerEnergy(_OnLayer):
     def __call__(self, batch: Batch) -> torch.Tensor:
         return batch.layers[self.layer].flatten(1).pow(2).mean(dim=1)
 
 
 @dataclass(frozen=True, eq=False)
-class _Direction(Term):
-    layer: str
+class _Direction(_OnLayer):
     vectors: torch.Tensor  # (k, C) float32
     keys: tuple[tuple[float, ...], ...] = field(repr=False)
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return (self.layer,)
 
     @property
     def n_units(self) -> int:
@@ -197,20 +198,12 @@ class _Direction(Term):
 
 
 @dataclass(frozen=True)
-class _ClassLogit(Term):
-    layer: str
+class _ClassLogit(_Indexed):
     classes: tuple[int, ...]
 
     @property
-    def layers(self) -> tuple[str, ...]:
-        return (self.layer,)
-
-    @property
-    def n_units(self) -> int:
-        return len(self.classes)
-
-    def unit_key(self, unit: int) -> Hashable:
-        return self.classes[unit if len(self.classes) > 1 else 0]
+    def indices(self) -> tuple[int, ...]:
+        return self.classes
 
     def validate(self, index: LayerIndex) -> None:
         shape = unit_shape(index, self.layer)
@@ -227,14 +220,9 @@ class _ClassLogit(Term):
 
 
 @dataclass(frozen=True, eq=False)
-class _Caricature(Term):
-    layer: str
+class _Caricature(_OnLayer):
     target: torch.Tensor  # (units, h, w) float32: the image's activations
     cossim_pow: float
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return (self.layer,)
 
     def validate(self, index: LayerIndex) -> None:
         shape = unit_shape(index, self.layer)
@@ -254,14 +242,9 @@ class _Caricature(Term):
 
 
 @dataclass(frozen=True)
-class _Diversity(Term):
-    layer: str
+class _Diversity(_OnLayer):
     regularizer = True
     couples_rows = True
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return (self.layer,)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         act = batch.layers[self.layer]

@@ -46,9 +46,9 @@ from workers.records import (
     JobNotFound,
     JobRecords,
     QuotaExceeded,
+    RecordsUnavailable,
     ResultExpired,
 )
-from workers.records import RecordsUnavailable as StoreUnavailable
 from workers.records.verdicts import VerdictTable
 
 T = TypeVar("T")
@@ -140,7 +140,7 @@ def _reused_key(_: IdempotencyConflict, __: str) -> ApiError:
 _RECORDS_ERRORS: list[tuple[type[Exception], Callable[[Any, str], ApiError]]] = [
     (JobNotFound, lambda _, job_id: _not_found(job_id)),
     (ResultExpired, lambda _, job_id: _expired(job_id)),
-    (StoreUnavailable, lambda exc, _: _unavailable(str(exc))),
+    (RecordsUnavailable, lambda exc, _: _unavailable(str(exc))),
     (JobNotFinished, _not_finished),
     (QuotaExceeded, _quota),
     (IdempotencyConflict, _reused_key),
@@ -329,7 +329,7 @@ class JobManager:
             return {}
         try:
             return await self._raw(self.records.verdicts, model, weights)
-        except StoreUnavailable as exc:
+        except RecordsUnavailable as exc:
             log.warning("sanity verdicts of %s unread: %s", model, exc)
             return {}
 
@@ -471,7 +471,7 @@ class JobManager:
                 await self._raw(self.records.ping)
                 checks["queue"] = {"ok": True, "transport": self.transport.name}
                 checks["queue"].update(_persistence(await self._raw(self.records.appendonly)))
-            except StoreUnavailable as exc:
+            except RecordsUnavailable as exc:
                 checks["queue"] = {
                     "ok": False,
                     "transport": self.transport.name,

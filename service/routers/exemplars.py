@@ -4,35 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from schemas.errors import Problem
 from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsResult
 from service.deps import DatasetsDep, JobsDep, OwnerDep, PoolDep, RegistryDep
 from service.exemplars import render
-from service.feature_maps import wants_png
-from service.routers.jobs import (
-    JobId,
-)
+from service.routers.jobs import PICTURE_RESPONSES, JobId, UnitIndex, picture_or_json
 from workers.kinds.exemplars import Exemplars
 
-router = APIRouter(tags=["exemplars"])
+router = APIRouter(prefix="/jobs", tags=["exemplars"])
 
 
 @router.get(
-    "/jobs/{job_id}/exemplars/{layer}/{channel}",
+    "/{job_id}/exemplars/{layer}/{channel}",
     response_model=ExemplarGridRead,
-    responses={
-        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-        404: {"model": Problem},
-        409: {"model": Problem, "description": "the job has not succeeded (yet)"},
-        422: {"model": Problem},
-    },
+    responses=PICTURE_RESPONSES,
 )
 async def read_exemplars(
     job_id: JobId,
     layer: str,
-    channel: Annotated[int, Path(ge=0, le=1_000_000)],
+    channel: UnitIndex,
     query: Annotated[ExemplarGridQuery, Query()],
     request: Request,
     jobs: JobsDep,
@@ -48,6 +39,4 @@ async def read_exemplars(
     png, read = await pool.run(
         render, registry, datasets, result, layer, channel, query.mode, query.which
     )
-    if wants_png(request.headers.get("accept")):
-        return Response(png, media_type="image/png")
-    return Response(read.model_dump_json(), media_type="application/json")
+    return picture_or_json(request, png, read)

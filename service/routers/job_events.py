@@ -12,7 +12,7 @@ from service.deps import JobsDep, OwnerDep, SettingsDep
 from service.jobs.events import job_events
 from service.routers.jobs import JobId
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -26,7 +26,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=_RESPONSES)
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses=_RESPONSES)
 async def job_event_stream(
     job_id: JobId, jobs: JobsDep, owner: OwnerDep, settings: SettingsDep
 ) -> StreamingResponse:

@@ -15,7 +15,7 @@ from service.jobs.results import immutable_response, require_succeeded, result_p
 from service.raw import MEDIA_TYPE, RawFormat, convert
 from service.routers.jobs import JobId
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 _PNG: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "the PNG (ETag; 304 on If-None-Match)"},
@@ -25,7 +25,7 @@ _PNG: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/jobs/{job_id}/result.png", response_class=Response, responses=_PNG)
+@router.get("/{job_id}/result.png", response_class=Response, responses=_PNG)
 async def job_result_png(
     job_id: JobId, jobs: JobsDep, owner: OwnerDep, request: Request
 ) -> Response:
@@ -34,7 +34,7 @@ async def job_result_png(
     return immutable_response(request, result_png(job), "image/png")
 
 
-@router.get("/jobs/{job_id}/units/{index}.png", response_class=Response, responses=_PNG)
+@router.get("/{job_id}/units/{index}.png", response_class=Response, responses=_PNG)
 async def job_unit_png(
     job_id: JobId,
     index: Annotated[int, Path(ge=0, description="the picture's place in `result.units`")],
@@ -75,7 +75,7 @@ async def _raw(
     return immutable_response(request, data, MEDIA_TYPE[raw])
 
 
-@router.get("/jobs/{job_id}/result.npy", response_class=Response, responses=_RAW)
+@router.get("/{job_id}/result.npy", response_class=Response, responses=_RAW)
 async def job_result_npy(
     job_id: JobId, jobs: JobsDep, owner: OwnerDep, request: Request
 ) -> Response:
@@ -84,7 +84,7 @@ async def job_result_npy(
     return await _raw(job_id, jobs, owner, request, "npy")
 
 
-@router.get("/jobs/{job_id}/result.safetensors", response_class=Response, responses=_RAW)
+@router.get("/{job_id}/result.safetensors", response_class=Response, responses=_RAW)
 async def job_result_safetensors(
     job_id: JobId, jobs: JobsDep, owner: OwnerDep, request: Request
 ) -> Response:

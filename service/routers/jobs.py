@@ -16,15 +16,33 @@ from pydantic import BaseModel
 from schemas.errors import Problem
 from schemas.jobs import JobList, JobRead, JobStatus
 from service.deps import JobsDep, OwnerDep
+from service.feature_maps import wants_png
 from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
 from service.jobs.results import finished_job_headers, present
 from workers.logs import set_job_id
 from workers.records import JobFilter
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
 
 JobId = Annotated[str, Path(min_length=1, max_length=100, description="the job's id")]
+UnitIndex = Annotated[int, Path(ge=0, le=1_000_000)]
+
+# The picture of a unit of a succeeded job (exemplars, dissection): PNG or JSON.
+PICTURE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+    404: {"model": Problem},
+    409: {"model": Problem, "description": "the job has not succeeded (yet)"},
+    422: {"model": Problem},
+}
+
+
+def picture_or_json(request: Request, png: bytes, read: BaseModel) -> Response:
+    """``png`` when the request's ``Accept`` prefers it, else ``read`` as JSON."""
+    if wants_png(request.headers.get("accept")):
+        return Response(png, media_type="image/png")
+    return Response(read.model_dump_json(), media_type="application/json")
+
 
 IdempotencyKey = Annotated[
     str | None,
@@ -94,7 +112,7 @@ async def submit_job(
     return present(job, None, jobs.inline_max_bytes)
 
 
-@router.get("/jobs", responses={422: {"model": Problem}, 503: {"model": Problem}})
+@router.get("", responses={422: {"model": Problem}, 503: {"model": Problem}})
 async def list_jobs(
     jobs: JobsDep,
     owner: OwnerDep,
@@ -113,7 +131,7 @@ async def list_jobs(
 
 
 @router.get(
-    "/jobs/{job_id}",
+    "/{job_id}",
     response_model=JobRead[Any, Any],
     responses={
         304: {"description": "a finished job the client has (If-None-Match)"},
@@ -138,7 +156,7 @@ async def read_job(
 
 
 @router.post(
-    "/jobs/{job_id}/cancel",
+    "/{job_id}/cancel",
     responses={
         202: {"description": "cancel asked; the job stops within a few steps"},
         404: {"model": Problem},
@@ -157,7 +175,7 @@ async def cancel_job(
 
 
 @router.delete(
-    "/jobs/{job_id}", status_code=204, responses={404: {"model": Problem}, 409: {"model": Problem}}
+    "/{job_id}", status_code=204, responses={404: {"model": Problem}, 409: {"model": Problem}}
 )
 async def delete_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
     """Forget a finished job and its images."""
@@ -166,7 +184,7 @@ async def delete_job(job_id: JobId, jobs: JobsDep, owner: OwnerDep) -> Response:
 
 
 @router.get(
-    "/jobs/{job_id}/preview",
+    "/{job_id}/preview",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, 404: {"model": Problem}},
 )

@@ -17,7 +17,7 @@ from cnnviz.errors import (
     InvalidArgumentError,
     UnknownLayerError,
 )
-from cnnviz.featuremaps import feature_map_grid, feature_maps, select_channels
+from cnnviz.featuremaps import GridOptions, feature_map_grid, feature_maps, select_channels
 
 WHITE = [255, 255, 255]
 
@@ -89,32 +89,33 @@ def test_stats_layout_and_exact_colours_per_channel() -> None:
 
 
 def test_layer_normalisation_shares_one_range_whatever_the_selection() -> None:
-    (every,) = feature_maps(OneByOne(), X, ["conv"], normalize="layer", colormap="gray")
-    (one,) = feature_maps(OneByOne(), X, ["conv"], channels=[1], normalize="layer")
+    every_channel = GridOptions(normalize="layer", colormap="gray")
+    (every,) = feature_maps(OneByOne(), X, ["conv"], every_channel)
+    (one,) = feature_maps(OneByOne(), X, ["conv"], GridOptions(channels=[1], normalize="layer"))
     assert np.array_equal(tile(every.rgb(), 1, 4), expected_colours(CONV[1] / 8, "gray"))
     assert np.array_equal(tile(one.rgb(), 1, 1), expected_colours(CONV[1] / 8))
     assert one.layout.channels == (1,) and one.stats.tolist() == [[0.0, 4.0, 2.25]]
 
 
 def test_channel_lists_keep_their_order_without_repeats() -> None:
-    (maps,) = feature_maps(OneByOne(), X, ["conv"], channels=[2, 0, 2])
+    (maps,) = feature_maps(OneByOne(), X, ["conv"], GridOptions(channels=[2, 0, 2]))
     assert maps.channels == (2, 0)
     assert maps.stats[:, 2].tolist() == [3.5, 1.75]
 
 
 def test_top_k_takes_the_highest_means_first() -> None:
-    (maps,) = feature_maps(OneByOne(), X, ["conv"], top_k=2)
+    (maps,) = feature_maps(OneByOne(), X, ["conv"], GridOptions(top_k=2))
     assert maps.channels == (2, 1)
     assert select_channels(torch.tensor([1.0, 5.0, 5.0]), top_k=9) == [1, 2, 0]
 
 
 def test_a_channel_out_of_range_names_the_valid_range() -> None:
     with pytest.raises(InvalidArgumentError, match=r"channel 3 .* 'conv'.* 3 channels.*0\.\.2"):
-        feature_maps(OneByOne(), X, ["conv"], channels=[0, 3])
+        feature_maps(OneByOne(), X, ["conv"], GridOptions(channels=[0, 3]))
 
 
 def test_columns_padding_and_scale_shape_the_grid() -> None:
-    (maps,) = feature_maps(OneByOne(), X, ["conv"], columns=3, padding=2, scale=3)
+    (maps,) = feature_maps(OneByOne(), X, ["conv"], GridOptions(columns=3, padding=2, scale=3))
     layout = maps.layout
     assert (layout.rows, layout.columns, layout.tile, layout.padding) == (1, 3, (6, 6), 2)
     assert maps.indices.shape == (1 * 8 + 2, 3 * 8 + 2)
@@ -139,7 +140,7 @@ def test_several_layers_share_one_forward_pass() -> None:
 
 
 def test_a_vector_layer_is_drawn_as_one_pixel_tiles() -> None:
-    (maps,) = feature_maps(OneByOne(), X, ["head"], top_k=1)
+    (maps,) = feature_maps(OneByOne(), X, ["head"], GridOptions(top_k=1))
     # head = sum of all activations (7 + 9 + 14 = 30) + bias (0, -10)
     assert maps.shape == (2,) and maps.channels == (0,)
     assert maps.stats.tolist() == [[30.0, 30.0, 30.0]]
@@ -163,16 +164,16 @@ def test_options_are_checked_before_the_forward_pass() -> None:
     handle = model.conv.register_forward_hook(lambda *_: calls.append(1))
     try:
         with pytest.raises(InvalidArgumentError, match="colormap"):
-            feature_maps(model, X, ["conv"], colormap="nope")
+            feature_maps(model, X, ["conv"], GridOptions(colormap="nope"))
         with pytest.raises(InvalidArgumentError, match="not both"):
-            feature_maps(model, X, ["conv"], channels=[0], top_k=1)
+            feature_maps(model, X, ["conv"], GridOptions(channels=[0], top_k=1))
     finally:
         handle.remove()
     assert calls == []
 
 
 def test_png_is_the_rgb_grid() -> None:
-    (maps,) = feature_maps(OneByOne(), X, ["conv"], colormap="inferno")
+    (maps,) = feature_maps(OneByOne(), X, ["conv"], GridOptions(colormap="inferno"))
     decoded = np.array(Image.open(io.BytesIO(maps.png())).convert("RGB"))
     assert np.array_equal(decoded, maps.rgb().numpy())
 
@@ -220,15 +221,15 @@ def test_no_hook_is_left_and_modes_and_grads_are_restored(cls: type[OneByOne]) -
     (maps,) = feature_maps(model, X, ["conv"])
     assert maps.stats.tolist()[2] == [0.0, 8.0, 3.5]
     with pytest.raises(InvalidArgumentError):  # a failing call too
-        feature_maps(model, X, ["conv"], channels=[7])
+        feature_maps(model, X, ["conv"], GridOptions(channels=[7]))
     assert hook_count(model) == before_hooks
     assert list(modes(model)) == before_modes
     assert [p.requires_grad for p in model.parameters()] == before_grads
 
 
 def test_a_grid_of_activations_at_hand_is_the_same_grid() -> None:
-    (from_model,) = feature_maps(OneByOne(), X, ["conv"], top_k=2)
-    at_hand = feature_map_grid(CONV, "conv", top_k=2)
+    (from_model,) = feature_maps(OneByOne(), X, ["conv"], GridOptions(top_k=2))
+    at_hand = feature_map_grid(CONV, "conv", GridOptions(top_k=2))
     assert at_hand.layout == from_model.layout
     assert torch.equal(at_hand.indices, from_model.indices)
     assert torch.equal(at_hand.stats, from_model.stats)

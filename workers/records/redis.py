@@ -68,6 +68,7 @@ from workers.records.redis_keys import (
 from workers.records.redis_reads import count_jobs, owned_jobs, read_durations
 from workers.records.redis_scripts import script_names, script_source
 from workers.records.stats import Durations, bucket_labels
+from workers.records.stops import StopChecks
 from workers.records.verdicts import Verdict, from_redis, redis_fields, redis_key
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,6 @@ class RedisRecords:
         self._client = url_or_client
         self._max_attempts = max_attempts
         self._ttl = ttl_seconds
-        self._stop_interval = stop_check_interval_s
         self._finish_retry_s = finish_retry_s
         self._lease_ms = int(lease_s * 1000)
         self._results_max_bytes = results_max_bytes  # see redis_cap
@@ -121,8 +121,7 @@ class RedisRecords:
             name: self._client.register_script(script_source(name)) for name in script_names()
         }
         # Per (job, attempt): when the flag was last read, and whether the attempt must stop.
-        self._checked: dict[tuple[str, int], float] = {}
-        self._stopped: set[tuple[str, int]] = set()
+        self._stops = StopChecks(stop_check_interval_s)
 
     def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -326,7 +325,7 @@ class RedisRecords:
             log.warning("job %s: lease not renewed: %s", job_id, exc)
             return True
         if not renewed:
-            self._stopped.add((job_id, attempt))
+            self._stops.stop(job_id, attempt)
         return bool(renewed)
 
     def release(self, job_id: str, attempt: int) -> None:
@@ -414,7 +413,7 @@ class RedisRecords:
             log.warning("job %s: progress not recorded: %s", job_id, exc)
             return
         if not written:
-            self._stopped.add((job_id, attempt))  # cancelled, superseded or deleted
+            self._stops.stop(job_id, attempt)  # cancelled, superseded or deleted
 
     def start_shard(
         self, job_id: str, attempt: int, shard: int, max_deliveries: int, holder: str = ""
@@ -440,24 +439,17 @@ class RedisRecords:
         return started
 
     def should_stop(self, job_id: str, attempt: int) -> bool:
-        key = (job_id, attempt)
-        now = time.monotonic()
-        if key in self._stopped:
-            return True
-        if now - self._checked.get(key, -float("inf")) < self._stop_interval:
-            return False
-        self._checked[key] = now
-        try:
-            status, attempts, cancel = self._client.hmget(
-                record_key(job_id), ["status", "attempts", "cancel"]
-            )
-        except redis.RedisError as exc:
-            log.warning("job %s: cancel flag unreadable, going on: %s", job_id, exc)
-            return False
-        if status != b"running" or attempts != str(attempt).encode() or cancel == b"1":
-            self._stopped.add(key)
-            return True
-        return False
+        def read() -> bool:
+            try:
+                status, attempts, cancel = self._client.hmget(
+                    record_key(job_id), ["status", "attempts", "cancel"]
+                )
+            except redis.RedisError as exc:
+                log.warning("job %s: cancel flag unreadable, going on: %s", job_id, exc)
+                return False
+            return status != b"running" or attempts != str(attempt).encode() or cancel == b"1"
+
+        return self._stops(job_id, attempt, read)
 
     def finish(
         self,

@@ -48,6 +48,7 @@ from workers.records.base import (
 )
 from workers.records.sqlite_store import SqliteStore
 from workers.records.stats import Durations
+from workers.records.stops import StopChecks
 
 __all__ = ["SqliteRecords"]
 
@@ -81,9 +82,7 @@ class SqliteRecords(SqliteStore):
             lease_s=lease_s,
         )
         self._max_attempts = max_attempts
-        self._stop_interval = stop_check_interval_s
-        self._checked: dict[tuple[str, int], float] = {}
-        self._stopped: set[tuple[str, int]] = set()
+        self._stops = StopChecks(stop_check_interval_s)
         self._suspended = threading.Event()
         self.heartbeat()
 
@@ -155,10 +154,7 @@ class SqliteRecords(SqliteStore):
     def cancel(self, job_id: str) -> JobRecord:
         removed: list[str] = []
         with self._db.transaction() as conn:
-            row = self._row_tx(conn, job_id)
-            if row is None:
-                raise JobNotFound(job_id)
-            record = JobRecord.model_validate_json(row["record"])
+            record = self._record_tx(conn, job_id)
             if not record.status.finished:
                 record = record.model_copy(update={"cancel": True})
                 if record.status == JobStatus.QUEUED:
@@ -170,10 +166,7 @@ class SqliteRecords(SqliteStore):
 
     def delete(self, job_id: str) -> None:
         with self._db.transaction() as conn:
-            row = self._row_tx(conn, job_id)
-            if row is None:
-                raise JobNotFound(job_id)
-            record = JobRecord.model_validate_json(row["record"])
+            record = self._record_tx(conn, job_id)
             if not record.status.finished:
                 raise JobNotFinished(record)
             removed = self._forget_tx(conn, job_id)
@@ -316,7 +309,7 @@ class SqliteRecords(SqliteStore):
 
     def save_checkpoint(self, job_id: str, attempt: int, data: bytes) -> None:
         if not self._write_part(job_id, attempt, "checkpoint", data, "checkpoint"):
-            self._stopped.add((job_id, attempt))
+            self._stops.stop(job_id, attempt)
 
     def checkpoint(self, job_id: str) -> bytes | None:
         try:
@@ -337,7 +330,7 @@ class SqliteRecords(SqliteStore):
             with self._db.transaction() as conn:
                 record = self._current_tx(conn, job_id, attempt)
                 if record is None:
-                    self._stopped.add((job_id, attempt))
+                    self._stops.stop(job_id, attempt)
                     return
                 self._save_tx(conn, record.model_copy(update={"progress": progress}))
                 if preview is not None:
@@ -349,7 +342,7 @@ class SqliteRecords(SqliteStore):
 
     def attach(self, job_id: str, attempt: int, data: bytes, ttl_seconds: int) -> None:
         if not self._write_part(job_id, attempt, "arrays", data, "raw arrays"):
-            self._stopped.add((job_id, attempt))
+            self._stops.stop(job_id, attempt)
 
     def shard_progress(self, job_id: str, attempt: int, shard: int, done: int, total: int) -> None:
         with self._db.transaction() as conn:
@@ -396,23 +389,17 @@ class SqliteRecords(SqliteStore):
         return started
 
     def should_stop(self, job_id: str, attempt: int) -> bool:
-        key = (job_id, attempt)
-        if key in self._stopped or self._suspended.is_set():
-            return True
-        now = time.monotonic()
-        if now - self._checked.get(key, -float("inf")) < self._stop_interval:
-            return False
-        self._checked[key] = now
-        rows = self._db.read("SELECT status, attempts, record FROM jobs WHERE id = ?", (job_id,))
-        if (
-            not rows
-            or rows[0]["status"] != JobStatus.RUNNING.value
-            or rows[0]["attempts"] != attempt
-            or JobRecord.model_validate_json(rows[0]["record"]).cancel
-        ):
-            self._stopped.add(key)
-            return True
-        return False
+        def read() -> bool:
+            sql = "SELECT status, attempts, record FROM jobs WHERE id = ?"
+            rows = self._db.read(sql, (job_id,))
+            return (
+                not rows
+                or rows[0]["status"] != JobStatus.RUNNING.value
+                or rows[0]["attempts"] != attempt
+                or JobRecord.model_validate_json(rows[0]["record"]).cancel
+            )
+
+        return self._suspended.is_set() or self._stops(job_id, attempt, read)
 
     def finish(
         self,
@@ -450,8 +437,7 @@ class SqliteRecords(SqliteStore):
                 removed += closed
         finally:
             self._remove(removed)
-        self._checked.pop((job_id, attempt), None)
-        self._stopped.discard((job_id, attempt))
+        self._stops.forget(job_id, attempt)
         self._enforce_cap()
         return True
 

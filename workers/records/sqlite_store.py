@@ -66,6 +66,13 @@ class SqliteStore:
         ).fetchone()
         return row
 
+    def _record_tx(self, conn: sqlite3.Connection, job_id: str) -> JobRecord:
+        """The live record of ``job_id`` in this transaction; JobNotFound otherwise."""
+        row = self._row_tx(conn, job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        return JobRecord.model_validate_json(row["record"])
+
     def _load(self, job_id: str) -> tuple[sqlite3.Row, JobRecord]:
         rows = self._db.read(
             "SELECT * FROM jobs WHERE id = ? AND expires_at > ?", (job_id, time.time())
