@@ -112,7 +112,7 @@ class _GuidedReLU(torch.autograd.Function):
 
 class _Guided(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _GuidedReLU.apply(x)  # type: ignore[no-any-return]
+        return _GuidedReLU.apply(x)
 
 
 def _guided_backprop(net: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
@@ -131,7 +131,7 @@ def _guided_backprop(net: nn.Module, x: torch.Tensor, target: int) -> torch.Tens
 def _gradcam(net: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
     """``(H, W)`` Grad-CAM at ``block4.relu``, upsampled bilinearly to the input."""
     kept: list[torch.Tensor] = []
-    handle = net.block4.relu.register_forward_hook(lambda m, i, o: kept.append(o))
+    handle = net.get_submodule("block4.relu").register_forward_hook(lambda m, i, o: kept.append(o))
     with torch.enable_grad():
         inputs = x.unsqueeze(0).clone().requires_grad_()
         score = net(inputs)[0, target]
@@ -183,7 +183,9 @@ def test_on_trained_shapes_gradcam_and_saliency_pass_and_guided_gradcam_too(
     top = copy.deepcopy(model)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        top.fc.reset_parameters()
+        fc = top.get_submodule("fc")
+        assert isinstance(fc, nn.Linear)
+        fc.reset_parameters()
     targets = [attribute(model, x, "saliency").targets[0].index for x in images]
     guided = [
         spearman(
