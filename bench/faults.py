@@ -25,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Importing the service builds its default app: keep it off the user's data directory (each
+# case's API process has a data directory of its own).
+os.environ["CNNVIZ_DATA_DIR"] = ":memory:"
 
 from tests.faults import embedded, queue
 from tests.faults.watch import Recovery
