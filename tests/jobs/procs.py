@@ -106,8 +106,18 @@ class RedisServer:
         wait_for(self.ping, 10, f"redis-server on port {self.port}")
         return self
 
+    def send(self, signum: int) -> None:
+        """Send ``signum`` to the server: SIGSTOP pauses it (it answers nothing, connections
+        stay open), SIGCONT resumes it, SIGKILL crashes it (``start`` brings it back)."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+        if signum == signal.SIGKILL:
+            self.process.wait(10)
+            self.process = None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused server cannot stop
             self.process.terminate()
             try:
                 self.process.wait(10)
@@ -251,9 +261,19 @@ def serve(app: FastAPI) -> Iterator[httpx.Client]:
 class ApiProcess:
     """``uvicorn service.main:app`` as a process of its own (its own session, so a signal
     reaches every worker process), on a free port of 127.0.0.1, logging to a file; it can be
-    killed or stopped and started again on the same port and data directory."""
+    killed or stopped and started again on the same port and data directory.
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, workers: int = 1) -> None:
+    ``app``: the import string uvicorn serves, another module's to change the API's process
+    before it starts (a fault to inject)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        app: str = "service.main:app",
+    ) -> None:
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"api-{self.port}.log"
@@ -267,9 +287,11 @@ class ApiProcess:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> ApiProcess:
+    def start(self, timeout: float = 120) -> ApiProcess:
+        """Start and wait until it answers: its imports take 13 s of CPU, and over a minute
+        on two shared cores under load (two worker processes at once, more)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed below)
-        command = [sys.executable, "-m", "uvicorn", "service.main:app"]
+        command = [sys.executable, "-m", "uvicorn", self.app]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--workers", str(self.workers), "--log-level", "info"]
         self.process = subprocess.Popen(
