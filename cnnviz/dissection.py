@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from cnnviz.axes import unit_maps
 from cnnviz.exemplars import TopK, pool
 from cnnviz.layers import LayerIndex
+from cnnviz.mis import Extremes
 
 __all__ = [
     "IoUTally",
@@ -185,6 +186,7 @@ class LayerPass:
     top: TopK
     values: TopValues | None
     labels: LabelSums | None
+    extremes: Extremes | None = None  # with ``extremes``: the MIS's references and queries
 
 
 def first_pass(
@@ -196,6 +198,7 @@ def first_pass(
     top_m: Callable[[str, tuple[int, ...]], int] | None = None,
     targets: Sequence[int] | None = None,
     labels: int = 0,
+    extremes: int = 0,
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, LayerPass]:
@@ -227,9 +230,12 @@ def first_pass(
                             if top_m is not None
                             else None,
                             LabelSums(c, labels) if target_t is not None else None,
+                            Extremes(c, extremes, device) if extremes else None,
                         )
                     entry = out[name]
                     entry.top.update(scores, kept.to(device), positions)
+                    if entry.extremes is not None:
+                        entry.extremes.update(scores, kept.to(device), positions)
                     if entry.values is not None:
                         entry.values.update(maps)
                     if entry.labels is not None and target_t is not None:
