@@ -84,6 +84,11 @@ def test_without_mis_there_is_no_score_and_a_bad_encoder_is_refused() -> None:
             {**body, "mis_encoder": {"model": "shapes", "layer": "flaten"}}
         )
         kind.prepare(request, "shapes", resources)
+    with pytest.raises(InvalidArgumentError, match='add "mis": true'):
+        request = DissectionCreate.model_validate(
+            {**body, "mis": False, "mis_encoder": {"model": "shapes", "layer": "flatten"}}
+        )
+        kind.prepare(request, "shapes", resources)
     with pytest.raises(InvalidArgumentError, match="nope"):
         request = DissectionCreate.model_validate(
             {**body, "mis_encoder": {"model": "nope", "layer": "fc"}}

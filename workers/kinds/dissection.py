@@ -97,7 +97,7 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
                 listing=("datasets",),
             )
         update: dict[str, Any] = {"layers": layers, "method": method}
-        if request.mis:
+        if request.mis or request.mis_encoder:
             update["mis_encoder"] = dissection_mis.encoder(request, model, resources)
         return request.model_copy(update=update)
 

@@ -21,7 +21,9 @@ EXTREMES = REFERENCES + QUERIES  # images kept from each end of every unit's ran
 
 def encoder(request: DissectionCreate, model: str, resources: Resources) -> MisEncoder:
     """The request's encoder, checked (unknown model or layer: a 4xx), or the default: the
-    dissected model's penultimate layer."""
+    dissected model's penultimate layer. An encoder without ``mis`` is a mistake: a 4xx."""
+    if not request.mis:
+        raise InvalidArgumentError('mis_encoder names the encoder of the MIS; add "mis": true')
     chosen = request.mis_encoder or MisEncoder(
         model=model, layer=default_encoder_layer(resources.model(model).index)
     )
