@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from cnnviz.axes import unit_maps
 from cnnviz.exemplars import TopK, pool
 from cnnviz.layers import LayerIndex
+from cnnviz.mis import Extremes
 
 __all__ = [
     "IoUTally",
@@ -188,6 +189,7 @@ class LayerPass:
     top: TopK
     values: TopValues | None
     labels: LabelSums | None
+    extremes: Extremes | None = None  # with ``extremes``: the MIS's references and queries
 
 
 def first_pass(
@@ -199,6 +201,7 @@ def first_pass(
     top_m: Callable[[str, tuple[int, ...]], int] | None = None,
     targets: Sequence[int] | None = None,
     labels: int = 0,
+    extremes: int = 0,
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
     on_maps: Callable[[dict[str, torch.Tensor], torch.Tensor], None] | None = None,
@@ -236,9 +239,12 @@ def first_pass(
                             if top_m is not None
                             else None,
                             LabelSums(c, labels) if target_t is not None else None,
+                            Extremes(c, extremes, device) if extremes else None,
                         )
                     entry = out[name]
                     entry.top.update(scores, kept.to(device), positions)
+                    if entry.extremes is not None:
+                        entry.extremes.update(scores, kept.to(device), positions)
                     if entry.values is not None:
                         entry.values.update(maps)
                     if entry.labels is not None and target_t is not None:

@@ -148,6 +148,14 @@ def cmd_methods(args: argparse.Namespace) -> None:
         print(f"{method.name:22} {cost:24} {method.summary}{layer}{sanity}")
 
 
+def _encoder(value: str) -> dict[str, str]:
+    """``MODEL:LAYER`` as the request's ``mis_encoder``."""
+    model, _, layer = value.partition(":")
+    if not model or not layer:
+        raise SystemExit(f"--mis-encoder takes MODEL:LAYER, e.g. shapes:flatten; got {value!r}")
+    return {"model": model, "layer": layer}
+
+
 def cmd_dissect(args: argparse.Namespace) -> None:
     fields = _given(
         dataset=args.dataset,
@@ -156,6 +164,8 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         method=args.method,
         quantile=args.quantile,
         iou_threshold=args.iou_threshold,
+        mis=True if args.mis or args.mis_encoder else None,
+        mis_encoder=_encoder(args.mis_encoder) if args.mis_encoder else None,
     )
     with connect(args) as client:
         job = client.dissect(args.model, **fields)
@@ -272,6 +282,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--quantile", type=float, help="masks: on above the 1 - quantile (0.005)")
     p.add_argument("--iou-threshold", type=float, help="masks: detector above (0.04)")
     p.add_argument("-k", type=int, default=16, help="top images per unit")
+    p.add_argument("--mis", action="store_true", help="also each unit's interpretability score")
+    p.add_argument("--mis-encoder", help="MODEL:LAYER for --mis (default: the model's penultimate)")
     p.add_argument("--wait", action="store_true", help="wait with a progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", default="dissection", help="with --wait: a folder")

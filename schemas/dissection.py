@@ -13,6 +13,15 @@ from schemas.routes import JobRoute, job_route
 Method = Literal["masks", "labels"]
 
 
+class MisEncoder(BaseModel):
+    """The registered model and layer whose embeddings the MIS observer compares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200, examples=["shapes"])
+    layer: str = Field(min_length=1, max_length=500, examples=["flatten"])
+
+
 class DissectionCreate(JobOptions):
     """Label each unit of some layers with the data set's concept it detects best."""
 
@@ -44,6 +53,16 @@ class DissectionCreate(JobOptions):
     k: int = Field(
         default=16, ge=1, le=MAX_K, description="top images kept per unit (labels: precision@k)"
     )
+    mis: bool = Field(
+        default=False,
+        description="also score each unit's interpretability with a machine observer (MIS, "
+        "Zimmermann et al. 2024): see docs/dissection.md",
+    )
+    mis_encoder: MisEncoder | None = Field(
+        default=None,
+        description="mis: the encoder whose embeddings the observer compares; default: the "
+        "dissected model's penultimate layer (pass an encoder trained on data like yours)",
+    )
 
 
 class Alternative(BaseModel):
@@ -64,6 +83,11 @@ class DissectionUnit(BaseModel):
     )
     alternatives: list[Alternative] = Field(description="the next 3 labels by score")
     top: list[Exemplar] = Field(description="the unit's top images by mean activation")
+    mis: float | None = Field(
+        default=None,
+        description="machine interpretability score in [0, 1] (0.5: chance) with `mis`; null "
+        "without it or where the data set has under 20 images",
+    )
 
 
 class DissectionLayer(BaseModel):
@@ -96,6 +120,9 @@ class DissectionResult(BaseModel):
     quantile: float
     iou_threshold: float
     k: int
+    mis_encoder: MisEncoder | None = Field(
+        default=None, description="the encoder the MIS observer used; null without `mis`"
+    )
     layers: list[DissectionLayer]
     shards: int = 1
     device: str = ""

@@ -18,13 +18,16 @@ def test_dissect_waits_with_a_progress_bar_and_saves_json_and_pngs(
 ) -> None:
     out = tmp_path / "dissected"
     args = ["--url", service_url, "dissect", "-m", "shapes", "-d", "shapes", "-l", "fc"]
-    code = main([*args, "--method", "labels", "-k", "8", "--units", "3", "--wait", "-o", str(out)])
+    options = ["--method", "labels", "-k", "8", "--units", "3", "--mis-encoder", "shapes:flatten"]
+    code = main([*args, *options, "--wait", "-o", str(out)])
     assert code == 0
     captured = capsys.readouterr()
     assert "2400/2400" in captured.err  # the bar reached the last image
     assert "fc: 12 detector(s) of 12 units" in captured.out
     result = DissectionResult.model_validate(json.loads((out / "dissection.json").read_text()))
     assert result.method == "labels" and len(result.layers[0].units) == 12
+    assert result.mis_encoder is not None and result.mis_encoder.layer == "flatten"
+    assert all(u.mis is not None and 0.5 < u.mis <= 1 for u in result.layers[0].units)
     pngs = sorted((out / "fc").glob("*.png"))
     assert len(pngs) == 3 and pngs[0].name.startswith("000-unit")
     with Image.open(pngs[0]) as picture:

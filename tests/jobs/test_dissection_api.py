@@ -53,7 +53,9 @@ def test_labels_through_the_api_and_a_units_picture(api: httpx.Client) -> None:
         "selectivity",
         "alternatives",
         "top",
+        "mis",
     }
+    assert unit["mis"] is None and result["mis_encoder"] is None  # not asked for
     assert unit["label"] == "circle" and unit["activation_threshold"] is None
     assert len(unit["alternatives"]) == 3 and len(unit["top"]) == 6
     # The same request with the same key is the same job.

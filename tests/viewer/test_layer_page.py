@@ -28,6 +28,7 @@ def test_a_layer_page_starts_a_dissection_and_lists_its_units_by_score(
     assert settled(page) == "start", error_text(page)
     Select(page.find_element(By.ID, "dataset")).select_by_value(FEW)
     Select(page.find_element(By.ID, "method")).select_by_value("labels")
+    page.find_element(By.ID, "mis").click()
     page.execute_script("document.body.dataset.ready = ''")
     page.find_element(By.ID, "dissect").click()
     body = page.find_element(By.TAG_NAME, "body")
@@ -43,6 +44,8 @@ def test_a_layer_page_starts_a_dissection_and_lists_its_units_by_score(
     first = rows[0].find_elements(By.TAG_NAME, "td")
     assert first[1].text == units[0]["label"]
     assert first[2].text == f"{units[0]['score']:.3f}"
+    assert first[3].text == f"{units[0]['mis']:.3f}"
+    assert "MIS by shapes flatten" in page.find_element(By.ID, "summary").text
     link = first[0].find_element(By.TAG_NAME, "a").get_attribute("href")
     assert link.endswith(f"/units/shapes/fc/{units[0]['channel']}?dissection={job_id}")
     strip = rows[0].find_elements(By.CSS_SELECTOR, "img.thumb")

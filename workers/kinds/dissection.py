@@ -42,6 +42,7 @@ from cnnviz.dissection import (
 )
 from cnnviz.errors import InvalidArgumentError
 from cnnviz.exemplars import TopK
+from cnnviz.mis import Extremes
 from schemas.dissection import (
     ROUTE,
     Alternative,
@@ -52,6 +53,7 @@ from schemas.dissection import (
 )
 from schemas.exemplars import Exemplar
 from schemas.jobs import Progress
+from workers.kinds import dissection_mis
 from workers.kinds.base import JobContext, JobKind, Partial, Resources
 from workers.kinds.registry import register_kind
 
@@ -102,7 +104,10 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
                 "use method 'masks' or a labelled dataset",
                 listing=("datasets",),
             )
-        return request.model_copy(update={"layers": layers, "method": method})
+        update: dict[str, Any] = {"layers": layers, "method": method}
+        if request.mis or request.mis_encoder:
+            update["mis_encoder"] = dissection_mis.encoder(request, model, resources)
+        return request.model_copy(update=update)
 
     def _dataset(self, request: DissectionCreate, resources: Resources) -> Dataset:
         return resources.datasets.get(request.dataset)
@@ -181,6 +186,7 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
                 top_m=top_m if request.method == "masks" else None,
                 targets=dataset.targets if request.method == "labels" else None,
                 labels=len(dataset.labels),
+                extremes=dissection_mis.EXTREMES if request.mis else 0,
                 device=loaded.device,
                 on_batch=on_batch,
                 on_maps=keep_maps if cache is not None else None,
@@ -210,6 +216,7 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
                     "top": entry.top.to_json(),
                     "values": entry.values.to_json() if entry.values is not None else None,
                     "labels": entry.labels.to_json() if entry.labels is not None else None,
+                    "extremes": entry.extremes.to_json() if entry.extremes is not None else None,
                 }
                 for name, entry in passes.items()
             },
@@ -253,6 +260,8 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
                         tallies[name].merge(tally)
                     else:
                         tallies[name] = tally
+        images = sum(int(p["images"]) for p in partials)
+        mis = dissection_mis.unit_scores(request, merged, images, resources) if request.mis else {}
         layers = []
         for name in request.layers:
             info = loaded.index.info(name)  # unit-first, as exemplars give it
@@ -264,6 +273,10 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
                 units = _mask_units(entry, tallies.get(name), limits[name], dataset)
             else:
                 units = _label_units(entry, dataset)
+            if name in mis:
+                units = [
+                    u.model_copy(update={"mis": m}) for u, m in zip(units, mis[name], strict=True)
+                ]
             bar = (
                 (lambda s: s > request.iou_threshold)
                 if request.method == "masks"
@@ -283,7 +296,7 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             model=model,
             dataset=request.dataset,
             method=request.method or "labels",
-            images=sum(int(p["images"]) for p in partials),
+            images=images,
             skipped=len(skipped),
             skipped_masks=len(bad_masks),
             skipped_images=[dataset.ids[i] for i in skipped[:_LISTED]],
@@ -291,6 +304,7 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             quantile=request.quantile,
             iou_threshold=request.iou_threshold,
             k=request.k,
+            mis_encoder=request.mis_encoder,
             layers=layers,
             shards=len(partials),
             device=str(partials[0]["device"]) if partials else "",
@@ -348,10 +362,12 @@ def _merge_passes(request: DissectionCreate, partials: list[Partial]) -> dict[st
             top = TopK.from_json(lists["top"], request.k, True)
             values = lists["values"]
             labels = lists["labels"]
+            extremes = lists.get("extremes")
             entry = LayerPass(
                 top,
                 TopValues.from_json(values) if values else None,
                 LabelSums.from_json(labels) if labels else None,
+                Extremes.from_json(extremes) if extremes else None,
             )
             if name not in merged:
                 merged[name] = entry
@@ -362,6 +378,8 @@ def _merge_passes(request: DissectionCreate, partials: list[Partial]) -> dict[st
                 into.values.merge(entry.values)
             if into.labels is not None and entry.labels is not None:
                 into.labels.merge(entry.labels)
+            if into.extremes is not None and entry.extremes is not None:
+                into.extremes.merge(entry.extremes)
     return merged
 
 

@@ -94,6 +94,7 @@ async function offerStart(page) {
     try {
       const body = { dataset: $("dataset").value, layers: [page.layer] };
       if ($("method").value) body.method = $("method").value;
+      if ($("mis").checked) body.mis = true;
       const response = await api(`/v1/models/${encodeURIComponent(page.model)}/dissections`, {
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
       });
@@ -134,7 +135,8 @@ function show(page, job) {
   if (!layer) throw new Error(`job ${job.id} did not dissect layer ${page.layer}; it has ${result.layers.map((l) => l.name).join(", ")}`);
   const scoreName = result.method === "masks" ? "IoU" : "precision@k";
   $("summary").textContent = `${layer.name}: ${layer.detectors} detectors of ${layer.units.length} units, ` +
-    `${layer.unique_concepts} concepts (${result.method}, ${scoreName}; ${result.dataset}, ${result.images} images)`;
+    `${layer.unique_concepts} concepts (${result.method}, ${scoreName}; ${result.dataset}, ${result.images} images)` +
+    (result.mis_encoder ? `; MIS by ${result.mis_encoder.model} ${result.mis_encoder.layer}` : "");
   const units = [...layer.units].sort((a, b) => b.score - a.score || a.channel - b.channel);
   const body = $("units");
   body.replaceChildren();
@@ -148,6 +150,7 @@ function show(page, job) {
     row.insertCell().append(link);
     row.insertCell().textContent = unit.label ?? "—";
     row.insertCell().textContent = unit.score.toFixed(3);
+    row.insertCell().textContent = unit.mis == null ? "—" : unit.mis.toFixed(3);
     row.insertCell().textContent = unit.alternatives.map((a) => `${a.label} ${a.score.toFixed(3)}`).join(", ");
     const strip = row.insertCell();
     strip.className = "strip";
