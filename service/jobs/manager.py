@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -28,6 +29,7 @@ from schemas.jobs import JobList, JobRead, JobRecord, JobStatus, JobTask, finger
 from service.concurrency import TorchPool
 from service.errors import ApiError
 from service.jobs.callbacks import CallbackHosts
+from service.jobs.courier import CallbackCourier
 from service.jobs.sweeper import LeaseSweeper
 from service.jobs.transport import (
     QUEUE_RETRY_AFTER_S,
@@ -180,11 +182,13 @@ class JobManager:
         inline_max_bytes: int = 256 * 1024,
         callbacks: CallbackHosts = CallbackHosts(frozenset()),  # noqa: B008 (frozen)
         sweeper: LeaseSweeper | None = None,
+        courier: CallbackCourier | None = None,
         on_ended: Callable[[JobTask], None] | None = None,
     ) -> None:
         """``inline_max_bytes``: base64 characters of pictures a job's JSON carries inline by
         default; ``callbacks``: the hosts a job's callback_url may name; ``sweeper``: sends
-        again the jobs whose worker was lost (queued transports); ``on_ended``: runs after a
+        again the jobs whose worker was lost (queued transports); ``courier``: delivers the
+        callbacks of jobs that ended; ``on_ended``: runs after a
         cancel ended a running job at once (its worker was lost)."""
         self.records = records
         self.transport = transport
@@ -195,16 +199,20 @@ class JobManager:
         self.inline_max_bytes = inline_max_bytes
         self.callbacks = callbacks
         self.sweeper = sweeper
+        self.courier = courier
         self.on_ended = on_ended
-        self._sweeping: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._queue_was_down = False
 
     async def start(self) -> None:
         """Start what runs beside the requests: the transport's (in-process: the jobs it
-        resumes), and the lease sweeper, when there is one."""
+        resumes), the lease sweeper and the callback courier, when there are."""
         await self.transport.start()
+        loop = asyncio.get_running_loop()
         if self.sweeper is not None and self.sweeper.interval_s > 0:
-            self._sweeping = asyncio.get_running_loop().create_task(self.sweeper.run())
+            self._loops.append(loop.create_task(self.sweeper.run()))
+        if self.courier is not None:
+            self._loops.append(loop.create_task(self.courier.run()))
 
     async def _raw(self, call: Callable[..., T], *args: Any) -> T:
         """Call the records: in a thread when they do I/O (Redis), else right here."""
@@ -247,10 +255,16 @@ class JobManager:
         if callback_url is not None:
             self.callbacks.check(callback_url)
         request = kind.request_type.model_validate(request.model_dump(exclude={"callback_url"}))
+        try:
+            admission = await anyio.to_thread.run_sync(self.transport.admission)
+        except QueueUnavailable as exc:
+            raise _unavailable(str(exc)) from exc
+        # Checked against the device that will run it: a worker's, not this process's.
+        resources = dataclasses.replace(self.resources, admission=admission)
 
         def validate() -> tuple[BaseModel, str | None]:
             # The digest of the weights file is read once per version of the file.
-            prepared = kind.prepare(request, model, self.resources)
+            prepared = kind.prepare(request, model, resources)
             return prepared, self.resources.models.weights_digest(model)
 
         resolved, weights_sha256 = await self._pool.run(validate)
@@ -275,6 +289,7 @@ class JobManager:
             callback_url=callback_url,
             owner=owner,
             weights_sha256=weights_sha256,
+            admission=admission,
         )
         record, created = await self._io(
             self.records.create, record, self._ttl, idempotency, self._max_active
@@ -432,9 +447,11 @@ class JobManager:
         return checks
 
     async def close(self) -> None:
-        if self._sweeping is not None:
-            self._sweeping.cancel()
+        for running in self._loops:
+            running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeping
+                await running
+        if self.courier is not None:
+            await anyio.to_thread.run_sync(self.courier.close)
         await self.transport.close()
         await self._io(self.records.close)

@@ -33,7 +33,7 @@ from cnnviz.data.loader import ModelInputs, model_batches
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
-from schemas.jobs import Progress
+from schemas.jobs import Admission, Progress
 from schemas.routes import JobRoute
 from workers.config import JobSettings
 
@@ -67,7 +67,8 @@ class Resources:
     ``batch_size``: the images of one forward pass;
     ``max_job_work`` caps what one job may ask for (steps × images × pixels for an
     optimization), checked when the API prepares a job (None: no cap, as in the workers,
-    which run what the API admitted).
+    which run what the API admitted). ``admission``: what a job's size is checked against
+    when it will run elsewhere (a Celery worker's budget); None: this process's device.
     """
 
     models: ModelRegistry
@@ -78,6 +79,7 @@ class Resources:
     loader_workers: int = 0
     batch_size: int = 64
     max_job_work: int | None = None
+    admission: Admission | None = None
 
     @classmethod
     def from_settings(

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
+from workers.records.outbox import CallbackOutbox
 from workers.records.stats import Durations
 
 __all__ = [
@@ -138,6 +139,11 @@ class JobRecords(Protocol):
 
     blocking: bool
     """Whether calls do I/O (the API then runs them in a thread)."""
+
+    @property
+    def callbacks(self) -> CallbackOutbox:
+        """The callbacks due (:mod:`workers.records.outbox`): whatever ends a job adds it;
+        the API delivers them."""
 
     # ---- the API's side ----
 

@@ -35,6 +35,7 @@ from workers.records.base import (
     newest_first,
 )
 from workers.records.memory_cap import CappedResults, Overflow, _Entry
+from workers.records.outbox import MemoryOutbox
 from workers.records.stats import Durations
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class MemoryRecords(CappedResults):
         self._digest_of: dict[str, str] = {}  # job id -> its request digest
         self._durations: dict[tuple[str, str], Durations] = {}
         self._lock = threading.Lock()
+        self.callbacks = MemoryOutbox()
 
     # ---- helpers (call with the lock held) ----
 
@@ -78,6 +80,7 @@ class MemoryRecords(CappedResults):
         entry = self._entries.pop(job_id, None)
         if entry is not None:
             self._unkeep(job_id, entry)
+            self.callbacks.forget(job_id)
             if entry.place == "disk" and self._files is not None:
                 self._disk -= self._spilled.pop(job_id, 0)
                 self._files.remove(job_id)
