@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -66,6 +66,41 @@ class JobError(BaseModel):
     message: str
 
 
+class WorkerBudget(BaseModel):
+    """What a Celery worker can run, as it publishes it (:mod:`workers.budgets`)."""
+
+    worker: str = Field(description="the worker's name (its Celery hostname)")
+    queue: str = JOB_QUEUE
+    device: str = Field(examples=["cuda:0", "cpu"], description="its pool children's device")
+    memory_budget_mb: int = Field(
+        ge=1, description="MiB a job's render may use there (the least over its children)"
+    )
+
+
+class Admission(BaseModel):
+    """What a queued job's size was checked against before it was accepted."""
+
+    memory_budget_mb: int = Field(ge=1, description="MiB: the render's memory budget")
+    source: Literal["worker", "fallback"] = Field(
+        description="'worker': the largest budget published by a live worker of the job's "
+        "queue; 'fallback': no live worker had published one, so "
+        "CNNVIZ_WORKER_MEMORY_BUDGET_MB"
+    )
+    queue: str = JOB_QUEUE
+    worker: str | None = Field(default=None, description="the worker whose budget it was")
+    device: str | None = Field(default=None, description="that worker's device")
+
+    def note(self) -> str:
+        """Where the budget came from, for a refusal's message."""
+        if self.source == "worker":
+            where = f"{self.worker}, {self.device}"
+            return f"the largest of the live workers of queue {self.queue!r}: {where}"
+        return (
+            f"CNNVIZ_WORKER_MEMORY_BUDGET_MB, as no live worker of queue {self.queue!r} has "
+            "published its own"
+        )
+
+
 class JobRead(BaseModel, Generic[RequestT, ResultT]):
     """A job as the API shows it; ``request`` and ``result`` have the shapes of its kind."""
 
@@ -86,6 +121,11 @@ class JobRead(BaseModel, Generic[RequestT, ResultT]):
         default=None,
         description="the sha256 of the model's weights file the job runs on (null for random "
         "or torchvision's named weights); a job never runs on other weights",
+    )
+    admission: Admission | None = Field(
+        default=None,
+        description="what a queued (Celery) job's size was checked against; null for "
+        "in-process jobs, checked against the API's own device",
     )
 
 
@@ -168,6 +208,7 @@ class JobRecord(BaseModel):
     idem: str | None = None
     callback_url: str | None = None
     weights_sha256: str | None = None
+    admission: Admission | None = None
     owner: str = Field(
         default="anonymous",
         description="who may see the job: a hash of the caller's API key, or 'anonymous' "
@@ -202,6 +243,7 @@ class JobRecord(BaseModel):
             error=self.error,
             result=result,
             weights_sha256=self.weights_sha256,
+            admission=self.admission,
         )
 
 

@@ -156,6 +156,20 @@ class Settings(JobSettings):
         description="comma-separated host names a job's callback_url may name (any port); "
         "empty: callbacks are refused",
     )
+    callback_secret: str = Field(
+        default="", description="the HMAC-SHA256 key of callback signatures"
+    )
+    callback_attempts: int = Field(default=4, ge=1, le=10, description="tries per callback")
+    callback_backoff: float = Field(
+        default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
+    )
+    callback_poll_interval: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="seconds between the API's looks for due callbacks (a job's end, or a "
+        "retry whose backoff is over), which it delivers",
+    )
     lease_sweep_interval: float = Field(
         default=10,
         ge=0,
@@ -205,7 +219,7 @@ class Settings(JobSettings):
         if self.callback_hosts.strip() and not self.callback_secret:
             raise ValueError(
                 "CNNVIZ_CALLBACK_HOSTS is set but CNNVIZ_CALLBACK_SECRET is empty: callbacks "
-                "are always signed; set a secret (the same on the workers)"
+                "are always signed; set a secret"
             )
         return self
 

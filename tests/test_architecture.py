@@ -23,7 +23,7 @@ PACKAGES = ("cnnviz", "schemas", "workers", "service", "cnnviz_client")
 OURS = frozenset(PACKAGES)
 # The modules of workers that hold Celery: nothing else may import them, and only they may
 # import Celery.
-CELERY_MODULES = ("workers.app", "workers.tasks")
+CELERY_MODULES = ("workers.app", "workers.tasks", "workers.heartbeat")
 
 MAY_IMPORT = {
     "cnnviz": {"cnnviz"},

@@ -28,6 +28,7 @@ from cnnviz.threads import CoreShare, SharedCounter
 from schemas.jobs import JOB_QUEUE, JOB_TASK, SHARD_TASK
 from workers.config import get_worker_settings
 from workers.device import child_index
+from workers.heartbeat import BudgetHeartbeat
 from workers.logs import JobIdFilter
 
 settings = get_worker_settings()
@@ -117,6 +118,10 @@ app.conf.update(
     worker_task_log_format="[%(asctime)s: %(levelname)s/%(processName)s]%(job_tag)s "
     "[%(task_name)s(%(task_id)s)] %(message)s",
 )
+
+
+# Each worker publishes its device and memory budget, which the API admits jobs against.
+app.steps["worker"].add(BudgetHeartbeat)
 
 
 @after_setup_logger.connect

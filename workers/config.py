@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.callbacks import CallbackPolicy
-
 if TYPE_CHECKING:
     import torch
 
@@ -109,13 +107,12 @@ class JobSettings(BaseSettings):
         default=2, ge=0, le=32, description="DataLoader processes that decode images per job"
     )
     exemplar_batch_size: int = Field(default=64, ge=1, le=4096)
-    callback_secret: str = Field(
-        default="",
-        description="the HMAC-SHA256 key of callback signatures (the same on API and workers)",
-    )
-    callback_attempts: int = Field(default=4, ge=1, le=10, description="tries per callback")
-    callback_backoff: float = Field(
-        default=0.5, ge=0, le=60, description="seconds before the 2nd try; doubled after each"
+    worker_memory_budget_mb: int = Field(
+        default=1024,  # a CPU's: cnnviz.optvis.settings.DEFAULT_MEMORY_BUDGET_MB (torch)
+        ge=1,
+        description="MiB: the memory budget a queued job is checked against when no live "
+        "worker of its queue has published its own (workers publish their device's budget "
+        "every CNNVIZ_WORKER_HEARTBEAT_INTERVAL seconds)",
     )
 
     @property
@@ -148,14 +145,6 @@ class JobSettings(BaseSettings):
 
         return DatasetRegistry.from_file(
             self.models_file, poll_interval_s=self.models_poll_interval
-        )
-
-    def callback_policy(self) -> CallbackPolicy | None:
-        """How jobs deliver their callbacks; None without a secret (none are sent)."""
-        if not self.callback_secret:
-            return None
-        return CallbackPolicy(
-            self.callback_secret, attempts=self.callback_attempts, backoff_s=self.callback_backoff
         )
 
 
@@ -199,6 +188,12 @@ class WorkerSettings(JobSettings):
     )
     job_max_attempts: int = Field(
         default=3, ge=1, description="deliveries of one job before it fails as worker_lost"
+    )
+    worker_heartbeat_interval: float = Field(
+        default=10,
+        gt=0,
+        description="seconds between refreshes of the device and memory budget this worker "
+        "publishes in Redis for the API's admission; it expires 3 intervals after the last",
     )
     worker_max_tasks_per_child: int = Field(
         default=200, ge=1, description="jobs before a pool child is replaced"

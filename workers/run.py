@@ -30,7 +30,6 @@ from typing import Any
 from cnnviz.errors import CnnvizError, ModelChangedError, UnknownModelError
 from schemas.errors import with_listing
 from schemas.jobs import JobError, JobStatus, JobTask, Progress
-from workers.callbacks import CallbackPolicy, deliver
 from workers.config import JobSettings
 from workers.kinds import (
     JobCancelled,
@@ -76,7 +75,6 @@ class Limits:
     progress_interval_s: float = 0.5
     preview_interval_s: float = 2.0
     max_deliveries: int = 3
-    callback: CallbackPolicy | None = None
     lease_interval_s: float | None = None
     checkpoint_steps: int = 0
     checkpoint_interval_s: float = 0.0
@@ -92,7 +90,6 @@ class Limits:
             "preview_interval_s": settings.job_preview_interval,
             "checkpoint_steps": settings.job_checkpoint_steps,
             "checkpoint_interval_s": settings.job_checkpoint_interval,
-            "callback": settings.callback_policy(),
         }
         return cls(**(values | carrier))
 
@@ -266,7 +263,7 @@ def conclude(
 
 def ended(task: JobTask, records: JobRecords, limits: Limits) -> None:
     """After a job's final write: count its running time (first start to end) in the
-    metrics, and deliver its callback, if it has one."""
+    metrics, and make its callback due, if it has one."""
     try:
         record = records.get(task.job_id)
     except (JobNotFound, RecordsUnavailable):
@@ -275,12 +272,13 @@ def ended(task: JobTask, records: JobRecords, limits: Limits) -> None:
         seconds = max(0.0, record.finished_at - record.started_at)
         records.observe_duration(task.kind, record.status, seconds)
     log.info("job %s %s (%s)", task.job_id, record.status.value, task.kind)
-    if record.callback_url is None:
-        return
-    if limits.callback is None:
-        log.error("job %s: no callback sent, CNNVIZ_CALLBACK_SECRET is not set", task.job_id)
-        return
-    deliver(record.callback_url, record, limits.callback)
+    if record.callback_url is not None:
+        # One write: the API delivers it (service.jobs.courier), so a slow receiver never
+        # holds what runs jobs.
+        try:
+            records.callbacks.add(task.job_id)
+        except RecordsUnavailable as exc:
+            log.error("job %s: its callback could not be queued: %s", task.job_id, exc)
 
 
 def execute(

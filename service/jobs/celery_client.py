@@ -16,12 +16,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
+import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 from redis import RedisError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from schemas.jobs import JOB_QUEUE, JOB_TASK, SHARD_TASK, JobTask
+from schemas.jobs import JOB_QUEUE, JOB_TASK, SHARD_TASK, Admission, JobTask
 from service.jobs.transport import QueueUnavailable
+from workers.budgets import largest, live
 
 # What a call through kombu raises when Redis is away: kombu's own error, a socket's, or (a
 # pooled connection that Redis closed when it restarted) redis-py's.
@@ -68,10 +72,20 @@ class CeleryTransport:
     name = "celery"
 
     def __init__(
-        self, redis_url: str, check_interval_s: float = 5.0, inspect_timeout_s: float = 1.0
+        self,
+        redis_url: str,
+        check_interval_s: float = 5.0,
+        inspect_timeout_s: float = 1.0,
+        fallback_budget_mb: int = 1024,
     ) -> None:
+        """``fallback_budget_mb``: what a job is admitted against while no live worker of its
+        queue has published its budget (``CNNVIZ_WORKER_MEMORY_BUDGET_MB``)."""
         self._url = redact(redis_url)
         self._client = make_client(redis_url)
+        self._redis = redis.Redis.from_url(  # as the records': a clear 503 at once
+            redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 1)
+        )
+        self._fallback_mb = fallback_budget_mb
         self._check_interval_s = check_interval_s
         self._inspect_timeout_s = inspect_timeout_s
         self._checked_at = -float("inf")
@@ -103,6 +117,23 @@ class CeleryTransport:
             self._client.send_task(name, args=args, task_id=task_id, queue=JOB_QUEUE)
         except _BROKER_ERRORS as exc:
             raise QueueUnavailable(f"cannot send the job to Redis at {self._url}: {exc}") from exc
+
+    def admission(self) -> Admission:
+        """The largest budget of the live workers of the queue, else the fallback."""
+        try:
+            budget = largest(live(self._redis, JOB_QUEUE))
+        except _BROKER_ERRORS as exc:
+            raise QueueUnavailable(
+                f"cannot read the workers' budgets at {self._url}: {exc}"
+            ) from exc
+        if budget is None:
+            return Admission(memory_budget_mb=self._fallback_mb, source="fallback")
+        return Admission(
+            memory_budget_mb=budget.memory_budget_mb,
+            source="worker",
+            worker=budget.worker,
+            device=budget.device,
+        )
 
     def _consumers(self) -> int:
         """Workers that consume the ``gpu`` queue (one reply per worker, after the timeout)."""
@@ -186,3 +217,4 @@ class CeleryTransport:
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._client.close)
+        await anyio.to_thread.run_sync(self._redis.close)

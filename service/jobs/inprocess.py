@@ -194,6 +194,9 @@ class InProcessTransport:
             }
         }
 
+    def admission(self) -> None:
+        return None  # the job runs here: checked against this process's device
+
     def queue_depth(self) -> int:
         # In flight: running (at most one per worker thread) and waiting.
         return max(0, self._in_flight - self._workers)

@@ -8,12 +8,11 @@ one mapping in :mod:`service.errors`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -29,6 +28,8 @@ from schemas.jobs import JobList, JobRead, JobRecord, JobStatus, JobTask, finger
 from service.concurrency import TorchPool
 from service.errors import ApiError
 from service.jobs.callbacks import CallbackHosts
+from service.jobs.courier import CallbackCourier
+from service.jobs.pages import page_cursor
 from service.jobs.sweeper import LeaseSweeper
 from service.jobs.transport import (
     QUEUE_RETRY_AFTER_S,
@@ -38,7 +39,6 @@ from service.jobs.transport import (
 )
 from workers.kinds import JobKind, Resources, get_kind
 from workers.records import (
-    Cursor,
     Idempotency,
     IdempotencyConflict,
     JobFilter,
@@ -147,25 +147,6 @@ _RECORDS_ERRORS: list[tuple[type[Exception], Callable[[Any, str], ApiError]]] = 
 ]
 
 
-def _token(cursor: Cursor) -> str:
-    """An opaque page token: where a page ended."""
-    raw = json.dumps([cursor[0], cursor[1]]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _cursor(token: str) -> Cursor:
-    try:
-        created_at, job_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        return float(created_at), str(job_id)
-    except (ValueError, TypeError) as exc:
-        raise ApiError(
-            422,
-            "invalid_page_token",
-            f"page_token {token[:40]!r} is not one this service gave; pass the "
-            "next_page_token of the previous page, or leave it out for the first",
-        ) from exc
-
-
 def _persistence(appendonly: bool | None) -> dict[str, Any]:
     """What /readyz says of Redis persistence: without an append-only file a restart loses
     the queued jobs and the records (they then read as never created)."""
@@ -195,11 +176,13 @@ class JobManager:
         inline_max_bytes: int = 256 * 1024,
         callbacks: CallbackHosts = CallbackHosts(frozenset()),  # noqa: B008 (frozen)
         sweeper: LeaseSweeper | None = None,
+        courier: CallbackCourier | None = None,
         on_ended: Callable[[JobTask], None] | None = None,
     ) -> None:
         """``inline_max_bytes``: base64 characters of pictures a job's JSON carries inline by
         default; ``callbacks``: the hosts a job's callback_url may name; ``sweeper``: sends
-        again the jobs whose worker was lost (queued transports); ``on_ended``: runs after a
+        again the jobs whose worker was lost (queued transports); ``courier``: delivers the
+        callbacks of jobs that ended; ``on_ended``: runs after a
         cancel ended a running job at once (its worker was lost)."""
         self.records = records
         self.transport = transport
@@ -210,16 +193,20 @@ class JobManager:
         self.inline_max_bytes = inline_max_bytes
         self.callbacks = callbacks
         self.sweeper = sweeper
+        self.courier = courier
         self.on_ended = on_ended
-        self._sweeping: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._queue_was_down = False
 
     async def start(self) -> None:
         """Start what runs beside the requests: the transport's (in-process: the jobs it
-        resumes), and the lease sweeper, when there is one."""
+        resumes), the lease sweeper and the callback courier, when there are."""
         await self.transport.start()
+        loop = asyncio.get_running_loop()
         if self.sweeper is not None and self.sweeper.interval_s > 0:
-            self._sweeping = asyncio.get_running_loop().create_task(self.sweeper.run())
+            self._loops.append(loop.create_task(self.sweeper.run()))
+        if self.courier is not None:
+            self._loops.append(loop.create_task(self.courier.run()))
 
     async def _raw(self, call: Callable[..., T], *args: Any) -> T:
         """Call the records: in a thread when they do I/O (Redis), else right here."""
@@ -263,10 +250,16 @@ class JobManager:
             self.callbacks.check(callback_url)
         request = kind.request_type.model_validate(request.model_dump(exclude={"callback_url"}))
         referenced = await self._referenced(kind, request, owner)
+        try:
+            admission = await anyio.to_thread.run_sync(self.transport.admission)
+        except QueueUnavailable as exc:
+            raise _unavailable(str(exc)) from exc
+        # Checked against the device that will run it: a worker's, not this process's.
+        resources = dataclasses.replace(self.resources, admission=admission)
 
         def validate() -> tuple[BaseModel, str | None]:
-            prepared = kind.prepare(request, model, self.resources)
-            prepared = kind.link(prepared, model, referenced, self.resources)
+            prepared = kind.prepare(request, model, resources)
+            prepared = kind.link(prepared, model, referenced, resources)
             # The digest of the weights file is read once per version of the file.
             return prepared, self.resources.models.weights_digest(model)
 
@@ -300,6 +293,7 @@ class JobManager:
             callback_url=callback_url,
             owner=owner,
             weights_sha256=weights_sha256,
+            admission=admission,
         )
         record, created = await self._io(
             self.records.create, record, self._ttl, idempotency, self._max_active
@@ -358,10 +352,10 @@ class JobManager:
         self, owner: str, chosen: JobFilter, page_size: int, page_token: str | None
     ) -> JobList:
         """A page of ``owner``'s jobs, newest first; 422 for a page token not of ours."""
-        before = _cursor(page_token) if page_token else None
+        before = page_cursor(page_token) if page_token else None
         records = await self._io(self.records.owned, owner, chosen, before, page_size + 1)
         page = records[:page_size]
-        token = _token((page[-1].created_at, page[-1].id)) if len(records) > page_size else None
+        token = page_token((page[-1].created_at, page[-1].id)) if len(records) > page_size else None
         return JobList(jobs=[record.read(None) for record in page], next_page_token=token)
 
     async def read(self, job_id: str, owner: str) -> JobRead[Any, Any]:
@@ -486,9 +480,11 @@ class JobManager:
         return checks
 
     async def close(self) -> None:
-        if self._sweeping is not None:
-            self._sweeping.cancel()
+        for running in self._loops:
+            running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeping
+                await running
+        if self.courier is not None:
+            await anyio.to_thread.run_sync(self.courier.close)
         await self.transport.close()
         await self._io(self.records.close)

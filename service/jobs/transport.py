@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from schemas.jobs import JobTask
+from schemas.jobs import Admission, JobTask
 from service.concurrency import ServiceBusy
 
 QUEUE_RETRY_AFTER_S = 5  # when the queue is down or full
@@ -40,6 +40,10 @@ class JobTransport(Protocol):
     async def readiness(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
         """Named checks for /readyz, each with ``ok`` and details; ``fresh``: no answer from
         before now (the queue was unreachable since)."""
+
+    def admission(self) -> Admission | None:
+        """What a job's size is checked against now (blocking; QueueUnavailable when it
+        cannot be known); None: the API's own device, where the job will run."""
 
     def queue_depth(self) -> int:
         """Jobs waiting for a worker now (may block: called from /metrics, in a thread)."""

@@ -11,12 +11,14 @@ from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.models import ModelRegistry
 from cnnviz.threads import CoreShare
 from service.concurrency import TorchPool
-from service.jobs.callbacks import CallbackHosts
+from service.jobs.callbacks import CallbackHosts, CallbackPolicy
+from service.jobs.courier import CallbackCourier
 from service.jobs.manager import JobManager
 from service.jobs.sweeper import LeaseSweeper
 from service.settings import Settings
 from workers.kinds import Resources
 from workers.kinds.base import Blobs
+from workers.records import JobRecords
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
 from workers.run import Limits, ended
@@ -55,7 +57,9 @@ def build_jobs(
         )
         resources = _resources(settings, registry, datasets, cores, records)
         transport = CeleryTransport(
-            settings.redis_url, check_interval_s=settings.queue_check_interval
+            settings.redis_url,
+            check_interval_s=settings.queue_check_interval,
+            fallback_budget_mb=settings.worker_memory_budget_mb,
         )
         sweeper = LeaseSweeper(
             records,
@@ -73,6 +77,7 @@ def build_jobs(
             settings.job_ttl_seconds,
             settings.max_active_jobs_per_owner,
             sweeper=sweeper,
+            courier=courier(settings, records),
             on_ended=lambda task: ended(task, records, limits),
             inline_max_bytes=inline,
             callbacks=callbacks,
@@ -102,6 +107,7 @@ def build_jobs(
         settings.max_active_jobs_per_owner,
         inline_max_bytes=inline,
         callbacks=callbacks,
+        courier=courier(settings, memory),
     )
 
 
@@ -127,6 +133,18 @@ def _resources(
         blob_ttl_seconds=settings.job_ttl_seconds,
         max_image_pixels=settings.max_image_pixels,
     )
+
+
+def courier(settings: Settings, records: JobRecords) -> CallbackCourier:
+    """The courier of ``records``' callbacks, signed with the settings' secret."""
+    policy = None
+    if settings.callback_secret:
+        policy = CallbackPolicy(
+            settings.callback_secret,
+            attempts=settings.callback_attempts,
+            backoff_s=settings.callback_backoff,
+        )
+    return CallbackCourier(records, policy, interval_s=settings.callback_poll_interval)
 
 
 def inprocess_records(settings: Settings) -> MemoryRecords | SqliteRecords:

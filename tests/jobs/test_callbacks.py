@@ -1,5 +1,6 @@
 """Callbacks: a signed POST when a job ends, with bounded retries, to allowed hosts only;
-with both transports (the Celery worker sends them itself)."""
+with both transports, delivered by the API whatever ran the job, so a slow receiver never
+holds a worker."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import pytest
@@ -55,12 +57,27 @@ def test_a_finished_job_posts_a_signed_callback_and_retries_a_failure(
 
 def test_retries_are_bounded_and_a_refusal_is_final(api: httpx.Client, hooks: Receiver) -> None:
     hooks.answers.update({"/down": [500], "/gone": [410], "/last": [200]})
-    # One worker takes jobs one at a time, and sends a job's callback before its next job.
     for path in ("/down", "/gone", "/last"):
         submit(api, {**QUICK, "steps": 2, "callback_url": hooks.url + path})
-    wait_for(lambda: hooks.to("/last"), 60, "the last job's callback")
-    assert len(hooks.to("/down")) == 4  # CNNVIZ_CALLBACK_ATTEMPTS
+    # CNNVIZ_CALLBACK_ATTEMPTS: 4, 0.5 + 1 + 2 s apart (no fifth: test_callback_outbox.py).
+    wait_for(lambda: len(hooks.to("/down")) == 4 and hooks.to("/last"), 60, "the callbacks")
     assert len(hooks.to("/gone")) == 1
+
+
+def test_a_slow_receiver_does_not_hold_what_runs_jobs(api: httpx.Client, hooks: Receiver) -> None:
+    hooks.delays["/slow"] = 4.0  # under the 5 s timeout of a try: it succeeds, slowly
+    first = submit(api, {**QUICK, "seed": 52, "callback_url": hooks.url + "/slow"})
+    second = submit(api, {**QUICK, "seed": 53})  # waits for the one worker (or thread)
+    ended = wait_job(api, first["id"])
+    started = wait_job(api, second["id"])
+    gap = datetime.fromisoformat(started["started_at"]) - datetime.fromisoformat(
+        ended["finished_at"]
+    )
+    # Was 4 s and more: the pool child (or the executor's thread) waited for the answer.
+    assert gap.total_seconds() < 2.0, gap
+    wait_for(lambda: "/slow" in hooks.answered, 60, "the slow receiver's answer")
+    (delivery,) = hooks.to("/slow")  # once: the try succeeded, none was made again
+    assert verify(delivery)["id"] == first["id"]
 
 
 def test_a_job_cancelled_before_it_ran_calls_back(api: httpx.Client, hooks: Receiver) -> None:

@@ -33,7 +33,7 @@ from cnnviz.data.loader import ModelInputs, model_batches
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
-from schemas.jobs import JobRead, Progress
+from schemas.jobs import Admission, JobRead, Progress
 from schemas.routes import JobRoute
 from workers.config import JobSettings
 from workers.records.verdicts import Verdicts
@@ -82,7 +82,9 @@ class Resources:
     optimization), checked when the API prepares a job (None: no cap, as in the workers,
     which run what the API admitted). ``blobs``: where a request's images are kept by
     reference, for ``blob_ttl_seconds`` (None: nowhere, they stay in the request);
-    ``max_image_pixels``: the most pixels a request's image may decode to.
+    ``max_image_pixels``: the most pixels a request's image may decode to. ``admission``: what
+    a job's size is checked against when it will run elsewhere (a Celery worker's budget);
+    None: this process's device.
     """
 
     models: ModelRegistry
@@ -96,6 +98,7 @@ class Resources:
     blobs: Blobs | None = None
     blob_ttl_seconds: int = 7 * 24 * 3600
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    admission: Admission | None = None
 
     @classmethod
     def from_settings(

@@ -145,10 +145,13 @@ def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCre
     return resolved
 
 
-def render_settings(request: OptimizationCreate, device: torch.device) -> RenderSettings:
-    """The render's settings for ``request`` on ``device``, with that device's memory budget."""
+def render_settings(
+    request: OptimizationCreate, device: torch.device, budget_mb: int | None = None
+) -> RenderSettings:
+    """The render's settings for ``request`` on ``device``, with that device's memory budget
+    (or ``budget_mb``: the budget of the device that will run it)."""
     return RenderSettings(
-        memory_budget_mb=device_memory_budget_mb(device),
+        memory_budget_mb=budget_mb or device_memory_budget_mb(device),
         steps=request.steps,
         lr=request.lr,
         image_size=request.image_size,
@@ -366,9 +369,14 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
         loaded = resources.model(model)
         resolved = prepare(fetched(request, resources), loaded)
         if resources.max_job_work is not None:  # too large: a 422 now, not a failure later
-            settings = render_settings(resolved, loaded.device)
+            target = resources.admission
+            if target is None:  # it runs here
+                settings, on_cpu, note = render_settings(resolved, loaded.device), None, ""
+            else:
+                settings = render_settings(resolved, loaded.device, target.memory_budget_mb)
+                on_cpu, note = target.device is None or target.device == "cpu", target.note()
             objective = build_objective(resolved, loaded)
-            admit(resolved, loaded, objective, settings, resources.max_job_work)
+            admit(resolved, loaded, objective, settings, resources.max_job_work, on_cpu, note)
         return kept(resolved, resources)  # the task names a caricature's image, not carries it
 
     def references(self, request: OptimizationCreate) -> dict[str, Reference]:

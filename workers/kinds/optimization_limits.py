@@ -30,13 +30,22 @@ def admit(
     objective: Objective,
     settings: RenderSettings,
     max_work: int,
+    on_cpu: bool | None = None,
+    budget_note: str = "",
     max_grid_pixels: int = DEFAULT_MAX_GRID_PIXELS,
 ) -> None:
     """Raise InvalidArgumentError when the resolved ``request`` could not run on ``loaded``.
 
     ``request`` is resolved (channels and image size set), ``objective`` and ``settings`` are
-    what it renders with; ``max_work`` caps steps × images × image pixels.
+    what it renders with; ``max_work`` caps steps × images × image pixels. ``on_cpu``: whether
+    the device that runs it is a CPU, where the result's pictures share the budget (None:
+    ``loaded``'s device); ``budget_note`` says where the budget came from, in a refusal.
     """
+    if on_cpu is None:
+        on_cpu = loaded.device.type == "cpu"
+    budget = f"the render's memory budget of {settings.memory_budget_mb} MiB" + (
+        f" ({budget_note})" if budget_note else ""
+    )
     assert request.image_size is not None  # resolved by prepare
     side = request.image_size
     images = objective.n_units
@@ -84,16 +93,14 @@ def admit(
         )
         raise InvalidArgumentError(
             f"{what} about {need / _MIB:.0f} MiB, {(need - plan.budget) / _MIB:.0f} MiB over "
-            f"the render's memory budget of {settings.memory_budget_mb} MiB; lower image_size"
-            + (" or images_per_unit" if together > 1 else "")
+            f"{budget}; lower image_size" + (" or images_per_unit" if together > 1 else "")
         )
     # The result is encoded once the render has let its chunks go: it needs the budget alone.
-    encoding = result_bytes(images, channels, side) if loaded.device.type == "cpu" else 0
+    encoding = result_bytes(images, channels, side) if on_cpu else 0
     if encoding > plan.budget:
         raise InvalidArgumentError(
             f"the result's {images} images of {side}×{side} pixels need about "
             f"{encoding / _MIB:.0f} MiB while they are encoded, "
-            f"{(encoding - plan.budget) / _MIB:.0f} MiB over the render's memory budget of "
-            f"{settings.memory_budget_mb} MiB; ask for fewer channels or images_per_unit, or "
-            "a smaller image_size"
+            f"{(encoding - plan.budget) / _MIB:.0f} MiB over {budget}; ask for fewer "
+            "channels or images_per_unit, or a smaller image_size"
         )

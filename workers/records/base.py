@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
+from workers.records.outbox import CallbackOutbox
 from workers.records.stats import Durations
 from workers.records.verdicts import Verdicts
 
@@ -140,6 +141,11 @@ class JobRecords(Verdicts, Protocol):
 
     blocking: bool
     """Whether calls do I/O (the API then runs them in a thread)."""
+
+    @property
+    def callbacks(self) -> CallbackOutbox:
+        """The callbacks due (:mod:`workers.records.outbox`): whatever ends a job adds it;
+        the API delivers them."""
 
     # ---- the API's side ----
 

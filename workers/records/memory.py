@@ -35,6 +35,7 @@ from workers.records.base import (
     newest_first,
 )
 from workers.records.memory_cap import CappedResults, Overflow, _Entry
+from workers.records.outbox import MemoryOutbox
 from workers.records.stats import Durations
 from workers.records.verdicts import Verdict
 
@@ -70,6 +71,7 @@ class MemoryRecords(CappedResults):
         # (model, weights) -> (method, layer) -> passed: kept for the process's life.
         self._verdicts: dict[tuple[str, str], dict[tuple[str, str], bool]] = {}
         self._lock = threading.Lock()
+        self.callbacks = MemoryOutbox()
 
     # ---- helpers (call with the lock held) ----
 
@@ -82,6 +84,7 @@ class MemoryRecords(CappedResults):
         entry = self._entries.pop(job_id, None)
         if entry is not None:
             self._unkeep(job_id, entry)
+            self.callbacks.forget(job_id)
             if entry.place == "disk" and self._files is not None:
                 self._disk -= self._spilled.pop(job_id, 0)
                 self._files.remove(job_id)

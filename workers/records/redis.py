@@ -65,6 +65,7 @@ from workers.records.redis_keys import (
     reuse_key,
     shards_key,
 )
+from workers.records.redis_outbox import RedisOutbox
 from workers.records.redis_reads import count_jobs, owned_jobs, read_durations
 from workers.records.redis_scripts import script_names, script_source
 from workers.records.stats import Durations, bucket_labels
@@ -122,6 +123,7 @@ class RedisRecords:
         }
         # Per (job, attempt): when the flag was last read, and whether the attempt must stop.
         self._stops = StopChecks(stop_check_interval_s)
+        self.callbacks = RedisOutbox(self._scripts, self._call)
 
     def _call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:

@@ -89,3 +89,8 @@ def job_keys(job_id: str) -> list[str]:
         checkpoint_key(job_id),
         partials_key(job_id),
     ]
+
+
+CALLBACKS_KEY = "cnnviz:callbacks"
+"""The callbacks outbox: a sorted set of job ids scored by when their callback is due (Redis
+time, in milliseconds); each job's tries and claim token are fields of its record."""

@@ -94,6 +94,13 @@ CREATE TABLE IF NOT EXISTS sanity (   -- verdicts of sanity checks, kept beyond 
     passed INTEGER NOT NULL,
     PRIMARY KEY (model, weights, method, layer)
 );
+CREATE TABLE IF NOT EXISTS callbacks (   -- the outbox (workers.records.outbox)
+    job_id TEXT PRIMARY KEY,
+    due_at REAL NOT NULL,          -- epoch seconds
+    tries INTEGER NOT NULL DEFAULT 0,
+    token INTEGER NOT NULL DEFAULT 0,  -- the latest claim's fence
+    done INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS processes (
     holder TEXT PRIMARY KEY,       -- host/pid/token of a process that runs jobs
     seen_at REAL NOT NULL          -- its last heartbeat (epoch seconds)

@@ -18,6 +18,7 @@ from typing import Any
 from schemas.jobs import JobError, JobRecord, JobStatus
 from workers.records.base import JobNotFound, ResultExpired
 from workers.records.sqlite_db import INLINE_MAX, BlobFiles, Database, Holder
+from workers.records.sqlite_outbox import SqliteOutbox
 from workers.records.verdicts import Verdict
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class SqliteStore:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._db = Database(directory / DB_NAME)
+        self.callbacks = SqliteOutbox(self._db)
         self._blobs = BlobFiles(blobs_dir if blobs_dir is not None else directory / BLOBS_DIR)
         self._ttl = ttl_seconds
         self._cap = max_result_bytes
@@ -211,7 +213,7 @@ class SqliteStore:
                 "SELECT path FROM parts WHERE job_id = ? AND path IS NOT NULL", (job_id,)
             )
         ]
-        for table in ("parts", "shards"):
+        for table in ("parts", "shards", "callbacks"):
             conn.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
         conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         self._free_keys_tx(conn, job_id)
