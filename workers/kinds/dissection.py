@@ -170,6 +170,9 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
                 assert cache is not None
                 _, index, _, masks, mask_ok = current
                 good = mask_ok.bool()[keep]
+                if good.all():  # the usual batch: no copy of its maps
+                    cache.add(maps, masks[keep], len(index))
+                    return
                 kept = {name: m[good.to(m.device)] for name, m in maps.items()}
                 cache.add(kept, masks[keep][good], len(index))
 
