@@ -79,10 +79,11 @@ def _explained(
     if limit is not None:  # again, now that the layer's channels are known (Score-CAM)
         channels = layer_channels(loaded, request.options)
         check_cost(model, loaded.spec, request.options, limit, channels)
-    # The full-size overlay is drawn at the upload's own size: no reduced JPEG decoding then.
-    draft = None if request.options.overlay_full else loaded.spec.input_size
-    image = request.decoded(max_pixels, draft)
-    return explain(loaded, request.options, image, draw=draw)
+    # The model sees the same pixels whatever is drawn (a JPEG decodes reduced, as on every
+    # route); the full-size overlay is drawn on a second decode at the upload's own size.
+    image = request.decoded(max_pixels, loaded.spec.input_size)
+    full = request.decoded(max_pixels, None) if request.options.overlay_full and draw else None
+    return explain(loaded, request.options, image, draw=draw, uploaded=full)
 
 
 def explain_raw(

@@ -3,11 +3,15 @@ transports (in-process, and Celery with a real worker), with progress and cancel
 
 from __future__ import annotations
 
+import base64
+from io import BytesIO
 from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
+from cnnviz.data.shapes import sample_image
 from cnnviz.models import ModelRegistry
 from schemas.attributions import JOB_EXAMPLES, AttributionsCreate
 from tests.jobs.client import FINISHED, MODEL, decode_png, wait_job
@@ -108,3 +112,30 @@ def test_the_docs_job_example_is_accepted_and_runs(name: str) -> None:
         assert (scores is not None) == bool(request.metrics)
         if scores is not None:
             assert scores.deletion_curve is not None and len(scores.deletion_curve) == 5
+
+
+def test_one_jpeg_gives_one_answer_on_every_route_and_drawing_option(api: httpx.Client) -> None:
+    # A 512 px JPEG decodes reduced (8× smaller) for the 64 px model; a job, or a request
+    # that also draws the full-size overlay, must give the model those same pixels.
+    buffer = BytesIO()
+    sample_image("star").convert("RGB").resize((512, 512), Image.BICUBIC).save(
+        buffer, "JPEG", quality=90
+    )
+    body = {
+        "image": base64.b64encode(buffer.getvalue()).decode(),
+        "method": "gradcam",
+        "layer": "block4.relu",
+    }
+
+    def answer(result: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        [item] = result["attributions"]
+        return result["predictions"][0]["score"], item["stats"]
+
+    sync = api.post(f"/v1/models/{MODEL}/attributions", json=body)
+    assert sync.status_code == 200, sync.text
+    drawn = api.post(f"/v1/models/{MODEL}/attributions", json={**body, "overlay_full": True})
+    assert drawn.status_code == 200, drawn.text
+    assert decode_png(drawn.json()["attributions"][0]["overlay_full"]).size == (512, 512)
+    job = wait_job(api, submit(api, {**body, "overlay_full": True})["id"], timeout=120)
+    assert job["status"] == "succeeded", job["error"]
+    assert answer(drawn.json()) == answer(sync.json()) == answer(job["result"])

@@ -98,9 +98,12 @@ def explain(
     image: Image.Image,
     on_batch: Callable[[int], None] | None = None,
     draw: bool = True,
+    uploaded: Image.Image | None = None,
 ) -> Explained:
     """Preprocess ``image``, attribute it, draw each target's map (blocking); without
-    ``draw``, only the maps (and no metrics: a raw answer holds the maps alone).
+    ``draw``, only the maps (and no metrics: a raw answer holds the maps alone). ``uploaded``:
+    the upload decoded at its own size, for ``overlay_full`` where ``image`` was decoded
+    reduced (a JPEG's draft); the model's answer never depends on the drawing options.
 
     Runs on a private copy of the model (:func:`cnnviz.attribution.exclusive_copy`): the
     shared model keeps serving other requests untouched.
@@ -155,12 +158,13 @@ def explain(
     ]
     full = None
     if options.overlay_full:
-        box = fit_box(image.size, spec.input_size, options.fit)
-        uploaded = to_tensor(image, 3)
+        source = uploaded if uploaded is not None else image
+        box = fit_box(source.size, spec.input_size, options.fit)
+        pixels = to_tensor(source, 3)
         full = [
             overlay_full(
                 attribution,
-                uploaded,
+                pixels,
                 box,
                 signed=result.signed,
                 colormap=options.colormap,
@@ -257,10 +261,13 @@ def passes(request: AttributionsOptions, spec: ModelSpec, channels: int = 0) -> 
     return method + metrics
 
 
-def _image(request: AttributionsCreate) -> Image.Image:
+def _image(request: AttributionsCreate, draft: tuple[int, int] | None = None) -> Image.Image:
+    """The request's image; with ``draft`` (the model's input size) a JPEG decodes reduced,
+    as the synchronous route decodes it, so that both give the model the same pixels."""
     if request.sample is not None:
         return sample_image(request.sample)
-    return decode_image(decode_base64(request.image or ""), max_pixels=_JOB_MAX_IMAGE_PIXELS)
+    data = decode_base64(request.image or "")
+    return decode_image(data, max_pixels=_JOB_MAX_IMAGE_PIXELS, draft_size=draft)
 
 
 @register_kind
@@ -327,7 +334,9 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
             if context.progress_due():
                 context.report(Progress(step=done, total=total, unit=self.progress_unit))
 
-        explained = explain(loaded, request, _image(request), on_batch)
+        image = _image(request, loaded.spec.input_size)
+        full = _image(request) if request.overlay_full else None
+        explained = explain(loaded, request, image, on_batch, uploaded=full)
         context.report(Progress(step=total, total=total, unit=self.progress_unit))
         return to_read(model, explained).model_dump(mode="json")
 
