@@ -16,6 +16,7 @@ from service.jobs.manager import JobManager
 from service.jobs.sweeper import LeaseSweeper
 from service.settings import Settings
 from workers.kinds import Resources
+from workers.kinds.optimization import warm_up
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
 from workers.run import Limits, ended
@@ -87,6 +88,8 @@ def build_jobs(
         )
     from service.jobs.inprocess import InProcessTransport
 
+    # The API runs the jobs: it warms its own compile cache (with Redis the workers do).
+    warm_up(resources, settings.compile_warmup_pairs())
     memory = inprocess_records(settings)
     executor = InProcessTransport(
         memory,

@@ -35,6 +35,7 @@ from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
 from schemas.jobs import Progress
 from schemas.routes import JobRoute
+from workers.compile import CompilePolicy
 from workers.config import JobSettings
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -67,7 +68,8 @@ class Resources:
     ``batch_size``: the images of one forward pass;
     ``max_job_work`` caps what one job may ask for (steps × images × pixels for an
     optimization), checked when the API prepares a job (None: no cap, as in the workers,
-    which run what the API admitted).
+    which run what the API admitted); ``compile``: whether optimization jobs compile their
+    steps (:mod:`workers.compile`; off unless the settings say otherwise).
     """
 
     models: ModelRegistry
@@ -78,6 +80,7 @@ class Resources:
     loader_workers: int = 0
     batch_size: int = 64
     max_job_work: int | None = None
+    compile: CompilePolicy = field(default_factory=CompilePolicy)
 
     @classmethod
     def from_settings(
@@ -97,6 +100,7 @@ class Resources:
             loader_workers=settings.exemplar_loader_workers,
             batch_size=settings.exemplar_batch_size,
             cores=cores,
+            compile=settings.compile_policy(),
             **process,
         )
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import safetensors.torch
 import torch
 
-from cnnviz.errors import InvalidArgumentError
+from cnnviz.errors import CnnvizError, InvalidArgumentError
 from cnnviz.imaging import encode_png
 from cnnviz.models import LoadedModel
 from cnnviz.optvis import (
@@ -22,6 +23,7 @@ from cnnviz.optvis import (
     check_objective,
     device_memory_budget_mb,
     objectives,
+    precompile,
     visualize,
 )
 from cnnviz.optvis.objectives import Objective
@@ -36,6 +38,7 @@ from schemas.optimization import (
     OptimizationResult,
     UnitResult,
 )
+from workers.compile import CompilePolicy
 from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
 from workers.kinds.optimization_limits import admit
 from workers.kinds.optimization_pictures import (
@@ -143,7 +146,60 @@ def render_settings(request: OptimizationCreate, device: torch.device) -> Render
         tv=request.tv,
         diversity=request.diversity,
         precision=request.precision,
+        compile=bool(request.compile),
     )
+
+
+def _compile_beside(
+    request: OptimizationCreate, loaded: LoadedModel, policy: CompilePolicy
+) -> threading.Thread | None:
+    """Start compiling the step of this job's shapes on a background thread; the policy
+    marks it warm when done."""
+
+    def done(error: BaseException | None) -> None:
+        if error is None:
+            policy.mark_warm(loaded, request.layer, request.precision)
+
+    return precompile(
+        loaded.module,
+        build_objective(request),
+        input_shape=loaded.spec.input_shape,
+        mean=loaded.spec.mean,
+        std=loaded.spec.std,
+        settings=render_settings(request, loaded.device),
+        device=loaded.device,
+        model_name=loaded.spec.name,
+        on_done=done,
+    )
+
+
+def warm_up(resources: Resources, pairs: Sequence[tuple[str, str]]) -> threading.Thread | None:
+    """Compile, on a background thread, the steps of default jobs of these ``(model,
+    layer)`` pairs (``CNNVIZ_COMPILE_WARMUP``), so that the jobs of those shapes find them in
+    the cache; a pair that is not a model's layer is logged and skipped. None: nothing to do
+    (no pairs, or compiling off)."""
+    if resources.compile.mode == "off" or not pairs:
+        return None
+    thread = threading.Thread(
+        target=_warm_up, args=(resources, pairs), name="cnnviz-compile-warmup", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _warm_up(resources: Resources, pairs: Sequence[tuple[str, str]]) -> None:
+    policy = resources.compile
+    for model, layer in pairs:
+        try:
+            loaded = resources.model(model)
+            request = prepare(OptimizationCreate(layer=layer, channels=[0]), loaded)
+        except (CnnvizError, ValueError) as exc:
+            log.warning("compile warm-up of %s:%s skipped: %s", model, layer, exc)
+            continue
+        if not policy.is_warm(loaded, layer, request.precision):
+            thread = _compile_beside(request, loaded, policy)
+            if thread is not None:
+                thread.join()  # one at a time: compiling takes every core it gets
 
 
 def _encode(tiles: torch.Tensor, columns: int | None) -> tuple[bytes, int, list[bytes]]:
@@ -214,7 +270,10 @@ def _checkpoint(context: JobContext) -> RenderCheckpoint | None:
 
 
 def optimize(
-    request: OptimizationCreate, loaded: LoadedModel, context: JobContext | None = None
+    request: OptimizationCreate,
+    loaded: LoadedModel,
+    context: JobContext | None = None,
+    policy: CompilePolicy | None = None,
 ) -> OptimizationResult:
     """Optimize the request's units on ``loaded``; the images and their objectives.
 
@@ -225,6 +284,9 @@ def optimize(
     the render's budget sets aside). It gets the render's state every
     ``context.checkpoint_steps`` steps (at most every ``checkpoint_interval_s``), and a run
     given ``context.resume`` goes on from that state to the result an uninterrupted run gives.
+
+    ``request.compile`` says whether the steps run compiled; ``policy`` (the service's) may
+    compile them beside an eager run for later jobs, and learns when they are compiled.
     """
     started = time.monotonic()
     context = context or JobContext()
@@ -291,6 +353,9 @@ def optimize(
             checkpoint_due=context.checkpoint_due,
         )
 
+    policy = policy or CompilePolicy()
+    if not request.compile and policy.wants_background(loaded, request.layer, request.precision):
+        _compile_beside(request, loaded, policy)
     resume = _checkpoint(context)
     try:
         rendered = render(resume)
@@ -301,6 +366,8 @@ def optimize(
         # another memory budget) is refused before any step: start over.
         log.warning("job %s: checkpoint not usable; starting from step 0", context.job_id)
         rendered = render(None)
+    if rendered.compiled:
+        policy.mark_warm(loaded, request.layer, request.precision)
     _attach_images(rendered.images, context)
     tiles = pixels(rendered.images)
     settings, precision = asdict(rendered.settings), rendered.precision
@@ -339,6 +406,9 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
     ) -> OptimizationCreate:
         loaded = resources.model(model)
         resolved = prepare(request, loaded)
+        if resolved.compile is None:  # fixed now: the record, resumes and results carry it
+            compiled = resources.compile.decide(loaded, resolved.layer, resolved.precision)
+            resolved = resolved.model_copy(update={"compile": compiled})
         if resources.max_job_work is not None:  # too large: a 422 now, not a failure later
             settings = render_settings(resolved, loaded.device)
             objective = build_objective(resolved)
@@ -353,7 +423,8 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
         resources: Resources,
         context: JobContext,
     ) -> Partial:
-        return optimize(request, resources.model(model), context).model_dump(mode="json")
+        loaded = resources.model(model)
+        return optimize(request, loaded, context, resources.compile).model_dump(mode="json")
 
     def merge(
         self,
