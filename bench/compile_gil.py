@@ -63,7 +63,8 @@ def report(name: str, fwd: list[float], late: list[float]) -> None:
         f"  {name:26s} forward median {statistics.median(fwd) * 1e3:7.1f} ms "
         f"(p90 {sorted(fwd)[int(0.9 * (len(fwd) - 1))] * 1e3:7.1f}, n={len(fwd)}); "
         f"lock lateness median {statistics.median(late) * 1e3:6.2f} ms, "
-        f"p99 {sorted(late)[int(0.99 * (len(late) - 1))] * 1e3:6.2f} ms"
+        f"p99 {sorted(late)[int(0.99 * (len(late) - 1))] * 1e3:6.2f} ms",
+        flush=True,
     )
 
 
@@ -74,11 +75,13 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
+    model = torchvision.models.resnet18(weights=None).eval().requires_grad_(False)
     extractor = create_feature_extractor(model, ["layer2"])
     forwards(extractor, 3)  # warm-up
     alone = forwards(extractor, args.requests)
     alone_late = lock_lateness(3.0)
+    print("resnet18 feature maps (layer2, 1 image, fp32), alone and beside a cold compile")
+    report("alone", alone, alone_late)
     with tempfile.TemporaryDirectory() as cache:
         use_cache_dir(cache)
         started = time.monotonic()
