@@ -114,9 +114,9 @@ class JobSettings(BaseSettings):
         default="auto",
         description="whether optimization jobs run their steps compiled (torch.compile), "
         "decided per job at submit and recorded: 'on' always (a job compiles the step first "
-        "where it is not in the cache), 'off' never, 'auto' where compiling pays on the "
-        "device (CUDA; a CPU running bf16) and the step is in the cache; meanwhile jobs run "
-        "eagerly while it compiles in the background (see docs/compile.md)",
+        "where it is not in the cache), 'off' never, 'auto' once the step is in the cache; "
+        "until then jobs run eagerly while, where compiling pays (CUDA; a CPU running bf16), "
+        "it compiles in the background (see docs/compile.md)",
     )
     compile_cache_dir: Path | None = Field(
         default=None,
