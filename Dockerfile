@@ -15,6 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Celery refuses to be comfortable as root, and nothing here needs it.
 RUN useradd --create-home --home-dir /home/cnnviz --uid 10001 cnnviz \
     && mkdir -p /var/cache/cnnviz/matplotlib /var/cache/cnnviz/torch /var/lib/cnnviz/models \
+        /var/lib/cnnviz/compile-cache \
     && chown -R cnnviz:cnnviz /var/cache/cnnviz /var/lib/cnnviz
 
 WORKDIR /app

@@ -19,8 +19,14 @@ figures are medians. Target: the floor's seconds per channel ÷ the job's >= 3. 
 also gives the CPU seconds each side used (the server's process, the floor's), a figure that
 other work on the same cores changes far less than wall time.
 
+``--compile on`` (CNNVIZ_COMPILE) with ``--compile-cache DIR`` (CNNVIZ_COMPILE_CACHE_DIR):
+the warm-up job, of the same shapes as the rounds, is then the cold-cache figure (it compiles
+the step, or loads it where an earlier run left DIR warm) and the rounds the warm-cache one;
+run twice with the same DIR for a second process on a warm disk cache.
+
     .venv/bin/python -m bench.service_job [--layer layer3] [--channels all] [--steps 64]
         [--size 128] [--floor-channels 8] [--rounds 2] [--device cpu|cuda]
+        [--compile auto|on|off] [--compile-cache DIR]
 """
 
 from __future__ import annotations
@@ -118,6 +124,8 @@ def main() -> None:
         "machine shared with other work, OpenMP threads spinning for a busy core make the "
         "default far slower than one thread",
     )
+    parser.add_argument("--compile", default="auto", help="CNNVIZ_COMPILE of the server")
+    parser.add_argument("--compile-cache", default="", help="CNNVIZ_COMPILE_CACHE_DIR")
     args = parser.parse_args()
     print(machine())
     channels: str | list[int] = "all" if args.channels == "all" else list(range(int(args.channels)))
@@ -131,11 +139,20 @@ def main() -> None:
         toml = Path(tmp) / "models.toml"
         toml.write_text(MODELS_TOML.format(input=args.input), encoding="utf-8")
         env = {"CNNVIZ_MODELS_FILE": str(toml), "CNNVIZ_DEVICE": args.device}
+        env["CNNVIZ_COMPILE"] = args.compile
+        env["CNNVIZ_COMPILE_CACHE_DIR"] = args.compile_cache or str(Path(tmp) / "compile")
         floors = {t: FloorProcess(args, t) for t in args.floor_threads.split(",")}
         try:
             with api_server(env) as server, httpx.Client(base_url=server.url, timeout=60) as c:
-                # Warm-up: model loading and tracing in the server, kernels on both sides.
-                run_job(c, {**body, "steps": 2, "seed": 10_000})
+                # Warm-up: model loading and tracing in the server, kernels on both sides, and
+                # the compile of the step (or its load from the cache) with --compile on.
+                # Past the 16 redirected steps (eager), so that the compiled graph runs.
+                warm_s, warm = run_job(c, {**body, "steps": 18, "seed": 10_000})
+                print(
+                    f"  warm-up job (18 steps; compile {warm['settings'].get('compile')}): "
+                    f"{warm_s:6.2f} s",
+                    flush=True,
+                )
                 for floor in floors.values():
                     floor.render("warm")  # kernels and allocator
                 floor_s: dict[str, list[float]] = {t: [] for t in floors}
@@ -168,7 +185,8 @@ def main() -> None:
         f"{args.size} px fed at {args.input}, device {args.device}, median of {args.rounds}"
     )
     print(
-        f"  job through the service (precision {result.get('precision')}, "
+        f"  job through the service (precision {result.get('precision')}, compile "
+        f"{result['settings'].get('compile')}, "
         f"server-side {result.get('elapsed_s', 0):.2f} s): {job:6.3f} s per channel "
         f"({job_c:.3f} CPU s)"
     )

@@ -190,6 +190,13 @@ class OptimizationCreate(JobOptions):
         "image, the optimizer and the objective values stay fp32. The result's `precision` is "
         "the one used",
     )
+    compile: bool | None = Field(
+        default=None,
+        description="run the optimization steps compiled (torch.compile); unset: the "
+        "service's CNNVIZ_COMPILE decides when the job is submitted. The job's record and its "
+        "result's `settings` carry the choice, and a compiled and an eager result are two "
+        "results (they differ in the last bits)",
+    )
 
     exemplars_job: str | None = Field(
         default=None,

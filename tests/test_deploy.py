@@ -107,3 +107,13 @@ def test_the_api_and_the_workers_share_the_model_store(compose: dict) -> None:  
         targets = {v["target"]: v for v in service["volumes"]}
         assert targets[store]["type"] == "volume" and targets[store]["source"] == "cnnviz-models"
         assert not targets[store].get("read_only")
+
+
+def test_the_api_and_the_workers_share_the_compile_cache(compose: dict) -> None:  # type: ignore[type-arg]
+    services = compose["services"]
+    for name in ("api", "worker", "worker-cpu"):
+        service = services[name]
+        cache = service["environment"]["CNNVIZ_COMPILE_CACHE_DIR"]
+        targets = {v["target"]: v for v in service["volumes"]}
+        assert targets[cache]["type"] == "volume" and targets[cache]["source"] == "cnnviz-compile"
+        assert not targets[cache].get("read_only")

@@ -158,6 +158,10 @@ def _init_child(**_: Any) -> None:
     counter = CORES.counter
     if isinstance(counter, SharedCounter):
         counter.reset()
+    if settings.compile_warmup_pairs():  # CNNVIZ_COMPILE_WARMUP: compile now, not at a job
+        from workers.tasks import child_resources
+
+        child_resources()
 
 
 @task_postrun.connect

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from cnnviz.data.datasets import DatasetRegistry
     from cnnviz.models import ModelRegistry
+    from workers.compile import CompilePolicy
 
 __all__ = ["MEMORY", "JobSettings", "WorkerSettings", "default_data_dir", "get_worker_settings"]
 
@@ -51,10 +52,10 @@ class JobSettings(BaseSettings):
     data_dir: str = Field(
         default_factory=default_data_dir,
         description="where the service keeps its data, created on start: the in-process "
-        "jobs' database (jobs.db), their large results (results/) and the models registered "
-        "at run time (models/), so that they survive a restart. Default "
-        "$XDG_DATA_HOME/cnnviz, else ~/.local/share/cnnviz; ':memory:' keeps in-process jobs "
-        "in memory, lost when the process stops",
+        "jobs' database (jobs.db), their large results (results/), the models registered "
+        "at run time (models/) and the compiled steps (compile-cache/), so that they "
+        "survive a restart. Default $XDG_DATA_HOME/cnnviz, else ~/.local/share/cnnviz; "
+        "':memory:' keeps in-process jobs in memory, lost when the process stops",
     )
     model_store: Path | None = Field(
         default=None,
@@ -114,6 +115,26 @@ class JobSettings(BaseSettings):
         "worker of its queue has published its own (workers publish their device's budget "
         "every CNNVIZ_WORKER_HEARTBEAT_INTERVAL seconds)",
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="whether optimization jobs run their steps compiled (torch.compile), "
+        "decided per job at submit and recorded: 'on' always (a job compiles the step first "
+        "where it is not in the cache), 'off' never, 'auto' once the step is in the cache; "
+        "until then jobs run eagerly while, where compiling pays (CUDA; a CPU running bf16), "
+        "it compiles in the background (see docs/compile.md)",
+    )
+    compile_cache_dir: Path | None = Field(
+        default=None,
+        description="inductor's caches of compiled steps, shared by every process of the "
+        "machine (a volume in compose): a process loads what another compiled; default "
+        "compile-cache/ under CNNVIZ_DATA_DIR (under the default data directory with "
+        "':memory:')",
+    )
+    compile_warmup: str = Field(
+        default="",
+        description="model:layer pairs, comma-separated, whose optimization steps the "
+        "process compiles in the background at start (unless CNNVIZ_COMPILE is off)",
+    )
 
     @property
     def data_path(self) -> Path | None:
@@ -127,6 +148,32 @@ class JobSettings(BaseSettings):
         if self.model_store is not None:
             return self.model_store
         return (self.data_path or Path(default_data_dir())) / "models"
+
+    @model_validator(mode="after")
+    def _warmup_pairs(self) -> Self:
+        self.compile_warmup_pairs()  # a bad entry stops the process at start, not later
+        return self
+
+    @property
+    def compile_cache_path(self) -> Path:
+        """``compile_cache_dir``, else ``compile-cache/`` in the data directory."""
+        if self.compile_cache_dir is not None:
+            return self.compile_cache_dir
+        return (self.data_path or Path(default_data_dir())) / "compile-cache"
+
+    def compile_policy(self) -> CompilePolicy:
+        """How this process's optimization jobs compile (its cache set up for inductor)."""
+        from workers.compile import CompilePolicy
+
+        policy = CompilePolicy(self.compile, self.compile_cache_path)
+        policy.setup()
+        return policy
+
+    def compile_warmup_pairs(self) -> tuple[tuple[str, str], ...]:
+        """``compile_warmup`` as ``(model, layer)`` pairs."""
+        from workers.compile import parse_warmup
+
+        return parse_warmup(self.compile_warmup)
 
     def model_registry(self, device: str | torch.device) -> ModelRegistry:
         """The models of the models file and the model store, read again as they change."""

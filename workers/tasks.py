@@ -31,6 +31,7 @@ from schemas.jobs import JOB_TASK, SHARD_TASK, JobError, JobTask
 from workers.app import CORES, app, settings
 from workers.device import child_index, choose_device
 from workers.kinds import Partial, Resources
+from workers.kinds.optimization import warm_up
 from workers.leases import LeaseKeeper
 from workers.logs import job_logging
 from workers.records.redis import RedisRecords
@@ -42,8 +43,9 @@ _resources: Resources | None = None
 _redis: redis.Redis | None = None
 
 
-def _child_resources() -> Resources:
-    """This pool child's models and data sets, on its device; models load at first use."""
+def child_resources() -> Resources:
+    """This pool child's models and data sets, on its device; models load at first use,
+    but for those of ``CNNVIZ_COMPILE_WARMUP``, whose steps compile in the background."""
     global _resources
     if _resources is None:
         device = choose_device(settings.worker_device, child_index())
@@ -55,6 +57,7 @@ def _child_resources() -> Resources:
             CORES,
             blobs=RedisRecords(_client()),  # where the API kept a request's images
         )
+        warm_up(_resources, settings.compile_warmup_pairs())  # in the background
     return _resources
 
 
@@ -115,7 +118,7 @@ def run_job(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     task = JobTask.model_validate(payload)
     with job_logging(task.job_id):
         records = _records(task)
-        resources = _child_resources()
+        resources = child_resources()
         limits = _limits()
         started = begin(task, resources, records, limits, holder=self.request.id or "")
         if started is None:
@@ -148,7 +151,7 @@ def run_job_shard(
     task = JobTask.model_validate(payload)
     with job_logging(task.job_id):
         records = _records(task)
-        resources = _child_resources()
+        resources = child_resources()
         limits = _limits()
         partial = run_shard(
             task, attempt, shard, shards, resources, records, limits, holder=self.request.id or ""

@@ -28,6 +28,7 @@ from cnnviz.optvis.render import (
     check_objective,
     device_memory_budget_mb,
     plan_memory,
+    precompile,
     preview_bytes,
     visualize,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "device_memory_budget_mb",
     "objectives",
     "plan_memory",
+    "precompile",
     "preview_bytes",
     "visualize",
 ]

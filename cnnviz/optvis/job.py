@@ -3,8 +3,9 @@ the forward pass it optimizes through, the parameterization and transforms of it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from cnnviz.axes import unit_maps
 from cnnviz.errors import InvalidArgumentError
 from cnnviz.layers import LayerIndex, layer_index
 from cnnviz.optvis import objectives as obj
+from cnnviz.optvis.compiled import compiled_graph
 from cnnviz.optvis.param import ImageParam, make_param
 from cnnviz.optvis.settings import RenderSettings
 from cnnviz.optvis.stepgraph import step_graphs
@@ -87,7 +89,9 @@ class _Forward:
     Holds the extractor for the objective's layers; for the steps, a copy of its graph with
     the batch norms folded into the convolutions; when asked, a copy of what
     the steps run with redirected ReLU gradients; and the :class:`Numerics` they run in.
-    Exact evaluations run the plain extractor in fp32. Built inside :func:`preserved_state`.
+    Exact evaluations run the plain extractor in fp32. With ``compile``, the steps that are
+    not redirected run the folded graph compiled (:mod:`cnnviz.optvis.compiled`). Built
+    inside :func:`preserved_state`.
     """
 
     def __init__(
@@ -99,6 +103,8 @@ class _Forward:
         device: torch.device,
         redirect: bool,
         numerics: Numerics,
+        input_shape: tuple[int, int, int],
+        compile: bool = False,
     ) -> None:
         self._keys = {name: index.node(name) for name in layers}
         # Terms read every layer unit-first (cnnviz.axes.unit_maps).
@@ -118,16 +124,40 @@ class _Forward:
         self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.numerics = numerics
+        self._input_shape = input_shape
+        self._compile = compile and isinstance(self._steps, fx.GraphModule)
+        self._compiled: Callable[[torch.Tensor], Any] | None = None
+
+    @property
+    def step_graph(self) -> fx.GraphModule | None:
+        """The graph the steps run (None for a model served through hooks)."""
+        return self._steps if isinstance(self._steps, fx.GraphModule) else None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the steps (past the redirected ones) run the compiled graph."""
+        return self._compile
+
+    def _compiled_steps(self) -> Callable[[torch.Tensor], Any]:
+        if self._compiled is None:
+            assert isinstance(self._steps, fx.GraphModule)
+            self._compiled = compiled_graph(self._steps, self.numerics, self._input_shape)
+        return self._compiled
 
     def __call__(
-        self, x: torch.Tensor, redirect: bool = False, exact: bool = False
+        self, x: torch.Tensor, redirect: bool = False, exact: bool = False, step: bool = False
     ) -> dict[str, torch.Tensor]:
         """``x``: ``(n, C, H, W)`` in [0, 1] at the model's input size. ``exact``: in fp32
-        with a contiguous input, whatever the numerics."""
+        with a contiguous input, whatever the numerics. ``step``: an optimization step, which
+        runs the compiled graph where the render compiles (probes and checks stay eager)."""
         if self._plain is None or self._steps is None:
             return {}
         x = ((x - self._mean) / self._std).to(self._dtype)
-        run = self._redirected if redirect and self._redirected is not None else self._steps
+        run: Callable[[torch.Tensor], Any] = self._steps
+        if redirect and self._redirected is not None:
+            run = self._redirected
+        elif self._compile and step and not exact:
+            run = self._compiled_steps()
         if exact:
             run = self._plain
         numerics = self.numerics.exact() if exact else self.numerics
@@ -188,9 +218,10 @@ class _Job:
         rows: tuple[torch.Tensor, torch.Tensor],
         redirect: bool,
         exact: bool = False,
+        step: bool = False,
     ) -> obj.Batch:
         """What the objective sees: ``images`` before transforms, ``x`` the model's input."""
-        return obj.Batch(images, self.forward(x, redirect, exact), *rows)
+        return obj.Batch(images, self.forward(x, redirect, exact, step), *rows)
 
     def evaluate(self, raw: torch.Tensor, units: Sequence[int]) -> list[float]:
         """The units' own objective for images ``raw``, without random transforms, in fp32."""
@@ -232,6 +263,8 @@ def _build_job(
         device,
         redirect=settings.redirect_relu_steps > 0,
         numerics=resolve_precision(settings.precision, device),
+        input_shape=(channels, height, width),
+        compile=settings.compile,
     )
     forward.check_layout(input_shape)
     return _Job(objective, settings, param, transform, clean, forward, device, objective.groups())

@@ -18,8 +18,9 @@ The model is left as found: weights frozen only for the call, modes restored, no
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from cnnviz.layers import preserved_state
 from cnnviz.optvis import objectives as obj
 from cnnviz.optvis.checkpoint import RenderCheckpoint
 from cnnviz.optvis.chunking import plan_chunks
+from cnnviz.optvis.compiled import compile_in_background
 from cnnviz.optvis.job import (
     _build_job,
     _Job,
@@ -50,6 +52,7 @@ __all__ = [
     "check_objective",
     "device_memory_budget_mb",
     "plan_memory",
+    "precompile",
     "preview_bytes",
     "visualize",
 ]
@@ -102,7 +105,9 @@ class RenderResult:
     unit's own objective (penalties excluded) for the final image and for the starting noise,
     both evaluated without random transforms, resized to the model's input, in fp32.
     ``precision`` is the one the optimization ran in (``settings.precision`` resolved for the
-    device: ``"fp32"``, ``"bf16"`` or ``"fp16"``), ``channels_last`` its input layout.
+    device: ``"fp32"``, ``"bf16"`` or ``"fp16"``), ``channels_last`` its input layout,
+    ``compiled`` whether its steps ran the compiled graph (``settings.compile`` where the
+    model has a graph to compile; models served through hooks run eagerly).
     """
 
     images: torch.Tensor
@@ -113,6 +118,7 @@ class RenderResult:
     chunk_size: int = 1
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
+    compiled: bool = False
 
 
 def visualize(
@@ -172,6 +178,51 @@ def visualize(
         )
 
 
+def precompile(
+    model: nn.Module,
+    objective: obj.Objective,
+    *,
+    input_shape: tuple[int, int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    settings: RenderSettings = RenderSettings(),
+    device: torch.device | str = "cpu",
+    model_name: str = "model",
+    on_done: Callable[[BaseException | None], None] | None = None,
+) -> threading.Thread | None:
+    """Compile, on a background thread, the step that :func:`visualize` with the same
+    arguments and ``settings.compile`` runs, so that such renders find it ready; returns
+    the thread, or None where the step is ready or being compiled (or has no graph to
+    compile). ``on_done`` gets None, or the exception of a compile that failed.
+
+    The model's weights must be frozen (``requires_grad_(False)``, as the service loads
+    models): the thread runs them beside the caller, which therefore cannot freeze them for
+    it, and a graph compiled for weights that take gradients does not serve a render, which
+    freezes them (InvalidArgumentError otherwise).
+    """
+    if any(p.requires_grad for p in model.parameters()):
+        raise InvalidArgumentError(
+            "precompile needs a model with frozen weights: call model.requires_grad_(False)"
+        )
+    device = torch.device(device)
+    objective = _with_settings_terms(objective, settings)
+    with preserved_state(model, frozen=True):
+        job = _build_job(
+            model,
+            objective,
+            input_shape,
+            mean,
+            std,
+            replace(settings, compile=True),
+            device,
+            model_name,
+        )
+    graph = job.forward.step_graph
+    if graph is None:
+        return None
+    return compile_in_background(graph, job.forward.numerics, input_shape, on_done)
+
+
 def _render(
     job: _Job,
     chunks: list[list[int]],
@@ -227,7 +278,7 @@ def _render(
             current = job.param.images(raw)
             x = job.transform(current, params[step])
             redirect = step < settings.redirect_relu_steps
-            own, total = job.objective(job.batch(current, x, rows, redirect))
+            own, total = job.objective(job.batch(current, x, rows, redirect, step=True))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(-total.sum()).backward()
             scaler.step(optimizer)
@@ -281,6 +332,7 @@ def _render(
         chunk_size=chunk_size,
         precision=job.forward.numerics.precision,
         channels_last=job.forward.numerics.channels_last,
+        compiled=job.forward.compiled,
     )
 
 

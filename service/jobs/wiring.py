@@ -18,6 +18,7 @@ from service.jobs.sweeper import LeaseSweeper
 from service.settings import Settings
 from workers.kinds import Resources
 from workers.kinds.base import Blobs
+from workers.kinds.optimization import warm_up
 from workers.records import JobRecords
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
@@ -86,6 +87,8 @@ def build_jobs(
 
     memory = inprocess_records(settings)
     resources = _resources(settings, registry, datasets, cores, memory)
+    # The API runs the jobs: it warms its own compile cache (with Redis the workers do).
+    warm_up(resources, settings.compile_warmup_pairs())
     executor = InProcessTransport(
         memory,
         resources,

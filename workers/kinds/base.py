@@ -35,6 +35,7 @@ from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
 from schemas.jobs import Admission, JobRead, Progress
 from schemas.routes import JobRoute
+from workers.compile import CompilePolicy
 from workers.config import JobSettings
 from workers.records.verdicts import Verdicts
 
@@ -84,7 +85,8 @@ class Resources:
     reference, for ``blob_ttl_seconds`` (None: nowhere, they stay in the request);
     ``max_image_pixels``: the most pixels a request's image may decode to. ``admission``: what
     a job's size is checked against when it will run elsewhere (a Celery worker's budget);
-    None: this process's device.
+    None: this process's device. ``compile``: whether optimization jobs compile their
+    steps (:mod:`workers.compile`; off unless the settings say otherwise).
     """
 
     models: ModelRegistry
@@ -99,6 +101,7 @@ class Resources:
     blob_ttl_seconds: int = 7 * 24 * 3600
     max_image_pixels: int = MAX_IMAGE_PIXELS
     admission: Admission | None = None
+    compile: CompilePolicy = field(default_factory=CompilePolicy)
 
     @classmethod
     def from_settings(
@@ -118,6 +121,7 @@ class Resources:
             loader_workers=settings.exemplar_loader_workers,
             batch_size=settings.exemplar_batch_size,
             cores=cores,
+            compile=settings.compile_policy(),
             **process,
         )
 

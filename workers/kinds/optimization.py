@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import safetensors.torch
 import torch
 
-from cnnviz.errors import InvalidArgumentError
-from cnnviz.imaging import encode_png
+from cnnviz.errors import CnnvizError, InvalidArgumentError
 from cnnviz.models import LoadedModel
 from cnnviz.optvis import (
     RenderCheckpoint,
@@ -23,6 +22,7 @@ from cnnviz.optvis import (
     check_objective,
     device_memory_budget_mb,
     objectives,
+    precompile,
     visualize,
 )
 from cnnviz.optvis.objectives import Objective
@@ -35,9 +35,8 @@ from schemas.optimization import (
     ObjectiveKind,
     OptimizationCreate,
     OptimizationResult,
-    UnitResult,
-    VsDataset,
 )
+from workers.compile import CompilePolicy
 from workers.kinds.base import (
     JobContext,
     JobKind,
@@ -51,10 +50,11 @@ from workers.kinds.optimization_limits import admit
 from workers.kinds.optimization_pictures import (
     RAW_MAX_BYTES,
     b64,
-    grid_png,
+    encode_tiles,
     pixels,
     preview_png,
     preview_reserve,
+    unit_results,
 )
 from workers.kinds.optimization_versus import FIELD, KINDS, dataset_scores, versus
 from workers.kinds.registry import register_kind
@@ -165,53 +165,60 @@ def render_settings(
         tv=request.tv,
         diversity=request.diversity,
         precision=request.precision,
+        compile=bool(request.compile),
     )
 
 
-def _encode(tiles: torch.Tensor, columns: int | None) -> tuple[bytes, int, list[bytes]]:
-    """The PNGs of the uint8 ``tiles`` of :func:`pixels`: their grid, its columns, and each
-    tile's own, encoded on as many threads as the job has for torch (Pillow encodes without
-    the interpreter lock). One after another, the 257 PNGs of resnet18's ``layer3`` took
-    1.5 s of a 3.6 s job on a GPU."""
-    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        grid = pool.submit(grid_png, tiles, columns)  # the largest: first
-        each = list(pool.map(encode_png, tiles))
-        return (*grid.result(), each)
+def _compile_beside(
+    request: OptimizationCreate, loaded: LoadedModel, policy: CompilePolicy
+) -> threading.Thread | None:
+    """Start compiling the step of this job's shapes on a background thread; the policy
+    marks it warm when done."""
+
+    def done(error: BaseException | None) -> None:
+        if error is None:
+            policy.mark_warm(loaded, request.layer, request.precision)
+
+    return precompile(
+        loaded.module,
+        build_objective(request, loaded),
+        input_shape=loaded.spec.input_shape,
+        mean=loaded.spec.mean,
+        std=loaded.spec.std,
+        settings=render_settings(request, loaded.device),
+        device=loaded.device,
+        model_name=loaded.spec.name,
+        on_done=done,
+    )
 
 
-def _unit_results(
-    request: OptimizationCreate,
-    pngs: list[bytes],
-    final: list[float],
-    initial: list[float],
-    compared: list[VsDataset | None],
-) -> list[UnitResult]:
-    """One entry per image, from the PNGs of its tiles (:func:`_encode`) and, with
-    ``exemplars_job``, its comparison with the data set (else ``compared`` is empty)."""
-    kind = request.objective or ObjectiveKind.CHANNEL
-    units: list[UnitResult] = []
-    for i in range(len(pngs)):
-        unit, sample = divmod(i, request.images_per_unit)
-        channel: int | None = None
-        y = x = None
-        if OBJECTIVES[kind].per_channel:
-            assert isinstance(request.channels, list)
-            channel = request.channels[unit]
-        elif kind == ObjectiveKind.NEURON and request.neuron is not None:
-            channel, y, x = request.neuron.channel, request.neuron.y, request.neuron.x
-        units.append(
-            UnitResult(
-                channel=channel,
-                sample=sample,
-                y=y,
-                x=x,
-                image=b64(pngs[i]),
-                objective=final[i],
-                initial_objective=initial[i],
-                vs_dataset=compared[i] if compared else None,
-            )
-        )
-    return units
+def warm_up(resources: Resources, pairs: Sequence[tuple[str, str]]) -> threading.Thread | None:
+    """Compile, on a background thread, the steps of default jobs of these ``(model,
+    layer)`` pairs (``CNNVIZ_COMPILE_WARMUP``), so that the jobs of those shapes find them in
+    the cache; a pair that is not a model's layer is logged and skipped. None: nothing to do
+    (no pairs, or compiling off)."""
+    if resources.compile.mode == "off" or not pairs:
+        return None
+    thread = threading.Thread(
+        target=_warm_up, args=(resources, pairs), name="cnnviz-compile-warmup", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _warm_up(resources: Resources, pairs: Sequence[tuple[str, str]]) -> None:
+    policy = resources.compile
+    for model, layer in pairs:
+        try:
+            loaded = resources.model(model)
+            request = prepare(OptimizationCreate(layer=layer, channels=[0]), loaded)
+        except (CnnvizError, ValueError) as exc:
+            log.warning("compile warm-up of %s:%s skipped: %s", model, layer, exc)
+            continue
+        if not policy.is_warm(loaded, layer, request.precision):
+            thread = _compile_beside(request, loaded, policy)
+            if thread is not None:
+                thread.join()  # one at a time: compiling takes every core it gets
 
 
 def _attach_images(images: torch.Tensor, context: JobContext) -> None:
@@ -242,7 +249,10 @@ def _checkpoint(context: JobContext) -> RenderCheckpoint | None:
 
 
 def optimize(
-    request: OptimizationCreate, loaded: LoadedModel, context: JobContext | None = None
+    request: OptimizationCreate,
+    loaded: LoadedModel,
+    context: JobContext | None = None,
+    policy: CompilePolicy | None = None,
 ) -> OptimizationResult:
     """Optimize the request's units on ``loaded``; the images and their objectives.
 
@@ -253,6 +263,9 @@ def optimize(
     the render's budget sets aside). It gets the render's state every
     ``context.checkpoint_steps`` steps (at most every ``checkpoint_interval_s``), and a run
     given ``context.resume`` goes on from that state to the result an uninterrupted run gives.
+
+    ``request.compile`` says whether the steps run compiled; ``policy`` (the service's) may
+    compile them beside an eager run for later jobs, and learns when they are compiled.
     """
     started = time.monotonic()
     context = context or JobContext()
@@ -319,6 +332,9 @@ def optimize(
             checkpoint_due=context.checkpoint_due,
         )
 
+    policy = policy or CompilePolicy()
+    if not request.compile and policy.wants_background(loaded, request.layer, request.precision):
+        _compile_beside(request, loaded, policy)
     resume = _checkpoint(context)
     try:
         rendered = render(resume)
@@ -329,6 +345,8 @@ def optimize(
         # another memory budget) is refused before any step: start over.
         log.warning("job %s: checkpoint not usable; starting from step 0", context.job_id)
         rendered = render(None)
+    if rendered.compiled:
+        policy.mark_warm(loaded, request.layer, request.precision)
     _attach_images(rendered.images, context)
     compared = versus(request, rendered.images, loaded) if request.dataset_scores else []
     tiles = pixels(rendered.images)
@@ -337,12 +355,12 @@ def optimize(
     del rendered  # the float images, four times the pixels, are not needed past here
     # Several images of each unit: one row per unit.
     per_unit = request.images_per_unit
-    grid, columns, pngs = _encode(tiles, per_unit if per_unit > 1 else None)
+    grid, columns, pngs = encode_tiles(tiles, per_unit if per_unit > 1 else None)
     return OptimizationResult(
         model=loaded.spec.name,
         layer=request.layer,
         objective=request.objective or ObjectiveKind.CHANNEL,  # set by the validator; for mypy
-        units=_unit_results(request, pngs, final, initial, compared),
+        units=unit_results(request, pngs, final, initial, compared),
         grid=b64(grid),
         grid_columns=columns,
         image_size=request.image_size,
@@ -368,6 +386,9 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
     ) -> OptimizationCreate:
         loaded = resources.model(model)
         resolved = prepare(fetched(request, resources), loaded)
+        if resolved.compile is None:  # fixed now: the record, resumes and results carry it
+            compiled = resources.compile.decide(loaded, resolved.layer, resolved.precision)
+            resolved = resolved.model_copy(update={"compile": compiled})
         if resources.max_job_work is not None:  # too large: a 422 now, not a failure later
             target = resources.admission
             if target is None:  # it runs here
@@ -406,7 +427,8 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
         context: JobContext,
     ) -> Partial:
         loaded = resources.model(model)
-        return optimize(fetched(request, resources), loaded, context).model_dump(mode="json")
+        request = fetched(request, resources)
+        return optimize(request, loaded, context, resources.compile).model_dump(mode="json")
 
     def merge(
         self,

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from cnnviz.imaging import encode_png, to_pixels
 from cnnviz.imaging.grid import IMAGE_GRID_PADDING, grid_layout, tile_grid
 from cnnviz.optvis import StepReport, preview_bytes
+from schemas.objectives import OBJECTIVES
+from schemas.optimization import ObjectiveKind, OptimizationCreate, UnitResult, VsDataset
 
 __all__ = [
     "PREVIEW_MAX_IMAGES",
@@ -112,3 +115,49 @@ def grid_png(tiles: torch.Tensor, columns: int | None = None) -> tuple[bytes, in
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def encode_tiles(tiles: torch.Tensor, columns: int | None) -> tuple[bytes, int, list[bytes]]:
+    """The PNGs of the uint8 ``tiles`` of :func:`pixels`: their grid, its columns, and each
+    tile's own, encoded on as many threads as the job has for torch (Pillow encodes without
+    the interpreter lock). One after another, the 257 PNGs of resnet18's ``layer3`` took
+    1.5 s of a 3.6 s job on a GPU."""
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        grid = pool.submit(grid_png, tiles, columns)  # the largest: first
+        each = list(pool.map(encode_png, tiles))
+        return (*grid.result(), each)
+
+
+def unit_results(
+    request: OptimizationCreate,
+    pngs: list[bytes],
+    final: list[float],
+    initial: list[float],
+    compared: list[VsDataset | None],
+) -> list[UnitResult]:
+    """One entry per image, from the PNGs of its tiles (:func:`encode_tiles`) and, with
+    ``exemplars_job``, its comparison with the data set (else ``compared`` is empty)."""
+    kind = request.objective or ObjectiveKind.CHANNEL
+    units: list[UnitResult] = []
+    for i in range(len(pngs)):
+        unit, sample = divmod(i, request.images_per_unit)
+        channel: int | None = None
+        y = x = None
+        if OBJECTIVES[kind].per_channel:
+            assert isinstance(request.channels, list)
+            channel = request.channels[unit]
+        elif kind == ObjectiveKind.NEURON and request.neuron is not None:
+            channel, y, x = request.neuron.channel, request.neuron.y, request.neuron.x
+        units.append(
+            UnitResult(
+                channel=channel,
+                sample=sample,
+                y=y,
+                x=x,
+                image=b64(pngs[i]),
+                objective=final[i],
+                initial_objective=initial[i],
+                vs_dataset=compared[i] if compared else None,
+            )
+        )
+    return units

@@ -1,0 +1,62 @@
+"""Lucent itself, at the settings of bench/service_job.py, in its own virtual environment.
+
+torch-lucent 0.1.8 is not installed beside cnnviz (it pins old kornia and tqdm); make a venv::
+
+    python3 -m venv /tmp/lucent && /tmp/lucent/bin/pip install torch-lucent torchvision
+
+then ``/tmp/lucent/bin/python bench/lucent_render.py --rounds 2`` prints the seconds of one
+render of ``--channels`` channels of resnet18 ``layer3`` (random weights, batched objective,
+128 px Fourier image in decorrelated colour, Lucent's standard transforms, resized to 224,
+Adam 0.05, ``--steps`` steps), each round, and the median per channel. Imports nothing of
+cnnviz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import operator
+import statistics
+import time
+
+import torch
+import torchvision
+
+
+def render_once(model: torch.nn.Module, channels: int, steps: int, size: int) -> float:
+    from lucent.optvis import objectives, param, render
+
+    objective = functools.reduce(
+        operator.add, [objectives.channel("layer3", c, batch=c) for c in range(channels)]
+    )
+    start = time.perf_counter()
+    render.render_vis(
+        model,
+        objective,
+        lambda: param.image(size, batch=channels),
+        thresholds=(steps,),
+        show_image=False,
+        progress=False,
+        fixed_image_size=224,
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    render_once(model, args.channels, 2, args.size)  # warm-up
+    times = [render_once(model, args.channels, args.steps, args.size) for _ in range(args.rounds)]
+    for i, t in enumerate(times):
+        print(f"round {i + 1}: {t:.2f} s")
+    print(f"lucent: {statistics.median(times) / args.channels:.3f} s per channel", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Compiled steps: within tolerance of eager, one graph for every chunk size, loaded by the
+next process from the shared cache.
+
+Slow: inductor compiles C++ kernels for the tiny net (about 30 s on a quiet 2-core machine,
+minutes when it is busy); both tests share one compile through the module's cache dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cnnviz.errors import InvalidArgumentError
+from cnnviz.optvis import RenderSettings, objectives, precompile, visualize
+from cnnviz.optvis.compiled import use_cache_dir
+
+pytestmark = [
+    pytest.mark.slow,
+    # Dynamo reads .grad of the step's input (not a leaf) as it wraps it: its warning only.
+    pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor:UserWarning"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+INPUT = dict(input_shape=(3, 24, 24), mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+SETTINGS = RenderSettings(
+    steps=12, image_size=24, precision="fp32", redirect_relu_steps=2, memory_budget_mb=64
+)
+# fp32 compiled against eager: inductor reorders the pointwise sums around the convolutions.
+RTOL, ATOL = 1e-3, 1e-4
+
+
+class TinyNet(nn.Module):
+    """conv → batch norm (folded by the step graph) → ReLU → max-pool → conv → ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        # Frozen, as the service loads models and precompile requires.
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.1, 0.1)
+            self.bn.running_var.uniform_(0.5, 1.5)
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu2(self.conv2(self.pool(self.relu(self.bn(self.conv1(x))))))
+
+
+def objective() -> objectives.Objective:
+    return objectives.channel("relu2", list(range(8)))
+
+
+def test_precompile_refuses_weights_that_take_gradients() -> None:
+    with pytest.raises(InvalidArgumentError, match="frozen weights"):
+        precompile(TinyNet().requires_grad_(True), objective(), settings=SETTINGS, **INPUT)
+
+
+def graphs_compiled() -> int:
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    path = use_cache_dir(tmp_path_factory.mktemp("compile-cache"))
+    yield path
+    if before is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
+def test_compiled_render_matches_eager_with_one_graph_for_every_chunk(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = TinyNet().eval()
+    # Chunks of 3, 3 and 2 images: the last, smaller one must not compile again.
+    monkeypatch.setattr("cnnviz.optvis.render._chunk_size", lambda *a, **k: 3)
+    eager = visualize(net, objective(), settings=SETTINGS, **INPUT)
+    thread = precompile(net, objective(), settings=SETTINGS, **INPUT)
+    assert thread is not None
+    thread.join()
+    before = graphs_compiled()
+    compiled = visualize(net, objective(), settings=replace(SETTINGS, compile=True), **INPUT)
+    assert compiled.n_chunks == 3
+    assert compiled.compiled and not eager.compiled
+    assert graphs_compiled() == before, "a render recompiled what precompile compiled"
+    torch.testing.assert_close(
+        torch.tensor(compiled.objectives), torch.tensor(eager.objectives), rtol=RTOL, atol=ATOL
+    )
+    torch.testing.assert_close(compiled.images, eager.images, rtol=RTOL, atol=ATOL)
+    assert list(cache_dir.iterdir()), "nothing written to the shared cache"
+
+
+_SECOND_PROCESS = """
+import json, sys
+from dataclasses import replace
+import torch
+from cnnviz.optvis import visualize
+from cnnviz.optvis.compiled import use_cache_dir
+from tests.core.test_optvis_compiled import INPUT, SETTINGS, TinyNet, objective
+use_cache_dir(sys.argv[1])
+visualize(TinyNet().eval(), objective(), settings=replace(SETTINGS, compile=True), **INPUT)
+c = torch._dynamo.utils.counters
+print(json.dumps({"hit": c["inductor"]["fxgraph_cache_hit"],
+                  "miss": c["inductor"]["fxgraph_cache_miss"]}))
+"""
+
+
+def test_a_second_process_loads_the_compiled_step(cache_dir: Path) -> None:
+    net = TinyNet().eval()
+    thread = precompile(net, objective(), settings=SETTINGS, **INPUT)
+    if thread is not None:
+        thread.join()
+    out = subprocess.run(
+        [sys.executable, "-c", _SECOND_PROCESS, str(cache_dir)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["hit"] >= 2, counts  # the forward and the backward graph
+    assert counts["miss"] == 0, counts

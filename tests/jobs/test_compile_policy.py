@@ -1,0 +1,86 @@
+"""CNNVIZ_COMPILE: which jobs run compiled is decided at submit, recorded, and part of the
+job's identity. Nothing here compiles (tests/core/test_optvis_compiled.py does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from cnnviz.models import ModelRegistry
+from schemas.jobs import fingerprint
+from schemas.optimization import OptimizationCreate
+from workers.compile import CompilePolicy, parse_warmup
+from workers.config import JobSettings
+from workers.kinds import Resources
+from workers.kinds.optimization import Optimization, optimize
+
+
+@pytest.fixture(scope="module")
+def registry() -> ModelRegistry:
+    return ModelRegistry.from_file(None)
+
+
+def test_warmup_pairs_are_read_and_a_bad_one_stops_the_process_at_start() -> None:
+    assert parse_warmup(" r18:layer3, shapes:block2.relu ,") == (
+        ("r18", "layer3"),
+        ("shapes", "block2.relu"),
+    )
+    with pytest.raises(ValidationError, match="'layer3' is not model:layer"):
+        JobSettings(compile_warmup="layer3")
+
+
+def test_the_cache_is_under_the_data_directory_unless_set_apart(tmp_path: Path) -> None:
+    assert JobSettings(data_dir=str(tmp_path)).compile_cache_path == tmp_path / "compile-cache"
+    apart = tmp_path / "elsewhere"
+    assert JobSettings(data_dir=str(tmp_path), compile_cache_dir=apart).compile_cache_path == apart
+    assert JobSettings().compile == "auto"
+
+
+def test_each_mode_decides_from_the_device_and_the_cache(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    loaded = registry.get("shapes")  # on the CPU
+    assert not CompilePolicy("off", tmp_path).decide(loaded, "block2.relu", "bf16")
+    assert CompilePolicy("on", tmp_path).decide(loaded, "block2.relu", "fp32")
+    auto = CompilePolicy("auto", tmp_path)
+    # fp32 on a CPU: a compiled step measured no faster than eager; never compiled by auto.
+    assert not auto.pays(loaded, "fp32")
+    assert not auto.wants_background(loaded, "block2.relu", "fp32")
+    # bf16 on a CPU pays: eager (compiling beside it) until the step is in the cache.
+    assert not auto.decide(loaded, "block2.relu", "bf16")
+    assert auto.wants_background(loaded, "block2.relu", "bf16")
+    auto.mark_warm(loaded, "block2.relu", "bf16")
+    assert auto.decide(loaded, "block2.relu", "bf16")
+    assert not auto.wants_background(loaded, "block2.relu", "bf16")
+    # Another layer, another precision or another process's cache: not warm.
+    assert not auto.decide(loaded, "block3.relu", "bf16")
+    assert not CompilePolicy("auto", tmp_path / "other").decide(loaded, "block2.relu", "bf16")
+
+
+def test_the_decision_is_written_into_the_request_and_its_identity(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    request = OptimizationCreate(layer="block2.relu", channels=[1], steps=4, precision="fp32")
+
+    def prepared(mode: str, asked: OptimizationCreate = request) -> OptimizationCreate:
+        resources = Resources(models=registry, compile=CompilePolicy(mode, tmp_path))  # type: ignore[arg-type]
+        return Optimization().prepare(asked, "shapes", resources)
+
+    assert prepared("on").compile is True
+    assert prepared("off").compile is False
+    assert prepared("auto").compile is False
+    # A request that says it wins over the service's setting.
+    assert prepared("on", request.model_copy(update={"compile": False})).compile is False
+    on, off = prepared("on"), prepared("off")
+    assert fingerprint("optimization", "shapes", on) != fingerprint("optimization", "shapes", off)
+
+
+def test_an_eager_job_records_it_in_its_result(registry: ModelRegistry, tmp_path: Path) -> None:
+    request = OptimizationCreate(
+        layer="block2.relu", channels=[1], steps=3, precision="fp32", compile=False
+    )
+    result = optimize(request, registry.get("shapes"), policy=CompilePolicy("auto", tmp_path))
+    assert result.settings["compile"] is False
+    assert not list(tmp_path.iterdir()), "fp32 on a CPU: nothing compiled beside the job"
