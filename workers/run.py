@@ -110,7 +110,7 @@ def begin(
 
     ``holder`` names the delivery (a task id) that takes the job's lease. A job whose plan
     cannot be made (its data set went away) is finished as failed here. A job cancelled
-    before it ever started ends here too (its callback is sent).
+    before it ever started ends here too (its callback was made due by the cancel).
     """
     limits = limits or Limits()
     attempt = records.start(task.job_id, holder)
@@ -263,7 +263,9 @@ def conclude(
 
 def ended(task: JobTask, records: JobRecords, limits: Limits) -> None:
     """After a job's final write: count its running time (first start to end) in the
-    metrics, and make its callback due, if it has one."""
+    metrics. Its callback, if it has one, is due already: the final write made it due in the
+    same transaction (the outbox, :mod:`workers.records.outbox`), so a process lost between
+    that write and this call loses no callback, and a job that ends twice is added once."""
     try:
         record = records.get(task.job_id)
     except (JobNotFound, RecordsUnavailable):
@@ -272,13 +274,6 @@ def ended(task: JobTask, records: JobRecords, limits: Limits) -> None:
         seconds = max(0.0, record.finished_at - record.started_at)
         records.observe_duration(task.kind, record.status, seconds)
     log.info("job %s %s (%s)", task.job_id, record.status.value, task.kind)
-    if record.callback_url is not None:
-        # One write: the API delivers it (service.jobs.courier), so a slow receiver never
-        # holds what runs jobs.
-        try:
-            records.callbacks.add(task.job_id)
-        except RecordsUnavailable as exc:
-            log.error("job %s: its callback could not be queued: %s", task.job_id, exc)
 
 
 def execute(

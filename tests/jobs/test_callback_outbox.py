@@ -21,7 +21,9 @@ from tests.jobs.procs import CALLBACK_SECRET, RedisServer, wait_for
 from tests.jobs.receiver import Receiver, receiver
 from tests.jobs.test_callbacks import verify
 from tests.jobs.test_records import TTL, new_record
+from workers import run
 from workers.records import JobRecords
+from workers.records.base import ShardStart
 from workers.records.memory import MemoryRecords
 from workers.records.outbox import Due
 from workers.records.redis import RedisRecords
@@ -171,3 +173,54 @@ def test_a_job_gone_before_its_callback_is_dropped(store: Open, hooks: Receiver)
         sender.close()
     assert hooks.to("/deleted") == []
     assert claim_mine(records, job_id, lease_s=0) == []
+
+
+class Killed(BaseException):
+    """The process dies here: nothing after this point runs (``os._exit``, in-process)."""
+
+
+def _die(*_: object) -> None:
+    raise Killed
+
+
+def _end_then_die(records: JobRecords, record: JobRecord, how: str) -> JobStatus:
+    """End the job ``how``, the process lost right after the final write; its status."""
+    if how == "cancelled":  # queued: the cancel itself is the final write
+        records.cancel(record.id)
+        return JobStatus.CANCELLED
+    attempt = records.start(record.id)
+    assert attempt is not None
+    if how == "lost":  # its shard delivered once too often: the job fails as lost
+        if isinstance(records, RedisRecords):
+            records.plan(record.id, attempt, 2)
+        assert records.start_shard(record.id, attempt, 0, 1) == ShardStart.RUN
+        assert records.start_shard(record.id, attempt, 0, 1) == ShardStart.STOP
+        return JobStatus.FAILED
+    failed = {run.FAILED: {"status": "failed", "error": None}}
+    with pytest.raises(Killed):  # run.ended, the first step after the write, never runs
+        run.conclude(record.task(TTL), attempt, [failed], None, records, run.Limits())  # type: ignore[arg-type]
+    return JobStatus.FAILED
+
+
+@pytest.mark.parametrize("how", ["finished", "cancelled", "lost"])
+def test_a_process_lost_right_after_the_final_write_still_calls_back_once(
+    store: Open, hooks: Receiver, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.setattr(run, "ended", _die)
+    before = store()
+    record = new_record().model_copy(update={"callback_url": f"{hooks.url}/{how}"})
+    before.create(record, TTL, None)
+    status = _end_then_die(before, record, how)
+    assert before.get(record.id).status == status  # the final write was made
+    if isinstance(before, SqliteRecords):
+        before.close()  # the process is gone; the API starts again on its data directory
+    sender = courier(store())
+    try:
+        deliver_until([sender], lambda: bool(hooks.to(f"/{how}")))
+        time.sleep(0.2)  # a second delivery would be due by now
+        for future in sender.deliver_due():
+            future.result()
+    finally:
+        sender.close()
+    (delivery,) = hooks.to(f"/{how}")  # once, signed, with the status written
+    assert verify(delivery) | {"id": record.id, "status": status.value} == verify(delivery)

@@ -276,10 +276,13 @@ class MemoryRecords(CappedResults):
         error: JobError | None = None,
         ttl_seconds: int | None = None,
     ) -> None:
-        """Finish the record; it lives ``ttl_seconds`` (default: the store's TTL) from now."""
+        """Finish the record; it lives ``ttl_seconds`` (default: the store's TTL) from now.
+        Its callback, if it has one, is due (under the records' lock, as the final write)."""
         now = time.time()
         self._update(entry, status=status, finished_at=now, error=error)
         entry.expires_at = now + (self._ttl if ttl_seconds is None else ttl_seconds)
+        if entry.record.callback_url is not None:
+            self.callbacks.add(entry.record.id)
         self._keep(entry.record.id, entry)
 
     # ---- the executor's side (workers.run.Recorder) ----

@@ -1,8 +1,10 @@
 """The callbacks outbox: the callbacks that are due, kept beside the job records.
 
-Whatever ends a job (a Celery pool child, the in-process executor, the sweeper) only adds the
-job to its backend's outbox (:meth:`CallbackOutbox.add`, one write); the API's courier
-(:mod:`service.jobs.courier`) delivers from it. So a slow receiver never holds what runs
+The final write of a job that has a callback URL (succeeded, failed, cancelled, by a Celery
+pool child, the in-process executor or the sweeper) also makes its callback due, in the same
+transaction (Redis: the same Lua script; SQLite: the same transaction; memory: under the same
+lock), so a process lost right after that write loses no callback. The API's courier
+(:mod:`service.jobs.courier`) delivers from the outbox: a slow receiver never holds what runs
 jobs, and a delivery due when the API stops is still due when it starts again.
 
 Every backend keeps the same rules:
@@ -41,7 +43,8 @@ class Due:
 
 class CallbackOutbox(Protocol):
     def add(self, job_id: str) -> None:
-        """Make the job's callback due now, unless it was added before."""
+        """Make the job's callback due now, unless it was added before (the final write
+        does this itself; this is the same step on its own)."""
 
     def claim(self, lease_s: float, limit: int) -> list[Due]:
         """At most ``limit`` due callbacks, each leased for ``lease_s`` seconds."""

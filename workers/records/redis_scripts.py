@@ -5,7 +5,8 @@ returns. Scripts share a few fragments, named with ``$``: ``$NOW_MS`` (Redis's o
 milliseconds, so that leases written by workers and read by the sweeper compare on one clock),
 ``$CURRENT`` (return 0 unless the record runs under attempt ``ARGV[1]``), ``$FINISHED`` (a
 condition on a status ``st``: the job has finished), ``$KEEP`` and ``$FORGET`` (the byte cap
-of :mod:`.redis_cap`), and ``$KEY_PREFIX``.
+of :mod:`.redis_cap`), ``$CALLBACK_DUE`` (the outbox's write, in the script of a job's final
+write), ``$KEY_PREFIX`` and ``$CALLBACKS_KEY``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from string import Template
 
 from schemas.jobs import JobStatus
 from workers.records.redis_cap import CAP_NAMES
-from workers.records.redis_keys import KEY_PREFIX
+from workers.records.redis_keys import CALLBACKS_KEY, KEY_PREFIX
 
 __all__ = ["script_names", "script_source"]
 
-_FRAGMENTS = ("now_ms", "current", "keep", "forget")
+_FRAGMENTS = ("now_ms", "current", "keep", "forget", "callback_due")
 
 
 def _read(name: str) -> str:
@@ -43,7 +44,12 @@ def script_source(name: str) -> str:
     except FileNotFoundError:
         raise KeyError(f"no Lua script {name!r} in workers/records/lua") from None
     finished = " or ".join(f"st == '{s.value}'" for s in JobStatus if s.finished)
-    values = {"FINISHED": finished, "KEY_PREFIX": KEY_PREFIX, **CAP_NAMES}
+    values = {
+        "FINISHED": finished,
+        "KEY_PREFIX": KEY_PREFIX,
+        "CALLBACKS_KEY": CALLBACKS_KEY,
+        **CAP_NAMES,
+    }
     values |= {
         fragment.upper(): "\n" + Template(_read(fragment)).substitute(values)
         for fragment in _FRAGMENTS

@@ -4,12 +4,22 @@ transaction, so two processes on one data directory never claim the same entry."
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from workers.records.outbox import Due
 from workers.records.sqlite_db import Database
 
-__all__ = ["SqliteOutbox"]
+__all__ = ["SqliteOutbox", "add_tx"]
+
+
+def add_tx(conn: sqlite3.Connection, job_id: str) -> None:
+    """Make the job's callback due now, once per job, in the caller's transaction: the one
+    of the job's final write, so no process lost between the two loses a callback."""
+    conn.execute(
+        "INSERT OR IGNORE INTO callbacks (job_id, due_at) SELECT id, ? FROM jobs WHERE id = ?",
+        (time.time(), job_id),
+    )
 
 
 class SqliteOutbox:
@@ -20,11 +30,7 @@ class SqliteOutbox:
 
     def add(self, job_id: str) -> None:
         with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO callbacks (job_id, due_at) "
-                "SELECT id, ? FROM jobs WHERE id = ?",
-                (time.time(), job_id),
-            )
+            add_tx(conn, job_id)
 
     def claim(self, lease_s: float, limit: int) -> list[Due]:
         now = time.time()

@@ -18,7 +18,7 @@ from typing import Any
 from schemas.jobs import JobError, JobRecord, JobStatus
 from workers.records.base import JobNotFound, ResultExpired
 from workers.records.sqlite_db import INLINE_MAX, BlobFiles, Database, Holder
-from workers.records.sqlite_outbox import SqliteOutbox
+from workers.records.sqlite_outbox import SqliteOutbox, add_tx
 from workers.records.verdicts import Verdict
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ class SqliteStore:
         ttl_seconds: int | None = None,
     ) -> tuple[JobRecord, list[str]]:
         """Finish the record; it lives ``ttl_seconds`` (default: the store's TTL) from now.
-        Its checkpoint and shards go; its other parts count against the cap from now."""
+        Its checkpoint and shards go; its other parts count against the cap from now; its
+        callback, if it has one, is due (the same transaction)."""
         now = time.time()
         record = record.model_copy(update={"status": status, "finished_at": now, "error": error})
         removed = self._drop_part_tx(conn, record.id, "checkpoint")
@@ -133,6 +134,8 @@ class SqliteStore:
             finished_seq=seq,
             kept=kept,
         )
+        if record.callback_url is not None:
+            add_tx(conn, record.id)
         return record, removed
 
     # ---- parts ----

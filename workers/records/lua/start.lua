@@ -5,11 +5,13 @@
 -- a second message of a job that runs under a live lease (a restored original after the
 -- sweeper sent the job again) does not stop it.
 $NOW_MS
+$CALLBACK_DUE
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'gone', 0} end
 if $FINISHED then return {'finished', 0} end
 local function close(status)
   redis.call('HSET', KEYS[1], 'status', status, 'finished_at', ARGV[1])
+  callback_due(KEYS[1])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('ZREM', KEYS[3], ARGV[7])
 end

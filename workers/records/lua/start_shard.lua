@@ -2,6 +2,7 @@
 -- JSON, ttl, holder, lease ms, lease member.
 -- 'run', 'done' (its partial is kept), 'leased' (another delivery runs it) or 'stop' (not
 -- current, cancelled, or delivered too often: the job fails).
+$CALLBACK_DUE
 if redis.call('HGET', KEYS[1], 'status') ~= 'running'
    or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 'stop' end
 $NOW_MS
@@ -18,6 +19,7 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 if n > tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[4], 'error', ARGV[5])
+  callback_due(KEYS[1])
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   redis.call('ZREM', KEYS[4], ARGV[9])
   return 'stop'

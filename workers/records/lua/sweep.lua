@@ -8,6 +8,7 @@
 -- Returns {id, action, shard, shards, attempt, delivery} per claim, where delivery numbers
 -- the sends of this job (for a fresh task id).
 $NOW_MS
+$CALLBACK_DUE
 local claims = {}
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0,
                                    tonumber(ARGV[1]))) do
@@ -21,6 +22,7 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LI
   if st == 'running' and redis.call('HGET', rec, 'cancel') == '1' then
     redis.call('ZREM', KEYS[1], member)
     redis.call('HSET', rec, 'status', 'cancelled', 'finished_at', now_ms / 1000)
+    callback_due(rec)
     redis.call('EXPIRE', rec, ARGV[2])
     table.insert(claims, {id, 'cancelled', '0', shards, attempt, '0'})
   elseif (st == 'running' or st == 'queued') and shard == '' then
