@@ -29,7 +29,7 @@ from service.concurrency import TorchPool
 from service.errors import ApiError
 from service.jobs.callbacks import CallbackHosts
 from service.jobs.courier import CallbackCourier
-from service.jobs.pages import page_cursor
+from service.jobs.pages import decode_token, encode_token
 from service.jobs.sweeper import LeaseSweeper
 from service.jobs.transport import (
     QUEUE_RETRY_AFTER_S,
@@ -352,10 +352,11 @@ class JobManager:
         self, owner: str, chosen: JobFilter, page_size: int, page_token: str | None
     ) -> JobList:
         """A page of ``owner``'s jobs, newest first; 422 for a page token not of ours."""
-        before = page_cursor(page_token) if page_token else None
+        before = decode_token(page_token) if page_token else None
         records = await self._io(self.records.owned, owner, chosen, before, page_size + 1)
         page = records[:page_size]
-        token = page_token((page[-1].created_at, page[-1].id)) if len(records) > page_size else None
+        more = len(records) > page_size
+        token = encode_token((page[-1].created_at, page[-1].id)) if more else None
         return JobList(jobs=[record.read(None) for record in page], next_page_token=token)
 
     async def read(self, job_id: str, owner: str) -> JobRead[Any, Any]:

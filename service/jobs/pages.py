@@ -9,13 +9,13 @@ from service.errors import ApiError
 from workers.records import Cursor
 
 
-def page_token(cursor: Cursor) -> str:
+def encode_token(cursor: Cursor) -> str:
     """An opaque page token: where a page ended."""
     raw = json.dumps([cursor[0], cursor[1]]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def page_cursor(token: str) -> Cursor:
+def decode_token(token: str) -> Cursor:
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         return float(created_at), str(job_id)
