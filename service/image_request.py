@@ -59,6 +59,26 @@ def invalid(exc: ValidationError, where: str) -> RequestValidationError:
     return RequestValidationError(errors)
 
 
+def is_json(media: str) -> bool:
+    """``application/json`` or a ``+json`` type: what the JSON routes read."""
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def require_json(request: Request) -> None:
+    """415 for a body that is not JSON, before FastAPI reads it: the job routes read JSON
+    only, and a form or text body would otherwise be a puzzling 422 about a dictionary."""
+    content_type = request.headers.get("content-type", "")
+    if not is_json(content_type.partition(";")[0].strip().lower()):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"unsupported content type {content_type or '(none)'!r}; a job is submitted as "
+            "application/json (images in it as base64)",
+        )
+
+
 async def read_image_request(
     request: Request,
     body_model: type[Options],
@@ -73,9 +93,7 @@ async def read_image_request(
     """
     content_type = request.headers.get("content-type", "")
     media = content_type.partition(";")[0].strip().lower()
-    if media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    ):
+    if is_json(media):
         try:
             # Strict: in JSON, `true` is not 1 nor "3" a number (form fields are all text).
             create = body_model.model_validate_json(await request.body(), strict=True)

@@ -10,11 +10,13 @@ be asked for over HTTP.
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Depends, Response
 
+from schemas.errors import Problem
 from schemas.jobs import JobRead
 from schemas.routes import JobRoute
 from service.deps import JobsDep, OwnerDep
+from service.image_request import require_json
 from service.routers.jobs import SUBMIT_RESPONSES, CacheControl, IdempotencyKey, submit_job
 from workers.kinds import get_kind, kind_names
 
@@ -46,7 +48,11 @@ def _add(route: JobRoute) -> None:
         create,
         methods=["POST"],
         status_code=202,
-        responses=SUBMIT_RESPONSES,
+        responses={
+            **SUBMIT_RESPONSES,
+            415: {"model": Problem, "description": "not JSON"},
+        },
+        dependencies=[Depends(require_json)],
         tags=[route.tag],
         name=create.__name__,
     )

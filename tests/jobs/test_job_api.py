@@ -186,6 +186,26 @@ def test_a_bad_request_is_refused_before_it_is_queued(
     assert names in problem["detail"]
 
 
+@pytest.mark.parametrize("path", ["optimizations", "exemplars", "dissections"])
+def test_a_body_that_is_not_json_is_a_415_on_every_job_route(api: httpx.Client, path: str) -> None:
+    url = f"/v1/models/{MODEL}/{path}"
+    sent = [
+        api.post(url, content=b'{"layer": "block2.relu"}', headers={"Content-Type": "text/plain"}),
+        api.post(url, data={"layer": "block2.relu"}),  # a form
+        api.post(url, content=b'{"layer": "block2.relu"}'),  # no content type
+    ]
+    for response in sent:
+        assert response.status_code == 415, response.text
+        assert response.json()["code"] == "unsupported_media_type"
+        assert "application/json" in response.json()["detail"]
+    # JSON with a charset, or a +json type, is read as JSON: a field error, not a 415.
+    charset = {"Content-Type": "application/json; charset=utf-8"}
+    typed = api.post(url, content=b"{}", headers=charset)
+    assert typed.status_code == 422, typed.text
+    vendor = api.post(url, content=b"{}", headers={"Content-Type": "application/problem+json"})
+    assert vendor.status_code == 422, vendor.text
+
+
 def test_other_objectives_run(api: httpx.Client) -> None:
     layers = api.get(f"/v1/models/{MODEL}/layers").json()["layers"]
     width = next(layer["shape"][0] for layer in layers if layer["name"] == "block1.relu")
