@@ -30,16 +30,26 @@ REQUEST_TIMEOUT = 30.0
 # closed its idle connection failed with "Server disconnected without sending a response".
 KEEP_ALIVE = httpx.Limits(keepalive_expiry=1.0)
 
-MODELS_TOML = """
-[models.tiny]
-factory = "tests.api.nets:one_by_one"
-weights = "random"
-input_size = [8, 8]
-channels = 1
-mean = [0.0]
-std = [1.0]
-description = "a 1×1 conv with hand-set weights"
 
+def one_by_one(name: str, side: int) -> str:
+    """The models-file entry ``name`` of the hand-set 1×1 conv (``tests.api.nets``) at
+    ``side`` px, one grey channel, unnormalised."""
+    return (
+        f"[models.{name}]\n"
+        'factory = "tests.api.nets:one_by_one"\n'
+        'weights = "random"\n'
+        f"input_size = [{side}, {side}]\n"
+        "channels = 1\n"
+        "mean = [0.0]\n"
+        "std = [1.0]\n"
+    )
+
+
+MODELS_TOML = (
+    "\n"
+    + one_by_one("tiny", 8)
+    + 'description = "a 1×1 conv with hand-set weights"\n'
+    + """
 [models.caffe]
 factory = "tests.api.nets:caffe_names"
 weights = "random"
@@ -73,6 +83,7 @@ channels = 1
 mean = [0.0]
 std = [1.0]
 """
+)
 
 
 def make_settings(models_file: Path, **overrides: object) -> Settings:

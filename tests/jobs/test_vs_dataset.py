@@ -13,6 +13,7 @@ import safetensors.numpy
 from PIL import Image
 
 from service.main import create_app
+from tests.api.conftest import one_by_one
 from tests.jobs.client import LONG, wait_job
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import serve
@@ -22,26 +23,12 @@ LEVELS = [13 + 25 * i for i in range(10)]
 GREYS = "greys"
 ALICE = {"X-API-Key": "alice-key"}
 BOB = {"X-API-Key": "bob-key"}
-MODELS = """
-[models.tiny16]
-factory = "tests.api.nets:one_by_one"
-weights = "random"
-input_size = [16, 16]
-channels = 1
-mean = [0.0]
-std = [1.0]
-
-[models.tiny]
-factory = "tests.api.nets:one_by_one"
-weights = "random"
-input_size = [8, 8]
-channels = 1
-mean = [0.0]
-std = [1.0]
-
-[datasets.greys]
-path = "{root}"
-"""
+MODELS = (
+    one_by_one("tiny16", 16)
+    + "\n"
+    + one_by_one("tiny", 8)
+    + '\n[datasets.greys]\npath = "{root}"\n'
+)
 # One step from the starting noise: patterns of about mid-grey, which rank inside the data set.
 PATTERNS = {"layer": "relu", "channels": [0, 1], "steps": 1, "seed": 3}
 
