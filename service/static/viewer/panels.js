@@ -434,8 +434,10 @@ async function unitDissection(model, layer, channel) {
   if (!unit) throw new Error(`dissection ${jobId} has no unit ${channel} of ${layer}`);
   const score = job.result.method === "masks" ? "IoU" : "precision@k";
   const others = unit.alternatives.map((a) => `${a.label} ${a.score.toFixed(3)}`).join(", ");
+  // MIS: how readable the unit is to a machine observer (null unless the job asked for it).
+  const mis = unit.mis === null || unit.mis === undefined ? "" : `, MIS ${unit.mis.toFixed(2)}`;
   $("unit-dissection-label").textContent =
-    `${unit.label ?? "—"}: ${score} ${unit.score.toFixed(3)} (${job.result.dataset}); then ${others}`;
+    `${unit.label ?? "—"}: ${score} ${unit.score.toFixed(3)}${mis} (${job.result.dataset}); then ${others}`;
   $("unit-dissection-layer").href =
     `/layers/${encodeURIComponent(model)}/${encodeURIComponent(layer)}?job=${encodeURIComponent(jobId)}`;
   const path = `/v1/jobs/${encodeURIComponent(jobId)}/dissections/${encodeURIComponent(layer)}/${channel}`;
