@@ -31,10 +31,13 @@ def test_warmup_pairs_are_read_and_a_bad_one_stops_the_process_at_start() -> Non
         JobSettings(compile_warmup="layer3")
 
 
-def test_the_cache_is_under_the_data_directory_unless_set_apart(tmp_path: Path) -> None:
+def test_the_cache_is_under_the_data_directory_unless_set_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert JobSettings(data_dir=str(tmp_path)).compile_cache_path == tmp_path / "compile-cache"
     apart = tmp_path / "elsewhere"
     assert JobSettings(data_dir=str(tmp_path), compile_cache_dir=apart).compile_cache_path == apart
+    monkeypatch.delenv("CNNVIZ_COMPILE")  # tests/conftest.py turns it off for the suite
     assert JobSettings().compile == "auto"
 
 
