@@ -8,15 +8,20 @@ then ``/tmp/lucent/bin/python bench/lucent_render.py --rounds 2`` prints the sec
 render of ``--channels`` channels of resnet18 ``layer3`` (random weights, batched objective,
 128 px Fourier image in decorrelated colour, Lucent's standard transforms, resized to 224,
 Adam 0.05, ``--steps`` steps), each round, and the median per channel. Imports nothing of
-cnnviz.
+cnnviz. With ``--serve`` it speaks ``bench/lucid_floor.py``'s protocol instead (a JSON line
+when ready, then one render per ``run`` or a 2-step one per ``warm`` read on stdin, each
+answered by ``{"seconds": ...}``), so that ``bench/service_job.py --lucent PYTHON`` runs
+Lucent beside the service's job, round by round, in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import operator
 import statistics
+import sys
 import time
 
 import torch
@@ -48,9 +53,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--serve", action="store_true", help="renders on request, from stdin")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
+    if args.serve:
+        print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
+        for line in sys.stdin:
+            if line.strip() not in ("run", "warm"):
+                break
+            steps = args.steps if line.strip() == "run" else 2
+            seconds = render_once(model, args.channels, steps, args.size)
+            print(json.dumps({"seconds": seconds}), flush=True)
+        return
     render_once(model, args.channels, 2, args.size)  # warm-up
     times = [render_once(model, args.channels, args.steps, args.size) for _ in range(args.rounds)]
     for i, t in enumerate(times):

@@ -24,9 +24,13 @@ the warm-up job, of the same shapes as the rounds, is then the cold-cache figure
 the step, or loads it where an earlier run left DIR warm) and the rounds the warm-cache one;
 run twice with the same DIR for a second process on a warm disk cache.
 
+``--lucent PYTHON`` also runs Lucent itself (``bench/lucent_render.py --serve`` under that
+interpreter, a venv with torch-lucent: see that file), one render of ``--floor-channels``
+channels per round beside the others, and prints the job's time per channel ÷ Lucent's.
+
     .venv/bin/python -m bench.service_job [--layer layer3] [--channels all] [--steps 64]
         [--size 128] [--floor-channels 8] [--rounds 2] [--device cpu|cuda]
-        [--compile auto|on|off] [--compile-cache DIR]
+        [--compile auto|on|off] [--compile-cache DIR] [--lucent /tmp/lucent/bin/python]
 """
 
 from __future__ import annotations
@@ -69,12 +73,15 @@ class FloorProcess:
         env = dict(os.environ)
         if threads == "passive":  # OpenMP threads that sleep instead of spinning when idle
             env["OMP_WAIT_POLICY"] = "PASSIVE"
-        elif threads != "default":
+        elif threads not in ("default", "lucent"):
             env["OMP_NUM_THREADS"] = threads
-        command = [sys.executable, "-m", "bench.lucid_floor", "--layer", args.layer]
-        command += ["--channels", str(args.floor_channels), "--steps", str(args.steps)]
-        command += ["--size", str(args.size), "--input", str(args.input)]
-        command += ["--device", args.device]
+        sizes = ["--channels", str(args.floor_channels), "--steps", str(args.steps)]
+        sizes += ["--size", str(args.size)]
+        if threads == "lucent":  # Lucent itself, torch's default threads, its own venv
+            command = [args.lucent, "bench/lucent_render.py", "--serve", *sizes]
+        else:
+            command = [sys.executable, "-m", "bench.lucid_floor", "--layer", args.layer, *sizes]
+            command += ["--input", str(args.input), "--device", args.device]
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -126,6 +133,7 @@ def main() -> None:
     )
     parser.add_argument("--compile", default="auto", help="CNNVIZ_COMPILE of the server")
     parser.add_argument("--compile-cache", default="", help="CNNVIZ_COMPILE_CACHE_DIR")
+    parser.add_argument("--lucent", default="", help="a Python with torch-lucent: Lucent too")
     args = parser.parse_args()
     print(machine())
     channels: str | list[int] = "all" if args.channels == "all" else list(range(int(args.channels)))
@@ -141,7 +149,8 @@ def main() -> None:
         env = {"CNNVIZ_MODELS_FILE": str(toml), "CNNVIZ_DEVICE": args.device}
         env["CNNVIZ_COMPILE"] = args.compile
         env["CNNVIZ_COMPILE_CACHE_DIR"] = args.compile_cache or str(Path(tmp) / "compile")
-        floors = {t: FloorProcess(args, t) for t in args.floor_threads.split(",")}
+        sides = args.floor_threads.split(",") + (["lucent"] if args.lucent else [])
+        floors = {t: FloorProcess(args, t) for t in sides}
         try:
             with api_server(env) as server, httpx.Client(base_url=server.url, timeout=60) as c:
                 # Warm-up: model loading and tracing in the server, kernels on both sides, and
@@ -193,6 +202,13 @@ def main() -> None:
     for threads, floor in floors.items():
         base = statistics.median(floor_s[threads]) / args.floor_channels
         base_c = statistics.median(floor_cpu[threads]) / args.floor_channels
+        if threads == "lucent":
+            print(
+                f"  Lucent itself ({floor.info['threads']} threads, {args.floor_channels} "
+                f"channels batched): {base:6.3f} s per channel; the job takes {job / base:5.2f}x "
+                f"Lucent's time (target <= 0.33); in CPU time {job_c / base_c:5.2f}x"
+            )
+            continue
         print(
             f"  Lucid-style fp32 loop, whole network, {threads} threads "
             f"({floor.info['threads']}): {base:6.3f} s per channel, speed-up {base / job:5.2f}x"
