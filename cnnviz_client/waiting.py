@@ -86,7 +86,8 @@ def wait(
     if progress is True:
         from tqdm import tqdm
 
-        bar = tqdm(total=1, unit="step", desc=f"job {job_id[:8]}", leave=True)
+        # No total until the job's first reading gives it (a bar of "0/1" would be made up).
+        bar = tqdm(total=None, unit="step", desc=f"job {job_id[:8]}", leave=True)
 
     def show(job: JobRead[Any, Any]) -> None:
         if callable(progress):
