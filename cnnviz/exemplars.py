@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from cnnviz.axes import unit_maps
 from cnnviz.errors import InvalidArgumentError
+from cnnviz.imaging.preprocess import denormalize
 from cnnviz.layers import LayerIndex, preserved_state
 
 __all__ = [
@@ -267,9 +268,7 @@ def exemplar_tiles(
     the tile size; ``mask``: the channel's activation upsampled over the image, the image
     kept where it is above half its maximum and darkened elsewhere (NetDissect's view).
     """
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    pixels = (x.float().cpu() * std_t + mean_t).clamp(0, 1)
+    pixels = denormalize(x.float().cpu(), mean, std).clamp(0, 1)
     h, w = pixels.shape[2:]
     if mode == "full":
         return pixels

@@ -16,6 +16,7 @@ import torch
 
 from cnnviz.axes import unit_maps
 from cnnviz.exemplars import Pool, pool
+from cnnviz.imaging.preprocess import normalize
 from cnnviz.layers import LayerIndex
 from cnnviz.optvis.transform import Resize
 
@@ -44,13 +45,13 @@ def pooled_scores(
     """
     info = index.usable([layer])[0]
     resize = Resize(input_size)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)
     scores = []
     with torch.inference_mode():  # capture leaves the model's modes as it found them
         for batch in images.split(_BATCH):
             x = resize(batch.to(device, torch.float32), batch.new_empty((len(batch), 0)))
-            out = index.capture((x - mean_t) / std_t, [layer])[layer]
+            out = index.capture(normalize(x, mean_t, std_t), [layer])[layer]
             scores.append(pool(unit_maps(out, info), how)[0].cpu())
     return torch.cat(scores)
 

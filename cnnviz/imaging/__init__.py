@@ -20,7 +20,7 @@ from cnnviz.imaging.heatmap import (
     value_range,
 )
 from cnnviz.imaging.png import DEFAULT_COMPRESS_LEVEL, encode_png
-from cnnviz.imaging.preprocess import preprocess, to_tensor
+from cnnviz.imaging.preprocess import denormalize, normalize, preprocess, to_tensor
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -32,9 +32,11 @@ __all__ = [
     "colormap_lut",
     "colormap_names",
     "decode_image",
+    "denormalize",
     "encode_png",
     "grid_layout",
     "image_grid",
+    "normalize",
     "palette",
     "preprocess",
     "quantize",

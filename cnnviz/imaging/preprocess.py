@@ -11,9 +11,13 @@ from PIL import Image, ImageOps
 
 from cnnviz.errors import InvalidArgumentError
 
-__all__ = ["Fit", "fit_box", "preprocess", "to_tensor"]
+__all__ = ["Fit", "denormalize", "fit_box", "normalize", "preprocess", "to_tensor"]
 
 Fit = Literal["crop", "stretch"]
+
+# A model's per-channel mean or std: C floats, or a float32 tensor of them already on the
+# inputs' device (a loop that normalises every step builds it once).
+PerChannel = Sequence[float] | torch.Tensor
 
 # Transparent pixels are shown over white, as a browser shows them on a blank page.
 _BACKGROUND = (255, 255, 255)
@@ -102,6 +106,22 @@ def preprocess(
             f"mean and std need {channels} values each, got {len(mean)} and {len(std)}"
         )
     x = to_tensor(_resize(_flatten(image, channels), size, fit), channels)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return x.sub_(mean_t).div_(std_t).unsqueeze(0)
+    return normalize(x, mean, std).unsqueeze(0)
+
+
+def _per_channel(values: PerChannel, like: torch.Tensor) -> torch.Tensor:
+    """``values`` as a float32 ``(C, 1, 1)`` tensor on ``like``'s device (no copy when it is
+    one already)."""
+    return torch.as_tensor(values, dtype=torch.float32, device=like.device).view(-1, 1, 1)
+
+
+def normalize(x: torch.Tensor, mean: PerChannel, std: PerChannel) -> torch.Tensor:
+    """Pixels ``(..., C, H, W)`` in [0, 1] as a model's input: ``(x - mean) / std`` per
+    channel, on ``x``'s device (float32 for float32 or narrower ``x``)."""
+    return (x - _per_channel(mean, x)) / _per_channel(std, x)
+
+
+def denormalize(x: torch.Tensor, mean: PerChannel, std: PerChannel) -> torch.Tensor:
+    """A model's input ``(..., C, H, W)`` back to pixels: ``x * std + mean`` per channel, on
+    ``x``'s device, not clamped (:meth:`cnnviz.models.ModelSpec.denormalize` clamps)."""
+    return x * _per_channel(std, x) + _per_channel(mean, x)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cnnviz.axes import AxesDecl
-from cnnviz.imaging.preprocess import Fit, preprocess
+from cnnviz.imaging.preprocess import Fit, denormalize, normalize, preprocess
 
 __all__ = ["ModelSpec"]
 
@@ -78,9 +78,12 @@ class ModelSpec:
             fit=fit,
         )
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels ``(N, C, H, W)`` (or ``(C, H, W)``) in ``[0, 1]`` as this model's input,
+        on ``x``'s device (:func:`cnnviz.imaging.preprocess.normalize`)."""
+        return normalize(x, self.mean, self.std)
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Model inputs ``(N, C, H, W)`` (or ``(C, H, W)``) back to pixels in ``[0, 1]``,
         float32 on the CPU: what :meth:`preprocess` normalised."""
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
-        return (x.detach().float().cpu() * std + mean).clamp(0, 1)
+        return denormalize(x.detach().float().cpu(), self.mean, self.std).clamp(0, 1)

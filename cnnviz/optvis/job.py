@@ -13,6 +13,7 @@ from torch import fx, nn
 
 from cnnviz.axes import unit_maps
 from cnnviz.errors import InvalidArgumentError
+from cnnviz.imaging.preprocess import normalize
 from cnnviz.layers import LayerIndex, layer_index
 from cnnviz.optvis import objectives as obj
 from cnnviz.optvis.compiled import compiled_graph
@@ -121,8 +122,8 @@ class _Forward:
             self._steps, self._redirected = graphs.folded, graphs.redirected
         param = next(index.model.parameters(), None)
         self._dtype = param.dtype if param is not None else torch.float32
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=device)
+        self._std = torch.tensor(std, dtype=torch.float32, device=device)
         self.numerics = numerics
         self._input_shape = input_shape
         self._compile = compile and isinstance(self._steps, fx.GraphModule)
@@ -152,7 +153,7 @@ class _Forward:
         runs the compiled graph where the render compiles (probes and checks stay eager)."""
         if self._plain is None or self._steps is None:
             return {}
-        x = ((x - self._mean) / self._std).to(self._dtype)
+        x = normalize(x, self._mean, self._std).to(self._dtype)
         run: Callable[[torch.Tensor], Any] = self._steps
         if redirect and self._redirected is not None:
             run = self._redirected

@@ -19,8 +19,10 @@ from cnnviz.imaging import (
     apply_palette,
     colormap_lut,
     decode_image,
+    denormalize,
     encode_png,
     grid_layout,
+    normalize,
     palette,
     preprocess,
     quantize,
@@ -128,6 +130,16 @@ def test_preprocess_normalises_each_channel() -> None:
     assert x.shape == (1, 3, 4, 6) and x.dtype == torch.float32
     expected = torch.tensor([(1 - 0.5) / 0.5, (0 - 0.5) / 0.25, (0.2 - 0.2) / 0.2])
     torch.testing.assert_close(x[0, :, 2, 3], expected, atol=1e-6, rtol=0)
+
+
+def test_normalize_works_per_channel_on_a_batch_or_an_image_and_denormalize_undoes_it() -> None:
+    mean, std = (0.5, 0.5, 0.2), (0.5, 0.25, 0.2)
+    pixels = torch.tensor([1.0, 0.0, 0.2]).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    x = normalize(pixels, mean, std)
+    assert x.shape == (2, 3, 2, 2) and x.dtype == torch.float32
+    torch.testing.assert_close(x[1, :, 1, 0], torch.tensor([1.0, -2.0, 0.0]))
+    torch.testing.assert_close(normalize(pixels[0], torch.tensor(mean), torch.tensor(std)), x[0])
+    torch.testing.assert_close(denormalize(x, mean, std), pixels)
 
 
 def test_preprocess_to_one_channel_uses_luminance() -> None:

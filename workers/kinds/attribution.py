@@ -81,9 +81,9 @@ class Explained:
 def _baseline(spec: ModelSpec, name: str) -> torch.Tensor:
     """The baseline image ``(1, C, 1, 1)``, normalised: a black or white image, or the mean."""
     level = {"black": 0.0, "white": 1.0}.get(name)
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    return torch.zeros_like(mean) if level is None else (level - mean) / std
+    if level is None:
+        return torch.zeros((1, spec.channels, 1, 1))
+    return spec.normalize(torch.full((1, spec.channels, 1, 1), level))
 
 
 def _smooth(options: SmoothOptions | None) -> Smooth | None:
@@ -145,7 +145,7 @@ def explain(
             )
     if not draw:
         return Explained(result, [], spec.input_size)
-    seen = x[0] * torch.tensor(spec.std).view(-1, 1, 1) + torch.tensor(spec.mean).view(-1, 1, 1)
+    seen = spec.denormalize(x[0])
     pictures = [
         map_picture(
             attribution,
