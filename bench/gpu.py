@@ -57,6 +57,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from cnnviz.exemplars import mine
 from cnnviz.featuremaps import feature_maps
+from cnnviz.imaging import normalize
 from cnnviz.layers import layer_index
 from cnnviz.optvis import RenderSettings, device_memory_budget_mb, objectives, visualize
 from cnnviz.precision import resolve_precision
@@ -204,7 +205,7 @@ class Decoded(torch.utils.data.Dataset[tuple[torch.Tensor, int, bool]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
         image = Image.open(self.paths[i]).convert("RGB").resize((self.size, self.size))
         x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float().div(255)
-        return torchvision.transforms.functional.normalize(x, MEAN, STD), i, True
+        return normalize(x, MEAN, STD), i, True
 
 
 def _listed(batch: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -215,12 +216,12 @@ def device_batches(
     loader: torch.utils.data.DataLoader[Any], device: torch.device, size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """File bytes from the loader, decoded, resized and normalised on ``device``."""
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN, device=device)
+    std = torch.tensor(STD, device=device)
     for data, index in loader:
         images = torch.stack(decode_jpeg(data, device=device)).float().div_(255)
         x = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
-        yield (x - mean) / std, index, torch.ones(len(index), dtype=torch.bool)
+        yield normalize(x, mean, std), index, torch.ones(len(index), dtype=torch.bool)
 
 
 def dataset_figures(report: Report, device: torch.device, small: bool, n: int) -> None:

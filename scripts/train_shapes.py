@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnnviz.data.shapes import CLASSES, generate
+from cnnviz.imaging import normalize
 from cnnviz.models.shapes import (
     MEAN,
     STD,
@@ -57,9 +58,7 @@ def train_seed(seed: int, epoch: int) -> int:
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
     """``(N, 3, H, W) uint8`` → normalised ``float32``, channels-last (about 1.6× faster on CPU)."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    x = (images.float() / 255.0 - mean) / std
+    x = normalize(images.float() / 255.0, MEAN, STD)
     return x.contiguous(memory_format=torch.channels_last)
 
 
