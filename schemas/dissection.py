@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.exemplars import MAX_K, MAX_LAYERS, Exemplar
-from schemas.jobs import JobOptions
+from schemas.exemplars import MAX_K, MAX_LAYERS, DatasetJobOptions, Exemplar
 from schemas.routes import JobRoute, job_route
 
 Method = Literal["masks", "labels"]
@@ -22,14 +21,9 @@ class MisEncoder(BaseModel):
     layer: str = Field(min_length=1, max_length=500, examples=["flatten"])
 
 
-class DissectionCreate(JobOptions):
+class DissectionCreate(DatasetJobOptions):
     """Label each unit of some layers with the data set's concept it detects best."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: str = Field(
-        min_length=1, max_length=200, examples=["shapes"], description="see GET /v1/datasets"
-    )
     layers: list[str] = Field(
         min_length=1,
         max_length=MAX_LAYERS,

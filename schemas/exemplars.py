@@ -13,14 +13,19 @@ MAX_K = 100
 MAX_LAYERS = 16
 
 
-class ExemplarsCreate(JobOptions):
-    """Mine a data set for the images each channel of some layers responds to most."""
+class DatasetJobOptions(JobOptions):
+    """What a job over a data set asks first: the data set (its kinds add their layers)."""
 
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(
         min_length=1, max_length=200, examples=["shapes"], description="see GET /v1/datasets"
     )
+
+
+class ExemplarsCreate(DatasetJobOptions):
+    """Mine a data set for the images each channel of some layers responds to most."""
+
     layers: list[str] = Field(
         min_length=1,
         max_length=MAX_LAYERS,

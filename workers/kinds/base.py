@@ -33,6 +33,7 @@ from cnnviz.data.loader import ModelInputs, model_batches
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
+from schemas.exemplars import DatasetJobOptions
 from schemas.jobs import Admission, JobRead, Progress
 from schemas.routes import JobRoute
 from workers.compile import CompilePolicy
@@ -378,3 +379,23 @@ class JobKind(ABC, Generic[RequestT, ResultT]):
     def parse(self, request: dict[str, Any]) -> RequestT:
         """The typed request of a record or a message."""
         return self.request_type.model_validate(request)
+
+
+DatasetRequestT = TypeVar("DatasetRequestT", bound=DatasetJobOptions)
+
+
+class DatasetJobKind(JobKind[DatasetRequestT, ResultT]):
+    """A kind that runs over a data set (``request.dataset``) cut into shards of
+    ``Resources.shard_images`` consecutive images; its work counts images."""
+
+    progress_unit = "images"
+
+    def _dataset(self, request: DatasetRequestT, resources: Resources) -> Dataset:
+        return resources.datasets.get(request.dataset)
+
+    def shards(self, request: DatasetRequestT, model: str, resources: Resources) -> int:
+        images = len(self._dataset(request, resources))
+        return max(1, math.ceil(images / resources.shard_images))
+
+    def work(self, request: DatasetRequestT, model: str, resources: Resources) -> int:
+        return len(self._dataset(request, resources))

@@ -54,7 +54,7 @@ from schemas.dissection import (
 from schemas.exemplars import Exemplar
 from schemas.jobs import Progress
 from workers.kinds import dissection_mis
-from workers.kinds.base import JobContext, JobKind, Partial, Resources
+from workers.kinds.base import DatasetJobKind, JobContext, Partial, Resources
 from workers.kinds.registry import register_kind
 
 __all__ = ["Dissection"]
@@ -73,7 +73,7 @@ def _map_size(shape: tuple[int, ...]) -> int:
 
 
 @register_kind
-class Dissection(JobKind[DissectionCreate, DissectionResult]):
+class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
     """Units labelled by IoU with concept masks or by precision@k of labels; progress in
     images of the first pass."""
 
@@ -82,7 +82,6 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
     pictures_elsewhere = "GET /v1/jobs/{id}/dissections/{layer}/{channel}"
     request_type = DissectionCreate
     result_type = DissectionResult
-    progress_unit = "images"
 
     def prepare(
         self, request: DissectionCreate, model: str, resources: Resources
@@ -109,19 +108,12 @@ class Dissection(JobKind[DissectionCreate, DissectionResult]):
             update["mis_encoder"] = dissection_mis.encoder(request, model, resources)
         return request.model_copy(update=update)
 
-    def _dataset(self, request: DissectionCreate, resources: Resources) -> Dataset:
-        return resources.datasets.get(request.dataset)
-
-    def shards(self, request: DissectionCreate, model: str, resources: Resources) -> int:
-        images = len(self._dataset(request, resources))
-        return max(1, math.ceil(images / resources.shard_images))
-
     def _counts_in_shard(self, request: DissectionCreate, model: str, resources: Resources) -> bool:
         """Whether the shard itself makes the second pass: a ``masks`` job of one shard."""
         return request.method == "masks" and self.shards(request, model, resources) == 1
 
     def work(self, request: DissectionCreate, model: str, resources: Resources) -> int:
-        images = len(self._dataset(request, resources))
+        images = super().work(request, model, resources)
         return 2 * images if self._counts_in_shard(request, model, resources) else images
 
     def run_shard(

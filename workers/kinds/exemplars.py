@@ -9,7 +9,6 @@ was cut, nor on which worker ran which shard.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ from schemas.exemplars import (
     ExemplarUnit,
 )
 from schemas.jobs import Progress
-from workers.kinds.base import JobContext, JobKind, Partial, Resources
+from workers.kinds.base import DatasetJobKind, JobContext, Partial, Resources
 from workers.kinds.registry import register_kind
 
 __all__ = ["Exemplars"]
@@ -33,7 +32,7 @@ _SKIPPED_LISTED = 100
 
 
 @register_kind
-class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
+class Exemplars(DatasetJobKind[ExemplarsCreate, ExemplarsResult]):
     """Top-k (and bottom-k) images per channel, mined in shards; progress in images."""
 
     name = "exemplars"
@@ -41,7 +40,6 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
     pictures_elsewhere = "GET /v1/jobs/{id}/exemplars/{layer}/{channel}"
     request_type = ExemplarsCreate
     result_type = ExemplarsResult
-    progress_unit = "images"
 
     def prepare(
         self, request: ExemplarsCreate, model: str, resources: Resources
@@ -51,16 +49,6 @@ class Exemplars(JobKind[ExemplarsCreate, ExemplarsResult]):
         layers = [info.name for info in loaded.index.usable(request.layers)]
         resources.datasets.get(request.dataset)  # unknown or empty: refused now
         return request.model_copy(update={"layers": layers})
-
-    def _dataset(self, request: ExemplarsCreate, resources: Resources) -> Dataset:
-        return resources.datasets.get(request.dataset)
-
-    def shards(self, request: ExemplarsCreate, model: str, resources: Resources) -> int:
-        images = len(self._dataset(request, resources))
-        return max(1, math.ceil(images / resources.shard_images))
-
-    def work(self, request: ExemplarsCreate, model: str, resources: Resources) -> int:
-        return len(self._dataset(request, resources))
 
     def run_shard(
         self,
