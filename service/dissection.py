@@ -10,23 +10,17 @@ from cnnviz.axes import unit_maps
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.data.loader import MaskedInputs
 from cnnviz.dissection import dissection_tiles
-from cnnviz.errors import InvalidArgumentError, UnknownLayerError
+from cnnviz.errors import InvalidArgumentError
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import ModelRegistry
 from schemas.dissection import DissectionGridRead, DissectionResult, DissectionUnit
+from service.exemplars import pick_unit
 
 
 def find_unit(result: DissectionResult, layer: str, channel: int) -> DissectionUnit:
     """The unit of the result; the core's errors (4xx) for a layer or channel it lacks."""
-    found = next((entry for entry in result.layers if entry.name == layer), None)
-    if found is None:
-        raise UnknownLayerError(layer, result.model, [entry.name for entry in result.layers])
-    if not 0 <= channel < len(found.units):
-        raise InvalidArgumentError(
-            f"channel {channel} is out of range for layer {layer!r}: it has "
-            f"{len(found.units)} units (0..{len(found.units) - 1})"
-        )
-    return found.units[channel]
+    units = {entry.name: entry.units for entry in result.layers}
+    return pick_unit(units, result.model, layer, channel, "units")
 
 
 def render(

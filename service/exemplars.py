@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import torch
 
@@ -12,6 +14,24 @@ from cnnviz.exemplars import Mode, exemplar_tiles
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import ModelRegistry
 from schemas.exemplars import ExemplarGridRead, ExemplarsResult
+
+UnitT = TypeVar("UnitT")
+
+
+def pick_unit(
+    units: Mapping[str, Sequence[UnitT]], model: str, layer: str, channel: int, noun: str
+) -> UnitT:
+    """Unit ``channel`` of ``layer`` in a job's ``units`` (per layer name); the core's errors
+    (4xx) for a layer or channel the job lacks, naming its ``noun`` ("channels", "units")."""
+    found = units.get(layer)
+    if found is None:
+        raise UnknownLayerError(layer, model, list(units))
+    if not 0 <= channel < len(found):
+        raise InvalidArgumentError(
+            f"channel {channel} is out of range for layer {layer!r}: it has "
+            f"{len(found)} {noun} (0..{len(found) - 1})"
+        )
+    return found[channel]
 
 
 def render(
@@ -24,15 +44,8 @@ def render(
     which: str,
 ) -> tuple[bytes, ExemplarGridRead]:
     """The PNG grid of ``layer``/``channel``'s ``which`` ('top' or 'bottom') exemplars."""
-    found = next((entry for entry in result.layers if entry.name == layer), None)
-    if found is None:
-        raise UnknownLayerError(layer, result.model, [entry.name for entry in result.layers])
-    if not 0 <= channel < len(found.units):
-        raise InvalidArgumentError(
-            f"channel {channel} is out of range for layer {layer!r}: it has "
-            f"{len(found.units)} channels (0..{len(found.units) - 1})"
-        )
-    unit = found.units[channel]
+    units = {entry.name: entry.units for entry in result.layers}
+    unit = pick_unit(units, result.model, layer, channel, "channels")
     exemplars = unit.top if which == "top" else unit.bottom
     if exemplars is None:
         raise InvalidArgumentError(
