@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.constraints import exactly_one
+from schemas.feature_maps import ImageSource
 from schemas.jobs import JobOptions
 from schemas.routes import JobRoute, job_route
 
@@ -159,28 +160,11 @@ class AttributionsOptions(BaseModel):
         return list(self.target) if isinstance(self.target, list) else [self.target]
 
 
-class AttributionsCreate(AttributionsOptions):
+class AttributionsCreate(ImageSource, AttributionsOptions):
     """A JSON request: the options plus exactly one of a base64 image or a sample name."""
 
     # Strict: in JSON `false` is not 0 (the form fields of multipart are text, and lax).
     model_config = ConfigDict(strict=True, json_schema_extra=exactly_one("image", "sample"))
-
-    image: str | None = Field(
-        default=None,
-        description="The image file (PNG, JPEG, WebP, BMP, GIF), base64; a `data:` URL works.",
-    )
-    sample: str | None = Field(
-        default=None,
-        max_length=64,
-        examples=["triangle"],
-        description="A built-in sample image instead (GET /v1/samples).",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if (self.image is None) == (self.sample is None):
-            raise ValueError("give exactly one of image (base64) or sample")
-        return self
 
 
 class PredictionRead(BaseModel):

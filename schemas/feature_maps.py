@@ -12,6 +12,27 @@ LayerName = Annotated[str, Field(min_length=1, max_length=256)]
 Channel = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
+class ImageSource(BaseModel):
+    """The image of a JSON request: exactly one of a base64 file or a sample's name."""
+
+    image: str | None = Field(
+        default=None,
+        description="The image file (PNG, JPEG, WebP, BMP, GIF), base64; a `data:` URL works.",
+    )
+    sample: str | None = Field(
+        default=None,
+        max_length=64,
+        examples=["triangle"],
+        description="A built-in sample image instead (GET /v1/samples).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.image is None) == (self.sample is None):
+            raise ValueError("give exactly one of image (base64) or sample")
+        return self
+
+
 class FeatureMapsOptions(BaseModel):
     """Which layers to draw and how; the same fields in JSON and as multipart form fields."""
 
@@ -78,7 +99,7 @@ class FeatureMapsOptions(BaseModel):
         return self
 
 
-class FeatureMapsCreate(FeatureMapsOptions):
+class FeatureMapsCreate(ImageSource, FeatureMapsOptions):
     """A JSON request: the options plus exactly one of a base64 image or a sample name."""
 
     model_config = ConfigDict(
@@ -87,23 +108,6 @@ class FeatureMapsCreate(FeatureMapsOptions):
             **exactly_one("image", "sample"),
         }
     )
-
-    image: str | None = Field(
-        default=None,
-        description="The image file (PNG, JPEG, WebP, BMP, GIF), base64; a `data:` URL works.",
-    )
-    sample: str | None = Field(
-        default=None,
-        max_length=64,
-        examples=["triangle"],
-        description="A built-in sample image instead (GET /v1/samples).",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if (self.image is None) == (self.sample is None):
-            raise ValueError("give exactly one of image (base64) or sample")
-        return self
 
 
 class GridLayout(BaseModel):
