@@ -29,7 +29,7 @@ import httpx
 from pydantic import ValidationError
 
 from cnnviz_client.client import DEFAULT_URL
-from cnnviz_client.commands import add_commands, connect, parse_channels
+from cnnviz_client.commands import add_commands, connect, followed, parse_channels
 from cnnviz_client.errors import ApiError, JobFailed
 from schemas.optimization import VsDataset
 
@@ -88,12 +88,9 @@ def cmd_optimize(args: argparse.Namespace) -> None:
     if args.exemplars_job:
         fields["exemplars_job"] = args.exemplars_job
     with connect(args) as client:
-        job = client.optimize(args.model, **fields)
-        print(f"job {job.id} {job.status.value}: {args.url}/v1/jobs/{job.id}", file=sys.stderr)
-        if not args.wait:
-            print(job.id)
+        job = followed(client, client.optimize(args.model, **fields), args)
+        if job is None:
             return
-        job = client.wait(job.id, progress=not args.quiet)
         if args.output:
             path = client.save_result(job, args.output)
             assert job.result is not None

@@ -12,10 +12,23 @@ from typing import Any
 from cnnviz_client.client import Client
 from schemas.dissection import DissectionResult
 from schemas.exemplars import ExemplarsResult
+from schemas.jobs import JobRead
 
 
 def connect(args: argparse.Namespace) -> Client:
     return Client(args.url, api_key=args.api_key)
+
+
+def followed(
+    client: Client, job: JobRead[Any, Any], args: argparse.Namespace
+) -> JobRead[Any, Any] | None:
+    """After a submit: the job's address on stderr; with ``--wait``, the job once it succeeded
+    (a progress bar unless ``--quiet``), else its id on stdout and None."""
+    print(f"job {job.id} {job.status.value}: {args.url}/v1/jobs/{job.id}", file=sys.stderr)
+    if not args.wait:
+        print(job.id)
+        return None
+    return client.wait(job.id, progress=not args.quiet)
 
 
 def parse_channels(text: str) -> list[int] | str:
@@ -168,12 +181,9 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         mis_encoder=_encoder(args.mis_encoder) if args.mis_encoder else None,
     )
     with connect(args) as client:
-        job = client.dissect(args.model, **fields)
-        print(f"job {job.id} {job.status.value}: {args.url}/v1/jobs/{job.id}", file=sys.stderr)
-        if not args.wait:
-            print(job.id)
+        done = followed(client, client.dissect(args.model, **fields), args)
+        if done is None:
             return
-        done = client.wait(job.id, progress=not args.quiet)
         written = client.save_dissection(done, args.output, units=args.units)
     result = DissectionResult.model_validate(done.result)
     for layer in result.layers:
@@ -191,12 +201,9 @@ def cmd_exemplars(args: argparse.Namespace) -> None:
     if args.output and args.channel is None:
         raise SystemExit("cnnviz exemplars: -o needs --channel (whose images to draw)")
     with connect(args) as client:
-        job = client.exemplars(args.model, **fields)
-        print(f"job {job.id} {job.status.value}: {args.url}/v1/jobs/{job.id}", file=sys.stderr)
-        if not args.wait:
-            print(job.id)
+        done = followed(client, client.exemplars(args.model, **fields), args)
+        if done is None:
             return
-        done = client.wait(job.id, progress=not args.quiet)
         result = done.result
         assert isinstance(result, ExemplarsResult), done.kind
         print(
@@ -206,7 +213,7 @@ def cmd_exemplars(args: argparse.Namespace) -> None:
         )
         if args.output:
             grid = client.exemplar_grid(
-                job.id, args.layer[0], args.channel, mode=args.mode, which=args.which
+                done.id, args.layer[0], args.channel, mode=args.mode, which=args.which
             )
             Path(args.output).write_bytes(base64.b64decode(grid.png))
             ranked = zip(grid.images, grid.scores, strict=True)
