@@ -19,16 +19,15 @@ fenced, so two API processes never deliver one try twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import anyio.to_thread
 import httpx
 
 from service.jobs.callbacks import CallbackPolicy, Outcome, try_once
+from service.jobs.rounds import every
 from workers.records import JobNotFound, JobRecords, RecordsUnavailable
 from workers.records.outbox import Due
 
@@ -71,14 +70,13 @@ class CallbackCourier:
 
     async def run(self) -> None:
         """Deliver until cancelled; an unreachable store is logged and tried again."""
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await anyio.to_thread.run_sync(self.deliver_due)
-            except RecordsUnavailable as exc:
-                log.warning("callbacks: cannot read the outbox: %s", exc)
-            except Exception:  # a bug must not end the loop: the next round may succeed
-                log.exception("callbacks: a round failed")
+        await every(
+            self.interval_s,
+            self.deliver_due,
+            log,
+            "callbacks: cannot read the outbox",
+            "callbacks: a round failed",
+        )
 
     def deliver_due(self) -> list[Future[None]]:
         """Claim what is due, as many as there are free threads, and try each on one; the

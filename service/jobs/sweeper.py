@@ -17,14 +17,12 @@ the attempt fencing of the records keeps a job's result written once whatever wa
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
-import anyio.to_thread
-
 from schemas.jobs import JobTask
-from workers.records import JobNotFound, Lapsed, RecordsUnavailable
+from service.jobs.rounds import every
+from workers.records import JobNotFound, Lapsed
 from workers.records.redis import RedisRecords
 from workers.run import Limits, ended
 
@@ -62,14 +60,7 @@ class LeaseSweeper:
 
     async def run(self) -> None:
         """Sweep until cancelled; an unreachable Redis is logged and tried again."""
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await anyio.to_thread.run_sync(self.sweep)
-            except RecordsUnavailable as exc:
-                log.warning("lease sweep skipped: %s", exc)
-            except Exception:  # a bug must not end the loop: the next sweep may succeed
-                log.exception("lease sweep failed")
+        await every(self.interval_s, self.sweep, log, "lease sweep skipped", "lease sweep failed")
 
     def sweep(self) -> list[Lapsed]:
         """One sweep: every lapsed lease claimed and acted on; the claims."""
