@@ -249,6 +249,7 @@ def test_the_pages_and_their_own_assets_name_no_other_host(http_client: httpx.Cl
         "/docs",
         "/redoc",
         "/docs/oauth2-redirect",
+        "/static/viewer/api.js",
         "/static/viewer/panels.js",
         "/static/viewer/viewer.js",
         "/static/viewer/viewer.css",

@@ -3,41 +3,8 @@
 // dissections of the layer, and a form that starts one.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
+// api.js, loaded first, talks to the API ($, api, loadImage, showError).
 const STRIP = 8;
-
-function headers(extra) {
-  const h = Object.assign({}, extra || {});
-  const key = localStorage.getItem("cnnviz-api-key");
-  if (key) h["X-API-Key"] = key;
-  return h;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
-}
-
-async function api(path, options) {
-  const opts = Object.assign({}, options || {});
-  opts.headers = headers(opts.headers);
-  const response = await fetch(path, opts);
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      const problem = await response.json();
-      message = `${problem.code || response.status}: ${problem.detail || problem.title}`;
-    } catch (_) { /* not JSON */ }
-    throw new Error(message);
-  }
-  return response;
-}
-
-// Images go through fetch, so that an API key is sent with them too.
-async function loadImage(img, path) {
-  const blob = await (await api(path)).blob();
-  img.src = URL.createObjectURL(blob);
-}
 
 function where() {
   const parts = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);

@@ -1,7 +1,7 @@
 // The viewer's panels beyond feature maps and optimization: filter weights and attributions on
-// the home page, dataset exemplars and the unit's filter on a unit's page. Loaded before
-// viewer.js, whose helpers ($, api, getJSON, postJSON, followJob, fmt, unitPath, guard, state)
-// these functions use when called.
+// the home page, dataset exemplars and the unit's filter on a unit's page. Loaded after api.js
+// ($, api, getJSON, postJSON) and before viewer.js, whose helpers (followJob, fmt, unitPath,
+// guard, state) these functions use when called.
 "use strict";
 
 const FINISHED = ["succeeded", "failed", "cancelled"];
