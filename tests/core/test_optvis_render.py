@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -23,14 +23,7 @@ from cnnviz.optvis import (
 GREY = dict(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Two shared cores: one intra-op thread avoids OpenMP spin contention on these small
-    # tensors (several times faster on a busy machine); results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ColourReader(nn.Module):

@@ -20,13 +20,7 @@ from cnnviz.precision import Numerics, cpu_prefers_bf16, resolve_precision
 IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Two shared cores: one intra-op thread avoids OpenMP spin contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cpu(monkeypatch: pytest.MonkeyPatch, vendor: str, *flags: str) -> None:
