@@ -9,13 +9,13 @@ from the data, before any rendering.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import torch
 
 from cnnviz.data.shapes import generate
+from cnnviz.imaging import normalize
 from cnnviz.layers import layer_index
 from cnnviz.models.shapes import INPUT_SIZE, MEAN, STD, load_shapes_net
 from cnnviz.optvis import RenderResult, RenderSettings, objectives, visualize
@@ -25,13 +25,7 @@ LAYERS = ("block2.relu", "block3.relu")
 INPUT_SHAPE = (3, *INPUT_SIZE)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Two shared cores: one intra-op thread avoids OpenMP spin contention, ~5x faster here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)
@@ -50,9 +44,7 @@ def model() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def layers(model: torch.nn.Module) -> dict[str, Layer]:
     images, _ = generate(512, seed=2024)
-    x = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(
-        1, 3, 1, 1
-    )
+    x = normalize(images.float() / 255, MEAN, STD)
     index = layer_index(model, INPUT_SHAPE, "shapes")
     with torch.inference_mode():
         acts = index.capture(x, list(LAYERS))

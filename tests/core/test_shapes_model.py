@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from cnnviz.data.shapes import CLASSES, IMAGE_SIZE, generate, sample_image
+from cnnviz.imaging import normalize
 from cnnviz.models.shapes import (
     INPUT_SIZE,
     MEAN,
@@ -33,9 +34,7 @@ def model() -> ShapesNet:
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """``(N, 3, H, W) uint8`` → the float input the model was trained on."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return normalize(images.float() / 255.0, MEAN, STD)
 
 
 @torch.inference_mode()

@@ -155,9 +155,7 @@ def test_masks_on_the_builtin_dataset_equal_a_brute_force_numpy_count() -> None:
     assert (result.method, result.shards, result.images) == ("masks", 4, 240)
     dataset = datasets.get("shapes")
     spec = MODELS.get("shapes").spec
-    x = (dataset.pixels.float() / 255 - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(
-        spec.std
-    ).view(1, 3, 1, 1)
+    x = spec.normalize(dataset.pixels.float() / 255)
     with torch.inference_mode():
         maps = MODELS.get("shapes").index.capture(x, ["block3.relu"])["block3.relu"].numpy()
     t, scores = brute_force_masks(dataset.masks, maps, len(CLASSES), 0.005)
@@ -182,9 +180,7 @@ def test_labels_on_the_class_logits_equal_the_majority_of_each_top_k() -> None:
     result = dissect(resources, dataset="shapes", layers=["fc"], method="labels", k=16)
     dataset = DatasetRegistry().get("shapes")
     spec = MODELS.get("shapes").spec
-    x = (dataset.pixels.float() / 255 - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(
-        spec.std
-    ).view(1, 3, 1, 1)
+    x = spec.normalize(dataset.pixels.float() / 255)
     with torch.inference_mode():
         logits = torch.cat(
             [MODELS.get("shapes").index.capture(b, ["fc"])["fc"] for b in x.split(256)]

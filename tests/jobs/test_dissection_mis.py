@@ -55,9 +55,7 @@ def test_each_logits_mis_is_the_protocol_by_hand_and_shards_agree() -> None:
     # The encoder's embeddings of every image.
     dataset = datasets.get("shapes")
     spec = MODELS.get("shapes").spec
-    x = (dataset.pixels.float() / 255 - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(
-        spec.std
-    ).view(1, 3, 1, 1)
+    x = spec.normalize(dataset.pixels.float() / 255)
     with torch.inference_mode():
         out = MODELS.get("shapes").index.capture(x, ["fc", "flatten"])
     logits, embedded = out["fc"].double().numpy(), out["flatten"].double().numpy()
