@@ -1,11 +1,12 @@
-"""Running a dissection job to its result in this process, through the runner."""
+"""Running a job (a dissection, an exemplars mining) to its result in this process, through
+the runner."""
 
 from __future__ import annotations
 
 import time
 
 from cnnviz.models import ModelRegistry
-from schemas.dissection import DissectionCreate, DissectionResult
+from schemas.dissection import DissectionResult
 from schemas.jobs import JobRecord, JobStatus, JobTask
 from workers.kinds import Resources, get_kind
 from workers.records.memory import MemoryRecords
@@ -14,11 +15,12 @@ from workers.run import execute
 MODELS = ModelRegistry.from_file(None)
 
 
-def dissect(resources: Resources, model: str = "shapes", **body: object) -> DissectionResult:
-    """Run a dissection job through the runner with records in memory (as the in-process
-    transport runs it: its shards one after another, then the merge)."""
-    kind = get_kind("dissection")
-    request = kind.prepare(DissectionCreate.model_validate(body), model, resources)
+def run_job(kind_name: str, resources: Resources, model: str, body: dict[str, object]) -> str:
+    """Run a job of ``kind_name`` through the runner with records in memory (as the in-process
+    transport runs it: its shards one after another, then the merge); its result's JSON,
+    after checking that it succeeded with its progress complete."""
+    kind = get_kind(kind_name)
+    request = kind.prepare(kind.parse(body), model, resources)
     records = MemoryRecords(600)
     record = JobRecord(
         id="job",
@@ -37,4 +39,9 @@ def dissect(resources: Resources, model: str = "shapes", **body: object) -> Diss
     assert done.progress is not None and done.progress.step == done.progress.total
     raw = records.result("job")
     assert raw is not None
-    return DissectionResult.model_validate_json(raw)
+    return raw
+
+
+def dissect(resources: Resources, model: str = "shapes", **body: object) -> DissectionResult:
+    """Run a dissection job to its result, in this process (:func:`run_job`)."""
+    return DissectionResult.model_validate_json(run_job("dissection", resources, model, body))

@@ -6,7 +6,6 @@ transport runs it (its shards one after another).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,7 @@ from cnnviz.data.shapes import CLASSES
 from cnnviz.exemplars import TopK, pool, receptive_field
 from cnnviz.layers import layer_index
 from cnnviz.models import ModelRegistry
-from schemas.exemplars import ExemplarsCreate, ExemplarsResult
-from schemas.jobs import JobRecord, JobStatus, JobTask
+from schemas.exemplars import ExemplarsResult
 from tests.jobs.datasets import (
     CORRUPT,
     SMALL,
@@ -28,36 +26,15 @@ from tests.jobs.datasets import (
     write_image_folder,
     write_models_file,
 )
-from workers.kinds import Resources, get_kind
-from workers.records.memory import MemoryRecords
-from workers.run import execute
+from tests.jobs.dissect_helpers import run_job
+from workers.kinds import Resources
 
 MODELS = ModelRegistry.from_file(None)
 
 
 def mine(resources: Resources, **body: object) -> ExemplarsResult:
     """Run an exemplars job to its result, in this process."""
-    kind = get_kind("exemplars")
-    request = kind.prepare(ExemplarsCreate.model_validate(body), "shapes", resources)
-    records = MemoryRecords(600)
-    record = JobRecord(
-        id="job",
-        kind=kind.name,
-        model="shapes",
-        status=JobStatus.QUEUED,
-        request=request.model_dump(mode="json"),
-        created_at=time.time(),
-    )
-    records.create(record, 600, None)
-    task = JobTask(
-        job_id="job", kind=kind.name, model="shapes", request=record.request, ttl_seconds=60
-    )
-    assert execute(task, resources, records) == JobStatus.SUCCEEDED, records.get("job").error
-    done = records.get("job")
-    assert done.progress is not None and done.progress.step == done.progress.total
-    raw = records.result("job")
-    assert raw is not None
-    return ExemplarsResult.model_validate_json(raw)
+    return ExemplarsResult.model_validate_json(run_job("exemplars", resources, "shapes", body))
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +70,7 @@ def test_streaming_top_k_equals_a_brute_force_ranking(shapes_result: ExemplarsRe
     loaded = MODELS.get("shapes")
     dataset = DatasetRegistry().get("shapes")
     spec = loaded.spec
-    x = (dataset.pixels.float() / 255 - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(
-        spec.std
-    ).view(1, 3, 1, 1)
+    x = spec.normalize(dataset.pixels.float() / 255)
     with torch.inference_mode():
         acts = torch.cat(
             [loaded.index.capture(b, ["block3.relu"])["block3.relu"] for b in x.split(128)]
