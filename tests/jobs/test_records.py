@@ -22,6 +22,7 @@ from workers.records import (
     JobFilter,
     JobNotFinished,
     JobNotFound,
+    JobRecords,
 )
 from workers.records.memory import MemoryRecords
 from workers.records.redis import RedisRecords
@@ -89,6 +90,16 @@ def result() -> OptimizationResult:
 
 def result_json() -> str:
     return result().model_dump_json()
+
+
+def finished(records: JobRecords, arrays: bytes, idem: Idempotency | None = None) -> str:
+    """A new job run to success with ``arrays`` attached; its id."""
+    record, _ = records.create(new_record(), TTL, idem)
+    attempt = records.start(record.id)
+    assert attempt is not None
+    records.attach(record.id, attempt, arrays, TTL)
+    assert records.finish(record.id, attempt, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    return record.id
 
 
 def progress(step: int) -> Progress:

@@ -13,7 +13,7 @@ from service.main import create_app
 from tests.jobs.client import QUICK, submit
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import CeleryWorker, RedisServer, serve, wait_for
-from tests.jobs.test_records import TTL, new_record, result_json
+from tests.jobs.test_records import TTL, finished, new_record, result_json
 from workers.records import Idempotency, ResultExpired
 from workers.records.redis import RedisRecords, checkpoint_key
 from workers.records.redis_cap import KEPT_TOTAL_KEY
@@ -21,15 +21,6 @@ from workers.records.redis_cap import KEPT_TOTAL_KEY
 pytestmark = [pytest.mark.redis]
 
 ARRAYS = b"\x02" * 10_000
-
-
-def finished(records: RedisRecords, idem: Idempotency | None = None) -> str:
-    record, _ = records.create(new_record(), TTL, idem)
-    attempt = records.start(record.id)
-    assert attempt is not None
-    records.attach(record.id, attempt, ARRAYS, TTL)
-    assert records.finish(record.id, attempt, JobStatus.SUCCEEDED, result_json(), None, TTL)
-    return record.id
 
 
 def test_past_the_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
@@ -44,10 +35,10 @@ def test_past_the_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
     records.save_checkpoint(running.id, attempt, ARRAYS)
 
     key = Idempotency("digest-cap", "body")
-    oldest = finished(records, key)
-    middle = finished(records)
+    oldest = finished(records, ARRAYS, key)
+    middle = finished(records, ARRAYS)
     assert int(client.get(KEPT_TOTAL_KEY)) == 2 * size
-    newest = finished(records)
+    newest = finished(records, ARRAYS)
     assert int(client.get(KEPT_TOTAL_KEY)) == 2 * size
     for part in ("result", "arrays", "preview"):
         with pytest.raises(ResultExpired):
@@ -65,7 +56,7 @@ def test_past_the_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
 
 def test_without_a_cap_nothing_expires(fresh_redis: RedisServer) -> None:
     records = RedisRecords(fresh_redis.client(), ttl_seconds=TTL)
-    ids = [finished(records) for _ in range(3)]
+    ids = [finished(records, ARRAYS) for _ in range(3)]
     assert all(records.arrays(job_id) == ARRAYS for job_id in ids)
 
 

@@ -15,9 +15,9 @@ import pytest
 from schemas.jobs import JobStatus, Progress
 from service.jobs.wiring import inprocess_records
 from service.settings import Settings
-from tests.jobs.test_records import TTL, new_record, result_json
+from tests.jobs.test_records import TTL, finished, new_record, result_json
 from workers.config import default_data_dir
-from workers.records import ResultExpired
+from workers.records import Idempotency, ResultExpired
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
 from workers.records.sqlite_db import INLINE_MAX, BlobFiles, Holder
@@ -150,18 +150,6 @@ def test_a_cancel_asked_while_stopping_is_kept(tmp_path: Path) -> None:
     assert records.get(record.id).status == JobStatus.CANCELLED
 
 
-def finished(records: SqliteRecords, arrays: bytes, idem: str | None = None) -> str:
-    from workers.records import Idempotency
-
-    key = Idempotency(idem, "body") if idem else None
-    record, _ = records.create(new_record(), TTL, key)
-    attempt = records.start(record.id)
-    assert attempt is not None
-    records.attach(record.id, attempt, arrays, TTL)
-    assert records.finish(record.id, attempt, JobStatus.SUCCEEDED, result_json(), None, TTL)
-    return record.id
-
-
 def test_past_the_byte_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
     tmp_path: Path,
 ) -> None:
@@ -171,7 +159,7 @@ def test_past_the_byte_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
     attempt = records.start(running.id)
     assert attempt is not None
     records.save_checkpoint(running.id, attempt, BIG)
-    oldest = finished(records, BIG, idem="key-1")
+    oldest = finished(records, BIG, Idempotency("key-1", "body"))
     middle = finished(records, BIG)
     assert records.kept_bytes == 2 * size
     newest = finished(records, BIG)
@@ -183,8 +171,6 @@ def test_past_the_byte_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
     assert records.arrays(middle) == BIG and records.arrays(newest) == BIG
     assert records.checkpoint(running.id) == BIG  # unfinished: never touched
     # The expired job's idempotency key leads to a new job.
-    from workers.records import Idempotency
-
     again, created = records.create(new_record(), TTL, Idempotency("key-1", "body"))
     assert created and again.id != oldest
     # The files of the expired job are gone: the cap bounds the disk.
