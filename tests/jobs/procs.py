@@ -52,6 +52,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``command`` started from the repository in a process group of its own, its output
+    appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_group(process: subprocess.Popen[bytes] | None, signum: int, grace: float) -> None:
+    """Stop ``process``'s whole group: ``signum``, up to ``grace`` seconds for it to exit,
+    then SIGKILL for whatever of the group is left."""
+    if process is None:
+        return
+    if process.poll() is None:
+        os.killpg(process.pid, signum)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
 class RedisServer:
     """A throwaway ``redis-server`` on a free port; stoppable, and restartable on that port.
 
@@ -156,8 +184,7 @@ class CeleryWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> CeleryWorker:
-        log = open(self.log_path, "ab")  # noqa: SIM115 (closed below)
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [
                 sys.executable,
                 "-m",
@@ -178,13 +205,9 @@ class CeleryWorker:
                 "--without-gossip",
                 "--without-mingle",
             ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.env,
+            self.log_path,
         )
-        log.close()
         client = Celery(broker=self.redis_url, set_as_current=False)
         try:
 
@@ -227,16 +250,8 @@ class CeleryWorker:
             self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            # Cold shutdown (SIGQUIT): no waiting for a running job; the group goes after.
-            os.killpg(self.process.pid, signal.SIGQUIT)
-            with suppress(subprocess.TimeoutExpired):
-                self.process.wait(15)
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        # Cold shutdown (SIGQUIT): no waiting for a running job; the group goes after.
+        stop_group(self.process, signal.SIGQUIT, 15)
         self.process = None
 
 
@@ -290,19 +305,10 @@ class ApiProcess:
     def start(self, timeout: float = 120) -> ApiProcess:
         """Start and wait until it answers: its imports take 13 s of CPU, and over a minute
         on two shared cores under load (two worker processes at once, more)."""
-        log = open(self.log_path, "ab")  # noqa: SIM115 (closed below)
         command = [sys.executable, "-m", "uvicorn", self.app]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--workers", str(self.workers), "--log-level", "info"]
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self.process = spawn(command, self.env, self.log_path)
 
         def answers() -> bool:
             if self.process is not None and self.process.poll() is not None:
@@ -332,13 +338,5 @@ class ApiProcess:
         return code
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                self.process.wait(30)
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        stop_group(self.process, signal.SIGTERM, 30)
         self.process = None
