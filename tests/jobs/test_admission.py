@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from service.main import create_app
-from tests.jobs.client import MODEL
+from tests.jobs.client import LARGE, MODEL
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import serve
 
@@ -47,15 +47,7 @@ def test_a_grid_too_large_to_draw_is_refused(api: httpx.Client) -> None:
 
 
 def test_images_that_cannot_share_the_memory_budget_are_refused(api: httpx.Client) -> None:
-    body = {
-        "layer": "block2.relu",
-        "channels": [3],
-        "images_per_unit": 8,
-        "diversity": 1.0,
-        "image_size": 1024,
-        "steps": 1,
-    }
-    detail = _refused(api, body)
+    detail = _refused(api, LARGE)
     assert detail.startswith("8 images compared by diversity need about ")
     assert "MiB over the render's memory budget of 1024 MiB" in detail
 

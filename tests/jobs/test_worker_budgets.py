@@ -20,7 +20,7 @@ import torch
 from cnnviz.optvis.settings import DEFAULT_MEMORY_BUDGET_MB
 from schemas.jobs import JOB_QUEUE, WorkerBudget
 from service.main import create_app
-from tests.jobs.client import MODEL
+from tests.jobs.client import LARGE, MODEL
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import CeleryWorker, RedisServer, serve, wait_for
 from workers.budgets import budget_key, largest, live, publish
@@ -28,15 +28,6 @@ from workers.config import JobSettings
 from workers.device import children_budget
 
 URL = f"/v1/models/{MODEL}/optimizations"
-# Eight images compared by diversity, at 1024 px: about 1.6 GiB, over a CPU's 1024 MiB.
-LARGE = {
-    "layer": "block2.relu",
-    "channels": [3],
-    "images_per_unit": 8,
-    "diversity": 1.0,
-    "image_size": 1024,
-    "steps": 1,
-}
 # The same at 256 px: about 100 MiB.
 MEDIUM = {**LARGE, "image_size": 256}
 
