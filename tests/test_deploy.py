@@ -99,21 +99,16 @@ def test_mounts_caches_models_datasets_and_cors(compose: dict) -> None:  # type:
     assert (ROOT / "deploy" / "models.toml").is_file()
 
 
-def test_the_api_and_the_workers_share_the_model_store(compose: dict) -> None:  # type: ignore[type-arg]
+@pytest.mark.parametrize(
+    ("variable", "volume"),
+    [("CNNVIZ_MODEL_STORE", "cnnviz-models"), ("CNNVIZ_COMPILE_CACHE_DIR", "cnnviz-compile")],
+    ids=["model store", "compile cache"],
+)
+def test_the_api_and_the_workers_share_a_volume(compose: dict, variable: str, volume: str) -> None:  # type: ignore[type-arg]
     services = compose["services"]
     for name in ("api", "worker", "worker-cpu"):
         service = services[name]
-        store = service["environment"]["CNNVIZ_MODEL_STORE"]
+        path = service["environment"][variable]
         targets = {v["target"]: v for v in service["volumes"]}
-        assert targets[store]["type"] == "volume" and targets[store]["source"] == "cnnviz-models"
-        assert not targets[store].get("read_only")
-
-
-def test_the_api_and_the_workers_share_the_compile_cache(compose: dict) -> None:  # type: ignore[type-arg]
-    services = compose["services"]
-    for name in ("api", "worker", "worker-cpu"):
-        service = services[name]
-        cache = service["environment"]["CNNVIZ_COMPILE_CACHE_DIR"]
-        targets = {v["target"]: v for v in service["volumes"]}
-        assert targets[cache]["type"] == "volume" and targets[cache]["source"] == "cnnviz-compile"
-        assert not targets[cache].get("read_only")
+        assert targets[path]["type"] == "volume" and targets[path]["source"] == volume
+        assert not targets[path].get("read_only")
