@@ -14,6 +14,7 @@ from cnnviz.attribution import attribute, get_method, map_picture, method_names,
 from cnnviz.data.shapes import CLASSES, generate_with_masks
 from cnnviz.errors import InvalidArgumentError, LayerShapeError, UnknownLayerError
 from cnnviz.models import ModelRegistry
+from tests.api.nets import Heads
 
 METHODS = [
     "gradcam",
@@ -197,22 +198,6 @@ def test_the_model_is_left_as_found(resnet: nn.Module, method: str) -> None:
     assert [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)] == inplace
     # BatchNorm running statistics untouched: the passes ran in eval mode.
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-
-
-class Heads(nn.Module):
-    """A 1-channel net with three heads: box (4), landmarks (10), probability (1)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.box = nn.Linear(4, 4)
-        self.landmarks = nn.Linear(4, 10)
-        self.prob = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = self.relu(self.conv(x)).mean(dim=(2, 3))
-        return self.box(h), self.landmarks(h), torch.sigmoid(self.prob(h)).squeeze(1)
 
 
 def test_a_multi_head_model_needs_its_output_chosen() -> None:

@@ -18,33 +18,16 @@ from cnnviz.attribution.sanity import cascading_randomization, randomizable, spe
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.imaging import preprocess
 from cnnviz.models import ModelRegistry
-
-SIZE = 8
-
-
-class Weighted(nn.Module):
-    """Two scores linear in the pixels: saliency is ``|W_k|``, all learned."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(SIZE * SIZE, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
+from tests.jobs.sanity_nets import SIZE, Blind, Linear
 
 
-class Scaled(nn.Module):
-    """Two scores ``s_k · sum(x²)`` scaled by learned scalars: saliency is ``|2 s_k x|``,
-    whose ranking no weight changes."""
+class Scaled(Blind):
+    """:class:`~tests.jobs.sanity_nets.Blind` with its scalars set by hand (2 and -1)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.scale = nn.Linear(1, 2, bias=False)
         with torch.no_grad():
             self.scale.weight.copy_(torch.tensor([[2.0], [-1.0]]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale(x.pow(2).flatten(1).sum(dim=1, keepdim=True))
 
 
 def images() -> torch.Tensor:
@@ -63,7 +46,7 @@ def test_spearman_with_ties_and_constants() -> None:
 
 
 def test_a_map_of_the_weights_passes_and_one_no_weight_changes_fails() -> None:
-    weighted = Weighted()
+    weighted = Linear()  # saliency is |W_k|, all learned
     before = {k: v.clone() for k, v in weighted.state_dict().items()}
     [passed] = cascading_randomization(weighted, images(), ["saliency"])
     assert [name for name, _ in passed.correlations] == ["fc"]
