@@ -17,7 +17,10 @@ import pytest
 from fastapi import FastAPI
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from service.main import create_app
@@ -126,3 +129,33 @@ def page(browser: WebDriver) -> Iterator[WebDriver]:
 def wait(driver: WebDriver, condition, message: str):  # type: ignore[no-untyped-def]
     """Wait until ``condition(driver)`` is truthy; its value."""
     return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message)
+
+
+def hover(page: WebDriver, img: WebElement, x: float, y: float) -> str:
+    """Move the mouse to ``(x, y)`` in ``img``'s natural pixels; the tooltip's text."""
+    scale = img.size["width"] / page.execute_script("return arguments[0].naturalWidth", img)
+    ActionChains(page).move_to_element_with_offset(
+        img, int(x * scale - img.size["width"] / 2), int(y * scale - img.size["height"] / 2)
+    ).perform()
+    tip = wait(
+        page,
+        lambda d: (
+            d.find_element(By.ID, "tooltip").is_displayed() and d.find_element(By.ID, "tooltip")
+        ),
+        "no tooltip on hover",
+    )
+    return str(tip.text)
+
+
+def picked_caption(page: WebDriver) -> str:
+    """Once a clicked exemplar is shown whole beside the grids, its caption."""
+    return str(
+        wait(
+            page,
+            lambda d: (
+                d.find_element(By.ID, "ex-picked").is_displayed()
+                and d.find_element(By.ID, "ex-picked-caption").text
+            ),
+            "the clicked image was not shown",
+        )
+    )

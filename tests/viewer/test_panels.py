@@ -12,20 +12,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
-from tests.viewer.conftest import FEW, FEW_IMAGES, wait
-from tests.viewer.test_viewer import error_text, open_home
-
-
-def ready(page: WebDriver, url: str, expected: str) -> None:
-    """Open ``url`` and wait until the page says it has loaded as ``expected``."""
-    page.get(url)
-    wait(
-        page,
-        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"),
-        f"{url} did not finish loading",
-    )
-    body = page.find_element(By.TAG_NAME, "body")
-    assert body.get_attribute("data-ready") == expected, error_text(page)
+from tests.viewer.conftest import FEW, FEW_IMAGES, hover, picked_caption, wait
+from tests.viewer.test_viewer import error_text, open_home, ready
 
 
 def natural_width(page: WebDriver, img: WebElement) -> int:
@@ -40,20 +28,7 @@ def hover_tile(page: WebDriver, img: WebElement, grid: dict, i: int) -> str:
     """Move the mouse to the middle of tile ``i`` of a grid image; the tooltip's text."""
     pad, (th, tw), columns = grid["padding"], grid["tile"], grid["columns"]
     row, col = divmod(i, columns)
-    scale = img.size["width"] / natural_width(page, img)
-    x = (pad + col * (tw + pad) + tw / 2) * scale
-    y = (pad + row * (th + pad) + th / 2) * scale
-    ActionChains(page).move_to_element_with_offset(
-        img, int(x - img.size["width"] / 2), int(y - img.size["height"] / 2)
-    ).perform()
-    tip = wait(
-        page,
-        lambda d: (
-            d.find_element(By.ID, "tooltip").is_displayed() and d.find_element(By.ID, "tooltip")
-        ),
-        "no tooltip on hover",
-    )
-    return str(tip.text)
+    return hover(page, img, pad + col * (tw + pad) + tw / 2, pad + row * (th + pad) + th / 2)
 
 
 def test_filter_weights_with_hover_and_a_shareable_address(
@@ -233,14 +208,7 @@ def test_a_unit_page_mines_exemplars_and_draws_them_in_each_mode(
     layout = {"columns": columns, "tile": (th, tw), "padding": padding}
     assert hover_tile(page, img, layout, 1).startswith(f"{crop['images'][1]}\nscore ")
     ActionChains(page).click().perform()
-    picked = wait(
-        page,
-        lambda d: (
-            d.find_element(By.ID, "ex-picked").is_displayed()
-            and d.find_element(By.ID, "ex-picked-caption").text
-        ),
-        "the clicked image was not shown",
-    )
+    picked = picked_caption(page)
     assert picked.startswith(f"{crop['images'][1]} · top 2, score "), picked
     assert natural_width(page, page.find_element(By.ID, "ex-picked-image")) == 64
 
@@ -284,14 +252,7 @@ def test_with_api_keys_every_panel_sends_the_pages_key(page: WebDriver, keyed_ur
     ActionChains(page).move_to_element_with_offset(
         top, -top.size["width"] // 2 + 8, 0
     ).click().perform()
-    picked = wait(
-        page,
-        lambda d: (
-            d.find_element(By.ID, "ex-picked").is_displayed()
-            and d.find_element(By.ID, "ex-picked-caption").text
-        ),
-        "the clicked image was not shown",
-    )
+    picked = picked_caption(page)
     assert picked.startswith(f"{images[0]} · top 1, score "), picked
     assert not error_text(page)
 

@@ -11,25 +11,28 @@ import httpx
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from tests.jobs.procs import wait_for
-from tests.viewer.conftest import wait
+from tests.viewer.conftest import hover, wait
 
 
-def open_home(page: WebDriver, url: str) -> None:
-    page.get(url + "/")
+def ready(page: WebDriver, url: str, expected: str) -> None:
+    """Open ``url`` and wait until the page says it has loaded as ``expected``."""
+    page.get(url)
     wait(
         page,
         lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"),
-        "the viewer did not finish loading",
+        f"{url} did not finish loading",
     )
-    assert page.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "home", (
-        page.find_element(By.ID, "error").text
-    )
+    body = page.find_element(By.TAG_NAME, "body")
+    assert body.get_attribute("data-ready") == expected, error_text(page)
+
+
+def open_home(page: WebDriver, url: str) -> None:
+    ready(page, url + "/", "home")
 
 
 def pick_layers(page: WebDriver, names: list[str]) -> None:
@@ -79,22 +82,10 @@ def test_feature_maps_of_a_sample_with_hover_stats(page: WebDriver, viewer_url: 
     assert captions[1].startswith("block2.relu [32, 32, 32] · 32 channels · star"), captions
     # Hover the second tile of the first row of block1.conv: channel 1, with its statistics.
     img = figures[0].find_element(By.TAG_NAME, "img")
-    scale = img.size["width"] / page.execute_script("return arguments[0].naturalWidth", img)
     tile, pad = 64 * 2, 1  # scale 2 in the page's default settings
-    x = (pad + tile + pad + tile // 2) * scale
-    y = (pad + tile // 2) * scale
-    ActionChains(page).move_to_element_with_offset(
-        img, int(x - img.size["width"] / 2), int(y - img.size["height"] / 2)
-    ).perform()
-    tip = wait(
-        page,
-        lambda d: (
-            d.find_element(By.ID, "tooltip").is_displayed() and d.find_element(By.ID, "tooltip")
-        ),
-        "no tooltip on hover",
-    )
-    assert tip.text.startswith("block1.conv · channel 1\nmin "), tip.text
-    assert " mean " in tip.text
+    tip = hover(page, img, pad + tile + pad + tile // 2, pad + tile // 2)
+    assert tip.startswith("block1.conv · channel 1\nmin "), tip
+    assert " mean " in tip
     assert not error_text(page)
 
 
@@ -192,12 +183,7 @@ def test_an_optimization_shows_progress_a_live_preview_and_the_result(
 
 
 def test_a_unit_has_its_own_page(page: WebDriver, viewer_url: str) -> None:
-    page.get(viewer_url + "/units/shapes/block2.relu/3")
-    wait(
-        page,
-        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"),
-        "the unit page did not finish loading",
-    )
+    ready(page, viewer_url + "/units/shapes/block2.relu/3", "unit")
     assert page.find_element(By.ID, "unit-title").text == "shapes · block2.relu · channel 3"
     samples = page.find_elements(By.CSS_SELECTOR, "#unit-samples li")
     assert len(samples) == 12
