@@ -110,15 +110,19 @@ def test_the_core_imports_no_web_queue_or_pydantic_library() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_schemas_import_pydantic_and_the_standard_library_only() -> None:
-    wrong = [
+def imports_beyond(package: str, allowed: set[str]) -> list[str]:
+    """``<file> imports <name>`` for each import in ``package`` of neither the standard library
+    nor a top-level name in ``allowed``."""
+    return [
         f"{path.relative_to(ROOT)} imports {name}"
-        for path in files_of("schemas")
+        for path in files_of(package)
         for name in imported_names(path)
-        if (top := name.split(".")[0]) not in sys.stdlib_module_names
-        and top not in SCHEMAS_THIRD_PARTY
-        and top not in ("__future__", "schemas")
+        if (top := name.split(".")[0]) not in sys.stdlib_module_names and top not in allowed
     ]
+
+
+def test_schemas_import_pydantic_and_the_standard_library_only() -> None:
+    wrong = imports_beyond("schemas", {*SCHEMAS_THIRD_PARTY, "__future__", "schemas"})
     assert not wrong, "\n".join(wrong)
 
 
@@ -137,14 +141,8 @@ def test_the_job_domain_pulls_in_no_celery() -> None:
 
 def test_the_client_imports_only_what_its_distribution_declares() -> None:
     """No torch, no numpy, no server library: httpx, pydantic, tqdm and the standard library."""
-    wrong = [
-        f"{path.relative_to(ROOT)} imports {name}"
-        for path in files_of("cnnviz_client")
-        for name in imported_names(path)
-        if (top := name.split(".")[0]) not in sys.stdlib_module_names
-        and top not in CLIENT_THIRD_PARTY
-        and top not in ("__future__", "cnnviz_client", "schemas")
-    ]
+    allowed = {*CLIENT_THIRD_PARTY, "__future__", "cnnviz_client", "schemas"}
+    wrong = imports_beyond("cnnviz_client", allowed)
     assert not wrong, "\n".join(wrong)
 
 
