@@ -31,58 +31,36 @@ REQUEST_TIMEOUT = 30.0
 KEEP_ALIVE = httpx.Limits(keepalive_expiry=1.0)
 
 
-def one_by_one(name: str, side: int) -> str:
-    """The models-file entry ``name`` of the hand-set 1×1 conv (``tests.api.nets``) at
-    ``side`` px, one grey channel, unnormalised."""
+def net_entry(
+    name: str, factory: str, size: tuple[int, int], mean: float = 0.0, std: float = 1.0
+) -> str:
+    """The models-file entry ``name`` of the net ``factory`` of ``tests.api.nets``, random
+    weights, at ``size`` (height, width), one grey channel normalised by ``mean`` and ``std``."""
     return (
         f"[models.{name}]\n"
-        'factory = "tests.api.nets:one_by_one"\n'
+        f'factory = "tests.api.nets:{factory}"\n'
         'weights = "random"\n'
-        f"input_size = [{side}, {side}]\n"
+        f"input_size = [{size[0]}, {size[1]}]\n"
         "channels = 1\n"
-        "mean = [0.0]\n"
-        "std = [1.0]\n"
+        f"mean = [{mean}]\n"
+        f"std = [{std}]\n"
     )
 
 
-MODELS_TOML = (
-    "\n"
-    + one_by_one("tiny", 8)
-    + 'description = "a 1×1 conv with hand-set weights"\n'
-    + """
-[models.caffe]
-factory = "tests.api.nets:caffe_names"
-weights = "random"
-input_size = [8, 8]
-channels = 1
-mean = [0.0]
-std = [1.0]
+def one_by_one(name: str, side: int) -> str:
+    """The models-file entry ``name`` of the hand-set 1×1 conv (``tests.api.nets``) at
+    ``side`` px, one grey channel, unnormalised."""
+    return net_entry(name, "one_by_one", (side, side))
 
-[models.heads]
-factory = "tests.api.nets:heads"
-weights = "random"
-input_size = [12, 16]
-channels = 1
-mean = [0.5]
-std = [0.25]
 
-[models.quadrant]
-factory = "tests.api.nets:quadrant"
-weights = "random"
-input_size = [16, 16]
-channels = 1
-mean = [0.0]
-std = [1.0]
-labels = ["quadrant", "constant"]
-
-[models.gated]
-factory = "tests.api.nets:gated"
-weights = "random"
-input_size = [8, 8]
-channels = 1
-mean = [0.0]
-std = [1.0]
-"""
+MODELS_TOML = "\n\n".join(
+    [
+        one_by_one("tiny", 8) + 'description = "a 1×1 conv with hand-set weights"\n',
+        net_entry("caffe", "caffe_names", (8, 8)),
+        net_entry("heads", "heads", (12, 16), mean=0.5, std=0.25),
+        net_entry("quadrant", "quadrant", (16, 16)) + 'labels = ["quadrant", "constant"]\n',
+        net_entry("gated", "gated", (8, 8)),
+    ]
 )
 
 

@@ -78,75 +78,33 @@ def _hf_dirs(root: Path) -> dict[str, Path]:
     return dirs
 
 
+# torchvision and timm architectures with random weights at 64 px: name -> (the source's
+# key, the architecture, its keyword arguments as an inline TOML table's contents).
+RANDOM_64 = {
+    "tv_resnet18": ("arch", "resnet18", ""),
+    "tv_mobilenet": ("arch", "mobilenet_v3_small", ""),
+    "timm_convnext": ("timm", "convnext_atto", "num_classes = 10"),
+    "timm_vit": ("timm", "vit_tiny_patch16_224", "img_size = 64, num_classes = 10"),
+    "tv_vgg11": ("arch", "vgg11", ""),
+    "tv_efficientnet": ("arch", "efficientnet_b0", ""),
+    "tv_convnext": ("arch", "convnext_tiny", ""),
+    "tv_regnet": ("arch", "regnet_y_400mf", ""),
+    "tv_vit": ("arch", "vit_b_16", "image_size = 64"),
+    "tv_swin": ("arch", "swin_t", ""),
+    "timm_deit": ("timm", "deit_tiny_patch16_224", "img_size = 64, num_classes = 10"),
+    "timm_efficientnet": ("timm", "efficientnet_b0", "num_classes = 10"),
+}
+
+
 def _models_toml(root: Path) -> str:
     dirs = _hf_dirs(root)
     images = write_image_folder(root / "images", n=12)
-    return f"""
-[models.tv_resnet18]
-arch = "resnet18"
-weights = "random"
-input_size = [64, 64]
-
-[models.tv_mobilenet]
-arch = "mobilenet_v3_small"
-weights = "random"
-input_size = [64, 64]
-
-[models.timm_convnext]
-timm = "convnext_atto"
-weights = "random"
-input_size = [64, 64]
-kwargs = {{ num_classes = 10 }}
-
-[models.timm_vit]
-timm = "vit_tiny_patch16_224"
-weights = "random"
-input_size = [64, 64]
-kwargs = {{ img_size = 64, num_classes = 10 }}
-
-[models.tv_vgg11]
-arch = "vgg11"
-weights = "random"
-input_size = [64, 64]
-
-[models.tv_efficientnet]
-arch = "efficientnet_b0"
-weights = "random"
-input_size = [64, 64]
-
-[models.tv_convnext]
-arch = "convnext_tiny"
-weights = "random"
-input_size = [64, 64]
-
-[models.tv_regnet]
-arch = "regnet_y_400mf"
-weights = "random"
-input_size = [64, 64]
-
-[models.tv_vit]
-arch = "vit_b_16"
-weights = "random"
-input_size = [64, 64]
-kwargs = {{ image_size = 64 }}
-
-[models.tv_swin]
-arch = "swin_t"
-weights = "random"
-input_size = [64, 64]
-
-[models.timm_deit]
-timm = "deit_tiny_patch16_224"
-weights = "random"
-input_size = [64, 64]
-kwargs = {{ img_size = 64, num_classes = 10 }}
-
-[models.timm_efficientnet]
-timm = "efficientnet_b0"
-weights = "random"
-input_size = [64, 64]
-kwargs = {{ num_classes = 10 }}
-
+    random_64 = "".join(
+        f'\n[models.{name}]\n{key} = "{arch}"\nweights = "random"\ninput_size = [64, 64]\n'
+        + (f"kwargs = {{ {kwargs} }}\n" if kwargs else "")
+        for name, (key, arch, kwargs) in RANDOM_64.items()
+    )
+    return f"""{random_64}
 [models.hf_convnext]
 hf = "{dirs["hf_convnext"]}"
 
