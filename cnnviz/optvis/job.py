@@ -92,7 +92,7 @@ class _Forward:
     the steps run with redirected ReLU gradients; and the :class:`Numerics` they run in.
     Exact evaluations run the plain extractor in fp32. With ``compile``, the steps that are
     not redirected run the folded graph compiled (:mod:`cnnviz.optvis.compiled`). Built
-    inside :func:`preserved_state`.
+    inside :func:`~cnnviz.layers.preserved_state`.
     """
 
     def __init__(
