@@ -42,11 +42,9 @@ from bench.common import machine
 from cnnviz.data.datasets import DatasetRegistry
 from cnnviz.data.shapes import CLASSES, generate_with_masks
 from cnnviz.models import ModelRegistry
-from schemas.dissection import DissectionCreate
-from schemas.exemplars import ExemplarsCreate
-from schemas.jobs import JobRecord, JobStatus, JobTask
-from workers.kinds import Resources, get_kind
-from workers.records.memory import MemoryRecords
+from schemas.jobs import JobStatus
+from tests.jobs.dissect_helpers import queued
+from workers.kinds import Resources
 from workers.run import execute
 
 
@@ -73,22 +71,7 @@ def write_dataset(root: Path, n: int, seed: int = 11) -> Path:
 
 def run(kind_name: str, body: dict[str, Any], model: str, resources: Resources) -> float:
     """Seconds from start to result of one job through the runner, records in memory."""
-    kind = get_kind(kind_name)
-    create = DissectionCreate if kind_name == "dissection" else ExemplarsCreate
-    request = kind.prepare(create.model_validate(body), model, resources)
-    records = MemoryRecords(3600)
-    record = JobRecord(
-        id="job",
-        kind=kind.name,
-        model=model,
-        status=JobStatus.QUEUED,
-        request=request.model_dump(mode="json"),
-        created_at=time.time(),
-    )
-    records.create(record, 3600, None)
-    task = JobTask(
-        job_id="job", kind=kind.name, model=model, request=record.request, ttl_seconds=3600
-    )
+    task, records = queued(kind_name, resources, model, body, ttl=3600)
     started = time.perf_counter()
     status = execute(task, resources, records)
     elapsed = time.perf_counter() - started

@@ -4,6 +4,7 @@ the runner."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from cnnviz.models import ModelRegistry
 from schemas.dissection import DissectionResult
@@ -15,13 +16,14 @@ from workers.run import execute
 MODELS = ModelRegistry.from_file(None)
 
 
-def run_job(kind_name: str, resources: Resources, model: str, body: dict[str, object]) -> str:
-    """Run a job of ``kind_name`` through the runner with records in memory (as the in-process
-    transport runs it: its shards one after another, then the merge); its result's JSON,
-    after checking that it succeeded with its progress complete."""
+def queued(
+    kind_name: str, resources: Resources, model: str, body: dict[str, Any], ttl: int = 600
+) -> tuple[JobTask, MemoryRecords]:
+    """A job of ``kind_name`` prepared and queued as ``job`` in records in memory, and the
+    task that runs it (:func:`workers.run.execute`)."""
     kind = get_kind(kind_name)
     request = kind.prepare(kind.parse(body), model, resources)
-    records = MemoryRecords(600)
+    records = MemoryRecords(ttl)
     record = JobRecord(
         id="job",
         kind=kind.name,
@@ -30,10 +32,18 @@ def run_job(kind_name: str, resources: Resources, model: str, body: dict[str, ob
         request=request.model_dump(mode="json"),
         created_at=time.time(),
     )
-    records.create(record, 600, None)
+    records.create(record, ttl, None)
     task = JobTask(
-        job_id="job", kind=kind.name, model=model, request=record.request, ttl_seconds=60
+        job_id="job", kind=kind.name, model=model, request=record.request, ttl_seconds=ttl
     )
+    return task, records
+
+
+def run_job(kind_name: str, resources: Resources, model: str, body: dict[str, Any]) -> str:
+    """Run a job of ``kind_name`` through the runner with records in memory (as the in-process
+    transport runs it: its shards one after another, then the merge); its result's JSON,
+    after checking that it succeeded with its progress complete."""
+    task, records = queued(kind_name, resources, model, body)
     assert execute(task, resources, records) == JobStatus.SUCCEEDED, records.get("job").error
     done = records.get("job")
     assert done.progress is not None and done.progress.step == done.progress.total
