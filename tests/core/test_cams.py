@@ -10,6 +10,7 @@ from torch import nn
 
 from cnnviz.attribution import Smooth, attribute, get_method, planned_passes
 from cnnviz.errors import InvalidArgumentError
+from tests.jobs.sanity_nets import Linear
 
 SIZE = 6
 
@@ -128,15 +129,7 @@ def test_scorecam_follows_its_paper_for_every_target_in_one_batch() -> None:
 
 
 def test_the_noise_tunnel_is_seeded_and_exact_where_the_gradient_is_constant() -> None:
-    class Linear(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(SIZE * SIZE, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(x.flatten(1))
-
-    linear, x = Linear(), image()
+    linear, x = Linear(SIZE), image()
     weights = linear.fc.weight.detach()[1].view(SIZE, SIZE)
     smooth = Smooth("smoothgrad", samples=8, level=0.2, seed=1)
     found = attribute(linear, x, "saliency", targets=[1], smooth=smooth).maps[0]

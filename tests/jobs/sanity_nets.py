@@ -14,11 +14,12 @@ SIZE = 8
 
 
 class Linear(nn.Module):
-    """Two scores linear in the pixels: saliency is ``|W_k|``, all learned (passes)."""
+    """Two scores linear in the pixels of a ``size``×``size`` image: saliency is ``|W_k|``,
+    all learned (passes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = SIZE) -> None:
         super().__init__()
-        self.fc = nn.Linear(SIZE * SIZE, 2)
+        self.fc = nn.Linear(size * size, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.flatten(1))
