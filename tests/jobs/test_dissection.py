@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,11 +23,9 @@ from workers.kinds import JobCancelled, JobContext, Resources, get_kind
 COLOUR_IMAGES = 90
 
 
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> tuple[Resources, list[Blob]]:
-    root = tmp_path_factory.mktemp("colours")
-    items = blobs(COLOUR_IMAGES)
-    write_blobs(root / "images", root / "masks", items)
+def colour_resources(root: Path, **options: Any) -> Resources:
+    """The hand-set colour net, and the ``blobs`` data set whose images and masks are under
+    ``root`` (``images/``, ``masks/``)."""
     models = root / "models.toml"
     models.write_text(
         f'[datasets.blobs]\npath = "{root / "images"}"\nmasks = "{root / "masks"}"\n'
@@ -40,12 +39,19 @@ def colours(tmp_path_factory: pytest.TempPathFactory) -> tuple[Resources, list[B
         mean=(0.0, 0.0, 0.0),
         std=(1.0, 1.0, 1.0),
     )
-    resources = Resources(
+    return Resources(
         models=ModelRegistry({"colours": spec}),
         datasets=DatasetRegistry.from_file(models),
-        batch_size=16,
+        **options,
     )
-    return resources, items
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> tuple[Resources, list[Blob]]:
+    root = tmp_path_factory.mktemp("colours")
+    items = blobs(COLOUR_IMAGES)
+    write_blobs(root / "images", root / "masks", items)
+    return colour_resources(root, batch_size=16), items
 
 
 def hand_iou(items: list[Blob], colour: int, quantile: float) -> tuple[float, float]:
@@ -216,22 +222,7 @@ def test_bad_masks_are_counted_and_named_and_their_images_still_rank(tmp_path: P
     Image.fromarray(np.full((SIZE, SIZE), 9, dtype=np.uint8)).save(masks / "0001.png")  # > K
     (masks / "0002.png").unlink()  # missing
     (masks / "0003.png").write_bytes(b"not a png")  # corrupt
-    models = tmp_path / "models.toml"
-    models.write_text(
-        f'[datasets.blobs]\npath = "{tmp_path / "images"}"\nmasks = "{masks.parent}"\n'
-        f"concepts = {COLOURS!r}\n".replace("'", '"')
-    )
-    spec = ModelSpec(
-        name="colours",
-        factory="tests.jobs.dissect_data:colour_net",
-        weights="random",
-        input_size=(SIZE, SIZE),
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
-    )
-    resources = Resources(
-        models=ModelRegistry({"colours": spec}), datasets=DatasetRegistry.from_file(models)
-    )
+    resources = colour_resources(tmp_path)
     result: DissectionResult = dissect(resources, "colours", dataset="blobs", layers=["2"], k=12)
     bad = [f"img/{i:04d}.png" for i in range(4)]
     assert (result.images, result.skipped, result.skipped_masks) == (12, 0, 4)
