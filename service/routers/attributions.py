@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -12,7 +12,6 @@ from schemas.attributions import (
     AttributionsOptions,
     AttributionsRead,
 )
-from schemas.errors import Problem
 from service.attributions import (
     check_cost,
     explain_json,
@@ -24,7 +23,8 @@ from service.deps import JobsDep, PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
 from service.feature_maps import wants_png
 from service.jobs.manager import JobManager
-from service.raw import MEDIA_TYPE, encode, wanted_raw
+from service.raw import MEDIA_TYPE, RawFormat, encode, wanted_raw
+from service.routers.responses import BUSY, RAW_CONTENT, UNKNOWN_MODEL, UPLOAD_PROBLEMS, problem
 from workers.kinds.sanity import answer_status
 from workers.records.verdicts import SanityStatus
 
@@ -121,22 +121,16 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "`?format=safetensors` (`maps` and `targets`), or the same as "
         "`Accept: application/x-npy` / `application/vnd.safetensors`; the targets in "
         "`X-Targets`. A raw answer computes no pictures and no metrics.",
-        "content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
-            "application/vnd.safetensors": {"schema": {"type": "string", "format": "binary"}},
-        },
+        "content": RAW_CONTENT,
     },
-    404: {"model": Problem, "description": "Unknown model"},
-    406: {"model": Problem, "description": "`Accept: image/png` with several targets"},
-    413: {"model": Problem, "description": "Body over the byte limit, or too many pixels"},
-    415: {"model": Problem, "description": "Neither JSON nor multipart"},
-    422: {
-        "model": Problem,
-        "description": "Bad image, method, layer, target, output or option; or more model "
-        "passes than a synchronous request may take (`too_long_for_sync`)",
-    },
-    503: {"model": Problem, "description": "Busy (Retry-After) or model unavailable"},
+    404: UNKNOWN_MODEL,
+    406: problem("`Accept: image/png` with several targets"),
+    **UPLOAD_PROBLEMS,
+    422: problem(
+        "Bad image, method, layer, target, output or option; or more model passes than a "
+        "synchronous request may take (`too_long_for_sync`)"
+    ),
+    503: BUSY,
 }
 
 
@@ -159,7 +153,7 @@ async def create_attributions(
     settings: SettingsDep,
     jobs: JobsDep,
     format: Annotated[
-        Literal["npy", "safetensors"] | None,
+        RawFormat | None,
         Query(description="the raw maps, float32, instead of pictures"),
     ] = None,
 ) -> Response:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from schemas.errors import Problem
 from schemas.feature_maps import FeatureMapsCreate, FeatureMapsRead
 from service.deps import PoolDep, RegistryDep, SettingsDep
 from service.errors import ApiError
@@ -18,7 +17,8 @@ from service.feature_maps import (
     render_json,
     wants_png,
 )
-from service.raw import MEDIA_TYPE, encode, wanted_raw
+from service.raw import MEDIA_TYPE, RawFormat, encode, wanted_raw
+from service.routers.responses import BUSY, RAW_CONTENT, UNKNOWN_MODEL, UPLOAD_PROBLEMS, problem
 
 router = APIRouter(prefix="/models", tags=["feature maps"])
 
@@ -99,18 +99,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "`?format=npy` (one layer, `(C, H, W)`) or `?format=safetensors` (one tensor per "
         "layer, by name), or the same as `Accept: application/x-npy` / "
         "`application/vnd.safetensors`; `channels` picks channels, other options do not apply.",
-        "content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
-            "application/vnd.safetensors": {"schema": {"type": "string", "format": "binary"}},
-        },
+        "content": RAW_CONTENT,
     },
-    404: {"model": Problem, "description": "Unknown model"},
-    406: {"model": Problem, "description": "PNG or .npy asked for with several layers"},
-    413: {"model": Problem, "description": "Body over the byte limit, or too many pixels"},
-    415: {"model": Problem, "description": "Neither JSON nor multipart"},
-    422: {"model": Problem, "description": "Bad image, layer, channel or option"},
-    503: {"model": Problem, "description": "Busy (Retry-After) or model unavailable"},
+    404: UNKNOWN_MODEL,
+    406: problem("PNG or .npy asked for with several layers"),
+    **UPLOAD_PROBLEMS,
+    422: problem("Bad image, layer, channel or option"),
+    503: BUSY,
 }
 
 
@@ -127,7 +122,7 @@ async def create_feature_maps(
     pool: PoolDep,
     settings: SettingsDep,
     format: Annotated[
-        Literal["npy", "safetensors"] | None,
+        RawFormat | None,
         Query(description="the raw activations, float32, instead of grids"),
     ] = None,
 ) -> Response:

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from schemas.errors import Problem
 from schemas.weights import WeightsQuery, WeightsRead
 from service.deps import PoolDep, RegistryDep
 from service.feature_maps import wants_png
+from service.routers.responses import BUSY, PNG_CONTENT, UNKNOWN_MODEL, problem
 from service.weights import png_headers, render_json, render_png
 
 router = APIRouter(prefix="/models", tags=["weights"])
@@ -23,16 +23,15 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "JSON with the grid, its layout, per-tile stats and the numbers; or with "
         "`Accept: image/png`, the PNG, its layout in `X-Grid-*` headers.",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "content": PNG_CONTENT,
     },
-    404: {"model": Problem, "description": "Unknown model"},
-    406: {"model": Problem, "description": "Neither JSON nor PNG acceptable"},
-    422: {
-        "model": Problem,
-        "description": "Unknown layer, a layer without a convolution kernel (the message names "
-        "those with one), or a bad option",
-    },
-    503: {"model": Problem, "description": "Busy (Retry-After) or model unavailable"},
+    404: UNKNOWN_MODEL,
+    406: problem("Neither JSON nor PNG acceptable"),
+    422: problem(
+        "Unknown layer, a layer without a convolution kernel (the message names those with "
+        "one), or a bad option"
+    ),
+    503: BUSY,
 }
 
 
