@@ -22,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 Axes = Literal["CHW", "HWC", "tokens", "vector"]
-AXES: tuple[str, ...] = ("CHW", "HWC", "tokens", "vector")
+AXES: tuple[str, ...] = get_args(Axes)
 MAX_PREFIX_TOKENS = 8
 
 
