@@ -22,8 +22,8 @@ from workers.records import (
     JobFilter,
     JobNotFinished,
     JobNotFound,
-    JobRecords,
 )
+from workers.records.base import JobRecords
 from workers.records.memory import MemoryRecords
 from workers.records.redis import RedisRecords
 from workers.records.sqlite import SqliteRecords
