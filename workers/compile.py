@@ -12,12 +12,16 @@ bits, so they are two results).
 - ``off``: no job compiles.
 - ``auto`` (the default): a job compiles where its step is already in the shared cache.
   Otherwise it runs eagerly, and where compiling pays on the device that runs it (a CUDA
-  device, or a CPU whose precision ``auto`` is bf16: there a compiled step took 0.66x an
-  eager one), that process compiles the step on a background thread meanwhile, so the jobs
-  of those shapes submitted after it run compiled. The API decides from the cache's markers
-  alone, so a CPU API in front of GPU workers follows what the workers compiled. On a CPU that
-  runs fp32 (AVX2 only, no native bf16), a compiled resnet18 step to ``layer3`` measured
-  0.97x eager after a 145 s compile (``bench/compile.py``), so ``auto`` does not compile.
+  device, or a CPU whose precision ``auto`` is bf16 without AMX tiles: on an AMD EPYC with
+  ``avx512_bf16`` a compiled step took 0.66x an eager one), that process compiles the step on
+  a background thread meanwhile, so the jobs of those shapes submitted after it run compiled.
+  Not with AMX (``amx_bf16``): there eager bf16 runs oneDNN's AMX kernels, and a whole job
+  (resnet18 ``layer3``, 8 channels, 64 steps, 128 px at 224) took 6.2 s compiled against
+  4.7 s eager on a 2-core Xeon, so ``auto`` runs it eagerly. The API decides from the
+  cache's markers alone, so a CPU API in front of GPU workers follows what the workers
+  compiled. On a CPU that runs fp32 (AVX2 only, no native bf16), a compiled resnet18 step to
+  ``layer3`` measured 0.97x eager after a 145 s compile (``bench/compile.py``), so ``auto``
+  does not compile.
 
 Whether a step is "in the cache" is a marker file per job shape (model, layer, precision,
 torch version) under ``cnnviz-steps/`` of the compile cache, written by whichever process of
@@ -37,7 +41,7 @@ import torch
 
 from cnnviz.models import LoadedModel
 from cnnviz.optvis.compiled import use_cache_dir
-from cnnviz.precision import resolve_precision
+from cnnviz.precision import cpu_flags, resolve_precision
 
 __all__ = ["CompileMode", "CompilePolicy", "parse_warmup"]
 
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 
 CompileMode = Literal["auto", "on", "off"]
 _STEPS_DIR = "cnnviz-steps"
+# AMX tiles: eager bf16 convolutions are oneDNN's AMX kernels, which a compiled step ran slower.
+_AMX = frozenset({"amx_bf16", "amx_tile"})
 
 
 def parse_warmup(value: str) -> tuple[tuple[str, str], ...]:
@@ -87,7 +93,9 @@ class CompilePolicy:
         """Whether compiling is worth it on ``loaded``'s device (see the module doc)."""
         device = loaded.device
         return device.type == "cuda" or (
-            device.type == "cpu" and resolve_precision(precision, device).reduced
+            device.type == "cpu"
+            and resolve_precision(precision, device).reduced
+            and not cpu_flags() & _AMX
         )
 
     def decide(self, loaded: LoadedModel, layer: str, precision: str) -> bool:

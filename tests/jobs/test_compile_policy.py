@@ -41,8 +41,17 @@ def test_the_cache_is_under_the_data_directory_unless_set_apart(
     assert JobSettings().compile == "auto"
 
 
+@pytest.fixture
+def avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This CPU seen as an AMD EPYC with ``avx512_bf16`` and no AMX: bf16, compiling pays."""
+    flags = frozenset({"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr("cnnviz.precision.cpu_flags", lambda: flags)
+    monkeypatch.setattr("cnnviz.precision.cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr("workers.compile.cpu_flags", lambda: flags)
+
+
 def test_each_mode_decides_from_the_device_and_the_cache(
-    registry: ModelRegistry, tmp_path: Path
+    registry: ModelRegistry, tmp_path: Path, avx512_bf16: None
 ) -> None:
     loaded = registry.get("shapes")  # on the CPU
     assert not CompilePolicy("off", tmp_path).decide(loaded, "block2.relu", "bf16")
@@ -60,6 +69,22 @@ def test_each_mode_decides_from_the_device_and_the_cache(
     # Another layer, another precision or another process's cache: not warm.
     assert not auto.decide(loaded, "block3.relu", "bf16")
     assert not CompilePolicy("auto", tmp_path / "other").decide(loaded, "block2.relu", "bf16")
+
+
+def test_auto_does_not_compile_beside_a_job_on_a_cpu_with_amx(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With AMX tiles eager bf16 is oneDNN's AMX kernels, which a compiled step ran slower."""
+    flags = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    monkeypatch.setattr("cnnviz.precision.cpu_flags", lambda: flags)
+    monkeypatch.setattr("workers.compile.cpu_flags", lambda: flags)
+    loaded = registry.get("shapes")
+    auto = CompilePolicy("auto", tmp_path)
+    assert not auto.pays(loaded, "bf16")
+    assert not auto.wants_background(loaded, "block2.relu", "bf16")
+    # A step another process compiled (warm-up, or 'on') still runs compiled: the cache decides.
+    auto.mark_warm(loaded, "block2.relu", "bf16")
+    assert auto.decide(loaded, "block2.relu", "bf16")
 
 
 def test_the_decision_is_written_into_the_request_and_its_identity(
