@@ -81,9 +81,10 @@ class RedisRecords:
     ``max_attempts`` bounds deliveries of one job (and of one shard) before it fails as
     ``worker_lost``. ``lease_s`` is how long a lease lasts from its last renewal: a worker
     renews it every few seconds while it runs the job, and a job whose lease lapsed is the
-    sweeper's (:meth:`sweep`). The API passes short timeouts and no retries, so that a request
-    gets a clear 503 at once while Redis is down; a worker retries its final write for
-    ``finish_retry_s``.
+    sweeper's (:meth:`sweep`). The API passes short timeouts and no health check, so that a
+    request gets a clear 503 soon while Redis is down or stalled (a connection idle past
+    ``health_check_interval_s`` is pinged first, which doubles the wait on a stalled Redis);
+    a worker retries its final write for ``finish_retry_s``.
     """
 
     blocking = True
@@ -100,6 +101,7 @@ class RedisRecords:
         timeout_s: float = 10.0,
         lease_s: float = 30.0,
         results_max_bytes: int | None = None,
+        health_check_interval_s: int = 30,
     ) -> None:
         if isinstance(url_or_client, str):
             url_or_client = redis.Redis.from_url(
@@ -107,7 +109,7 @@ class RedisRecords:
                 socket_connect_timeout=connect_timeout_s,
                 socket_timeout=timeout_s,
                 retry=Retry(NoBackoff(), 1),
-                health_check_interval=30,
+                health_check_interval=health_check_interval_s,
             )
         self._client = url_or_client
         self._max_attempts = max_attempts
