@@ -29,7 +29,9 @@ def read_events(api: httpx.Client, job_id: str, timeout: float = 60) -> list[tup
 
 
 def test_events_show_progress_then_the_final_state_then_end(api: httpx.Client) -> None:
-    created = submit(api, {**QUICK, "steps": 48, "seed": 31})
+    # Long enough that the stream opens while it runs: a 48-step job on a warm, idle worker
+    # once ended before the GET arrived, and its stream was only "end".
+    created = submit(api, {**QUICK, "steps": 320, "seed": 31})
     events = read_events(api, created["id"])
     names = [name for name, _ in events]
     assert names[-1] == "end"
@@ -42,7 +44,7 @@ def test_events_show_progress_then_the_final_state_then_end(api: httpx.Client) -
     final = events[-1][1]
     assert final["id"] == created["id"]
     assert final["status"] == "succeeded"
-    assert final["progress"]["step"] == 48
+    assert final["progress"]["step"] == 320
     assert final["result"]["grid_url"] == f"/v1/jobs/{created['id']}/result.png"
     assert final["result"]["grid"] is None  # the stream stays small; the file is a URL away
     # A finished job's stream is its final state at once.
