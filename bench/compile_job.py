@@ -2,7 +2,7 @@
 
 What ``CNNVIZ_COMPILE=auto`` has to decide per CPU kind: the job function the API and the
 workers run (``workers.kinds.optimization.optimize``) on torchvision resnet18 (random
-weights, served as ``r18`` from a models file), the same request with ``compile`` true and
+weights, from a models file), the same request with ``compile`` true and
 false, precision ``auto``. The compiled side uses a cache directory (``--cache``, warmed by
 an 18-step job first, so the compile itself is not in the rounds). Prints each round's wall
 and CPU seconds, and the ratio of the medians and of the fastest rounds.
@@ -20,20 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine
+from bench.common import RESNET18_TOML, machine
 from cnnviz.models import ModelRegistry
 from schemas.optimization import OptimizationCreate
 from workers.compile import CompilePolicy
 from workers.kinds.optimization import optimize
-
-MODELS_TOML = """
-[models.r18]
-arch = "resnet18"
-weights = "random"
-input_size = [224, 224]
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-"""
 
 
 def main() -> None:
@@ -48,8 +39,8 @@ def main() -> None:
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         toml = Path(tmp) / "models.toml"
-        toml.write_text(MODELS_TOML, encoding="utf-8")
-        loaded = ModelRegistry.from_file(toml).get("r18")
+        toml.write_text(RESNET18_TOML, encoding="utf-8")
+        loaded = ModelRegistry.from_file(toml).get("resnet18")
     policy = CompilePolicy("on", Path(args.cache))
     policy.setup()
     base = OptimizationCreate(
