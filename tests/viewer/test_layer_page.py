@@ -67,8 +67,10 @@ def test_a_layer_page_starts_a_dissection_and_lists_its_units_by_score(
     body = page.find_element(By.TAG_NAME, "body")
     wait(page, lambda d: body.get_attribute("data-dissection") == "shown", "no dissection shown")
     label = page.find_element(By.ID, "unit-dissection-label").text
+    first_unit = units[0]
     assert label.startswith(
-        f"{units[0]['label']}: precision@k {units[0]['score']:.3f}, MIS {units[0]['mis']:.2f} ({FEW})"
+        f"{first_unit['label']}: precision@k {first_unit['score']:.3f}, "
+        f"MIS {first_unit['mis']:.2f} ({FEW})"
     )
     image = page.find_element(By.ID, "unit-dissection-image")
     picture = http_client.get(
