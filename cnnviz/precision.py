@@ -44,6 +44,7 @@ __all__ = [
     "PRECISIONS",
     "Numerics",
     "Precision",
+    "cpu_has_bf16_tiles",
     "cpu_prefers_bf16",
     "resolve_precision",
 ]
@@ -85,14 +86,19 @@ def cpu_vendor() -> str:
     return _cpuinfo().get("vendor_id", "")
 
 
+def cpu_has_bf16_tiles() -> bool:
+    """Whether this CPU has AMX tiles for bf16 (``amx_bf16``), which oneDNN's eager bf16
+    convolutions use."""
+    return bool(cpu_flags() & _BF16_TILE_FLAGS)
+
+
 def cpu_prefers_bf16() -> bool:
     """Whether bf16 computes faster than fp32 on this CPU: AMX tiles (``amx_bf16``), or
     ``avx512_bf16`` on an AMD CPU. Not ``avx512_bf16`` alone on an Intel CPU, where it is
     slower than fp32 (see the module doc)."""
-    flags = cpu_flags()
-    if flags & _BF16_TILE_FLAGS:
+    if cpu_has_bf16_tiles():
         return True
-    return "avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD"
+    return "avx512_bf16" in cpu_flags() and cpu_vendor() == "AuthenticAMD"
 
 
 @dataclass(frozen=True)

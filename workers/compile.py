@@ -41,7 +41,7 @@ import torch
 
 from cnnviz.models import LoadedModel
 from cnnviz.optvis.compiled import use_cache_dir
-from cnnviz.precision import cpu_flags, resolve_precision
+from cnnviz.precision import cpu_has_bf16_tiles, resolve_precision
 
 __all__ = ["CompileMode", "CompilePolicy", "parse_warmup"]
 
@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 
 CompileMode = Literal["auto", "on", "off"]
 _STEPS_DIR = "cnnviz-steps"
-# AMX tiles: eager bf16 convolutions are oneDNN's AMX kernels, which a compiled step ran slower.
-_AMX = frozenset({"amx_bf16", "amx_tile"})
 
 
 def parse_warmup(value: str) -> tuple[tuple[str, str], ...]:
@@ -95,7 +93,8 @@ class CompilePolicy:
         return device.type == "cuda" or (
             device.type == "cpu"
             and resolve_precision(precision, device).reduced
-            and not cpu_flags() & _AMX
+            # With AMX, eager bf16 is oneDNN's AMX kernels, which a compiled step ran slower.
+            and not cpu_has_bf16_tiles()
         )
 
     def decide(self, loaded: LoadedModel, layer: str, precision: str) -> bool:

@@ -47,7 +47,6 @@ def avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     flags = frozenset({"avx2", "avx512f", "avx512_bf16"})
     monkeypatch.setattr("cnnviz.precision.cpu_flags", lambda: flags)
     monkeypatch.setattr("cnnviz.precision.cpu_vendor", lambda: "AuthenticAMD")
-    monkeypatch.setattr("workers.compile.cpu_flags", lambda: flags)
 
 
 def test_each_mode_decides_from_the_device_and_the_cache(
@@ -77,7 +76,6 @@ def test_auto_does_not_compile_beside_a_job_on_a_cpu_with_amx(
     """With AMX tiles eager bf16 is oneDNN's AMX kernels, which a compiled step ran slower."""
     flags = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
     monkeypatch.setattr("cnnviz.precision.cpu_flags", lambda: flags)
-    monkeypatch.setattr("workers.compile.cpu_flags", lambda: flags)
     loaded = registry.get("shapes")
     auto = CompilePolicy("auto", tmp_path)
     assert not auto.pays(loaded, "bf16")
