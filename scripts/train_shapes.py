@@ -88,11 +88,7 @@ def head_seed(seed: int, step: int) -> int:
 def pooled_features(model: ShapesNet, images: torch.Tensor) -> torch.Tensor:
     """The input of ``fc`` (the pooled ``block4`` features) of uint8 images, ``(N, C)``."""
     model.eval()
-    parts = []
-    for batch in images.split(250):
-        x = model.block4(model.block3(model.block2(model.block1(to_input(batch)))))
-        parts.append(model.flatten(model.pool(x)))
-    return torch.cat(parts)
+    return torch.cat([model.features(to_input(batch)) for batch in images.split(250)])
 
 
 @torch.no_grad()

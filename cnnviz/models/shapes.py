@@ -74,10 +74,14 @@ class ShapesNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(w4, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W) float32`` normalised → ``(N, widths[-1])``: ``fc``'s input."""
+        x = self.block4(self.block3(self.block2(self.block1(x))))
+        return self.flatten(self.pool(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W) float32`` normalised → ``(N, num_classes) float32`` logits."""
-        x = self.block4(self.block3(self.block2(self.block1(x))))
-        return self.fc(self.flatten(self.pool(x)))
+        return self.fc(self.features(x))
 
 
 def build_shapes_net() -> ShapesNet:
