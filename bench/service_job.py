@@ -67,25 +67,40 @@ def run_job(client: httpx.Client, body: dict[str, Any]) -> tuple[float, dict[str
 
 
 class FloorProcess:
-    """:mod:`bench.lucid_floor` in a subprocess; :meth:`render` times one whole render."""
+    """A side run in a subprocess that speaks :mod:`bench.lucid_floor`'s protocol (the floor
+    itself, or ``bench/lucent_render.py --serve``); :meth:`render` times one whole render."""
 
-    def __init__(self, args: argparse.Namespace, threads: str) -> None:
-        env = dict(os.environ)
-        if threads == "passive":  # OpenMP threads that sleep instead of spinning when idle
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
-        elif threads not in ("default", "lucent"):
-            env["OMP_NUM_THREADS"] = threads
-        sizes = ["--channels", str(args.floor_channels), "--steps", str(args.steps)]
-        sizes += ["--size", str(args.size)]
-        if threads == "lucent":  # Lucent itself, torch's default threads, its own venv
-            command = [args.lucent, "bench/lucent_render.py", "--serve", *sizes]
-        else:
-            command = [sys.executable, "-m", "bench.lucid_floor", "--layer", args.layer, *sizes]
-            command += ["--input", str(args.input), "--device", args.device]
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         self.info = self._read()
+
+    @classmethod
+    def floor(cls, args: argparse.Namespace, threads: str) -> FloorProcess:
+        """:mod:`bench.lucid_floor` with ``threads`` (see ``--floor-threads``)."""
+        env = dict(os.environ)
+        if threads == "passive":  # OpenMP threads that sleep instead of spinning when idle
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        elif threads != "default":
+            env["OMP_NUM_THREADS"] = threads
+        command = [sys.executable, "-m", "bench.lucid_floor", "--layer", args.layer]
+        command += [*cls._sizes(args), "--input", str(args.input), "--device", args.device]
+        return cls(command, env)
+
+    @classmethod
+    def lucent(cls, args: argparse.Namespace) -> FloorProcess:
+        """Lucent itself under ``args.lucent`` (its own venv), torch's default threads."""
+        command = [args.lucent, "bench/lucent_render.py", "--serve", "--layer", args.layer]
+        command += [*cls._sizes(args), "--input", str(args.input)]
+        return cls(command, dict(os.environ))
+
+    @staticmethod
+    def _sizes(args: argparse.Namespace) -> list[str]:
+        return [
+            *("--channels", str(args.floor_channels), "--steps", str(args.steps)),
+            *("--size", str(args.size)),
+        ]
 
     def _read(self) -> dict[str, Any]:
         assert self.process.stdout is not None
@@ -149,8 +164,9 @@ def main() -> None:
         env = {"CNNVIZ_MODELS_FILE": str(toml), "CNNVIZ_DEVICE": args.device}
         env["CNNVIZ_COMPILE"] = args.compile
         env["CNNVIZ_COMPILE_CACHE_DIR"] = args.compile_cache or str(Path(tmp) / "compile")
-        sides = args.floor_threads.split(",") + (["lucent"] if args.lucent else [])
-        floors = {t: FloorProcess(args, t) for t in sides}
+        floors = {t: FloorProcess.floor(args, t) for t in args.floor_threads.split(",")}
+        if args.lucent:
+            floors["lucent"] = FloorProcess.lucent(args)
         try:
             with api_server(env) as server, httpx.Client(base_url=server.url, timeout=60) as c:
                 # Warm-up: model loading and tracing in the server, kernels on both sides, and
