@@ -1,7 +1,7 @@
 """Benchmark: a dissection against the exemplar pass alone, and its peak memory, in one run.
 
 1. Time of a ``dissection`` job (``masks``: two passes, see docs/dissection.md) ÷ time of an
-   ``exemplars`` job on the same images, layers, batch size and device, both run through the
+   ``exemplar`` job on the same images, layers, batch size and device, both run through the
    job runner as the in-process transport runs them. The two are interleaved, repeat by
    repeat, and the medians compared: drift on a shared machine hits both alike. Target:
    ≤ 2.2× (two passes). The ``labels`` method (one pass) is measured too: target ≤ 1.3×.
@@ -164,10 +164,10 @@ def main() -> None:
         large = write_dataset(Path(tmp) / "large", 4 * args.images)
         resources = resources_for(small, args)
         common = {"dataset": "bench", "layers": [args.layer], "k": args.k}
-        run("exemplars", common, args.model, resources)  # warm: model, listing, caches
+        run("exemplar", common, args.model, resources)  # warm: model, listing, caches
         times: dict[str, list[float]] = {"exemplars": [], "masks": [], "labels": []}
         for _ in range(args.repeats):
-            times["exemplars"].append(run("exemplars", common, args.model, resources))
+            times["exemplars"].append(run("exemplar", common, args.model, resources))
             times["masks"].append(
                 run("dissection", {**common, "method": "masks"}, args.model, resources)
             )
@@ -188,7 +188,7 @@ def main() -> None:
         print("\n2. peak memory of a fresh process, above its baseline (model loaded)")
         rows = []
         for name, path, n in (("N", small, args.images), ("4N", large, 4 * args.images)):
-            for kind in ("exemplars", "dissection"):
+            for kind in ("exemplar", "dissection"):
                 memory = peak_memory(path, kind, args)
                 rows.append((name, n, kind, memory["peak_mib"] - memory["before_mib"], memory))
         for name, n, kind, grown, memory in rows:
@@ -197,7 +197,7 @@ def main() -> None:
                 f"(peak {memory['peak_mib']:.1f} MiB)"
             )
         by = {(name, kind): grown for name, _, kind, grown, _ in rows}
-        for kind in ("exemplars", "dissection"):
+        for kind in ("exemplar", "dissection"):
             ratio = (by[("4N", kind)] + 1e-9) / (by[("N", kind)] + 1e-9)
             print(f"   {kind}: growth at 4N ÷ growth at N = {ratio:.2f}")
 

@@ -31,6 +31,7 @@ from schemas.health import Health, Readiness
 from schemas.jobs import JobList, JobRead
 from schemas.models import LayerList, ModelList, ModelRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
+from schemas.routes import kind_name
 from schemas.samples import SampleList
 from schemas.weights import WeightsQuery, WeightsRead
 
@@ -299,9 +300,9 @@ class Client(Analysis):
 
         ``idempotency_key``: the same key and body give back the same job. ``reuse=False``:
         run it again even where an identical request has succeeded before."""
-        if kind not in JOB_ROUTES:
+        if kind_name(kind) not in JOB_ROUTES:
             raise ValueError(f"unknown job kind {kind!r}; known: {', '.join(sorted(JOB_ROUTES))}")
-        route = JOB_ROUTES[kind]
+        route = JOB_ROUTES[kind_name(kind)]
         body = _json_body(request or route.request.model_validate(fields))
         if idempotency_key:
             body["headers"]["Idempotency-Key"] = idempotency_key
@@ -335,7 +336,7 @@ class Client(Analysis):
     ) -> ExemplarsJob:
         """Queue an exemplar-mining job (``dataset``, ``layers``, ``k``, ``pool``, ``bottom``)."""
         body = request or ExemplarsCreate(**fields)
-        return self.submit("exemplars", model, body, idempotency_key, reuse)
+        return self.submit("exemplar", model, body, idempotency_key, reuse)
 
     def attribute_job(
         self,

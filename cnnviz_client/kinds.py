@@ -13,7 +13,7 @@ from schemas.attributions import AttributionJobCreate, AttributionsRead
 from schemas.exemplars import ExemplarsCreate, ExemplarsResult
 from schemas.jobs import JobRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
-from schemas.routes import JobRoute, job_routes
+from schemas.routes import JobRoute, job_routes, kind_name
 
 # The typed views of the kinds the client has methods for (the service answers these types).
 OptimizationJob = JobRead[OptimizationCreate, OptimizationResult]
@@ -31,4 +31,4 @@ JOB_TYPES: dict[str, type[JobRead[Any, Any]]] = {
 def parse_job(content: bytes | str) -> JobRead[Any, Any]:
     """A job's JSON, typed by its kind."""
     kind = json.loads(content).get("kind", "")
-    return JOB_TYPES.get(kind, AnyJob).model_validate_json(content)
+    return JOB_TYPES.get(kind_name(kind), AnyJob).model_validate_json(content)

@@ -118,7 +118,7 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
 
 ROUTE = job_route(
     JobRoute(
-        kind="exemplars",
+        kind="exemplar",
         path="exemplars",
         request=ExemplarsCreate,
         result=ExemplarsResult,

@@ -14,6 +14,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from schemas.routes import KindName, first_kind_name
+
 # The Celery tasks and their queue. The service sends by name (``send_task``) and never
 # imports the Celery app; the worker registers its tasks under these names and consumes the
 # queue. One task runs a job of any kind (the kind is in the message); a job cut into shards
@@ -105,7 +107,7 @@ class JobRead(BaseModel, Generic[RequestT, ResultT]):
     """A job as the API shows it; ``request`` and ``result`` have the shapes of its kind."""
 
     id: str
-    kind: str = Field(examples=["optimization", "exemplars"])
+    kind: KindName = Field(examples=["optimization", "exemplar"])
     model: str
     status: JobStatus
     request: RequestT
@@ -143,7 +145,7 @@ class JobTask(BaseModel):
     """The task message: small JSON, the job's id and resolved request, never tensors."""
 
     job_id: str
-    kind: str
+    kind: KindName
     model: str
     request: dict[str, Any] = Field(description="the kind's request, resolved")
     ttl_seconds: int = Field(ge=1, description="how long the record lives after it finishes")
@@ -180,9 +182,13 @@ def unit_png_path(job_id: str, index: int) -> str:
 
 
 def fingerprint(kind: str, model: str, request: BaseModel) -> str:
-    """A canonical string of everything that determines a job (defaults included)."""
+    """A canonical string of everything that determines a job (defaults included); the kind
+    goes in by its first name, so that a rename keeps every fingerprint."""
     body = request.model_dump(mode="json")
-    return json.dumps({"kind": kind, "model": model, **body}, sort_keys=True, separators=(",", ":"))
+    named = first_kind_name(kind)
+    return json.dumps(
+        {"kind": named, "model": model, **body}, sort_keys=True, separators=(",", ":")
+    )
 
 
 class JobRecord(BaseModel):
@@ -194,7 +200,7 @@ class JobRecord(BaseModel):
     """
 
     id: str
-    kind: str
+    kind: KindName
     model: str
     status: JobStatus
     request: dict[str, Any] = Field(description="the kind's request, resolved, as JSON")

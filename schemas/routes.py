@@ -11,11 +11,41 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
-__all__ = ["JobRoute", "job_route", "job_routes"]
+__all__ = [
+    "RENAMED_KINDS",
+    "JobRoute",
+    "KindName",
+    "first_kind_name",
+    "job_route",
+    "job_routes",
+    "kind_name",
+]
+
+# Earlier names of job kinds, each to its name today. Kind names are singular; ``exemplars``
+# was the one plural. A record, a task message, a listing's filter or a client call that
+# carries an old name means today's kind (:func:`kind_name`); fingerprints keep the first
+# name (:func:`first_kind_name`), so an Idempotency-Key or a reusable result from before a
+# rename still matches after it.
+RENAMED_KINDS: Mapping[str, str] = {"exemplars": "exemplar"}
+_FIRST_NAMES = {today: earlier for earlier, today in RENAMED_KINDS.items()}
+
+
+def kind_name(name: str) -> str:
+    """Today's name of the kind once called ``name`` (``name`` itself when it is not old)."""
+    return RENAMED_KINDS.get(name, name)
+
+
+def first_kind_name(kind: str) -> str:
+    """The name ``kind`` was released under: what fingerprints and operation ids carry."""
+    return _FIRST_NAMES.get(kind, kind)
+
+
+KindName = Annotated[str, AfterValidator(kind_name)]
+"""A kind's name as stored or sent: an old name reads as today's."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +72,8 @@ _ROUTES: dict[str, JobRoute] = {}
 
 def job_route(route: JobRoute) -> JobRoute:
     """Register ``route``; ValueError for a kind or a path that another row has."""
+    if route.kind in RENAMED_KINDS:
+        raise ValueError(f"job kind {route.kind!r} is an old name of {kind_name(route.kind)!r}")
     for known in _ROUTES.values():
         if route.kind == known.kind or route.path == known.path:
             raise ValueError(f"job route {route.kind!r} ({route.path}) is declared twice")

@@ -34,7 +34,7 @@ def main() -> None:
     models = ModelRegistry.from_file(None)
     datasets = DatasetRegistry()
     resources = Resources(models=models, datasets=datasets, shard_images=10_000, batch_size=200)
-    kind = get_kind("exemplars")
+    kind = get_kind("exemplar")
     request = kind.prepare(
         ExemplarsCreate(dataset="shapes", layers=[LAYER], k=TOP), "shapes", resources
     )

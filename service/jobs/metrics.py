@@ -28,13 +28,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from schemas.routes import kind_name
 from service.jobs.manager import JobManager
 from service.jobs.transport import QueueUnavailable
 from workers.kinds import kind_names
 from workers.records import RecordsUnavailable
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
-from workers.records.stats import bucket_labels
+from workers.records.stats import Durations, bucket_labels
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,14 @@ class JobCollector(Collector):
 
     def _read(self) -> Iterator[Metric]:
         records, transport = self._jobs.records, self._jobs.transport
-        counts = records.counts()
+        # Stored under a kind's old name too (records, histograms): merged into today's.
+        counts: dict[tuple[str, str], int] = {}
+        for (kind, status), n in records.counts().items():
+            named = (kind_name(kind), status)
+            counts[named] = counts.get(named, 0) + n
+        histograms: dict[tuple[str, str], Durations] = {}
+        for (kind, status), found in records.durations().items():
+            histograms.setdefault((kind_name(kind), status), Durations()).add(found)
         jobs = GaugeMetricFamily(
             "cnnviz_jobs", "job records by kind and status", labels=["kind", "status"]
         )
@@ -78,7 +86,7 @@ class JobCollector(Collector):
             "how long finished jobs ran, from their start to their end",
             labels=["kind", "status"],
         )
-        for (kind, status), histogram in sorted(records.durations().items()):
+        for (kind, status), histogram in sorted(histograms.items()):
             buckets = list(zip(bucket_labels(), histogram.counts, strict=True))
             durations.add_metric([kind, status], buckets, histogram.sum)
         yield durations

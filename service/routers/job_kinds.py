@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Depends, Response
 
 from schemas.errors import Problem
 from schemas.jobs import JobRead
-from schemas.routes import JobRoute
+from schemas.routes import JobRoute, first_kind_name
 from service.deps import JobsDep, OwnerDep
 from service.image_request import require_json
 from service.routers.jobs import SUBMIT_RESPONSES, CacheControl, IdempotencyKey, submit_job
@@ -42,7 +42,8 @@ def _add(route: JobRoute) -> None:
         )
 
     create.__doc__ = route.summary
-    create.__name__ = f"create_{route.kind.replace('-', '_')}"
+    # The first name: a renamed kind keeps its operation id.
+    create.__name__ = f"create_{first_kind_name(route.kind).replace('-', '_')}"
     router.add_api_route(
         f"/{{model}}/{route.path}",
         create,

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from schemas.errors import Problem
 from schemas.jobs import JobList, JobRead, JobStatus
+from schemas.routes import kind_name
 from service.deps import JobsDep, OwnerDep
 from service.feature_maps import wants_png
 from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
@@ -126,7 +127,8 @@ async def list_jobs(
 ) -> JobList:
     """The caller's jobs (its API key's; everyone's without keys), newest first, in pages,
     without their results."""
-    chosen = JobFilter(kind=kind, model=model, status=status)
+    named = kind_name(kind) if kind is not None else None  # an old name finds its kind
+    chosen = JobFilter(kind=named, model=model, status=status)
     return await jobs.owned(owner, chosen, page_size, page_token)
 
 

@@ -34,7 +34,7 @@ MODELS = ModelRegistry.from_file(None)
 
 def mine(resources: Resources, **body: object) -> ExemplarsResult:
     """Run an exemplars job to its result, in this process."""
-    return ExemplarsResult.model_validate_json(run_job("exemplars", resources, "shapes", body))
+    return ExemplarsResult.model_validate_json(run_job("exemplar", resources, "shapes", body))
 
 
 @pytest.fixture(scope="module")

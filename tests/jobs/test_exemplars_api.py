@@ -31,7 +31,7 @@ def run(api: httpx.Client, body: dict[str, Any], timeout: float = 120) -> dict[s
     assert response.status_code == 202, response.text
     created = response.json()
     assert response.headers["Location"] == f"/v1/jobs/{created['id']}"
-    assert created["kind"] == "exemplars"
+    assert created["kind"] == "exemplar"
     done = wait_job(api, created["id"], timeout=timeout)
     assert done["status"] == "succeeded", done["error"]
     return done

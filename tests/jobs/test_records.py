@@ -211,7 +211,7 @@ def test_an_owners_jobs_are_listed_newest_first_in_pages_with_filters(records: R
             update={
                 "owner": "alice",
                 "created_at": base + (i // 2),  # pairs share a time: ties go by id
-                "kind": "exemplars" if i % 3 == 0 else "optimization",
+                "kind": "exemplar" if i % 3 == 0 else "optimization",
             }
         )
         made.append(records.api("create", record, TTL, None)[0])
@@ -227,8 +227,8 @@ def test_an_owners_jobs_are_listed_newest_first_in_pages_with_filters(records: R
         cursor = (page[-1].created_at, page[-1].id)
     assert [i for p in pages for i in p] == [r.id for r in expected]
     assert [len(p) for p in pages] == [3, 3, 1]
-    kinds = records.api("owned", "alice", JobFilter(kind="exemplars"), None, 10)
-    assert [r.id for r in kinds] == [r.id for r in expected if r.kind == "exemplars"]
+    kinds = records.api("owned", "alice", JobFilter(kind="exemplar"), None, 10)
+    assert [r.id for r in kinds] == [r.id for r in expected if r.kind == "exemplar"]
     cancelled = records.api("owned", "alice", JobFilter(status=JobStatus.CANCELLED), None, 10)
     assert [r.id for r in cancelled] == [made[6].id]
     assert records.api("owned", "alice", JobFilter(model="other"), None, 10) == []

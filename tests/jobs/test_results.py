@@ -163,7 +163,7 @@ def test_an_exemplars_job_streams_calls_back_and_names_where_its_pictures_are(
         assert events[-1][1]["progress"]["unit"] == "images"
         job_id = events[-1][1]["id"]
         delivery = wait_for(lambda: hooks.to("/exemplars"), 60, "the callback")[0]
-        assert verify(delivery)["kind"] == "exemplars"
+        assert verify(delivery)["kind"] == "exemplar"
     answer = api.get(f"/v1/jobs/{job_id}/result.png")
     assert answer.status_code == 404
     assert answer.json()["code"] == "no_pictures"

@@ -82,7 +82,7 @@ def test_a_unit_page_sets_its_pattern_beside_the_top_image_and_warns(
     assert body.get_attribute("data-ready") == "unit", error_text(page)
     assert body.get_attribute("data-versus") == "weaker", error_text(page)
     # The same comparison through the API: the page's mined job, and its pattern (reused).
-    mined = http.get("/v1/jobs", params={"kind": "exemplars", "model": "tiny"}).json()["jobs"][0]
+    mined = http.get("/v1/jobs", params={"kind": "exemplar", "model": "tiny"}).json()["jobs"][0]
     request = {"layer": "relu", "channels": [0], "steps": 256, "seed": 0}
     answer = http.post(
         "/v1/models/tiny/optimizations", json={**request, "exemplars_job": mined["id"]}

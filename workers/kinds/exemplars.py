@@ -35,7 +35,7 @@ _SKIPPED_LISTED = 100
 class Exemplars(DatasetJobKind[ExemplarsCreate, ExemplarsResult]):
     """Top-k (and bottom-k) images per channel, mined in shards; progress in images."""
 
-    name = "exemplars"
+    name = "exemplar"
     route = ROUTE
     pictures_elsewhere = "GET /v1/jobs/{id}/exemplars/{layer}/{channel}"
     request_type = ExemplarsCreate

@@ -32,7 +32,7 @@ from schemas.optimization import (
 __all__ = ["channels_of", "dataset_scores", "versus"]
 
 FIELD = "exemplars_job"
-KINDS = ("exemplars", "dissection")
+KINDS = ("exemplar", "dissection")
 
 
 def channels_of(request: OptimizationCreate) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from schemas.routes import kind_name
 from workers.kinds.base import JobKind
 
 __all__ = ["get_kind", "kind_names", "register_kind"]
@@ -26,9 +27,10 @@ def register_kind(cls: K) -> K:
 
 
 def get_kind(name: str) -> JobKind[Any, Any]:
-    """The kind called ``name``; LookupError naming the known kinds otherwise."""
+    """The kind called ``name`` (today or before a rename); LookupError naming the known
+    kinds otherwise."""
     try:
-        return _KINDS[name]
+        return _KINDS[kind_name(name)]
     except KeyError:
         raise LookupError(
             f"unknown job kind {name!r}; known: {', '.join(sorted(_KINDS))}"

@@ -25,6 +25,13 @@ class Durations:
                 self.counts[i] += 1
         self.sum += seconds
 
+    def add(self, other: Durations) -> None:
+        """Count ``other``'s jobs here too."""
+        self.counts = [
+            mine + theirs for mine, theirs in zip(self.counts, other.counts, strict=True)
+        ]
+        self.sum += other.sum
+
 
 def bucket_labels() -> list[str]:
     """The ``le`` label of each bucket, ``+Inf`` last."""
