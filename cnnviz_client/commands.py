@@ -298,7 +298,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(run=cmd_dissect)
 
     p = sub.add_parser("jobs", help="your recent jobs, newest first")
-    p.add_argument("--kind", help="only this kind (optimization, exemplars, dissection, ...)")
+    p.add_argument("--kind", help="only this kind (optimization, exemplar, dissection, ...)")
     p.add_argument("-m", "--model", help="only this model")
     p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     p.add_argument("-n", "--limit", type=int, default=20, help="at most this many (1-100)")
