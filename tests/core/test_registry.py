@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import urllib.error
 from pathlib import Path
@@ -14,6 +13,7 @@ from safetensors.torch import save_file
 from cnnviz.errors import ModelLoadError, RegistryConfigError, UnknownModelError
 from cnnviz.models import BUILTIN_MODEL, ModelRegistry
 from tests.core import tinynets
+from tests.models_files import toml_tables
 
 TINY = "tests.core.tinynets:build"
 
@@ -25,15 +25,8 @@ def write_models(tmp_path: Path, text: str) -> Path:
 
 
 def write_entries(tmp_path: Path, **entries: dict[str, object]) -> Path:
-    """A models file of one ``[models.<name>]`` entry per keyword, each field a TOML key and
-    value (JSON's strings, numbers and arrays are TOML's too)."""
-    return write_models(
-        tmp_path,
-        "".join(
-            f"\n[models.{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items())
-            for name, fields in entries.items()
-        ),
-    )
+    """A models file of one ``[models.<name>]`` entry per keyword, of its fields."""
+    return write_models(tmp_path, toml_tables("models", entries))
 
 
 @pytest.fixture
