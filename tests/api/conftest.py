@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from service.main import create_app
 from service.settings import Settings
+from tests.models_files import toml_table
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_IMAGE_PIXELS = 1_000_000
@@ -36,14 +37,14 @@ def net_entry(
 ) -> str:
     """The models-file entry ``name`` of the net ``factory`` of ``tests.api.nets``, random
     weights, at ``size`` (height, width), one grey channel normalised by ``mean`` and ``std``."""
-    return (
-        f"[models.{name}]\n"
-        f'factory = "tests.api.nets:{factory}"\n'
-        'weights = "random"\n'
-        f"input_size = [{size[0]}, {size[1]}]\n"
-        "channels = 1\n"
-        f"mean = [{mean}]\n"
-        f"std = [{std}]\n"
+    return toml_table(
+        f"models.{name}",
+        factory=f"tests.api.nets:{factory}",
+        weights="random",
+        input_size=size,
+        channels=1,
+        mean=[mean],
+        std=[std],
     )
 
 
@@ -53,7 +54,7 @@ def one_by_one(name: str, side: int) -> str:
     return net_entry(name, "one_by_one", (side, side))
 
 
-MODELS_TOML = "\n\n".join(
+MODELS_TOML = "".join(
     [
         one_by_one("tiny", 8) + 'description = "a 1×1 conv with hand-set weights"\n',
         net_entry("caffe", "caffe_names", (8, 8)),

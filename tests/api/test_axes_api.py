@@ -21,53 +21,45 @@ from PIL import Image
 from service.main import create_app
 from tests.api.conftest import KEEP_ALIVE, REQUEST_TIMEOUT, make_settings, serve
 from tests.jobs.datasets import write_image_folder
+from tests.models_files import toml_table, toml_tables
 
-NETS = "tests.core.axes_nets"
-MODELS = """
-[models.vit]
-factory = "{nets}:tiny_vit"
-weights = "random"
-input_size = [16, 16]
 
-[models.convnext]
-factory = "{nets}:tiny_convnext"
-weights = "random"
-input_size = [16, 16]
+def net(factory: str, **fields: object) -> dict[str, object]:
+    """A models-file entry of the net ``factory`` of tests/core/axes_nets.py, random weights,
+    at 16×16, with ``fields``."""
+    return {
+        "factory": f"tests.core.axes_nets:{factory}",
+        "weights": "random",
+        "input_size": [16, 16],
+        **fields,
+    }
 
-[models.odd]
-factory = "{nets}:odd_permute"
-weights = "random"
-input_size = [16, 16]
 
-[models.odd_declared]
-factory = "{nets}:odd_permute"
-weights = "random"
-input_size = [16, 16]
-axes = {{"perm*" = "HWC"}}
+MODELS = {
+    "vit": net("tiny_vit"),
+    "convnext": net("tiny_convnext"),
+    "odd": net("odd_permute"),
+    "odd_declared": net("odd_permute", axes={"perm*": "HWC"}),
+    "misdeclared": net(
+        "token_net", axes={"embed": {"axes": "tokens", "token_grid": [3, 3], "prefix_tokens": 1}}
+    ),
+    "tokens": net("token_net", axes={"pat*": "CHW"}),
+}
 
-[models.misdeclared]
-factory = "{nets}:token_net"
-weights = "random"
-input_size = [16, 16]
-axes = {{"embed" = {{axes = "tokens", token_grid = [3, 3], prefix_tokens = 1}}}}
 
-[models.tokens]
-factory = "{nets}:token_net"
-weights = "random"
-input_size = [16, 16]
-axes = {{"pat*" = "CHW"}}
-
-[datasets.few]
-path = "{root}"
-"""
+def write_models(path: Path, root: Path, **more: dict[str, object]) -> Path:
+    """``path``, written: the models of MODELS and ``more``, and the data set ``few`` at
+    ``root``."""
+    text = toml_tables("models", {**MODELS, **more}) + toml_table("datasets.few", path=str(root))
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     work = tmp_path_factory.mktemp("axes")
     root = write_image_folder(work / "images", n=12)
-    models = work / "models.toml"
-    models.write_text(MODELS.format(nets=NETS, root=root), encoding="utf-8")
+    models = write_models(work / "models.toml", root)
     app = create_app(make_settings(models, exemplar_shard_images=100))
     with (
         serve(app) as url,
@@ -222,12 +214,8 @@ def test_jobs_on_a_tokens_layer_use_its_features_and_grid(http: httpx.Client) ->
 
 
 def test_a_bad_axes_table_keeps_the_other_models(tmp_path: Path) -> None:
-    models = tmp_path / "models.toml"
-    models.write_text(
-        MODELS.format(nets=NETS, root=tmp_path)
-        + '\n[models.bad]\nfactory = "x.y:z"\nweights = "random"\naxes = {"a" = "NCHW"}\n',
-        encoding="utf-8",
-    )
+    bad = {"factory": "x.y:z", "weights": "random", "axes": {"a": "NCHW"}}
+    models = write_models(tmp_path / "models.toml", tmp_path, bad=bad)
     from cnnviz.models import ModelRegistry
 
     registry = ModelRegistry.from_file(models)

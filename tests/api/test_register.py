@@ -12,7 +12,9 @@ import io
 import json
 import pickle
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,7 +27,7 @@ from safetensors.torch import save as save_safetensors
 
 from service.main import create_app
 from tests.api.conftest import KEEP_ALIVE, REQUEST_TIMEOUT, make_settings, serve
-from tests.jobs.procs import wait_for
+from tests.jobs.client import LONG, wait_job
 
 ADMIN = {"X-API-Key": "admin-key"}
 USER = {"X-API-Key": "user-key"}
@@ -71,10 +73,18 @@ def put(
     )
 
 
+@dataclass(frozen=True)
+class Seeded:
+    """A resnet18 with random weights, and those weights as a safetensors file's bytes."""
+
+    model: torch.nn.Module
+    weights: bytes
+
+
 @pytest.fixture(scope="module")
-def seeded() -> dict[str, object]:
+def seeded() -> Seeded:
     model = resnet18(3)
-    return {"model": model, "bytes": weights_of(model)}
+    return Seeded(model, weights_of(model))
 
 
 @pytest.fixture
@@ -102,10 +112,9 @@ def http(models_file: Path, store: Path) -> Iterator[httpx.Client]:
 
 
 def test_a_registered_resnet18_answers_torchvisions_feature_maps(
-    http: httpx.Client, seeded: dict[str, object], store: Path
+    http: httpx.Client, seeded: Seeded, store: Path
 ) -> None:
-    data = seeded["bytes"]
-    assert isinstance(data, bytes)
+    data = seeded.weights
     answer = put(http, "r18", data)
     assert answer.status_code == 201, answer.text
     body = answer.json()
@@ -131,8 +140,7 @@ def test_a_registered_resnet18_answers_torchvisions_feature_maps(
     arrays = safetensors.numpy.load(maps.content)
 
     # Independently: torchvision's resnet18 with the same weights, the same normalisation.
-    model = seeded["model"]
-    assert isinstance(model, torch.nn.Module)
+    model = seeded.model
     x = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)
     x = ((x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1))[None]
     seen: dict[str, torch.Tensor] = {}
@@ -152,9 +160,8 @@ def test_a_registered_resnet18_answers_torchvisions_feature_maps(
         np.testing.assert_allclose(arrays[name], expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_only_an_admin_key_registers(http: httpx.Client, seeded: dict[str, object]) -> None:
-    data = seeded["bytes"]
-    assert isinstance(data, bytes)
+def test_only_an_admin_key_registers(http: httpx.Client, seeded: Seeded) -> None:
+    data = seeded.weights
     refused = put(http, "r18", data, headers=USER)
     assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
     assert put(http, "r18", data, headers={"X-API-Key": ""}).status_code == 401
@@ -180,10 +187,9 @@ class Payload:
 
 
 def test_a_pickle_is_refused_with_the_reason_and_nothing_is_kept(
-    http: httpx.Client, store: Path, seeded: dict[str, object], capsys: pytest.CaptureFixture[str]
+    http: httpx.Client, store: Path, seeded: Seeded, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = seeded["model"]
-    assert isinstance(model, torch.nn.Module)
+    model = seeded.model
     saved = io.BytesIO()
     torch.save(model.state_dict(), saved)
     answer = put(http, "r18", saved.getvalue())
@@ -198,10 +204,9 @@ def test_a_pickle_is_refused_with_the_reason_and_nothing_is_kept(
 
 
 def test_weights_that_do_not_fit_are_a_422_naming_why(
-    http: httpx.Client, store: Path, seeded: dict[str, object]
+    http: httpx.Client, store: Path, seeded: Seeded
 ) -> None:
-    data = seeded["bytes"]
-    assert isinstance(data, bytes)
+    data = seeded.weights
     wrong_arch = put(http, "r34", data, spec={**SPEC, "arch": "resnet34"})
     assert wrong_arch.status_code == 422
     assert "Missing key" in wrong_arch.json()["detail"]
@@ -219,11 +224,8 @@ def test_weights_that_do_not_fit_are_a_422_naming_why(
     assert not any(store.glob("*/*"))
 
 
-def test_a_name_of_the_file_or_the_builtin_is_a_409(
-    http: httpx.Client, seeded: dict[str, object]
-) -> None:
-    data = seeded["bytes"]
-    assert isinstance(data, bytes)
+def test_a_name_of_the_file_or_the_builtin_is_a_409(http: httpx.Client, seeded: Seeded) -> None:
+    data = seeded.weights
     for name in ("shapes", "tiny"):
         answer = put(http, name, data)
         assert answer.status_code == 409, answer.text
@@ -241,10 +243,9 @@ def test_uploads_have_a_size_cap(models_file: Path, tmp_path: Path) -> None:
 
 
 def test_put_again_replaces_and_delete_removes(
-    http: httpx.Client, store: Path, seeded: dict[str, object]
+    http: httpx.Client, store: Path, seeded: Seeded
 ) -> None:
-    first = seeded["bytes"]
-    assert isinstance(first, bytes)
+    first = seeded.weights
     second = weights_of(resnet18(4))
     assert put(http, "r18", first).status_code == 201
     layers = http.get("/v1/models/r18/layers")
@@ -264,71 +265,46 @@ def test_put_again_replaces_and_delete_removes(
     assert http.delete("/v1/models/r18", headers=ADMIN).status_code == 404
 
 
+def optimize(http: httpx.Client, model: str, body: dict[str, object]) -> dict[str, Any]:
+    """Submit an optimization job of ``model``; asserts the 202; the job as answered."""
+    response = http.post(f"/v1/models/{model}/optimizations", json=body)
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
 def test_a_job_records_its_weights_and_finishes_on_them_after_deletion(
-    http: httpx.Client, seeded: dict[str, object]
+    http: httpx.Client, seeded: Seeded
 ) -> None:
-    data = seeded["bytes"]
-    assert isinstance(data, bytes)
+    data = seeded.weights
     assert put(http, "r18", data).status_code == 201
-    submitted = http.post(
-        "/v1/models/r18/optimizations",
-        json={"layer": "layer2", "channels": [0], "steps": 400, "image_size": 64},
-    )
-    assert submitted.status_code == 202, submitted.text
-    job_id = submitted.json()["id"]
-    assert submitted.json()["weights_sha256"] == hashlib.sha256(data).hexdigest()
-
-    def running() -> bool:
-        record = http.get(f"/v1/jobs/{job_id}").json()
-        return record["status"] == "running" and (record["progress"] or {}).get("step", 0) > 0
-
-    wait_for(running, 60, "the job to run")
+    body = {"layer": "layer2", "channels": [0], "steps": 400, "image_size": 64}
+    job = optimize(http, "r18", body)
+    assert job["weights_sha256"] == hashlib.sha256(data).hexdigest()
+    wait_job(http, job["id"], {"running"}, timeout=60, step=1)
     assert http.delete("/v1/models/r18", headers=ADMIN).status_code == 204
     assert http.get("/v1/models/r18/layers").status_code == 404
-
-    def finished() -> dict[str, object] | None:
-        record: dict[str, object] = http.get(f"/v1/jobs/{job_id}").json()
-        return record if record["status"] in ("succeeded", "failed", "cancelled") else None
-
-    record = wait_for(finished, 120, "the job to finish")
+    record = wait_job(http, job["id"], timeout=120)
     assert record["status"] == "succeeded", record.get("error")
     assert record["weights_sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_a_queued_job_never_runs_on_weights_registered_after_it(
-    http: httpx.Client, seeded: dict[str, object]
+    http: httpx.Client, seeded: Seeded
 ) -> None:
-    first = seeded["bytes"]
-    assert isinstance(first, bytes)
+    first = seeded.weights
     assert put(http, "r18", first).status_code == 201
     # The one in-process job worker is kept busy, so the second job waits in the queue.
-    busy = http.post(
-        "/v1/models/shapes/optimizations",
-        json={"layer": "block3.relu", "channels": [1], "steps": 4096, "image_size": 64},
-    )
-    assert busy.status_code == 202, busy.text
-
-    def running() -> bool:
-        record = http.get(f"/v1/jobs/{busy.json()['id']}").json()
-        return record["status"] == "running" and (record["progress"] or {}).get("step", 0) > 0
-
-    wait_for(running, 60, "the first job to run")
-    queued = http.post(
-        "/v1/models/r18/optimizations",
-        json={"layer": "layer1", "channels": [0], "steps": 4, "image_size": 32},
-    )
-    assert queued.status_code == 202, queued.text
-    assert queued.json()["status"] == "queued"
+    busy = optimize(http, "shapes", LONG)
+    wait_job(http, busy["id"], {"running"}, timeout=60, step=1)
+    body = {"layer": "layer1", "channels": [0], "steps": 4, "image_size": 32}
+    queued = optimize(http, "r18", body)
+    assert queued["status"] == "queued"
     replaced = put(http, "r18", weights_of(resnet18(5)))
     assert replaced.status_code == 200, replaced.text
-    cancelled = http.post(f"/v1/jobs/{busy.json()['id']}/cancel")
+    cancelled = http.post(f"/v1/jobs/{busy['id']}/cancel")
     assert cancelled.status_code in (200, 202), cancelled.text
-
-    def finished() -> dict[str, object] | None:
-        record: dict[str, object] = http.get(f"/v1/jobs/{queued.json()['id']}").json()
-        return record if record["status"] in ("succeeded", "failed", "cancelled") else None
-
-    record = wait_for(finished, 120, "the queued job to end")
+    record = wait_job(http, queued["id"], timeout=120)
     assert record["status"] == "failed", record
     error = record["error"]
     assert isinstance(error, dict) and error["code"] == "model_changed"
@@ -336,12 +312,11 @@ def test_a_queued_job_never_runs_on_weights_registered_after_it(
 
 
 def test_the_client_registers_and_removes(
-    http: httpx.Client, seeded: dict[str, object], tmp_path: Path
+    http: httpx.Client, seeded: Seeded, tmp_path: Path
 ) -> None:
     from cnnviz_client.client import ApiError, Client
 
-    data = seeded["bytes"]
-    assert isinstance(data, bytes)
+    data = seeded.weights
     (tmp_path / "r18.safetensors").write_bytes(data)
     with Client(str(http.base_url), api_key="admin-key") as admin:
         read = admin.register_model("r18", SPEC, tmp_path / "r18.safetensors")

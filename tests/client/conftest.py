@@ -7,12 +7,18 @@ The server is imported in the fixtures only, so that the tests that need none
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from _pytest.capture import CaptureResult
+
 SMALL_IMAGES = 24
+# The ``cnnviz_run`` fixture's runner.
+CliRun = Callable[..., "CaptureResult[str]"]
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +41,16 @@ def service_url(dataset_root: Path) -> Iterator[str]:
     )
     with serve(create_app(settings)) as url:
         yield url
+
+
+@pytest.fixture
+def cnnviz_run(service_url: str, capsys: pytest.CaptureFixture[str]) -> CliRun:
+    """Runs ``cnnviz --url <the service> ARGS...`` in this process: asserts it exits 0, and
+    answers what it printed since the last reading (``out`` and ``err``)."""
+    from cnnviz_client.cli import main
+
+    def run(*args: str) -> CaptureResult[str]:
+        assert main(["--url", service_url, *args]) == 0
+        return capsys.readouterr()
+
+    return run

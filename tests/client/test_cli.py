@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from cnnviz_client import Client
-from cnnviz_client.cli import main, parse_channels, versus_line
+from cnnviz_client.cli import parse_channels, versus_line
 from schemas.optimization import OptimizationResult
+from tests.client.conftest import CliRun
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = "small"  # the data set of the service_url fixture (tests.jobs.datasets.SMALL)
@@ -24,58 +24,24 @@ def test_channel_ranges() -> None:
     assert parse_channels("all") == "all"
 
 
-def test_maps_writes_the_grid(
-    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_maps_writes_the_grid(cnnviz_run: CliRun, tmp_path: Path) -> None:
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (80, 60), (10, 200, 30)).save(photo)
     out = tmp_path / "maps.png"
-    code = main(
-        [
-            "--url",
-            service_url,
-            "maps",
-            str(photo),
-            "-m",
-            "shapes",
-            "-l",
-            "block1.conv",
-            "-o",
-            str(out),
-        ]
-    )
-    assert code == 0
+    printed = cnnviz_run("maps", str(photo), "-m", "shapes", "-l", "block1.conv", "-o", str(out))
     with Image.open(out) as grid:
         assert grid.size == (4 * 64 + 5, 4 * 64 + 5)  # 16 tiles, 1 px padding
-    assert "block1.conv [16, 64, 64], 16 channels in 4×4 tiles of 64×64" in capsys.readouterr().out
+    assert "block1.conv [16, 64, 64], 16 channels in 4×4 tiles of 64×64" in printed.out
 
 
 def test_optimize_waits_with_a_progress_bar_and_saves_the_patterns(
-    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cnnviz_run: CliRun, tmp_path: Path
 ) -> None:
     out = tmp_path / "patterns.png"
-    code = main(
-        [
-            "--url",
-            service_url,
-            "optimize",
-            "-m",
-            "shapes",
-            "-l",
-            "block3.relu",
-            "-c",
-            "0-3",
-            "--steps",
-            "24",
-            "--seed",
-            "5",
-            "--wait",
-            "-o",
-            str(out),
-        ]
-    )
-    assert code == 0
-    captured = capsys.readouterr()
+    captured = cnnviz_run(
+        "optimize", "-m", "shapes", "-l", "block3.relu", "-c", "0-3",
+        "--steps", "24", "--seed", "5", "--wait", "-o", str(out),
+    )  # fmt: skip
     assert "24/24" in captured.err  # the bar reached the last step
     assert "/1 " not in captured.err and "/1[" not in captured.err  # never a made-up total
     assert f"{out}: 4 image(s) of block3.relu" in captured.out
@@ -122,25 +88,22 @@ def test_serve_refuses_several_processes_with_in_process_jobs() -> None:
     assert "--workers > 1 needs CNNVIZ_REDIS_URL" in done.stderr
 
 
-def test_methods_and_attribute(
-    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["--url", service_url, "methods", "-m", "shapes"]) == 0
-    listed = capsys.readouterr().out
+def test_methods_and_attribute(cnnviz_run: CliRun, tmp_path: Path) -> None:
+    listed = cnnviz_run("methods", "-m", "shapes").out
     assert "scorecam" in listed and "1 + channels" in listed and "targets × steps = 64" in listed
     assert "[sanity: unknown]" in listed  # no check has run on this service
     out = tmp_path / "a.png"
-    args = ["--url", service_url, "attribute", "--sample", "star", "-m", "shapes"]
-    args += ["--method", "gradcam", "-l", "block4.relu", "--metrics", "-o", str(out)]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
+    printed = cnnviz_run(
+        "attribute", "--sample", "star", "-m", "shapes",
+        "--method", "gradcam", "-l", "block4.relu", "--metrics", "-o", str(out),
+    ).out  # fmt: skip
     assert "gradcam for star" in printed and "deletion AUC" in printed
     with Image.open(out) as picture:
         assert picture.size == (64, 64)
 
 
 def test_optimize_against_an_exemplars_job_prints_each_patterns_figures(
-    service_url: str, capsys: pytest.CaptureFixture[str]
+    service_url: str, cnnviz_run: CliRun
 ) -> None:
     with Client(service_url) as client:
         mined = client.exemplars("shapes", dataset=SMALL, layers=["block3.relu"], k=4)
@@ -153,8 +116,9 @@ def test_optimize_against_an_exemplars_job_prints_each_patterns_figures(
     assert isinstance(typed.result, OptimizationResult)
     seen = typed.result.units[0].vs_dataset
     assert seen is not None and seen.exemplars_job == mined_id and seen.top_k == 4
-    argv = ["--url", service_url, "optimize", "-m", "shapes", "-l", "block3.relu", "-c", "2"]
-    code = main([*argv, "--steps", "8", "--exemplars-job", mined_id, "--wait", "-q"])
-    assert code == 0
+    printed = cnnviz_run(
+        "optimize", "-m", "shapes", "-l", "block3.relu", "-c", "2",
+        "--steps", "8", "--exemplars-job", mined_id, "--wait", "-q",
+    ).out  # fmt: skip
     # The same request, reused: the same figures, printed as the CLI's one line.
-    assert versus_line(2, seen) in capsys.readouterr().out
+    assert versus_line(2, seen) in printed

@@ -12,46 +12,32 @@ from PIL import Image
 
 from cnnviz_client import cli
 from cnnviz_client.cli import main
-from tests.client.conftest import SMALL_IMAGES
+from tests.client.conftest import SMALL_IMAGES, CliRun
 
 
-def run(url: str, *args: str) -> int:
-    return main(["--url", url, *args])
-
-
-def test_datasets_lists_each_with_its_size(
-    service_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert run(service_url, "datasets") == 0
-    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+def test_datasets_lists_each_with_its_size(cnnviz_run: CliRun) -> None:
+    lines = {line.split()[0]: line for line in cnnviz_run("datasets").out.splitlines()}
     assert f" {SMALL_IMAGES + 1} images " in lines["small"]
     assert "generated shapes" in lines["small"]
 
 
-def test_weights_writes_the_kernels_grid(
-    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_weights_writes_the_kernels_grid(cnnviz_run: CliRun, tmp_path: Path) -> None:
     out = tmp_path / "kernels.png"
-    code = run(
-        service_url, "weights", "-m", "shapes", "-l", "block1.conv", "-f", "0-3",
+    printed = cnnviz_run(
+        "weights", "-m", "shapes", "-l", "block1.conv", "-f", "0-3",
         "--scale", "10", "--columns", "4", "-o", str(out),
-    )  # fmt: skip
-    assert code == 0
+    ).out  # fmt: skip
     with Image.open(out) as grid:
         assert grid.size == (4 * 30 + 5, 30 + 2)  # 4 tiles of 3×3 kernels at 10×
-    assert "block1.conv Conv2d [16, 3, 3, 3], 4 filters (rgb) in 1×4" in capsys.readouterr().out
+    assert "block1.conv Conv2d [16, 3, 3, 3], 4 filters (rgb) in 1×4" in printed
 
 
-def test_attribute_writes_one_picture_per_target(
-    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_attribute_writes_one_picture_per_target(cnnviz_run: CliRun, tmp_path: Path) -> None:
     out = tmp_path / "why.png"
-    code = run(
-        service_url, "attribute", "--sample", "star", "-m", "shapes", "--method", "gradcam",
+    printed = cnnviz_run(
+        "attribute", "--sample", "star", "-m", "shapes", "--method", "gradcam",
         "-l", "block4.relu", "-t", "star", "-t", "2", "--picture", "map", "-o", str(out),
-    )  # fmt: skip
-    assert code == 0
-    printed = capsys.readouterr().out
+    ).out  # fmt: skip
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["why-star.png", "why-triangle.png"]  # class 2 is the triangle
     assert "gradcam for star, peak at y=" in printed
@@ -61,7 +47,9 @@ def test_attribute_writes_one_picture_per_target(
 def test_attribute_refuses_a_bad_request_before_sending_it(
     service_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = run(service_url, "attribute", "--sample", "star", "-m", "shapes", "--method", "")
+    code = main(
+        ["--url", service_url, "attribute", "--sample", "star", "-m", "shapes", "--method", ""]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("cnnviz: invalid request: method: ")
@@ -69,26 +57,21 @@ def test_attribute_refuses_a_bad_request_before_sending_it(
 
 
 def test_exemplars_waits_and_draws_a_channels_top_images(
-    service_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cnnviz_run: CliRun, tmp_path: Path
 ) -> None:
     out = tmp_path / "top.png"
-    code = run(
-        service_url, "exemplars", "-m", "shapes", "-d", "small", "-l", "block3.relu",
+    printed = cnnviz_run(
+        "exemplars", "-m", "shapes", "-d", "small", "-l", "block3.relu",
         "-k", "4", "--wait", "-q", "--channel", "5", "-o", str(out),
-    )  # fmt: skip
-    assert code == 0
-    printed = capsys.readouterr().out
+    ).out  # fmt: skip
     assert f"{SMALL_IMAGES} images of small ranked for 64 channels of block3.relu" in printed
     assert f"{out}: top 4 of channel 5: " in printed
     with Image.open(out) as grid:
         assert grid.format == "PNG"
 
 
-def test_exemplars_without_wait_prints_the_job_id(
-    service_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert run(service_url, "exemplars", "-m", "shapes", "-d", "small", "-l", "fc") == 0
-    job_id = capsys.readouterr().out.strip()
+def test_exemplars_without_wait_prints_the_job_id(cnnviz_run: CliRun) -> None:
+    job_id = cnnviz_run("exemplars", "-m", "shapes", "-d", "small", "-l", "fc").out.strip()
     assert len(job_id) >= 8 and " " not in job_id
 
 

@@ -13,12 +13,20 @@ from safetensors.torch import save_file
 from cnnviz.errors import ModelLoadError, RegistryConfigError, UnknownModelError
 from cnnviz.models import BUILTIN_MODEL, ModelRegistry
 from tests.core import tinynets
+from tests.models_files import toml_tables
+
+TINY = "tests.core.tinynets:build"
 
 
 def write_models(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "models.toml"
     path.write_text(text)
     return path
+
+
+def write_entries(tmp_path: Path, **entries: dict[str, object]) -> Path:
+    """A models file of one ``[models.<name>]`` entry per keyword, of its fields."""
+    return write_models(tmp_path, toml_tables("models", entries))
 
 
 @pytest.fixture
@@ -47,23 +55,11 @@ def test_unknown_model_names_the_known_ones() -> None:
 
 
 def test_factory_models_load_safetensors_and_state_dicts(tmp_path: Path, tiny_weights) -> None:
-    path = write_models(
+    tiny = {"factory": TINY, "input_size": [16, 16], "channels": 1}
+    path = write_entries(
         tmp_path,
-        f"""
-[models.tiny_st]
-factory = "tests.core.tinynets:build"
-weights = "{tiny_weights["safetensors"]}"
-input_size = [16, 16]
-channels = 1
-mean = [0.5]
-std = [0.25]
-
-[models.tiny_pt]
-factory = "tests.core.tinynets:build"
-weights = "tiny.pt"   # relative to the models file
-input_size = [16, 16]
-channels = 1
-""",
+        tiny_st={**tiny, "weights": str(tiny_weights["safetensors"]), "mean": [0.5], "std": [0.25]},
+        tiny_pt={**tiny, "weights": "tiny.pt"},  # relative to the models file
     )
     registry = ModelRegistry.from_file(path)
     assert registry.errors == {}
@@ -75,14 +71,8 @@ channels = 1
 
 
 def test_torchvision_arch_with_random_weights(tmp_path: Path) -> None:
-    path = write_models(
-        tmp_path,
-        """
-[models.r18]
-arch = "resnet18"
-weights = "random"
-input_size = [64, 64]
-""",
+    path = write_entries(
+        tmp_path, r18={"arch": "resnet18", "weights": "random", "input_size": [64, 64]}
     )
     loaded = ModelRegistry.from_file(path).get("r18")
     assert type(loaded.module).__name__ == "ResNet"
@@ -90,26 +80,17 @@ input_size = [64, 64]
 
 
 def test_one_bad_entry_leaves_the_others_working(tmp_path: Path, tiny_weights) -> None:
-    path = write_models(
+    path = write_entries(
         tmp_path,
-        f"""
-[models.good]
-factory = "tests.core.tinynets:build"
-weights = "{tiny_weights["safetensors"]}"
-channels = 1
-input_size = [16, 16]
-
-[models.typo]
-arch = "resnet181"
-weights = "random"
-
-[models.missing]
-arch = "resnet18"
-weights = "/nowhere/r18.safetensors"
-
-[models.noweights]
-arch = "resnet18"
-""",
+        good={
+            "factory": TINY,
+            "weights": str(tiny_weights["safetensors"]),
+            "channels": 1,
+            "input_size": [16, 16],
+        },
+        typo={"arch": "resnet181", "weights": "random"},
+        missing={"arch": "resnet18", "weights": "/nowhere/r18.safetensors"},
+        noweights={"arch": "resnet18"},
     )
     registry = ModelRegistry.from_file(path)
     assert registry.get("good").module is not None
@@ -124,14 +105,8 @@ arch = "resnet18"
 
 def test_weights_that_do_not_fit_the_architecture(tmp_path: Path) -> None:
     save_file(tinynets.build(width=8).state_dict(), str(tmp_path / "wide.safetensors"))
-    path = write_models(
-        tmp_path,
-        """
-[models.tiny]
-factory = "tests.core.tinynets:build"
-weights = "wide.safetensors"
-channels = 1
-""",
+    path = write_entries(
+        tmp_path, tiny={"factory": TINY, "weights": "wide.safetensors", "channels": 1}
     )
     registry = ModelRegistry.from_file(path)
     with pytest.raises(ModelLoadError, match=r"model 'tiny'.*do not match the architecture"):
@@ -151,15 +126,7 @@ def test_a_pickle_that_needs_weights_only_false_is_refused(tmp_path: Path, capsy
     torch.save({"0.weight": Payload()}, tmp_path / "evil.pt")
     with open(tmp_path / "raw.pkl", "wb") as f:
         pickle.dump({"0.weight": Payload()}, f)
-    path = write_models(
-        tmp_path,
-        """
-[models.evil]
-factory = "tests.core.tinynets:build"
-weights = "evil.pt"
-channels = 1
-""",
-    )
+    path = write_entries(tmp_path, evil={"factory": TINY, "weights": "evil.pt", "channels": 1})
     with pytest.raises(ModelLoadError, match="weights_only=False"):
         ModelRegistry.from_file(path).get("evil")
     path.write_text(path.read_text().replace("evil.pt", "raw.pkl"))
@@ -169,13 +136,8 @@ channels = 1
 
 
 def test_a_factory_that_returns_no_module(tmp_path: Path) -> None:
-    path = write_models(
-        tmp_path,
-        """
-[models.odd]
-factory = "tests.core.tinynets:not_a_module"
-weights = "random"
-""",
+    path = write_entries(
+        tmp_path, odd={"factory": "tests.core.tinynets:not_a_module", "weights": "random"}
     )
     with pytest.raises(ModelLoadError, match="returned str, not a Module"):
         ModelRegistry.from_file(path).get("odd")
@@ -189,13 +151,13 @@ def test_named_torchvision_weights_without_network_give_a_clear_error(
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    path = write_models(tmp_path, '[models.r18]\narch = "resnet18"\nweights = "DEFAULT"\n')
+    path = write_entries(tmp_path, r18={"arch": "resnet18", "weights": "DEFAULT"})
     with pytest.raises(ModelLoadError, match=r"could not be downloaded.*TORCH_HOME"):
         ModelRegistry.from_file(path).get("r18")
 
 
 def test_unknown_torchvision_weights_name_lists_the_choices(tmp_path: Path) -> None:
-    path = write_models(tmp_path, '[models.r18]\narch = "resnet18"\nweights = "IMAGENET9"\n')
+    path = write_entries(tmp_path, r18={"arch": "resnet18", "weights": "IMAGENET9"})
     with pytest.raises(ModelLoadError, match="IMAGENET1K_V1"):
         ModelRegistry.from_file(path).get("r18")
 
@@ -207,7 +169,7 @@ def test_an_unreadable_models_file_is_an_error_at_start_up(tmp_path: Path) -> No
 
 
 def test_the_builtin_name_cannot_be_taken(tmp_path: Path) -> None:
-    path = write_models(tmp_path, '[models.shapes]\narch = "resnet18"\nweights = "random"\n')
+    path = write_entries(tmp_path, shapes={"arch": "resnet18", "weights": "random"})
     registry = ModelRegistry.from_file(path)
     assert registry.spec(BUILTIN_MODEL).builtin
     assert registry.errors == {}

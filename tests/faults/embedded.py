@@ -20,9 +20,9 @@ from cnnviz.optvis import RenderCheckpoint
 from tests.faults.watch import (
     CHECKPOINT_STEPS,
     FAULT_STEP,
-    RESUMABLE,
     Follow,
     Recovery,
+    caught_running,
     step_of,
     succeeded_once,
 )
@@ -96,8 +96,7 @@ def api_restarted(workdir: Path, signum: int) -> Recovery:
             done_id = submit(api, QUICK)["id"]
             assert wait_job(api, done_id)["status"] == "succeeded"
             before = finished_view(api, done_id)
-            long_id = submit(api, RESUMABLE)["id"]
-            wait_job(api, long_id, {"running"}, step=FAULT_STEP)
+            long_id = caught_running(api)
             queued_id = submit(api, {**QUICK, "seed": 77})["id"]  # behind the one job thread
             assert job(api, queued_id)["status"] == "queued"
             past = step_of(api, long_id)
@@ -125,8 +124,7 @@ def api_restarted(workdir: Path, signum: int) -> Recovery:
         log = server.log(tail=None)
         assert f"job {long_id}: resuming from step {saved} " in log
         succeeded_once(log, [done_id, long_id, queued_id])
-        assert follow.progressing_s is not None
-        return Recovery(answering_s, follow.progressing_s, ended_s)
+        return follow.recovery(answering_s, ended_s)
     finally:
         server.stop()
 
@@ -180,8 +178,7 @@ def two_apis(workdir: Path) -> Recovery:
             for job_id in ids:
                 for api in (one, two):
                     assert wait_job(api, job_id)["status"] == "succeeded"
-            long_id = submit(one, RESUMABLE)["id"]
-            wait_job(two, long_id, {"running"}, step=FAULT_STEP)
+            long_id = caught_running(one, via=two)
             assert first.process is not None
             assert holder_pid(workdir / "data", long_id) == first.process.pid
             past = step_of(two, long_id)
@@ -196,8 +193,7 @@ def two_apis(workdir: Path) -> Recovery:
         log = first.log(tail=None) + second.log(tail=None)
         assert f"job {long_id}: resuming from step {saved} " in second.log(tail=None)
         succeeded_once(log, [*ids, long_id])
-        assert follow.progressing_s is not None
-        return Recovery(None, follow.progressing_s, ended_s)
+        return follow.recovery(None, ended_s)
     finally:
         first.stop()
         second.stop()

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -23,14 +24,13 @@ from cnnviz.optvis import RenderCheckpoint
 from service.main import create_app
 from tests.faults.watch import (
     CHECKPOINT_STEPS,
-    FAULT_STEP,
-    RESUMABLE,
     Follow,
     Recovery,
+    caught_running,
     step_of,
     succeeded_once,
 )
-from tests.jobs.client import FINISHED, QUICK, submit, wait_job
+from tests.jobs.client import FINISHED, QUICK, submit
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import CeleryWorker, RedisServer, serve
 from workers.records.redis_keys import checkpoint_key
@@ -54,18 +54,27 @@ def _api(redis_server: RedisServer) -> Iterator[httpx.Client]:
         yield api
 
 
-def _caught(api: httpx.Client) -> tuple[str, str, int]:
+class _Caught(NamedTuple):
     """A resumable job caught running past FAULT_STEP, and a job queued behind it: their
-    ids and the step the first has reached."""
-    long_id = submit(api, RESUMABLE)["id"]
-    wait_job(api, long_id, {"running"}, step=FAULT_STEP)
+    ids and the step the first had reached."""
+
+    long_id: str
+    queued_id: str
+    past: int
+
+
+def _caught(api: httpx.Client) -> _Caught:
+    long_id = caught_running(api)
     queued_id = submit(api, {**QUICK, "seed": 77})["id"]
-    return long_id, queued_id, step_of(api, long_id)
+    return _Caught(long_id, queued_id, step_of(api, long_id))
 
 
-def _recover(api: httpx.Client, follow: Follow, queued_id: str) -> tuple[float, float]:
-    """Read ``/readyz`` and the followed job until both are back (ready, job ended); then
-    the queued job to its end. Seconds from the fault to ready, and to both jobs' end."""
+def _recovered(api: httpx.Client, worker: CeleryWorker, caught: _Caught) -> Recovery:
+    """From now, the end of the fault: read ``/readyz`` and the long job until both are back
+    (ready, job ended); then the queued job to its end. Each wrote one result (``worker``'s
+    log says so); times from now."""
+    long_id, queued_id, past = caught
+    follow = Follow(api, long_id, time.monotonic(), past=past)
     ready_s: float | None = None
     deadline = time.monotonic() + 120
     ended = None
@@ -78,7 +87,9 @@ def _recover(api: httpx.Client, follow: Follow, queued_id: str) -> tuple[float, 
         assert time.monotonic() < deadline, "no recovery in 120 s"
         time.sleep(0.05)
     assert ended["status"] == "succeeded", ended["error"]
-    return ready_s, _queued_ends(api, queued_id, follow.since)
+    ended_s = _queued_ends(api, queued_id, follow.since)
+    succeeded_once(worker.log(tail=None), [long_id, queued_id])
+    return follow.recovery(ready_s, ended_s)
 
 
 def _ready(api: httpx.Client) -> bool:
@@ -127,8 +138,7 @@ def worker_group_killed(redis_server: RedisServer, workdir: Path) -> Recovery:
             assert _lapsed(api.get("/metrics").text) >= 1
         assert f"resuming from step {saved.step} " in second.log(tail=None)
         succeeded_once(first.log(tail=None) + second.log(tail=None), [long_id, queued_id])
-        assert follow.progressing_s is not None
-        return Recovery(answering_s, follow.progressing_s, ended_s)
+        return follow.recovery(answering_s, ended_s)
     finally:
         first.stop()
         second.stop()
@@ -139,15 +149,10 @@ def redis_restarted(redis_server: RedisServer, worker: CeleryWorker) -> Recovery
     queued job is still queued, the running one goes on (or is sent again and resumes),
     each writes one result. Times from Redis answering again."""
     with _api(redis_server) as api:
-        long_id, queued_id, past = _caught(api)
+        caught = _caught(api)
         redis_server.send(signal.SIGKILL)
         redis_server.start()
-        back_at = time.monotonic()
-        follow = Follow(api, long_id, back_at, past=past)
-        answering_s, ended_s = _recover(api, follow, queued_id)
-    succeeded_once(worker.log(tail=None), [long_id, queued_id])
-    assert follow.progressing_s is not None
-    return Recovery(answering_s, follow.progressing_s, ended_s)
+        return _recovered(api, worker, caught)
 
 
 def redis_paused(redis_server: RedisServer, worker: CeleryWorker, pause_s: float = 30) -> Recovery:
@@ -156,20 +161,15 @@ def redis_paused(redis_server: RedisServer, worker: CeleryWorker, pause_s: float
     cannot, never a hang); after, the jobs end with one result each, though the running
     job's lease lapsed in the pause. Times from SIGCONT."""
     with _api(redis_server) as api:
-        long_id, queued_id, past = _caught(api)
+        caught = _caught(api)
         redis_server.send(signal.SIGSTOP)
         resume_at = time.monotonic() + pause_s
         try:
             while time.monotonic() < resume_at:
                 asked = time.monotonic()
-                status = api.get(f"/v1/jobs/{long_id}", timeout=30).status_code
+                status = api.get(f"/v1/jobs/{caught.long_id}", timeout=30).status_code
                 assert status in (200, 503) and time.monotonic() - asked < 12, status
                 time.sleep(1)
         finally:
             redis_server.send(signal.SIGCONT)
-        resumed_at = time.monotonic()
-        follow = Follow(api, long_id, resumed_at, past=past)
-        answering_s, ended_s = _recover(api, follow, queued_id)
-    succeeded_once(worker.log(tail=None), [long_id, queued_id])
-    assert follow.progressing_s is not None
-    return Recovery(answering_s, follow.progressing_s, ended_s)
+        return _recovered(api, worker, caught)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.jobs.client import FINISHED
+from tests.jobs.client import FINISHED, submit, wait_job
 
 # The embedded default's jobs checkpoint every 10 steps in these cases (25 by default).
 CHECKPOINT_STEPS = 10
@@ -71,6 +71,20 @@ class Follow:
                 return record
             assert time.monotonic() < deadline, f"job {self.job_id} did not end in {timeout} s"
             time.sleep(0.05)
+
+    def recovery(self, answering_s: float | None, ended_s: float) -> Recovery:
+        """The case's :class:`Recovery`: ``progressing_s`` as this job was seen progressing
+        again (it must have been)."""
+        assert self.progressing_s is not None, f"job {self.job_id} was never seen progressing"
+        return Recovery(answering_s, self.progressing_s, ended_s)
+
+
+def caught_running(api: httpx.Client, via: httpx.Client | None = None) -> str:
+    """A RESUMABLE job submitted to ``api`` and caught running past FAULT_STEP (read through
+    ``via``, by default ``api`` too): its id."""
+    long_id: str = submit(api, RESUMABLE)["id"]
+    wait_job(via or api, long_id, {"running"}, step=FAULT_STEP)
+    return long_id
 
 
 def step_of(api: httpx.Client, job_id: str) -> int:

@@ -133,11 +133,16 @@ def test_the_largest_of_the_live_budgets_counts(client: redis.Redis) -> None:
     assert largest([]) is None
 
 
+def cpu_worker(redis_server: RedisServer, workdir: Path, heartbeat_s: str) -> CeleryWorker:
+    """A Celery worker on the CPU that publishes its budget every ``heartbeat_s``, started."""
+    env = {"CNNVIZ_WORKER_HEARTBEAT_INTERVAL": heartbeat_s, "CNNVIZ_WORKER_DEVICE": "cpu"}
+    return CeleryWorker(redis_server.url, workdir, env).start()
+
+
 def test_a_worker_publishes_its_budget_and_a_dead_ones_expires(
     own_redis: RedisServer, client: redis.Redis, tmp_path: Path
 ) -> None:
-    env = {"CNNVIZ_WORKER_HEARTBEAT_INTERVAL": "0.5", "CNNVIZ_WORKER_DEVICE": "cpu"}
-    worker = CeleryWorker(own_redis.url, tmp_path, env).start()
+    worker = cpu_worker(own_redis, tmp_path, heartbeat_s="0.5")
     try:
         (budget,) = wait_for(lambda: live(client, JOB_QUEUE), 60, "the worker's budget")
         assert budget == WorkerBudget(worker=worker.name, device="cpu", memory_budget_mb=1024)
@@ -151,8 +156,7 @@ def test_a_worker_publishes_its_budget_and_a_dead_ones_expires(
 def test_a_worker_that_stops_withdraws_its_budget(
     own_redis: RedisServer, client: redis.Redis, tmp_path: Path
 ) -> None:
-    env = {"CNNVIZ_WORKER_HEARTBEAT_INTERVAL": "30", "CNNVIZ_WORKER_DEVICE": "cpu"}
-    worker = CeleryWorker(own_redis.url, tmp_path, env).start()
+    worker = cpu_worker(own_redis, tmp_path, heartbeat_s="30")
     try:
         wait_for(lambda: live(client, JOB_QUEUE), 60, "the worker's budget")
     finally:

@@ -21,7 +21,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from service.main import create_app
 from service.settings import Settings
@@ -129,6 +129,13 @@ def page(browser: WebDriver) -> Iterator[WebDriver]:
 def wait(driver: WebDriver, condition, message: str):  # type: ignore[no-untyped-def]
     """Wait until ``condition(driver)`` is truthy; its value."""
     return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message)
+
+
+def choose(page: WebDriver, choices: dict[str, str]) -> None:
+    """In each menu (a ``<select>``, by its id), select the option of the value given, in
+    the order given."""
+    for menu, value in choices.items():
+        Select(page.find_element(By.ID, menu)).select_by_value(value)
 
 
 def hover(page: WebDriver, img: WebElement, x: float, y: float) -> str:

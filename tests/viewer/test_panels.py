@@ -12,7 +12,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
-from tests.viewer.conftest import FEW, FEW_IMAGES, hover, picked_caption, wait
+from tests.viewer.conftest import FEW, FEW_IMAGES, choose, hover, picked_caption, wait
 from tests.viewer.test_viewer import error_text, open_home, ready
 
 
@@ -35,8 +35,7 @@ def test_filter_weights_with_hover_and_a_shareable_address(
     page: WebDriver, viewer_url: str, http_client: httpx.Client
 ) -> None:
     open_home(page, viewer_url)
-    Select(page.find_element(By.ID, "w-layer")).select_by_value("block3.conv")
-    Select(page.find_element(By.ID, "w-mode")).select_by_value("slices")
+    choose(page, {"w-layer": "block3.conv", "w-mode": "slices"})
     page.find_element(By.ID, "w-top-k").send_keys("4")
     page.find_element(By.ID, "w-show").click()
     caption = wait(
@@ -80,8 +79,7 @@ def test_attributions_show_the_top_predictions_and_explain_the_one_clicked(
     page: WebDriver, viewer_url: str, http_client: httpx.Client
 ) -> None:
     open_home(page, viewer_url)
-    Select(page.find_element(By.ID, "sample")).select_by_value("star")
-    Select(page.find_element(By.ID, "a-method")).select_by_value("gradcam")
+    choose(page, {"sample": "star", "a-method": "gradcam"})
     assert (
         Select(page.find_element(By.ID, "a-layer")).first_selected_option.get_attribute("value")
         == "block4.relu"
@@ -132,7 +130,7 @@ def test_attributions_show_the_top_predictions_and_explain_the_one_clicked(
     # The address opened again shows that attribution by itself; another method needs no layer.
     ready(page, page.current_url, "home")
     assert f"for '{second['label']}'" in page.find_element(By.ID, "a-caption").text
-    Select(page.find_element(By.ID, "a-method")).select_by_value("integrated_gradients")
+    choose(page, {"a-method": "integrated_gradients"})
     assert not page.find_element(By.ID, "a-layer").is_displayed()
     page.find_element(By.ID, "a-explain").click()
     caption = wait(
@@ -157,7 +155,7 @@ def test_a_unit_page_mines_exemplars_and_draws_them_in_each_mode(
     assert page.find_element(By.ID, "unit-weights-caption").text.startswith(
         "filter 2 of block3.conv (Conv2d [64, 32, 3, 3]) · slices, its 8 strongest"
     )
-    Select(page.find_element(By.ID, "ex-dataset")).select_by_value(FEW)
+    choose(page, {"ex-dataset": FEW})
     page.find_element(By.ID, "ex-mine").click()
     body = page.find_element(By.TAG_NAME, "body")
     wait(
