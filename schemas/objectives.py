@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
-from schemas.constraints import exactly_one, given, present, when
+from schemas.constraints import exactly_one, exactly_one_given, given, present, when
+from schemas.fields import SampleName
 
 __all__ = [
     "OBJECTIVES",
@@ -56,8 +57,8 @@ class CaricatureSpec(BaseModel):
         description="the image file (PNG, JPEG, WebP, BMP, GIF), base64; a `data:` URL works. "
         "Kept by the service under its sha256 for the job's life: the job names it by that",
     )
-    sample: str | None = Field(
-        default=None, max_length=64, examples=["triangle"], description="a built-in sample image"
+    sample: SampleName | None = Field(
+        default=None, examples=["triangle"], description="a built-in sample image"
     )
     image_sha256: str | None = Field(
         default=None,
@@ -78,11 +79,12 @@ class CaricatureSpec(BaseModel):
         description="weight of the direction over the magnitude: dot · max(0.1, cossim)^p",
     )
 
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if sum(v is not None for v in (self.image, self.sample, self.image_sha256)) != 1:
-            raise ValueError("give exactly one of image (base64), sample or image_sha256")
-        return self
+    _one_source = exactly_one_given(
+        "image",
+        "sample",
+        "image_sha256",
+        message="give exactly one of image (base64), sample or image_sha256",
+    )
 
 
 @dataclass(frozen=True)

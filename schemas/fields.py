@@ -1,0 +1,54 @@
+"""Field types that several request models share: each bound declared once.
+
+A type here carries what a field means wherever it is used (its bounds, and its description
+where that reads the same everywhere). What differs between the models that use it, such as a
+default, an example or a description, stays at the field. On a field that may be null
+(``Colormap | None``) the bounds apply to the value when it is given, as they did when they
+were written at the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+__all__ = [
+    "Channel",
+    "Colormap",
+    "Fit",
+    "GridColumns",
+    "LayerName",
+    "SampleName",
+    "TilePadding",
+    "TopK",
+]
+
+
+LayerName = Annotated[str, Field(min_length=1, max_length=256)]
+"""A module's qualified name (GET /v1/models/{model}/layers)."""
+
+Channel = Annotated[int, Field(ge=0, le=1_000_000)]
+"""A channel's index in a layer."""
+
+TopK = Annotated[int, Field(ge=1, le=4096)]
+"""How many of a layer's units (channels, filters) to draw, best first."""
+
+SampleName = Annotated[str, Field(max_length=64)]
+"""A built-in sample image (GET /v1/samples)."""
+
+Colormap = Annotated[str, Field(min_length=1, max_length=64)]
+"""A matplotlib colormap's name."""
+
+GridColumns = Annotated[int, Field(ge=1, le=256)]
+"""Tiles per row of a grid picture."""
+
+TilePadding = Annotated[int, Field(ge=0, le=32, description="Pixels between and around tiles.")]
+
+Fit = Annotated[
+    Literal["crop", "stretch"],
+    Field(
+        description="How the image meets the model's input size: `crop` scales the shorter "
+        "side and cuts the centre; `stretch` scales each side."
+    ),
+]
