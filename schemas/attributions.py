@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.constraints import exactly_one
 from schemas.feature_maps import ImageSource
-from schemas.fields import Colormap, Fit, LayerName
+from schemas.fields import Colormap, Fit, LayerName, RequestModel
 from schemas.jobs import JobOptions
 from schemas.routes import JobRoute, job_route
 from schemas.sanity import SanityStatus
@@ -18,10 +18,8 @@ Target = Annotated[int, Field(ge=0, le=1_000_000)] | Annotated[str, Field(max_le
 PatchPixels = Annotated[int, Field(ge=1, le=4096)]
 
 
-class SmoothOptions(BaseModel):
+class SmoothOptions(RequestModel):
     """A noise tunnel around a gradient method (captum's NoiseTunnel)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["smoothgrad", "smoothgrad_sq", "vargrad"] = Field(
         default="smoothgrad",
@@ -41,10 +39,8 @@ class SmoothOptions(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed of the noise.")
 
 
-class AttributionsOptions(BaseModel):
+class AttributionsOptions(RequestModel):
     """What to explain and how; the same fields in JSON and as multipart form fields."""
-
-    model_config = ConfigDict(extra="forbid")
 
     method: str = Field(
         min_length=1,

@@ -13,6 +13,7 @@ from schemas.fields import (
     Fit,
     GridColumns,
     LayerName,
+    RequestModel,
     SampleName,
     TilePadding,
     TopK,
@@ -37,10 +38,10 @@ class ImageSource(BaseModel):
     )
 
 
-class FeatureMapsOptions(BaseModel):
+class FeatureMapsOptions(RequestModel):
     """Which layers to draw and how; the same fields in JSON and as multipart form fields."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=at_most_one("channels", "top_k"))
+    model_config = ConfigDict(json_schema_extra=at_most_one("channels", "top_k"))
 
     layers: list[LayerName] = Field(
         min_length=1,

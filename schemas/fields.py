@@ -1,4 +1,5 @@
-"""Field types that several request models share: each bound declared once.
+"""What several request models share: their base (:class:`RequestModel`), and field types
+that declare each bound once.
 
 A type here carries what a field means wherever it is used (its bounds, and its description
 where that reads the same everywhere). What differs between the models that use it, such as a
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Channel",
@@ -19,10 +20,18 @@ __all__ = [
     "Fit",
     "GridColumns",
     "LayerName",
+    "RequestModel",
     "SampleName",
     "TilePadding",
     "TopK",
 ]
+
+
+class RequestModel(BaseModel):
+    """A request body or query, or a part of one: a field it does not declare is refused, not
+    ignored (``additionalProperties: false`` in the schema)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 LayerName = Annotated[str, Field(min_length=1, max_length=256)]

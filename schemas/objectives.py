@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
 from schemas.constraints import exactly_one, exactly_one_given, given, present, when
-from schemas.fields import SampleName
+from schemas.fields import RequestModel, SampleName
 
 __all__ = [
     "OBJECTIVES",
@@ -42,12 +42,11 @@ class ObjectiveKind(StrEnum):
     CARICATURE = "caricature"
 
 
-class CaricatureSpec(BaseModel):
+class CaricatureSpec(RequestModel):
     """The image whose activations a caricature climbs towards: exactly one of ``image``,
     ``sample`` or ``image_sha256``."""
 
     model_config = ConfigDict(
-        extra="forbid",
         strict=True,
         json_schema_extra=exactly_one("image", "sample", "image_sha256"),
     )

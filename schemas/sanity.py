@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.constraints import exactly_one, exactly_one_given
-from schemas.fields import LayerName
+from schemas.fields import LayerName, RequestModel
 from schemas.jobs import JobOptions
 from schemas.routes import JobRoute, job_route
 
@@ -15,12 +15,10 @@ from schemas.routes import JobRoute, job_route
 SanityStatus = Literal["passed", "failed", "unknown"]
 
 
-class SanityCheckCreate(BaseModel):
+class SanityCheckCreate(RequestModel):
     """Adebayo et al.'s cascading randomization for some methods, on images or a data set."""
 
-    model_config = ConfigDict(
-        extra="forbid", strict=True, json_schema_extra=exactly_one("images", "dataset")
-    )
+    model_config = ConfigDict(strict=True, json_schema_extra=exactly_one("images", "dataset"))
 
     methods: list[str] = Field(
         min_length=1,

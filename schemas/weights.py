@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from schemas.constraints import at_most_one_given
-from schemas.fields import Colormap, GridColumns, TilePadding, TopK
+from schemas.fields import Colormap, GridColumns, RequestModel, TilePadding, TopK
 
 
-class WeightsQuery(BaseModel):
+class WeightsQuery(RequestModel):
     """How to draw a convolution's kernels; query parameters of the weights endpoint."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["auto", "rgb", "slices", "norm"] = Field(
         default="auto",
