@@ -20,6 +20,7 @@ __all__ = [
     "Fit",
     "GridColumns",
     "LayerName",
+    "OptimizationLayer",
     "RequestModel",
     "SampleName",
     "TilePadding",
@@ -36,6 +37,9 @@ class RequestModel(BaseModel):
 
 LayerName = Annotated[str, Field(min_length=1, max_length=256)]
 """A module's qualified name (GET /v1/models/{model}/layers)."""
+
+OptimizationLayer = Annotated[str, Field(min_length=1, max_length=200)]
+"""The layer an optimization job reads (its request's ``layer``, a caricature's)."""
 
 Channel = Annotated[int, Field(ge=0, le=1_000_000)]
 """A channel's index in a layer."""

@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
 from schemas.constraints import exactly_one, exactly_one_given, given, present, when
-from schemas.fields import RequestModel, SampleName
+from schemas.fields import OptimizationLayer, RequestModel, SampleName
 
 __all__ = [
     "OBJECTIVES",
@@ -64,10 +64,8 @@ class CaricatureSpec(RequestModel):
         pattern="^[0-9a-f]{64}$",
         description="an image the service keeps already (the job's own request shows it)",
     )
-    layer: str | None = Field(
+    layer: OptimizationLayer | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="the layer whose activations are compared; default: the request's layer",
     )
     cossim_pow: float = Field(

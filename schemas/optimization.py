@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
 
 from schemas.exemplars import MAX_K
-from schemas.fields import RequestModel
+from schemas.fields import OptimizationLayer, RequestModel
 from schemas.jobs import JobOptions
 from schemas.objectives import (
     CaricatureSpec,
@@ -115,9 +115,7 @@ class OptimizationCreate(JobOptions, RequestModel):
 
     model_config = ConfigDict(strict=True, json_schema_extra=_OPTIMIZATION_RULES)
 
-    layer: str = Field(
-        min_length=1,
-        max_length=200,
+    layer: OptimizationLayer = Field(
         examples=["block3.relu"],
         description="dotted layer name; see GET /v1/models/{model}/layers",
     )
