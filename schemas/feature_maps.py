@@ -17,6 +17,7 @@ from schemas.fields import (
     SampleName,
     TilePadding,
     TopK,
+    UnitList,
 )
 
 
@@ -49,10 +50,8 @@ class FeatureMapsOptions(RequestModel):
         examples=[["block1.conv", "block3.conv"]],
         description="Layer names (GET /v1/models/{model}/layers); all share one forward pass.",
     )
-    channels: list[Channel] | None = Field(
+    channels: UnitList[Channel] | None = Field(
         default=None,
-        min_length=1,
-        max_length=4096,
         examples=[[0, 3, 7]],
         description="Channels to draw, in this order, in every layer. Default: all.",
     )

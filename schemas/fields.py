@@ -10,11 +10,12 @@ were written at the field.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "MAX_DRAWN",
     "Channel",
     "Colormap",
     "Fit",
@@ -25,6 +26,7 @@ __all__ = [
     "SampleName",
     "TilePadding",
     "TopK",
+    "UnitList",
 ]
 
 
@@ -44,8 +46,16 @@ OptimizationLayer = Annotated[str, Field(min_length=1, max_length=200)]
 Channel = Annotated[int, Field(ge=0, le=1_000_000)]
 """A channel's index in a layer."""
 
-TopK = Annotated[int, Field(ge=1, le=4096)]
-"""How many of a layer's units (channels, filters) to draw, best first."""
+UnitT = TypeVar("UnitT")
+
+# The most units (channels, filters) of a layer that one grid draws.
+MAX_DRAWN = 4096
+
+TopK = Annotated[int, Field(ge=1, le=MAX_DRAWN)]
+"""How many of a layer's units to draw, best first."""
+
+UnitList = Annotated[list[UnitT], Field(min_length=1, max_length=MAX_DRAWN)]
+"""Which of a layer's units to draw, in this order (``UnitList[Channel]``)."""
 
 SampleName = Annotated[str, Field(max_length=64)]
 """A built-in sample image (GET /v1/samples)."""

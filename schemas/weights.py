@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from schemas.constraints import at_most_one_given
-from schemas.fields import Colormap, GridColumns, RequestModel, TilePadding, TopK
+from schemas.fields import Colormap, GridColumns, RequestModel, TilePadding, TopK, UnitList
 
 
 class WeightsQuery(RequestModel):
@@ -22,10 +22,8 @@ class WeightsQuery(RequestModel):
         "`slices`.",
     )
     k: int = Field(default=4, ge=1, le=64, description="Slices per filter in `slices` mode.")
-    filters: list[int] | None = Field(
+    filters: UnitList[int] | None = Field(
         default=None,
-        min_length=1,
-        max_length=4096,
         description="Filters (output channels) to draw, in this order. Default: all.",
     )
     top_k: TopK | None = Field(
