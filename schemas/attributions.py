@@ -8,16 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.constraints import exactly_one
 from schemas.feature_maps import ImageSource
+from schemas.fields import Colormap, Fit, LayerName, RequestModel
 from schemas.jobs import JobOptions
 from schemas.routes import JobRoute, job_route
+from schemas.sanity import SanityStatus
 
 Target = Annotated[int, Field(ge=0, le=1_000_000)] | Annotated[str, Field(max_length=256)]
+# Occlusion's patch: its side, and the step between its positions.
+PatchPixels = Annotated[int, Field(ge=1, le=4096)]
 
 
-class SmoothOptions(BaseModel):
+class SmoothOptions(RequestModel):
     """A noise tunnel around a gradient method (captum's NoiseTunnel)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["smoothgrad", "smoothgrad_sq", "vargrad"] = Field(
         default="smoothgrad",
@@ -37,10 +39,8 @@ class SmoothOptions(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed of the noise.")
 
 
-class AttributionsOptions(BaseModel):
+class AttributionsOptions(RequestModel):
     """What to explain and how; the same fields in JSON and as multipart form fields."""
-
-    model_config = ConfigDict(extra="forbid")
 
     method: str = Field(
         min_length=1,
@@ -49,10 +49,8 @@ class AttributionsOptions(BaseModel):
         description="An attribution method: GET /v1/attribution-methods lists them, with the "
         "options each reads and its cost.",
     )
-    layer: str | None = Field(
+    layer: LayerName | None = Field(
         default=None,
-        min_length=1,
-        max_length=256,
         examples=["block4.relu"],
         description="The module whose output Grad-CAM weighs (its qualified name; GET "
         "/v1/models/{model}/layers); usually the last convolutional block. Other methods "
@@ -82,24 +80,18 @@ class AttributionsOptions(BaseModel):
         description="What 'nothing' is for integrated gradients' start and occlusion's patch: "
         "a black or white image, or the normalisation's mean colour.",
     )
-    window: int | None = Field(
+    window: PatchPixels | None = Field(
         default=None,
-        ge=1,
-        le=4096,
         description="Occlusion: the patch's side in pixels. Default: an eighth of the input's "
         "shorter side.",
     )
-    stride: int | None = Field(
+    stride: PatchPixels | None = Field(
         default=None,
-        ge=1,
-        le=4096,
         description="Occlusion: pixels between patch positions (at most `window`). Default: "
         "half the window.",
     )
-    colormap: str | None = Field(
+    colormap: Colormap | None = Field(
         default=None,
-        min_length=1,
-        max_length=64,
         examples=["turbo", "jet", "inferno", "coolwarm"],
         description="Any matplotlib colormap. Default: `turbo` for unsigned maps (Grad-CAM, "
         "saliency, guided Grad-CAM), `coolwarm` for signed ones, zero in the middle.",
@@ -146,11 +138,7 @@ class AttributionsOptions(BaseModel):
         "(`overlay_full`); under `fit: crop` the margins the model did not see have no "
         "overlay.",
     )
-    fit: Literal["crop", "stretch"] = Field(
-        default="crop",
-        description="How the image meets the model's input size: `crop` scales the shorter "
-        "side and cuts the centre; `stretch` scales each side.",
-    )
+    fit: Fit = "crop"
 
     @property
     def targets(self) -> list[int | str] | None:
@@ -255,7 +243,7 @@ class AttributionsRead(BaseModel):
     input_size: tuple[int, int] = Field(examples=[[64, 64]], description="[height, width]")
     predictions: list[PredictionRead] = Field(description="The top 5, best first.")
     attributions: list[TargetAttributionRead]
-    sanity: Literal["passed", "failed", "unknown"] = Field(
+    sanity: SanityStatus = Field(
         default="unknown",
         description="The method's sanity check (Adebayo's cascading randomization, "
         "POST /v1/models/{model}/sanity-checks) on this model's weights, at this layer: "
@@ -289,7 +277,7 @@ class AttributionMethodRead(BaseModel):
     smoothable: bool = Field(description="whether `smooth` (a noise tunnel) applies")
     options: list[str] = Field(description="the request fields the method reads")
     cost: CostRead
-    sanity: Literal["passed", "failed", "unknown"] = Field(
+    sanity: SanityStatus = Field(
         default="unknown",
         description="Adebayo's cascading randomization check on the weights of the model "
         "named, over every layer checked: failed where any check failed, passed where all "

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from schemas.exemplars import MAX_K, MAX_LAYERS, DatasetJobOptions, Exemplar
+from schemas.fields import RequestModel
 from schemas.routes import JobRoute, job_route
 
 Method = Literal["masks", "labels"]
 
 
-class MisEncoder(BaseModel):
+class MisEncoder(RequestModel):
     """The registered model and layer whose embeddings the MIS observer compares."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=200, examples=["shapes"])
     layer: str = Field(min_length=1, max_length=500, examples=["flatten"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from schemas.fields import RequestModel
 from schemas.jobs import JobOptions
 from schemas.routes import JobRoute, job_route
 
@@ -13,10 +14,8 @@ MAX_K = 100
 MAX_LAYERS = 16
 
 
-class DatasetJobOptions(JobOptions):
+class DatasetJobOptions(JobOptions, RequestModel):
     """What a job over a data set asks first: the data set (its kinds add their layers)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(
         min_length=1, max_length=200, examples=["shapes"], description="see GET /v1/datasets"
@@ -82,9 +81,7 @@ class ExemplarsResult(BaseModel):
     elapsed_s: float = 0.0
 
 
-class ExemplarGridQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ExemplarGridQuery(RequestModel):
     mode: Literal["full", "crop", "mask"] = Field(
         default="full",
         description="full: the whole images; crop: the receptive field around the maximum; "

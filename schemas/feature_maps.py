@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.constraints import at_most_one, exactly_one
-
-LayerName = Annotated[str, Field(min_length=1, max_length=256)]
-Channel = Annotated[int, Field(ge=0, le=1_000_000)]
+from schemas.constraints import at_most_one, at_most_one_given, exactly_one, exactly_one_given
+from schemas.fields import (
+    Channel,
+    Colormap,
+    Fit,
+    GridColumns,
+    LayerName,
+    RequestModel,
+    SampleName,
+    TilePadding,
+    TopK,
+    UnitList,
+)
 
 
 class ImageSource(BaseModel):
@@ -19,24 +28,21 @@ class ImageSource(BaseModel):
         default=None,
         description="The image file (PNG, JPEG, WebP, BMP, GIF), base64; a `data:` URL works.",
     )
-    sample: str | None = Field(
+    sample: SampleName | None = Field(
         default=None,
-        max_length=64,
         examples=["triangle"],
         description="A built-in sample image instead (GET /v1/samples).",
     )
 
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if (self.image is None) == (self.sample is None):
-            raise ValueError("give exactly one of image (base64) or sample")
-        return self
+    _one_source = exactly_one_given(
+        "image", "sample", message="give exactly one of image (base64) or sample"
+    )
 
 
-class FeatureMapsOptions(BaseModel):
+class FeatureMapsOptions(RequestModel):
     """Which layers to draw and how; the same fields in JSON and as multipart form fields."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=at_most_one("channels", "top_k"))
+    model_config = ConfigDict(json_schema_extra=at_most_one("channels", "top_k"))
 
     layers: list[LayerName] = Field(
         min_length=1,
@@ -44,17 +50,13 @@ class FeatureMapsOptions(BaseModel):
         examples=[["block1.conv", "block3.conv"]],
         description="Layer names (GET /v1/models/{model}/layers); all share one forward pass.",
     )
-    channels: list[Channel] | None = Field(
+    channels: UnitList[Channel] | None = Field(
         default=None,
-        min_length=1,
-        max_length=4096,
         examples=[[0, 3, 7]],
         description="Channels to draw, in this order, in every layer. Default: all.",
     )
-    top_k: int | None = Field(
+    top_k: TopK | None = Field(
         default=None,
-        ge=1,
-        le=4096,
         examples=[16],
         description="Draw the k channels with the highest mean activation, highest first "
         "(at most the layer's width). Not with `channels`.",
@@ -64,25 +66,19 @@ class FeatureMapsOptions(BaseModel):
         description="`channel`: each tile spans the whole colormap; `layer`: one range for "
         "the whole layer, so tiles compare with each other.",
     )
-    colormap: str = Field(
+    colormap: Colormap = Field(
         default="viridis",
-        min_length=1,
-        max_length=64,
         examples=["viridis", "gray", "magma", "inferno", "plasma", "cividis"],
         description="Any matplotlib colormap name; append `_r` to reverse.",
     )
-    columns: int | None = Field(
-        default=None, ge=1, le=256, description="Tiles per row. Default: a near-square grid."
+    columns: GridColumns | None = Field(
+        default=None, description="Tiles per row. Default: a near-square grid."
     )
-    padding: int = Field(default=1, ge=0, le=32, description="Pixels between and around tiles.")
+    padding: TilePadding = 1
     scale: int = Field(
         default=1, ge=1, le=16, description="Integer upscaling of each tile (nearest neighbour)."
     )
-    fit: Literal["crop", "stretch"] = Field(
-        default="crop",
-        description="How the image meets the model's input size: `crop` scales the shorter "
-        "side and cuts the centre; `stretch` scales each side.",
-    )
+    fit: Fit = "crop"
 
     precision: Literal["fp32", "auto", "bf16", "fp16"] = Field(
         default="fp32",
@@ -92,11 +88,9 @@ class FeatureMapsOptions(BaseModel):
         "computed in fp32",
     )
 
-    @model_validator(mode="after")
-    def _one_selection(self) -> Self:
-        if self.channels is not None and self.top_k is not None:
-            raise ValueError("give channels or top_k, not both")
-        return self
+    _one_selection = at_most_one_given(
+        "channels", "top_k", message="give channels or top_k, not both"
+    )
 
 
 class FeatureMapsCreate(ImageSource, FeatureMapsOptions):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
-from schemas.constraints import exactly_one, given, present, when
+from schemas.constraints import exactly_one, exactly_one_given, given, present, when
+from schemas.fields import OptimizationLayer, RequestModel, SampleName
 
 __all__ = [
     "OBJECTIVES",
@@ -41,12 +42,11 @@ class ObjectiveKind(StrEnum):
     CARICATURE = "caricature"
 
 
-class CaricatureSpec(BaseModel):
+class CaricatureSpec(RequestModel):
     """The image whose activations a caricature climbs towards: exactly one of ``image``,
     ``sample`` or ``image_sha256``."""
 
     model_config = ConfigDict(
-        extra="forbid",
         strict=True,
         json_schema_extra=exactly_one("image", "sample", "image_sha256"),
     )
@@ -56,18 +56,16 @@ class CaricatureSpec(BaseModel):
         description="the image file (PNG, JPEG, WebP, BMP, GIF), base64; a `data:` URL works. "
         "Kept by the service under its sha256 for the job's life: the job names it by that",
     )
-    sample: str | None = Field(
-        default=None, max_length=64, examples=["triangle"], description="a built-in sample image"
+    sample: SampleName | None = Field(
+        default=None, examples=["triangle"], description="a built-in sample image"
     )
     image_sha256: str | None = Field(
         default=None,
         pattern="^[0-9a-f]{64}$",
         description="an image the service keeps already (the job's own request shows it)",
     )
-    layer: str | None = Field(
+    layer: OptimizationLayer | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="the layer whose activations are compared; default: the request's layer",
     )
     cossim_pow: float = Field(
@@ -78,11 +76,12 @@ class CaricatureSpec(BaseModel):
         description="weight of the direction over the magnitude: dot · max(0.1, cossim)^p",
     )
 
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if sum(v is not None for v in (self.image, self.sample, self.image_sha256)) != 1:
-            raise ValueError("give exactly one of image (base64), sample or image_sha256")
-        return self
+    _one_source = exactly_one_given(
+        "image",
+        "sample",
+        "image_sha256",
+        message="give exactly one of image (base64), sample or image_sha256",
+    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import JsonDict
 
 from schemas.exemplars import MAX_K
+from schemas.fields import OptimizationLayer, RequestModel
 from schemas.jobs import JobOptions
 from schemas.objectives import (
     CaricatureSpec,
@@ -25,21 +26,21 @@ MAX_IMAGE_SIZE = 1024
 MIN_IMAGE_SIZE = 16
 
 
-class StoredTop(BaseModel):
+class StoredTop(RequestModel):
     """One unit's best images in a data set, as an exemplars or dissection job kept them."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(strict=True)
 
     channel: int = Field(ge=0)
     top_image: str | None = Field(description="the id of the unit's top image")
     scores: list[float] = Field(max_length=MAX_K, description="the stored top-k, best first")
 
 
-class DatasetScores(BaseModel):
+class DatasetScores(RequestModel):
     """What an optimization's patterns are compared with, copied from its `exemplars_job` when
     it is queued, so the job never reads another job (nor the data set) when it runs."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(strict=True)
 
     job: str
     dataset: str
@@ -72,10 +73,10 @@ class VsDataset(BaseModel):
     images: int = Field(description="images in the data set the job scored")
 
 
-class NeuronSpec(BaseModel):
+class NeuronSpec(RequestModel):
     """One unit of a feature map: a channel at a position (default: the centre)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(strict=True)
 
     channel: int = Field(ge=0, examples=[3])
     y: int | None = Field(default=None, ge=0, description="row; default: the centre")
@@ -106,17 +107,15 @@ _OPTIMIZATION_RULES: JsonDict = {
 }
 
 
-class OptimizationCreate(JobOptions):
+class OptimizationCreate(JobOptions, RequestModel):
     """An activation-maximization job: which units of which layer, and how to optimize.
 
     Strict: numbers and booleans must be JSON numbers and booleans (`true` is not 1).
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_OPTIMIZATION_RULES)
+    model_config = ConfigDict(strict=True, json_schema_extra=_OPTIMIZATION_RULES)
 
-    layer: str = Field(
-        min_length=1,
-        max_length=200,
+    layer: OptimizationLayer = Field(
         examples=["block3.relu"],
         description="dotted layer name; see GET /v1/models/{model}/layers",
     )

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.constraints import exactly_one
+from schemas.constraints import exactly_one, exactly_one_given
+from schemas.fields import LayerName, RequestModel
 from schemas.jobs import JobOptions
 from schemas.routes import JobRoute, job_route
 
+# What is known of a method's check on some weights (an attribution, a method's listing say it).
+SanityStatus = Literal["passed", "failed", "unknown"]
 
-class SanityCheckCreate(BaseModel):
+
+class SanityCheckCreate(RequestModel):
     """Adebayo et al.'s cascading randomization for some methods, on images or a data set."""
 
-    model_config = ConfigDict(
-        extra="forbid", strict=True, json_schema_extra=exactly_one("images", "dataset")
-    )
+    model_config = ConfigDict(strict=True, json_schema_extra=exactly_one("images", "dataset"))
 
     methods: list[str] = Field(
         min_length=1,
@@ -24,10 +26,8 @@ class SanityCheckCreate(BaseModel):
         examples=[["gradcam", "saliency", "guided_gradcam"]],
         description="Methods to check (GET /v1/attribution-methods).",
     )
-    layer: str | None = Field(
+    layer: LayerName | None = Field(
         default=None,
-        min_length=1,
-        max_length=256,
         examples=["block4.relu"],
         description="The layer of the CAM methods.",
     )
@@ -45,11 +45,9 @@ class SanityCheckCreate(BaseModel):
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the re-initialisation.")
 
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if (self.images is None) == (self.dataset is None):
-            raise ValueError("give exactly one of images (base64) or dataset")
-        return self
+    _one_source = exactly_one_given(
+        "images", "dataset", message="give exactly one of images (base64) or dataset"
+    )
 
 
 class SanityStageRead(BaseModel):

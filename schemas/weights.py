@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
+
+from schemas.constraints import at_most_one_given
+from schemas.fields import Colormap, GridColumns, RequestModel, TilePadding, TopK, UnitList
 
 
-class WeightsQuery(BaseModel):
+class WeightsQuery(RequestModel):
     """How to draw a convolution's kernels; query parameters of the weights endpoint."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["auto", "rgb", "slices", "norm"] = Field(
         default="auto",
@@ -21,16 +22,12 @@ class WeightsQuery(BaseModel):
         "`slices`.",
     )
     k: int = Field(default=4, ge=1, le=64, description="Slices per filter in `slices` mode.")
-    filters: list[int] | None = Field(
+    filters: UnitList[int] | None = Field(
         default=None,
-        min_length=1,
-        max_length=4096,
         description="Filters (output channels) to draw, in this order. Default: all.",
     )
-    top_k: int | None = Field(
+    top_k: TopK | None = Field(
         default=None,
-        ge=1,
-        le=4096,
         description="Draw the k filters with the largest L2 norm, largest first. Not with "
         "`filters`.",
     )
@@ -39,22 +36,18 @@ class WeightsQuery(BaseModel):
         description="`filter`: each filter's tiles span the whole colour range (zero in the "
         "middle for signed weights); `layer`: one range for the layer, so filters compare.",
     )
-    colormap: str | None = Field(
+    colormap: Colormap | None = Field(
         default=None,
-        min_length=1,
-        max_length=64,
         examples=["coolwarm", "RdBu_r", "gray", "viridis"],
         description="Any matplotlib colormap name. Default: `coolwarm` for signed weights, "
         "`viridis` for norms. `rgb` tiles use none.",
     )
-    columns: int | None = Field(
+    columns: GridColumns | None = Field(
         default=None,
-        ge=1,
-        le=256,
         description="Tiles per row. Default: one row per filter in `slices` mode (k tiles), "
         "else a near-square grid.",
     )
-    padding: int = Field(default=1, ge=0, le=32, description="Pixels between and around tiles.")
+    padding: TilePadding = 1
     scale: int | None = Field(
         default=None,
         ge=1,
@@ -63,11 +56,9 @@ class WeightsQuery(BaseModel):
         "pixels per kernel, less if the grid would be too large.",
     )
 
-    @model_validator(mode="after")
-    def _one_selection(self) -> Self:
-        if self.filters is not None and self.top_k is not None:
-            raise ValueError("give filters or top_k, not both")
-        return self
+    _one_selection = at_most_one_given(
+        "filters", "top_k", message="give filters or top_k, not both"
+    )
 
 
 class WeightGrid(BaseModel):
