@@ -44,7 +44,7 @@ from schemas.attributions import (
     TargetAttributionRead,
 )
 from schemas.jobs import Progress
-from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
+from workers.kinds.base import JobContext, OneShardJobKind, Resources, ResultPictures
 from workers.kinds.registry import register_kind
 from workers.kinds.sanity import answer_status
 from workers.records.verdicts import Verdicts
@@ -271,13 +271,11 @@ def _image(request: AttributionsCreate, draft: tuple[int, int] | None = None) ->
 
 
 @register_kind
-class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
+class Attributions(OneShardJobKind[AttributionsCreate, AttributionsRead]):
     """Attribution as a job: one shard; progress in images run through the model."""
 
     name = "attribution"
     route = JOB_ROUTE
-    request_type = AttributionsCreate
-    result_type = AttributionsRead
     progress_unit = "images"
 
     def prepare(
@@ -315,14 +313,9 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
         loaded = resources.model(model)
         return passes(request, loaded.spec, layer_channels(loaded, request))
 
-    def run_shard(
-        self,
-        request: AttributionsCreate,
-        model: str,
-        shard: int,
-        resources: Resources,
-        context: JobContext,
-    ) -> Partial:
+    def run(
+        self, request: AttributionsCreate, model: str, resources: Resources, context: JobContext
+    ) -> AttributionsRead:
         loaded = resources.model(model)
         total = passes(request, loaded.spec, layer_channels(loaded, request))
         done = 0
@@ -338,17 +331,7 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
         full = _image(request) if request.overlay_full else None
         explained = explain(loaded, request, image, on_batch, uploaded=full)
         context.report(Progress(step=total, total=total, unit=self.progress_unit))
-        return to_read(model, explained).model_dump(mode="json")
-
-    def merge(
-        self,
-        request: AttributionsCreate,
-        model: str,
-        partials: list[Partial],
-        resources: Resources,
-    ) -> AttributionsRead:
-        (only,) = partials
-        return AttributionsRead.model_validate(only)
+        return to_read(model, explained)
 
     def finalize(
         self,

@@ -37,14 +37,7 @@ from schemas.optimization import (
     OptimizationResult,
 )
 from workers.compile import CompilePolicy
-from workers.kinds.base import (
-    JobContext,
-    JobKind,
-    Partial,
-    Reference,
-    Resources,
-    ResultPictures,
-)
+from workers.kinds.base import JobContext, OneShardJobKind, Reference, Resources, ResultPictures
 from workers.kinds.caricature import caricature_objective, fetched, kept
 from workers.kinds.optimization_limits import admit
 from workers.kinds.optimization_pictures import (
@@ -373,13 +366,11 @@ def optimize(
 
 
 @register_kind
-class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
+class Optimization(OneShardJobKind[OptimizationCreate, OptimizationResult]):
     """Activation maximization: one shard, progress in optimizer steps."""
 
     name = "optimization"
     route = ROUTE
-    request_type = OptimizationCreate
-    result_type = OptimizationResult
 
     def prepare(
         self, request: OptimizationCreate, model: str, resources: Resources
@@ -418,27 +409,12 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
             scores = dataset_scores(request, model, job, resources.model(model))
         return request.model_copy(update={"dataset_scores": scores})
 
-    def run_shard(
-        self,
-        request: OptimizationCreate,
-        model: str,
-        shard: int,
-        resources: Resources,
-        context: JobContext,
-    ) -> Partial:
+    def run(
+        self, request: OptimizationCreate, model: str, resources: Resources, context: JobContext
+    ) -> OptimizationResult:
         loaded = resources.model(model)
         request = fetched(request, resources)
-        return optimize(request, loaded, context, resources.compile).model_dump(mode="json")
-
-    def merge(
-        self,
-        request: OptimizationCreate,
-        model: str,
-        partials: list[Partial],
-        resources: Resources,
-    ) -> OptimizationResult:
-        (only,) = partials
-        return OptimizationResult.model_validate(only)
+        return optimize(request, loaded, context, resources.compile)
 
     def pictures(self, result: OptimizationResult) -> ResultPictures | None:
         if result.grid is None or any(unit.image is None for unit in result.units):
