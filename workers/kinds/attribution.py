@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 from PIL import Image
@@ -86,6 +87,14 @@ def _baseline(spec: ModelSpec, name: str) -> torch.Tensor:
     return spec.normalize(torch.full((1, spec.channels, 1, 1), level))
 
 
+class _Colours(TypedDict):
+    """How a map is coloured, the same in its pictures and its full-size overlay."""
+
+    signed: bool
+    colormap: str | None
+    opacity: float
+
+
 def _smooth(options: SmoothOptions | None) -> Smooth | None:
     if options is None:
         return None
@@ -146,32 +155,14 @@ def explain(
     if not draw:
         return Explained(result, [], spec.input_size)
     seen = spec.denormalize(x[0])
-    pictures = [
-        map_picture(
-            attribution,
-            seen,
-            signed=result.signed,
-            colormap=options.colormap,
-            opacity=options.opacity,
-        )
-        for attribution in result.maps
-    ]
+    colours = _Colours(signed=result.signed, colormap=options.colormap, opacity=options.opacity)
+    pictures = [map_picture(attribution, seen, **colours) for attribution in result.maps]
     full = None
     if options.overlay_full:
         source = uploaded if uploaded is not None else image
         box = fit_box(source.size, spec.input_size, options.fit)
         pixels = to_tensor(source, 3)
-        full = [
-            overlay_full(
-                attribution,
-                pixels,
-                box,
-                signed=result.signed,
-                colormap=options.colormap,
-                opacity=options.opacity,
-            )
-            for attribution in result.maps
-        ]
+        full = [overlay_full(attribution, pixels, box, **colours) for attribution in result.maps]
     return Explained(result, pictures, spec.input_size, scores, full)
 
 
