@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import Request
 
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.featuremaps import (
@@ -34,13 +33,17 @@ from schemas.feature_maps import (
 )
 from service.concurrency import TorchPool
 from service.errors import ApiError
-from service.image_request import ImageRequest, read_image_request
-
-_LIST_FIELDS = frozenset({"layers", "channels"})
-# Enough form fields for 16 layers and 4096 channels, and not unbounded.
-_MAX_FORM_FIELDS = 16 + 4096 + 16
+from service.image_request import ImageRequest, ImageRequestReader
 
 FeatureMapsRequest = ImageRequest[FeatureMapsOptions]
+
+read_request = ImageRequestReader(
+    FeatureMapsCreate,
+    FeatureMapsOptions,
+    frozenset({"layers", "channels"}),
+    # Enough form fields for 16 layers and 4096 channels, and not unbounded.
+    max_fields=16 + 4096 + 16,
+)
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,6 @@ class Rendered:
     maps: LayerMaps
     png: bytes
     precision: str = "fp32"
-
-
-async def read_request(request: Request) -> FeatureMapsRequest:
-    """Parse a JSON or multipart request; 415 for any other content type, 422 for bad fields."""
-    return await read_image_request(
-        request, FeatureMapsCreate, FeatureMapsOptions, _LIST_FIELDS, _MAX_FORM_FIELDS
-    )
 
 
 def _activations(

@@ -13,6 +13,7 @@ from schemas.attributions import (
     AttributionsRead,
 )
 from service.attributions import (
+    SyncAttribution,
     check_cost,
     explain_json,
     explain_png,
@@ -167,9 +168,8 @@ async def create_attributions(
         body = dataclasses.replace(read, options=read.options.model_copy(update={"metrics": []}))
         check_cost(model, spec, body.options, limit)
         sanity = await _sanity(jobs, model, body.options)
-        arrays, headers = await pool.run(
-            explain_raw, registry, model, body, settings.max_image_pixels, limit
-        )
+        asked = SyncAttribution(registry, model, body, settings.max_image_pixels, limit)
+        arrays, headers = await pool.run(explain_raw, asked)
         headers["X-Sanity"] = sanity
         if raw == "npy":
             arrays = {"maps": arrays["maps"]}
@@ -189,13 +189,10 @@ async def create_attributions(
         )
     check_cost(model, spec, options, limit)
     sanity = await _sanity(jobs, model, options)
+    asked = SyncAttribution(registry, model, body, settings.max_image_pixels, limit)
     if png:
-        content, headers = await pool.run(
-            explain_png, registry, model, body, settings.max_image_pixels, limit
-        )
+        content, headers = await pool.run(explain_png, asked)
         headers["X-Sanity"] = sanity
         return Response(content, media_type="image/png", headers=headers)
-    content = await pool.run(
-        explain_json, registry, model, body, settings.max_image_pixels, limit, sanity
-    )
+    content = await pool.run(explain_json, asked, sanity)
     return Response(content, media_type="application/json")
