@@ -246,3 +246,15 @@ def wants_png(accept_header: str | None) -> bool:
             "ask for application/json or image/png",
         )
     return png > json
+
+
+def check_one_png(png: bool, count: int, noun: str, picture: str) -> None:
+    """406 where the answer is to be one PNG (``png``, see :func:`wants_png`), the ``picture``
+    of one ``noun``, and the request asks for ``count`` of them."""
+    if png and count > 1:
+        raise ApiError(
+            406,
+            "not_acceptable",
+            f"Accept: image/png returns one {noun}'s {picture}, and {count} {noun}s were asked "
+            f"for; ask for one {noun}, or for application/json",
+        )
