@@ -9,8 +9,9 @@ refused with a pointer to the job route.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from fastapi import Request
 
 from cnnviz.attribution import METRICS, SMOOTH_TYPES, get_method, methods
 from cnnviz.models import ModelRegistry, ModelSpec
@@ -22,21 +23,15 @@ from schemas.attributions import (
     CostRead,
 )
 from service.errors import ApiError
-from service.image_request import ImageRequest, read_image_request
+from service.image_request import ImageRequest, ImageRequestReader
 from workers.kinds.attribution import Explained, explain, layer_channels, passes, to_read
 from workers.records.verdicts import SanityStatus, VerdictTable, sanity_status
 
 AttributionsRequest = ImageRequest[AttributionsOptions]
 
-_LIST_FIELDS = frozenset({"target", "metrics"})
-_MAX_FORM_FIELDS = 64
-
-
-async def read_request(request: Request) -> AttributionsRequest:
-    """Parse a JSON or multipart request; 415 for any other content type, 422 for bad fields."""
-    return await read_image_request(
-        request, AttributionsCreate, AttributionsOptions, _LIST_FIELDS, _MAX_FORM_FIELDS
-    )
+read_request = ImageRequestReader(
+    AttributionsCreate, AttributionsOptions, frozenset({"target", "metrics"}), max_fields=64
+)
 
 
 def check_cost(
@@ -67,36 +62,37 @@ def check_cost(
         )
 
 
-def _explained(
-    registry: ModelRegistry,
-    model: str,
-    request: AttributionsRequest,
-    max_pixels: int,
-    draw: bool = True,
-    limit: int | None = None,
-) -> Explained:
-    loaded = registry.get(model)
-    if limit is not None:  # again, now that the layer's channels are known (Score-CAM)
-        channels = layer_channels(loaded, request.options)
-        check_cost(model, loaded.spec, request.options, limit, channels)
-    # The model sees the same pixels whatever is drawn (a JPEG decodes reduced, as on every
-    # route); the full-size overlay is drawn on a second decode at the upload's own size.
-    image = request.decoded(max_pixels, loaded.spec.input_size)
-    full = request.decoded(max_pixels, None) if request.options.overlay_full and draw else None
-    return explain(loaded, request.options, image, draw=draw, uploaded=full)
+@dataclass(frozen=True)
+class SyncAttribution:
+    """One synchronous attribution, as the torch pool runs it: ``model`` of ``registry``,
+    the request, the most pixels its image may decode to (``max_pixels``) and the cap on a
+    synchronous answer's image-pixels, checked again with the model (``limit``; None: not
+    checked)."""
+
+    registry: ModelRegistry
+    model: str
+    request: AttributionsRequest
+    max_pixels: int
+    limit: int | None = None
+
+    def explained(self, draw: bool = True) -> Explained:
+        request, max_pixels = self.request, self.max_pixels
+        loaded = self.registry.get(self.model)
+        if self.limit is not None:  # again, now that the layer's channels are known (Score-CAM)
+            channels = layer_channels(loaded, request.options)
+            check_cost(self.model, loaded.spec, request.options, self.limit, channels)
+        # The model sees the same pixels whatever is drawn (a JPEG decodes reduced, as on every
+        # route); the full-size overlay is drawn on a second decode at the upload's own size.
+        image = request.decoded(max_pixels, loaded.spec.input_size)
+        full = request.decoded(max_pixels, None) if request.options.overlay_full and draw else None
+        return explain(loaded, request.options, image, draw=draw, uploaded=full)
 
 
-def explain_raw(
-    registry: ModelRegistry,
-    model: str,
-    request: AttributionsRequest,
-    max_pixels: int,
-    limit: int | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def explain_raw(asked: SyncAttribution) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The maps as float32 arrays, ``maps`` ``(T, H, W)`` at the model's input size (the
     very maps the metrics rank), with ``targets`` ``(T,)`` int64; and headers that name
     the targets: blocking, for the torch pool."""
-    result = _explained(registry, model, request, max_pixels, draw=False, limit=limit).result
+    result = asked.explained(draw=False).result
     indices = [target.index for target in result.targets]
     arrays = {
         "maps": result.maps.float().numpy(),
@@ -113,18 +109,10 @@ def explain_raw(
     return arrays, headers
 
 
-def explain_json(
-    registry: ModelRegistry,
-    model: str,
-    request: AttributionsRequest,
-    max_pixels: int,
-    limit: int | None = None,
-    sanity: SanityStatus = "unknown",
-) -> bytes:
+def explain_json(asked: SyncAttribution, sanity: SanityStatus = "unknown") -> bytes:
     """Decode, attribute, draw, then the ``AttributionsRead`` answer with the method's
     ``sanity`` status, serialized: blocking, for the torch pool."""
-    explained = _explained(registry, model, request, max_pixels, limit=limit)
-    read = to_read(model, explained).model_copy(update={"sanity": sanity})
+    read = to_read(asked.model, asked.explained()).model_copy(update={"sanity": sanity})
     return read.model_dump_json().encode()
 
 
@@ -133,15 +121,9 @@ def _header_text(text: str) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
-def explain_png(
-    registry: ModelRegistry,
-    model: str,
-    request: AttributionsRequest,
-    max_pixels: int,
-    limit: int | None = None,
-) -> tuple[bytes, dict[str, str]]:
+def explain_png(asked: SyncAttribution) -> tuple[bytes, dict[str, str]]:
     """The one target's overlay (or map) PNG and headers with its numbers."""
-    explained = _explained(registry, model, request, max_pixels, limit=limit)
+    explained = asked.explained()
     result = explained.result
     picture = explained.pictures[0]
     target = result.targets[0]
@@ -158,7 +140,7 @@ def explain_png(
     }
     if result.layer is not None:
         headers["X-Layer"] = result.layer
-    png = picture.overlay if request.options.picture == "overlay" else picture.heatmap
+    png = picture.overlay if asked.request.options.picture == "overlay" else picture.heatmap
     return png, headers
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
@@ -20,43 +21,25 @@ from service.jobs.manager import JobManager
 from service.settings import Settings
 
 
-async def get_app_settings(request: Request) -> Settings:
-    """The settings the app was built with (see ``create_app``).
+def app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency: what the app was built with under ``name`` (see ``create_app``).
 
-    Read from the app rather than overriding ``get_settings``: FastAPI rebuilds every
-    dependant on each request while any override is set, which costs about a millisecond.
+    The settings too are read from the app rather than by overriding ``get_settings``:
+    FastAPI rebuilds every dependant on each request while any override is set, which costs
+    about a millisecond.
     """
-    settings: Settings = request.app.state.settings
-    return settings
+
+    async def read(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return read
 
 
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-
-
-async def get_registry(request: Request) -> ModelRegistry:
-    registry: ModelRegistry = request.app.state.registry
-    return registry
-
-
-async def get_pool(request: Request) -> TorchPool:
-    pool: TorchPool = request.app.state.pool
-    return pool
-
-
-async def get_jobs(request: Request) -> JobManager:
-    jobs: JobManager = request.app.state.jobs
-    return jobs
-
-
-async def get_datasets(request: Request) -> DatasetRegistry:
-    datasets: DatasetRegistry = request.app.state.datasets
-    return datasets
-
-
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-DatasetsDep = Annotated[DatasetRegistry, Depends(get_datasets)]
-PoolDep = Annotated[TorchPool, Depends(get_pool)]
-JobsDep = Annotated[JobManager, Depends(get_jobs)]
+SettingsDep = Annotated[Settings, Depends(app_state("settings"))]
+RegistryDep = Annotated[ModelRegistry, Depends(app_state("registry"))]
+DatasetsDep = Annotated[DatasetRegistry, Depends(app_state("datasets"))]
+PoolDep = Annotated[TorchPool, Depends(app_state("pool"))]
+JobsDep = Annotated[JobManager, Depends(app_state("jobs"))]
 
 
 def key_is_valid(settings: Settings, given: str | None) -> bool:

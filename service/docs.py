@@ -7,6 +7,8 @@ into this repository and nothing is fetched from another host.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 
@@ -51,34 +53,40 @@ def install_docs(app: FastAPI) -> None:
     app.mount(DOCS_ASSETS, StaticFiles(directory=_assets_dir()), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
 
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return _local_only(
-            get_swagger_ui_html(
-                openapi_url=f"{root}{openapi_url}",
-                title=f"{app.title} — API",
-                oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
-                swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
-                swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
-                swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
-                swagger_ui_parameters=_SWAGGER_PARAMETERS,
+    def page(
+        render: Callable[..., HTMLResponse], title: str, **paths: str
+    ) -> Callable[[Request], Awaitable[HTMLResponse]]:
+        """A page that ``render`` writes, titled ``title``, its URLs (the OpenAPI document's
+        and ``paths``) under the root path the app is served at."""
+
+        async def serve(request: Request) -> HTMLResponse:
+            root = request.scope.get("root_path", "")
+            urls = {name: f"{root}{path}" for name, path in paths.items()}
+            html = render(
+                openapi_url=f"{root}{openapi_url}", title=f"{app.title} — {title}", **urls
             )
-        )
+            return _local_only(html)
+
+        return serve
+
+    swagger_ui = page(
+        partial(get_swagger_ui_html, swagger_ui_parameters=_SWAGGER_PARAMETERS),
+        "API",
+        oauth2_redirect_url="/docs/oauth2-redirect",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+    )
+    app.get("/docs", include_in_schema=False)(swagger_ui)
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return _local_only(get_swagger_ui_oauth2_redirect_html())
 
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return _local_only(
-            get_redoc_html(
-                openapi_url=f"{root}{openapi_url}",
-                title=f"{app.title} — API reference",
-                redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
-                redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
-                with_google_fonts=False,
-            )
-        )
+    redoc = page(
+        partial(get_redoc_html, with_google_fonts=False),
+        "API reference",
+        redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+        redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+    )
+    app.get("/redoc", include_in_schema=False)(redoc)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import Request
 
 from cnnviz.errors import InvalidArgumentError, LayerShapeError
 from cnnviz.featuremaps import (
@@ -34,13 +33,17 @@ from schemas.feature_maps import (
 )
 from service.concurrency import TorchPool
 from service.errors import ApiError
-from service.image_request import ImageRequest, read_image_request
-
-_LIST_FIELDS = frozenset({"layers", "channels"})
-# Enough form fields for 16 layers and 4096 channels, and not unbounded.
-_MAX_FORM_FIELDS = 16 + 4096 + 16
+from service.image_request import ImageRequest, ImageRequestReader
 
 FeatureMapsRequest = ImageRequest[FeatureMapsOptions]
+
+read_request = ImageRequestReader(
+    FeatureMapsCreate,
+    FeatureMapsOptions,
+    frozenset({"layers", "channels"}),
+    # Enough form fields for 16 layers and 4096 channels, and not unbounded.
+    max_fields=16 + 4096 + 16,
+)
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,6 @@ class Rendered:
     maps: LayerMaps
     png: bytes
     precision: str = "fp32"
-
-
-async def read_request(request: Request) -> FeatureMapsRequest:
-    """Parse a JSON or multipart request; 415 for any other content type, 422 for bad fields."""
-    return await read_image_request(
-        request, FeatureMapsCreate, FeatureMapsOptions, _LIST_FIELDS, _MAX_FORM_FIELDS
-    )
 
 
 def _activations(
@@ -250,3 +246,15 @@ def wants_png(accept_header: str | None) -> bool:
             "ask for application/json or image/png",
         )
     return png > json
+
+
+def check_one_png(png: bool, count: int, noun: str, picture: str) -> None:
+    """406 where the answer is to be one PNG (``png``, see :func:`wants_png`), the ``picture``
+    of one ``noun``, and the request asks for ``count`` of them."""
+    if png and count > 1:
+        raise ApiError(
+            406,
+            "not_acceptable",
+            f"Accept: image/png returns one {noun}'s {picture}, and {count} {noun}s were asked "
+            f"for; ask for one {noun}, or for application/json",
+        )

@@ -79,36 +79,39 @@ def require_json(request: Request) -> None:
         )
 
 
-async def read_image_request(
-    request: Request,
-    body_model: type[Options],
-    options_model: type[Options],
-    list_fields: Collection[str],
-    max_fields: int,
-) -> ImageRequest[Options]:
-    """Parse a JSON or multipart request; 415 for any other content type, 422 for bad fields.
+@dataclass(frozen=True)
+class ImageRequestReader(Generic[Options]):
+    """How one endpoint reads its request: ``body_model`` validates a JSON body (the options
+    plus ``image`` or ``sample``); ``options_model`` the form fields, where ``list_fields``
+    may repeat, ``max_fields`` of them at most."""
 
-    ``body_model`` validates a JSON body (the options plus ``image`` or ``sample``);
-    ``options_model`` the form fields, where ``list_fields`` may repeat.
-    """
-    content_type = request.headers.get("content-type", "")
-    media = content_type.partition(";")[0].strip().lower()
-    if is_json(media):
-        try:
-            # Strict: in JSON, `true` is not 1 nor "3" a number (form fields are all text).
-            create = body_model.model_validate_json(await request.body(), strict=True)
-        except ValidationError as exc:
-            raise invalid(exc, "body") from None
-        source: ImageBody = create  # type: ignore[assignment]
-        return ImageRequest(create, image_base64=source.image, sample=source.sample)
-    if media == "multipart/form-data":
-        return await _read_form(request, options_model, list_fields, max_fields)
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        f"unsupported content type {content_type or '(none)'!r}; send application/json with a "
-        "base64 'image' (or a 'sample'), or multipart/form-data with a file field 'image'",
-    )
+    body_model: type[Options]
+    options_model: type[Options]
+    list_fields: Collection[str]
+    max_fields: int
+
+    async def __call__(self, request: Request) -> ImageRequest[Options]:
+        """Parse a JSON or multipart request; 415 for any other content type, 422 for bad
+        fields."""
+        content_type = request.headers.get("content-type", "")
+        media = content_type.partition(";")[0].strip().lower()
+        if is_json(media):
+            try:
+                # Strict: in JSON, `true` is not 1 nor "3" a number (form fields are all text).
+                create = self.body_model.model_validate_json(await request.body(), strict=True)
+            except ValidationError as exc:
+                raise invalid(exc, "body") from None
+            source: ImageBody = create  # type: ignore[assignment]
+            return ImageRequest(create, image_base64=source.image, sample=source.sample)
+        if media == "multipart/form-data":
+            return await _read_form(request, self.options_model, self.list_fields, self.max_fields)
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"unsupported content type {content_type or '(none)'!r}; send application/json "
+            "with a base64 'image' (or a 'sample'), or multipart/form-data with a file field "
+            "'image'",
+        )
 
 
 async def _read_form(

@@ -12,20 +12,8 @@ from schemas.weights import KernelStats, WeightGrid, WeightsQuery, WeightsRead
 def render(registry: ModelRegistry, model: str, layer: str, query: WeightsQuery) -> FilterWeights:
     """The grid of ``layer``'s kernels; loads the model on first use."""
     loaded = registry.get(model)
-    return filter_weights(
-        loaded.module,
-        layer,
-        mode=query.mode,
-        k=query.k,
-        filters=query.filters,
-        top_k=query.top_k,
-        normalize=query.normalize,
-        colormap=query.colormap,
-        columns=query.columns,
-        padding=query.padding,
-        scale=query.scale,
-        model_name=model,
-    )
+    # The query's fields are the grid options of filter_weights, by name.
+    return filter_weights(loaded.module, layer, model_name=model, **dict(query))
 
 
 def render_png(

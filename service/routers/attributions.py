@@ -13,6 +13,7 @@ from schemas.attributions import (
     AttributionsRead,
 )
 from service.attributions import (
+    SyncAttribution,
     check_cost,
     explain_json,
     explain_png,
@@ -20,8 +21,7 @@ from service.attributions import (
     read_request,
 )
 from service.deps import JobsDep, PoolDep, RegistryDep, SettingsDep
-from service.errors import ApiError
-from service.feature_maps import wants_png
+from service.feature_maps import check_one_png, wants_png
 from service.jobs.manager import JobManager
 from service.raw import MEDIA_TYPE, RawFormat, encode, wanted_raw
 from service.routers.responses import BUSY, RAW_CONTENT, UNKNOWN_MODEL, UPLOAD_PROBLEMS, problem
@@ -167,9 +167,8 @@ async def create_attributions(
         body = dataclasses.replace(read, options=read.options.model_copy(update={"metrics": []}))
         check_cost(model, spec, body.options, limit)
         sanity = await _sanity(jobs, model, body.options)
-        arrays, headers = await pool.run(
-            explain_raw, registry, model, body, settings.max_image_pixels, limit
-        )
+        asked = SyncAttribution(registry, model, body, settings.max_image_pixels, limit)
+        arrays, headers = await pool.run(explain_raw, asked)
         headers["X-Sanity"] = sanity
         if raw == "npy":
             arrays = {"maps": arrays["maps"]}
@@ -179,23 +178,13 @@ async def create_attributions(
     png = wants_png(request.headers.get("accept"))
     body = await read_request(request)
     options: AttributionsOptions = body.options
-    targets = len(options.targets or [None])
-    if png and targets > 1:
-        raise ApiError(
-            406,
-            "not_acceptable",
-            f"Accept: image/png returns one target's picture, and {targets} targets were asked "
-            "for; ask for one target, or for application/json",
-        )
+    check_one_png(png, len(options.targets or [None]), "target", "picture")
     check_cost(model, spec, options, limit)
     sanity = await _sanity(jobs, model, options)
+    asked = SyncAttribution(registry, model, body, settings.max_image_pixels, limit)
     if png:
-        content, headers = await pool.run(
-            explain_png, registry, model, body, settings.max_image_pixels, limit
-        )
+        content, headers = await pool.run(explain_png, asked)
         headers["X-Sanity"] = sanity
         return Response(content, media_type="image/png", headers=headers)
-    content = await pool.run(
-        explain_json, registry, model, body, settings.max_image_pixels, limit, sanity
-    )
+    content = await pool.run(explain_json, asked, sanity)
     return Response(content, media_type="application/json")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from schemas.dissection import DissectionGridRead, DissectionResult
-from service.deps import DatasetsDep, JobsDep, OwnerDep, PoolDep, RegistryDep
 from service.dissection import find_unit, render
-from service.routers.jobs import PICTURE_RESPONSES, JobId, UnitIndex, picture_or_json
+from service.routers.jobs import PICTURE_RESPONSES
+from service.routers.unit_pictures import UnitPicturesDep
 from workers.kinds.dissection import Dissection
 
 router = APIRouter(prefix="/jobs", tags=["dissection"])
@@ -18,21 +18,9 @@ router = APIRouter(prefix="/jobs", tags=["dissection"])
     response_model=DissectionGridRead,
     responses=PICTURE_RESPONSES,
 )
-async def read_dissection(
-    job_id: JobId,
-    layer: str,
-    channel: UnitIndex,
-    request: Request,
-    jobs: JobsDep,
-    owner: OwnerDep,
-    registry: RegistryDep,
-    datasets: DatasetsDep,
-    pool: PoolDep,
-) -> Response:
+async def read_dissection(unit: UnitPicturesDep) -> Response:
     """A unit's top images with its binarised mask and its label's concept mask drawn over
     them. PNG with `Accept: image/png`, else JSON (the unit's label and score with it)."""
-    result = await jobs.succeeded(job_id, owner, Dissection.name, "dissection pictures")
-    assert isinstance(result, DissectionResult)
-    find_unit(result, layer, channel)  # a bad address is a 4xx before any drawing
-    png, read = await pool.run(render, registry, datasets, result, layer, channel)
-    return picture_or_json(request, png, read)
+    result = await unit.result(Dissection.name, DissectionResult, "dissection pictures")
+    find_unit(result, unit.layer, unit.channel)  # a bad address is a 4xx before any drawing
+    return await unit.draw(render, result, unit.layer, unit.channel)

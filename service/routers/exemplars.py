@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
 from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsResult
-from service.deps import DatasetsDep, JobsDep, OwnerDep, PoolDep, RegistryDep
 from service.exemplars import render
-from service.routers.jobs import PICTURE_RESPONSES, JobId, UnitIndex, picture_or_json
+from service.routers.jobs import PICTURE_RESPONSES
+from service.routers.unit_pictures import UnitPicturesDep
 from workers.kinds.exemplars import Exemplars
 
 router = APIRouter(prefix="/jobs", tags=["exemplars"])
@@ -21,22 +21,9 @@ router = APIRouter(prefix="/jobs", tags=["exemplars"])
     responses=PICTURE_RESPONSES,
 )
 async def read_exemplars(
-    job_id: JobId,
-    layer: str,
-    channel: UnitIndex,
-    query: Annotated[ExemplarGridQuery, Query()],
-    request: Request,
-    jobs: JobsDep,
-    owner: OwnerDep,
-    registry: RegistryDep,
-    datasets: DatasetsDep,
-    pool: PoolDep,
+    unit: UnitPicturesDep, query: Annotated[ExemplarGridQuery, Query()]
 ) -> Response:
     """A grid of a channel's top (or bottom) images: whole, cropped to the receptive field
     of the maximum, or masked by the activation. PNG with `Accept: image/png`, else JSON."""
-    result = await jobs.succeeded(job_id, owner, Exemplars.name, "exemplar grids")
-    assert isinstance(result, ExemplarsResult)
-    png, read = await pool.run(
-        render, registry, datasets, result, layer, channel, query.mode, query.which
-    )
-    return picture_or_json(request, png, read)
+    result = await unit.result(Exemplars.name, ExemplarsResult, "exemplar grids")
+    return await unit.draw(render, result, unit.layer, unit.channel, query.mode, query.which)

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query, Request, Response
 
 from schemas.feature_maps import FeatureMapsCreate, FeatureMapsRead
 from service.deps import PoolDep, RegistryDep, SettingsDep
-from service.errors import ApiError
 from service.feature_maps import (
+    check_one_png,
     png_headers,
     raw_activations,
     read_request,
@@ -138,14 +138,7 @@ async def create_feature_maps(
         return Response(data, media_type=MEDIA_TYPE[raw])
     png = wants_png(request.headers.get("accept"))
     body = await read_request(request)
-    layers = len(set(body.options.layers))
-    if png and layers > 1:
-        raise ApiError(
-            406,
-            "not_acceptable",
-            f"Accept: image/png returns one layer's grid, and {layers} layers were asked for; "
-            "ask for one layer, or for application/json",
-        )
+    check_one_png(png, len(set(body.options.layers)), "layer", "grid")
     if png:
         rendered = await pool.run(render, registry, model, body, settings.max_image_pixels, pool)
         return Response(rendered[0].png, media_type="image/png", headers=png_headers(rendered[0]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 from PIL import Image
@@ -44,7 +45,7 @@ from schemas.attributions import (
     TargetAttributionRead,
 )
 from schemas.jobs import Progress
-from workers.kinds.base import JobContext, JobKind, Partial, Resources, ResultPictures
+from workers.kinds.base import JobContext, OneShardJobKind, Resources, ResultPictures
 from workers.kinds.registry import register_kind
 from workers.kinds.sanity import answer_status
 from workers.records.verdicts import Verdicts
@@ -84,6 +85,14 @@ def _baseline(spec: ModelSpec, name: str) -> torch.Tensor:
     if level is None:
         return torch.zeros((1, spec.channels, 1, 1))
     return spec.normalize(torch.full((1, spec.channels, 1, 1), level))
+
+
+class _Colours(TypedDict):
+    """How a map is coloured, the same in its pictures and its full-size overlay."""
+
+    signed: bool
+    colormap: str | None
+    opacity: float
 
 
 def _smooth(options: SmoothOptions | None) -> Smooth | None:
@@ -146,32 +155,14 @@ def explain(
     if not draw:
         return Explained(result, [], spec.input_size)
     seen = spec.denormalize(x[0])
-    pictures = [
-        map_picture(
-            attribution,
-            seen,
-            signed=result.signed,
-            colormap=options.colormap,
-            opacity=options.opacity,
-        )
-        for attribution in result.maps
-    ]
+    colours = _Colours(signed=result.signed, colormap=options.colormap, opacity=options.opacity)
+    pictures = [map_picture(attribution, seen, **colours) for attribution in result.maps]
     full = None
     if options.overlay_full:
         source = uploaded if uploaded is not None else image
         box = fit_box(source.size, spec.input_size, options.fit)
         pixels = to_tensor(source, 3)
-        full = [
-            overlay_full(
-                attribution,
-                pixels,
-                box,
-                signed=result.signed,
-                colormap=options.colormap,
-                opacity=options.opacity,
-            )
-            for attribution in result.maps
-        ]
+        full = [overlay_full(attribution, pixels, box, **colours) for attribution in result.maps]
     return Explained(result, pictures, spec.input_size, scores, full)
 
 
@@ -271,13 +262,11 @@ def _image(request: AttributionsCreate, draft: tuple[int, int] | None = None) ->
 
 
 @register_kind
-class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
+class Attributions(OneShardJobKind[AttributionsCreate, AttributionsRead]):
     """Attribution as a job: one shard; progress in images run through the model."""
 
     name = "attribution"
     route = JOB_ROUTE
-    request_type = AttributionsCreate
-    result_type = AttributionsRead
     progress_unit = "images"
 
     def prepare(
@@ -315,14 +304,9 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
         loaded = resources.model(model)
         return passes(request, loaded.spec, layer_channels(loaded, request))
 
-    def run_shard(
-        self,
-        request: AttributionsCreate,
-        model: str,
-        shard: int,
-        resources: Resources,
-        context: JobContext,
-    ) -> Partial:
+    def run(
+        self, request: AttributionsCreate, model: str, resources: Resources, context: JobContext
+    ) -> AttributionsRead:
         loaded = resources.model(model)
         total = passes(request, loaded.spec, layer_channels(loaded, request))
         done = 0
@@ -338,17 +322,7 @@ class Attributions(JobKind[AttributionsCreate, AttributionsRead]):
         full = _image(request) if request.overlay_full else None
         explained = explain(loaded, request, image, on_batch, uploaded=full)
         context.report(Progress(step=total, total=total, unit=self.progress_unit))
-        return to_read(model, explained).model_dump(mode="json")
-
-    def merge(
-        self,
-        request: AttributionsCreate,
-        model: str,
-        partials: list[Partial],
-        resources: Resources,
-    ) -> AttributionsRead:
-        (only,) = partials
-        return AttributionsRead.model_validate(only)
+        return to_read(model, explained)
 
     def finalize(
         self,

@@ -7,8 +7,10 @@ API look kinds up by name; nothing dispatches on a kind's name.
 A job runs as one or more **shards**: :meth:`JobKind.shards` says how many, each shard runs
 :meth:`JobKind.run_shard` and returns a small JSON partial, and :meth:`JobKind.merge` makes
 the result of the partials in shard order. A kind that does not split (optimization) has
-one shard. The in-process transport runs the shards one after another; Celery runs them as
-tasks on any number of workers, and the shard that finishes last merges them.
+one shard (:class:`OneShardJobKind`); a kind over a data set cuts it into shards
+(:class:`workers.kinds.dataset_kind.DatasetJobKind`). The in-process transport runs the
+shards one after another; Celery runs them as tasks on any number of workers, and the shard
+that finishes last merges them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -33,7 +35,6 @@ from cnnviz.data.loader import ModelInputs, model_batches
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import LoadedModel, ModelRegistry
 from cnnviz.threads import CoreShare
-from schemas.exemplars import DatasetJobOptions
 from schemas.jobs import Admission, JobRead, Progress
 from schemas.routes import JobRoute
 from workers.compile import CompilePolicy
@@ -300,7 +301,15 @@ class JobKind(ABC, Generic[RequestT, ResultT]):
     """How it is asked for over HTTP (declared beside its schema)."""
     request_type: type[RequestT]
     result_type: type[ResultT]
+    """The two types a kind parametrizes its base with: ``JobKind[Request, Result]``."""
     progress_unit: ClassVar[str] = "steps"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            types = get_args(base)
+            if len(types) == 2 and all(isinstance(t, type) for t in types):
+                cls.request_type, cls.result_type = types
 
     @abstractmethod
     def prepare(self, request: RequestT, model: str, resources: Resources) -> RequestT:
@@ -381,21 +390,23 @@ class JobKind(ABC, Generic[RequestT, ResultT]):
         return self.request_type.model_validate(request)
 
 
-DatasetRequestT = TypeVar("DatasetRequestT", bound=DatasetJobOptions)
+class OneShardJobKind(JobKind[RequestT, ResultT]):
+    """A kind that runs as one shard (it does not split): :meth:`run` makes the result, the
+    shard's partial is that result as JSON, and the merge reads it back."""
 
+    @abstractmethod
+    def run(
+        self, request: RequestT, model: str, resources: Resources, context: JobContext
+    ) -> ResultT:
+        """Run the job; its result."""
 
-class DatasetJobKind(JobKind[DatasetRequestT, ResultT]):
-    """A kind that runs over a data set (``request.dataset``) cut into shards of
-    ``Resources.shard_images`` consecutive images; its work counts images."""
+    def run_shard(
+        self, request: RequestT, model: str, shard: int, resources: Resources, context: JobContext
+    ) -> Partial:
+        return self.run(request, model, resources, context).model_dump(mode="json")
 
-    progress_unit = "images"
-
-    def _dataset(self, request: DatasetRequestT, resources: Resources) -> Dataset:
-        return resources.datasets.get(request.dataset)
-
-    def shards(self, request: DatasetRequestT, model: str, resources: Resources) -> int:
-        images = len(self._dataset(request, resources))
-        return max(1, math.ceil(images / resources.shard_images))
-
-    def work(self, request: DatasetRequestT, model: str, resources: Resources) -> int:
-        return len(self._dataset(request, resources))
+    def merge(
+        self, request: RequestT, model: str, partials: list[Partial], resources: Resources
+    ) -> ResultT:
+        (only,) = partials
+        return self.result_type.model_validate(only)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,10 +50,9 @@ from schemas.dissection import (
     DissectionResult,
     DissectionUnit,
 )
-from schemas.exemplars import Exemplar
-from schemas.jobs import Progress
 from workers.kinds import dissection_mis
-from workers.kinds.base import DatasetJobKind, JobContext, Partial, Resources
+from workers.kinds.base import JobContext, Partial, Resources
+from workers.kinds.dataset_kind import DatasetJobKind, MergedShards, top_exemplars, unit_shape
 from workers.kinds.registry import register_kind
 
 __all__ = ["Dissection"]
@@ -79,17 +77,12 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
 
     name = "dissection"
     route = ROUTE
-    pictures_elsewhere = "GET /v1/jobs/{id}/dissections/{layer}/{channel}"
-    request_type = DissectionCreate
-    result_type = DissectionResult
 
     def prepare(
         self, request: DissectionCreate, model: str, resources: Resources
     ) -> DissectionCreate:
-        loaded = resources.model(model)
-        # Units are channels or features, maps the spatial grid, whatever the layer's axes.
-        layers = [info.name for info in loaded.index.usable(request.layers)]
-        dataset = resources.datasets.get(request.dataset)
+        request = super().prepare(request, model, resources)
+        dataset = self._dataset(request, resources)
         method = request.method or ("masks" if dataset.has_masks else "labels")
         if method == "masks" and not dataset.has_masks:
             raise InvalidArgumentError(
@@ -103,7 +96,7 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
                 "use method 'masks' or a labelled dataset",
                 listing=("datasets",),
             )
-        update: dict[str, Any] = {"layers": layers, "method": method}
+        update: dict[str, Any] = {"method": method}
         if request.mis or request.mis_encoder:
             update["mis_encoder"] = dissection_mis.encoder(request, model, resources)
         return request.model_copy(update=update)
@@ -124,25 +117,13 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
         resources: Resources,
         context: JobContext,
     ) -> Partial:
-        loaded = resources.model(model)
-        dataset = self._dataset(request, resources)
-        indices = resources.shard_indices(shard, len(dataset))
         in_shard = self._counts_in_shard(request, model, resources)
+        run = self._shard(request, model, shard, resources, context, 2 if in_shard else 1)
+        loaded, dataset, indices = run.loaded, run.dataset, run.indices
         cached = in_shard and self._cache_bytes(request, loaded, len(indices)) <= _CACHE_BYTES
         inputs = MaskedInputs if cached else ModelInputs
         batches = resources.batches(loaded, dataset, indices, inputs)
-        started_at = time.time()
-        done = 0
-        skipped: list[int] = []
         bad_masks: list[int] = []
-        total = 2 * len(indices) if in_shard else len(indices)
-
-        def on_batch(n: int) -> None:
-            nonlocal done
-            done += n
-            context.check()
-            if context.progress_due(done == total):
-                context.report(Progress(step=done, total=total, unit="images"))
 
         with MapCache() if cached else contextlib.nullcontext() as cache:
             current: list[Any] = []
@@ -150,7 +131,7 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
             def counted() -> Any:
                 for batch in batches:
                     x, index, ok = batch[:3]
-                    skipped.extend(int(i) for i in index[~ok.bool()])
+                    run.skip_unread(index, ok)
                     if cache is not None:
                         current[:] = batch
                         bad_masks.extend(int(i) for i in index[ok.bool() & ~batch[4].bool()])
@@ -183,7 +164,7 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
                 labels=len(dataset.labels),
                 extremes=dissection_mis.EXTREMES if request.mis else 0,
                 device=loaded.device,
-                on_batch=on_batch,
+                on_batch=run.on_batch,
                 on_maps=keep_maps if cache is not None else None,
             )
             counted_here: dict[str, Any] | None = None
@@ -192,21 +173,19 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
                 if cache is not None:
                     concepts = len(dataset.concepts)
                     tallies = count_ious(
-                        cache, limits, concepts, device=loaded.device, on_batch=on_batch
+                        cache, limits, concepts, device=loaded.device, on_batch=run.on_batch
                     )
                 else:
                     tallies = self._second_pass(
-                        request, model, resources, limits, bad_masks, indices, on_batch
+                        request, model, resources, limits, bad_masks, indices, run.on_batch
                     )
                 counted_here = {
                     "bad_masks": bad_masks,
                     "tallies": {name: tally_to_json(t) for name, t in tallies.items()},
                 }
-        return {
-            "images": len(indices) - len(skipped),
-            "skipped": skipped,
-            "second_pass": counted_here,
-            "layers": {
+        return run.partial(
+            second_pass=counted_here,
+            layers={
                 name: {
                     "top": entry.top.to_json(),
                     "values": entry.values.to_json() if entry.values is not None else None,
@@ -215,9 +194,7 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
                 }
                 for name, entry in passes.items()
             },
-            "device": str(loaded.device),
-            "started_at": started_at,
-        }
+        )
 
     @staticmethod
     def _cache_bytes(request: DissectionCreate, loaded: Any, images: int) -> int:
@@ -238,7 +215,7 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
         loaded = resources.model(model)
         dataset = self._dataset(request, resources)
         merged = _merge_passes(request, partials)
-        skipped = sorted(i for p in partials for i in p["skipped"])
+        shards = MergedShards(partials, dataset)
         bad_masks: list[int] = []
         limits = _limits(request, merged)
         tallies: dict[str, IoUTally] = {}
@@ -255,12 +232,14 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
                         tallies[name].merge(tally)
                     else:
                         tallies[name] = tally
-        images = sum(int(p["images"]) for p in partials)
-        mis = dissection_mis.unit_scores(request, merged, images, resources) if request.mis else {}
+        mis = (
+            dissection_mis.unit_scores(request, merged, shards.images, resources)
+            if request.mis
+            else {}
+        )
         layers = []
         for name in request.layers:
-            info = loaded.index.info(name)  # unit-first, as exemplars give it
-            shape = list(info.shape if info.axes == "vector" else info.map_shape or ())
+            shape = unit_shape(loaded.index.info(name))  # unit-first, as exemplars give it
             entry = merged.get(name)
             if entry is None:  # no image could be read
                 units: list[DissectionUnit] = []
@@ -291,21 +270,14 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
             model=model,
             dataset=request.dataset,
             method=request.method or "labels",
-            images=images,
-            skipped=len(skipped),
             skipped_masks=len(bad_masks),
-            skipped_images=[dataset.ids[i] for i in skipped[:_LISTED]],
             skipped_mask_images=[dataset.ids[i] for i in sorted(bad_masks)[:_LISTED]],
             quantile=request.quantile,
             iou_threshold=request.iou_threshold,
             k=request.k,
             mis_encoder=request.mis_encoder,
             layers=layers,
-            shards=len(partials),
-            device=str(partials[0]["device"]) if partials else "",
-            elapsed_s=round(time.time() - min(float(p["started_at"]) for p in partials), 4)
-            if partials
-            else 0.0,
+            **shards.result_fields(_LISTED),
         )
 
     def _second_pass(
@@ -378,19 +350,6 @@ def _merge_passes(request: DissectionCreate, partials: list[Partial]) -> dict[st
     return merged
 
 
-def _top(top: TopK, channel: int, dataset: Dataset) -> list[Exemplar]:
-    return [
-        Exemplar(image=dataset.ids[int(i)], score=float(s), position=[int(v) for v in p])
-        for s, i, p in zip(
-            top.scores[channel].tolist(),
-            top.index[channel].tolist(),
-            top.position[channel].tolist(),
-            strict=True,
-        )
-        if i >= 0
-    ]
-
-
 def _ranked(scores: list[float], names: list[str]) -> list[Alternative]:
     """Names by score, high to low; ties to the lower index."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
@@ -414,7 +373,7 @@ def _mask_units(
                 activation_threshold=threshold if math.isfinite(threshold) else None,
                 selectivity=None,
                 alternatives=ranked[1:],
-                top=_top(entry.top, c, dataset),
+                top=top_exemplars(entry.top, c, dataset),
             )
         )
     return units
@@ -438,7 +397,7 @@ def _label_units(entry: LayerPass, dataset: Dataset) -> list[DissectionUnit]:
     means = entry.labels.means() if entry.labels is not None else None
     units = []
     for c in range(channels):
-        top = _top(entry.top, c, dataset)
+        top = top_exemplars(entry.top, c, dataset)
         counts = [0] * len(dataset.labels)
         for e in top:
             target = dataset.targets[dataset.position(e.image)]

@@ -9,21 +9,12 @@ was cut, nor on which worker ran which shard.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from cnnviz.data.datasets import Dataset
 from cnnviz.exemplars import LayerTopK, TopK, mine
-from schemas.exemplars import (
-    ROUTE,
-    Exemplar,
-    ExemplarLayer,
-    ExemplarsCreate,
-    ExemplarsResult,
-    ExemplarUnit,
-)
-from schemas.jobs import Progress
-from workers.kinds.base import DatasetJobKind, JobContext, Partial, Resources
+from schemas.exemplars import ROUTE, ExemplarLayer, ExemplarsCreate, ExemplarsResult, ExemplarUnit
+from workers.kinds.base import JobContext, Partial, Resources
+from workers.kinds.dataset_kind import DatasetJobKind, MergedShards, top_exemplars, unit_shape
 from workers.kinds.registry import register_kind
 
 __all__ = ["Exemplars"]
@@ -37,18 +28,6 @@ class Exemplars(DatasetJobKind[ExemplarsCreate, ExemplarsResult]):
 
     name = "exemplar"
     route = ROUTE
-    pictures_elsewhere = "GET /v1/jobs/{id}/exemplars/{layer}/{channel}"
-    request_type = ExemplarsCreate
-    result_type = ExemplarsResult
-
-    def prepare(
-        self, request: ExemplarsCreate, model: str, resources: Resources
-    ) -> ExemplarsCreate:
-        loaded = resources.model(model)
-        # Unknown, not batch-first, or ambiguous axes: refused now, never failed later.
-        layers = [info.name for info in loaded.index.usable(request.layers)]
-        resources.datasets.get(request.dataset)  # unknown or empty: refused now
-        return request.model_copy(update={"layers": layers})
 
     def run_shard(
         self,
@@ -58,51 +37,34 @@ class Exemplars(DatasetJobKind[ExemplarsCreate, ExemplarsResult]):
         resources: Resources,
         context: JobContext,
     ) -> Partial:
-        loaded = resources.model(model)
-        dataset = self._dataset(request, resources)
-        indices = resources.shard_indices(shard, len(dataset))
-        batches = resources.batches(loaded, dataset, indices)
-        started_at = time.time()  # wall clock: shards may run on different machines
-        done = 0
-        skipped: list[int] = []
-
-        def on_batch(n: int) -> None:
-            nonlocal done
-            done += n
-            context.check()
-            last = done == len(indices)
-            if context.progress_due(last):
-                context.report(Progress(step=done, total=len(indices), unit="images"))
+        run = self._shard(request, model, shard, resources, context)
+        batches = resources.batches(run.loaded, run.dataset, run.indices)
 
         def counted() -> Any:
             for x, index, ok in batches:
-                skipped.extend(int(i) for i in index[~ok.bool()])
+                run.skip_unread(index, ok)
                 yield x, index, ok
 
         context.check()
         tops = mine(
-            loaded.index,
+            run.loaded.index,
             counted(),
             request.layers,
             k=request.k,
             how=request.pool,
             bottom=request.bottom,
-            device=loaded.device,
-            on_batch=on_batch,
+            device=run.loaded.device,
+            on_batch=run.on_batch,
         )
-        return {
-            "images": len(indices) - len(skipped),
-            "skipped": skipped,
-            "layers": {
+        return run.partial(
+            layers={
                 name: {
                     "top": top.top.to_json(),
                     "bottom": top.bottom.to_json() if top.bottom is not None else None,
                 }
                 for name, top in tops.items()
-            },
-            "device": str(loaded.device),
-            "started_at": started_at,
-        }
+            }
+        )
 
     def merge(
         self,
@@ -128,11 +90,10 @@ class Exemplars(DatasetJobKind[ExemplarsCreate, ExemplarsResult]):
                 merged[name].top.merge(top)
                 if bottom is not None and merged[name].bottom is not None:
                     merged[name].bottom.merge(bottom)  # type: ignore[union-attr]
-        skipped = sorted(i for p in partials for i in p["skipped"])
         layers = []
         for name in request.layers:
             info = loaded.index.info(name)
-            shape = list(info.shape if info.axes == "vector" else info.map_shape or ())
+            shape = unit_shape(info)
             top_k = merged.get(name)
             units = []
             channels = info.units or shape[0]
@@ -140,9 +101,9 @@ class Exemplars(DatasetJobKind[ExemplarsCreate, ExemplarsResult]):
                 units.append(
                     ExemplarUnit(
                         channel=channel,
-                        top=_exemplars(top_k.top, channel, dataset) if top_k else [],
+                        top=top_exemplars(top_k.top, channel, dataset) if top_k else [],
                         bottom=(
-                            _exemplars(top_k.bottom, channel, dataset)
+                            top_exemplars(top_k.bottom, channel, dataset)
                             if top_k and top_k.bottom is not None
                             else None
                         ),
@@ -152,29 +113,8 @@ class Exemplars(DatasetJobKind[ExemplarsCreate, ExemplarsResult]):
         return ExemplarsResult(
             model=model,
             dataset=request.dataset,
-            images=sum(int(p["images"]) for p in partials),
-            skipped=len(skipped),
-            skipped_images=[dataset.ids[i] for i in skipped[:_SKIPPED_LISTED]],
             pool=request.pool,
             k=request.k,
             layers=layers,
-            shards=len(partials),
-            device=str(partials[0]["device"]) if partials else "",
-            # From the first shard's start to the end of the merge.
-            elapsed_s=round(time.time() - min(float(p["started_at"]) for p in partials), 4)
-            if partials
-            else 0.0,
+            **MergedShards(partials, dataset).result_fields(_SKIPPED_LISTED),
         )
-
-
-def _exemplars(top: TopK, channel: int, dataset: Dataset) -> list[Exemplar]:
-    return [
-        Exemplar(image=dataset.ids[int(i)], score=float(s), position=[int(v) for v in p])
-        for s, i, p in zip(
-            top.scores[channel].tolist(),
-            top.index[channel].tolist(),
-            top.position[channel].tolist(),
-            strict=True,
-        )
-        if i >= 0
-    ]

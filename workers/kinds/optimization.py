@@ -37,14 +37,7 @@ from schemas.optimization import (
     OptimizationResult,
 )
 from workers.compile import CompilePolicy
-from workers.kinds.base import (
-    JobContext,
-    JobKind,
-    Partial,
-    Reference,
-    Resources,
-    ResultPictures,
-)
+from workers.kinds.base import JobContext, OneShardJobKind, Reference, Resources, ResultPictures
 from workers.kinds.caricature import caricature_objective, fetched, kept
 from workers.kinds.optimization_limits import admit
 from workers.kinds.optimization_pictures import (
@@ -145,6 +138,24 @@ def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCre
     return resolved
 
 
+# The request's fields that a render's settings take as they are, by name.
+_RENDER_OPTIONS = (
+    "steps",
+    "lr",
+    "image_size",
+    "param",
+    "decorrelate",
+    "transforms",
+    "seed",
+    "redirect_relu_steps",
+    "l1",
+    "l2",
+    "tv",
+    "diversity",
+    "precision",
+)
+
+
 def render_settings(
     request: OptimizationCreate, device: torch.device, budget_mb: int | None = None
 ) -> RenderSettings:
@@ -152,20 +163,8 @@ def render_settings(
     (or ``budget_mb``: the budget of the device that will run it)."""
     return RenderSettings(
         memory_budget_mb=budget_mb or device_memory_budget_mb(device),
-        steps=request.steps,
-        lr=request.lr,
-        image_size=request.image_size,
-        param=request.param,
-        decorrelate=request.decorrelate,
-        transforms=request.transforms,
-        seed=request.seed,
-        redirect_relu_steps=request.redirect_relu_steps,
-        l1=request.l1,
-        l2=request.l2,
-        tv=request.tv,
-        diversity=request.diversity,
-        precision=request.precision,
         compile=bool(request.compile),
+        **{name: getattr(request, name) for name in _RENDER_OPTIONS},
     )
 
 
@@ -373,13 +372,11 @@ def optimize(
 
 
 @register_kind
-class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
+class Optimization(OneShardJobKind[OptimizationCreate, OptimizationResult]):
     """Activation maximization: one shard, progress in optimizer steps."""
 
     name = "optimization"
     route = ROUTE
-    request_type = OptimizationCreate
-    result_type = OptimizationResult
 
     def prepare(
         self, request: OptimizationCreate, model: str, resources: Resources
@@ -418,27 +415,12 @@ class Optimization(JobKind[OptimizationCreate, OptimizationResult]):
             scores = dataset_scores(request, model, job, resources.model(model))
         return request.model_copy(update={"dataset_scores": scores})
 
-    def run_shard(
-        self,
-        request: OptimizationCreate,
-        model: str,
-        shard: int,
-        resources: Resources,
-        context: JobContext,
-    ) -> Partial:
+    def run(
+        self, request: OptimizationCreate, model: str, resources: Resources, context: JobContext
+    ) -> OptimizationResult:
         loaded = resources.model(model)
         request = fetched(request, resources)
-        return optimize(request, loaded, context, resources.compile).model_dump(mode="json")
-
-    def merge(
-        self,
-        request: OptimizationCreate,
-        model: str,
-        partials: list[Partial],
-        resources: Resources,
-    ) -> OptimizationResult:
-        (only,) = partials
-        return OptimizationResult.model_validate(only)
+        return optimize(request, loaded, context, resources.compile)
 
     def pictures(self, result: OptimizationResult) -> ResultPictures | None:
         if result.grid is None or any(unit.image is None for unit in result.units):

@@ -17,7 +17,7 @@ from schemas.sanity import (
     SanityMethodRead,
     SanityStageRead,
 )
-from workers.kinds.base import JobContext, JobKind, Partial, Resources
+from workers.kinds.base import JobContext, OneShardJobKind, Resources
 from workers.kinds.registry import register_kind
 from workers.records.verdicts import (
     SanityStatus,
@@ -68,13 +68,11 @@ def _images(request: SanityCheckCreate, model: str, resources: Resources) -> tor
 
 
 @register_kind
-class SanityChecks(JobKind[SanityCheckCreate, SanityCheckResult]):
+class SanityChecks(OneShardJobKind[SanityCheckCreate, SanityCheckResult]):
     """Sanity checks as a job; progress in stages (modules re-initialised)."""
 
     name = "sanity_check"
     route = JOB_ROUTE
-    request_type = SanityCheckCreate
-    result_type = SanityCheckResult
     progress_unit = "stages"
 
     def prepare(
@@ -98,14 +96,9 @@ class SanityChecks(JobKind[SanityCheckCreate, SanityCheckResult]):
     def work(self, request: SanityCheckCreate, model: str, resources: Resources) -> int:
         return len(randomizable(resources.model(model).module))
 
-    def run_shard(
-        self,
-        request: SanityCheckCreate,
-        model: str,
-        shard: int,
-        resources: Resources,
-        context: JobContext,
-    ) -> Partial:
+    def run(
+        self, request: SanityCheckCreate, model: str, resources: Resources, context: JobContext
+    ) -> SanityCheckResult:
         loaded = resources.model(model)
         images = _images(request, model, resources).to(loaded.device)
 
@@ -140,17 +133,7 @@ class SanityChecks(JobKind[SanityCheckCreate, SanityCheckResult]):
                 )
                 for result in results
             ],
-        ).model_dump(mode="json")
-
-    def merge(
-        self,
-        request: SanityCheckCreate,
-        model: str,
-        partials: list[Partial],
-        resources: Resources,
-    ) -> SanityCheckResult:
-        (only,) = partials
-        return SanityCheckResult.model_validate(only)
+        )
 
     def finalize(
         self,
