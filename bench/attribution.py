@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.common import api_server, machine, models_file, ms
+from bench.common import api_server, machine, models_file, ms, p50
 from cnnviz.attribution import attribute, map_picture
 from cnnviz.data.shapes import sample_image
 from cnnviz.models import ModelRegistry
@@ -53,10 +53,6 @@ def plain_gradcam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tenso
     rgb = (x[0].detach().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
     Image.fromarray(rgb).save(overlay, format="PNG", compress_level=1)
     return heat.getvalue() + overlay.getvalue()
-
-
-def p50(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def main() -> None:

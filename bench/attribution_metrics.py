@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 import torchvision.transforms.functional as TF
 
-from bench.common import machine, models_file, ms
+from bench.common import machine, models_file, ms, p50
 from cnnviz.attribution import Faithfulness, attribute, faithfulness
 from cnnviz.attribution.faithfulness import _BATCH_VALUES, _MAX_BATCH
 from cnnviz.data.shapes import sample_image
@@ -97,10 +97,6 @@ def timed(
     found = run(*case)
     sync()
     return time.perf_counter() - start, found
-
-
-def p50(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def main() -> None:

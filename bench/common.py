@@ -173,6 +173,11 @@ def percentile(values: Sequence[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+def p50(values: Sequence[float]) -> float:
+    """The median as the benches report it: the upper middle value, one of the samples."""
+    return sorted(values)[len(values) // 2]
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.2f} ms"
 

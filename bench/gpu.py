@@ -55,6 +55,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.io import decode_jpeg
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from cnnviz.data.loader import model_batches
 from cnnviz.exemplars import mine
 from cnnviz.featuremaps import feature_maps
 from cnnviz.imaging import normalize
@@ -235,13 +236,8 @@ def dataset_figures(report: Report, device: torch.device, small: bool, n: int) -
         index = layer_index(model, (3, size, size))
 
         def loader(dataset: Any, collate: Any = None) -> torch.utils.data.DataLoader[Any]:
-            return torch.utils.data.DataLoader(
-                dataset,
-                batch_size=batch,
-                num_workers=workers,
-                collate_fn=collate,
-                pin_memory=device.type == "cuda",
-                persistent_workers=False,
+            return model_batches(
+                dataset, batch_size=batch, workers=workers, device=device, collate=collate
             )
 
         def images_per_s(call: Callable[[], object]) -> float:

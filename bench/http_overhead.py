@@ -30,7 +30,7 @@ import httpx
 import torch
 from starlette.types import ASGIApp, Message
 
-from bench.common import api_server, machine, models_file, ms, png_bytes
+from bench.common import api_server, machine, models_file, ms, p50, png_bytes
 from cnnviz.data.shapes import sample_image
 from cnnviz.featuremaps import feature_maps
 from cnnviz.models import LoadedModel, ModelRegistry
@@ -39,10 +39,6 @@ from service.concurrency import TorchPool
 from service.feature_maps import FeatureMapsRequest, render_json
 
 CASES = [("shapes", "block1.conv", 64), ("resnet18", "layer2", 224)]
-
-
-def p50(samples: list[float]) -> float:
-    return sorted(samples)[len(samples) // 2]
 
 
 def timed(call: Callable[[], object]) -> float:

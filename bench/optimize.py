@@ -37,13 +37,34 @@ from torchvision.models.feature_extraction import create_feature_extractor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lucid_floor import lucid_transforms, sync
-from cnnviz.optvis import RenderSettings, StepReport, objectives, visualize
+from cnnviz.optvis import RenderResult, RenderSettings, StepReport, objectives, visualize
 from cnnviz.optvis.param import COLOR_CORRELATION_SQRT
 from cnnviz.precision import Precision, resolve_precision
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SIZE = 128
+
+
+def render(
+    model: nn.Module,
+    layer: str,
+    channels: list[int],
+    settings: RenderSettings,
+    device: torch.device,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> RenderResult:
+    """``visualize`` of ``channels`` of ``layer`` on the bench's input (ImageNet, ``SIZE``)."""
+    return visualize(
+        model,
+        objectives.channel(layer, channels),
+        input_shape=(3, SIZE, SIZE),
+        mean=MEAN,
+        std=STD,
+        settings=settings,
+        device=device,
+        on_step=on_step,
+    )
 
 
 def _model(device: torch.device) -> nn.Module:
@@ -121,18 +142,8 @@ def interleaved_visualize(
         theirs.append(floor.step())
         last.append(time.perf_counter())
 
-    visualize(
-        model,
-        objectives.channel(layer, channels),
-        input_shape=(3, SIZE, SIZE),
-        mean=MEAN,
-        std=STD,
-        settings=RenderSettings(
-            steps=steps, redirect_relu_steps=redirect_steps, precision=precision
-        ),
-        device=device,
-        on_step=on_step,
-    )
+    settings = RenderSettings(steps=steps, redirect_relu_steps=redirect_steps, precision=precision)
+    render(model, layer, channels, settings, device, on_step)
     return ours, theirs[1:]
 
 
@@ -141,15 +152,7 @@ def job_seconds(
 ) -> float:
     """Seconds of one whole ``visualize`` call (validation, probe, evaluations included)."""
     start = time.perf_counter()
-    visualize(
-        model,
-        objectives.channel(layer, channels),
-        input_shape=(3, SIZE, SIZE),
-        mean=MEAN,
-        std=STD,
-        settings=RenderSettings(steps=steps),
-        device=device,
-    )
+    render(model, layer, channels, RenderSettings(steps=steps), device)
     sync(device)
     return time.perf_counter() - start
 
@@ -257,15 +260,7 @@ def _memory_child(device_name: str, budget_mb: int) -> None:
     device = torch.device(device_name)
     model = _model(device)
     # Warm up allocator, thread pools and kernels so the baseline holds them.
-    visualize(
-        model,
-        objectives.channel("layer3", [0]),
-        input_shape=(3, SIZE, SIZE),
-        mean=MEAN,
-        std=STD,
-        settings=RenderSettings(steps=1),
-        device=device,
-    )
+    render(model, "layer3", [0], RenderSettings(steps=1), device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -274,15 +269,8 @@ def _memory_child(device_name: str, budget_mb: int) -> None:
     base_rss = _peak_rss()
     channels = 256
     start = time.perf_counter()
-    result = visualize(
-        model,
-        objectives.channel("layer3", list(range(channels))),
-        input_shape=(3, SIZE, SIZE),
-        mean=MEAN,
-        std=STD,
-        settings=RenderSettings(steps=2, memory_budget_mb=budget_mb),
-        device=device,
-    )
+    settings = RenderSettings(steps=2, memory_budget_mb=budget_mb)
+    result = render(model, "layer3", list(range(channels)), settings, device)
     seconds = time.perf_counter() - start
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base

@@ -1,52 +1,24 @@
 """The client's methods for reading a model: dissections (what each unit detects) and the
-attribution methods' list and raw maps. A mixin of :class:`cnnviz_client.client.Client`."""
+attribution methods' list and raw maps. A base of :class:`cnnviz_client.client.Client`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-import httpx
+from typing import Any, Literal
 
 from cnnviz_client.errors import JobFailed
+from cnnviz_client.transport import PNG, Image, Transport, _json_body
 from schemas.attributions import AttributionMethodList, AttributionsCreate
 from schemas.dissection import DissectionCreate, DissectionGridRead, DissectionResult
 from schemas.jobs import JobRead
 
-if TYPE_CHECKING:
-    from pydantic import BaseModel
-
 __all__ = ["Analysis", "DissectionJob"]
 
 DissectionJob = JobRead[DissectionCreate, DissectionResult]
-PNG = {"Accept": "image/png"}
 
 
-class Analysis:
-    """Dissection and attribution methods, on the client's ``_send`` and ``submit``."""
-
-    if TYPE_CHECKING:  # the client's own methods, which these call
-
-        def _send(self, route: str, where: dict[str, object], **kwargs: Any) -> httpx.Response: ...
-
-        def submit(
-            self,
-            kind: str,
-            model: str,
-            request: BaseModel | None = None,
-            idempotency_key: str | None = None,
-            reuse: bool = True,
-            **fields: Any,
-        ) -> JobRead[Any, Any]: ...
-
-        def _attribution(
-            self,
-            cls: type[AttributionsCreate],
-            image: bytes | str | Path | None,
-            sample: str | None,
-            request: AttributionsCreate | None,
-            fields: dict[str, Any],
-        ) -> AttributionsCreate: ...
+class Analysis(Transport):
+    """Dissection and attribution methods, on the transport's ``_send`` and ``submit``."""
 
     # ---- attribution methods --------------------------------------------------------------
 
@@ -60,7 +32,7 @@ class Analysis:
     def attribute_raw(
         self,
         model: str,
-        image: bytes | str | Path | None = None,
+        image: Image | None = None,
         sample: str | None = None,
         format: Literal["npy", "safetensors"] = "npy",
         **fields: Any,
@@ -69,14 +41,8 @@ class Analysis:
         ``(targets, C, H, W)``), exactly what the faithfulness metrics rank. ``fields``: as
         :meth:`attribute` takes them (``method``, ``target``, ``layer``, ...)."""
         request = self._attribution(AttributionsCreate, image, sample, None, fields)
-        response = self._send(
-            "attribute",
-            {"model": model},
-            params={"format": format},
-            content=request.model_dump_json(exclude_unset=True),
-            headers={"Content-Type": "application/json"},
-        )
-        return response.content
+        body = _json_body(request)
+        return self._send("attribute", {"model": model}, params={"format": format}, **body).content
 
     # ---- dissection ------------------------------------------------------------------------
 

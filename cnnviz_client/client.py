@@ -7,22 +7,16 @@ import base64
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel
 
 from cnnviz_client import waiting
 from cnnviz_client.analysis import Analysis
 from cnnviz_client.errors import ApiError, JobFailed, raise_for_problem
-from cnnviz_client.kinds import (
-    JOB_ROUTES,
-    AttributionJob,
-    ExemplarsJob,
-    OptimizationJob,
-    parse_job,
-)
-from cnnviz_client.routes import ROUTES, fill, path
+from cnnviz_client.kinds import AttributionJob, ExemplarsJob, OptimizationJob, parse_job
+from cnnviz_client.routes import ROUTES, path
+from cnnviz_client.transport import DEFAULT_URL, PNG, Image, _image_source, _json_body
 from schemas.attributions import AttributionJobCreate, AttributionsCreate, AttributionsRead
 from schemas.datasets import DatasetsRead
 from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsCreate
@@ -31,36 +25,10 @@ from schemas.health import Health, Readiness
 from schemas.jobs import JobList, JobRead
 from schemas.models import LayerList, ModelList, ModelRead
 from schemas.optimization import OptimizationCreate, OptimizationResult
-from schemas.routes import kind_name
 from schemas.samples import SampleList
 from schemas.weights import WeightsQuery, WeightsRead
 
 __all__ = ["DEFAULT_URL", "ApiError", "Client", "JobFailed"]
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-PNG = {"Accept": "image/png"}
-
-Image = bytes | str | Path
-"""An image: its bytes, or the path of its file."""
-
-
-def _image_source(image: Image | None, sample: str | None) -> dict[str, str]:
-    """The ``image`` (base64) or ``sample`` field of a request."""
-    fields = {}
-    if image is not None:
-        data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        fields["image"] = base64.b64encode(data).decode("ascii")
-    if sample is not None:
-        fields["sample"] = sample
-    return fields
-
-
-def _json_body(request: BaseModel) -> dict[str, Any]:
-    """The request as sent: only the fields given, so the service fills in its defaults."""
-    return {
-        "content": request.model_dump_json(exclude_unset=True),
-        "headers": {"Content-Type": "application/json"},
-    }
 
 
 class Client(Analysis):
@@ -69,44 +37,6 @@ class Client(Analysis):
     ``http``: an httpx client of your own (its base URL, headers and transport are used as
     they are, and it is not closed with this one).
     """
-
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        transport: httpx.BaseTransport | None = None,
-        http: httpx.Client | None = None,
-    ) -> None:
-        self._owned = http is None
-        if http is None:
-            headers = {"X-API-Key": api_key} if api_key else {}
-            # Idle connections are dropped well before uvicorn closes them (after 5 s, httpx's
-            # own default too), so a request is not sent on a connection the server is closing.
-            http = httpx.Client(
-                base_url=base_url.rstrip("/"),
-                headers=headers,
-                timeout=timeout,
-                transport=transport,
-                limits=httpx.Limits(keepalive_expiry=2.0),
-            )
-        self._http = http
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._owned:
-            self._http.close()
-
-    def _send(self, route: str, where: dict[str, object], **kwargs: Any) -> httpx.Response:
-        """Call route ``route`` with its path parameters ``where``; ``ApiError`` on an error."""
-        response = self._http.request(ROUTES[route].method, path(route, **where), **kwargs)
-        raise_for_problem(response)
-        return response
 
     # ---- health --------------------------------------------------------------------------
 
@@ -228,19 +158,6 @@ class Client(Analysis):
         chosen = query or WeightsQuery.model_validate(options)
         return chosen.model_dump(mode="json", exclude_unset=True)
 
-    def _attribution(
-        self,
-        cls: type[AttributionsCreate],
-        image: Image | None,
-        sample: str | None,
-        request: AttributionsCreate | None,
-        fields: dict[str, Any],
-    ) -> AttributionsCreate:
-        if request is not None:
-            return request
-        options = {k: v for k, v in fields.items() if v is not None}
-        return cls.model_validate({**_image_source(image, sample), **options})
-
     def attribute(
         self,
         model: str,
@@ -285,32 +202,6 @@ class Client(Analysis):
         return self._send("dataset_image", {"dataset": dataset, "image_id": image_id}).content
 
     # ---- jobs: submit --------------------------------------------------------------------
-
-    def submit(
-        self,
-        kind: str,
-        model: str,
-        request: BaseModel | None = None,
-        idempotency_key: str | None = None,
-        reuse: bool = True,
-        **fields: Any,
-    ) -> JobRead[Any, Any]:
-        """Queue a job of ``kind`` (a request of its type, or its fields) at the kind's own
-        route (:mod:`schemas.routes`); the job as queued, typed by its kind.
-
-        ``idempotency_key``: the same key and body give back the same job. ``reuse=False``:
-        run it again even where an identical request has succeeded before."""
-        if kind_name(kind) not in JOB_ROUTES:
-            raise ValueError(f"unknown job kind {kind!r}; known: {', '.join(sorted(JOB_ROUTES))}")
-        route = JOB_ROUTES[kind_name(kind)]
-        body = _json_body(request or route.request.model_validate(fields))
-        if idempotency_key:
-            body["headers"]["Idempotency-Key"] = idempotency_key
-        if not reuse:
-            body["headers"]["Cache-Control"] = "no-cache"
-        response = self._http.request("POST", fill(route.url, model=model), **body)
-        raise_for_problem(response)
-        return parse_job(response.content)
 
     def optimize(
         self,

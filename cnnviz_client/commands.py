@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,11 @@ def _target(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-def _given(**options: Any) -> dict[str, Any]:
-    """The options set on the command line; the service's defaults for the others."""
-    return {k: v for k, v in options.items() if v is not None}
+def _given(args: argparse.Namespace, names: Sequence[str], **options: Any) -> dict[str, Any]:
+    """The options set on the command line, the service's defaults for the others: the
+    arguments ``names`` under their own names, and ``options`` made from others."""
+    chosen = {name: getattr(args, name) for name in names} | options
+    return {k: v for k, v in chosen.items() if v is not None}
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
@@ -77,16 +80,8 @@ def cmd_datasets(args: argparse.Namespace) -> None:
 
 
 def cmd_weights(args: argparse.Namespace) -> None:
-    options = _given(
-        mode=args.mode,
-        k=args.k,
-        filters=args.filters,
-        top_k=args.top_k,
-        normalize=args.normalize,
-        colormap=args.colormap,
-        columns=args.columns,
-        scale=args.scale,
-    )
+    names = ("mode", "k", "filters", "top_k", "normalize", "colormap", "columns", "scale")
+    options = _given(args, names)
     with connect(args) as client:
         answer = client.weights(args.model, args.layer, **options)
     out = Path(args.output)
@@ -104,16 +99,10 @@ def cmd_attribute(args: argparse.Namespace) -> None:
         raise SystemExit("cnnviz attribute: give an image file or --sample NAME (one of them)")
     target = args.target if args.target is None or len(args.target) > 1 else args.target[0]
     fields = _given(
-        method=args.method,
-        layer=args.layer,
+        args,
+        ("method", "layer", "steps", "baseline", "window", "stride", "colormap", "opacity"),
         target=target,
         metrics=["deletion", "insertion"] if args.metrics else None,
-        steps=args.steps,
-        baseline=args.baseline,
-        window=args.window,
-        stride=args.stride,
-        colormap=args.colormap,
-        opacity=args.opacity,
     )
     with connect(args) as client:
         answer = client.attribute(args.model, image=args.image, sample=args.sample, **fields)
@@ -171,12 +160,9 @@ def _encoder(value: str) -> dict[str, str]:
 
 def cmd_dissect(args: argparse.Namespace) -> None:
     fields = _given(
-        dataset=args.dataset,
+        args,
+        ("dataset", "k", "method", "quantile", "iou_threshold"),
         layers=args.layer,
-        k=args.k,
-        method=args.method,
-        quantile=args.quantile,
-        iou_threshold=args.iou_threshold,
         mis=True if args.mis or args.mis_encoder else None,
         mis_encoder=_encoder(args.mis_encoder) if args.mis_encoder else None,
     )
@@ -195,7 +181,7 @@ def cmd_dissect(args: argparse.Namespace) -> None:
 
 
 def cmd_exemplars(args: argparse.Namespace) -> None:
-    fields = _given(dataset=args.dataset, layers=args.layer, k=args.k, pool=args.pool)
+    fields = _given(args, ("dataset", "k", "pool"), layers=args.layer)
     if args.bottom:
         fields["bottom"] = True
     if args.output and args.channel is None:

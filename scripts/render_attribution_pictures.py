@@ -11,13 +11,11 @@ strongest filters of ``block3.conv``, 4 slices each).
 
 from __future__ import annotations
 
-import argparse
 import io
-from pathlib import Path
 
+from docs_pictures import pictures_setup
 from PIL import Image, ImageDraw
 
-from cnnviz import ModelRegistry
 from cnnviz.attribution import attribute, map_picture, method_names
 from cnnviz.data.shapes import CLASSES, generate, sample_image
 from cnnviz.weights import filter_weights
@@ -32,12 +30,7 @@ def _tile(png: bytes) -> Image.Image:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/img"))
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    loaded = ModelRegistry.from_file(None).get("shapes")
+    args, loaded = pictures_setup(__doc__)
     spec = loaded.spec
     generated, labels = generate(12, seed=5)
     shapes = [i for i in range(12) if CLASSES[labels[i]] in ("triangle", "cross", "hexagon")]

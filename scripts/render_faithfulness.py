@@ -10,14 +10,12 @@ mean AUCs and the random reference over the star and ``--images - 1`` generated 
 
 from __future__ import annotations
 
-import argparse
 import io
-from pathlib import Path
 
 import torch
+from docs_pictures import pictures_setup
 from PIL import Image, ImageDraw
 
-from cnnviz import ModelRegistry
 from cnnviz.attribution import attribute, faithfulness, get_method, map_picture, method_names
 from cnnviz.data.shapes import generate, sample_image
 
@@ -27,13 +25,7 @@ _LAYER = "block4.relu"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/img"))
-    parser.add_argument("--images", type=int, default=8)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    loaded = ModelRegistry.from_file(None).get("shapes")
+    args, loaded = pictures_setup(__doc__, images=8)
     spec = loaded.spec
     generated, _ = generate(args.images - 1, seed=11)
     pictures = [sample_image("star")] + [

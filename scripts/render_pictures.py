@@ -9,22 +9,15 @@ of ``block3.relu``, one batched job, default settings, seed 0).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from docs_pictures import pictures_setup
 
-from cnnviz import GridOptions, ModelRegistry, RenderSettings, feature_maps, objectives, visualize
+from cnnviz import GridOptions, RenderSettings, feature_maps, objectives, visualize
 from cnnviz.data.shapes import sample_image
 from cnnviz.imaging import encode_png, image_grid
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/img"))
-    parser.add_argument("--steps", type=int, default=256)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    loaded = ModelRegistry.from_file(None).get("shapes")
+    args, loaded = pictures_setup(__doc__, steps=256)
     spec = loaded.spec
     x = spec.preprocess(sample_image("triangle"))
     layers = ["block1.conv", "block2.relu"]

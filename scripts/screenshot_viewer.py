@@ -15,6 +15,8 @@ chromium-driver.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from selenium import webdriver
@@ -31,50 +33,58 @@ from service.settings import Settings  # noqa: E402
 from tests.api.conftest import serve  # noqa: E402
 
 
-def main() -> None:
+@contextmanager
+def viewer(height: int) -> Iterator[tuple[webdriver.Chrome, str]]:
+    """Headless Chromium, ``height`` pixels tall, and the URL of the app served for it (the
+    built-in model, jobs in-process); the browser is closed after."""
     app = create_app(Settings(redis_url=None, models_file=None, job_preview_interval=0.5))
     options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1480"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size=1280,{height}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    wait = WebDriverWait(driver, 120)
     try:
         with serve(app) as url:
-            driver.get(url + "/")
-            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
-            for box in driver.find_elements(By.CSS_SELECTOR, "#layers input"):
-                if (box.get_attribute("value") in ("block1.conv", "block2.relu")) != (
-                    box.is_selected()
-                ):
-                    box.click()
-            driver.find_element(By.ID, "show").click()
-            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grids img")) == 2)
-            Select(driver.find_element(By.ID, "opt-layer")).select_by_value("block3.relu")
-            driver.find_element(By.ID, "optimize").click()
-            wait.until(lambda d: d.find_element(By.ID, "job-status").text == "succeeded")
-            img = driver.find_elements(By.CSS_SELECTOR, "#grids img")[0]
-            ActionChains(driver).move_to_element_with_offset(img, -60, -90).perform()
-            wait.until(lambda d: d.find_element(By.ID, "tooltip").is_displayed())
-            out = ROOT / "docs" / "img" / "viewer.png"
-            driver.save_screenshot(str(out))
-            print(out)
-
-            # The weights and attribution panels, further down the same page.
-            Select(driver.find_element(By.ID, "w-layer")).select_by_value("block1.conv")
-            driver.find_element(By.ID, "w-show").click()
-            wait.until(lambda d: d.find_element(By.ID, "w-figure").is_displayed())
-            Select(driver.find_element(By.ID, "sample")).select_by_value("star")
-            driver.find_element(By.ID, "a-explain").click()
-            wait.until(lambda d: d.find_element(By.ID, "a-result").is_displayed())
-            driver.set_window_size(1280, 1000)
-            driver.execute_script("document.getElementById('weights-section').scrollIntoView()")
-            out = ROOT / "docs" / "img" / "viewer_panels.png"
-            driver.save_screenshot(str(out))
-            print(out)
-
-            unit_and_layer_pages(driver, wait, url)
+            yield driver, url
     finally:
         driver.quit()
+
+
+def main() -> None:
+    with viewer(1480) as (driver, url):
+        wait = WebDriverWait(driver, 120)
+        driver.get(url + "/")
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        for box in driver.find_elements(By.CSS_SELECTOR, "#layers input"):
+            if (box.get_attribute("value") in ("block1.conv", "block2.relu")) != (
+                box.is_selected()
+            ):
+                box.click()
+        driver.find_element(By.ID, "show").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grids img")) == 2)
+        Select(driver.find_element(By.ID, "opt-layer")).select_by_value("block3.relu")
+        driver.find_element(By.ID, "optimize").click()
+        wait.until(lambda d: d.find_element(By.ID, "job-status").text == "succeeded")
+        img = driver.find_elements(By.CSS_SELECTOR, "#grids img")[0]
+        ActionChains(driver).move_to_element_with_offset(img, -60, -90).perform()
+        wait.until(lambda d: d.find_element(By.ID, "tooltip").is_displayed())
+        out = ROOT / "docs" / "img" / "viewer.png"
+        driver.save_screenshot(str(out))
+        print(out)
+
+        # The weights and attribution panels, further down the same page.
+        Select(driver.find_element(By.ID, "w-layer")).select_by_value("block1.conv")
+        driver.find_element(By.ID, "w-show").click()
+        wait.until(lambda d: d.find_element(By.ID, "w-figure").is_displayed())
+        Select(driver.find_element(By.ID, "sample")).select_by_value("star")
+        driver.find_element(By.ID, "a-explain").click()
+        wait.until(lambda d: d.find_element(By.ID, "a-result").is_displayed())
+        driver.set_window_size(1280, 1000)
+        driver.execute_script("document.getElementById('weights-section').scrollIntoView()")
+        out = ROOT / "docs" / "img" / "viewer_panels.png"
+        driver.save_screenshot(str(out))
+        print(out)
+
+        unit_and_layer_pages(driver, wait, url)
 
 
 def unit_and_layer_pages(driver: webdriver.Chrome, wait: WebDriverWait, url: str) -> None:
@@ -102,16 +112,8 @@ def unit_and_layer_pages(driver: webdriver.Chrome, wait: WebDriverWait, url: str
 
 def only_unit_and_layer_pages() -> None:
     """The last two pictures alone (``--pages``)."""
-    app = create_app(Settings(redis_url=None, models_file=None, job_preview_interval=0.5))
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    try:
-        with serve(app) as url:
-            unit_and_layer_pages(driver, WebDriverWait(driver, 300), url)
-    finally:
-        driver.quit()
+    with viewer(1000) as (driver, url):
+        unit_and_layer_pages(driver, WebDriverWait(driver, 300), url)
 
 
 if __name__ == "__main__":

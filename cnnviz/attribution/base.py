@@ -27,6 +27,7 @@ __all__ = [
     "AttributionTask",
     "Cost",
     "CostInputs",
+    "LayerGradientMethod",
     "MethodResult",
     "Smooth",
     "get_method",
@@ -186,6 +187,16 @@ class AttributionMethod(ABC):
         runs the method once per sample."""
         once = self.cost.images(inputs)
         return once * inputs.samples if self.smoothable else once
+
+
+class LayerGradientMethod(AttributionMethod):
+    """A gradient method at a layer (Grad-CAM and its relatives): it needs ``layer``, reads
+    the gradient at the image itself, and takes a noise tunnel."""
+
+    options = ("layer",)
+    smoothable = True
+    needs_layer = True
+    local = True
 
 
 _METHODS: dict[str, AttributionMethod] = {}

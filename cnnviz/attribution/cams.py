@@ -24,6 +24,7 @@ from cnnviz.attribution.base import (
     AttributionMethod,
     AttributionTask,
     Cost,
+    LayerGradientMethod,
     MethodResult,
     register,
 )
@@ -91,11 +92,7 @@ def _upsampled(cam: torch.Tensor, task: AttributionTask) -> MethodResult:
     return MethodResult(maps[:, 0].detach().float())
 
 
-class _GradientCam(AttributionMethod):
-    needs_layer = True
-    local = True
-    smoothable = True
-    options = ("layer",)
+class _GradientCam(LayerGradientMethod):
     explainer: type[_LayerCamBase]
 
     def attribute(self, task: AttributionTask) -> MethodResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 
-from cnnviz.attribution.base import AttributionMethod, AttributionTask, MethodResult, register
+from cnnviz.attribution.base import AttributionTask, LayerGradientMethod, MethodResult, register
 from cnnviz.axes import unit_maps
 from cnnviz.errors import InvalidArgumentError
 
@@ -53,15 +53,11 @@ def layer_cam(task: AttributionTask) -> torch.Tensor:
 
 
 @register
-class GradCam(AttributionMethod):
+class GradCam(LayerGradientMethod):
     """``relu(sum_c mean(dS/dA_c) A_c)`` at the layer, upsampled bilinearly to the input."""
 
     name = "gradcam"
     title = "Grad-CAM"
-    options = ("layer",)
-    smoothable = True
-    needs_layer = True
-    local = True
     summary = "Grad-CAM at a layer (coarse: the layer's resolution, upsampled)"
 
     def attribute(self, task: AttributionTask) -> MethodResult:

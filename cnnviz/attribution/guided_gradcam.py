@@ -7,12 +7,12 @@ import warnings
 from captum.attr import GuidedBackprop, LayerAttribution
 from captum.attr import GuidedGradCam as CaptumGuidedGradCam
 
-from cnnviz.attribution.base import AttributionMethod, AttributionTask, MethodResult, register
+from cnnviz.attribution.base import AttributionTask, LayerGradientMethod, MethodResult, register
 from cnnviz.attribution.gradcam import layer_cam
 
 
 @register
-class GuidedGradCam(AttributionMethod):
+class GuidedGradCam(LayerGradientMethod):
     """Fine-grained and class-discriminative; the map is ``max_c |attribution|``.
 
     Guided backpropagation overrides the gradient of ``nn.ReLU`` modules only (captum's
@@ -23,10 +23,6 @@ class GuidedGradCam(AttributionMethod):
 
     name = "guided_gradcam"
     title = "guided Grad-CAM"
-    options = ("layer",)
-    smoothable = True
-    needs_layer = True
-    local = True
     summary = "guided backpropagation times Grad-CAM (needs a layer)"
 
     def attribute(self, task: AttributionTask) -> MethodResult:

@@ -7,7 +7,8 @@ fatal: they come out as a zero image flagged ``ok = False``, for the caller to s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -19,6 +20,8 @@ from cnnviz.errors import InvalidImageError
 from cnnviz.imaging.preprocess import preprocess
 
 __all__ = ["MaskedInputs", "ModelInputs", "model_batches"]
+
+T = TypeVar("T")
 
 
 class ModelInputs(TorchDataset[tuple[torch.Tensor, int, bool]]):
@@ -85,13 +88,16 @@ class MaskedInputs(ModelInputs):
 
 
 def model_batches(
-    inputs: ModelInputs,
+    inputs: TorchDataset[T],
     *,
     batch_size: int,
     workers: int = 0,
     device: torch.device | str = "cpu",
-) -> DataLoader[tuple[torch.Tensor, int, bool]]:
-    """The batches of ``inputs`` in order: ``(x (N, C, H, W), index (N,), ok (N,))``.
+    collate: Callable[[list[T]], Any] | None = None,
+) -> DataLoader[T]:
+    """The batches of ``inputs`` in order: of :class:`ModelInputs`,
+    ``(x (N, C, H, W), index (N,), ok (N,))``; ``collate`` makes a batch of its items where
+    torch's stacking does not.
 
     ``workers`` loader processes decode ahead of the model (0: in this process); memory is
     pinned for a CUDA ``device`` so that copies to it overlap the compute.
@@ -102,6 +108,7 @@ def model_batches(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )

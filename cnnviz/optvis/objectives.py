@@ -28,9 +28,9 @@ per row, higher is better. Terms see layers unit-first, ``(n, units, h, w)``
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -102,10 +102,9 @@ class _Indexed(_OnLayer):
     """A term with one unit per index it was given (a channel or a class); a single index
     applies to every unit of the sum."""
 
-    @property
-    @abstractmethod
-    def indices(self) -> tuple[int, ...]:
-        """The index of each unit."""
+    indices: tuple[int, ...]
+    #: What an index counts, one and several (``channel``, ``channels``), for errors.
+    names: ClassVar[tuple[str, str]]
 
     @property
     def n_units(self) -> int:
@@ -114,22 +113,22 @@ class _Indexed(_OnLayer):
     def unit_key(self, unit: int) -> Hashable:
         return self.indices[unit if len(self.indices) > 1 else 0]
 
+    def _check_indices(self, index: LayerIndex, count: int) -> None:
+        """Every index within the ``count`` the layer has."""
+        what, plural = self.names
+        _check_range(self.indices, count, what, plural, self.layer, index.name)
+
 
 @dataclass(frozen=True)
 class _Channel(_Indexed):
-    channels: tuple[int, ...]
-
-    @property
-    def indices(self) -> tuple[int, ...]:
-        return self.channels
+    names = ("channel", "channels")
 
     def validate(self, index: LayerIndex) -> None:
-        shape = unit_shape(index, self.layer)
-        _check_range(self.channels, shape[0], "channel", "channels", self.layer, index.name)
+        self._check_indices(index, unit_shape(index, self.layer)[0])
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         act = batch.layers[self.layer]
-        picked = act[_rows(act), _per_row(self.channels, batch.units)]
+        picked = act[_rows(act), _per_row(self.indices, batch.units)]
         return picked.flatten(1).mean(dim=1) if picked.dim() > 1 else picked
 
 
@@ -148,7 +147,7 @@ class _Neuron(_Channel):
                 f"a neuron needs a grid: (C, H, W), (H, W, C) or tokens; {self.layer!r} of "
                 f"model {index.name!r} is a vector: use a channel objective instead"
             )
-        _check_range(self.channels, shape[0], "channel", "channels", self.layer, index.name)
+        self._check_indices(index, shape[0])
         for value, size, axis in ((self.y, shape[1], "y"), (self.x, shape[2], "x")):
             if value is not None and not 0 <= value < size:
                 raise InvalidArgumentError(
@@ -160,7 +159,7 @@ class _Neuron(_Channel):
         act = batch.layers[self.layer]
         y = act.shape[2] // 2 if self.y is None else self.y
         x = act.shape[3] // 2 if self.x is None else self.x
-        return act[_rows(act), _per_row(self.channels, batch.units), y, x]
+        return act[_rows(act), _per_row(self.indices, batch.units), y, x]
 
 
 @dataclass(frozen=True)
@@ -199,11 +198,7 @@ class _Direction(_OnLayer):
 
 @dataclass(frozen=True)
 class _ClassLogit(_Indexed):
-    classes: tuple[int, ...]
-
-    @property
-    def indices(self) -> tuple[int, ...]:
-        return self.classes
+    names = ("class", "classes")
 
     def validate(self, index: LayerIndex) -> None:
         shape = unit_shape(index, self.layer)
@@ -212,11 +207,11 @@ class _ClassLogit(_Indexed):
                 f"a class logit needs a layer with (K,) output, such as the classifier; "
                 f"layer {self.layer!r} of model {index.name!r} has a grid"
             )
-        _check_range(self.classes, shape[0], "class", "classes", self.layer, index.name)
+        self._check_indices(index, shape[0])
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         act = batch.layers[self.layer].flatten(1)  # (n, K)
-        return act[_rows(act), _per_row(self.classes, batch.units)]
+        return act[_rows(act), _per_row(self.indices, batch.units)]
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 import torch
@@ -46,28 +47,25 @@ def _color_matrix(device: torch.device) -> torch.Tensor:
     return matrix.to(device)
 
 
+@dataclass(eq=False)
 class ImageParam(ABC):
     """One way of making images ``(n, C, H, W)`` in ``[0, 1]`` from raw parameters.
 
     ``channels`` is 1 or 3 (decorrelation applies to 3 only); ``size`` is ``(H, W)``.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        size: tuple[int, int],
-        *,
-        decorrelate: bool,
-        device: torch.device,
-        sd: float = 0.01,
-    ) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, not {channels}")
-        self.channels = channels
-        self.size = size
-        self.device = device
-        self.sd = sd
-        self._color = _color_matrix(device) if decorrelate and channels == 3 else None
+    channels: int
+    size: tuple[int, int]
+    _: KW_ONLY
+    decorrelate: bool
+    device: torch.device
+    sd: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        use_color = self.decorrelate and self.channels == 3
+        self._color = _color_matrix(self.device) if use_color else None
 
     @property
     @abstractmethod
@@ -96,6 +94,7 @@ class ImageParam(ABC):
         return torch.sigmoid(image)
 
 
+@dataclass(eq=False)
 class PixelParam(ImageParam):
     """Every pixel (of each decorrelated channel) is a parameter."""
 
@@ -107,6 +106,7 @@ class PixelParam(ImageParam):
         return raw
 
 
+@dataclass(eq=False)
 class FourierParam(ImageParam):
     """The real FFT coefficients of each channel are the parameters, scaled by ``1/f^decay``.
 
@@ -114,24 +114,17 @@ class FourierParam(ImageParam):
     spectrum. The inverse FFT is orthonormal, so the scale does not depend on the image size.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        size: tuple[int, int],
-        *,
-        decorrelate: bool,
-        device: torch.device,
-        sd: float = 0.01,
-        decay_power: float = 1.0,
-    ) -> None:
-        super().__init__(channels, size, decorrelate=decorrelate, device=device, sd=sd)
-        height, width = size
+    decay_power: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        height, width = self.size
         fy = torch.fft.fftfreq(height, dtype=torch.float64)[:, None]
         fx = torch.fft.rfftfreq(width, dtype=torch.float64)[None, :]
         freqs = torch.sqrt(fx * fx + fy * fy)
         # The DC term would be infinite; Lucid clamps every frequency to the lowest non-zero one.
-        scale = 1.0 / freqs.clamp_min(1.0 / max(height, width)) ** decay_power
-        self._scale = scale.to(torch.float32).to(device)[None, None, :, :, None]
+        scale = 1.0 / freqs.clamp_min(1.0 / max(height, width)) ** self.decay_power
+        self._scale = scale.to(torch.float32).to(self.device)[None, None, :, :, None]
 
     @property
     def raw_shape(self) -> tuple[int, ...]:

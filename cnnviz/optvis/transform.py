@@ -99,8 +99,16 @@ class _Affine(Transform):
     """A transform that resamples the image through a per-image affine map of the plane."""
 
     @abstractmethod
+    def linear(self, params: torch.Tensor) -> torch.Tensor:
+        """``(n, 2, 2)``: the map about the centre, output pixel position (centred, in
+        pixels) → input position."""
+
     def matrix(self, params: torch.Tensor) -> torch.Tensor:
-        """``(n, 3, 3)``: output pixel position (centred, in pixels) → input position."""
+        """``(n, 3, 3)``: :meth:`linear` in homogeneous coordinates."""
+        matrix = torch.zeros((params.shape[0], 3, 3), dtype=params.dtype, device=params.device)
+        matrix[:, :2, :2] = self.linear(params)
+        matrix[:, 2, 2] = 1.0
+        return matrix
 
     def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         return _resample(images, self.matrix(params.to(images.dtype)))
@@ -134,13 +142,9 @@ class RandomScale(_Affine):
     def draw(self, generator: torch.Generator, steps: int) -> torch.Tensor:
         return torch.empty((steps, 1)).uniform_(self.low, self.high, generator=generator)
 
-    def matrix(self, params: torch.Tensor) -> torch.Tensor:
+    def linear(self, params: torch.Tensor) -> torch.Tensor:
         inverse = 1.0 / params[:, 0]
-        matrix = torch.zeros((params.shape[0], 3, 3), dtype=params.dtype, device=params.device)
-        matrix[:, 0, 0] = inverse
-        matrix[:, 1, 1] = inverse
-        matrix[:, 2, 2] = 1.0
-        return matrix
+        return inverse[:, None, None] * torch.eye(2, dtype=params.dtype, device=params.device)
 
     def __repr__(self) -> str:
         return f"RandomScale({self.low}, {self.high})"
@@ -157,16 +161,10 @@ class RandomRotate(_Affine):
     def draw(self, generator: torch.Generator, steps: int) -> torch.Tensor:
         return torch.empty((steps, 1)).uniform_(-self.degrees, self.degrees, generator=generator)
 
-    def matrix(self, params: torch.Tensor) -> torch.Tensor:
+    def linear(self, params: torch.Tensor) -> torch.Tensor:
         angle = params[:, 0] * (math.pi / 180.0)
         cos, sin = torch.cos(angle), torch.sin(angle)
-        matrix = torch.zeros((params.shape[0], 3, 3), dtype=params.dtype, device=params.device)
-        matrix[:, 0, 0] = cos
-        matrix[:, 0, 1] = -sin
-        matrix[:, 1, 0] = sin
-        matrix[:, 1, 1] = cos
-        matrix[:, 2, 2] = 1.0
-        return matrix
+        return torch.stack([torch.stack([cos, -sin], dim=1), torch.stack([sin, cos], dim=1)], dim=1)
 
     def __repr__(self) -> str:
         return f"RandomRotate({self.degrees})"
