@@ -96,7 +96,8 @@ def test_an_owner_at_its_quota_gets_429_and_others_do_not(keyed: httpx.Client) -
     wait_job(alice, held[0]["id"])
     again = alice.post(URL, json=QUICK, headers={"Cache-Control": "no-cache"})
     assert again.status_code == 202, again.text
-    assert alice.post(f"/v1/jobs/{held[1]['id']}/cancel").status_code == 202
+    # Queued (200: cancelled at once) or just taken by the freed worker (202): either way it ends.
+    assert alice.post(f"/v1/jobs/{held[1]['id']}/cancel").status_code in (200, 202)
     for job_id in (held[1]["id"], again.json()["id"]):
         wait_job(alice, job_id, timeout=120)
     assert wait_job(_as(keyed, BOB), bob.json()["id"], timeout=120)["status"] == "succeeded"
