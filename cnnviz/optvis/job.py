@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from cnnviz.optvis.stepgraph import step_graphs
 from cnnviz.optvis.transform import Compose, Resize, Transform, standard_transforms
 from cnnviz.precision import Numerics, resolve_precision
 
-__all__ = ["RenderInput", "check_objective"]
+__all__ = ["check_objective"]
 
 # Random streams drawn per unit from (seed, unit, stream).
 _INIT_STREAM = 0
@@ -234,44 +234,16 @@ class _Job:
         return [float(v) for v in own.float().cpu().tolist()]
 
 
-class _RenderInputRequired(TypedDict):
-    input_shape: tuple[int, int, int]
-    mean: Sequence[float]
-    std: Sequence[float]
-
-
-class RenderInput(_RenderInputRequired, total=False):
-    """The keywords :func:`~cnnviz.optvis.visualize` shares with
-    :func:`~cnnviz.optvis.precompile` and :func:`~cnnviz.optvis.plan_memory`: the model's
-    ``input_shape`` ``(C, H, W)`` (C is 1 or 3) and ``mean``/``std``, its normalisation of
-    ``[0, 1]`` input; the render's ``settings`` (default: ``RenderSettings()``), the
-    ``device`` the model is on (default: CPU) and the model's name in messages
-    (``model_name``, default: ``"model"``)."""
-
-    settings: RenderSettings
-    device: torch.device | str
-    model_name: str
-
-
-def _given_settings(function: str, given: RenderInput) -> RenderSettings:
-    """The ``settings`` of ``given``, its keywords first checked as a signature checks them."""
-    missing = RenderInput.__required_keys__ - given.keys()
-    unknown = given.keys() - RenderInput.__required_keys__ - RenderInput.__optional_keys__
-    if missing or unknown:
-        names = ", ".join(repr(name) for name in sorted(missing or unknown))
-        what = "missing keyword arguments" if missing else "got unexpected keyword arguments"
-        raise TypeError(f"{function}() {what}: {names}")
-    return given.get("settings", RenderSettings())
-
-
 def _build_job(
-    model: nn.Module, objective: obj.Objective, given: RenderInput, settings: RenderSettings
+    model: nn.Module,
+    objective: obj.Objective,
+    input_shape: tuple[int, int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    settings: RenderSettings,
+    device: torch.device,
+    model_name: str,
 ) -> _Job:
-    """The job of ``objective`` on ``model`` for the keywords ``given``, rendered with
-    ``settings`` (the given ones or a variant of them)."""
-    input_shape, mean, std = given["input_shape"], given["mean"], given["std"]
-    device = torch.device(given.get("device", "cpu"))
-    model_name = given.get("model_name", "model")
     channels, height, width = _check_input(input_shape, mean, std)
     index = layer_index(model, input_shape, model_name)
     objective.validate(index)

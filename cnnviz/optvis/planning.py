@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Unpack
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from cnnviz.errors import InvalidArgumentError
 from cnnviz.layers import preserved_state
 from cnnviz.optvis import objectives as obj
 from cnnviz.optvis.chunking import MemoryEstimate, estimate_memory
-from cnnviz.optvis.job import RenderInput, _build_job, _given_settings, _Job, _with_settings_terms
+from cnnviz.optvis.job import _build_job, _Job, _with_settings_terms
 from cnnviz.optvis.settings import _MIB, RenderSettings
 
 __all__ = ["MemoryPlan", "plan_memory"]
@@ -87,8 +87,13 @@ def plan_memory(
     model: nn.Module,
     objective: obj.Objective,
     *,
+    input_shape: tuple[int, int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    settings: RenderSettings = RenderSettings(),
+    device: torch.device | str = "cpu",
+    model_name: str = "model",
     reserve_bytes: int = 0,
-    **given: Unpack[RenderInput],
 ) -> MemoryPlan:
     """The memory :func:`visualize` would plan for, found without allocating it.
 
@@ -102,14 +107,17 @@ def plan_memory(
     errors (unknown layer, unit out of range), never for the budget: see ``chunk_size``.
     ``reserve_bytes`` as for :func:`visualize` (not extrapolated: it is the caller's own).
     """
-    settings = _given_settings("plan_memory", given)
+    device = torch.device(device)
     objective = _with_settings_terms(objective, settings)
-    side = settings.image_size or max(given["input_shape"][1:])
+    side = settings.image_size or max(input_shape[1:])
     sides = [side] if side <= _PROBE_SIDE else [side // 4, side // 2]
     plans = []
     with preserved_state(model, frozen=True):
         for probe_side in sides:
-            job = _build_job(model, objective, given, replace(settings, image_size=probe_side))
+            probe_settings = replace(settings, image_size=probe_side)
+            job = _build_job(
+                model, objective, input_shape, mean, std, probe_settings, device, model_name
+            )
             plans.append(_memory_plan(job, objective.n_units, model, reserve_bytes))
     if len(plans) == 1:
         return plans[0]
@@ -119,7 +127,7 @@ def plan_memory(
     def grow(a: int, b: int) -> int:
         return int(a + (b - a) * scale)
 
-    caller = reserve_bytes if job.device.type == "cpu" else 0  # the caller's own: not grown
+    caller = reserve_bytes if device.type == "cpu" else 0  # the caller's own: not grown
     return MemoryPlan(
         grow(small.fixed, large.fixed),
         grow(small.per_image, large.per_image),

@@ -19,10 +19,10 @@ The model is left as found: weights frozen only for the call, modes restored, no
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
-from typing import Any, Literal, Unpack
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -34,9 +34,7 @@ from cnnviz.optvis.checkpoint import RenderCheckpoint
 from cnnviz.optvis.chunking import plan_chunks
 from cnnviz.optvis.compiled import compile_in_background
 from cnnviz.optvis.job import (
-    RenderInput,
     _build_job,
-    _given_settings,
     _Job,
     _with_settings_terms,
     check_objective,
@@ -127,20 +125,24 @@ def visualize(
     model: nn.Module,
     objective: obj.Objective,
     *,
+    input_shape: tuple[int, int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    settings: RenderSettings = RenderSettings(),
+    device: torch.device | str = "cpu",
     on_step: Callable[[StepReport], None] | None = None,
+    model_name: str = "model",
     resume: RenderCheckpoint | None = None,
     on_checkpoint: Callable[[RenderCheckpoint], None] | None = None,
     checkpoint_every: int = 0,
     checkpoint_due: Callable[[], bool] | None = None,
     reserve_bytes: int = 0,
-    **given: Unpack[RenderInput],
 ) -> RenderResult:
     """Optimize one image per unit of ``objective`` so the unit's objective is maximal.
 
     ``model`` must already be on ``device``; ``input_shape`` is the ``(C, H, W)`` it expects
-    (C is 1 or 3), and ``mean``/``std`` its normalisation of ``[0, 1]`` input; ``settings``,
-    ``device`` and ``model_name`` as :class:`~cnnviz.optvis.job.RenderInput` has them. The
-    returned images are ``(N, C, S, S)`` float32 in [0, 1] on CPU, N = ``objective.n_units``.
+    (C is 1 or 3), and ``mean``/``std`` its normalisation of ``[0, 1]`` input. The returned
+    images are ``(N, C, S, S)`` float32 in [0, 1] on CPU, N = ``objective.n_units``.
 
     ``on_step`` is called after every step; an exception it raises (a cancellation) stops
     the render and propagates, with the model restored. Deterministic for a seed on CPU.
@@ -157,10 +159,10 @@ def visualize(
     pictures it makes in ``on_step``); on CPU it shares the budget with the chunks, as the
     result images do, so fewer images go in one chunk.
     """
-    settings = _given_settings("visualize", given)
+    device = torch.device(device)
     objective = _with_settings_terms(objective, settings)
     with preserved_state(model, frozen=True):
-        job = _build_job(model, objective, given, settings)
+        job = _build_job(model, objective, input_shape, mean, std, settings, device, model_name)
         n_units = objective.n_units
         chunk_size = _chunk_size(job, n_units, model, reserve_bytes)
         chunks = plan_chunks(job.groups, chunk_size, keep_groups=objective.couples_units)
@@ -180,8 +182,13 @@ def precompile(
     model: nn.Module,
     objective: obj.Objective,
     *,
+    input_shape: tuple[int, int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    settings: RenderSettings = RenderSettings(),
+    device: torch.device | str = "cpu",
+    model_name: str = "model",
     on_done: Callable[[BaseException | None], None] | None = None,
-    **given: Unpack[RenderInput],
 ) -> threading.Thread | None:
     """Compile, on a background thread, the step that :func:`visualize` with the same
     arguments and ``settings.compile`` runs, so that such renders find it ready; returns
@@ -197,14 +204,23 @@ def precompile(
         raise InvalidArgumentError(
             "precompile needs a model with frozen weights: call model.requires_grad_(False)"
         )
-    settings = _given_settings("precompile", given)
+    device = torch.device(device)
     objective = _with_settings_terms(objective, settings)
     with preserved_state(model, frozen=True):
-        job = _build_job(model, objective, given, replace(settings, compile=True))
+        job = _build_job(
+            model,
+            objective,
+            input_shape,
+            mean,
+            std,
+            replace(settings, compile=True),
+            device,
+            model_name,
+        )
     graph = job.forward.step_graph
     if graph is None:
         return None
-    return compile_in_background(graph, job.forward.numerics, given["input_shape"], on_done)
+    return compile_in_background(graph, job.forward.numerics, input_shape, on_done)
 
 
 def _render(
