@@ -3,22 +3,17 @@
 :class:`~workers.records.memory.MemoryRecords` for the in-process transport,
 :class:`~workers.records.sqlite.SqliteRecords` for it on a data directory,
 :class:`~workers.records.redis.RedisRecords` for Celery; all are
-:class:`~workers.records.base.JobRecords`.
+:class:`~workers.records.base.JobRecords`. What they raise is in :mod:`.errors`.
 """
 
-from workers.records.base import (
-    Cursor,
-    Idempotency,
+from workers.records.base import Cursor, Idempotency, JobFilter, JobRecords, Lapsed, ShardStart
+from workers.records.errors import (
     IdempotencyConflict,
-    JobFilter,
     JobNotFinished,
     JobNotFound,
-    JobRecords,
-    Lapsed,
     QuotaExceeded,
     RecordsUnavailable,
     ResultExpired,
-    ShardStart,
 )
 
 __all__ = [

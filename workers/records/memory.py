@@ -9,7 +9,7 @@ What finished jobs keep (result JSON, last preview, raw tensors) may be capped i
 jobs are never touched. With ``overflow="spill"`` they go to files
 (:class:`~workers.records.spill.ResultFiles`) and read back through the same methods; with
 ``"evict"`` (or when a file cannot be written) they are dropped, and reading them raises
-:class:`~workers.records.base.ResultExpired`. Either way the small record stays until its TTL.
+:class:`~workers.records.errors.ResultExpired`. Either way the small record stays until its TTL.
 The files are capped too (``max_disk_bytes``): room for a job's parts is made by dropping the
 oldest spilled jobs' files first, and parts larger than the whole disk cap are dropped.
 """
@@ -25,15 +25,12 @@ from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
     Cursor,
     Idempotency,
-    IdempotencyConflict,
     JobFilter,
-    JobNotFinished,
-    JobNotFound,
-    QuotaExceeded,
     ShardStart,
     lost_error,
     newest_first,
 )
+from workers.records.errors import IdempotencyConflict, JobNotFinished, JobNotFound, QuotaExceeded
 from workers.records.memory_cap import CappedResults, Overflow, _Entry
 from workers.records.outbox import MemoryOutbox
 from workers.records.stats import Durations

@@ -32,18 +32,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
-from workers.records.base import (
-    Cursor,
-    Idempotency,
+from workers.records.base import Cursor, Idempotency, JobFilter, Lapsed, ShardStart, lost_error
+from workers.records.errors import (
     IdempotencyConflict,
-    JobFilter,
     JobNotFinished,
     JobNotFound,
-    Lapsed,
     QuotaExceeded,
     RecordsUnavailable,
-    ShardStart,
-    lost_error,
 )
 from workers.records.redis_cap import read_kept
 from workers.records.redis_fields import from_fields, to_fields

@@ -37,15 +37,12 @@ from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
     Cursor,
     Idempotency,
-    IdempotencyConflict,
     JobFilter,
-    JobNotFinished,
-    JobNotFound,
-    QuotaExceeded,
     ShardStart,
     lost_error,
     newest_first,
 )
+from workers.records.errors import IdempotencyConflict, JobNotFinished, JobNotFound, QuotaExceeded
 from workers.records.sqlite_store import SqliteStore
 from workers.records.stats import Durations
 from workers.records.stops import StopChecks

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.jobs import JobError, JobRecord, JobStatus
-from workers.records.base import JobNotFound, ResultExpired
+from workers.records.errors import JobNotFound, ResultExpired
 from workers.records.sqlite_db import INLINE_MAX, BlobFiles, Database, Holder
 from workers.records.sqlite_outbox import SqliteOutbox, add_tx
 from workers.records.verdicts import Verdict
