@@ -230,30 +230,35 @@ class SqliteStore:
     # ---- what requests name by digest: the latest job of a request, kept bytes ----
 
     def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO reuse (digest, job_id, expires_at) VALUES (?, ?, ?)",
-                (digest, job_id, time.time() + ttl_seconds),
-            )
+        self._keep("reuse", "job_id", digest, job_id, ttl_seconds)
 
     def recall(self, digest: str) -> str | None:
-        rows = self._db.read(
-            "SELECT job_id FROM reuse WHERE digest = ? AND expires_at > ?", (digest, time.time())
-        )
-        return str(rows[0]["job_id"]) if rows else None
+        job_id = self._kept("reuse", "job_id", digest)
+        return str(job_id) if job_id is not None else None
 
     def put_blob(self, digest: str, data: bytes, ttl_seconds: int) -> None:
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO blobs (digest, data, expires_at) VALUES (?, ?, ?)",
-                (digest, data, time.time() + ttl_seconds),
-            )
+        self._keep("blobs", "data", digest, data, ttl_seconds)
 
     def blob(self, digest: str) -> bytes | None:
+        data = self._kept("blobs", "data", digest)
+        return bytes(data) if data is not None else None
+
+    def _keep(self, table: str, column: str, digest: str, value: object, ttl_s: int) -> None:
+        """Keep ``value`` under ``digest`` in ``table`` (``reuse`` or ``blobs``) for ``ttl_s``,
+        in place of what was kept there before."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO {table} (digest, {column}, expires_at) VALUES (?, ?, ?)",
+                (digest, value, time.time() + ttl_s),
+            )
+
+    def _kept(self, table: str, column: str, digest: str) -> Any:
+        """What ``_keep`` kept under ``digest`` and has not expired; None otherwise."""
         rows = self._db.read(
-            "SELECT data FROM blobs WHERE digest = ? AND expires_at > ?", (digest, time.time())
+            f"SELECT {column} FROM {table} WHERE digest = ? AND expires_at > ?",
+            (digest, time.time()),
         )
-        return bytes(rows[0]["data"]) if rows else None
+        return rows[0][column] if rows else None
 
     def purge(self, force: bool = False) -> int:
         """Forget the jobs past their TTL (at most every half minute unless ``force``); how
