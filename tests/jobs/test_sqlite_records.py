@@ -128,17 +128,6 @@ def test_a_stopping_process_gives_its_running_jobs_back_without_spending_attempt
     assert last.start(record.id) == 6
 
 
-def test_a_job_that_loses_its_process_every_time_fails_after_the_last_attempt(
-    tmp_path: Path,
-) -> None:
-    records = store(tmp_path, max_attempts=3)
-    record, _ = records.create(new_record(), TTL, None)
-    assert [records.start(record.id) for _ in range(4)] == [1, 2, 3, None]
-    failed = records.get(record.id)
-    assert failed.status == JobStatus.FAILED
-    assert failed.error is not None and failed.error.code == "worker_lost"
-
-
 def test_a_cancel_asked_while_stopping_is_kept(tmp_path: Path) -> None:
     records = store(tmp_path)
     record, _ = records.create(new_record(), TTL, None)
