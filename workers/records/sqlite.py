@@ -29,9 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import time
-from pathlib import Path
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
@@ -45,7 +43,6 @@ from workers.records.base import (
 from workers.records.errors import IdempotencyConflict, JobNotFinished, JobNotFound, QuotaExceeded
 from workers.records.sqlite_store import SqliteStore
 from workers.records.stats import Durations
-from workers.records.stops import StopChecks
 
 __all__ = ["SqliteRecords"]
 
@@ -53,35 +50,16 @@ log = logging.getLogger(__name__)
 
 
 class SqliteRecords(SqliteStore):
-    """:class:`~workers.records.base.JobRecords` in SQLite under ``directory``.
+    """:class:`~workers.records.base.JobRecords` in SQLite under ``directory``; records live
+    ``ttl_seconds`` (the constructor is :class:`~workers.records.sqlite_store.SqliteStore`'s).
 
     ``max_result_bytes``: the most bytes finished jobs keep (results, previews, raw arrays;
     None: no cap); past it the oldest finished jobs' parts are dropped and read as
     ResultExpired. ``blobs_dir``: where large parts go (default: ``directory/blobs``).
+    ``lease_s``: how long a process's heartbeat vouches for it; ``max_attempts``: the most
+    attempts of a job whose process was lost; ``stop_check_interval_s``: how often a running
+    attempt reads whether it must stop.
     """
-
-    def __init__(
-        self,
-        directory: Path,
-        ttl_seconds: int,
-        *,
-        max_result_bytes: int | None = None,
-        blobs_dir: Path | None = None,
-        lease_s: float = 30.0,
-        max_attempts: int = 3,
-        stop_check_interval_s: float = 0.25,
-    ) -> None:
-        super().__init__(
-            directory,
-            ttl_seconds,
-            max_result_bytes=max_result_bytes,
-            blobs_dir=blobs_dir,
-            lease_s=lease_s,
-        )
-        self._max_attempts = max_attempts
-        self._stops = StopChecks(stop_check_interval_s)
-        self._suspended = threading.Event()
-        self.heartbeat()
 
     # ---- the API's side ----
 

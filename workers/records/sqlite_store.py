@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from schemas.jobs import JobError, JobRecord, JobStatus
 from workers.records.errors import JobNotFound, ResultExpired
 from workers.records.sqlite_db import INLINE_MAX, BlobFiles, Database, Holder
 from workers.records.sqlite_outbox import SqliteOutbox, add_tx
+from workers.records.stops import StopChecks
 from workers.records.verdicts import Verdict
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,9 @@ _PURGE_EVERY_S = 30.0
 
 
 class SqliteStore:
-    """The database, the blob files and this process's identity; the shared helpers."""
+    """The database, the blob files, this process's identity and the settings of the
+    transitions (their parameters: :class:`~workers.records.sqlite.SqliteRecords`); the
+    shared helpers."""
 
     # Calls take a fraction of a millisecond, but a write may wait for another process's
     # transaction, and a purge or the cap may remove many files: the API calls them in a
@@ -47,6 +51,8 @@ class SqliteStore:
         max_result_bytes: int | None = None,
         blobs_dir: Path | None = None,
         lease_s: float = 30.0,
+        max_attempts: int = 3,
+        stop_check_interval_s: float = 0.25,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
@@ -58,7 +64,11 @@ class SqliteStore:
         self._lease_s = lease_s
         self.holder = Holder()
         self._purged_at = 0.0
+        self._max_attempts = max_attempts
+        self._stops = StopChecks(stop_check_interval_s)
+        self._suspended = threading.Event()
         self._remove_orphans()
+        self.heartbeat()
 
     # ---- records ----
 
