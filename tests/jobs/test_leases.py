@@ -17,7 +17,7 @@ from tests.jobs.client import QUICK, submit
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import RedisServer, serve, wait_for
 from tests.jobs.test_records import TTL, new_record, progress, result_json
-from workers.records import ShardStart
+from workers.records import Ending, ShardStart
 from workers.records.redis import RedisRecords, lease_member
 
 pytestmark = pytest.mark.redis
@@ -35,7 +35,7 @@ def records(fresh_redis: RedisServer) -> Iterator[RedisRecords]:
 
 
 def created(records: RedisRecords) -> str:
-    record, _ = records.create(new_record(), TTL, None)
+    record, _ = records.create(new_record(), TTL)
     return record.id
 
 
@@ -62,7 +62,7 @@ def test_a_running_job_holds_a_lease_that_its_renewals_extend(records: RedisReco
     assert records.leases()[job_id] > first
     assert records.sweep() == []  # nothing lapsed
 
-    assert records.finish(job_id, attempt, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert records.finish(job_id, attempt, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
     assert job_id not in records.leases()
     assert not records.renew(job_id, attempt)  # a finished job's lease is not renewed
 
@@ -87,11 +87,11 @@ def test_a_lapsed_job_is_claimed_once_and_its_lost_attempt_is_fenced_off(
     # The lost attempt, if it still runs somewhere, can no longer write anything.
     assert not records.renew(job_id, first)
     assert records.should_stop(job_id, first)
-    assert not records.finish(job_id, first, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert not records.finish(job_id, first, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
 
     second = records.start(job_id, f"{job_id}~1")
     assert second == 2
-    assert records.finish(job_id, second, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert records.finish(job_id, second, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
     assert records.get(job_id).status == JobStatus.SUCCEEDED
 
 
@@ -154,7 +154,7 @@ def test_checkpoints_are_kept_for_the_next_attempt_and_fenced(records: RedisReco
     assert records.checkpoint(job_id) == b"state after 25 steps"
     records.save_checkpoint(job_id, second, b"state after 50 steps")
     assert records.checkpoint(job_id) == b"state after 50 steps"
-    records.finish(job_id, second, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    records.finish(job_id, second, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
     assert records.checkpoint(job_id) is None  # dropped with the lease when the job ends
 
 

@@ -6,7 +6,17 @@
 :class:`~workers.records.base.JobRecords`. What they raise is in :mod:`.errors`.
 """
 
-from workers.records.base import Cursor, Idempotency, JobFilter, JobRecords, Lapsed, ShardStart
+from workers.records.base import (
+    NO_CONDITIONS,
+    Conditions,
+    Cursor,
+    Ending,
+    Idempotency,
+    JobFilter,
+    JobRecords,
+    Lapsed,
+    ShardStart,
+)
 from workers.records.errors import (
     IdempotencyConflict,
     JobNotFinished,
@@ -17,7 +27,10 @@ from workers.records.errors import (
 )
 
 __all__ = [
+    "NO_CONDITIONS",
+    "Conditions",
     "Cursor",
+    "Ending",
     "Idempotency",
     "IdempotencyConflict",
     "JobFilter",

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
+    NO_CONDITIONS,
+    Conditions,
     Cursor,
-    Idempotency,
+    Ending,
     JobFilter,
     ShardStart,
     lost_error,
@@ -109,12 +111,9 @@ class MemoryRecords(CappedResults):
     # ---- the API's side ----
 
     def create(
-        self,
-        record: JobRecord,
-        ttl_seconds: int,
-        idempotency: Idempotency | None,
-        max_active: int | None = None,
+        self, record: JobRecord, ttl_seconds: int, conditions: Conditions = NO_CONDITIONS
     ) -> tuple[JobRecord, bool]:
+        idempotency, max_active = conditions.idempotency, conditions.max_active
         with self._lock:
             self._purge()
             if idempotency is not None:
@@ -371,23 +370,15 @@ class MemoryRecords(CappedResults):
             entry = self._current(job_id, attempt)
             return entry is None or entry.record.cancel
 
-    def finish(
-        self,
-        job_id: str,
-        attempt: int,
-        status: JobStatus,
-        result: str | None,
-        error: JobError | None,
-        ttl_seconds: int,
-    ) -> bool:
+    def finish(self, job_id: str, attempt: int, ending: Ending, ttl_seconds: int) -> bool:
         with self._lock:
             # Only the running attempt may finish: this also makes the result written once.
             entry = self._current(job_id, attempt)
             if entry is None:
                 return False
-            entry.result = result
+            entry.result = ending.result
             entry.checkpoint = None
-            self._close(entry, status, error, ttl_seconds)
+            self._close(entry, ending.status, ending.error, ttl_seconds)
         self._enforce_cap()
         return True
 
@@ -395,4 +386,4 @@ class MemoryRecords(CappedResults):
         with self._lock:
             entry = self._entries.get(job_id)
             attempt = entry.record.attempts if entry is not None else 0
-        return self.finish(job_id, attempt, JobStatus.FAILED, None, error, ttl_seconds)
+        return self.finish(job_id, attempt, Ending(JobStatus.FAILED, error=error), ttl_seconds)

@@ -32,7 +32,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
-from workers.records.base import Cursor, Idempotency, JobFilter, Lapsed, ShardStart, lost_error
+from workers.records.base import (
+    NO_CONDITIONS,
+    Conditions,
+    Cursor,
+    Ending,
+    JobFilter,
+    Lapsed,
+    ShardStart,
+    lost_error,
+)
 from workers.records.errors import (
     IdempotencyConflict,
     JobNotFinished,
@@ -131,12 +140,9 @@ class RedisRecords:
     # ---- the API's side ----
 
     def create(
-        self,
-        record: JobRecord,
-        ttl_seconds: int,
-        idempotency: Idempotency | None,
-        max_active: int | None = None,
+        self, record: JobRecord, ttl_seconds: int, conditions: Conditions = NO_CONDITIONS
     ) -> tuple[JobRecord, bool]:
+        idempotency = conditions.idempotency
         idem = idempotency_key(idempotency.digest) if idempotency else None
         if idem is not None:
             record = record.model_copy(update={"idem": idem})
@@ -153,7 +159,7 @@ class RedisRecords:
                 ttl_seconds,
                 idempotency.fingerprint if idempotency else "",
                 record.id,
-                max_active or 0,
+                conditions.max_active or 0,
                 repr(record.created_at),
                 *pairs,
             ],
@@ -450,21 +456,13 @@ class RedisRecords:
 
         return self._stops(job_id, attempt, read)
 
-    def finish(
-        self,
-        job_id: str,
-        attempt: int,
-        status: JobStatus,
-        result: str | None,
-        error: JobError | None,
-        ttl_seconds: int,
-    ) -> bool:
+    def finish(self, job_id: str, attempt: int, ending: Ending, ttl_seconds: int) -> bool:
         args = [
             attempt,
-            status.value,
+            ending.status.value,
             time.time(),
-            error.model_dump_json() if error else "",
-            result or "",
+            ending.error.model_dump_json() if ending.error else "",
+            ending.result or "",
             ttl_seconds,
             self._results_max_bytes or 0,
         ]
@@ -487,4 +485,5 @@ class RedisRecords:
         attempts = self._client.hget(record_key(job_id), "attempts")
         if attempts is None:
             return False
-        return self.finish(job_id, int(attempts), JobStatus.FAILED, None, error, ttl_seconds)
+        failed = Ending(JobStatus.FAILED, error=error)
+        return self.finish(job_id, int(attempts), failed, ttl_seconds)

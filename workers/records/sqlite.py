@@ -33,8 +33,10 @@ import time
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
+    NO_CONDITIONS,
+    Conditions,
     Cursor,
-    Idempotency,
+    Ending,
     JobFilter,
     ShardStart,
     lost_error,
@@ -64,12 +66,9 @@ class SqliteRecords(SqliteStore):
     # ---- the API's side ----
 
     def create(
-        self,
-        record: JobRecord,
-        ttl_seconds: int,
-        idempotency: Idempotency | None,
-        max_active: int | None = None,
+        self, record: JobRecord, ttl_seconds: int, conditions: Conditions = NO_CONDITIONS
     ) -> tuple[JobRecord, bool]:
+        idempotency, max_active = conditions.idempotency, conditions.max_active
         self.purge()
         with self._db.transaction() as conn:
             if idempotency is not None:
@@ -376,18 +375,11 @@ class SqliteRecords(SqliteStore):
 
         return self._suspended.is_set() or self._stops(job_id, attempt, read)
 
-    def finish(
-        self,
-        job_id: str,
-        attempt: int,
-        status: JobStatus,
-        result: str | None,
-        error: JobError | None,
-        ttl_seconds: int,
-    ) -> bool:
+    def finish(self, job_id: str, attempt: int, ending: Ending, ttl_seconds: int) -> bool:
+        status, error = ending.status, ending.error
         if status == JobStatus.CANCELLED and self._suspended.is_set():
             return self._yield(job_id, attempt)
-        data = result.encode() if result is not None else None
+        data = ending.result.encode() if ending.result is not None else None
         try:
             path = self._stage(job_id, "result", data) if data is not None else None
         except OSError as exc:  # the disk refused the result: a failure that says why
@@ -441,4 +433,4 @@ class SqliteRecords(SqliteStore):
         if not rows:
             return False
         attempt = int(rows[0]["attempts"])
-        return self.finish(job_id, attempt, JobStatus.FAILED, None, error, ttl_seconds)
+        return self.finish(job_id, attempt, Ending(JobStatus.FAILED, error=error), ttl_seconds)
