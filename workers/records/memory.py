@@ -263,19 +263,14 @@ class MemoryRecords(CappedResults):
         if not status.finished:
             self._update(entry, cancel=True)
             if status == JobStatus.QUEUED:
-                self._close(entry, JobStatus.CANCELLED)
+                self._close(entry, Ending(JobStatus.CANCELLED))
 
-    def _close(
-        self,
-        entry: _Entry,
-        status: JobStatus,
-        error: JobError | None = None,
-        ttl_seconds: int | None = None,
-    ) -> None:
-        """Finish the record; it lives ``ttl_seconds`` (default: the store's TTL) from now.
-        Its callback, if it has one, is due (under the records' lock, as the final write)."""
+    def _close(self, entry: _Entry, ending: Ending, ttl_seconds: int | None = None) -> None:
+        """Finish the record as ``ending`` says (its status and error; the caller keeps the
+        result); it lives ``ttl_seconds`` (default: the store's TTL) from now. Its callback,
+        if it has one, is due (under the records' lock, as the final write)."""
         now = time.time()
-        self._update(entry, status=status, finished_at=now, error=error)
+        self._update(entry, status=ending.status, finished_at=now, error=ending.error)
         entry.expires_at = now + (self._ttl if ttl_seconds is None else ttl_seconds)
         if entry.record.callback_url is not None:
             self.callbacks.add(entry.record.id)
@@ -295,7 +290,7 @@ class MemoryRecords(CappedResults):
             if record.status.finished:
                 return None
             if record.cancel:
-                self._close(entry, JobStatus.CANCELLED)
+                self._close(entry, Ending(JobStatus.CANCELLED))
                 return None
             attempt = record.attempts + 1
             self._update(
@@ -342,7 +337,7 @@ class MemoryRecords(CappedResults):
             deliveries = entry.shard_deliveries.get(shard, 0) + 1
             entry.shard_deliveries[shard] = deliveries
             if deliveries > max_deliveries:
-                self._close(entry, JobStatus.FAILED, lost_error(max_deliveries))
+                self._close(entry, Ending(JobStatus.FAILED, error=lost_error(max_deliveries)))
                 return ShardStart.STOP
             entry.shard_done[shard] = 0
             return ShardStart.RUN
@@ -378,7 +373,7 @@ class MemoryRecords(CappedResults):
                 return False
             entry.result = ending.result
             entry.checkpoint = None
-            self._close(entry, ending.status, ending.error, ttl_seconds)
+            self._close(entry, ending, ttl_seconds)
         self._enforce_cap()
         return True
 
