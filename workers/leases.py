@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from types import TracebackType
 
 from workers.records import JobRecords
@@ -21,40 +22,35 @@ __all__ = ["LeaseKeeper"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class LeaseKeeper:
     """Renew ``job_id``'s lease (of ``shard``, for one shard of several) every ``interval_s``
     while the ``with`` block runs; :attr:`lost` once the attempt no longer holds it."""
 
-    def __init__(
-        self,
-        records: JobRecords,
-        job_id: str,
-        attempt: int,
-        interval_s: float,
-        shard: int | None = None,
-    ) -> None:
-        self._records = records
-        self._job_id = job_id
-        self._attempt = attempt
-        self._shard = shard
-        self._interval_s = interval_s
+    records: JobRecords
+    job_id: str
+    attempt: int
+    interval_s: float
+    shard: int | None = None
+
+    def __post_init__(self) -> None:
         self._done = threading.Event()
         self._lost = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lease-{self.job_id}", daemon=True)
 
     @property
     def lost(self) -> bool:
         return self._lost.is_set()
 
     def _run(self) -> None:
-        while not self._done.wait(self._interval_s):
+        while not self._done.wait(self.interval_s):
             try:
-                held = self._records.renew(self._job_id, self._attempt, self._shard)
+                held = self.records.renew(self.job_id, self.attempt, self.shard)
             except Exception:  # a renewal that failed is retried at the next interval
-                log.warning("job %s: lease renewal failed", self._job_id, exc_info=True)
+                log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
                 continue
             if not held:
-                log.warning("job %s: attempt %d lost its lease", self._job_id, self._attempt)
+                log.warning("job %s: attempt %d lost its lease", self.job_id, self.attempt)
                 self._lost.set()
                 return
 
@@ -69,4 +65,4 @@ class LeaseKeeper:
         tb: TracebackType | None,
     ) -> None:
         self._done.set()
-        self._thread.join(timeout=self._interval_s + 5)
+        self._thread.join(timeout=self.interval_s + 5)

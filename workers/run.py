@@ -42,7 +42,7 @@ from workers.kinds import (
 )
 from workers.leases import LeaseKeeper
 from workers.logs import job_logging
-from workers.records import JobNotFound, JobRecords, RecordsUnavailable, ShardStart
+from workers.records import Ending, JobNotFound, JobRecords, RecordsUnavailable, ShardStart
 
 __all__ = ["FAILED", "SKIPPED", "Limits", "begin", "conclude", "ended", "execute", "run_shard"]
 
@@ -126,7 +126,7 @@ def begin(
         shards = kind.shards(kind.parse(task.request), task.model, resources)
     except Exception as exc:
         status, error = _outcome(task, exc, limits)
-        if records.finish(task.job_id, attempt, status, None, error, task.ttl_seconds):
+        if records.finish(task.job_id, attempt, Ending(status, error=error), task.ttl_seconds):
             ended(task, records, limits)
         return None
     return attempt, shards
@@ -254,7 +254,7 @@ def conclude(
             status = JobStatus.SUCCEEDED
         except Exception as exc:
             status, error = _outcome(task, exc, limits)
-    written = records.finish(task.job_id, attempt, status, result, error, task.ttl_seconds)
+    written = records.finish(task.job_id, attempt, Ending(status, result, error), task.ttl_seconds)
     if not written:
         return None
     ended(task, records, limits)

@@ -23,6 +23,7 @@ import logging
 import threading
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import KW_ONLY, dataclass, field
 
 import httpx
 
@@ -41,6 +42,7 @@ takes (httpx's 5 s for each of connect, write and read). An API process lost mid
 the try to be made again this much later."""
 
 
+@dataclass(eq=False)
 class CallbackCourier:
     """Delivers the due callbacks of ``records``, at most ``concurrency`` tries at a time.
 
@@ -48,25 +50,19 @@ class CallbackCourier:
     logged. ``outcomes`` counts the tries made by this courier, by outcome.
     """
 
-    def __init__(
-        self,
-        records: JobRecords,
-        policy: CallbackPolicy | None,
-        *,
-        interval_s: float,
-        lease_s: float = CLAIM_LEASE_S,
-        concurrency: int = 8,
-    ) -> None:
-        self._records = records
-        self._policy = policy
-        self.interval_s = interval_s
-        self._lease_s = lease_s
-        self._concurrency = concurrency
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="callbacks")
+    records: JobRecords
+    policy: CallbackPolicy | None
+    _: KW_ONLY
+    interval_s: float
+    lease_s: float = CLAIM_LEASE_S
+    concurrency: int = 8
+    outcomes: Counter[Outcome] = field(default_factory=Counter, init=False)
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="callbacks")
         self._client = httpx.Client(follow_redirects=False)
         self._lock = threading.Lock()
         self._in_flight = 0
-        self.outcomes: Counter[Outcome] = Counter()
 
     async def run(self) -> None:
         """Deliver until cancelled; an unreachable store is logged and tried again."""
@@ -82,13 +78,13 @@ class CallbackCourier:
         """Claim what is due, as many as there are free threads, and try each on one; the
         tries (blocking: the claim is a store call)."""
         with self._lock:
-            free = self._concurrency - self._in_flight
+            free = self.concurrency - self._in_flight
             if free <= 0:
                 return []
             self._in_flight += free  # reserved: given back below for what was not claimed
         claims: list[Due] = []
         try:
-            claims = self._records.callbacks.claim(self._lease_s, free)
+            claims = self.records.callbacks.claim(self.lease_s, free)
         finally:
             with self._lock:
                 self._in_flight -= free - len(claims)
@@ -108,15 +104,15 @@ class CallbackCourier:
     def _try(self, due: Due) -> Outcome | None:
         """One try; None when there is nothing to send (the job is gone, or no secret)."""
         try:
-            record = self._records.get(due.job_id)
+            record = self.records.get(due.job_id)
         except JobNotFound:
             return None
         if record.callback_url is None:
             return None
-        if self._policy is None:
+        if self.policy is None:
             log.error("job %s: no callback sent, CNNVIZ_CALLBACK_SECRET is not set", due.job_id)
             return None
-        outcome = try_once(self._client, record.callback_url, record, self._policy)
+        outcome = try_once(self._client, record.callback_url, record, self.policy)
         with self._lock:
             self.outcomes[outcome] += 1
         return outcome
@@ -124,13 +120,13 @@ class CallbackCourier:
     def _settle(self, due: Due, outcome: Outcome | None) -> None:
         retry_in = None
         if outcome == Outcome.FAILED:
-            assert self._policy is not None
-            retry_in = self._policy.backoff(due.tries + 1)
+            assert self.policy is not None
+            retry_in = self.policy.backoff(due.tries + 1)
             if retry_in is None:
                 log.error("job %s: callback failed after %d tries", due.job_id, due.tries + 1)
             else:
                 log.warning("job %s: callback tried again in %g s", due.job_id, retry_in)
-        self._records.callbacks.settle(due, retry_in)
+        self.records.callbacks.settle(due, retry_in)
 
     def close(self) -> None:
         """Let the tries under way end (each within its timeouts), then stop."""

@@ -39,6 +39,7 @@ from service.jobs.transport import (
 )
 from workers.kinds import JobKind, Resources, get_kind
 from workers.records import (
+    Conditions,
     Idempotency,
     IdempotencyConflict,
     JobFilter,
@@ -296,7 +297,7 @@ class JobManager:
             admission=admission,
         )
         record, created = await self._io(
-            self.records.create, record, self._ttl, idempotency, self._max_active
+            self.records.create, record, self._ttl, Conditions(idempotency, self._max_active)
         )
         if not created:
             return await self.read(record.id, owner), Submitted.REPLAYED

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from schemas.jobs import JobTask
 from service.jobs.rounds import every
@@ -36,27 +37,20 @@ SendShard = Callable[[JobTask, int, int, int, str], None]
 """``(task, attempt, shard, shards, task_id)``: send one shard's task again."""
 
 
+@dataclass(eq=False)
 class LeaseSweeper:
-    """Claims lapsed leases every ``interval_s`` and sends their jobs (or shards) again."""
+    """Claims lapsed leases every ``interval_s`` and sends their jobs (or shards) again, as
+    tasks that live ``ttl_seconds``."""
 
-    def __init__(
-        self,
-        records: RedisRecords,
-        send_job: SendJob,
-        send_shard: SendShard,
-        *,
-        ttl_seconds: int,
-        interval_s: float,
-        limits: Limits,
-    ) -> None:
-        self._records = records
-        self._send_job = send_job
-        self._send_shard = send_shard
-        self._ttl = ttl_seconds
-        self.interval_s = interval_s
-        self._limits = limits
-        self.claimed: dict[str, int] = {}
-        """Claims made by this sweeper, by action (``cnnviz_job_leases_lapsed_total``)."""
+    records: RedisRecords
+    send_job: SendJob
+    send_shard: SendShard
+    _: KW_ONLY
+    ttl_seconds: int
+    interval_s: float
+    limits: Limits
+    claimed: dict[str, int] = field(default_factory=dict, init=False)
+    """Claims made by this sweeper, by action (``cnnviz_job_leases_lapsed_total``)."""
 
     async def run(self) -> None:
         """Sweep until cancelled; an unreachable Redis is logged and tried again."""
@@ -64,7 +58,7 @@ class LeaseSweeper:
 
     def sweep(self) -> list[Lapsed]:
         """One sweep: every lapsed lease claimed and acted on; the claims."""
-        claims = self._records.sweep()
+        claims = self.records.sweep()
         for claim in claims:
             self.claimed[claim.action] = self.claimed.get(claim.action, 0) + 1
             try:
@@ -76,7 +70,7 @@ class LeaseSweeper:
         return claims
 
     def _act(self, claim: Lapsed) -> None:
-        task = self._records.get(claim.job_id).task(self._ttl)
+        task = self.records.get(claim.job_id).task(self.ttl_seconds)
         # A task id of its own per send: the records tell a send from a second copy of it.
         task_id = f"{claim.job_id}~{claim.delivery}"
         if claim.action == "job":
@@ -85,7 +79,7 @@ class LeaseSweeper:
                 claim.job_id,
                 claim.attempt,
             )
-            self._send_job(task, task_id)
+            self.send_job(task, task_id)
         elif claim.action == "shard":
             log.warning(
                 "job %s: the worker of shard %d of %d was lost; sending the shard again",
@@ -93,7 +87,7 @@ class LeaseSweeper:
                 claim.shard,
                 claim.shards,
             )
-            self._send_shard(task, claim.attempt, claim.shard, claim.shards, task_id)
+            self.send_shard(task, claim.attempt, claim.shard, claim.shards, task_id)
         elif claim.action == "cancelled":
             log.info("job %s: cancelled; its worker was lost", claim.job_id)
-            ended(task, self._records, self._limits)
+            ended(task, self.records, self.limits)

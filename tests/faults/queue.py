@@ -33,7 +33,7 @@ from tests.faults.watch import (
 from tests.jobs.client import FINISHED, QUICK, submit
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import CeleryWorker, RedisServer, serve
-from workers.records.redis_keys import checkpoint_key
+from workers.records.redis_keys import Part, part_key
 
 # A lost worker's lease lapses after 3 s (30 by default), and the API sweeps every 0.5 s
 # (10): a lost job comes back in seconds. Celery's visibility timeout stays at its hour, so
@@ -124,7 +124,7 @@ def worker_group_killed(redis_server: RedisServer, workdir: Path) -> Recovery:
             long_id, queued_id, past = _caught(api)
             first.kill()
             killed_at = time.monotonic()
-            data = redis_server.client().get(checkpoint_key(long_id))
+            data = redis_server.client().get(part_key(long_id, Part.CHECKPOINT))
             assert isinstance(data, bytes), "no checkpoint saved"
             saved = RenderCheckpoint.from_bytes(data)
             second.start()

@@ -32,7 +32,7 @@ def queued(
         request=request.model_dump(mode="json"),
         created_at=time.time(),
     )
-    records.create(record, ttl, None)
+    records.create(record, ttl)
     task = JobTask(
         job_id="job", kind=kind.name, model=model, request=record.request, ttl_seconds=ttl
     )

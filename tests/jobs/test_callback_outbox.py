@@ -22,7 +22,7 @@ from tests.jobs.receiver import Receiver, receiver
 from tests.jobs.test_callbacks import verify
 from tests.jobs.test_records import TTL, new_record
 from workers import run
-from workers.records import JobRecords
+from workers.records import Ending, JobRecords
 from workers.records.base import ShardStart
 from workers.records.memory import MemoryRecords
 from workers.records.outbox import Due
@@ -66,10 +66,10 @@ def hooks() -> Iterator[Receiver]:
 def finished(records: JobRecords, callback_url: str | None) -> str:
     """A job that ended, with its callback due; its id."""
     record: JobRecord = new_record().model_copy(update={"callback_url": callback_url})
-    records.create(record, TTL, None)
+    records.create(record, TTL)
     attempt = records.start(record.id)
     assert attempt is not None
-    assert records.finish(record.id, attempt, JobStatus.CANCELLED, None, None, TTL)
+    assert records.finish(record.id, attempt, Ending(JobStatus.CANCELLED), TTL)
     records.callbacks.add(record.id)
     return record.id
 
@@ -209,7 +209,7 @@ def test_a_process_lost_right_after_the_final_write_still_calls_back_once(
     monkeypatch.setattr(run, "ended", _die)
     before = store()
     record = new_record().model_copy(update={"callback_url": f"{hooks.url}/{how}"})
-    before.create(record, TTL, None)
+    before.create(record, TTL)
     status = _end_then_die(before, record, how)
     assert before.get(record.id).status == status  # the final write was made
     if isinstance(before, SqliteRecords):

@@ -17,7 +17,7 @@ from tests.jobs.client import QUICK, submit
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import RedisServer, serve, wait_for
 from tests.jobs.test_records import TTL, new_record, progress, result_json
-from workers.records import ShardStart
+from workers.records import Ending, ShardStart
 from workers.records.redis import RedisRecords, lease_member
 
 pytestmark = pytest.mark.redis
@@ -35,8 +35,16 @@ def records(fresh_redis: RedisServer) -> Iterator[RedisRecords]:
 
 
 def created(records: RedisRecords) -> str:
-    record, _ = records.create(new_record(), TTL, None)
+    record, _ = records.create(new_record(), TTL)
     return record.id
+
+
+def started(records: RedisRecords, holder: str) -> tuple[str, int]:
+    """A new job, started by the delivery ``holder``: its id and its first attempt."""
+    job_id = created(records)
+    attempt = records.start(job_id, holder)
+    assert attempt == 1
+    return job_id, attempt
 
 
 def lapsed(records: RedisRecords, member: str) -> bool:
@@ -46,9 +54,7 @@ def lapsed(records: RedisRecords, member: str) -> bool:
 
 
 def test_a_running_job_holds_a_lease_that_its_renewals_extend(records: RedisRecords) -> None:
-    job_id = created(records)
-    attempt = records.start(job_id, "task-1")
-    assert attempt == 1
+    job_id, attempt = started(records, "task-1")
     first = records.leases()[job_id]
     assert time.time() < first <= time.time() + LEASE_S + 0.05
     time.sleep(0.05)
@@ -56,7 +62,7 @@ def test_a_running_job_holds_a_lease_that_its_renewals_extend(records: RedisReco
     assert records.leases()[job_id] > first
     assert records.sweep() == []  # nothing lapsed
 
-    assert records.finish(job_id, attempt, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert records.finish(job_id, attempt, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
     assert job_id not in records.leases()
     assert not records.renew(job_id, attempt)  # a finished job's lease is not renewed
 
@@ -64,9 +70,7 @@ def test_a_running_job_holds_a_lease_that_its_renewals_extend(records: RedisReco
 def test_a_lapsed_job_is_claimed_once_and_its_lost_attempt_is_fenced_off(
     records: RedisRecords, fresh_redis: RedisServer
 ) -> None:
-    job_id = created(records)
-    first = records.start(job_id, "task-1")
-    assert first is not None
+    job_id, first = started(records, "task-1")
     records.progress(job_id, first, progress(7), None)
     wait_for(lambda: lapsed(records, job_id), 5, "the lease to lapse")
 
@@ -83,17 +87,16 @@ def test_a_lapsed_job_is_claimed_once_and_its_lost_attempt_is_fenced_off(
     # The lost attempt, if it still runs somewhere, can no longer write anything.
     assert not records.renew(job_id, first)
     assert records.should_stop(job_id, first)
-    assert not records.finish(job_id, first, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert not records.finish(job_id, first, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
 
     second = records.start(job_id, f"{job_id}~1")
     assert second == 2
-    assert records.finish(job_id, second, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert records.finish(job_id, second, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
     assert records.get(job_id).status == JobStatus.SUCCEEDED
 
 
 def test_a_job_sent_again_that_does_not_start_is_claimed_again(records: RedisRecords) -> None:
-    job_id = created(records)
-    assert records.start(job_id, "task-1") == 1
+    job_id, _ = started(records, "task-1")
     wait_for(lambda: lapsed(records, job_id), 5, "the lease to lapse")
     assert [c.delivery for c in records.sweep()] == [1]
     # The send was lost (or waits in a long queue): one lease later it is claimed again.
@@ -104,8 +107,7 @@ def test_a_job_sent_again_that_does_not_start_is_claimed_again(records: RedisRec
 
 
 def test_a_second_message_does_not_take_a_job_from_a_live_lease(records: RedisRecords) -> None:
-    job_id = created(records)
-    assert records.start(job_id, "task-1") == 1
+    job_id, _ = started(records, "task-1")
     # Another copy of the job's message (a restored original, a second send): not run.
     assert records.start(job_id, "task-2") is None
     assert records.get(job_id).attempts == 1
@@ -143,9 +145,7 @@ def test_a_lapsed_job_asked_to_stop_is_cancelled_by_the_sweep(records: RedisReco
 
 
 def test_checkpoints_are_kept_for_the_next_attempt_and_fenced(records: RedisRecords) -> None:
-    job_id = created(records)
-    first = records.start(job_id, "task-1")
-    assert first is not None
+    job_id, first = started(records, "task-1")
     records.save_checkpoint(job_id, first, b"state after 25 steps")
     assert records.checkpoint(job_id) == b"state after 25 steps"
     second = records.start(job_id, "task-1")
@@ -154,16 +154,14 @@ def test_checkpoints_are_kept_for_the_next_attempt_and_fenced(records: RedisReco
     assert records.checkpoint(job_id) == b"state after 25 steps"
     records.save_checkpoint(job_id, second, b"state after 50 steps")
     assert records.checkpoint(job_id) == b"state after 50 steps"
-    records.finish(job_id, second, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    records.finish(job_id, second, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
     assert records.checkpoint(job_id) is None  # dropped with the lease when the job ends
 
 
 def test_shards_hold_leases_keep_their_partials_and_the_last_one_merges(
     records: RedisRecords,
 ) -> None:
-    job_id = created(records)
-    attempt = records.start(job_id, "dispatch")
-    assert attempt is not None
+    job_id, attempt = started(records, "dispatch")
     records.plan(job_id, attempt, 2)
     records.release(job_id, attempt)
     assert job_id not in records.leases()
@@ -200,9 +198,7 @@ def test_shards_hold_leases_keep_their_partials_and_the_last_one_merges(
 def test_partials_outlive_an_attempt_so_done_shards_are_not_run_again(
     records: RedisRecords,
 ) -> None:
-    job_id = created(records)
-    first = records.start(job_id, "dispatch-1")
-    assert first is not None
+    job_id, first = started(records, "dispatch-1")
     assert records.start_shard(job_id, first, 0, 3, "s0") == ShardStart.RUN
     records.store_partial(job_id, first, 0, 2, '{"n": 0}')
     second = records.start(job_id, "dispatch-1")  # the dispatcher was delivered again

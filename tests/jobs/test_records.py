@@ -17,6 +17,8 @@ from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from schemas.optimization import ObjectiveKind, OptimizationCreate, OptimizationResult
 from tests.jobs.procs import RedisServer
 from workers.records import (
+    Conditions,
+    Ending,
     Idempotency,
     IdempotencyConflict,
     JobFilter,
@@ -50,7 +52,7 @@ def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Records]
         yield Records(MemoryRecords(TTL))
         return
     if request.param == "sqlite":
-        backend = SqliteRecords(tmp_path / "data", TTL, stop_check_interval_s=0)
+        backend = SqliteRecords(tmp_path / "data", TTL, max_attempts=3, stop_check_interval_s=0)
         yield Records(backend)
         backend.close()
         return
@@ -94,11 +96,11 @@ def result_json() -> str:
 
 def finished(records: JobRecords, arrays: bytes, idem: Idempotency | None = None) -> str:
     """A new job run to success with ``arrays`` attached; its id."""
-    record, _ = records.create(new_record(), TTL, idem)
+    record, _ = records.create(new_record(), TTL, Conditions(idem))
     attempt = records.start(record.id)
     assert attempt is not None
     records.attach(record.id, attempt, arrays, TTL)
-    assert records.finish(record.id, attempt, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert records.finish(record.id, attempt, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
     return record.id
 
 
@@ -107,7 +109,7 @@ def progress(step: int) -> Progress:
 
 
 def test_a_job_runs_once_to_one_result(records: Records) -> None:
-    record, created = records.api("create", new_record(), TTL, None)
+    record, created = records.api("create", new_record(), TTL)
     assert created
     attempt = records.recorder.start(record.id)
     assert attempt == 1
@@ -116,11 +118,11 @@ def test_a_job_runs_once_to_one_result(records: Records) -> None:
     assert records.api("preview", record.id) == b"png"
 
     assert records.recorder.finish(
-        record.id, attempt, JobStatus.SUCCEEDED, result_json(), None, TTL
+        record.id, attempt, Ending(JobStatus.SUCCEEDED, result_json()), TTL
     )
     # A second final write, from the same attempt or a late one, changes nothing.
     assert not records.recorder.finish(
-        record.id, attempt, JobStatus.FAILED, None, JobError(code="x", message="x"), TTL
+        record.id, attempt, Ending(JobStatus.FAILED, error=JobError(code="x", message="x")), TTL
     )
     done = records.api("get", record.id)
     assert done.status == JobStatus.SUCCEEDED
@@ -132,7 +134,7 @@ def test_a_job_runs_once_to_one_result(records: Records) -> None:
 
 
 def test_a_redelivered_job_fences_off_its_lost_first_attempt(records: Records) -> None:
-    record, _ = records.api("create", new_record(), TTL, None)
+    record, _ = records.api("create", new_record(), TTL)
     first = records.recorder.start(record.id)
     second = records.recorder.start(record.id)  # the message came back: worker lost
     assert (first, second) == (1, 2)
@@ -142,31 +144,33 @@ def test_a_redelivered_job_fences_off_its_lost_first_attempt(records: Records) -
     assert records.recorder.should_stop(record.id, first)
     assert not records.recorder.should_stop(record.id, second)
     assert not records.recorder.finish(
-        record.id, first, JobStatus.SUCCEEDED, result_json(), None, TTL
+        record.id, first, Ending(JobStatus.SUCCEEDED, result_json()), TTL
     )
     assert records.api("result", record.id) is None
 
-    assert records.recorder.finish(record.id, second, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert records.recorder.finish(
+        record.id, second, Ending(JobStatus.SUCCEEDED, result_json()), TTL
+    )
     done = records.api("get", record.id)
     assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 2)
 
 
 def test_cancel_stops_a_running_job_and_a_queued_one_never_starts(records: Records) -> None:
-    queued, _ = records.api("create", new_record(), TTL, None)
+    queued, _ = records.api("create", new_record(), TTL)
     assert records.api("cancel", queued.id).status == JobStatus.CANCELLED
     assert records.recorder.start(queued.id) is None
 
-    running, _ = records.api("create", new_record(), TTL, None)
+    running, _ = records.api("create", new_record(), TTL)
     attempt = records.recorder.start(running.id)
     assert not records.recorder.should_stop(running.id, attempt)
     assert records.api("cancel", running.id).cancel
     assert records.recorder.should_stop(running.id, attempt)
-    assert records.recorder.finish(running.id, attempt, JobStatus.CANCELLED, None, None, TTL)
+    assert records.recorder.finish(running.id, attempt, Ending(JobStatus.CANCELLED), TTL)
     assert records.api("get", running.id).status == JobStatus.CANCELLED
 
 
 def test_delete_needs_a_finished_job(records: Records) -> None:
-    record, _ = records.api("create", new_record(), TTL, None)
+    record, _ = records.api("create", new_record(), TTL)
     with pytest.raises(JobNotFinished):
         records.api("delete", record.id)
     records.api("cancel", record.id)
@@ -179,26 +183,27 @@ def test_delete_needs_a_finished_job(records: Records) -> None:
 
 def test_an_idempotency_key_maps_to_one_job(records: Records) -> None:
     key = Idempotency(f"digest-{time.monotonic_ns()}", "body-1")
-    first, created = records.api("create", new_record(), TTL, key)
-    again, created_again = records.api("create", new_record(), TTL, key)
+    first, created = records.api("create", new_record(), TTL, Conditions(key))
+    again, created_again = records.api("create", new_record(), TTL, Conditions(key))
     assert created and not created_again
     assert again.id == first.id
     with pytest.raises(IdempotencyConflict):
-        records.api("create", new_record(), TTL, Idempotency(key.digest, "body-2"))
+        records.api("create", new_record(), TTL, Conditions(Idempotency(key.digest, "body-2")))
     # Once the job is forgotten, the key is free again.
     records.api("cancel", first.id)
     records.api("delete", first.id)
-    third, created_third = records.api("create", new_record(), TTL, key)
+    third, created_third = records.api("create", new_record(), TTL, Conditions(key))
     assert created_third and third.id != first.id
 
 
-def test_a_job_whose_workers_keep_dying_fails_after_the_last_attempt(
-    shared_redis: RedisServer,
-) -> None:
-    recorder = RedisRecords(shared_redis.client(), max_attempts=3, ttl_seconds=TTL)
-    record, _ = recorder.create(new_record(), TTL, None)
-    assert [recorder.start(record.id) for _ in range(4)] == [1, 2, 3, None]
-    failed = recorder.get(record.id)
+@pytest.mark.parametrize("records", ["redis", "sqlite"], indirect=True)
+def test_a_job_whose_workers_keep_dying_fails_after_the_last_attempt(records: Records) -> None:
+    # Each start after the first is a delivery whose worker (Redis) or process (SQLite) was
+    # lost; both backends allow three attempts. Memory has no such limit: its jobs die
+    # with the one process.
+    record, _ = records.api("create", new_record(), TTL)
+    assert [records.recorder.start(record.id) for _ in range(4)] == [1, 2, 3, None]
+    failed = records.api("get", record.id)
     assert failed.status == JobStatus.FAILED
     assert failed.error is not None and failed.error.code == "worker_lost"
 
@@ -214,8 +219,8 @@ def test_an_owners_jobs_are_listed_newest_first_in_pages_with_filters(records: R
                 "kind": "exemplar" if i % 3 == 0 else "optimization",
             }
         )
-        made.append(records.api("create", record, TTL, None)[0])
-    records.api("create", new_record("list-bob").model_copy(update={"owner": "bob"}), TTL, None)
+        made.append(records.api("create", record, TTL)[0])
+    records.api("create", new_record("list-bob").model_copy(update={"owner": "bob"}), TTL)
     records.api("cancel", made[6].id)  # queued: cancelled at once, still listed
     expected = sorted(made, key=lambda r: (r.created_at, r.id), reverse=True)
     pages, cursor = [], None
@@ -263,9 +268,9 @@ def test_sanity_verdicts_are_kept_by_model_weights_method_and_layer(records: Rec
     assert records.api("verdicts", model, "b" * 64) == {}
     assert records.api("verdicts", f"{model}-other", weights) == {}
     # They outlive every job: a finished job deleted leaves them.
-    job = records.api("create", new_record(), TTL, None)[0]
+    job = records.api("create", new_record(), TTL)[0]
     attempt = records.recorder.start(job.id)
-    records.recorder.finish(job.id, attempt, JobStatus.SUCCEEDED, "{}", None, TTL)
+    records.recorder.finish(job.id, attempt, Ending(JobStatus.SUCCEEDED, "{}"), TTL)
     records.api("delete", job.id)
     assert records.api("verdicts", model, weights) == table
     assert sanity_status(table, "gradcam", "block4.relu") == "passed"

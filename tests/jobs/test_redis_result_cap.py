@@ -14,9 +14,10 @@ from tests.jobs.client import QUICK, submit
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import CeleryWorker, RedisServer, serve, wait_for
 from tests.jobs.test_records import TTL, finished, new_record, result_json
-from workers.records import Idempotency, ResultExpired
-from workers.records.redis import RedisRecords, checkpoint_key
+from workers.records import Conditions, Idempotency, ResultExpired
+from workers.records.redis import RedisRecords
 from workers.records.redis_cap import KEPT_TOTAL_KEY
+from workers.records.redis_keys import Part, part_key
 
 pytestmark = [pytest.mark.redis]
 
@@ -29,7 +30,7 @@ def test_past_the_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
     client = fresh_redis.client()
     size = len(ARRAYS) + len(result_json())
     records = RedisRecords(client, ttl_seconds=TTL, results_max_bytes=2 * size)
-    running, _ = records.create(new_record(), TTL, None)
+    running, _ = records.create(new_record(), TTL)
     attempt = records.start(running.id)
     assert attempt is not None
     records.save_checkpoint(running.id, attempt, ARRAYS)
@@ -45,9 +46,9 @@ def test_past_the_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
             getattr(records, part)(oldest)
     assert records.get(oldest).status == JobStatus.SUCCEEDED  # the record stays
     assert records.arrays(middle) == ARRAYS and records.result(newest) == result_json()
-    assert client.get(checkpoint_key(running.id)) == ARRAYS  # running: never touched
+    assert client.get(part_key(running.id, Part.CHECKPOINT)) == ARRAYS  # running: never touched
     assert records.get(running.id).status == JobStatus.RUNNING
-    again, created = records.create(new_record(), TTL, key)  # the key is free again
+    again, created = records.create(new_record(), TTL, Conditions(key))  # the key is free again
     assert created and again.id != oldest
     # A deleted job leaves the count.
     records.delete(middle)

@@ -18,7 +18,7 @@ from tests.jobs.client import MODEL, QUICK, submit, wait_job
 from tests.jobs.conftest import api_settings
 from tests.jobs.procs import serve, wait_for
 from tests.jobs.test_records import TTL, new_record
-from workers.records import Idempotency, JobNotFound, ResultExpired
+from workers.records import Conditions, Ending, Idempotency, JobNotFound, ResultExpired
 from workers.records.memory import MemoryRecords
 from workers.records.spill import ResultFiles
 
@@ -27,12 +27,12 @@ PART = 10_000  # bytes of each part of a fake result
 
 def finish(records: MemoryRecords, tag: str, idem: Idempotency | None = None) -> str:
     """Run a fake job to success with a result, a preview and raw tensors of PART bytes each."""
-    record, _ = records.create(new_record(), TTL, idem)
+    record, _ = records.create(new_record(), TTL, Conditions(idem))
     attempt = records.start(record.id)
     assert attempt is not None
     records.progress(record.id, attempt, Progress(step=1, total=1), tag.encode() * PART)
     records.attach(record.id, attempt, tag.encode().upper() * PART, TTL)
-    assert records.finish(record.id, attempt, JobStatus.SUCCEEDED, tag * PART, None, TTL)
+    assert records.finish(record.id, attempt, Ending(JobStatus.SUCCEEDED, tag * PART), TTL)
     return record.id
 
 
@@ -78,16 +78,16 @@ def test_the_oldest_are_dropped_first_with_evict_and_read_as_expired() -> None:
     assert records.result(newer[-1]) == "f" * PART
     # The key of a dropped job leads to a new job, which a late delete of the old one
     # leaves alone.
-    again, created = records.create(new_record(), TTL, key)
+    again, created = records.create(new_record(), TTL, Conditions(key))
     assert created and again.id != old
     records.delete(old)
-    replay, created = records.create(new_record(), TTL, key)
+    replay, created = records.create(new_record(), TTL, Conditions(key))
     assert not created and replay.id == again.id
 
 
 def test_unfinished_jobs_are_never_moved_out(tmp_path: Path) -> None:
     records = MemoryRecords(TTL, max_result_bytes=0, results_dir=tmp_path)
-    running, _ = records.create(new_record(), TTL, None)
+    running, _ = records.create(new_record(), TTL)
     attempt = records.start(running.id)
     assert attempt is not None
     records.progress(running.id, attempt, Progress(step=1, total=2), b"p" * PART)
@@ -96,7 +96,7 @@ def test_unfinished_jobs_are_never_moved_out(tmp_path: Path) -> None:
     assert files_in(tmp_path)
     assert records.preview(running.id) == b"p" * PART
     assert records.kept_bytes == 0  # only finished jobs count
-    assert records.finish(running.id, attempt, JobStatus.SUCCEEDED, "done", None, TTL)
+    assert records.finish(running.id, attempt, Ending(JobStatus.SUCCEEDED, "done"), TTL)
     assert records.result(running.id) == "done"
     assert records.arrays(running.id) == b"r" * PART
 
@@ -133,7 +133,7 @@ def test_spilled_files_stay_under_the_disk_cap_dropping_the_oldest(tmp_path: Pat
         assert records.result(job_id) == tag * PART
         assert records.arrays(job_id) == tag.encode().upper() * PART
     # The key of a job whose files went for room leads to a new job.
-    fresh, created = records.create(new_record(), TTL, key)
+    fresh, created = records.create(new_record(), TTL, Conditions(key))
     assert created and fresh.id != jobs[0]
     # Deleting a spilled job gives its room back.
     records.delete(jobs[-1])

@@ -17,7 +17,7 @@ from service.jobs.wiring import inprocess_records
 from service.settings import Settings
 from tests.jobs.test_records import TTL, finished, new_record, result_json
 from workers.config import default_data_dir
-from workers.records import Idempotency, ResultExpired
+from workers.records import Conditions, Ending, Idempotency, ResultExpired
 from workers.records.memory import MemoryRecords
 from workers.records.sqlite import SqliteRecords
 from workers.records.sqlite_db import INLINE_MAX, BlobFiles, Holder
@@ -35,12 +35,12 @@ def files(path: Path) -> list[Path]:
 
 def test_records_results_and_checkpoints_survive_a_reopen(tmp_path: Path) -> None:
     first = store(tmp_path)
-    done, _ = first.create(new_record(), TTL, None)
+    done, _ = first.create(new_record(), TTL)
     attempt = first.start(done.id)
     assert attempt == 1
     first.attach(done.id, attempt, BIG, TTL)
-    assert first.finish(done.id, attempt, JobStatus.SUCCEEDED, result_json(), None, TTL)
-    running, _ = first.create(new_record(), TTL, None)
+    assert first.finish(done.id, attempt, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
+    running, _ = first.create(new_record(), TTL)
     attempt = first.start(running.id)
     assert attempt == 1
     first.progress(running.id, attempt, Progress(step=30, total=100), b"png")
@@ -64,7 +64,7 @@ def test_records_results_and_checkpoints_survive_a_reopen(tmp_path: Path) -> Non
     resumed = again.start(running.id)
     assert resumed == 2
     assert again.get(running.id).progress == Progress(step=30, total=100)  # not back at 0
-    assert again.finish(running.id, resumed, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert again.finish(running.id, resumed, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
     assert again.checkpoint(running.id) is None  # dropped with the finish
     again.delete(done.id)
     again.delete(running.id)
@@ -74,7 +74,7 @@ def test_records_results_and_checkpoints_survive_a_reopen(tmp_path: Path) -> Non
 def test_two_processes_never_both_run_a_job_and_the_lapsed_one_is_fenced(tmp_path: Path) -> None:
     a = store(tmp_path, lease_s=0.5)
     b = store(tmp_path, lease_s=0.5)
-    record, _ = a.create(new_record(), TTL, None)
+    record, _ = a.create(new_record(), TTL)
     assert b.start(record.id) is None  # a holds it and lives
     first = a.start(record.id)
     assert first == 1
@@ -87,8 +87,8 @@ def test_two_processes_never_both_run_a_job_and_the_lapsed_one_is_fenced(tmp_pat
     a.progress(record.id, first, Progress(step=99, total=100), None)
     assert b.get(record.id).progress is None
     assert a.should_stop(record.id, first)
-    assert not a.finish(record.id, first, JobStatus.SUCCEEDED, result_json(), None, TTL)
-    assert b.finish(record.id, second, JobStatus.SUCCEEDED, result_json(), None, TTL)
+    assert not a.finish(record.id, first, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
+    assert b.finish(record.id, second, Ending(JobStatus.SUCCEEDED, result_json()), TTL)
     assert a.get(record.id).attempts == 2
 
 
@@ -109,7 +109,7 @@ def test_a_stopping_process_gives_its_running_jobs_back_without_spending_attempt
     tmp_path: Path,
 ) -> None:
     creator = store(tmp_path)
-    record, _ = creator.create(new_record(), TTL, None)
+    record, _ = creator.create(new_record(), TTL)
     creator.leave()  # the process that took the submission stopped before running it
     creator.close()
     for attempt in range(1, 6):  # more clean stops than max_attempts (3)
@@ -119,7 +119,7 @@ def test_a_stopping_process_gives_its_running_jobs_back_without_spending_attempt
         process.suspend()
         assert process.should_stop(record.id, attempt)
         # The runner, stopped, writes the job off as cancelled: not while suspended.
-        assert not process.finish(record.id, attempt, JobStatus.CANCELLED, None, None, TTL)
+        assert not process.finish(record.id, attempt, Ending(JobStatus.CANCELLED), TTL)
         assert process.get(record.id).status == JobStatus.RUNNING
         process.leave()
         process.close()
@@ -128,25 +128,14 @@ def test_a_stopping_process_gives_its_running_jobs_back_without_spending_attempt
     assert last.start(record.id) == 6
 
 
-def test_a_job_that_loses_its_process_every_time_fails_after_the_last_attempt(
-    tmp_path: Path,
-) -> None:
-    records = store(tmp_path, max_attempts=3)
-    record, _ = records.create(new_record(), TTL, None)
-    assert [records.start(record.id) for _ in range(4)] == [1, 2, 3, None]
-    failed = records.get(record.id)
-    assert failed.status == JobStatus.FAILED
-    assert failed.error is not None and failed.error.code == "worker_lost"
-
-
 def test_a_cancel_asked_while_stopping_is_kept(tmp_path: Path) -> None:
     records = store(tmp_path)
-    record, _ = records.create(new_record(), TTL, None)
+    record, _ = records.create(new_record(), TTL)
     attempt = records.start(record.id)
     assert attempt is not None
     records.cancel(record.id)
     records.suspend()
-    assert records.finish(record.id, attempt, JobStatus.CANCELLED, None, None, TTL)
+    assert records.finish(record.id, attempt, Ending(JobStatus.CANCELLED), TTL)
     assert records.get(record.id).status == JobStatus.CANCELLED
 
 
@@ -155,7 +144,7 @@ def test_past_the_byte_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
 ) -> None:
     size = len(BIG) + len(result_json())
     records = store(tmp_path, max_result_bytes=2 * size)
-    running, _ = records.create(new_record(), TTL, None)
+    running, _ = records.create(new_record(), TTL)
     attempt = records.start(running.id)
     assert attempt is not None
     records.save_checkpoint(running.id, attempt, BIG)
@@ -171,7 +160,7 @@ def test_past_the_byte_cap_the_oldest_results_expire_and_unfinished_jobs_stay(
     assert records.arrays(middle) == BIG and records.arrays(newest) == BIG
     assert records.checkpoint(running.id) == BIG  # unfinished: never touched
     # The expired job's idempotency key leads to a new job.
-    again, created = records.create(new_record(), TTL, Idempotency("key-1", "body"))
+    again, created = records.create(new_record(), TTL, Conditions(Idempotency("key-1", "body")))
     assert created and again.id != oldest
     # The files of the expired job are gone: the cap bounds the disk.
     assert sum(p.stat().st_size for p in files(tmp_path)) == 3 * len(BIG)
@@ -181,7 +170,7 @@ def test_a_failing_disk_fails_the_job_with_its_reason_and_reads_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     records = store(tmp_path)
-    record, _ = records.create(new_record(), TTL, None)
+    record, _ = records.create(new_record(), TTL)
     attempt = records.start(record.id)
     assert attempt is not None
 
@@ -192,7 +181,7 @@ def test_a_failing_disk_fails_the_job_with_its_reason_and_reads_go_on(
     records.save_checkpoint(record.id, attempt, BIG)  # best effort: the job goes on
     assert not records.should_stop(record.id, attempt)
     big_result = '{"x": "' + "a" * INLINE_MAX + '"}'
-    assert records.finish(record.id, attempt, JobStatus.SUCCEEDED, big_result, None, TTL)
+    assert records.finish(record.id, attempt, Ending(JobStatus.SUCCEEDED, big_result), TTL)
     failed = records.get(record.id)
     assert failed.status == JobStatus.FAILED
     assert failed.error is not None and failed.error.code == "storage_error"

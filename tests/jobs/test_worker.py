@@ -18,6 +18,7 @@ from schemas.optimization import OptimizationCreate
 from tests.jobs.procs import ROOT, RedisServer
 from workers.config import WorkerSettings
 from workers.device import choose_device
+from workers.records import Ending
 from workers.records.redis import RedisRecords, record_key
 from workers.records.redis_fields import from_fields, to_fields
 
@@ -113,7 +114,7 @@ def test_a_job_killed_at_the_hard_limit_is_recorded_as_a_timeout(
     # A redelivered attempt that is running now is not failed by the old attempt's end.
     client.hset(record_key(job_id), mapping={"status": "running", "attempts": "2"})
     recorder = RedisRecords(client, max_attempts=3, ttl_seconds=120)
-    assert recorder.finish(job_id, 1, JobStatus.FAILED, None, failed.error, 120) is False
+    assert recorder.finish(job_id, 1, Ending(JobStatus.FAILED, error=failed.error), 120) is False
     assert client.hget(record_key(job_id), "status") == b"running"
 
 

@@ -24,50 +24,14 @@ from workers.records.stats import Durations
 from workers.records.verdicts import Verdicts
 
 __all__ = [
+    "NO_CONDITIONS",
+    "Conditions",
+    "Ending",
     "Idempotency",
-    "IdempotencyConflict",
-    "JobNotFinished",
-    "JobNotFound",
     "JobRecords",
     "Lapsed",
-    "RecordsUnavailable",
-    "ResultExpired",
     "ShardStart",
 ]
-
-
-class JobNotFound(LookupError):
-    """No record with this id (never created, deleted, or past its TTL)."""
-
-
-class JobNotFinished(Exception):
-    """The job is queued or running; the operation needs a finished one."""
-
-    def __init__(self, record: JobRecord) -> None:
-        self.record = record
-        super().__init__(record.id)
-
-
-class IdempotencyConflict(Exception):
-    """An idempotency key that was used before with another request."""
-
-
-class QuotaExceeded(Exception):
-    """The record's owner already has as many queued and running jobs as it may."""
-
-    def __init__(self, owner: str, active: int) -> None:
-        self.owner = owner
-        self.active = active
-        super().__init__(f"{owner} has {active} unfinished jobs")
-
-
-class ResultExpired(Exception):
-    """The job finished, but what it kept (result, preview, raw tensors) was dropped to keep
-    the store under its byte cap; its record remains until its TTL."""
-
-
-class RecordsUnavailable(Exception):
-    """The backend (Redis) cannot be reached."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +40,30 @@ class Idempotency:
 
     digest: str
     fingerprint: str
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What :meth:`JobRecords.create` checks a new record against: the idempotency key its
+    request came with (None: none), and how many queued and running jobs its owner may have
+    (None: any number)."""
+
+    idempotency: Idempotency | None = None
+    max_active: int | None = None
+
+
+NO_CONDITIONS = Conditions()
+"""A record created whatever its owner runs, with no idempotency key."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an attempt ends (:meth:`JobRecords.finish`): the job's final status, with the
+    result JSON its kind wrote (a success) or its error (a failure)."""
+
+    status: JobStatus
+    result: str | None = None
+    error: JobError | None = None
 
 
 class ShardStart(StrEnum):
@@ -150,17 +138,14 @@ class JobRecords(Verdicts, Protocol):
     # ---- the API's side ----
 
     def create(
-        self,
-        record: JobRecord,
-        ttl_seconds: int,
-        idempotency: Idempotency | None,
-        max_active: int | None = None,
+        self, record: JobRecord, ttl_seconds: int, conditions: Conditions = NO_CONDITIONS
     ) -> tuple[JobRecord, bool]:
         """Store a new record; with a known idempotency key, the earlier record and False.
 
         Raises IdempotencyConflict when the key came with another request, and QuotaExceeded
-        when ``record.owner`` already has ``max_active`` queued or running jobs (checked
-        after the idempotency key, in the same atomic step: a replay is not a new job).
+        when ``record.owner`` already has ``conditions.max_active`` queued or running jobs
+        (checked after the idempotency key, in the same atomic step: a replay is not a new
+        job).
         """
 
     def get(self, job_id: str) -> JobRecord:
@@ -269,17 +254,9 @@ class JobRecords(Verdicts, Protocol):
     def should_stop(self, job_id: str, attempt: int) -> bool:
         """Whether cancel was asked for, or this attempt was superseded; called every step."""
 
-    def finish(
-        self,
-        job_id: str,
-        attempt: int,
-        status: JobStatus,
-        result: str | None,
-        error: JobError | None,
-        ttl_seconds: int,
-    ) -> bool:
-        """Write the final state (and the result JSON) once; False when another write got
-        there first or the attempt is not the current one."""
+    def finish(self, job_id: str, attempt: int, ending: Ending, ttl_seconds: int) -> bool:
+        """Write the final state (and the result JSON) once, to live ``ttl_seconds``; False
+        when another write got there first or the attempt is not the current one."""
 
     def fail_running(self, job_id: str, error: JobError, ttl_seconds: int) -> bool:
         """End the current attempt of a running job as failed, from outside that attempt

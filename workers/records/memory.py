@@ -9,7 +9,7 @@ What finished jobs keep (result JSON, last preview, raw tensors) may be capped i
 jobs are never touched. With ``overflow="spill"`` they go to files
 (:class:`~workers.records.spill.ResultFiles`) and read back through the same methods; with
 ``"evict"`` (or when a file cannot be written) they are dropped, and reading them raises
-:class:`~workers.records.base.ResultExpired`. Either way the small record stays until its TTL.
+:class:`~workers.records.errors.ResultExpired`. Either way the small record stays until its TTL.
 The files are capped too (``max_disk_bytes``): room for a job's parts is made by dropping the
 oldest spilled jobs' files first, and parts larger than the whole disk cap are dropped.
 """
@@ -23,17 +23,16 @@ from pathlib import Path
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
+    NO_CONDITIONS,
+    Conditions,
     Cursor,
-    Idempotency,
-    IdempotencyConflict,
+    Ending,
     JobFilter,
-    JobNotFinished,
-    JobNotFound,
-    QuotaExceeded,
     ShardStart,
     lost_error,
     newest_first,
 )
+from workers.records.errors import IdempotencyConflict, JobNotFinished, JobNotFound, QuotaExceeded
 from workers.records.memory_cap import CappedResults, Overflow, _Entry
 from workers.records.outbox import MemoryOutbox
 from workers.records.stats import Durations
@@ -112,12 +111,9 @@ class MemoryRecords(CappedResults):
     # ---- the API's side ----
 
     def create(
-        self,
-        record: JobRecord,
-        ttl_seconds: int,
-        idempotency: Idempotency | None,
-        max_active: int | None = None,
+        self, record: JobRecord, ttl_seconds: int, conditions: Conditions = NO_CONDITIONS
     ) -> tuple[JobRecord, bool]:
+        idempotency, max_active = conditions.idempotency, conditions.max_active
         with self._lock:
             self._purge()
             if idempotency is not None:
@@ -267,19 +263,14 @@ class MemoryRecords(CappedResults):
         if not status.finished:
             self._update(entry, cancel=True)
             if status == JobStatus.QUEUED:
-                self._close(entry, JobStatus.CANCELLED)
+                self._close(entry, Ending(JobStatus.CANCELLED))
 
-    def _close(
-        self,
-        entry: _Entry,
-        status: JobStatus,
-        error: JobError | None = None,
-        ttl_seconds: int | None = None,
-    ) -> None:
-        """Finish the record; it lives ``ttl_seconds`` (default: the store's TTL) from now.
-        Its callback, if it has one, is due (under the records' lock, as the final write)."""
+    def _close(self, entry: _Entry, ending: Ending, ttl_seconds: int | None = None) -> None:
+        """Finish the record as ``ending`` says (its status and error; the caller keeps the
+        result); it lives ``ttl_seconds`` (default: the store's TTL) from now. Its callback,
+        if it has one, is due (under the records' lock, as the final write)."""
         now = time.time()
-        self._update(entry, status=status, finished_at=now, error=error)
+        self._update(entry, status=ending.status, finished_at=now, error=ending.error)
         entry.expires_at = now + (self._ttl if ttl_seconds is None else ttl_seconds)
         if entry.record.callback_url is not None:
             self.callbacks.add(entry.record.id)
@@ -299,7 +290,7 @@ class MemoryRecords(CappedResults):
             if record.status.finished:
                 return None
             if record.cancel:
-                self._close(entry, JobStatus.CANCELLED)
+                self._close(entry, Ending(JobStatus.CANCELLED))
                 return None
             attempt = record.attempts + 1
             self._update(
@@ -346,7 +337,7 @@ class MemoryRecords(CappedResults):
             deliveries = entry.shard_deliveries.get(shard, 0) + 1
             entry.shard_deliveries[shard] = deliveries
             if deliveries > max_deliveries:
-                self._close(entry, JobStatus.FAILED, lost_error(max_deliveries))
+                self._close(entry, Ending(JobStatus.FAILED, error=lost_error(max_deliveries)))
                 return ShardStart.STOP
             entry.shard_done[shard] = 0
             return ShardStart.RUN
@@ -374,23 +365,15 @@ class MemoryRecords(CappedResults):
             entry = self._current(job_id, attempt)
             return entry is None or entry.record.cancel
 
-    def finish(
-        self,
-        job_id: str,
-        attempt: int,
-        status: JobStatus,
-        result: str | None,
-        error: JobError | None,
-        ttl_seconds: int,
-    ) -> bool:
+    def finish(self, job_id: str, attempt: int, ending: Ending, ttl_seconds: int) -> bool:
         with self._lock:
             # Only the running attempt may finish: this also makes the result written once.
             entry = self._current(job_id, attempt)
             if entry is None:
                 return False
-            entry.result = result
+            entry.result = ending.result
             entry.checkpoint = None
-            self._close(entry, status, error, ttl_seconds)
+            self._close(entry, ending, ttl_seconds)
         self._enforce_cap()
         return True
 
@@ -398,4 +381,4 @@ class MemoryRecords(CappedResults):
         with self._lock:
             entry = self._entries.get(job_id)
             attempt = entry.record.attempts if entry is not None else 0
-        return self.finish(job_id, attempt, JobStatus.FAILED, None, error, ttl_seconds)
+        return self.finish(job_id, attempt, Ending(JobStatus.FAILED, error=error), ttl_seconds)

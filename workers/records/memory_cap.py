@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from schemas.jobs import JobRecord
-from workers.records.base import ResultExpired
+from workers.records.errors import ResultExpired
 from workers.records.spill import ResultFiles
 
 log = logging.getLogger(__name__)

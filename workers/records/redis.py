@@ -33,37 +33,37 @@ from redis.retry import Retry
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
+    NO_CONDITIONS,
+    Conditions,
     Cursor,
-    Idempotency,
-    IdempotencyConflict,
+    Ending,
     JobFilter,
-    JobNotFinished,
-    JobNotFound,
     Lapsed,
-    QuotaExceeded,
-    RecordsUnavailable,
     ShardStart,
     lost_error,
+)
+from workers.records.errors import (
+    IdempotencyConflict,
+    JobNotFinished,
+    JobNotFound,
+    QuotaExceeded,
+    RecordsUnavailable,
 )
 from workers.records.redis_cap import read_kept
 from workers.records.redis_fields import from_fields, to_fields
 from workers.records.redis_keys import (
     LEASES_KEY,
     STATS_KEY,
-    arrays_key,
+    Part,
     blob_key,
-    checkpoint_key,
     idempotency_key,
     job_keys,
     lease_member,
     owner_jobs_key,
     owner_key,
-    partials_key,
-    preview_key,
+    part_key,
     record_key,
-    result_key,
     reuse_key,
-    shards_key,
 )
 from workers.records.redis_outbox import RedisOutbox
 from workers.records.redis_reads import count_jobs, owned_jobs, read_durations
@@ -136,12 +136,9 @@ class RedisRecords:
     # ---- the API's side ----
 
     def create(
-        self,
-        record: JobRecord,
-        ttl_seconds: int,
-        idempotency: Idempotency | None,
-        max_active: int | None = None,
+        self, record: JobRecord, ttl_seconds: int, conditions: Conditions = NO_CONDITIONS
     ) -> tuple[JobRecord, bool]:
+        idempotency = conditions.idempotency
         idem = idempotency_key(idempotency.digest) if idempotency else None
         if idem is not None:
             record = record.model_copy(update={"idem": idem})
@@ -158,7 +155,7 @@ class RedisRecords:
                 ttl_seconds,
                 idempotency.fingerprint if idempotency else "",
                 record.id,
-                max_active or 0,
+                conditions.max_active or 0,
                 repr(record.created_at),
                 *pairs,
             ],
@@ -178,14 +175,18 @@ class RedisRecords:
         return from_fields(fields)
 
     def result(self, job_id: str) -> str | None:
-        raw = self._call(read_kept, self._client, record_key(job_id), result_key(job_id))
+        raw = self._call(read_kept, self._client, record_key(job_id), part_key(job_id, Part.RESULT))
         return raw.decode() if raw else None
 
     def preview(self, job_id: str) -> bytes | None:
-        return self._call(read_kept, self._client, record_key(job_id), preview_key(job_id))
+        return self._call(
+            read_kept, self._client, record_key(job_id), part_key(job_id, Part.PREVIEW)
+        )
 
     def arrays(self, job_id: str) -> bytes | None:
-        return self._call(read_kept, self._client, record_key(job_id), arrays_key(job_id))
+        return self._call(
+            read_kept, self._client, record_key(job_id), part_key(job_id, Part.ARRAYS)
+        )
 
     def cancel(self, job_id: str) -> JobRecord:
         outcome = self._call(
@@ -295,7 +296,7 @@ class RedisRecords:
     def start(self, job_id: str, holder: str = "") -> int | None:
         outcome, attempt = self._call(
             self._scripts["start"],
-            keys=[record_key(job_id), shards_key(job_id), LEASES_KEY],
+            keys=[record_key(job_id), part_key(job_id, Part.SHARDS), LEASES_KEY],
             args=[
                 time.time(),
                 self._max_attempts,
@@ -346,12 +347,12 @@ class RedisRecords:
             job_id,
             attempt,
             self._scripts["save_checkpoint"],
-            keys=[record_key(job_id), checkpoint_key(job_id)],
+            keys=[record_key(job_id), part_key(job_id, Part.CHECKPOINT)],
             args=[attempt, data],
         )
 
     def checkpoint(self, job_id: str) -> bytes | None:
-        raw: bytes | None = self._call(self._client.get, checkpoint_key(job_id))
+        raw: bytes | None = self._call(self._client.get, part_key(job_id, Part.CHECKPOINT))
         return raw
 
     def store_partial(
@@ -361,7 +362,7 @@ class RedisRecords:
         the job's own lease, which the caller then holds."""
         outcome = self._call(
             self._scripts["store_partial"],
-            keys=[record_key(job_id), partials_key(job_id), LEASES_KEY],
+            keys=[record_key(job_id), part_key(job_id, Part.PARTIALS), LEASES_KEY],
             args=[
                 attempt,
                 shard,
@@ -377,7 +378,7 @@ class RedisRecords:
 
     def partials(self, job_id: str) -> dict[int, str]:
         """The partials kept so far, by shard."""
-        raw = self._call(self._client.hgetall, partials_key(job_id))
+        raw = self._call(self._client.hgetall, part_key(job_id, Part.PARTIALS))
         return {int(shard): value.decode() for shard, value in raw.items()}
 
     def progress(
@@ -387,7 +388,7 @@ class RedisRecords:
             job_id,
             attempt,
             self._scripts["progress"],
-            keys=[record_key(job_id), preview_key(job_id)],
+            keys=[record_key(job_id), part_key(job_id, Part.PREVIEW)],
             args=[attempt, progress.model_dump_json(), preview or b""],
         )
 
@@ -396,7 +397,7 @@ class RedisRecords:
             job_id,
             attempt,
             self._scripts["attach"],
-            keys=[record_key(job_id), arrays_key(job_id)],
+            keys=[record_key(job_id), part_key(job_id, Part.ARRAYS)],
             args=[attempt, data, ttl_seconds],
         )
 
@@ -405,7 +406,7 @@ class RedisRecords:
             job_id,
             attempt,
             self._scripts["shard_progress"],
-            keys=[record_key(job_id), shards_key(job_id)],
+            keys=[record_key(job_id), part_key(job_id, Part.SHARDS)],
             args=[attempt, shard, done, total],
         )
 
@@ -424,7 +425,12 @@ class RedisRecords:
     ) -> ShardStart:
         outcome = self._call(
             self._scripts["start_shard"],
-            keys=[record_key(job_id), shards_key(job_id), partials_key(job_id), LEASES_KEY],
+            keys=[
+                record_key(job_id),
+                part_key(job_id, Part.SHARDS),
+                part_key(job_id, Part.PARTIALS),
+                LEASES_KEY,
+            ],
             args=[
                 attempt,
                 shard,
@@ -455,21 +461,13 @@ class RedisRecords:
 
         return self._stops(job_id, attempt, read)
 
-    def finish(
-        self,
-        job_id: str,
-        attempt: int,
-        status: JobStatus,
-        result: str | None,
-        error: JobError | None,
-        ttl_seconds: int,
-    ) -> bool:
+    def finish(self, job_id: str, attempt: int, ending: Ending, ttl_seconds: int) -> bool:
         args = [
             attempt,
-            status.value,
+            ending.status.value,
             time.time(),
-            error.model_dump_json() if error else "",
-            result or "",
+            ending.error.model_dump_json() if ending.error else "",
+            ending.result or "",
             ttl_seconds,
             self._results_max_bytes or 0,
         ]
@@ -492,4 +490,5 @@ class RedisRecords:
         attempts = self._client.hget(record_key(job_id), "attempts")
         if attempts is None:
             return False
-        return self.finish(job_id, int(attempts), JobStatus.FAILED, None, error, ttl_seconds)
+        failed = Ending(JobStatus.FAILED, error=error)
+        return self.finish(job_id, int(attempts), failed, ttl_seconds)

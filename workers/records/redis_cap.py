@@ -4,7 +4,7 @@ Each finished job's kept parts (result JSON, last preview, raw arrays) are count
 final write: its id goes into a sorted set by finishing time and its bytes into a hash, and
 a counter holds the sum. When the sum passes the cap, the oldest finished jobs' parts are
 deleted, in the same script, until the rest fit: their records stay (until their TTL) with
-``expired`` set, so their reads raise :class:`~workers.records.base.ResultExpired` (410
+``expired`` set, so their reads raise :class:`~workers.records.errors.ResultExpired` (410
 ``result_expired``), and their idempotency key is freed, so a replay runs a new job. Queued
 and running jobs are never counted nor touched (nor checkpoints, which go with the finish).
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import redis
 
-from workers.records.base import ResultExpired
+from workers.records.errors import ResultExpired
 from workers.records.redis_keys import KEY_PREFIX
 
 KEPT_KEY = "cnnviz:kept"

@@ -7,6 +7,8 @@ a record's key from an id they read (``KEY_PREFIX .. id``).
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 KEY_PREFIX = "cnnviz:job:"
 # The job duration histograms of every worker (a hash; no TTL: a few fields per kind).
 STATS_KEY = "cnnviz:stats:job_duration"
@@ -16,17 +18,23 @@ def record_key(job_id: str) -> str:
     return f"{KEY_PREFIX}{job_id}"
 
 
-def result_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}{job_id}:result"
+class Part(StrEnum):
+    """The keys beside a job's record hash, ``<record key>:<part>`` (:func:`part_key`), in
+    the order :func:`job_keys` lists them."""
+
+    RESULT = "result"  # the result JSON, written once
+    PREVIEW = "preview"  # the latest preview PNG
+    # Per shard of the current attempt: ``done:<i>`` work done, ``n:<i>`` deliveries.
+    SHARDS = "shards"
+    ARRAYS = "arrays"  # the raw float tensors a job attached (safetensors bytes)
+    # The latest checkpoint of a running job (bytes its kind wrote), for the next attempt.
+    CHECKPOINT = "checkpoint"
+    # Per shard of a job of several shards: its partial (JSON), kept across attempts.
+    PARTIALS = "partials"
 
 
-def preview_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}{job_id}:preview"
-
-
-def shards_key(job_id: str) -> str:
-    """Per shard of the current attempt: ``done:<i>`` work done, ``n:<i>`` deliveries."""
-    return f"{KEY_PREFIX}{job_id}:shards"
+def part_key(job_id: str, part: Part) -> str:
+    return f"{record_key(job_id)}:{part}"
 
 
 def idempotency_key(digest: str) -> str:
@@ -41,21 +49,6 @@ def reuse_key(digest: str) -> str:
 def blob_key(digest: str) -> str:
     """Bytes a request names by their sha256 (a caricature's image), kept for the job TTL."""
     return f"cnnviz:blob:{digest}"
-
-
-def arrays_key(job_id: str) -> str:
-    """The raw float tensors a job attached (safetensors bytes)."""
-    return f"{KEY_PREFIX}{job_id}:arrays"
-
-
-def checkpoint_key(job_id: str) -> str:
-    """The latest checkpoint of a running job (bytes its kind wrote), for the next attempt."""
-    return f"{KEY_PREFIX}{job_id}:checkpoint"
-
-
-def partials_key(job_id: str) -> str:
-    """Per shard of a job of several shards: its partial (JSON), kept across attempts."""
-    return f"{KEY_PREFIX}{job_id}:partials"
 
 
 LEASES_KEY = "cnnviz:leases"
@@ -80,15 +73,7 @@ def owner_key(owner: str) -> str:
 
 def job_keys(job_id: str) -> list[str]:
     """Every key of one job, the record first."""
-    return [
-        record_key(job_id),
-        result_key(job_id),
-        preview_key(job_id),
-        shards_key(job_id),
-        arrays_key(job_id),
-        checkpoint_key(job_id),
-        partials_key(job_id),
-    ]
+    return [record_key(job_id), *(part_key(job_id, part) for part in Part)]
 
 
 CALLBACKS_KEY = "cnnviz:callbacks"

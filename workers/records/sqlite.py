@@ -29,26 +29,22 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import time
-from pathlib import Path
 
 from schemas.jobs import JobError, JobRecord, JobStatus, Progress
 from workers.records.base import (
+    NO_CONDITIONS,
+    Conditions,
     Cursor,
-    Idempotency,
-    IdempotencyConflict,
+    Ending,
     JobFilter,
-    JobNotFinished,
-    JobNotFound,
-    QuotaExceeded,
     ShardStart,
     lost_error,
     newest_first,
 )
+from workers.records.errors import IdempotencyConflict, JobNotFinished, JobNotFound, QuotaExceeded
 from workers.records.sqlite_store import SqliteStore
 from workers.records.stats import Durations
-from workers.records.stops import StopChecks
 
 __all__ = ["SqliteRecords"]
 
@@ -56,45 +52,23 @@ log = logging.getLogger(__name__)
 
 
 class SqliteRecords(SqliteStore):
-    """:class:`~workers.records.base.JobRecords` in SQLite under ``directory``.
+    """:class:`~workers.records.base.JobRecords` in SQLite under ``directory``; records live
+    ``ttl_seconds`` (the constructor is :class:`~workers.records.sqlite_store.SqliteStore`'s).
 
     ``max_result_bytes``: the most bytes finished jobs keep (results, previews, raw arrays;
     None: no cap); past it the oldest finished jobs' parts are dropped and read as
     ResultExpired. ``blobs_dir``: where large parts go (default: ``directory/blobs``).
+    ``lease_s``: how long a process's heartbeat vouches for it; ``max_attempts``: the most
+    attempts of a job whose process was lost; ``stop_check_interval_s``: how often a running
+    attempt reads whether it must stop.
     """
-
-    def __init__(
-        self,
-        directory: Path,
-        ttl_seconds: int,
-        *,
-        max_result_bytes: int | None = None,
-        blobs_dir: Path | None = None,
-        lease_s: float = 30.0,
-        max_attempts: int = 3,
-        stop_check_interval_s: float = 0.25,
-    ) -> None:
-        super().__init__(
-            directory,
-            ttl_seconds,
-            max_result_bytes=max_result_bytes,
-            blobs_dir=blobs_dir,
-            lease_s=lease_s,
-        )
-        self._max_attempts = max_attempts
-        self._stops = StopChecks(stop_check_interval_s)
-        self._suspended = threading.Event()
-        self.heartbeat()
 
     # ---- the API's side ----
 
     def create(
-        self,
-        record: JobRecord,
-        ttl_seconds: int,
-        idempotency: Idempotency | None,
-        max_active: int | None = None,
+        self, record: JobRecord, ttl_seconds: int, conditions: Conditions = NO_CONDITIONS
     ) -> tuple[JobRecord, bool]:
+        idempotency, max_active = conditions.idempotency, conditions.max_active
         self.purge()
         with self._db.transaction() as conn:
             if idempotency is not None:
@@ -401,18 +375,11 @@ class SqliteRecords(SqliteStore):
 
         return self._suspended.is_set() or self._stops(job_id, attempt, read)
 
-    def finish(
-        self,
-        job_id: str,
-        attempt: int,
-        status: JobStatus,
-        result: str | None,
-        error: JobError | None,
-        ttl_seconds: int,
-    ) -> bool:
+    def finish(self, job_id: str, attempt: int, ending: Ending, ttl_seconds: int) -> bool:
+        status, error = ending.status, ending.error
         if status == JobStatus.CANCELLED and self._suspended.is_set():
             return self._yield(job_id, attempt)
-        data = result.encode() if result is not None else None
+        data = ending.result.encode() if ending.result is not None else None
         try:
             path = self._stage(job_id, "result", data) if data is not None else None
         except OSError as exc:  # the disk refused the result: a failure that says why
@@ -466,4 +433,4 @@ class SqliteRecords(SqliteStore):
         if not rows:
             return False
         attempt = int(rows[0]["attempts"])
-        return self.finish(job_id, attempt, JobStatus.FAILED, None, error, ttl_seconds)
+        return self.finish(job_id, attempt, Ending(JobStatus.FAILED, error=error), ttl_seconds)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from schemas.jobs import JobError, JobRecord, JobStatus
-from workers.records.base import JobNotFound, ResultExpired
+from workers.records.errors import JobNotFound, ResultExpired
 from workers.records.sqlite_db import INLINE_MAX, BlobFiles, Database, Holder
 from workers.records.sqlite_outbox import SqliteOutbox, add_tx
+from workers.records.stops import StopChecks
 from workers.records.verdicts import Verdict
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,9 @@ _PURGE_EVERY_S = 30.0
 
 
 class SqliteStore:
-    """The database, the blob files and this process's identity; the shared helpers."""
+    """The database, the blob files, this process's identity and the settings of the
+    transitions (their parameters: :class:`~workers.records.sqlite.SqliteRecords`); the
+    shared helpers."""
 
     # Calls take a fraction of a millisecond, but a write may wait for another process's
     # transaction, and a purge or the cap may remove many files: the API calls them in a
@@ -47,6 +51,8 @@ class SqliteStore:
         max_result_bytes: int | None = None,
         blobs_dir: Path | None = None,
         lease_s: float = 30.0,
+        max_attempts: int = 3,
+        stop_check_interval_s: float = 0.25,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
@@ -58,7 +64,11 @@ class SqliteStore:
         self._lease_s = lease_s
         self.holder = Holder()
         self._purged_at = 0.0
+        self._max_attempts = max_attempts
+        self._stops = StopChecks(stop_check_interval_s)
+        self._suspended = threading.Event()
         self._remove_orphans()
+        self.heartbeat()
 
     # ---- records ----
 
@@ -230,30 +240,35 @@ class SqliteStore:
     # ---- what requests name by digest: the latest job of a request, kept bytes ----
 
     def remember(self, digest: str, job_id: str, ttl_seconds: int) -> None:
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO reuse (digest, job_id, expires_at) VALUES (?, ?, ?)",
-                (digest, job_id, time.time() + ttl_seconds),
-            )
+        self._keep("reuse", "job_id", digest, job_id, ttl_seconds)
 
     def recall(self, digest: str) -> str | None:
-        rows = self._db.read(
-            "SELECT job_id FROM reuse WHERE digest = ? AND expires_at > ?", (digest, time.time())
-        )
-        return str(rows[0]["job_id"]) if rows else None
+        job_id = self._kept("reuse", "job_id", digest)
+        return str(job_id) if job_id is not None else None
 
     def put_blob(self, digest: str, data: bytes, ttl_seconds: int) -> None:
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO blobs (digest, data, expires_at) VALUES (?, ?, ?)",
-                (digest, data, time.time() + ttl_seconds),
-            )
+        self._keep("blobs", "data", digest, data, ttl_seconds)
 
     def blob(self, digest: str) -> bytes | None:
+        data = self._kept("blobs", "data", digest)
+        return bytes(data) if data is not None else None
+
+    def _keep(self, table: str, column: str, digest: str, value: object, ttl_s: int) -> None:
+        """Keep ``value`` under ``digest`` in ``table`` (``reuse`` or ``blobs``) for ``ttl_s``,
+        in place of what was kept there before."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO {table} (digest, {column}, expires_at) VALUES (?, ?, ?)",
+                (digest, value, time.time() + ttl_s),
+            )
+
+    def _kept(self, table: str, column: str, digest: str) -> Any:
+        """What ``_keep`` kept under ``digest`` and has not expired; None otherwise."""
         rows = self._db.read(
-            "SELECT data FROM blobs WHERE digest = ? AND expires_at > ?", (digest, time.time())
+            f"SELECT {column} FROM {table} WHERE digest = ? AND expires_at > ?",
+            (digest, time.time()),
         )
-        return bytes(rows[0]["data"]) if rows else None
+        return rows[0][column] if rows else None
 
     def purge(self, force: bool = False) -> int:
         """Forget the jobs past their TTL (at most every half minute unless ``force``); how
