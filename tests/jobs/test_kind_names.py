@@ -102,7 +102,7 @@ def test_what_the_old_name_left_reads_as_todays_kind_through_the_api(
 ) -> None:
     backend, where = written_before
     job_id = f"old-{time.monotonic_ns()}"
-    backend.create(_old_record(job_id), TTL, None)
+    backend.create(_old_record(job_id), TTL)
     backend.cancel(job_id)  # queued: cancelled at once (an in-process API runs queued jobs)
     backend.observe_duration("exemplars", JobStatus.SUCCEEDED, 3.0)
     backend.observe_duration("exemplar", JobStatus.SUCCEEDED, 0.5)
