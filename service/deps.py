@@ -45,10 +45,13 @@ JobsDep = Annotated[JobManager, Depends(app_state("jobs"))]
 def key_is_valid(settings: Settings, given: str | None) -> bool:
     """Whether ``given`` is one of the configured keys (constant time); True without keys."""
     keys = settings.api_key_list
-    if not keys:
-        return True
+    return not keys or _one_of(keys, given)
+
+
+def _one_of(keys: list[str], given: str | None) -> bool:
+    """Whether ``given`` is one of ``keys``, compared with every key in constant time, so
+    that the time taken does not tell which one nearly matched."""
     raw = (given or "").encode()
-    # Compare against every key, so the time taken does not tell which one nearly matched.
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(raw, key.encode())
@@ -103,9 +106,5 @@ async def require_admin_key(settings: SettingsDep, x_api_key: ApiKeyHeader = Non
             "not_found",
             "registering models is off: the service has no admin keys (CNNVIZ_ADMIN_KEYS)",
         )
-    raw = (x_api_key or "").encode()
-    matched = False
-    for key in keys:  # every key compared, in constant time: the time tells nothing
-        matched |= hmac.compare_digest(raw, key.encode())
-    if not matched:
+    if not _one_of(keys, x_api_key):
         raise ApiError(403, "forbidden", "registering models needs an admin key (X-API-Key)")

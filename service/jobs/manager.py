@@ -162,42 +162,31 @@ def _persistence(appendonly: bool | None) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass(eq=False)
 class JobManager:
-    """Submits jobs of every kind through a transport and keeps their records."""
+    """Submits jobs of every kind through a transport and keeps their records.
 
-    def __init__(
-        self,
-        records: JobRecords,
-        transport: JobTransport,
-        resources: Resources,
-        pool: TorchPool,
-        ttl_seconds: int,
-        max_active: int | None = None,
-        *,
-        inline_max_bytes: int = 256 * 1024,
-        callbacks: CallbackHosts = CallbackHosts(frozenset()),  # noqa: B008 (frozen)
-        sweeper: LeaseSweeper | None = None,
-        courier: CallbackCourier | None = None,
-        on_ended: Callable[[JobTask], None] | None = None,
-    ) -> None:
-        """``inline_max_bytes``: base64 characters of pictures a job's JSON carries inline by
-        default; ``callbacks``: the hosts a job's callback_url may name; ``sweeper``: sends
-        again the jobs whose worker was lost (queued transports); ``courier``: delivers the
-        callbacks of jobs that ended; ``on_ended``: runs after a
-        cancel ended a running job at once (its worker was lost)."""
-        self.records = records
-        self.transport = transport
-        self.resources = resources
-        self._pool = pool
-        self._ttl = ttl_seconds
-        self._max_active = max_active
-        self.inline_max_bytes = inline_max_bytes
-        self.callbacks = callbacks
-        self.sweeper = sweeper
-        self.courier = courier
-        self.on_ended = on_ended
-        self._loops: list[asyncio.Task[None]] = []
-        self._queue_was_down = False
+    ``ttl_seconds``: how long a finished job's record lives; ``max_active``: the queued and
+    running jobs one owner may have (None: no bound); ``inline_max_bytes``: base64
+    characters of pictures a job's JSON carries inline by default; ``callbacks``: the hosts
+    a job's callback_url may name; ``sweeper``: sends again the jobs whose worker was lost
+    (queued transports); ``courier``: delivers the callbacks of jobs that ended;
+    ``on_ended``: runs after a cancel ended a running job at once (its worker was lost)."""
+
+    records: JobRecords
+    transport: JobTransport
+    resources: Resources
+    pool: TorchPool
+    ttl_seconds: int
+    max_active: int | None = None
+    _: dataclasses.KW_ONLY
+    inline_max_bytes: int = 256 * 1024
+    callbacks: CallbackHosts = CallbackHosts(frozenset())  # noqa: RUF009 (frozen)
+    sweeper: LeaseSweeper | None = None
+    courier: CallbackCourier | None = None
+    on_ended: Callable[[JobTask], None] | None = None
+    _loops: list[asyncio.Task[None]] = dataclasses.field(default_factory=list, init=False)
+    _queue_was_down: bool = dataclasses.field(default=False, init=False)
 
     async def start(self) -> None:
         """Start what runs beside the requests: the transport's (in-process: the jobs it
@@ -264,7 +253,7 @@ class JobManager:
             # The digest of the weights file is read once per version of the file.
             return prepared, self.resources.models.weights_digest(model)
 
-        resolved, weights_sha256 = await self._pool.run(validate)
+        resolved, weights_sha256 = await self.pool.run(validate)
         for job in referenced.values():
             if job.weights_sha256 != weights_sha256:
                 raise ApiError(
@@ -297,11 +286,11 @@ class JobManager:
             admission=admission,
         )
         record, created = await self._io(
-            self.records.create, record, self._ttl, Conditions(idempotency, self._max_active)
+            self.records.create, record, self.ttl_seconds, Conditions(idempotency, self.max_active)
         )
         if not created:
             return await self.read(record.id, owner), Submitted.REPLAYED
-        task = record.task(self._ttl)
+        task = record.task(self.ttl_seconds)
         try:
             await self.transport.submit(task)
         except (QueueUnavailable, QueueFull) as exc:
@@ -312,7 +301,7 @@ class JobManager:
                 raise  # a ServiceBusy: 503 busy with Retry-After, as on the sync path
             raise _unavailable(str(exc)) from exc
         with contextlib.suppress(ApiError):  # Redis gone: only reuse is lost
-            await self._io(self.records.remember, request_digest, record.id, self._ttl)
+            await self._io(self.records.remember, request_digest, record.id, self.ttl_seconds)
         return record.read(), Submitted.CREATED
 
     async def verdicts(self, model: str) -> VerdictTable:
@@ -430,7 +419,7 @@ class JobManager:
             and self.on_ended is not None
         ):
             # Its lease had lapsed: the cancel ended it here, and nothing else will say so.
-            await anyio.to_thread.run_sync(self.on_ended, record.task(self._ttl))
+            await anyio.to_thread.run_sync(self.on_ended, record.task(self.ttl_seconds))
         return record.read()
 
     async def delete(self, job_id: str, owner: str) -> None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
+
+from schemas.sanity import SanityStatus
 
 __all__ = ["SanityStatus", "Verdict", "VerdictTable", "Verdicts", "sanity_status"]
 
-SanityStatus = Literal["passed", "failed", "unknown"]
 
 VerdictTable = Mapping[tuple[str, str], bool]
 """``(method, layer) -> passed`` for one model's weights; layer ``""`` for a method that
