@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,23 +72,16 @@ def graphs_compiled() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    path = use_cache_dir(tmp_path_factory.mktemp("compile-cache"))
-    yield path
-    if before is None:
-        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    else:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+def check_precompiled_render(cache_dir: str) -> None:
+    """Precompile, then render compiled in chunks of 3, 3 and 2 images: no graph compiled
+    again (the last, smaller chunk included), the same images as eager. Run in a process of
+    its own: dynamo's counters are the process's, and a step graph that other renders of
+    the process push out of the cache (jobs an earlier test left running) is built again."""
+    import cnnviz.optvis.render as render
 
-
-def test_compiled_render_matches_eager_with_one_graph_for_every_chunk(
-    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    use_cache_dir(cache_dir)
+    render._chunk_size = lambda *a, **k: 3  # type: ignore[assignment]
     net = TinyNet().eval()
-    # Chunks of 3, 3 and 2 images: the last, smaller one must not compile again.
-    monkeypatch.setattr("cnnviz.optvis.render._chunk_size", lambda *a, **k: 3)
     eager = visualize(net, objective(), settings=SETTINGS, **INPUT)
     thread = precompile(net, objective(), settings=SETTINGS, **INPUT)
     assert thread is not None
@@ -103,11 +95,19 @@ def test_compiled_render_matches_eager_with_one_graph_for_every_chunk(
         torch.tensor(compiled.objectives), torch.tensor(eager.objectives), rtol=RTOL, atol=ATOL
     )
     torch.testing.assert_close(compiled.images, eager.images, rtol=RTOL, atol=ATOL)
-    assert list(cache_dir.iterdir()), "nothing written to the shared cache"
+    assert list(Path(cache_dir).iterdir()), "nothing written to the shared cache"
+
+
+def test_compiled_render_matches_eager_with_one_graph_for_every_chunk(tmp_path: Path) -> None:
+    _in_a_process(
+        "from tests.core.test_optvis_compiled import check_precompiled_render as check\n"
+        "check(sys.argv[1])",
+        tmp_path,
+    )
 
 
 _SECOND_PROCESS = """
-import json, sys
+import json
 from dataclasses import replace
 import torch
 from cnnviz.optvis import visualize
@@ -125,17 +125,24 @@ def _compile_in_a_process(cache_dir: Path) -> dict[str, int]:
     """Run the compiled render in a fresh process on ``cache_dir``: its FX-graph cache counts.
     A process of its own each time: inductor fixes its cache directory at its first compile,
     which in this test process an earlier test may have made already."""
-    out = subprocess.run(
-        [sys.executable, "-c", _SECOND_PROCESS, str(cache_dir)],
+    out = _in_a_process(_SECOND_PROCESS, cache_dir)
+    counts: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+    return counts
+
+
+def _in_a_process(script: str, cache_dir: Path) -> str:
+    """What ``script`` printed, run by a fresh interpreter with ``sys.argv[1]`` = ``cache_dir``;
+    its error output in the failure when it fails."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + script, str(cache_dir)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=600,
-        check=True,
     )
-    counts: dict[str, int] = json.loads(out.stdout.strip().splitlines()[-1])
-    return counts
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
 
 
 def test_a_second_process_loads_the_compiled_step(tmp_path: Path) -> None:
