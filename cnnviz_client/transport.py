@@ -114,9 +114,9 @@ class Transport:
 
         ``idempotency_key``: the same key and body give back the same job. ``reuse=False``:
         run it again even where an identical request has succeeded before."""
-        if kind_name(kind) not in JOB_ROUTES:
+        route = JOB_ROUTES.get(kind_name(kind))  # an old name is today's kind
+        if route is None:
             raise ValueError(f"unknown job kind {kind!r}; known: {', '.join(sorted(JOB_ROUTES))}")
-        route = JOB_ROUTES[kind_name(kind)]
         body = _json_body(request or route.request.model_validate(fields))
         if idempotency_key:
             body["headers"]["Idempotency-Key"] = idempotency_key

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from schemas.errors import Problem
 from schemas.jobs import JobList, JobRead, JobStatus
-from schemas.routes import kind_name
+from schemas.routes import KindName
 from service.deps import JobsDep, OwnerDep
 from service.feature_maps import wants_png
 from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
@@ -117,7 +117,7 @@ async def submit_job(
 async def list_jobs(
     jobs: JobsDep,
     owner: OwnerDep,
-    kind: Annotated[str | None, Query(max_length=100, description="only this kind")] = None,
+    kind: Annotated[KindName | None, Query(max_length=100, description="only this kind")] = None,
     model: Annotated[str | None, Query(max_length=200, description="only this model")] = None,
     status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
     page_size: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
@@ -127,8 +127,7 @@ async def list_jobs(
 ) -> JobList:
     """The caller's jobs (its API key's; everyone's without keys), newest first, in pages,
     without their results."""
-    named = kind_name(kind) if kind is not None else None  # an old name finds its kind
-    chosen = JobFilter(kind=named, model=model, status=status)
+    chosen = JobFilter(kind=kind, model=model, status=status)
     return await jobs.owned(owner, chosen, page_size, page_token)
 
 
