@@ -15,11 +15,13 @@ MAX_LAYERS = 16
 
 
 class DatasetJobOptions(JobOptions, RequestModel):
-    """What a job over a data set asks first: the data set (its kinds add their layers)."""
+    """What a job over a data set asks first: the data set, and the layers (each kind's
+    request declares them with its own description)."""
 
     dataset: str = Field(
         min_length=1, max_length=200, examples=["shapes"], description="see GET /v1/datasets"
     )
+    layers: list[str]
 
 
 class ExemplarsCreate(DatasetJobOptions):

@@ -113,8 +113,7 @@ class DatasetJobKind(JobKind[DatasetRequestT, ResultT]):
         batch-first or one of ambiguous axes is refused now, never failed later (units are
         channels or features, maps the spatial grid, whatever the layer's axes); an unknown
         or empty data set too."""
-        asked: list[str] = request.layers  # type: ignore[attr-defined]  # each kind's field
-        layers = [info.name for info in resources.model(model).index.usable(asked)]
+        layers = [info.name for info in resources.model(model).index.usable(request.layers)]
         self._dataset(request, resources)
         return request.model_copy(update={"layers": layers})
 
