@@ -265,7 +265,6 @@ def _image(request: AttributionsCreate, draft: tuple[int, int] | None = None) ->
 class Attributions(OneShardJobKind[AttributionsCreate, AttributionsRead]):
     """Attribution as a job: one shard; progress in images run through the model."""
 
-    name = "attribution"
     route = JOB_ROUTE
     progress_unit = "images"
 

@@ -295,10 +295,10 @@ class ResultPictures:
 class JobKind(ABC, Generic[RequestT, ResultT]):
     """One kind of job. Subclasses set the class attributes and implement the methods."""
 
-    name: ClassVar[str]
-    """The kind's name in records, messages and ``JobRead.kind``."""
     route: ClassVar[JobRoute]
     """How it is asked for over HTTP (declared beside its schema)."""
+    name: ClassVar[str]
+    """The kind's name in records, messages and ``JobRead.kind``: its route's ``kind``."""
     request_type: type[RequestT]
     result_type: type[ResultT]
     """The two types a kind parametrizes its base with: ``JobKind[Request, Result]``."""
@@ -306,6 +306,8 @@ class JobKind(ABC, Generic[RequestT, ResultT]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "route" in cls.__dict__:
+            cls.name = cls.route.kind
         for base in getattr(cls, "__orig_bases__", ()):
             types = get_args(base)
             if len(types) == 2 and all(isinstance(t, type) for t in types):

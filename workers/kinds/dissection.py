@@ -75,7 +75,6 @@ class Dissection(DatasetJobKind[DissectionCreate, DissectionResult]):
     """Units labelled by IoU with concept masks or by precision@k of labels; progress in
     images of the first pass."""
 
-    name = "dissection"
     route = ROUTE
 
     def prepare(

@@ -26,7 +26,6 @@ _SKIPPED_LISTED = 100
 class Exemplars(DatasetJobKind[ExemplarsCreate, ExemplarsResult]):
     """Top-k (and bottom-k) images per channel, mined in shards; progress in images."""
 
-    name = "exemplar"
     route = ROUTE
 
     def run_shard(

@@ -375,7 +375,6 @@ def optimize(
 class Optimization(OneShardJobKind[OptimizationCreate, OptimizationResult]):
     """Activation maximization: one shard, progress in optimizer steps."""
 
-    name = "optimization"
     route = ROUTE
 
     def prepare(

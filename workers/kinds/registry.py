@@ -20,8 +20,8 @@ def register_kind(cls: K) -> K:
         raise ValueError(f"job kind {cls.name!r} is registered twice")
     kind = cls()
     # The route's body may add the job options (callback, priority) to the kind's request.
-    if kind.route.kind != kind.name or not issubclass(kind.route.request, kind.request_type):
-        raise ValueError(f"job kind {kind.name!r} names the route of {kind.route.kind!r}")
+    if not issubclass(kind.route.request, kind.request_type):
+        raise ValueError(f"job kind {kind.name!r} takes another request than its route's")
     _KINDS[cls.name] = kind
     return cls
 

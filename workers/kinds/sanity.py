@@ -71,7 +71,6 @@ def _images(request: SanityCheckCreate, model: str, resources: Resources) -> tor
 class SanityChecks(OneShardJobKind[SanityCheckCreate, SanityCheckResult]):
     """Sanity checks as a job; progress in stages (modules re-initialised)."""
 
-    name = "sanity_check"
     route = JOB_ROUTE
     progress_unit = "stages"
 
