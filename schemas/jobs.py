@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from schemas.routes import KindName, first_kind_name
+from schemas.routes import KindName, StoredKindName, first_kind_name
 
 # The Celery tasks and their queue. The service sends by name (``send_task``) and never
 # imports the Celery app; the worker registers its tasks under these names and consumes the
@@ -145,7 +145,7 @@ class JobTask(BaseModel):
     """The task message: small JSON, the job's id and resolved request, never tensors."""
 
     job_id: str
-    kind: KindName
+    kind: StoredKindName
     model: str
     request: dict[str, Any] = Field(description="the kind's request, resolved")
     ttl_seconds: int = Field(ge=1, description="how long the record lives after it finishes")
@@ -200,7 +200,7 @@ class JobRecord(BaseModel):
     """
 
     id: str
-    kind: KindName
+    kind: StoredKindName
     model: str
     status: JobStatus
     request: dict[str, Any] = Field(description="the kind's request, resolved, as JSON")

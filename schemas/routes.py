@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, PlainSerializer
 
 __all__ = [
     "RENAMED_KINDS",
     "JobRoute",
     "KindName",
+    "StoredKindName",
     "first_kind_name",
     "job_route",
     "job_routes",
@@ -29,7 +30,8 @@ __all__ = [
 # was the one plural. A record, a task message, a listing's filter or a client call that
 # carries an old name means today's kind (:func:`kind_name`); fingerprints keep the first
 # name (:func:`first_kind_name`), so an Idempotency-Key or a reusable result from before a
-# rename still matches after it.
+# rename still matches after it. Records and task messages keep the first name too
+# (:data:`StoredKindName`).
 RENAMED_KINDS: Mapping[str, str] = {"exemplars": "exemplar"}
 _FIRST_NAMES = {today: earlier for earlier, today in RENAMED_KINDS.items()}
 
@@ -45,7 +47,12 @@ def first_kind_name(kind: str) -> str:
 
 
 KindName = Annotated[str, AfterValidator(kind_name)]
-"""A kind's name as stored or sent: an old name reads as today's."""
+"""A kind's name as a client sends or reads it: an old name reads as today's."""
+
+StoredKindName = Annotated[str, AfterValidator(kind_name), PlainSerializer(first_kind_name)]
+"""A kind's name in records and task messages: read as today's, written by its first name,
+so that a release from before a rename reads what a later one stores or queues (workers and
+API replicas of both releases run side by side during a rolling upgrade)."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from tests.jobs.test_job_metrics import samples, value
 from workers.kinds import get_kind, kind_names
 from workers.records.base import JobRecords
 from workers.records.redis import RedisRecords
+from workers.records.redis_fields import from_fields, to_fields
 from workers.records.sqlite import SqliteRecords
 
 TTL = 600
@@ -60,6 +61,18 @@ def test_a_queued_task_message_of_the_old_name_runs_todays_kind() -> None:
     message = {"job_id": "j", "kind": "exemplars", "model": "shapes", "request": {}}
     task = JobTask.model_validate({**message, "ttl_seconds": 60})
     assert task.kind == "exemplar" and get_kind(task.kind).name == "exemplar"
+
+
+def test_what_is_stored_or_queued_keeps_the_first_name_that_older_releases_read() -> None:
+    """During a rolling upgrade, workers and API replicas of the release before the rename
+    read the records and task messages of this one: they carry the first name."""
+    record = _old_record("j").model_copy(update={"kind": "exemplar"})
+    assert to_fields(record)["kind"] == "exemplars"  # the Redis hash
+    assert json.loads(record.model_dump_json())["kind"] == "exemplars"  # SQLite's record
+    assert record.task(60).model_dump(mode="json")["kind"] == "exemplars"  # Celery's message
+    # Read back, and shown: today's name.
+    assert from_fields(to_fields(record)).kind == "exemplar"
+    assert json.loads(record.read().model_dump_json())["kind"] == "exemplar"
 
 
 def _old_record(job_id: str) -> JobRecord:
