@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESNET18_TOML, machine
+from bench.common import machine, models_file
 from cnnviz.models import ModelRegistry
 from schemas.optimization import OptimizationCreate
 from workers.compile import CompilePolicy
@@ -38,9 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
-        toml = Path(tmp) / "models.toml"
-        toml.write_text(RESNET18_TOML, encoding="utf-8")
-        loaded = ModelRegistry.from_file(toml).get("resnet18")
+        loaded = ModelRegistry.from_file(models_file(Path(tmp))).get("resnet18")
     policy = CompilePolicy("on", Path(args.cache))
     policy.setup()
     base = OptimizationCreate(

@@ -33,10 +33,7 @@ def queued(
         created_at=time.time(),
     )
     records.create(record, ttl)
-    task = JobTask(
-        job_id="job", kind=kind.name, model=model, request=record.request, ttl_seconds=ttl
-    )
-    return task, records
+    return record.task(ttl), records
 
 
 def run_job(kind_name: str, resources: Resources, model: str, body: dict[str, Any]) -> str:

@@ -100,14 +100,9 @@ def written_before(
         backend: JobRecords = SqliteRecords(data_dir, TTL, stop_check_interval_s=0)
         yield backend, {"redis_url": None, "data_dir": str(data_dir)}
         return
-    server = RedisServer(tmp_path).start()
-    try:
-        yield (
-            RedisRecords(server.client(), max_attempts=3, ttl_seconds=TTL),
-            {"redis_url": server.url},
-        )
-    finally:
-        server.stop()
+    server: RedisServer = request.getfixturevalue("fresh_redis")
+    records = RedisRecords(server.client(), max_attempts=3, ttl_seconds=TTL)
+    yield records, {"redis_url": server.url}
 
 
 def test_what_the_old_name_left_reads_as_todays_kind_through_the_api(
