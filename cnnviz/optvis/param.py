@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Literal
 
 import torch
@@ -114,7 +114,7 @@ class FourierParam(ImageParam):
     spectrum. The inverse FFT is orthonormal, so the scale does not depend on the image size.
     """
 
-    decay_power: float = 1.0
+    decay_power: float = field(default=1.0, kw_only=True)  # keyword-only, as the base's
 
     def __post_init__(self) -> None:
         super().__post_init__()
