@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cnnviz_client.errors import JobFailed
-from cnnviz_client.transport import PNG, Image, Transport, _json_body
+from cnnviz_client.transport import PNG, Image, Transport, _image_request, _json_body
 from schemas.attributions import AttributionMethodList, AttributionsCreate
 from schemas.dissection import DissectionCreate, DissectionGridRead, DissectionResult
 from schemas.jobs import JobRead
@@ -40,7 +40,7 @@ class Analysis(Transport):
         """The maps themselves, float32 at the model's input size: ``(targets, H, W)`` (or
         ``(targets, C, H, W)``), exactly what the faithfulness metrics rank. ``fields``: as
         :meth:`attribute` takes them (``method``, ``target``, ``layer``, ...)."""
-        request = self._attribution(AttributionsCreate, image, sample, None, fields)
+        request = _image_request(AttributionsCreate, image, sample, fields)
         body = _json_body(request)
         return self._send("attribute", {"model": model}, params={"format": format}, **body).content
 

@@ -16,7 +16,7 @@ from cnnviz_client.analysis import Analysis
 from cnnviz_client.errors import ApiError, JobFailed, raise_for_problem
 from cnnviz_client.kinds import AttributionJob, ExemplarsJob, OptimizationJob, parse_job
 from cnnviz_client.routes import ROUTES, path
-from cnnviz_client.transport import DEFAULT_URL, PNG, Image, _image_source, _json_body
+from cnnviz_client.transport import DEFAULT_URL, PNG, Image, _image_request, _json_body
 from schemas.attributions import AttributionJobCreate, AttributionsCreate, AttributionsRead
 from schemas.datasets import DatasetsRead
 from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsCreate
@@ -29,6 +29,12 @@ from schemas.samples import SampleList
 from schemas.weights import WeightsQuery, WeightsRead
 
 __all__ = ["DEFAULT_URL", "ApiError", "Client", "JobFailed"]
+
+
+def _feature_maps(
+    layers: Sequence[str], image: Image | None, sample: str | None, options: dict[str, Any]
+) -> FeatureMapsCreate:
+    return _image_request(FeatureMapsCreate, image, sample, {"layers": list(layers), **options})
 
 
 class Client(Analysis):
@@ -80,13 +86,6 @@ class Client(Analysis):
         """Remove a registered model. Needs an admin key."""
         self._send("delete_model", {"model": name})
 
-    def _feature_maps(
-        self, model: str, layers: Sequence[str], image: Image | None, sample: str | None, **kw: Any
-    ) -> FeatureMapsCreate:
-        options = {k: v for k, v in kw.items() if v is not None}
-        source = _image_source(image, sample)
-        return FeatureMapsCreate.model_validate({"layers": list(layers), **source, **options})
-
     def feature_maps(
         self,
         model: str,
@@ -100,7 +99,7 @@ class Client(Analysis):
         ``options``: ``channels``, ``top_k``, ``normalize``, ``colormap``, ``columns``,
         ``padding``, ``scale``, ``fit``, ``precision`` (:class:`FeatureMapsCreate`).
         """
-        body = _json_body(self._feature_maps(model, layers, image, sample, **options))
+        body = _json_body(_feature_maps(layers, image, sample, options))
         response = self._send("feature_maps", {"model": model}, **body)
         return FeatureMapsRead.model_validate_json(response.content)
 
@@ -113,7 +112,7 @@ class Client(Analysis):
         **options: Any,
     ) -> bytes:
         """The grid PNG of one layer (its layout in the answer's ``X-Grid-*`` headers)."""
-        body = _json_body(self._feature_maps(model, [layer], image, sample, **options))
+        body = _json_body(_feature_maps([layer], image, sample, options))
         body["headers"].update(PNG)
         return self._send("feature_maps", {"model": model}, **body).content
 
@@ -129,7 +128,7 @@ class Client(Analysis):
         """The activations themselves, float32: ``.npy`` (one layer) or safetensors (by
         layer name)."""
         chosen = list(channels) if channels is not None else None
-        request = self._feature_maps(model, layers, image, sample, channels=chosen)
+        request = _feature_maps(layers, image, sample, {"channels": chosen})
         response = self._send(
             "feature_maps", {"model": model}, params={"format": format}, **_json_body(request)
         )
@@ -168,7 +167,7 @@ class Client(Analysis):
     ) -> AttributionsRead:
         """Attribution maps of one image (``method``, ``target``, ``layer``, ...:
         :class:`AttributionsCreate`), with the top predictions and each map's numbers."""
-        body = _json_body(self._attribution(AttributionsCreate, image, sample, request, fields))
+        body = _json_body(request or _image_request(AttributionsCreate, image, sample, fields))
         response = self._send("attribute", {"model": model}, **body)
         return AttributionsRead.model_validate_json(response.content)
 
@@ -181,7 +180,7 @@ class Client(Analysis):
         **fields: Any,
     ) -> bytes:
         """One target's picture as a PNG (``picture``: ``overlay`` or ``map``)."""
-        body = _json_body(self._attribution(AttributionsCreate, image, sample, request, fields))
+        body = _json_body(request or _image_request(AttributionsCreate, image, sample, fields))
         body["headers"].update(PNG)
         return self._send("attribute", {"model": model}, **body).content
 
@@ -214,8 +213,7 @@ class Client(Analysis):
         """Queue an optimization (a request, or its fields: ``layer``, ``channels``, ...).
 
         ``reuse=False`` runs it again where an identical request has succeeded before."""
-        body = request or OptimizationCreate(**fields)
-        return self.submit("optimization", model, body, idempotency_key, reuse)
+        return self.submit("optimization", model, request, idempotency_key, reuse, **fields)
 
     def exemplars(
         self,
@@ -226,8 +224,7 @@ class Client(Analysis):
         **fields: Any,
     ) -> ExemplarsJob:
         """Queue an exemplar-mining job (``dataset``, ``layers``, ``k``, ``pool``, ``bottom``)."""
-        body = request or ExemplarsCreate(**fields)
-        return self.submit("exemplar", model, body, idempotency_key, reuse)
+        return self.submit("exemplar", model, request, idempotency_key, reuse, **fields)
 
     def attribute_job(
         self,
@@ -240,7 +237,7 @@ class Client(Analysis):
         **fields: Any,
     ) -> AttributionJob:
         """Queue an attribution too long to answer at once (the fields of :meth:`attribute`)."""
-        body = self._attribution(AttributionJobCreate, image, sample, request, fields)
+        body = request or _image_request(AttributionJobCreate, image, sample, fields)
         return self.submit("attribution", model, body, idempotency_key, reuse)
 
     # ---- jobs of every kind --------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -14,7 +14,6 @@ from pydantic import BaseModel
 from cnnviz_client.errors import raise_for_problem
 from cnnviz_client.kinds import JOB_ROUTES, parse_job
 from cnnviz_client.routes import ROUTES, fill, path
-from schemas.attributions import AttributionsCreate
 from schemas.jobs import JobRead
 from schemas.routes import kind_name
 
@@ -22,6 +21,8 @@ __all__ = ["DEFAULT_URL", "PNG", "Image", "Transport"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PNG = {"Accept": "image/png"}
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
 
 Image = bytes | str | Path
 """An image: its bytes, or the path of its file."""
@@ -36,6 +37,15 @@ def _image_source(image: Image | None, sample: str | None) -> dict[str, str]:
     if sample is not None:
         fields["sample"] = sample
     return fields
+
+
+def _image_request(
+    cls: type[RequestT], image: Image | None, sample: str | None, fields: dict[str, Any]
+) -> RequestT:
+    """A request of type ``cls`` for an image or a sample, from the fields given (None: not
+    given, so the service's default applies)."""
+    options = {k: v for k, v in fields.items() if v is not None}
+    return cls.model_validate({**_image_source(image, sample), **options})
 
 
 def _json_body(request: BaseModel) -> dict[str, Any]:
@@ -86,19 +96,6 @@ class Transport:
         response = self._http.request(ROUTES[route].method, path(route, **where), **kwargs)
         raise_for_problem(response)
         return response
-
-    def _attribution(
-        self,
-        cls: type[AttributionsCreate],
-        image: Image | None,
-        sample: str | None,
-        request: AttributionsCreate | None,
-        fields: dict[str, Any],
-    ) -> AttributionsCreate:
-        if request is not None:
-            return request
-        options = {k: v for k, v in fields.items() if v is not None}
-        return cls.model_validate({**_image_source(image, sample), **options})
 
     def submit(
         self,
