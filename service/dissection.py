@@ -18,9 +18,13 @@ from service.exemplars import pick_unit
 
 
 def find_unit(result: DissectionResult, layer: str, channel: int) -> DissectionUnit:
-    """The unit of the result; the core's errors (4xx) for a layer or channel it lacks."""
+    """The unit of the result, with top images; the core's errors (4xx) for a layer or
+    channel it lacks. Cheap: checked before drawing."""
     units = {entry.name: entry.units for entry in result.layers}
-    return pick_unit(units, result.model, layer, channel, "units")
+    unit = pick_unit(units, result.model, layer, channel, "units")
+    if not unit.top:
+        raise InvalidArgumentError(f"unit {channel} of layer {layer!r} has no top images")
+    return unit
 
 
 def render(
@@ -29,12 +33,10 @@ def render(
     result: DissectionResult,
     layer: str,
     channel: int,
+    unit: DissectionUnit,
 ) -> tuple[bytes, DissectionGridRead]:
-    """The PNG grid of the unit's top images: its binarised mask (at T for ``masks``) and the
-    concept mask of its label, where the data set has masks."""
-    unit = find_unit(result, layer, channel)
-    if not unit.top:
-        raise InvalidArgumentError(f"unit {channel} of layer {layer!r} has no top images")
+    """The PNG grid of ``unit``'s top images (:func:`find_unit`): its binarised mask (at T
+    for ``masks``) and the concept mask of its label, where the data set has masks."""
     loaded = models.get(result.model)
     dataset = datasets.get(result.dataset)
     spec = loaded.spec

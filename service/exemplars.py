@@ -13,7 +13,7 @@ from cnnviz.errors import InvalidArgumentError, UnknownLayerError
 from cnnviz.exemplars import Mode, exemplar_tiles
 from cnnviz.imaging import encode_png, image_grid
 from cnnviz.models import ModelRegistry
-from schemas.exemplars import ExemplarGridRead, ExemplarsResult
+from schemas.exemplars import Exemplar, ExemplarGridRead, ExemplarsResult
 
 UnitT = TypeVar("UnitT")
 
@@ -34,16 +34,9 @@ def pick_unit(
     return found[channel]
 
 
-def render(
-    models: ModelRegistry,
-    datasets: DatasetRegistry,
-    result: ExemplarsResult,
-    layer: str,
-    channel: int,
-    mode: Mode,
-    which: str,
-) -> tuple[bytes, ExemplarGridRead]:
-    """The PNG grid of ``layer``/``channel``'s ``which`` ('top' or 'bottom') exemplars."""
+def find_exemplars(result: ExemplarsResult, layer: str, channel: int, which: str) -> list[Exemplar]:
+    """``layer``/``channel``'s ``which`` ('top' or 'bottom') exemplars in the result; the
+    core's errors (4xx) for a unit or a list the job lacks. Cheap: checked before drawing."""
     units = {entry.name: entry.units for entry in result.layers}
     unit = pick_unit(units, result.model, layer, channel, "channels")
     exemplars = unit.top if which == "top" else unit.bottom
@@ -53,6 +46,20 @@ def render(
         )
     if not exemplars:
         raise InvalidArgumentError(f"channel {channel} of layer {layer!r} has no exemplars")
+    return exemplars
+
+
+def render(
+    models: ModelRegistry,
+    datasets: DatasetRegistry,
+    result: ExemplarsResult,
+    layer: str,
+    channel: int,
+    mode: Mode,
+    which: str,
+    exemplars: list[Exemplar],
+) -> tuple[bytes, ExemplarGridRead]:
+    """The PNG grid of ``layer``/``channel``'s ``which`` exemplars (:func:`find_exemplars`)."""
     loaded = models.get(result.model)
     dataset = datasets.get(result.dataset)
     spec = loaded.spec

@@ -22,5 +22,5 @@ async def read_dissection(unit: UnitPicturesDep) -> Response:
     """A unit's top images with its binarised mask and its label's concept mask drawn over
     them. PNG with `Accept: image/png`, else JSON (the unit's label and score with it)."""
     result = await unit.result(Dissection.name, DissectionResult, "dissection pictures")
-    find_unit(result, unit.layer, unit.channel)  # a bad address is a 4xx before any drawing
-    return await unit.draw(render, result, unit.layer, unit.channel)
+    found = find_unit(result, unit.layer, unit.channel)  # a 4xx before any drawing
+    return await unit.draw(render, result, unit.layer, unit.channel, found)

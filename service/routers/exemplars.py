@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from schemas.exemplars import ExemplarGridQuery, ExemplarGridRead, ExemplarsResult
-from service.exemplars import render
+from service.exemplars import find_exemplars, render
 from service.routers.jobs import PICTURE_RESPONSES
 from service.routers.unit_pictures import UnitPicturesDep
 from workers.kinds.exemplars import Exemplars
@@ -26,4 +26,5 @@ async def read_exemplars(
     """A grid of a channel's top (or bottom) images: whole, cropped to the receptive field
     of the maximum, or masked by the activation. PNG with `Accept: image/png`, else JSON."""
     result = await unit.result(Exemplars.name, ExemplarsResult, "exemplar grids")
-    return await unit.draw(render, result, unit.layer, unit.channel, query.mode, query.which)
+    found = find_exemplars(result, unit.layer, unit.channel, query.which)  # 4xx before drawing
+    return await unit.draw(render, result, unit.layer, unit.channel, query.mode, query.which, found)
