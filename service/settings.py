@@ -8,7 +8,7 @@ from typing import Literal, Self
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from workers.config import JobSettings
+from workers.config import JobSettings, comma_separated
 
 
 class Settings(JobSettings):
@@ -193,7 +193,7 @@ class Settings(JobSettings):
 
     @property
     def cors_origin_list(self) -> list[str]:
-        return _comma_separated(self.cors_origins)
+        return comma_separated(self.cors_origins)
 
     @field_validator("api_keys", "admin_keys")
     @classmethod
@@ -212,7 +212,7 @@ class Settings(JobSettings):
 
     @property
     def callback_host_set(self) -> frozenset[str]:
-        return frozenset(host.lower() for host in _comma_separated(self.callback_hosts))
+        return frozenset(host.lower() for host in comma_separated(self.callback_hosts))
 
     @model_validator(mode="after")
     def _callbacks_signed(self) -> Self:
@@ -226,17 +226,12 @@ class Settings(JobSettings):
     @property
     def api_key_list(self) -> list[str]:
         """The keys that may call the API: the API keys, and the admin keys with them."""
-        keys = _comma_separated(self.api_keys)
+        keys = comma_separated(self.api_keys)
         return [*keys, *(k for k in self.admin_key_list if k not in keys)] if keys else []
 
     @property
     def admin_key_list(self) -> list[str]:
-        return _comma_separated(self.admin_keys)
-
-
-def _comma_separated(value: str | None) -> list[str]:
-    """The entries of a comma-separated setting, stripped, the empty ones left out."""
-    return [entry.strip() for entry in (value or "").split(",") if entry.strip()]
+        return comma_separated(self.admin_keys)
 
 
 @lru_cache

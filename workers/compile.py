@@ -42,6 +42,7 @@ import torch
 from cnnviz.models import LoadedModel
 from cnnviz.optvis.compiled import use_cache_dir
 from cnnviz.precision import cpu_has_bf16_tiles, resolve_precision
+from workers.config import comma_separated
 
 __all__ = ["CompileMode", "CompilePolicy", "parse_warmup"]
 
@@ -55,7 +56,7 @@ def parse_warmup(value: str) -> tuple[tuple[str, str], ...]:
     """``"r18:layer3, shapes:block2.relu"`` as ``(model, layer)`` pairs; ValueError for an
     entry without a colon."""
     pairs = []
-    for entry in filter(None, (part.strip() for part in value.split(","))):
+    for entry in comma_separated(value):
         model, sep, layer = entry.partition(":")
         if not sep or not model or not layer:
             raise ValueError(f"CNNVIZ_COMPILE_WARMUP entry {entry!r} is not model:layer")

@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from cnnviz.models import ModelRegistry
     from workers.compile import CompilePolicy
 
-__all__ = ["MEMORY", "JobSettings", "WorkerSettings", "default_data_dir", "get_worker_settings"]
+__all__ = [
+    "MEMORY",
+    "JobSettings",
+    "WorkerSettings",
+    "comma_separated",
+    "default_data_dir",
+    "get_worker_settings",
+]
 
 MEMORY = ":memory:"
 """``CNNVIZ_DATA_DIR`` for in-process job records in memory, lost when the process stops."""
@@ -32,6 +39,11 @@ def default_data_dir() -> str:
     """``$XDG_DATA_HOME/cnnviz``, else ``~/.local/share/cnnviz`` (the XDG base directories)."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return str(Path(base) / "cnnviz")
+
+
+def comma_separated(value: str | None) -> list[str]:
+    """The entries of a comma-separated setting, stripped, the empty ones left out."""
+    return [entry.strip() for entry in (value or "").split(",") if entry.strip()]
 
 
 class JobSettings(BaseSettings):
