@@ -55,19 +55,16 @@ def cmd_layers(args: argparse.Namespace) -> None:
 def cmd_maps(args: argparse.Namespace) -> None:
     if (args.image is None) == (args.sample is None):
         raise SystemExit("cnnviz maps: give an image file or --sample NAME (one of them)")
-    options = {
-        k: v
-        for k, v in {
-            "channels": args.channels if isinstance(args.channels, list) else None,
-            "top_k": args.top_k,
-            "colormap": args.colormap,
-            "scale": args.scale,
-        }.items()
-        if v is not None
-    }
-    with connect(args) as client:
+    with connect(args) as client:  # options not given (None) are the service's defaults
         answer = client.feature_maps(
-            args.model, args.layer, image=args.image, sample=args.sample, **options
+            args.model,
+            args.layer,
+            image=args.image,
+            sample=args.sample,
+            channels=args.channels if isinstance(args.channels, list) else None,
+            top_k=args.top_k,
+            colormap=args.colormap,
+            scale=args.scale,
         )
     out = Path(args.output)
     for layer in answer.layers:
