@@ -266,10 +266,11 @@ class MemoryRecords(CappedResults):
                 self._close(entry, Ending(JobStatus.CANCELLED))
 
     def _close(self, entry: _Entry, ending: Ending, ttl_seconds: int | None = None) -> None:
-        """Finish the record as ``ending`` says (its status and error; the caller keeps the
-        result); it lives ``ttl_seconds`` (default: the store's TTL) from now. Its callback,
-        if it has one, is due (under the records' lock, as the final write)."""
+        """Finish the record as ``ending`` says (status, result, error); it lives
+        ``ttl_seconds`` (default: the store's TTL) from now. Its callback, if it has one, is
+        due (under the records' lock, as the final write)."""
         now = time.time()
+        entry.result = ending.result  # before _keep, which counts it against the cap
         self._update(entry, status=ending.status, finished_at=now, error=ending.error)
         entry.expires_at = now + (self._ttl if ttl_seconds is None else ttl_seconds)
         if entry.record.callback_url is not None:
@@ -371,7 +372,6 @@ class MemoryRecords(CappedResults):
             entry = self._current(job_id, attempt)
             if entry is None:
                 return False
-            entry.result = ending.result
             entry.checkpoint = None
             self._close(entry, ending, ttl_seconds)
         self._enforce_cap()
