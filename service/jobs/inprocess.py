@@ -32,6 +32,7 @@ import anyio.to_thread
 
 from cnnviz.allocator import release_freed_memory
 from schemas.jobs import JobTask
+from service.jobs.rounds import every
 from service.jobs.transport import QUEUE_RETRY_AFTER_S, QueueFull
 from workers.kinds import Resources
 from workers.records.memory import MemoryRecords
@@ -135,7 +136,14 @@ class InProcessTransport:
         self._heart.start()
         await anyio.to_thread.run_sync(self.sweep)
         if self._sweep_interval_s > 0:
-            self._sweeping = asyncio.get_running_loop().create_task(self._sweep_loop())
+            sweeps = every(
+                self._sweep_interval_s,
+                self.sweep,
+                log,
+                "in-process job sweep skipped",
+                "in-process job sweep failed",
+            )
+            self._sweeping = asyncio.get_running_loop().create_task(sweeps)
 
     def _beat(self, records: SqliteRecords) -> None:
         while not self._beating.wait(self._heartbeat_interval_s):
@@ -143,14 +151,6 @@ class InProcessTransport:
                 records.heartbeat()
             except Exception:  # a busy or failing disk: try again at the next beat
                 log.warning("heartbeat not written", exc_info=True)
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._sweep_interval_s)
-            try:
-                await anyio.to_thread.run_sync(self.sweep)
-            except Exception:  # a bug or a failing disk must not end the loop
-                log.exception("in-process job sweep failed")
 
     def sweep(self) -> list[str]:
         """Forget expired jobs; run the jobs no live process holds. Their ids."""

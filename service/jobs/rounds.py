@@ -1,4 +1,5 @@
-"""Work the API process does in rounds (the lease sweep, the callback deliveries): one loop."""
+"""Work the API process does in rounds (the lease sweep, the callback deliveries, the
+in-process jobs' sweep): one loop."""
 
 from __future__ import annotations
 
