@@ -26,9 +26,20 @@ _ADMIN: dict[int | str, dict[str, Any]] = {
 
 
 def _model_read(spec: ModelSpec, loaded: bool) -> ModelRead:
-    # The entry's fields are the spec's of the same names (its tuples as lists).
-    fields = {name: getattr(spec, name) for name in ModelRead.model_fields if hasattr(spec, name)}
-    return ModelRead(**fields, loaded=loaded)
+    return ModelRead(
+        name=spec.name,
+        description=spec.description,
+        source=spec.source,
+        origin=spec.origin,
+        weights=spec.weights,
+        sha256=spec.sha256,
+        input_size=list(spec.input_size),
+        channels=spec.channels,
+        mean=list(spec.mean),
+        std=list(spec.std),
+        labels=list(spec.labels),
+        loaded=loaded,
+    )
 
 
 @router.get("")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 
 import httpx
@@ -11,6 +12,8 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
+from cnnviz.weights import filter_weights
+from schemas.weights import WeightsQuery
 from service.routers.weights import _LAYERS
 from tests.api.test_bad_input import problem
 
@@ -126,3 +129,12 @@ def test_an_unacceptable_accept_is_406(http: httpx.Client) -> None:
         "/v1/models/shapes/layers/block1.conv/weights", headers={"Accept": "text/html"}
     )
     problem(response, 406, "not_acceptable")
+
+
+def test_every_query_field_is_an_option_of_the_core() -> None:
+    """The service hands the query to filter_weights field by field, by name: a query field
+    the core does not take would be a 500, not a drawing."""
+    options = inspect.signature(filter_weights).parameters
+    assert set(WeightsQuery.model_fields) <= {
+        name for name, p in options.items() if p.kind == p.KEYWORD_ONLY
+    }
