@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from schemas.attributions import AttributionMethodList
-from schemas.errors import Problem
 from service.attributions import method_list
 from service.deps import JobsDep, RegistryDep
+from service.routers.responses import UNKNOWN_MODEL
 
 router = APIRouter(prefix="/attribution-methods", tags=["attributions"])
 
 
-@router.get("", responses={404: {"model": Problem, "description": "Unknown model"}})
+@router.get("", responses={404: UNKNOWN_MODEL})
 async def list_attribution_methods(
     registry: RegistryDep,
     jobs: JobsDep,

@@ -20,6 +20,7 @@ from service.deps import JobsDep, OwnerDep
 from service.feature_maps import wants_png
 from service.jobs.manager import RETRY_AFTER_S, JobManager, Submitted
 from service.jobs.results import finished_job_headers, present
+from service.routers.responses import PNG_CONTENT, problem
 from workers.logs import set_job_id
 from workers.records import JobFilter
 
@@ -31,9 +32,9 @@ UnitIndex = Annotated[int, Path(ge=0, le=1_000_000)]
 
 # The picture of a unit of a succeeded job (exemplars, dissection): PNG or JSON.
 PICTURE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+    200: {"content": PNG_CONTENT},
     404: {"model": Problem},
-    409: {"model": Problem, "description": "the job has not succeeded (yet)"},
+    409: problem("the job has not succeeded (yet)"),
     422: {"model": Problem},
 }
 

@@ -10,9 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from cnnviz.data.shapes import CLASSES, sample_image
 from cnnviz.errors import shown
 from cnnviz.imaging import encode_png
-from schemas.errors import Problem
 from schemas.samples import SampleList, SampleRead
 from service.errors import ApiError
+from service.routers.responses import PNG_CONTENT, problem
 
 router = APIRouter(prefix="/samples", tags=["samples"])
 
@@ -34,8 +34,8 @@ async def list_samples() -> SampleList:
     "/{name}",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-        404: {"model": Problem, "description": "Unknown sample"},
+        200: {"content": PNG_CONTENT},
+        404: problem("Unknown sample"),
     },
 )
 async def get_sample(name: str) -> Response:
