@@ -1,8 +1,12 @@
 """CNNVIZ_COMPILE: which jobs run compiled is decided at submit, recorded, and part of the
-job's identity. Nothing here compiles (tests/core/test_optvis_compiled.py does)."""
+job's identity. Only the last test compiles, in a process of its own."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,8 @@ from workers.compile import CompilePolicy, parse_warmup
 from workers.config import JobSettings
 from workers.kinds import Resources
 from workers.kinds.optimization import Optimization, optimize
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +116,62 @@ def test_an_eager_job_records_it_in_its_result(registry: ModelRegistry, tmp_path
     result = optimize(request, registry.get("shapes"), policy=CompilePolicy("auto", tmp_path))
     assert result.settings["compile"] is False
     assert not list(tmp_path.iterdir()), "fp32 on a CPU: nothing compiled beside the job"
+
+
+_AUTO_BESIDE_A_JOB = """
+import json, sys, time
+from pathlib import Path
+import cnnviz.precision
+from cnnviz.models import ModelRegistry
+from schemas.optimization import OptimizationCreate
+from workers.compile import CompilePolicy
+from workers.kinds import Resources
+from workers.kinds.optimization import Optimization, optimize
+
+# A CPU with bf16 vector instructions and no AMX tiles: where 'auto' compiles beside a job.
+cnnviz.precision.cpu_flags = lambda: frozenset({"avx512f", "avx512_bf16"})
+registry = ModelRegistry.from_file(None)
+loaded = registry.get("shapes")
+policy = CompilePolicy("auto", Path(sys.argv[1]))
+policy.setup()
+asked = OptimizationCreate(layer="block2.relu", channels=[1], steps=3, image_size=32)
+resources = Resources(models=registry, compile=policy)
+first = Optimization().prepare(asked, "shapes", resources)
+eager = optimize(first, loaded, policy=policy)
+deadline = time.monotonic() + 600
+while not policy.is_warm(loaded, "block2.relu", first.precision) and time.monotonic() < deadline:
+    time.sleep(0.5)
+second = Optimization().prepare(asked, "shapes", resources)
+compiled = optimize(second, loaded, policy=policy)
+print(json.dumps({
+    "precision": [first.precision, eager.precision, compiled.precision],
+    "first": [first.compile, eager.settings["compile"]],
+    "warm": policy.is_warm(loaded, "block2.relu", first.precision),
+    "second": [second.compile, compiled.settings["compile"]],
+}))
+"""
+
+
+def test_auto_compiles_beside_an_eager_job_and_the_next_job_of_its_shapes_runs_compiled(
+    tmp_path: Path,
+) -> None:
+    """The default mode end to end, on a CPU where it compiles (bf16 without AMX): the first
+    job runs eagerly and compiles its step on a background thread, which marks the shapes
+    warm; the next job of those shapes is decided compiled and runs so. In a process of its
+    own: the suite's process runs with compiling off (tests/conftest.py)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _AUTO_BESIDE_A_JOB, str(tmp_path / "cache")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CNNVIZ_COMPILE": "auto"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found == {
+        "precision": ["auto", "bf16", "bf16"],
+        "first": [False, False],
+        "warm": True,
+        "second": [True, True],
+    }
