@@ -39,9 +39,10 @@ const getJSON = async (path) => (await api(path)).json();
 const postJSON = async (path, body) =>
   api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 
-// Images of the API go through fetch, so that an API key is sent with them too.
-async function loadImage(img, path) {
-  const blob = await (await api(path)).blob();
+// Images of the API go through fetch, so that an API key is sent with them too; `options`
+// as api's (an Accept header, say). The image's previous object URL is released.
+async function loadImage(img, path, options) {
+  const blob = await (await api(path, options)).blob();
   if (img.dataset.objectUrl) URL.revokeObjectURL(img.dataset.objectUrl);
   img.dataset.objectUrl = URL.createObjectURL(blob);
   img.src = img.dataset.objectUrl;

@@ -3,7 +3,7 @@
 // dissections of the layer, and a form that starts one.
 "use strict";
 
-// api.js, loaded first, talks to the API ($, api, loadImage, showError).
+// api.js, loaded first, talks to the API ($, getJSON, postJSON, loadImage, showError).
 const STRIP = 8;
 
 function where() {
@@ -21,7 +21,7 @@ async function earlierDissections(page) {
   for (let i = 0; i < PAGES; i++) {
     const query = new URLSearchParams({ kind: "dissection", model: page.model, page_size: "100" });
     if (token) query.set("page_token", token);
-    const listed = await (await api(`/v1/jobs?${query}`)).json();
+    const listed = await getJSON(`/v1/jobs?${query}`);
     found.push(...listed.jobs.filter((job) => (job.request.layers || []).includes(page.layer)));
     token = listed.next_page_token;
     if (!token) break;
@@ -51,7 +51,7 @@ async function offerEarlier(page) {
 async function offerStart(page) {
   await offerEarlier(page);
   $("start").hidden = false;
-  const datasets = (await (await api("/v1/datasets")).json()).datasets.filter((d) => !d.error);
+  const datasets = (await getJSON("/v1/datasets")).datasets.filter((d) => !d.error);
   for (const d of datasets) {
     const option = new Option(`${d.name} (${d.images} images${d.has_masks ? ", masks" : ""})`, d.name);
     $("dataset").add(option);
@@ -62,10 +62,7 @@ async function offerStart(page) {
       const body = { dataset: $("dataset").value, layers: [page.layer] };
       if ($("method").value) body.method = $("method").value;
       if ($("mis").checked) body.mis = true;
-      const response = await api(`/v1/models/${encodeURIComponent(page.model)}/dissections`, {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-      });
-      const job = await response.json();
+      const job = await (await postJSON(`/v1/models/${encodeURIComponent(page.model)}/dissections`, body)).json();
       history.pushState(null, "", `${location.pathname}?job=${encodeURIComponent(job.id)}`);
       $("start").hidden = true;
       $("earlier").hidden = true;
@@ -78,7 +75,7 @@ async function offerStart(page) {
 async function follow(page, jobId) {
   $("progress-section").hidden = false;
   for (;;) {
-    const job = await (await api(`/v1/jobs/${encodeURIComponent(jobId)}`)).json();
+    const job = await getJSON(`/v1/jobs/${encodeURIComponent(jobId)}`);
     $("job-status").textContent = `job ${job.id.slice(0, 8)}: ${job.status}`;
     if (job.progress) {
       $("job-progress").max = job.progress.total;

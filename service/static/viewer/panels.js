@@ -441,8 +441,7 @@ async function unitDissection(model, layer, channel) {
   $("unit-dissection-layer").href =
     `/layers/${encodeURIComponent(model)}/${encodeURIComponent(layer)}?job=${encodeURIComponent(jobId)}`;
   const path = `/v1/jobs/${encodeURIComponent(jobId)}/dissections/${encodeURIComponent(layer)}/${channel}`;
-  const blob = await (await api(path, { headers: { Accept: "image/png" } })).blob();
-  $("unit-dissection-image").src = URL.createObjectURL(blob);
+  await loadImage($("unit-dissection-image"), path, { headers: { Accept: "image/png" } });
   $("unit-dissection").hidden = false;
   document.body.dataset.dissection = "shown";
 }
