@@ -138,24 +138,6 @@ def prepare(request: OptimizationCreate, loaded: LoadedModel) -> OptimizationCre
     return resolved
 
 
-# The request's fields that a render's settings take as they are, by name.
-_RENDER_OPTIONS = (
-    "steps",
-    "lr",
-    "image_size",
-    "param",
-    "decorrelate",
-    "transforms",
-    "seed",
-    "redirect_relu_steps",
-    "l1",
-    "l2",
-    "tv",
-    "diversity",
-    "precision",
-)
-
-
 def render_settings(
     request: OptimizationCreate, device: torch.device, budget_mb: int | None = None
 ) -> RenderSettings:
@@ -163,8 +145,20 @@ def render_settings(
     (or ``budget_mb``: the budget of the device that will run it)."""
     return RenderSettings(
         memory_budget_mb=budget_mb or device_memory_budget_mb(device),
+        steps=request.steps,
+        lr=request.lr,
+        image_size=request.image_size,
+        param=request.param,
+        decorrelate=request.decorrelate,
+        transforms=request.transforms,
+        seed=request.seed,
+        redirect_relu_steps=request.redirect_relu_steps,
+        l1=request.l1,
+        l2=request.l2,
+        tv=request.tv,
+        diversity=request.diversity,
+        precision=request.precision,
         compile=bool(request.compile),
-        **{name: getattr(request, name) for name in _RENDER_OPTIONS},
     )
 
 
