@@ -11,7 +11,7 @@ that none of it runs on the event loop.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,10 +45,6 @@ read_request = ImageRequestReader(
     max_fields=16 + 4096 + 16,
 )
 
-# The request's fields that GridOptions takes as they are, by the same names (the grid's
-# pixel cap is not the request's to set).
-_GRID_FIELDS = {f.name for f in fields(GridOptions)} - {"max_grid_pixels"}
-
 
 @dataclass(frozen=True)
 class Rendered:
@@ -76,8 +72,15 @@ def _activations(
     options = request.options
     # A bad layer name, or one whose axes are ambiguous, costs no decoding.
     names = [info.name for info in loaded.index.usable(options.layers)]
-    # Nor a bad option: checked once, here.
-    grid = GridOptions(**options.model_dump(include=_GRID_FIELDS))
+    grid = GridOptions(  # nor a bad option: checked once, here
+        channels=None if options.channels is None else tuple(options.channels),
+        top_k=options.top_k,
+        normalize=options.normalize,
+        colormap=options.colormap,
+        columns=options.columns,
+        padding=options.padding,
+        scale=options.scale,
+    )
     spec = loaded.spec
     with pool.batcher.arriving():
         image = request.decoded(max_pixels, spec.input_size)
